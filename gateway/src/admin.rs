@@ -1,0 +1,76 @@
+//! The admin listener: `/healthz` (alive), `/readyz` (a bundle is active), `/status` (JSON about
+//! the active bundle) and `/metrics` (Prometheus). It runs on its own Pingora service and
+//! threads, so it keeps answering when the proxy listener is busy.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::state::Gateway;
+
+pub struct Admin {
+    pub gateway: Arc<Gateway>,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+impl Admin {
+    /// The `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        let active = self.gateway.active.load();
+        let last_error = self.gateway.last_error.lock().ok().and_then(|e| e.clone());
+        match active.as_ref() {
+            Some(a) => serde_json::json!({
+                "ready": true,
+                "bundle": {
+                    "name": a.info.name,
+                    "revision": a.info.revision,
+                    "digest": a.info.digest,
+                    "activated_at": a.info.activated_at,
+                    "source": a.info.source,
+                    "routes": a.snapshot.routes.len(),
+                    "upstreams": a.snapshot.upstreams.len(),
+                },
+                "last_error": last_error,
+            }),
+            None => serde_json::json!({
+                "ready": false,
+                "bundle": { "name": self.gateway.config.bundle.name },
+                "last_error": last_error,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        match path.as_str() {
+            "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if self.gateway.active.load().is_some() {
+                    reply(200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    reply(503, "text/plain", b"not ready: no policy bundle is active\n".to_vec())
+                }
+            }
+            "/status" => {
+                let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
+                reply(200, "application/json", body)
+            }
+            "/metrics" => reply(200, "text/plain; version=0.0.4", self.gateway.metrics.render()),
+            _ => reply(404, "text/plain", b"not found: try /healthz /readyz /status /metrics\n".to_vec()),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Building the decision input document (DESIGN.md, "The decision contract") from a request.
+
+use std::collections::BTreeMap;
+
+use http::HeaderMap;
+use policy_bundles::jwt::Verified;
+use regorus::Value;
+
+/// The parts of a request the input is made of.
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub host: &'a str,
+    pub scheme: &'a str,
+    pub client_ip: &'a str,
+}
+
+fn s(v: &str) -> Value {
+    Value::from(v)
+}
+
+/// `{"request": {...}, "route": NAME, "jwt": {"issuer", "claims"}}`; `jwt` only when verified.
+pub fn build(req: &RequestParts<'_>, route: &str, jwt: Option<&Verified>) -> Value {
+    let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
+    for name in req.headers.keys() {
+        let mut joined = String::new();
+        for (i, v) in req.headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                joined.push_str(", ");
+            }
+            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+        headers.insert(s(name.as_str()), Value::from(joined));
+    }
+    let mut request = BTreeMap::new();
+    request.insert(s("method"), s(req.method));
+    request.insert(s("path"), s(req.path));
+    request.insert(s("query"), query(req.query.unwrap_or("")));
+    request.insert(s("headers"), Value::from(headers));
+    request.insert(s("host"), s(req.host));
+    request.insert(s("scheme"), s(req.scheme));
+    request.insert(s("client_ip"), s(req.client_ip));
+    let mut input = BTreeMap::new();
+    input.insert(s("request"), Value::from(request));
+    input.insert(s("route"), s(route));
+    if let Some(v) = jwt {
+        let mut j = BTreeMap::new();
+        j.insert(s("issuer"), s(&v.issuer));
+        j.insert(s("claims"), Value::from(v.claims.clone()));
+        input.insert(s("jwt"), Value::from(j));
+    }
+    Value::from(input)
+}
+
+/// Parses a query string into `{name: [values...]}`, percent-decoding names and values.
+pub fn query(q: &str) -> Value {
+    let mut map: BTreeMap<Value, Vec<Value>> = BTreeMap::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        map.entry(Value::from(decode(k))).or_default().push(Value::from(decode(v)));
+    }
+    Value::from(map.into_iter().map(|(k, v)| (k, Value::from(v))).collect::<BTreeMap<_, _>>())
+}
+
+/// `application/x-www-form-urlencoded` decoding; invalid escapes are kept as written.
+pub fn decode(s: &str) -> String {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return s.to_owned();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_query_strings_into_lists() {
+        let q = query("page=2&tag=a&tag=b%20c&x=1+2&bad=%zz&empty");
+        assert_eq!(q["page"], Value::from(vec![Value::from("2")]));
+        assert_eq!(q["tag"], Value::from(vec![Value::from("a"), Value::from("b c")]));
+        assert_eq!(q["x"], Value::from(vec![Value::from("1 2")]));
+        assert_eq!(q["bad"], Value::from(vec![Value::from("%zz")]));
+        assert_eq!(q["empty"], Value::from(vec![Value::from("")]));
+        assert_eq!(decode("%4"), "%4");
+    }
+
+    #[test]
+    fn joins_repeated_headers() {
+        let mut h = HeaderMap::new();
+        h.append("x-a", "1".parse().unwrap());
+        h.append("x-a", "2".parse().unwrap());
+        let parts = RequestParts { method: "GET", path: "/p", query: None, headers: &h, host: "h", scheme: "http", client_ip: "127.0.0.1" };
+        let v = build(&parts, "r", None);
+        assert_eq!(v["request"]["headers"]["x-a"], Value::from("1, 2"));
+        assert_eq!(v["route"], Value::from("r"));
+        assert_eq!(v["jwt"], Value::Undefined);
+    }
+}

@@ -1,0 +1,123 @@
+//! Every metric the gateway exports, named in one place. Request-path counters are resolved
+//! per route at activation, so serving a request only touches atomics (no label lookups, no locks).
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub const REQUESTS_TOTAL: &str = "gateway_requests_total";
+pub const REQUEST_DURATION: &str = "gateway_request_duration_seconds";
+pub const POLICY_EVAL_DURATION: &str = "gateway_policy_eval_duration_seconds";
+pub const BUNDLE_INFO: &str = "gateway_bundle_info";
+pub const BUNDLE_ACTIVATED_TIMESTAMP: &str = "gateway_bundle_activated_timestamp_seconds";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "gateway_upstream_errors_total";
+
+/// The `decision` label values of `gateway_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// A bearer token failed verification (401).
+    Unauthenticated,
+    /// The policy errored or was undefined: denied, fail closed.
+    Error,
+    NoRoute,
+    /// No bundle is active yet (503).
+    Unavailable,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Error => "error",
+            Outcome::NoRoute => "no_route",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+const ROUTE_OUTCOMES: [Outcome; 4] = [Outcome::Allow, Outcome::Deny, Outcome::Unauthenticated, Outcome::Error];
+
+/// Counters of one route, one per outcome.
+#[derive(Clone)]
+pub struct RouteCounters([IntCounter; 4]);
+
+impl RouteCounters {
+    pub fn inc(&self, outcome: Outcome) {
+        if let Some(i) = ROUTE_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.0[i].inc();
+        }
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    no_route: IntCounter,
+    unavailable: IntCounter,
+    pub request_duration: Histogram,
+    pub policy_eval_duration: Histogram,
+    pub bundle_info: IntGaugeVec,
+    pub bundle_activated: IntGauge,
+    pub upstream_errors: IntCounter,
+}
+
+fn buckets() -> Vec<f64> {
+    vec![0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(Opts::new(REQUESTS_TOTAL, "Requests by route and decision"), &["route", "decision"])?;
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(REQUEST_DURATION, "Time from request headers to the end of the response").buckets(buckets()),
+        )?;
+        let policy_eval_duration = Histogram::with_opts(
+            HistogramOpts::new(POLICY_EVAL_DURATION, "Time to build the input and evaluate a route's rule").buckets(buckets()),
+        )?;
+        let bundle_info =
+            IntGaugeVec::new(Opts::new(BUNDLE_INFO, "The active bundle (value 1)"), &["name", "revision", "digest"])?;
+        let bundle_activated =
+            IntGauge::new(BUNDLE_ACTIVATED_TIMESTAMP, "Unix time the active bundle was activated")?;
+        let upstream_errors = IntCounter::new(UPSTREAM_ERRORS_TOTAL, "Requests that failed to reach an upstream (502)")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(policy_eval_duration.clone()))?;
+        registry.register(Box::new(bundle_info.clone()))?;
+        registry.register(Box::new(bundle_activated.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        Ok(Metrics {
+            no_route: requests.with_label_values(&["", Outcome::NoRoute.label()]),
+            unavailable: requests.with_label_values(&["", Outcome::Unavailable.label()]),
+            requests,
+            registry,
+            request_duration,
+            policy_eval_duration,
+            bundle_info,
+            bundle_activated,
+            upstream_errors,
+        })
+    }
+
+    /// Resolves a route's counters (done once per route at activation).
+    pub fn route_counters(&self, route: &str) -> RouteCounters {
+        RouteCounters(ROUTE_OUTCOMES.map(|o| self.requests.with_label_values(&[route, o.label()])))
+    }
+
+    pub fn count_unrouted(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Unavailable => self.unavailable.inc(),
+            _ => self.no_route.inc(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}

@@ -1,0 +1,297 @@
+//! The request path. Pingora calls these phases in order for every request:
+//!
+//! 1. [`request_filter`](ProxyHttp::request_filter): take the active snapshot (one `ArcSwap`
+//!    load), match the route (404 if none), verify a bearer JWT (401 on failure, before any
+//!    policy runs), evaluate the route's rule in-process and apply a deny (its status, reason
+//!    and response headers). Policy errors and undefined results deny (fail closed) unless the
+//!    route says `fail_open`.
+//! 2. [`upstream_peer`](ProxyHttp::upstream_peer): round robin among the pool's healthy targets.
+//! 3. [`upstream_request_filter`](ProxyHttp::upstream_request_filter): `strip_prefix`, the
+//!    decision's headers, `x-forwarded-*`.
+//! 4. [`response_filter`](ProxyHttp::response_filter): the decision's response headers.
+//! 5. [`fail_to_proxy`](ProxyHttp::fail_to_proxy): an unreachable upstream is a 502.
+//! 6. [`logging`](ProxyHttp::logging): metrics, once per request, whatever happened.
+//!
+//! Nothing here waits on the control plane, a disk, or any network but the upstream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::http::ResponseHeader;
+use policy_bundles::jwt::Verified;
+use policy_bundles::snapshot::EvalError;
+use policy_bundles::Decision;
+
+use crate::input::{self, RequestParts};
+use crate::metrics::Outcome;
+use crate::state::{Active, Gateway};
+
+pub struct Proxy {
+    pub gateway: Arc<Gateway>,
+}
+
+/// Per-request state, alive from the first phase to `logging`.
+pub struct Ctx {
+    start: Instant,
+    active: Option<Arc<Active>>,
+    route: Option<usize>,
+    outcome: Option<Outcome>,
+    upstream_headers: Vec<(String, String)>,
+    response_headers: Vec<(String, String)>,
+}
+
+/// Writes a small JSON response and ends the request.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    error: &str,
+    reason: Option<&str>,
+    extra: &[(String, String)],
+) -> Result<()> {
+    let body = match reason {
+        Some(r) => serde_json::json!({ "error": error, "reason": r }),
+        None => serde_json::json!({ "error": error }),
+    };
+    let body = Bytes::from(body.to_string());
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if status == 401 {
+        resp.insert_header("www-authenticate", "Bearer")?;
+    }
+    for (k, v) in extra {
+        resp.insert_header(k.clone(), v.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+fn bearer(session: &Session) -> Option<&str> {
+    let v = session.req_header().headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn error_reason(e: &EvalError) -> &'static str {
+    match e {
+        EvalError::Decision(policy_bundles::decision::DecisionError::Undefined) => "policy result undefined",
+        _ => "policy error",
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            active: None,
+            route: None,
+            outcome: None,
+            upstream_headers: Vec::new(),
+            response_headers: Vec::new(),
+        }
+    }
+
+    /// Routes, authenticates and authorizes. Returns `Ok(true)` when it has answered the
+    /// request itself (404, 401, a deny, 503 with no bundle), `Ok(false)` to proxy it.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(active) = self.gateway.active.load_full() else {
+            ctx.outcome = Some(Outcome::Unavailable);
+            respond(session, 503, "no policy bundle is active yet", None, &[]).await?;
+            return Ok(true);
+        };
+        let req = session.req_header();
+        let raw_host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let host = policy_bundles::router::normalize_host(raw_host);
+        let path = req.uri.path();
+        let Some(route_ix) = active.snapshot.table.lookup(&host, path, req.method.as_str()) else {
+            ctx.outcome = Some(Outcome::NoRoute);
+            respond(session, 404, "no route matches this request", None, &[]).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route_ix);
+        let route = &active.snapshot.routes[route_ix];
+
+        let verified: Option<Verified> = match bearer(session) {
+            None => None,
+            Some(token) => {
+                let result = match &active.snapshot.jwt {
+                    Some(roots) => roots.verify(token),
+                    None => Err(policy_bundles::jwt::JwtError::UnknownIssuer),
+                };
+                match result {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        ctx.outcome = Some(Outcome::Unauthenticated);
+                        tracing::debug!(route = %route.name, error = %e, "bearer token refused");
+                        respond(session, 401, "invalid bearer token", Some(&e.to_string()), &[]).await?;
+                        ctx.active = Some(active);
+                        return Ok(true);
+                    }
+                }
+            }
+        };
+
+        let eval_start = Instant::now();
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
+        let req = session.req_header();
+        let parts = RequestParts {
+            method: req.method.as_str(),
+            path,
+            query: req.uri.query(),
+            headers: &req.headers,
+            host: &host,
+            scheme: "http",
+            client_ip: &client_ip,
+        };
+        let doc = input::build(&parts, &route.name, verified.as_ref());
+        let result = active.snapshot.decide(route.policy, doc);
+        self.gateway.metrics.policy_eval_duration.observe(eval_start.elapsed().as_secs_f64());
+
+        let decision = match result {
+            Ok(d) => d,
+            Err(e) if route.fail_open => {
+                tracing::warn!(route = %route.name, error = %e, "policy failed; route is fail_open, allowing");
+                Decision { allow: true, ..Decision::default() }
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "policy failed; denying (fail closed)");
+                ctx.outcome = Some(Outcome::Error);
+                respond(session, 403, "forbidden", Some(error_reason(&e)), &[]).await?;
+                ctx.active = Some(active);
+                return Ok(true);
+            }
+        };
+        if !decision.allow {
+            ctx.outcome = Some(Outcome::Deny);
+            respond(session, decision.status, "forbidden", decision.reason.as_deref(), &decision.response_headers).await?;
+            ctx.active = Some(active);
+            return Ok(true);
+        }
+        ctx.outcome = Some(Outcome::Allow);
+        ctx.upstream_headers = decision.headers;
+        ctx.response_headers = decision.response_headers;
+        ctx.active = Some(active);
+        Ok(false)
+    }
+
+    /// Picks a healthy target of the route's upstream, round robin.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(active), Some(route_ix)) = (&ctx.active, ctx.route) else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen before upstream_peer");
+        };
+        let pool = &active.pools[active.snapshot.routes[route_ix].upstream];
+        // When every target fails its health check, try them anyway (as Envoy's panic mode
+        // does): a false negative must not turn into an outage; a truly dead target is a 502.
+        let Some(backend) = pool.lb.select(b"", 256).or_else(|| pool.lb.select_with(b"", 256, |_, _| true)) else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, format!("upstream `{}` has no healthy target", pool.name));
+        };
+        let mut peer = HttpPeer::new(backend, false, String::new());
+        peer.options.connection_timeout = Some(pool.connect_timeout);
+        peer.options.total_connection_timeout = Some(pool.connect_timeout);
+        peer.options.read_timeout = Some(pool.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    /// Rewrites the request for the upstream: prefix stripping and the decision's headers.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(active), Some(route_ix)) = (&ctx.active, ctx.route) {
+            if let Some(prefix) = &active.snapshot.routes[route_ix].strip {
+                let path = upstream_request.uri.path();
+                let rest = path.strip_prefix(prefix.as_str()).unwrap_or(path);
+                let rest = if rest.is_empty() { "/" } else { rest };
+                let new = match upstream_request.uri.query() {
+                    Some(q) => format!("{rest}?{q}"),
+                    None => rest.to_owned(),
+                };
+                let uri = new.parse::<http::Uri>().or_err(ErrorType::InternalError, "rewriting the path")?;
+                upstream_request.set_uri(uri);
+            }
+        }
+        for (k, v) in ctx.upstream_headers.drain(..) {
+            upstream_request.insert_header(k, v)?;
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        for (k, v) in ctx.response_headers.drain(..) {
+            resp.insert_header(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// Answers a failed proxy attempt: 502 (JSON) when the upstream could not be reached.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                    ErrorType::ConnectNoRoute => 502,
+                    _ => 500,
+                },
+            },
+        };
+        if code == 502 {
+            self.gateway.metrics.upstream_errors.inc();
+        }
+        if code > 0 {
+            let msg = if code == 502 { "upstream unavailable" } else { "request failed" };
+            if let Err(err) = respond(session, code, msg, None, &[]).await {
+                tracing::debug!(error = %err, "cannot send the error response");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    /// Counts the request; runs once for every request, answered here or proxied.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let m = &self.gateway.metrics;
+        m.request_duration.observe(ctx.start.elapsed().as_secs_f64());
+        let outcome = ctx.outcome.unwrap_or(Outcome::Unavailable);
+        match (&ctx.active, ctx.route) {
+            (Some(active), Some(ix)) => active.counters[ix].inc(outcome),
+            _ => m.count_unrouted(outcome),
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+            tracing::debug!(
+                method = %session.req_header().method,
+                path = %session.req_header().uri.path(),
+                status,
+                decision = outcome.label(),
+                error = e.map(|e| e.to_string()),
+                "request"
+            );
+        }
+    }
+}

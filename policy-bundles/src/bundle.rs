@@ -1,0 +1,299 @@
+//! A bundle's contents, parsed and validated: manifest, Rego modules, the merged data document
+//! and the gateway settings found at `data.gateway`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+use sha2::{Digest, Sha256};
+
+use crate::archive::{self, Files, Limits};
+use crate::error::{BundleError, BundleErrors, ErrorKind};
+use crate::settings::GatewaySettings;
+
+pub const MANIFEST: &str = ".manifest";
+pub const SIGNATURES: &str = ".signatures.json";
+/// Folder of decision cases and other author material that the gateway ignores.
+pub const TESTS_DIR: &str = "tests/";
+
+/// `.manifest`, as in OPA.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Manifest {
+    #[serde(default)]
+    pub revision: String,
+    /// Data and packages must live under one of these paths (`a/b`); absent means everything.
+    #[serde(default)]
+    pub roots: Option<Vec<String>>,
+    #[serde(default)]
+    pub metadata: Option<Json>,
+}
+
+/// A Rego module of the bundle.
+#[derive(Debug, Clone)]
+pub struct Module {
+    pub path: String,
+    pub source: String,
+    /// `data.x.y` from the module's `package x.y` line.
+    pub package: String,
+}
+
+/// A bundle read and checked for everything that does not need the Rego compiler.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    pub modules: Vec<Module>,
+    /// All data documents merged, without `gateway` removed (policies may read it).
+    pub data: Json,
+    pub settings: GatewaySettings,
+    /// The file the settings came from and its text, for line numbers in later checks.
+    pub settings_source: Option<(String, String)>,
+    pub files: Files,
+}
+
+/// The SHA-256 of a tarball, lowercase hex: a bundle's identity and ETag.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Bundle {
+    /// Reads a `.tar.gz` file or a directory.
+    pub fn from_path(path: &Path, limits: &Limits) -> Result<Bundle, BundleErrors> {
+        let files = if path.is_dir() {
+            archive::read_dir(path, limits)?
+        } else {
+            let bytes = std::fs::read(path).map_err(|e| {
+                BundleError::new(ErrorKind::Archive, Some(path.display().to_string()), format!("cannot read: {e}"))
+            })?;
+            archive::read_tar_gz(&bytes, limits)?
+        };
+        Bundle::from_files(files)
+    }
+
+    pub fn from_tar_gz(bytes: &[u8], limits: &Limits) -> Result<Bundle, BundleErrors> {
+        Bundle::from_files(archive::read_tar_gz(bytes, limits)?)
+    }
+
+    /// Parses and validates the files; collects every problem before failing.
+    pub fn from_files(files: Files) -> Result<Bundle, BundleErrors> {
+        let mut errors = Vec::new();
+        let manifest = match files.get(MANIFEST) {
+            None => Manifest::default(),
+            Some(bytes) => match serde_json::from_slice::<Manifest>(bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(
+                        BundleError::new(ErrorKind::Syntax, Some(MANIFEST.into()), format!("invalid manifest: {e}"))
+                            .at_line(Some(e.line())),
+                    );
+                    Manifest::default()
+                }
+            },
+        };
+        let roots: Vec<Vec<String>> = manifest
+            .roots
+            .clone()
+            .unwrap_or_else(|| vec![String::new()])
+            .iter()
+            .map(|r| split_path(r))
+            .collect();
+
+        let mut modules = Vec::new();
+        let mut data = Json::Object(Map::new());
+        let mut settings_source = None;
+        for (path, bytes) in &files {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            let dir = path.strip_suffix(name).unwrap_or("").trim_end_matches('/');
+            if path.ends_with(".rego") {
+                let source = match std::str::from_utf8(bytes) {
+                    Ok(s) => s.to_owned(),
+                    Err(_) => {
+                        errors.push(BundleError::new(ErrorKind::Rego, Some(path.clone()), "module is not UTF-8"));
+                        continue;
+                    }
+                };
+                let Some((package, line)) = package_of(&source) else {
+                    errors.push(BundleError::new(ErrorKind::Rego, Some(path.clone()), "module has no `package` line"));
+                    continue;
+                };
+                let pkg_path: Vec<String> = package.split('.').map(str::to_owned).collect();
+                if !path.starts_with(TESTS_DIR) && !under_roots(&pkg_path, &roots) {
+                    errors.push(
+                        BundleError::new(
+                            ErrorKind::Roots,
+                            Some(path.clone()),
+                            format!("package `{package}` is outside the manifest's roots {:?}", manifest.roots),
+                        )
+                        .at_line(Some(line)),
+                    );
+                }
+                modules.push(Module { path: path.clone(), source, package: format!("data.{package}") });
+            } else if name == "data.json" || name == "data.yaml" || name == "data.yml" {
+                if path.starts_with(TESTS_DIR) {
+                    continue;
+                }
+                let doc = match parse_data(path, bytes) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
+                let base = split_path(dir);
+                // Every leaf key written by this document must sit under a root.
+                let mut outside = Vec::new();
+                collect_outside(&base, &doc, &roots, &mut outside);
+                if let Some(p) = outside.first() {
+                    errors.push(BundleError::new(
+                        ErrorKind::Roots,
+                        Some(path.clone()),
+                        format!("data at `{}` is outside the manifest's roots {:?}", p.join("."), manifest.roots),
+                    ));
+                    continue;
+                }
+                if base.first().map(String::as_str) == Some("gateway") && base.len() == 1 {
+                    settings_source = Some((path.clone(), String::from_utf8_lossy(bytes).into_owned()));
+                }
+                if let Err(msg) = merge_at(&mut data, &base, doc) {
+                    errors.push(BundleError::new(ErrorKind::Roots, Some(path.clone()), msg));
+                }
+            }
+        }
+
+        let settings = match data.get("gateway") {
+            None => GatewaySettings::default(),
+            Some(v) => match parse_settings(v, settings_source.as_ref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(e);
+                    GatewaySettings::default()
+                }
+            },
+        };
+        if errors.is_empty() {
+            Ok(Bundle { manifest, modules, data, settings, settings_source, files })
+        } else {
+            Err(BundleErrors(errors))
+        }
+    }
+
+    /// The line of `needle` in the settings file, for errors about a setting.
+    pub fn settings_line(&self, needle: &str) -> (Option<String>, Option<usize>) {
+        match &self.settings_source {
+            Some((file, text)) => (Some(file.clone()), line_of(text, needle)),
+            None => (Some("data.gateway".into()), None),
+        }
+    }
+}
+
+fn parse_settings(v: &Json, source: Option<&(String, String)>) -> Result<GatewaySettings, BundleError> {
+    // Parse the source text first where there is one: its errors carry line numbers.
+    if let Some((file, text)) = source {
+        let parsed: Result<GatewaySettings, (String, Option<usize>)> = if file.ends_with(".json") {
+            serde_json::from_str(text).map_err(|e| (e.to_string(), Some(e.line())))
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                let line = e.location().map(|l| l.line());
+                (e.to_string(), line)
+            })
+        };
+        if let Err((msg, line)) = parsed {
+            return Err(BundleError::new(ErrorKind::Settings, Some(file.clone()), format!("invalid gateway settings: {msg}"))
+                .at_line(line));
+        }
+    }
+    GatewaySettings::deserialize(v).map_err(|e| {
+        BundleError::new(
+            ErrorKind::Settings,
+            Some(source.map(|s| s.0.clone()).unwrap_or_else(|| "data.gateway".into())),
+            format!("invalid gateway settings: {e}"),
+        )
+    })
+}
+
+fn parse_data(path: &str, bytes: &[u8]) -> Result<Json, BundleError> {
+    let doc: Json = if path.ends_with(".json") {
+        serde_json::from_slice(bytes).map_err(|e| {
+            BundleError::new(ErrorKind::Syntax, Some(path.to_owned()), format!("invalid JSON: {e}")).at_line(Some(e.line()))
+        })?
+    } else {
+        serde_yaml::from_slice(bytes).map_err(|e| {
+            let line = e.location().map(|l| l.line());
+            BundleError::new(ErrorKind::Syntax, Some(path.to_owned()), format!("invalid YAML: {e}")).at_line(line)
+        })?
+    };
+    if !doc.is_object() {
+        return Err(BundleError::new(ErrorKind::Syntax, Some(path.to_owned()), "a data document must be an object"));
+    }
+    Ok(doc)
+}
+
+fn split_path(p: &str) -> Vec<String> {
+    p.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn under_roots(path: &[String], roots: &[Vec<String>]) -> bool {
+    roots.iter().any(|r| path.len() >= r.len() && path[..r.len()] == r[..])
+}
+
+/// A path is acceptable when it is under a root; an object may also be an ancestor of roots,
+/// in which case its children are checked one by one.
+fn collect_outside(path: &[String], v: &Json, roots: &[Vec<String>], out: &mut Vec<Vec<String>>) {
+    if under_roots(path, roots) {
+        return;
+    }
+    let is_ancestor = roots.iter().any(|r| r.len() > path.len() && r[..path.len()] == path[..]);
+    match v {
+        Json::Object(m) if is_ancestor => {
+            for (k, child) in m {
+                let mut p = path.to_vec();
+                p.push(k.clone());
+                collect_outside(&p, child, roots, out);
+            }
+        }
+        _ => out.push(path.to_vec()),
+    }
+}
+
+fn merge_at(root: &mut Json, path: &[String], doc: Json) -> Result<(), String> {
+    let mut cur = root;
+    for seg in path {
+        let obj = cur.as_object_mut().ok_or_else(|| format!("data at `{seg}` collides with a non-object value"))?;
+        cur = obj.entry(seg.clone()).or_insert_with(|| Json::Object(Map::new()));
+    }
+    merge(cur, doc, &path.join("."))
+}
+
+fn merge(dst: &mut Json, src: Json, at: &str) -> Result<(), String> {
+    match (dst, src) {
+        (Json::Object(d), Json::Object(s)) => {
+            for (k, v) in s {
+                let here = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                match d.get_mut(&k) {
+                    Some(existing) => merge(existing, v, &here)?,
+                    None => {
+                        d.insert(k, v);
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Err(format!("data at `{at}` is defined by more than one document")),
+    }
+}
+
+/// The package of a module and its 1-based line, read from its `package` line.
+pub fn package_of(source: &str) -> Option<(String, usize)> {
+    for (i, line) in source.lines().enumerate() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("package ") {
+            let pkg = rest.split('#').next().unwrap_or("").trim();
+            return Some((pkg.to_owned(), i + 1));
+        }
+    }
+    None
+}
+
+/// The 1-based line of the first occurrence of `needle`.
+pub fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}

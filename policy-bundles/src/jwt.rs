@@ -1,0 +1,146 @@
+//! Bearer-token verification against a bundle's JWT trust roots (RS256, ES256, EdDSA keys
+//! given as JWKS). Runs in Rust before any policy: regorus has no `io.jwt.*` builtins.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value as Json;
+
+use crate::error::{BundleError, ErrorKind};
+use crate::settings::JwtSpec;
+
+/// Why a token was refused; every variant is a 401.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JwtError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    #[error("unknown signing key")]
+    UnknownKey,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+struct Issuer {
+    keys: Vec<Key>,
+    validation: Validation,
+}
+
+/// Compiled trust roots: issuer → keys and validation rules.
+pub struct TrustRoots {
+    issuers: HashMap<String, Issuer>,
+}
+
+impl std::fmt::Debug for TrustRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustRoots").field("issuers", &self.issuers.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+/// A token whose signature and claims checked out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub issuer: String,
+    pub claims: Json,
+    /// `exp`, seconds since the epoch: how long a cached verdict may live.
+    pub expires_at: u64,
+}
+
+fn key_alg(jwk: &Jwk) -> Result<Algorithm, String> {
+    if let Some(alg) = jwk.common.key_algorithm {
+        let name = format!("{alg:?}");
+        return match name.as_str() {
+            "RS256" => Ok(Algorithm::RS256),
+            "ES256" => Ok(Algorithm::ES256),
+            "EdDSA" => Ok(Algorithm::EdDSA),
+            other => Err(format!("key algorithm {other} is not supported (use RS256, ES256 or EdDSA)")),
+        };
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Ok(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Ok(Algorithm::ES256),
+        AlgorithmParameters::OctetKeyPair(_) => Ok(Algorithm::EdDSA),
+        _ => Err("key type is not supported (use RSA, EC P-256 or OKP Ed25519)".into()),
+    }
+}
+
+impl TrustRoots {
+    /// Compiles the `jwt` settings; `file` names where they came from for errors.
+    pub fn compile(spec: &JwtSpec, file: &str) -> Result<TrustRoots, BundleError> {
+        let leeway = spec.leeway.unwrap_or(Duration::from_secs(30)).as_secs();
+        let mut issuers = HashMap::new();
+        for is in &spec.issuers {
+            let err = |m: String| BundleError::new(ErrorKind::Jwks, Some(file.to_owned()), format!("issuer `{}`: {m}", is.issuer));
+            if is.jwks.keys.is_empty() {
+                return Err(err("jwks has no keys".into()));
+            }
+            let mut keys = Vec::new();
+            for (i, jwk) in is.jwks.keys.iter().enumerate() {
+                let alg = key_alg(jwk).map_err(|m| err(format!("key {i}: {m}")))?;
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {i}: {e}")))?;
+                keys.push(Key { kid: jwk.common.key_id.clone(), alg, key });
+            }
+            let mut validation = Validation::new(keys[0].alg);
+            validation.algorithms = keys.iter().map(|k| k.alg).collect();
+            validation.leeway = leeway;
+            validation.validate_nbf = true;
+            validation.set_issuer(&[&is.issuer]);
+            if is.audiences.is_empty() {
+                validation.validate_aud = false;
+            } else {
+                validation.set_audience(&is.audiences);
+            }
+            if issuers.insert(is.issuer.clone(), Issuer { keys, validation }).is_some() {
+                return Err(err("issuer listed twice".into()));
+            }
+        }
+        Ok(TrustRoots { issuers })
+    }
+
+    /// Verifies a compact JWS: picks the issuer from the (unverified) `iss`, the key by `kid`
+    /// (or every key of the header's algorithm when there is no `kid`), then checks the
+    /// signature, `exp`, `nbf`, `iss` and `aud`.
+    pub fn verify(&self, token: &str) -> Result<Verified, JwtError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        let payload_b64 = token.split('.').nth(1).ok_or(JwtError::Malformed)?;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload_b64.trim_end_matches('='))
+            .map_err(|_| JwtError::Malformed)?;
+        #[derive(serde::Deserialize)]
+        struct Iss {
+            iss: Option<String>,
+        }
+        let iss: Iss = serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
+        let issuer_name = iss.iss.ok_or(JwtError::UnknownIssuer)?;
+        let issuer = self.issuers.get(&issuer_name).ok_or(JwtError::UnknownIssuer)?;
+        let mut last = JwtError::UnknownKey;
+        for key in &issuer.keys {
+            if key.alg != header.alg {
+                continue;
+            }
+            if let (Some(want), Some(have)) = (&header.kid, &key.kid) {
+                if want != have {
+                    continue;
+                }
+            }
+            match jsonwebtoken::decode::<Json>(token, &key.key, &issuer.validation) {
+                Ok(data) => {
+                    let expires_at = data.claims.get("exp").and_then(Json::as_u64).unwrap_or(0);
+                    return Ok(Verified { issuer: issuer_name, claims: data.claims, expires_at });
+                }
+                Err(e) => last = JwtError::Invalid(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,24 @@
+//! The policy bundle format shared by the data plane and the control plane: reading bundles
+//! defensively ([`archive`]), validating them ([`bundle`]), compiling them into an immutable
+//! [`snapshot::Snapshot`], verifying bearer tokens ([`jwt`]) and reading decisions ([`decision`]).
+
+pub mod archive;
+pub mod bundle;
+pub mod decision;
+pub mod error;
+pub mod jwt;
+pub mod router;
+pub mod settings;
+pub mod snapshot;
+pub mod testing;
+
+pub use archive::Limits;
+pub use bundle::{digest, Bundle};
+pub use decision::Decision;
+pub use error::{BundleError, BundleErrors, ErrorKind};
+pub use snapshot::Snapshot;
+
+/// Reads, validates and compiles a bundle from its tarball bytes in one step.
+pub fn compile_tar_gz(bytes: &[u8], limits: &Limits) -> Result<Snapshot, BundleErrors> {
+    Snapshot::compile(&Bundle::from_tar_gz(bytes, limits)?)
+}

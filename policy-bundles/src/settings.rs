@@ -1,0 +1,171 @@
+//! The gateway's settings carried inside a bundle under the reserved root `data.gateway`:
+//! upstreams, routes and JWT issuers. Parsed strictly (unknown keys are errors).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// `data.gateway` as written by authors.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub jwt: Option<JwtSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// `host:port` targets, chosen round robin among the healthy ones.
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Default 1s.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Default 30s.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub read_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// HTTP path probed with GET; a 2xx/3xx answer is healthy. Without it, a TCP connect is the probe.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Default 5s.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: MatchSpec,
+    pub upstream: String,
+    /// The rule that decides, e.g. `data.http.orders.decision`.
+    pub policy: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// When true an evaluation error or undefined result allows instead of denying.
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Exact host, or `*.example.com` for any subdomain.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Matches the path itself and everything below it (`/orders` matches `/orders/7`, not `/ordersx`).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Exact path.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSpec {
+    #[serde(default)]
+    pub issuers: Vec<IssuerSpec>,
+    /// Allowed clock skew for `exp` and `nbf`, default 30s.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub leeway: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSpec {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub jwks: jsonwebtoken::jwk::JwkSet,
+}
+
+/// Parses durations written as `250ms`, `5s`, `2m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration `{s}` (use e.g. 500ms, 5s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in `{s}` (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration `{s}`"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses sizes written as `512`, `64KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, ""),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid size `{s}` (use e.g. 64MiB)"))?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(format!("invalid size unit in `{s}` (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size `{s}` is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Text(String),
+    Secs(f64),
+}
+
+/// serde helper for optional durations.
+pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<DurationRepr>::deserialize(d)? {
+        None => Ok(None),
+        Some(DurationRepr::Text(s)) => parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(DurationRepr::Secs(n)) if n >= 0.0 && n.is_finite() => Ok(Some(Duration::from_secs_f64(n))),
+        Some(DurationRepr::Secs(n)) => Err(serde::de::Error::custom(format!("invalid duration {n}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("10").unwrap(), 10);
+        assert!(parse_size("12XB").is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! Compiling a validated bundle into one immutable [`Snapshot`]: the Rego policy compiled once
+//! per decision rule, the indexed route table, the upstream specs and the JWT trust roots.
+//! A snapshot is `Send + Sync` and is shared by every worker thread without locks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use regorus::{CompiledPolicy, Engine, Value};
+
+use crate::bundle::{Bundle, TESTS_DIR};
+use crate::decision::{Decision, DecisionError};
+use crate::error::{BundleError, BundleErrors, ErrorKind};
+use crate::jwt::TrustRoots;
+use crate::router::{Methods, PathMatch, RouteMatch, RouteTable};
+use crate::settings::UpstreamSpec;
+
+/// A route ready to serve.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// Index into [`Snapshot::upstreams`].
+    pub upstream: usize,
+    /// Index into the snapshot's policies.
+    pub policy: usize,
+    /// The prefix removed from the path before proxying, when `strip_prefix` is set.
+    pub strip: Option<String>,
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub spec: UpstreamSpec,
+}
+
+struct Policy {
+    rule: String,
+    compiled: CompiledPolicy,
+}
+
+/// Why evaluating a rule did not give a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("policy evaluation failed: {0}")]
+    Eval(String),
+    #[error(transparent)]
+    Decision(#[from] DecisionError),
+}
+
+/// The compiled, immutable form of a bundle.
+pub struct Snapshot {
+    pub revision: String,
+    pub routes: Vec<Route>,
+    pub table: RouteTable,
+    pub upstreams: Vec<Upstream>,
+    pub jwt: Option<TrustRoots>,
+    policies: Vec<Policy>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("revision", &self.revision)
+            .field("routes", &self.routes.len())
+            .field("upstreams", &self.upstreams.len())
+            .finish()
+    }
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Snapshot>();
+    assert_send_sync::<CompiledPolicy>();
+};
+
+/// Extracts the 1-based line from a regorus message of the form `file:line:col: ...`.
+fn rego_line(message: &str, file: &str) -> Option<usize> {
+    let rest = message.split_once(&format!("{file}:"))?.1;
+    rest.split(':').next()?.trim().parse().ok()
+}
+
+/// A regorus engine holding the bundle's modules (test modules included when asked) and data.
+pub fn engine_for(bundle: &Bundle, with_tests: bool) -> Result<Engine, BundleErrors> {
+    let mut engine = Engine::new();
+    let mut errors = Vec::new();
+    for m in &bundle.modules {
+        if !with_tests && m.path.starts_with(TESTS_DIR) {
+            continue;
+        }
+        if let Err(e) = engine.add_policy(m.path.clone(), m.source.clone()) {
+            let msg = e.to_string();
+            let line = rego_line(&msg, &m.path);
+            errors.push(BundleError::new(ErrorKind::Rego, Some(m.path.clone()), msg.trim().to_owned()).at_line(line));
+        }
+    }
+    if let Err(e) = engine.add_data(Value::from(bundle.data.clone())) {
+        errors.push(BundleError::new(ErrorKind::Syntax, None, format!("data document rejected: {e}")));
+    }
+    if errors.is_empty() {
+        Ok(engine)
+    } else {
+        Err(BundleErrors(errors))
+    }
+}
+
+impl Snapshot {
+    /// Compiles a bundle; collects every error it can before failing.
+    pub fn compile(bundle: &Bundle) -> Result<Snapshot, BundleErrors> {
+        let mut errors = Vec::new();
+        let settings = &bundle.settings;
+
+        let upstreams: Vec<Upstream> =
+            settings.upstreams.iter().map(|(name, spec)| Upstream { name: name.clone(), spec: spec.clone() }).collect();
+        for u in &upstreams {
+            let (file, line) = bundle.settings_line(&format!("{}:", u.name));
+            if u.spec.targets.is_empty() {
+                errors.push(
+                    BundleError::new(ErrorKind::Settings, file.clone(), format!("upstream `{}` has no targets", u.name))
+                        .at_line(line),
+                );
+            }
+            for t in &u.spec.targets {
+                if let Err(m) = check_target(t) {
+                    errors.push(
+                        BundleError::new(ErrorKind::Settings, file.clone(), format!("upstream `{}`: {m}", u.name))
+                            .at_line(bundle.settings_line(t).1),
+                    );
+                }
+            }
+        }
+
+        let mut rules: Vec<String> = Vec::new();
+        let mut routes = Vec::new();
+        let mut matches = Vec::new();
+        let mut seen = BTreeMap::new();
+        for r in &settings.routes {
+            let (file, line) = bundle.settings_line(&format!("name: {}", r.name));
+            let err = |m: String| BundleError::new(ErrorKind::Settings, file.clone(), format!("route `{}`: {m}", r.name)).at_line(line);
+            if seen.insert(r.name.clone(), ()).is_some() {
+                errors.push(err("duplicate route name".into()));
+            }
+            let upstream = upstreams.iter().position(|u| u.name == r.upstream);
+            if upstream.is_none() {
+                errors.push(err(format!("names upstream `{}`, which is not defined", r.upstream)));
+            }
+            if !r.policy.starts_with("data.") {
+                errors.push(err(format!("policy `{}` must be a rule path such as data.http.orders.decision", r.policy)));
+            }
+            let path = match (&r.matcher.path, &r.matcher.path_prefix) {
+                (Some(_), Some(_)) => {
+                    errors.push(err("give `path` or `path_prefix`, not both".into()));
+                    PathMatch::Any
+                }
+                (Some(p), None) if p.starts_with('/') => PathMatch::Exact(p.clone()),
+                (None, Some(p)) if p.starts_with('/') => PathMatch::Prefix(p.trim_end_matches('/').to_owned()),
+                (None, None) => PathMatch::Any,
+                _ => {
+                    errors.push(err("paths must start with `/`".into()));
+                    PathMatch::Any
+                }
+            };
+            let methods = match Methods::parse(r.matcher.methods.as_deref().unwrap_or(&[])) {
+                Ok(m) => m,
+                Err(m) => {
+                    errors.push(err(m));
+                    Methods::default()
+                }
+            };
+            if let Some(h) = &r.matcher.host {
+                if h.is_empty() || h.contains('/') || (h.contains('*') && !(h.starts_with("*.") && h[2..].find('*').is_none())) {
+                    errors.push(err(format!("host `{h}` is not a host name or `*.domain` pattern")));
+                }
+            }
+            let strip = match (&path, r.strip_prefix) {
+                (PathMatch::Prefix(p), true) => Some(p.clone()),
+                (_, true) => {
+                    errors.push(err("`strip_prefix` needs a `path_prefix`".into()));
+                    None
+                }
+                _ => None,
+            };
+            let policy = match rules.iter().position(|x| *x == r.policy) {
+                Some(i) => i,
+                None => {
+                    rules.push(r.policy.clone());
+                    rules.len() - 1
+                }
+            };
+            matches.push(RouteMatch { host: r.matcher.host.clone(), path, methods });
+            routes.push(Route { name: r.name.clone(), upstream: upstream.unwrap_or(0), policy, strip, fail_open: r.fail_open });
+        }
+
+        let jwt = match &settings.jwt {
+            Some(spec) => {
+                let file = bundle.settings_line("jwt:").0.unwrap_or_else(|| "data.gateway".into());
+                match TrustRoots::compile(spec, &file) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+
+        let mut policies = Vec::new();
+        match engine_for(bundle, false) {
+            Err(mut e) => errors.append(&mut e.0),
+            Ok(mut engine) => {
+                for rule in &rules {
+                    let (file, line) = bundle.settings_line(&format!("policy: {rule}"));
+                    let defined = rule
+                        .rsplit_once('.')
+                        .is_some_and(|(pkg, name)| bundle.modules.iter().any(|m| m.package == pkg && defines_rule(&m.source, name)));
+                    if !defined {
+                        errors.push(
+                            BundleError::new(ErrorKind::Settings, file, format!("policy `{rule}` names a rule that no module defines"))
+                                .at_line(line),
+                        );
+                        continue;
+                    }
+                    match engine.compile_with_entrypoint(&rule.as_str().into()) {
+                        Ok(compiled) => policies.push(Policy { rule: rule.clone(), compiled }),
+                        Err(e) => {
+                            let msg = e.to_string();
+                            let m = bundle.modules.iter().find(|m| msg.contains(&m.path));
+                            let (f, l) = match m {
+                                Some(m) => (Some(m.path.clone()), rego_line(&msg, &m.path)),
+                                None => (file, line),
+                            };
+                            errors.push(BundleError::new(ErrorKind::Rego, f, format!("rule `{rule}`: {}", msg.trim())).at_line(l));
+                        }
+                    }
+                }
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(BundleErrors(errors));
+        }
+        Ok(Snapshot {
+            revision: bundle.manifest.revision.clone(),
+            table: RouteTable::new(&matches),
+            routes,
+            upstreams,
+            jwt,
+            policies,
+        })
+    }
+
+    /// Evaluates a route's rule with `input` and reads the decision from its result.
+    pub fn decide(&self, policy: usize, input: Value) -> Result<Decision, EvalError> {
+        let p = self.policies.get(policy).ok_or_else(|| EvalError::Eval("no such policy".into()))?;
+        let v = p.compiled.eval_with_input(input).map_err(|e| EvalError::Eval(e.to_string()))?;
+        Ok(Decision::from_value(&v)?)
+    }
+
+    /// The policy index of a rule path (`data.http.orders.decision`), when a route uses it.
+    pub fn policy_index(&self, rule: &str) -> Option<usize> {
+        self.policies.iter().position(|p| p.rule == rule)
+    }
+
+    /// The rule a policy index stands for.
+    pub fn rule(&self, policy: usize) -> Option<&str> {
+        self.policies.get(policy).map(|p| p.rule.as_str())
+    }
+
+    /// Convenience for tools and tests: the route index for a request.
+    pub fn route_for(&self, host: &str, path: &str, method: &str) -> Option<&Route> {
+        self.table.lookup(host, path, method).map(|i| &self.routes[i])
+    }
+}
+
+/// Shared handle to a snapshot.
+pub type SharedSnapshot = Arc<Snapshot>;
+
+fn check_target(t: &str) -> Result<(), String> {
+    let (host, port) = t.rsplit_once(':').ok_or_else(|| format!("target `{t}` must be host:port"))?;
+    port.parse::<u16>().map_err(|_| format!("target `{t}` has an invalid port"))?;
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("target `{t}` has an invalid host"));
+    }
+    Ok(())
+}
+
+/// Whether a module's text defines rule `name` (at the start of a line, as Rego writes rules).
+fn defines_rule(source: &str, name: &str) -> bool {
+    source.lines().any(|l| {
+        let Some(rest) = l.strip_prefix(name) else { return false };
+        let rest = rest.trim_start();
+        rest.is_empty()
+            || rest.starts_with(":=")
+            || rest.starts_with('=')
+            || rest.starts_with("if")
+            || rest.starts_with('{')
+            || rest.starts_with('[')
+            || rest.starts_with("contains")
+            || rest.starts_with('(')
+    }) || source.lines().any(|l| l.trim_start().strip_prefix("default ").is_some_and(|r| r.trim_start().starts_with(name)))
+}
