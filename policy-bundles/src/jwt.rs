@@ -29,11 +29,12 @@ struct Key {
     kid: Option<String>,
     alg: Algorithm,
     key: DecodingKey,
+    /// Per key: jsonwebtoken refuses a validation listing algorithms of another key family.
+    validation: Validation,
 }
 
 struct Issuer {
     keys: Vec<Key>,
-    validation: Validation,
 }
 
 /// Compiled trust roots: issuer → keys and validation rules.
@@ -88,19 +89,18 @@ impl TrustRoots {
             for (i, jwk) in is.jwks.keys.iter().enumerate() {
                 let alg = key_alg(jwk).map_err(|m| err(format!("key {i}: {m}")))?;
                 let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {i}: {e}")))?;
-                keys.push(Key { kid: jwk.common.key_id.clone(), alg, key });
+                let mut validation = Validation::new(alg);
+                validation.leeway = leeway;
+                validation.validate_nbf = true;
+                validation.set_issuer(&[&is.issuer]);
+                if is.audiences.is_empty() {
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&is.audiences);
+                }
+                keys.push(Key { kid: jwk.common.key_id.clone(), alg, key, validation });
             }
-            let mut validation = Validation::new(keys[0].alg);
-            validation.algorithms = keys.iter().map(|k| k.alg).collect();
-            validation.leeway = leeway;
-            validation.validate_nbf = true;
-            validation.set_issuer(&[&is.issuer]);
-            if is.audiences.is_empty() {
-                validation.validate_aud = false;
-            } else {
-                validation.set_audience(&is.audiences);
-            }
-            if issuers.insert(is.issuer.clone(), Issuer { keys, validation }).is_some() {
+            if issuers.insert(is.issuer.clone(), Issuer { keys }).is_some() {
                 return Err(err("issuer listed twice".into()));
             }
         }
@@ -133,7 +133,7 @@ impl TrustRoots {
                     continue;
                 }
             }
-            match jsonwebtoken::decode::<Json>(token, &key.key, &issuer.validation) {
+            match jsonwebtoken::decode::<Json>(token, &key.key, &key.validation) {
                 Ok(data) => {
                     let expires_at = data.claims.get("exp").and_then(Json::as_u64).unwrap_or(0);
                     return Ok(Verified { issuer: issuer_name, claims: data.claims, expires_at });

@@ -1,0 +1,43 @@
+//! `gateway --check-config` and start-up refusals, through the real binary.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn check(config: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--check-config").arg(config).output().expect("run");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let (ok, out) = check(&repo_root().join("config/gateway.yaml"));
+    assert!(ok, "{out}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn check_config_names_an_unknown_key_and_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = example_bundle(dir.path(), "127.0.0.1:9", "", "", &[]);
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(&cfg, format!("listen: 127.0.0.1:0\nbundle:\n  name: main\n  file: {}\n  max_stalenes: 5m\n", bundle.display())).expect("write");
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    assert!(out.contains("max_stalenes") && out.contains("bad.yaml:5"), "{out}");
+}
+
+#[test]
+fn a_bundle_that_does_not_compile_is_refused_with_its_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = example_bundle(dir.path(), "127.0.0.1:9", "", "", &[("http/oops.rego", "package http.oops\n\nimport rego.v1\n\nallow if {\n  input.x ==\n}\n")]);
+    let cfg = write_config(dir.path(), &bundle, free_port(), free_port());
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    assert!(out.contains("http/oops.rego:"), "{out}");
+    // Starting it fails the same way, with a non-zero exit.
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--config").arg(&cfg).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http/oops.rego"));
+}

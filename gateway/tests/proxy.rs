@@ -1,0 +1,243 @@
+//! The real `gateway` binary over loopback in front of real upstream processes: every status
+//! of the request path, header injection, JWT algorithms, timeouts and the admin listener.
+
+mod common;
+
+use common::*;
+
+const BROKEN: &str = r#"package http.broken
+
+import rego.v1
+
+# Two definitions of a complete rule with different values: an evaluation error.
+decision := true if input.request.method == "GET"
+
+decision := false if input.request.path != ""
+"#;
+
+const UNDEFINED: &str = r#"package http.undefined
+
+import rego.v1
+
+decision := true if input.request.method == "NEVER"
+"#;
+
+const SLOW: &str = r#"package http.slow
+
+import rego.v1
+
+decision := count([x | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000); x != y]) > 0
+"#;
+
+fn extra_routes() -> String {
+    [
+        ("broken", "/broken", "backend", "data.http.broken.decision", ""),
+        ("undefined", "/undefined", "backend", "data.http.undefined.decision", ""),
+        ("lenient", "/lenient", "backend", "data.http.undefined.decision", "    fail_open: true\n"),
+        ("slow", "/slow", "backend", "data.http.slow.decision", ""),
+        ("down", "/down", "down", "data.http.public.allow", ""),
+        ("sleepy", "/sleepy", "sleepy", "data.http.public.allow", ""),
+    ]
+    .iter()
+    .map(|(name, prefix, up, policy, extra)| {
+        format!("  - name: {name}\n    match: {{ path_prefix: {prefix} }}\n    upstream: {up}\n    policy: {policy}\n{extra}")
+    })
+    .collect()
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    _up: Upstream,
+    gw: Gateway,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = echo_upstream("backend");
+    let closed = free_port();
+    let extra_upstreams = format!(
+        "  down:\n    targets: [\"127.0.0.1:{closed}\"]\n    connect_timeout: 500ms\n  sleepy:\n    targets: [\"{}\"]\n    read_timeout: 300ms\n",
+        up.addr
+    );
+    let bundle = example_bundle(
+        dir.path(),
+        &up.addr.to_string(),
+        &extra_upstreams,
+        &extra_routes(),
+        &[("http/broken.rego", BROKEN), ("http/undefined.rego", UNDEFINED), ("http/slow.rego", SLOW)],
+    );
+    let gw = start_gateway(dir.path(), &bundle);
+    Env { _dir: dir, _up: up, gw }
+}
+
+#[test]
+fn public_route_is_proxied_with_its_prefix_stripped() {
+    let e = env();
+    let r = get(&format!("{}/public/hello?x=1", e.gw.base), &[]);
+    assert_eq!(r.0, 200, "{r:?}");
+    let body = json(&r);
+    assert_eq!(body["upstream"], "backend");
+    assert_eq!(body["path"], "/hello?x=1");
+    assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
+}
+
+#[test]
+fn reader_gets_orders_with_identity_headers_added_upstream() {
+    let e = env();
+    let t = token("alice", &["reader"]);
+    let r = get(&format!("{}/orders/7", e.gw.base), &[("authorization", &format!("Bearer {t}")), ("x-user-id", "mallory")]);
+    assert_eq!(r.0, 200, "{r:?}");
+    let body = json(&r);
+    assert_eq!(body["path"], "/orders/7");
+    // The decision's header replaces whatever the client sent.
+    assert_eq!(body["headers"]["x-user-id"], "alice");
+    assert_eq!(body["headers"]["x-user-roles"], "reader");
+    assert_eq!(header(&r, "x-decided-by"), Some("http.orders"));
+}
+
+#[test]
+fn every_supported_signature_algorithm_is_accepted() {
+    let e = env();
+    for key in ["es256", "rs256", "ed25519"] {
+        let claims = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": key, "roles": ["reader"], "exp": now() + 60});
+        let t = token_with(key, claims);
+        let r = get(&format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))]);
+        assert_eq!(r.0, 200, "{key}: {r:?}");
+        assert_eq!(json(&r)["headers"]["x-user-id"], key);
+    }
+}
+
+#[test]
+fn policy_denials_carry_their_status_reason_and_headers() {
+    let e = env();
+    let r = get(&format!("{}/orders", e.gw.base), &[]);
+    assert_eq!(r.0, 401, "{r:?}");
+    assert_eq!(json(&r)["reason"], "a bearer token is required");
+
+    let t = token("alice", &["reader"]);
+    let r = request("POST", &format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))]);
+    assert_eq!(r.0, 403, "{r:?}");
+    assert_eq!(json(&r)["reason"], "alice may not post orders");
+
+    let t = token("bob", &["writer"]);
+    let r = request("POST", &format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))]);
+    assert_eq!(r.0, 200, "{r:?}");
+    assert_eq!(json(&r)["method"], "POST");
+
+    let t = token("carol", &["admin"]);
+    let auth = format!("Bearer {t}");
+    assert_eq!(get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "acme")]).0, 200);
+    assert_eq!(get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "initech")]).0, 403);
+}
+
+#[test]
+fn bad_tokens_get_401_before_any_policy_runs() {
+    let e = env();
+    let base = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "eve", "roles": ["writer"], "exp": now() + 600});
+    let mut expired = base.clone();
+    expired["exp"] = serde_json::json!(now() - 3600);
+    let mut future = base.clone();
+    future["nbf"] = serde_json::json!(now() + 3600);
+    let mut wrong_aud = base.clone();
+    wrong_aud["aud"] = serde_json::json!("billing-api");
+    let mut wrong_iss = base.clone();
+    wrong_iss["iss"] = serde_json::json!("https://evil.example");
+    let good = token_with("es256", base.clone());
+    let (head, rest) = good.split_once('.').expect("jwt");
+    let (_, sig) = rest.split_once('.').expect("jwt");
+    let forged_payload = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "root", "roles": ["admin"], "exp": now() + 600})).expect("json"))
+    };
+    let tampered = format!("{head}.{forged_payload}.{sig}");
+    let before = metric(&e.gw.admin, "gateway_policy_eval_duration_seconds_count").unwrap_or(0.0);
+    for (what, t) in [
+        ("expired", token_with("es256", expired)),
+        ("not yet valid", token_with("es256", future)),
+        ("wrong audience", token_with("es256", wrong_aud)),
+        ("unknown issuer", token_with("es256", wrong_iss)),
+        ("tampered", tampered),
+        ("garbage", "not.a.jwt".to_string()),
+    ] {
+        let r = request("POST", &format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))]);
+        assert_eq!(r.0, 401, "{what}: {r:?}");
+        assert_eq!(header(&r, "www-authenticate"), Some("Bearer"), "{what}");
+    }
+    let after = metric(&e.gw.admin, "gateway_policy_eval_duration_seconds_count").unwrap_or(0.0);
+    assert_eq!(before, after, "no policy may run for a refused token");
+    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"unauthenticated\",route=\"orders\"}"), Some(6.0));
+}
+
+#[test]
+fn unmatched_requests_get_404() {
+    let e = env();
+    let before = metric(&e.gw.admin, "gateway_requests_total{decision=\"no_route\",route=\"\"}").unwrap_or(0.0);
+    let r = get(&format!("{}/nowhere", e.gw.base), &[]);
+    assert_eq!(r.0, 404, "{r:?}");
+    // Prefixes match whole segments only.
+    assert_eq!(get(&format!("{}/ordersx", e.gw.base), &[]).0, 404);
+    // The public route only allows GET and HEAD.
+    assert_eq!(request("DELETE", &format!("{}/public/x", e.gw.base), &[]).0, 404);
+    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"no_route\",route=\"\"}"), Some(before + 3.0));
+}
+
+#[test]
+fn policy_errors_and_undefined_results_fail_closed() {
+    let e = env();
+    let r = get(&format!("{}/broken", e.gw.base), &[]);
+    assert_eq!(r.0, 403, "{r:?}");
+    assert_eq!(json(&r)["reason"], "policy error");
+    let r = get(&format!("{}/undefined", e.gw.base), &[]);
+    assert_eq!(r.0, 403, "{r:?}");
+    assert_eq!(json(&r)["reason"], "policy result undefined");
+    // ...unless the route says otherwise.
+    assert_eq!(get(&format!("{}/lenient", e.gw.base), &[]).0, 200);
+    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"broken\"}"), Some(1.0));
+    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"undefined\"}"), Some(1.0));
+}
+
+#[test]
+fn a_runaway_policy_is_cut_off_and_denied() {
+    let e = env();
+    let started = std::time::Instant::now();
+    let r = get(&format!("{}/slow", e.gw.base), &[]);
+    assert_eq!(r.0, 403, "{r:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "evaluation was not bounded: {:?}", started.elapsed());
+    // The gateway keeps serving other requests.
+    assert_eq!(get(&format!("{}/public/x", e.gw.base), &[]).0, 200);
+}
+
+#[test]
+fn unreachable_or_slow_upstreams_get_502() {
+    let e = env();
+    let r = get(&format!("{}/down", e.gw.base), &[]);
+    assert_eq!(r.0, 502, "{r:?}");
+    assert_eq!(json(&r)["error"], "upstream unavailable");
+    let r = get(&format!("{}/sleepy?sleep_ms=2000", e.gw.base), &[]);
+    assert_eq!(r.0, 502, "read timeout must cut a slow upstream: {r:?}");
+    assert!(metric(&e.gw.admin, "gateway_upstream_errors_total").unwrap_or(0.0) >= 2.0);
+}
+
+#[test]
+fn admin_endpoints_report_the_active_bundle_and_metrics() {
+    let e = env();
+    assert_eq!(get(&format!("{}/healthz", e.gw.admin), &[]).0, 200);
+    assert_eq!(get(&format!("{}/readyz", e.gw.admin), &[]).0, 200);
+    let status = json(&get(&format!("{}/status", e.gw.admin), &[]));
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["bundle"]["name"], "main");
+    assert_eq!(status["bundle"]["digest"].as_str().map(str::len), Some(64));
+    assert!(status["bundle"]["activated_at"].as_u64().unwrap_or(0) > 0);
+    get(&format!("{}/public/x", e.gw.base), &[]);
+    let (code, _, body) = get(&format!("{}/metrics", e.gw.admin), &[]);
+    assert_eq!(code, 200);
+    for needle in [
+        "gateway_requests_total{decision=\"allow\",route=\"public\"} 1",
+        "gateway_request_duration_seconds_count",
+        "gateway_policy_eval_duration_seconds_count",
+        "gateway_bundle_info{digest=",
+        "gateway_bundle_activated_timestamp_seconds",
+    ] {
+        assert!(body.contains(needle), "missing {needle} in:\n{body}");
+    }
+}
