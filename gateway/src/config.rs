@@ -159,7 +159,9 @@ impl Config {
         ];
         for (key, set) in polling_keys {
             if set {
-                problems.push(format!("`{key}`: polling a control plane is not supported by this build yet; use `bundle.file`"));
+                problems.push(format!(
+                    "`{key}`: polling a control plane is not supported by this build yet; use `bundle.file`"
+                ));
             }
         }
         let file = match b.file {
@@ -202,7 +204,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_all_reported() {
-        let e = parse("listen: nope\nbundle:\n  name: main\n  file: b\n  max_size: 12XB\n  timeout: soon\n").unwrap_err().to_string();
+        let e = parse("listen: nope\nbundle:\n  name: main\n  file: b\n  max_size: 12XB\n  timeout: soon\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`listen`"), "{e}");
         assert!(e.contains("bundle.max_size"), "{e}");
         assert!(e.contains("bundle.timeout"), "{e}");

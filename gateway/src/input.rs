@@ -112,7 +112,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-a", "1".parse().unwrap());
         h.append("x-a", "2".parse().unwrap());
-        let parts = RequestParts { method: "GET", path: "/p", query: None, headers: &h, host: "h", scheme: "http", client_ip: "127.0.0.1" };
+        let parts = RequestParts {
+            method: "GET",
+            path: "/p",
+            query: None,
+            headers: &h,
+            host: "h",
+            scheme: "http",
+            client_ip: "127.0.0.1",
+        };
         let v = build(&parts, "r", None);
         assert_eq!(v["request"]["headers"]["x-a"], Value::from("1, 2"));
         assert_eq!(v["route"], Value::from("r"));

@@ -42,7 +42,8 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, proxy::Proxy { gateway: gateway.clone() });
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, proxy::Proxy { gateway: gateway.clone() });
     proxy.add_tcp(&config.listen.to_string());
 
     let mut admin = Service::new("admin".to_string(), admin::Admin { gateway: gateway.clone() });

@@ -1,7 +1,9 @@
 //! Every metric the gateway exports, named in one place. Request-path counters are resolved
 //! per route at activation, so serving a request only touches atomics (no label lookups, no locks).
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub const REQUESTS_TOTAL: &str = "gateway_requests_total";
 pub const REQUEST_DURATION: &str = "gateway_request_duration_seconds";
@@ -64,24 +66,30 @@ pub struct Metrics {
 }
 
 fn buckets() -> Vec<f64> {
-    vec![0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    vec![
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
 }
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(Opts::new(REQUESTS_TOTAL, "Requests by route and decision"), &["route", "decision"])?;
+        let requests =
+            IntCounterVec::new(Opts::new(REQUESTS_TOTAL, "Requests by route and decision"), &["route", "decision"])?;
         let request_duration = Histogram::with_opts(
-            HistogramOpts::new(REQUEST_DURATION, "Time from request headers to the end of the response").buckets(buckets()),
+            HistogramOpts::new(REQUEST_DURATION, "Time from request headers to the end of the response")
+                .buckets(buckets()),
         )?;
         let policy_eval_duration = Histogram::with_opts(
-            HistogramOpts::new(POLICY_EVAL_DURATION, "Time to build the input and evaluate a route's rule").buckets(buckets()),
+            HistogramOpts::new(POLICY_EVAL_DURATION, "Time to build the input and evaluate a route's rule")
+                .buckets(buckets()),
         )?;
         let bundle_info =
             IntGaugeVec::new(Opts::new(BUNDLE_INFO, "The active bundle (value 1)"), &["name", "revision", "digest"])?;
-        let bundle_activated =
-            IntGauge::new(BUNDLE_ACTIVATED_TIMESTAMP, "Unix time the active bundle was activated")?;
-        let upstream_errors = IntCounter::new(UPSTREAM_ERRORS_TOTAL, "Requests that failed to reach an upstream (502)")?;
+        let bundle_activated = IntGauge::new(BUNDLE_ACTIVATED_TIMESTAMP, "Unix time the active bundle was activated")?;
+        let upstream_errors =
+            IntCounter::new(UPSTREAM_ERRORS_TOTAL, "Requests that failed to reach an upstream (502)")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(policy_eval_duration.clone()))?;

@@ -19,9 +19,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
-use pingora::http::ResponseHeader;
 use policy_bundles::jwt::Verified;
 use policy_bundles::snapshot::EvalError;
 use policy_bundles::Decision;
@@ -175,7 +175,8 @@ impl ProxyHttp for Proxy {
         };
         if !decision.allow {
             ctx.outcome = Some(Outcome::Deny);
-            respond(session, decision.status, "forbidden", decision.reason.as_deref(), &decision.response_headers).await?;
+            respond(session, decision.status, "forbidden", decision.reason.as_deref(), &decision.response_headers)
+                .await?;
             ctx.active = Some(active);
             return Ok(true);
         }
@@ -195,7 +196,10 @@ impl ProxyHttp for Proxy {
         // When every target fails its health check, try them anyway (as Envoy's panic mode
         // does): a false negative must not turn into an outage; a truly dead target is a 502.
         let Some(backend) = pool.lb.select(b"", 256).or_else(|| pool.lb.select_with(b"", 256, |_, _| true)) else {
-            return Error::e_explain(ErrorType::ConnectNoRoute, format!("upstream `{}` has no healthy target", pool.name));
+            return Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!("upstream `{}` has no healthy target", pool.name),
+            );
         };
         let mut peer = HttpPeer::new(backend, false, String::new());
         peer.options.connection_timeout = Some(pool.connect_timeout);

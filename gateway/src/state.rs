@@ -161,7 +161,12 @@ impl Gateway {
         let counters = snapshot.routes.iter().map(|r| self.metrics.route_counters(&r.name)).collect();
         let info = BundleInfo {
             name: self.config.bundle.name.clone(),
-            revision: snapshot.revision.clone(),
+            // A bundle without a manifest revision is named by its content, as `bundlectl build` does.
+            revision: if snapshot.revision.is_empty() {
+                digest.get(..12).unwrap_or_default().to_owned()
+            } else {
+                snapshot.revision.clone()
+            },
             digest,
             activated_at: unix_now(),
             source,

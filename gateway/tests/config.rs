@@ -22,7 +22,11 @@ fn check_config_names_an_unknown_key_and_its_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = example_bundle(dir.path(), "127.0.0.1:9", "", "", &[]);
     let cfg = dir.path().join("bad.yaml");
-    std::fs::write(&cfg, format!("listen: 127.0.0.1:0\nbundle:\n  name: main\n  file: {}\n  max_stalenes: 5m\n", bundle.display())).expect("write");
+    std::fs::write(
+        &cfg,
+        format!("listen: 127.0.0.1:0\nbundle:\n  name: main\n  file: {}\n  max_stalenes: 5m\n", bundle.display()),
+    )
+    .expect("write");
     let (ok, out) = check(&cfg);
     assert!(!ok);
     assert!(out.contains("max_stalenes") && out.contains("bad.yaml:5"), "{out}");
@@ -31,7 +35,13 @@ fn check_config_names_an_unknown_key_and_its_line() {
 #[test]
 fn a_bundle_that_does_not_compile_is_refused_with_its_file_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bundle = example_bundle(dir.path(), "127.0.0.1:9", "", "", &[("http/oops.rego", "package http.oops\n\nimport rego.v1\n\nallow if {\n  input.x ==\n}\n")]);
+    let bundle = example_bundle(
+        dir.path(),
+        "127.0.0.1:9",
+        "",
+        "",
+        &[("http/oops.rego", "package http.oops\n\nimport rego.v1\n\nallow if {\n  input.x ==\n}\n")],
+    );
     let cfg = write_config(dir.path(), &bundle, free_port(), free_port());
     let (ok, out) = check(&cfg);
     assert!(!ok);

@@ -85,7 +85,8 @@ fn public_route_is_proxied_with_its_prefix_stripped() {
 fn reader_gets_orders_with_identity_headers_added_upstream() {
     let e = env();
     let t = token("alice", &["reader"]);
-    let r = get(&format!("{}/orders/7", e.gw.base), &[("authorization", &format!("Bearer {t}")), ("x-user-id", "mallory")]);
+    let r =
+        get(&format!("{}/orders/7", e.gw.base), &[("authorization", &format!("Bearer {t}")), ("x-user-id", "mallory")]);
     assert_eq!(r.0, 200, "{r:?}");
     let body = json(&r);
     assert_eq!(body["path"], "/orders/7");
@@ -99,7 +100,8 @@ fn reader_gets_orders_with_identity_headers_added_upstream() {
 fn every_supported_signature_algorithm_is_accepted() {
     let e = env();
     for key in ["es256", "rs256", "ed25519"] {
-        let claims = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": key, "roles": ["reader"], "exp": now() + 60});
+        let claims =
+            serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": key, "roles": ["reader"], "exp": now() + 60});
         let t = token_with(key, claims);
         let r = get(&format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))]);
         assert_eq!(r.0, 200, "{key}: {r:?}");
@@ -133,7 +135,8 @@ fn policy_denials_carry_their_status_reason_and_headers() {
 #[test]
 fn bad_tokens_get_401_before_any_policy_runs() {
     let e = env();
-    let base = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "eve", "roles": ["writer"], "exp": now() + 600});
+    let base =
+        serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "eve", "roles": ["writer"], "exp": now() + 600});
     let mut expired = base.clone();
     expired["exp"] = serde_json::json!(now() - 3600);
     let mut future = base.clone();
@@ -184,9 +187,9 @@ fn unmatched_requests_get_404() {
 #[test]
 fn policy_errors_and_undefined_results_fail_closed() {
     let e = env();
+    // A conflicting complete rule: the interpreter errors, the VM yields undefined; both deny.
     let r = get(&format!("{}/broken", e.gw.base), &[]);
     assert_eq!(r.0, 403, "{r:?}");
-    assert_eq!(json(&r)["reason"], "policy error");
     let r = get(&format!("{}/undefined", e.gw.base), &[]);
     assert_eq!(r.0, 403, "{r:?}");
     assert_eq!(json(&r)["reason"], "policy result undefined");
@@ -202,7 +205,9 @@ fn a_runaway_policy_is_cut_off_and_denied() {
     let started = std::time::Instant::now();
     let r = get(&format!("{}/slow", e.gw.base), &[]);
     assert_eq!(r.0, 403, "{r:?}");
+    assert_eq!(json(&r)["reason"], "policy error");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "evaluation was not bounded: {:?}", started.elapsed());
+    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"slow\"}"), Some(1.0));
     // The gateway keeps serving other requests.
     assert_eq!(get(&format!("{}/public/x", e.gw.base), &[]).0, 200);
 }

@@ -89,13 +89,8 @@ impl Bundle {
                 }
             },
         };
-        let roots: Vec<Vec<String>> = manifest
-            .roots
-            .clone()
-            .unwrap_or_else(|| vec![String::new()])
-            .iter()
-            .map(|r| split_path(r))
-            .collect();
+        let roots: Vec<Vec<String>> =
+            manifest.roots.clone().unwrap_or_else(|| vec![String::new()]).iter().map(|r| split_path(r)).collect();
 
         let mut modules = Vec::new();
         let mut data = Json::Object(Map::new());
@@ -197,8 +192,12 @@ fn parse_settings(v: &Json, source: Option<&(String, String)>) -> Result<Gateway
             })
         };
         if let Err((msg, line)) = parsed {
-            return Err(BundleError::new(ErrorKind::Settings, Some(file.clone()), format!("invalid gateway settings: {msg}"))
-                .at_line(line));
+            return Err(BundleError::new(
+                ErrorKind::Settings,
+                Some(file.clone()),
+                format!("invalid gateway settings: {msg}"),
+            )
+            .at_line(line));
         }
     }
     GatewaySettings::deserialize(v).map_err(|e| {
@@ -213,7 +212,8 @@ fn parse_settings(v: &Json, source: Option<&(String, String)>) -> Result<Gateway
 fn parse_data(path: &str, bytes: &[u8]) -> Result<Json, BundleError> {
     let doc: Json = if path.ends_with(".json") {
         serde_json::from_slice(bytes).map_err(|e| {
-            BundleError::new(ErrorKind::Syntax, Some(path.to_owned()), format!("invalid JSON: {e}")).at_line(Some(e.line()))
+            BundleError::new(ErrorKind::Syntax, Some(path.to_owned()), format!("invalid JSON: {e}"))
+                .at_line(Some(e.line()))
         })?
     } else {
         serde_yaml::from_slice(bytes).map_err(|e| {

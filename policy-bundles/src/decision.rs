@@ -40,10 +40,12 @@ impl Decision {
                     let key = k.as_string().map_err(|_| DecisionError::Shape("non-string key".into()))?;
                     match key.as_ref() {
                         "allow" => {
-                            d.allow = *val.as_bool().map_err(|_| DecisionError::Shape("`allow` must be a boolean".into()))?
+                            d.allow =
+                                *val.as_bool().map_err(|_| DecisionError::Shape("`allow` must be a boolean".into()))?
                         }
                         "status" => {
-                            let s = val.as_u16().map_err(|_| DecisionError::Shape("`status` must be a number".into()))?;
+                            let s =
+                                val.as_u16().map_err(|_| DecisionError::Shape("`status` must be a number".into()))?;
                             if !(100..=599).contains(&s) {
                                 return Err(DecisionError::Shape(format!("`status` {s} is not an HTTP status")));
                             }
@@ -95,7 +97,10 @@ mod tests {
     #[test]
     fn reads_booleans_and_objects() {
         assert!(Decision::from_value(&Value::from(true)).unwrap().allow);
-        let v = Value::from_json_str(r#"{"allow": false, "status": 429, "reason": "slow down", "headers": {"x-user": "a"}}"#).unwrap();
+        let v = Value::from_json_str(
+            r#"{"allow": false, "status": 429, "reason": "slow down", "headers": {"x-user": "a"}}"#,
+        )
+        .unwrap();
         let d = Decision::from_value(&v).unwrap();
         assert!(!d.allow);
         assert_eq!(d.status, 429);

@@ -81,7 +81,9 @@ impl TrustRoots {
         let leeway = spec.leeway.unwrap_or(Duration::from_secs(30)).as_secs();
         let mut issuers = HashMap::new();
         for is in &spec.issuers {
-            let err = |m: String| BundleError::new(ErrorKind::Jwks, Some(file.to_owned()), format!("issuer `{}`: {m}", is.issuer));
+            let err = |m: String| {
+                BundleError::new(ErrorKind::Jwks, Some(file.to_owned()), format!("issuer `{}`: {m}", is.issuer))
+            };
             if is.jwks.keys.is_empty() {
                 return Err(err("jwks has no keys".into()));
             }

@@ -24,10 +24,8 @@ impl Methods {
         let mut bits = 0u16;
         for m in list {
             let upper = m.to_ascii_uppercase();
-            let i = METHOD_NAMES
-                .iter()
-                .position(|n| *n == upper)
-                .ok_or_else(|| format!("unknown HTTP method `{m}`"))?;
+            let i =
+                METHOD_NAMES.iter().position(|n| *n == upper).ok_or_else(|| format!("unknown HTTP method `{m}`"))?;
             bits |= 1 << i;
         }
         Ok(Methods(bits))

@@ -2,9 +2,14 @@
 //! per decision rule, the indexed route table, the upstream specs and the JWT trust roots.
 //! A snapshot is `Send + Sync` and is shared by every worker thread without locks.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::program::Program;
+use regorus::rvm::vm::RegoVM;
 use regorus::{CompiledPolicy, Engine, Value};
 
 use crate::bundle::{Bundle, TESTS_DIR};
@@ -33,9 +38,25 @@ pub struct Upstream {
     pub spec: UpstreamSpec,
 }
 
+/// One decision rule, compiled for the regorus VM (about 6x faster than the tree-walking
+/// interpreter on the example bundle; see the README), with the interpreter kept as the fallback
+/// for any rule the VM compiler does not support.
 struct Policy {
     rule: String,
     compiled: CompiledPolicy,
+    program: Option<Arc<Program>>,
+}
+
+/// Bounds of one evaluation. The wall-clock bound also comes from regorus' process-wide
+/// fallback timer (`regorus::utils::limits::set_fallback_execution_timer_config`), which the
+/// gateway sets from `policy_timeout`.
+pub const MAX_INSTRUCTIONS: usize = 5_000_000;
+
+static SNAPSHOT_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// VMs of this thread for the newest snapshot it has evaluated: (snapshot id, VM per policy).
+    static VMS: RefCell<(u64, Vec<Option<RegoVM>>)> = const { RefCell::new((0, Vec::new())) };
 }
 
 /// Why evaluating a rule did not give a decision.
@@ -49,6 +70,9 @@ pub enum EvalError {
 
 /// The compiled, immutable form of a bundle.
 pub struct Snapshot {
+    /// Unique per compiled snapshot in this process; keys the per-thread VMs.
+    id: u64,
+    data: Value,
     pub revision: String,
     pub routes: Vec<Route>,
     pub table: RouteTable,
@@ -71,6 +95,7 @@ const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Snapshot>();
     assert_send_sync::<CompiledPolicy>();
+    assert_send_sync::<Program>();
 };
 
 /// Extracts the 1-based line from a regorus message of the form `file:line:col: ...`.
@@ -115,8 +140,12 @@ impl Snapshot {
             let (file, line) = bundle.settings_line(&format!("{}:", u.name));
             if u.spec.targets.is_empty() {
                 errors.push(
-                    BundleError::new(ErrorKind::Settings, file.clone(), format!("upstream `{}` has no targets", u.name))
-                        .at_line(line),
+                    BundleError::new(
+                        ErrorKind::Settings,
+                        file.clone(),
+                        format!("upstream `{}` has no targets", u.name),
+                    )
+                    .at_line(line),
                 );
             }
             for t in &u.spec.targets {
@@ -135,7 +164,9 @@ impl Snapshot {
         let mut seen = BTreeMap::new();
         for r in &settings.routes {
             let (file, line) = bundle.settings_line(&format!("name: {}", r.name));
-            let err = |m: String| BundleError::new(ErrorKind::Settings, file.clone(), format!("route `{}`: {m}", r.name)).at_line(line);
+            let err = |m: String| {
+                BundleError::new(ErrorKind::Settings, file.clone(), format!("route `{}`: {m}", r.name)).at_line(line)
+            };
             if seen.insert(r.name.clone(), ()).is_some() {
                 errors.push(err("duplicate route name".into()));
             }
@@ -144,7 +175,8 @@ impl Snapshot {
                 errors.push(err(format!("names upstream `{}`, which is not defined", r.upstream)));
             }
             if !r.policy.starts_with("data.") {
-                errors.push(err(format!("policy `{}` must be a rule path such as data.http.orders.decision", r.policy)));
+                errors
+                    .push(err(format!("policy `{}` must be a rule path such as data.http.orders.decision", r.policy)));
             }
             let path = match (&r.matcher.path, &r.matcher.path_prefix) {
                 (Some(_), Some(_)) => {
@@ -167,7 +199,10 @@ impl Snapshot {
                 }
             };
             if let Some(h) = &r.matcher.host {
-                if h.is_empty() || h.contains('/') || (h.contains('*') && !(h.starts_with("*.") && h[2..].find('*').is_none())) {
+                if h.is_empty()
+                    || h.contains('/')
+                    || (h.contains('*') && !(h.starts_with("*.") && h[2..].find('*').is_none()))
+                {
                     errors.push(err(format!("host `{h}` is not a host name or `*.domain` pattern")));
                 }
             }
@@ -187,7 +222,13 @@ impl Snapshot {
                 }
             };
             matches.push(RouteMatch { host: r.matcher.host.clone(), path, methods });
-            routes.push(Route { name: r.name.clone(), upstream: upstream.unwrap_or(0), policy, strip, fail_open: r.fail_open });
+            routes.push(Route {
+                name: r.name.clone(),
+                upstream: upstream.unwrap_or(0),
+                policy,
+                strip,
+                fail_open: r.fail_open,
+            });
         }
 
         let jwt = match &settings.jwt {
@@ -210,18 +251,25 @@ impl Snapshot {
             Ok(mut engine) => {
                 for rule in &rules {
                     let (file, line) = bundle.settings_line(&format!("policy: {rule}"));
-                    let defined = rule
-                        .rsplit_once('.')
-                        .is_some_and(|(pkg, name)| bundle.modules.iter().any(|m| m.package == pkg && defines_rule(&m.source, name)));
+                    let defined = rule.rsplit_once('.').is_some_and(|(pkg, name)| {
+                        bundle.modules.iter().any(|m| m.package == pkg && defines_rule(&m.source, name))
+                    });
                     if !defined {
                         errors.push(
-                            BundleError::new(ErrorKind::Settings, file, format!("policy `{rule}` names a rule that no module defines"))
-                                .at_line(line),
+                            BundleError::new(
+                                ErrorKind::Settings,
+                                file,
+                                format!("policy `{rule}` names a rule that no module defines"),
+                            )
+                            .at_line(line),
                         );
                         continue;
                     }
                     match engine.compile_with_entrypoint(&rule.as_str().into()) {
-                        Ok(compiled) => policies.push(Policy { rule: rule.clone(), compiled }),
+                        Ok(compiled) => {
+                            let program = Compiler::compile_from_policy(&compiled, &[rule.as_str()]).ok();
+                            policies.push(Policy { rule: rule.clone(), compiled, program })
+                        }
                         Err(e) => {
                             let msg = e.to_string();
                             let m = bundle.modules.iter().find(|m| msg.contains(&m.path));
@@ -229,7 +277,10 @@ impl Snapshot {
                                 Some(m) => (Some(m.path.clone()), rego_line(&msg, &m.path)),
                                 None => (file, line),
                             };
-                            errors.push(BundleError::new(ErrorKind::Rego, f, format!("rule `{rule}`: {}", msg.trim())).at_line(l));
+                            errors.push(
+                                BundleError::new(ErrorKind::Rego, f, format!("rule `{rule}`: {}", msg.trim()))
+                                    .at_line(l),
+                            );
                         }
                     }
                 }
@@ -240,6 +291,8 @@ impl Snapshot {
             return Err(BundleErrors(errors));
         }
         Ok(Snapshot {
+            id: SNAPSHOT_IDS.fetch_add(1, Ordering::Relaxed),
+            data: Value::from(bundle.data.clone()),
             revision: bundle.manifest.revision.clone(),
             table: RouteTable::new(&matches),
             routes,
@@ -251,9 +304,52 @@ impl Snapshot {
 
     /// Evaluates a route's rule with `input` and reads the decision from its result.
     pub fn decide(&self, policy: usize, input: Value) -> Result<Decision, EvalError> {
-        let p = self.policies.get(policy).ok_or_else(|| EvalError::Eval("no such policy".into()))?;
-        let v = p.compiled.eval_with_input(input).map_err(|e| EvalError::Eval(e.to_string()))?;
+        let v = self.evaluate(policy, input)?;
         Ok(Decision::from_value(&v)?)
+    }
+
+    /// Evaluates a rule: on this thread's VM for the rule when it has a VM program, else with
+    /// the interpreter.
+    pub fn evaluate(&self, policy: usize, input: Value) -> Result<Value, EvalError> {
+        let p = self.policies.get(policy).ok_or_else(|| EvalError::Eval("no such policy".into()))?;
+        let Some(program) = &p.program else { return self.interpret(policy, input) };
+        VMS.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let (id, vms) = &mut *guard;
+            if *id != self.id {
+                // A newer (or other) snapshot: drop this thread's VMs of the previous one.
+                *id = self.id;
+                vms.clear();
+                vms.resize_with(self.policies.len(), || None);
+            }
+            let slot = vms.get_mut(policy).ok_or_else(|| EvalError::Eval("no such policy".into()))?;
+            if slot.is_none() {
+                let mut vm = RegoVM::new();
+                vm.load_program(program.clone());
+                vm.set_data(self.data.clone()).map_err(|e| EvalError::Eval(e.to_string()))?;
+                vm.set_max_instructions(MAX_INSTRUCTIONS);
+                *slot = Some(vm);
+            }
+            let vm = slot.as_mut().ok_or_else(|| EvalError::Eval("no VM".into()))?;
+            vm.set_input(input);
+            vm.execute().map_err(|e| EvalError::Eval(e.to_string()))
+        })
+    }
+
+    /// Evaluates a rule with the tree-walking interpreter (the reference semantics).
+    pub fn interpret(&self, policy: usize, input: Value) -> Result<Value, EvalError> {
+        let p = self.policies.get(policy).ok_or_else(|| EvalError::Eval("no such policy".into()))?;
+        p.compiled.eval_with_input(input).map_err(|e| EvalError::Eval(e.to_string()))
+    }
+
+    /// Whether a rule runs on the VM (false: the interpreter).
+    pub fn uses_vm(&self, policy: usize) -> bool {
+        self.policies.get(policy).is_some_and(|p| p.program.is_some())
+    }
+
+    /// Number of distinct decision rules.
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
     }
 
     /// The policy index of a rule path (`data.http.orders.decision`), when a route uses it.
@@ -297,5 +393,7 @@ fn defines_rule(source: &str, name: &str) -> bool {
             || rest.starts_with('[')
             || rest.starts_with("contains")
             || rest.starts_with('(')
-    }) || source.lines().any(|l| l.trim_start().strip_prefix("default ").is_some_and(|r| r.trim_start().starts_with(name)))
+    }) || source
+        .lines()
+        .any(|l| l.trim_start().strip_prefix("default ").is_some_and(|r| r.trim_start().starts_with(name)))
 }

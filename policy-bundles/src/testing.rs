@@ -184,7 +184,9 @@ pub fn load_cases(bundle: &Bundle) -> Result<Vec<LocatedCase>, BundleErrors> {
 
 /// Parses one cases file: a YAML list of cases.
 pub fn parse_cases(file: &str, bytes: &[u8]) -> Result<Vec<LocatedCase>, Vec<BundleError>> {
-    let err = |msg: String, line: Option<usize>| BundleError::new(ErrorKind::Syntax, Some(file.to_owned()), msg).at_line(line);
+    let err = |msg: String, line: Option<usize>| {
+        BundleError::new(ErrorKind::Syntax, Some(file.to_owned()), msg).at_line(line)
+    };
     let text = std::str::from_utf8(bytes).map_err(|_| vec![err("cases file is not UTF-8".into(), None)])?;
     let parsed: Option<Vec<Case>> = serde_yaml::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line());
@@ -206,10 +208,13 @@ pub fn parse_cases(file: &str, bytes: &[u8]) -> Result<Vec<LocatedCase>, Vec<Bun
         }
         match (&case.route, &case.policy) {
             (Some(_), Some(_)) => errors.push(err(format!("case `{name}`: give `route` or `policy`, not both"), line)),
-            (None, None) => errors.push(err(format!("case `{name}`: give the `route` or the `policy` that decides"), line)),
-            (None, Some(p)) if !p.starts_with("data.") => {
-                errors.push(err(format!("case `{name}`: policy `{p}` must be a rule path such as data.http.orders.decision"), line))
+            (None, None) => {
+                errors.push(err(format!("case `{name}`: give the `route` or the `policy` that decides"), line))
             }
+            (None, Some(p)) if !p.starts_with("data.") => errors.push(err(
+                format!("case `{name}`: policy `{p}` must be a rule path such as data.http.orders.decision"),
+                line,
+            )),
             _ => {}
         }
         if !case.input.is_object() {
@@ -272,11 +277,18 @@ pub fn run_rego_tests(bundle: &Bundle) -> Result<Vec<TestResult>, BundleErrors> 
             let rule = format!("{}.{name}", m.package);
             let failure = match engine.eval_rule(rule.clone()) {
                 Ok(Value::Bool(true)) => None,
-                Ok(Value::Undefined) => Some("expected true, got undefined (a test passes only when it evaluates to true)".to_owned()),
+                Ok(Value::Undefined) => {
+                    Some("expected true, got undefined (a test passes only when it evaluates to true)".to_owned())
+                }
                 Ok(v) => Some(format!("expected true, got {v}")),
                 Err(e) => Some(format!("evaluation error: {}", e.to_string().trim())),
             };
-            results.push(TestResult { name: rule, kind: TestKind::Rego, location: format!("{}:{line}", m.path), failure });
+            results.push(TestResult {
+                name: rule,
+                kind: TestKind::Rego,
+                location: format!("{}:{line}", m.path),
+                failure,
+            });
         }
     }
     Ok(results)
@@ -318,7 +330,10 @@ pub fn run_cases(bundle: &Bundle, snapshot: &Snapshot, cases: &[LocatedCase]) ->
 enum Got {
     Decision(Decision),
     /// Evaluation failed or was undefined; `allow` is what the route's fail mode makes of it.
-    Error { allow: bool, message: String },
+    Error {
+        allow: bool,
+        message: String,
+    },
 }
 
 fn run_case(
@@ -365,10 +380,16 @@ fn run_case(
     compare(&case.expect, &got)
 }
 
-fn compile_rule(bundle: &Bundle, rule: &str, engine: &mut Option<Result<regorus::Engine, String>>) -> Result<CompiledPolicy, String> {
+fn compile_rule(
+    bundle: &Bundle,
+    rule: &str,
+    engine: &mut Option<Result<regorus::Engine, String>>,
+) -> Result<CompiledPolicy, String> {
     let engine = engine.get_or_insert_with(|| snapshot::engine_for(bundle, false).map_err(|e| e.to_string()));
     let engine = engine.as_mut().map_err(|e| e.clone())?;
-    engine.compile_with_entrypoint(&rule.into()).map_err(|e| format!("policy `{rule}` does not compile: {}", e.to_string().trim()))
+    engine
+        .compile_with_entrypoint(&rule.into())
+        .map_err(|e| format!("policy `{rule}` does not compile: {}", e.to_string().trim()))
 }
 
 /// Compares a decision with a partial expectation; the error lists every mismatch.
@@ -398,7 +419,11 @@ fn compare(expect: &Expect, got: &Got) -> Result<(), String> {
             if diffs.is_empty() {
                 return Ok(());
             }
-            Err(format!("{} (got: {message}; the gateway {})", diffs.join("; "), if *allow { "fails open" } else { "denies" }))
+            Err(format!(
+                "{} (got: {message}; the gateway {})",
+                diffs.join("; "),
+                if *allow { "fails open" } else { "denies" }
+            ))
         }
         Got::Decision(d) => {
             if expect.allow != d.allow {
@@ -411,7 +436,10 @@ fn compare(expect: &Expect, got: &Got) -> Result<(), String> {
             }
             if let Some(r) = &expect.reason {
                 if Some(r) != d.reason.as_ref() {
-                    diffs.push(format!("reason: expected {r:?}, got {}", d.reason.as_ref().map_or("none".into(), |g| format!("{g:?}"))));
+                    diffs.push(format!(
+                        "reason: expected {r:?}, got {}",
+                        d.reason.as_ref().map_or("none".into(), |g| format!("{g:?}"))
+                    ));
                 }
             }
             compare_headers("headers", expect.headers.as_ref(), &d.headers, &mut diffs);
@@ -424,7 +452,12 @@ fn compare(expect: &Expect, got: &Got) -> Result<(), String> {
     }
 }
 
-fn compare_headers(what: &str, expect: Option<&BTreeMap<String, String>>, got: &[(String, String)], diffs: &mut Vec<String>) {
+fn compare_headers(
+    what: &str,
+    expect: Option<&BTreeMap<String, String>>,
+    got: &[(String, String)],
+    diffs: &mut Vec<String>,
+) {
     for (name, want) in expect.into_iter().flatten() {
         match got.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
             Some((_, have)) if have == want => {}
@@ -499,7 +532,12 @@ mod tests {
             response_headers: None,
         };
         assert!(compare(&ok, &Got::Decision(d.clone())).is_ok());
-        let bad = Expect { allow: false, reason: Some("no".into()), headers: Some([("x-user-id".to_string(), "bob".to_string())].into()), ..ok };
+        let bad = Expect {
+            allow: false,
+            reason: Some("no".into()),
+            headers: Some([("x-user-id".to_string(), "bob".to_string())].into()),
+            ..ok
+        };
         let msg = compare(&bad, &Got::Decision(d)).unwrap_err();
         assert!(msg.contains("allow: expected false, got true"), "{msg}");
         assert!(msg.contains("reason: expected \"no\", got none"), "{msg}");

@@ -78,7 +78,8 @@ routes:
     policy: data.http.app.allow
 ";
 
-const APP: &str = "package http.app\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.request.method == \"GET\"\n";
+const APP: &str =
+    "package http.app\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.request.method == \"GET\"\n";
 
 fn valid_files() -> Files {
     let mut f = Files::new();
@@ -430,7 +431,11 @@ fn refuses_a_truncated_gzip_wherever_it_is_cut() {
     for cut in 1..bytes.len() {
         match Bundle::from_tar_gz(&bytes[..cut], &Limits::default()) {
             Err(e) => assert_eq!(e.kind(), ErrorKind::Archive, "cut at {cut}: {e}"),
-            Ok(b) => panic!("archive cut at {cut} of {} bytes was accepted with {:?}", bytes.len(), b.files.keys().collect::<Vec<_>>()),
+            Ok(b) => panic!(
+                "archive cut at {cut} of {} bytes was accepted with {:?}",
+                bytes.len(),
+                b.files.keys().collect::<Vec<_>>()
+            ),
         }
     }
 }

@@ -74,7 +74,13 @@ pub fn copy_dir(from: &Path, to: &Path) {
 
 /// The example bundle copied into `dir/bundle`, its upstream pointed at `upstream`, plus extra
 /// routes (YAML list items), upstreams (YAML map entries) and modules.
-pub fn example_bundle(dir: &Path, upstream: &str, extra_upstreams: &str, extra_routes: &str, modules: &[(&str, &str)]) -> PathBuf {
+pub fn example_bundle(
+    dir: &Path,
+    upstream: &str,
+    extra_upstreams: &str,
+    extra_routes: &str,
+    modules: &[(&str, &str)],
+) -> PathBuf {
     let b = dir.join("bundle");
     copy_dir(&repo_root().join("policy-bundles/examples/api-gateway"), &b);
     let settings = b.join("gateway/data.yaml");
@@ -86,7 +92,10 @@ pub fn example_bundle(dir: &Path, upstream: &str, extra_upstreams: &str, extra_r
     }
     if !extra_routes.is_empty() {
         // Extra routes go first so that they win over the example's own.
-        text = text.replace("routes:                       # matched in order; the first match wins\n", &format!("routes:\n{extra_routes}"));
+        text = text.replace(
+            "routes:                       # matched in order; the first match wins\n",
+            &format!("routes:\n{extra_routes}"),
+        );
     }
     std::fs::write(&settings, text).expect("write settings");
     for (path, src) in modules {
@@ -137,7 +146,8 @@ pub fn start_gateway(dir: &Path, bundle: &Path) -> Gateway {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if get(&format!("{}/readyz", gw.admin), &[]).0 == 200 && get(&format!("{}/__probe", gw.base), &[]).0 != 0 {
+        // The proxy port is probed with a bare connect so that no request is counted.
+        if get(&format!("{}/readyz", gw.admin), &[]).0 == 200 && std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
             return gw;
         }
         assert!(Instant::now() < deadline, "gateway did not become ready");
@@ -154,7 +164,11 @@ pub type Resp = (u16, Vec<(String, String)>, String);
 
 fn read(r: ureq::Response) -> Resp {
     let status = r.status();
-    let headers = r.headers_names().iter().flat_map(|n| r.all(n).into_iter().map(move |v| (n.to_ascii_lowercase(), v.to_owned()))).collect::<Vec<_>>();
+    let headers = r
+        .headers_names()
+        .iter()
+        .flat_map(|n| r.all(n).into_iter().map(move |v| (n.to_ascii_lowercase(), v.to_owned())))
+        .collect::<Vec<_>>();
     let body = r.into_string().unwrap_or_default();
     (status, headers, body)
 }
@@ -202,7 +216,10 @@ pub fn token_with(key: &str, claims: serde_json::Value) -> String {
 
 /// A valid token for `sub` with `roles`.
 pub fn token(sub: &str, roles: &[&str]) -> String {
-    token_with("es256", serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": roles, "iat": now(), "exp": now() + 600}))
+    token_with(
+        "es256",
+        serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": roles, "iat": now(), "exp": now() + 600}),
+    )
 }
 
 /// The value of a metric line (exact label set as rendered), if present.

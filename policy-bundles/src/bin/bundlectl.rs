@@ -55,7 +55,12 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Cmd::Check { path } => {
             let bundle = Bundle::from_path(&path, &limits)?;
             let snap = Snapshot::compile(&bundle)?;
-            println!("ok: revision {:?}, {} routes, {} upstreams", snap.revision, snap.routes.len(), snap.upstreams.len());
+            println!(
+                "ok: revision {:?}, {} routes, {} upstreams",
+                snap.revision,
+                snap.routes.len(),
+                snap.upstreams.len()
+            );
         }
         Cmd::Build { dir, output, revision } => {
             let mut files = archive::read_dir(&dir, &limits)?;
