@@ -27,28 +27,37 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 impl Admin {
     /// The `/status` document.
     pub fn status(&self) -> serde_json::Value {
-        let active = self.gateway.active.load();
-        let last_error = self.gateway.last_error.lock().ok().and_then(|e| e.clone());
-        match active.as_ref() {
+        let gw = &self.gateway;
+        let active = gw.active.load();
+        let sync = gw.sync.lock().map(|s| s.clone()).unwrap_or_default();
+        let confirmed = gw.last_confirmed_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let bundle = match active.as_ref() {
             Some(a) => serde_json::json!({
-                "ready": true,
-                "bundle": {
-                    "name": a.info.name,
-                    "revision": a.info.revision,
-                    "digest": a.info.digest,
-                    "activated_at": a.info.activated_at,
-                    "source": a.info.source,
-                    "routes": a.snapshot.routes.len(),
-                    "upstreams": a.snapshot.upstreams.len(),
-                },
-                "last_error": last_error,
+                "name": a.info.name,
+                "revision": a.info.revision,
+                "digest": a.info.digest,
+                "activated_at": a.info.activated_at,
+                "source": a.info.source,
+                "routes": a.snapshot.routes.len(),
+                "upstreams": a.snapshot.upstreams.len(),
             }),
-            None => serde_json::json!({
-                "ready": false,
-                "bundle": { "name": self.gateway.config.bundle.name },
-                "last_error": last_error,
-            }),
-        }
+            None => serde_json::json!({ "name": gw.config.bundle.name }),
+        };
+        serde_json::json!({
+            "ready": active.is_some(),
+            "bundle": bundle,
+            "sync": {
+                "source": sync.source,
+                "etag": sync.etag,
+                "last_sync": (confirmed > 0).then_some(confirmed / 1000),
+                "staleness_seconds": gw.age_seconds().floor(),
+                "max_staleness_seconds": gw.config.bundle.max_staleness.as_secs(),
+                "stale": gw.is_stale(),
+                "last_error": sync.last_error,
+                "last_error_at": sync.last_error_at,
+            },
+            "last_error": sync.last_error,
+        })
     }
 }
 
@@ -69,7 +78,7 @@ impl ServeHttp for Admin {
                 let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
                 reply(200, "application/json", body)
             }
-            "/metrics" => reply(200, "text/plain; version=0.0.4", self.gateway.metrics.render()),
+            "/metrics" => reply(200, "text/plain; version=0.0.4", self.gateway.render_metrics()),
             _ => reply(404, "text/plain", b"not found: try /healthz /readyz /status /metrics\n".to_vec()),
         }
     }

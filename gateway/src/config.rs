@@ -30,6 +30,8 @@ struct RawConfig {
     threads: Option<usize>,
     #[serde(default)]
     policy_timeout: Option<String>,
+    #[serde(default)]
+    instance: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,7 +61,27 @@ struct RawBundle {
     #[serde(default)]
     max_staleness: Option<String>,
     #[serde(default)]
-    signing: Option<serde_yaml::Value>,
+    signing: Option<RawSigning>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    keys: Vec<RawKey>,
+    #[serde(default = "yes")]
+    required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: String,
+    algorithm: String,
+    public_key_file: PathBuf,
 }
 
 /// Validated configuration.
@@ -73,16 +95,65 @@ pub struct Config {
     pub threads: usize,
     /// Wall-clock bound on one policy evaluation; default 50ms. Past it the request is denied.
     pub policy_timeout: Duration,
+    /// This gateway's name in status reports; default `HOSTNAME:listen-port`.
+    pub instance: String,
     pub bundle: BundleConfig,
 }
 
 #[derive(Debug, Clone)]
 pub struct BundleConfig {
     pub name: String,
-    /// A local bundle (`.tar.gz` or directory), paths relative to the config file's directory.
-    pub file: PathBuf,
-    /// Largest bundle accepted, default 64MiB.
+    /// Where bundles come from: a local file, or control planes polled in order.
+    pub source: Source,
+    /// Largest bundle accepted, default 64MiB; enforced while downloading.
     pub max_size: u64,
+    /// The last-known-good copy lives here; without it a restart needs a reachable source.
+    pub cache_dir: Option<PathBuf>,
+    /// Past this age without a confirmed sync, `gateway_bundle_stale` = 1. Default 5m.
+    pub max_staleness: Duration,
+    /// Keys that sign bundles (`.signatures.json`), and whether unsigned bundles are refused.
+    pub signing: Option<Signing>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A bundle `.tar.gz` or directory, loaded at start.
+    File(PathBuf),
+    Poll(Poll),
+}
+
+/// How the sync loop polls its sources.
+#[derive(Debug, Clone)]
+pub struct Poll {
+    /// Base URLs tried in order (`http://127.0.0.1:8181`); the bundle is `{url}/v1/bundles/{name}`.
+    /// A URL ending in `.tar.gz` is used as is (any HTTP server honouring ETags).
+    pub sources: Vec<String>,
+    /// Bearer token sent to sources, read from `token_file` at start.
+    pub token: Option<String>,
+    /// Interval between polls is uniform in [min_delay, max_delay]; defaults 5s and 10s.
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// `Prefer: wait=N` long poll; zero disables. Default 30s.
+    pub long_poll: Duration,
+    /// Exponential backoff cap on errors; default 60s.
+    pub backoff_max: Duration,
+    /// Bound on one request (beyond the long-poll wait); default 10s.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Signing {
+    pub keys: Vec<SigningKey>,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    pub id: String,
+    /// `RS256`, `ES256` or `EdDSA`.
+    pub algorithm: String,
+    /// PEM of the public key.
+    pub pem: Vec<u8>,
 }
 
 impl Config {
@@ -139,43 +210,106 @@ impl Config {
                 0
             }),
         };
-        for (key, v) in [
-            ("bundle.min_delay", &b.min_delay),
-            ("bundle.max_delay", &b.max_delay),
-            ("bundle.long_poll", &b.long_poll),
-            ("bundle.backoff_max", &b.backoff_max),
-            ("bundle.timeout", &b.timeout),
-            ("bundle.max_staleness", &b.max_staleness),
-        ] {
-            dur(key, v, Duration::ZERO, &mut problems);
+        let min_delay = dur("bundle.min_delay", &b.min_delay, Duration::from_secs(5), &mut problems);
+        let max_delay = dur("bundle.max_delay", &b.max_delay, Duration::from_secs(10).max(min_delay), &mut problems);
+        if max_delay < min_delay {
+            problems.push("`bundle.max_delay` must be at least `bundle.min_delay`".into());
         }
-        // Polling a control plane (sources, token_file, cache_dir, signing) arrives with the
-        // bundle-sync loop; until then a config that relies on it is refused, not ignored.
-        let polling_keys = [
-            ("bundle.sources", !b.sources.is_empty()),
-            ("bundle.token_file", b.token_file.is_some()),
-            ("bundle.cache_dir", b.cache_dir.is_some()),
-            ("bundle.signing", b.signing.is_some()),
-        ];
-        for (key, set) in polling_keys {
-            if set {
-                problems.push(format!(
-                    "`{key}`: polling a control plane is not supported by this build yet; use `bundle.file`"
-                ));
+        let long_poll = dur("bundle.long_poll", &b.long_poll, Duration::from_secs(30), &mut problems);
+        let backoff_max = dur("bundle.backoff_max", &b.backoff_max, Duration::from_secs(60), &mut problems);
+        let timeout = dur("bundle.timeout", &b.timeout, Duration::from_secs(10), &mut problems);
+        if timeout.is_zero() {
+            problems.push("`bundle.timeout` must be more than zero".into());
+        }
+        let max_staleness = dur("bundle.max_staleness", &b.max_staleness, Duration::from_secs(300), &mut problems);
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let token = match b.token_file {
+            None => None,
+            Some(f) => match std::fs::read_to_string(resolve(f.clone())) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+                Ok(_) => {
+                    problems.push(format!("`bundle.token_file`: {} is empty", f.display()));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("`bundle.token_file`: cannot read {}: {e}", f.display()));
+                    None
+                }
+            },
+        };
+        for (i, u) in b.sources.iter().enumerate() {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems.push(format!("`bundle.sources[{i}]`: `{u}` must be an http:// or https:// URL"));
             }
         }
-        let file = match b.file {
-            Some(f) if f.is_absolute() => f,
-            Some(f) => base.join(f),
-            None => {
-                problems.push("`bundle.file`: required (the path of a bundle .tar.gz or directory)".into());
-                PathBuf::new()
+        let source = match (b.file, b.sources.is_empty()) {
+            (Some(_), false) => {
+                problems.push("`bundle.file` and `bundle.sources` are alternatives: give one".into());
+                Source::File(PathBuf::new())
+            }
+            (Some(f), true) => Source::File(resolve(f)),
+            (None, false) => Source::Poll(Poll {
+                sources: b.sources.iter().map(|s| s.trim_end_matches('/').to_owned()).collect(),
+                token,
+                min_delay,
+                max_delay,
+                long_poll,
+                backoff_max,
+                timeout,
+            }),
+            (None, true) => {
+                problems.push("`bundle`: give `sources` (control planes to poll) or `file` (a local bundle)".into());
+                Source::File(PathBuf::new())
             }
         };
+        let signing = b.signing.map(|sg| {
+            if sg.keys.is_empty() {
+                problems.push("`bundle.signing.keys`: at least one key is needed".into());
+            }
+            let keys = sg
+                .keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    if !["RS256", "ES256", "EdDSA"].contains(&k.algorithm.as_str()) {
+                        problems.push(format!(
+                            "`bundle.signing.keys[{i}].algorithm`: `{}` is not RS256, ES256 or EdDSA",
+                            k.algorithm
+                        ));
+                    }
+                    let pem = std::fs::read(resolve(k.public_key_file.clone())).unwrap_or_else(|e| {
+                        problems.push(format!(
+                            "`bundle.signing.keys[{i}].public_key_file`: cannot read {}: {e}",
+                            k.public_key_file.display()
+                        ));
+                        Vec::new()
+                    });
+                    SigningKey { id: k.id, algorithm: k.algorithm, pem }
+                })
+                .collect();
+            Signing { keys, required: sg.required }
+        });
+        let cache_dir = b.cache_dir.map(resolve);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: p, problems });
         }
-        Ok(Config { listen, admin, threads, policy_timeout, bundle: BundleConfig { name: b.name, file, max_size } })
+        let instance = raw.instance.unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "gateway".into());
+            format!("{host}:{}", listen.port())
+        });
+        Ok(Config {
+            listen,
+            admin,
+            threads,
+            policy_timeout,
+            instance,
+            bundle: BundleConfig { name: b.name, source, max_size, cache_dir, max_staleness, signing },
+        })
     }
 }
 
@@ -191,7 +325,7 @@ mod tests {
     fn reads_a_minimal_config_with_defaults() {
         let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b.tar.gz\n").unwrap();
         assert_eq!(c.admin.to_string(), "127.0.0.1:9901");
-        assert_eq!(c.bundle.file, PathBuf::from("/etc/gw/b.tar.gz"));
+        assert!(matches!(&c.bundle.source, Source::File(f) if f == &PathBuf::from("/etc/gw/b.tar.gz")));
         assert_eq!(c.policy_timeout, Duration::from_millis(50));
     }
 
@@ -200,6 +334,18 @@ mod tests {
         let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\n  flie: x\n").unwrap_err().to_string();
         assert!(e.contains("gateway.yaml:5"), "{e}");
         assert!(e.contains("flie"), "{e}");
+    }
+
+    #[test]
+    fn polling_settings_get_defaults_and_file_excludes_sources() {
+        let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  sources: [\"http://127.0.0.1:8181/\"]\n  long_poll: 0s\n").unwrap();
+        let Source::Poll(p) = &c.bundle.source else { panic!("expected polling") };
+        assert_eq!(p.sources, vec!["http://127.0.0.1:8181".to_string()]);
+        assert_eq!(p.long_poll, Duration::ZERO);
+        assert_eq!((p.min_delay, p.max_delay), (Duration::from_secs(5), Duration::from_secs(10)));
+        assert_eq!(c.bundle.max_staleness, Duration::from_secs(300));
+        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: x\n  sources: [\"ftp://x\"]\n").unwrap_err().to_string();
+        assert!(e.contains("alternatives") && e.contains("sources[0]"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Building the decision input document (DESIGN.md, "The decision contract") from a request.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use http::HeaderMap;
 use policy_bundles::jwt::Verified;
@@ -21,35 +22,76 @@ fn s(v: &str) -> Value {
     Value::from(v)
 }
 
+/// The input's fixed keys, allocated once: cloning a `Value` string is a reference-count bump.
+struct Keys {
+    request: Value,
+    method: Value,
+    path: Value,
+    query: Value,
+    headers: Value,
+    host: Value,
+    scheme: Value,
+    client_ip: Value,
+    route: Value,
+    jwt: Value,
+    issuer: Value,
+    claims: Value,
+}
+
+static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
+    request: s("request"),
+    method: s("method"),
+    path: s("path"),
+    query: s("query"),
+    headers: s("headers"),
+    host: s("host"),
+    scheme: s("scheme"),
+    client_ip: s("client_ip"),
+    route: s("route"),
+    jwt: s("jwt"),
+    issuer: s("issuer"),
+    claims: s("claims"),
+});
+
+fn header_value(v: &http::HeaderValue) -> Value {
+    match v.to_str() {
+        Ok(text) => Value::from(text),
+        Err(_) => Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    }
+}
+
 /// `{"request": {...}, "route": NAME, "jwt": {"issuer", "claims"}}`; `jwt` only when verified.
 pub fn build(req: &RequestParts<'_>, route: &str, jwt: Option<&Verified>) -> Value {
+    let k = &*KEYS;
     let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
     for name in req.headers.keys() {
-        let mut joined = String::new();
-        for (i, v) in req.headers.get_all(name).iter().enumerate() {
-            if i > 0 {
-                joined.push_str(", ");
+        let mut values = req.headers.get_all(name).iter();
+        let value = match (values.next(), values.next()) {
+            (Some(only), None) => header_value(only),
+            _ => {
+                let joined: Vec<String> =
+                    req.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+                Value::from(joined.join(", "))
             }
-            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
-        }
-        headers.insert(s(name.as_str()), Value::from(joined));
+        };
+        headers.insert(s(name.as_str()), value);
     }
     let mut request = BTreeMap::new();
-    request.insert(s("method"), s(req.method));
-    request.insert(s("path"), s(req.path));
-    request.insert(s("query"), query(req.query.unwrap_or("")));
-    request.insert(s("headers"), Value::from(headers));
-    request.insert(s("host"), s(req.host));
-    request.insert(s("scheme"), s(req.scheme));
-    request.insert(s("client_ip"), s(req.client_ip));
+    request.insert(k.method.clone(), s(req.method));
+    request.insert(k.path.clone(), s(req.path));
+    request.insert(k.query.clone(), query(req.query.unwrap_or("")));
+    request.insert(k.headers.clone(), Value::from(headers));
+    request.insert(k.host.clone(), s(req.host));
+    request.insert(k.scheme.clone(), s(req.scheme));
+    request.insert(k.client_ip.clone(), s(req.client_ip));
     let mut input = BTreeMap::new();
-    input.insert(s("request"), Value::from(request));
-    input.insert(s("route"), s(route));
+    input.insert(k.request.clone(), Value::from(request));
+    input.insert(k.route.clone(), s(route));
     if let Some(v) = jwt {
         let mut j = BTreeMap::new();
-        j.insert(s("issuer"), s(&v.issuer));
-        j.insert(s("claims"), Value::from(v.claims.clone()));
-        input.insert(s("jwt"), Value::from(j));
+        j.insert(k.issuer.clone(), s(&v.issuer));
+        j.insert(k.claims.clone(), v.claims_value.clone());
+        input.insert(k.jwt.clone(), Value::from(j));
     }
     Value::from(input)
 }

@@ -2,12 +2,14 @@
 //! locally compiled policy bundle, and never waits on the control plane.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod health;
 pub mod input;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
+pub mod sync;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -29,10 +31,16 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
         check_interval: NonZeroU32::MIN.saturating_add(99),
     }));
     let gateway = Arc::new(Gateway::new(config.clone())?);
-    gateway
-        .activate_path(&config.bundle.file)
-        .map_err(|e| anyhow::anyhow!("cannot activate {}: {e}", config.bundle.file.display()))?;
-
+    let poll = match &config.bundle.source {
+        config::Source::File(path) => {
+            gateway.activate_path(path).map_err(|e| anyhow::anyhow!("cannot activate {}: {e}", path.display()))?;
+            None
+        }
+        config::Source::Poll(poll) => {
+            boot_from_cache(&gateway);
+            Some(poll.clone())
+        }
+    };
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(0),
@@ -50,10 +58,41 @@ pub fn build(config: Config) -> anyhow::Result<Server> {
     admin.add_tcp(&config.admin.to_string());
     admin.threads = Some(1);
 
-    let health = background_service("health checks", health::HealthChecks { gateway });
+    let health = background_service("health checks", health::HealthChecks { gateway: gateway.clone() });
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
+    if let Some(poll) = poll {
+        let (syncer, reporter) = sync::Syncer::new(gateway, poll, config.instance.clone())?;
+        server.add_service(background_service("bundle sync", syncer));
+        server.add_service(background_service("status reports", reporter));
+    }
     Ok(server)
+}
+
+/// Activates the persisted last-known-good bundle, verified as if it were fetched, before any
+/// network call. A missing, corrupt or refused cache is logged and skipped, never fatal.
+pub fn boot_from_cache(gateway: &Gateway) {
+    let Some(dir) = &gateway.config.bundle.cache_dir else { return };
+    match cache::load(dir, &gateway.config.bundle.name) {
+        Ok(None) => tracing::info!(cache_dir = %dir.display(), "no persisted bundle; waiting for a source"),
+        Err(e) => {
+            tracing::warn!(error = %e, "persisted bundle unusable; skipping it");
+            gateway.record_error(format!("cache: {e}"));
+        }
+        Ok(Some(cached)) => {
+            match gateway.activate_bytes(&cached.bytes, Some(&cached.meta.digest), "cache".into()) {
+                Ok(active) => {
+                    tracing::info!(bundle.revision = %active.info.revision, "serving the persisted last-known-good bundle");
+                    gateway.last_confirmed_ms.store(cached.meta.fetched_at * 1000, std::sync::atomic::Ordering::Relaxed);
+                    if let Ok(mut s) = gateway.sync.lock() {
+                        s.etag = cached.meta.etag.clone().or_else(|| Some(format!("\"{}\"", cached.meta.digest)));
+                        s.source = Some("cache".into());
+                    }
+                }
+                Err(e) => gateway.record_failure(&e),
+            }
+        }
+    }
 }

@@ -51,12 +51,19 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> anyhow::Result<String> {
     let config = gateway::Config::load(path)?;
     let gw = gateway::Gateway::new(config.clone())?;
-    let active = gw.activate_path(&config.bundle.file)?;
-    Ok(format!(
-        "{}: ok (bundle {} revision {:?}, {} routes)",
-        path.display(),
-        config.bundle.file.display(),
-        active.info.revision,
-        active.snapshot.routes.len()
-    ))
+    match &config.bundle.source {
+        gateway::config::Source::File(file) => {
+            let active = gw.activate_path(file)?;
+            Ok(format!(
+                "{}: ok (bundle {} revision {:?}, {} routes)",
+                path.display(),
+                file.display(),
+                active.info.revision,
+                active.snapshot.routes.len()
+            ))
+        }
+        gateway::config::Source::Poll(poll) => {
+            Ok(format!("{}: ok (polls {} for bundle {:?})", path.display(), poll.sources.join(", "), config.bundle.name))
+        }
+    }
 }

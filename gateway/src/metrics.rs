@@ -11,6 +11,11 @@ pub const POLICY_EVAL_DURATION: &str = "gateway_policy_eval_duration_seconds";
 pub const BUNDLE_INFO: &str = "gateway_bundle_info";
 pub const BUNDLE_ACTIVATED_TIMESTAMP: &str = "gateway_bundle_activated_timestamp_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "gateway_upstream_errors_total";
+pub const BUNDLE_AGE: &str = "gateway_bundle_age_seconds";
+pub const BUNDLE_STALE: &str = "gateway_bundle_stale";
+pub const BUNDLE_SYNC_TOTAL: &str = "gateway_bundle_sync_total";
+pub const ACTIVATION_FAILURES_TOTAL: &str = "gateway_bundle_activation_failures_total";
+pub const STATUS_REPORTS_DROPPED_TOTAL: &str = "gateway_status_reports_dropped_total";
 
 /// The `decision` label values of `gateway_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +68,12 @@ pub struct Metrics {
     pub bundle_info: IntGaugeVec,
     pub bundle_activated: IntGauge,
     pub upstream_errors: IntCounter,
+    /// Set when rendered, from the last confirmed sync.
+    pub bundle_age: prometheus::Gauge,
+    pub bundle_stale: IntGauge,
+    pub sync: IntCounterVec,
+    pub activation_failures: IntCounterVec,
+    pub status_reports_dropped: IntCounter,
 }
 
 fn buckets() -> Vec<f64> {
@@ -96,6 +107,29 @@ impl Metrics {
         registry.register(Box::new(bundle_info.clone()))?;
         registry.register(Box::new(bundle_activated.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        let bundle_age = prometheus::Gauge::new(
+            BUNDLE_AGE,
+            "Seconds since the gateway last confirmed (200 or 304) that its active bundle is current",
+        )?;
+        let bundle_stale = IntGauge::new(BUNDLE_STALE, "1 when the bundle age exceeds max_staleness")?;
+        let sync =
+            IntCounterVec::new(Opts::new(BUNDLE_SYNC_TOTAL, "Polls of the bundle source by result"), &["result"])?;
+        let activation_failures = IntCounterVec::new(
+            Opts::new(ACTIVATION_FAILURES_TOTAL, "Bundles that did not become active, by reason"),
+            &["reason"],
+        )?;
+        let status_reports_dropped = IntCounter::new(
+            STATUS_REPORTS_DROPPED_TOTAL,
+            "Status reports to the control plane dropped rather than queued",
+        )?;
+        registry.register(Box::new(bundle_age.clone()))?;
+        registry.register(Box::new(bundle_stale.clone()))?;
+        registry.register(Box::new(sync.clone()))?;
+        registry.register(Box::new(activation_failures.clone()))?;
+        registry.register(Box::new(status_reports_dropped.clone()))?;
+        for r in ["updated", "not_modified", "error"] {
+            sync.with_label_values(&[r]);
+        }
         Ok(Metrics {
             no_route: requests.with_label_values(&["", Outcome::NoRoute.label()]),
             unavailable: requests.with_label_values(&["", Outcome::Unavailable.label()]),
@@ -106,6 +140,11 @@ impl Metrics {
             bundle_info,
             bundle_activated,
             upstream_errors,
+            bundle_age,
+            bundle_stale,
+            sync,
+            activation_failures,
+            status_reports_dropped,
         })
     }
 

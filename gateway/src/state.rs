@@ -4,7 +4,7 @@
 
 use std::net::ToSocketAddrs;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +14,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
 use pingora::prelude::RequestHeader;
+use policy_bundles::signing::{self, SignatureError, VerificationKey};
 use policy_bundles::{archive, Bundle, BundleErrors, Limits, Snapshot};
 
 use crate::config::Config;
@@ -52,25 +53,59 @@ pub struct Active {
     pub info: BundleInfo,
 }
 
-/// Why a bundle did not become active; the `reason` is a metric label.
+/// Why a bundle did not become active; [`ActivationError::reason`] is a metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
     #[error("bundle refused: {0}")]
     Bundle(#[from] BundleErrors),
+    #[error("signature refused: {0}")]
+    Signature(#[from] SignatureError),
+    #[error("digest mismatch: {0}")]
+    Digest(String),
     #[error("upstream `{upstream}`: {message}")]
     Upstream { upstream: String, message: String },
+}
+
+impl ActivationError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ActivationError::Bundle(e) => e.kind().as_str(),
+            ActivationError::Signature(_) => "signature",
+            ActivationError::Digest(_) => "digest",
+            ActivationError::Upstream { .. } => "upstream",
+        }
+    }
+}
+
+/// What the sync loop knows, for `/status` and `/metrics`. Never read on the request path.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SyncDetail {
+    /// The source that last answered (a URL, `cache`, or the bundle file).
+    pub source: Option<String>,
+    /// The ETag the gateway sends in `If-None-Match`: the active bundle's, kept across errors.
+    pub etag: Option<String>,
+    pub last_error: Option<String>,
+    /// Unix seconds of the last error.
+    pub last_error_at: Option<u64>,
 }
 
 pub struct Gateway {
     pub config: Config,
     pub active: ArcSwapOption<Active>,
     pub metrics: Metrics,
-    /// The last activation error, for `/status`. Never touched on the request path.
-    pub last_error: Mutex<Option<String>>,
+    /// Unix millis of the last confirmation (a 200 or 304 from a source); 0: never.
+    pub last_confirmed_ms: AtomicU64,
+    pub sync: Mutex<SyncDetail>,
+    started_ms: u64,
+    signing_keys: Vec<VerificationKey>,
 }
 
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn build_pool(u: &policy_bundles::snapshot::Upstream) -> Result<Pool, ActivationError> {
@@ -121,37 +156,121 @@ fn build_pool(u: &policy_bundles::snapshot::Upstream) -> Result<Pool, Activation
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Result<Gateway, prometheus::Error> {
-        Ok(Gateway { config, active: ArcSwapOption::empty(), metrics: Metrics::new()?, last_error: Mutex::new(None) })
+    pub fn new(config: Config) -> anyhow::Result<Gateway> {
+        let mut signing_keys = Vec::new();
+        if let Some(sg) = &config.bundle.signing {
+            for k in &sg.keys {
+                signing_keys.push(VerificationKey::from_pem(&k.id, &k.algorithm, &k.pem).map_err(anyhow::Error::msg)?);
+            }
+        }
+        Ok(Gateway {
+            config,
+            active: ArcSwapOption::empty(),
+            metrics: Metrics::new()?,
+            last_confirmed_ms: AtomicU64::new(0),
+            sync: Mutex::new(SyncDetail::default()),
+            started_ms: unix_now_ms(),
+            signing_keys,
+        })
+    }
+
+    /// Seconds since the active bundle was last confirmed current (a 200 or 304 from a source;
+    /// at boot from cache, when the cached copy was fetched). With a local `bundle.file` there is
+    /// nothing to be stale against: 0. Never confirmed: time since the gateway started.
+    pub fn age_seconds(&self) -> f64 {
+        if matches!(self.config.bundle.source, crate::config::Source::File(_)) {
+            return 0.0;
+        }
+        let confirmed = self.last_confirmed_ms.load(Ordering::Relaxed);
+        let since = if confirmed == 0 { self.started_ms } else { confirmed };
+        unix_now_ms().saturating_sub(since) as f64 / 1000.0
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.age_seconds() > self.config.bundle.max_staleness.as_secs_f64()
+    }
+
+    /// The Prometheus exposition, with the staleness gauges brought up to date.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        self.metrics.bundle_age.set(self.age_seconds());
+        self.metrics.bundle_stale.set(i64::from(self.is_stale()));
+        self.metrics.render()
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { max_archive_bytes: self.config.bundle.max_size, ..Limits::default() }
+    }
+
+    /// Counts and records a failed activation; what was serving keeps serving.
+    pub fn record_failure(&self, error: &ActivationError) {
+        self.metrics.activation_failures.with_label_values(&[error.reason()]).inc();
+        self.record_error(error.to_string());
+        tracing::warn!(reason = error.reason(), error = %error, "bundle not activated; last-known-good keeps serving");
+    }
+
+    /// Records an error for `/status`.
+    pub fn record_error(&self, message: String) {
+        if let Ok(mut s) = self.sync.lock() {
+            s.last_error = Some(message);
+            s.last_error_at = Some(unix_now());
+        }
     }
 
     /// Reads, compiles and activates the bundle at `path` (a `.tar.gz` or a directory).
     /// Blocking: call it at start-up or from a blocking thread, never from a request.
     pub fn activate_path(&self, path: &Path) -> Result<Arc<Active>, ActivationError> {
-        let limits = Limits { max_archive_bytes: self.config.bundle.max_size, ..Limits::default() };
-        let result = (|| {
-            let (bundle, digest) = if path.is_dir() {
-                let files = archive::read_dir(path, &limits).map_err(BundleErrors::from)?;
-                let digest = archive::write_tar_gz(&files).map(|b| policy_bundles::digest(&b)).unwrap_or_default();
-                (Bundle::from_files(files)?, digest)
-            } else {
-                let bytes = std::fs::read(path).map_err(|e| {
-                    BundleErrors::from(policy_bundles::BundleError::new(
-                        policy_bundles::ErrorKind::Archive,
-                        Some(path.display().to_string()),
-                        format!("cannot read: {e}"),
-                    ))
-                })?;
-                (Bundle::from_tar_gz(&bytes, &limits)?, policy_bundles::digest(&bytes))
-            };
-            self.activate(&bundle, digest, path.display().to_string())
-        })();
-        if let Err(e) = &result {
-            if let Ok(mut last) = self.last_error.lock() {
-                *last = Some(e.to_string());
+        let result = if path.is_dir() {
+            archive::read_dir(path, &self.limits())
+                .map_err(|e| ActivationError::Bundle(e.into()))
+                .and_then(|files| {
+                    let digest = archive::write_tar_gz(&files).map(|b| policy_bundles::digest(&b)).unwrap_or_default();
+                    self.activate_files(files, digest, path.display().to_string())
+                })
+        } else {
+            match std::fs::read(path) {
+                Ok(bytes) => self.activate_bytes(&bytes, None, path.display().to_string()),
+                Err(e) => Err(ActivationError::Bundle(BundleErrors::from(policy_bundles::BundleError::new(
+                    policy_bundles::ErrorKind::Archive,
+                    Some(path.display().to_string()),
+                    format!("cannot read: {e}"),
+                )))),
             }
+        };
+        if let Err(e) = &result {
+            self.record_failure(e);
         }
         result
+    }
+
+    /// Verifies (digest against `expected_digest` when given, signature), compiles and
+    /// activates a bundle tarball. Blocking. Does not record failures: the caller does.
+    pub fn activate_bytes(
+        &self,
+        bytes: &[u8],
+        expected_digest: Option<&str>,
+        source: String,
+    ) -> Result<Arc<Active>, ActivationError> {
+        let digest = policy_bundles::digest(bytes);
+        if let Some(want) = expected_digest {
+            if !want.eq_ignore_ascii_case(&digest) {
+                return Err(ActivationError::Digest(format!("source said sha256 {want}, body has {digest}")));
+            }
+        }
+        let files = archive::read_tar_gz(bytes, &self.limits()).map_err(|e| ActivationError::Bundle(e.into()))?;
+        self.activate_files(files, digest, source)
+    }
+
+    fn activate_files(
+        &self,
+        files: policy_bundles::archive::Files,
+        digest: String,
+        source: String,
+    ) -> Result<Arc<Active>, ActivationError> {
+        if let Some(sg) = &self.config.bundle.signing {
+            signing::verify(&files, &self.signing_keys, sg.required)?;
+        }
+        let bundle = Bundle::from_files(files)?;
+        self.activate(&bundle, digest, source)
     }
 
     /// Compiles a bundle and swaps it in; on any error the active bundle is left untouched.

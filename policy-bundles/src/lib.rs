@@ -4,11 +4,13 @@
 
 pub mod archive;
 pub mod bundle;
+pub mod calls;
 pub mod decision;
 pub mod error;
 pub mod jwt;
 pub mod router;
 pub mod settings;
+pub mod signing;
 pub mod snapshot;
 pub mod testing;
 

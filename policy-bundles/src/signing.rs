@@ -1,0 +1,253 @@
+//! Bundle signatures in OPA's format: `.signatures.json` holds `{"signatures": [JWT]}` whose
+//! payload lists every file of the bundle with its SHA-256 (`{"files": [{"name", "hash",
+//! "algorithm": "SHA-256"}], "keyid"}`). Verifying checks the JWT against a locally configured
+//! key, then that the listed files are exactly the bundle's files with those hashes.
+//!
+//! As in OPA, `.json` files are hashed in a canonical form (parsed, keys sorted, compact), so
+//! re-formatting a JSON document does not break its signature; other files by their bytes.
+
+use std::collections::BTreeMap;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::archive::Files;
+use crate::bundle::SIGNATURES;
+
+/// A public key that may sign bundles.
+#[derive(Clone)]
+pub struct VerificationKey {
+    pub id: String,
+    pub algorithm: Algorithm,
+    pub key: DecodingKey,
+}
+
+/// Why a bundle's signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("bundle is not signed (.signatures.json missing) and signing is required")]
+    Missing,
+    #[error(".signatures.json: {0}")]
+    Malformed(String),
+    #[error(".signatures.json: signed with unknown key `{0}`")]
+    UnknownKey(String),
+    #[error(".signatures.json: signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("{0}: {1}")]
+    File(String, &'static str),
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignaturesFile {
+    signatures: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileHash {
+    name: String,
+    hash: String,
+    algorithm: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    files: Vec<FileHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keyid: Option<String>,
+}
+
+/// Parses an algorithm name as configured (`RS256`, `ES256`, `EdDSA`).
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    match name {
+        "RS256" => Some(Algorithm::RS256),
+        "ES256" => Some(Algorithm::ES256),
+        "EdDSA" => Some(Algorithm::EdDSA),
+        _ => None,
+    }
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey").field("id", &self.id).field("algorithm", &self.algorithm).finish()
+    }
+}
+
+impl VerificationKey {
+    /// A key from its PEM public key.
+    pub fn from_pem(id: &str, algorithm: &str, pem: &[u8]) -> Result<VerificationKey, String> {
+        let alg = parse_algorithm(algorithm).ok_or_else(|| format!("key `{id}`: unsupported algorithm {algorithm}"))?;
+        let key = match alg {
+            Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
+            Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
+            _ => DecodingKey::from_ed_pem(pem),
+        }
+        .map_err(|e| format!("key `{id}`: not a {algorithm} public key in PEM: {e}"))?;
+        Ok(VerificationKey { id: id.to_owned(), algorithm: alg, key })
+    }
+}
+
+/// The SHA-256 of a file as signed: canonical JSON for `.json` files, raw bytes otherwise.
+pub fn file_hash(name: &str, bytes: &[u8]) -> String {
+    if name.ends_with(".json") {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            if let Ok(canonical) = serde_json::to_vec(&sorted(v)) {
+                return hex::encode(Sha256::digest(&canonical));
+            }
+        }
+    }
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let ordered: BTreeMap<String, serde_json::Value> = m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+            serde_json::Value::Object(ordered.into_iter().collect())
+        }
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+/// Signs every file (but `.signatures.json`) and returns the `.signatures.json` content.
+pub fn sign(files: &Files, key_pem: &[u8], algorithm: &str, key_id: &str) -> Result<Vec<u8>, String> {
+    let alg = parse_algorithm(algorithm).ok_or_else(|| format!("unsupported algorithm {algorithm}"))?;
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(key_pem),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(key_pem),
+        _ => EncodingKey::from_ed_pem(key_pem),
+    }
+    .map_err(|e| format!("not a {algorithm} private key in PEM: {e}"))?;
+    let payload = Payload {
+        files: files
+            .iter()
+            .filter(|(n, _)| n.as_str() != SIGNATURES)
+            .map(|(n, b)| FileHash { name: n.clone(), hash: file_hash(n, b), algorithm: "SHA-256".into() })
+            .collect(),
+        keyid: Some(key_id.to_owned()),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(key_id.to_owned());
+    let jwt = jsonwebtoken::encode(&header, &payload, &key).map_err(|e| e.to_string())?;
+    serde_json::to_vec_pretty(&SignaturesFile { signatures: vec![jwt] }).map_err(|e| e.to_string())
+}
+
+/// Verifies a bundle's files against `keys`. With `required`, an unsigned bundle is refused;
+/// without it, an unsigned bundle passes but a present signature must still verify.
+pub fn verify(files: &Files, keys: &[VerificationKey], required: bool) -> Result<(), SignatureError> {
+    let Some(raw) = files.get(SIGNATURES) else {
+        return if required { Err(SignatureError::Missing) } else { Ok(()) };
+    };
+    let sf: SignaturesFile = serde_json::from_slice(raw).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+    let [jwt] = sf.signatures.as_slice() else {
+        return Err(SignatureError::Malformed(format!("expected exactly one signature, found {}", sf.signatures.len())));
+    };
+    let header = jsonwebtoken::decode_header(jwt).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+    let unverified: Payload = {
+        use base64::Engine as _;
+        let part = jwt.split('.').nth(1).ok_or_else(|| SignatureError::Malformed("not a JWT".into()))?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part.trim_end_matches('='))
+            .map_err(|e| SignatureError::Malformed(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| SignatureError::Malformed(e.to_string()))?
+    };
+    let kid = unverified.keyid.or(header.kid).unwrap_or_else(|| "default".into());
+    let key = keys.iter().find(|k| k.id == kid).ok_or_else(|| SignatureError::UnknownKey(kid.clone()))?;
+    let mut validation = Validation::new(key.algorithm);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    let payload = jsonwebtoken::decode::<Payload>(jwt, &key.key, &validation)
+        .map_err(|e| SignatureError::BadSignature(e.to_string()))?
+        .claims;
+    let mut listed = BTreeMap::new();
+    for f in &payload.files {
+        if !f.algorithm.eq_ignore_ascii_case("SHA-256") {
+            return Err(SignatureError::Malformed(format!("{}: unsupported hash algorithm {}", f.name, f.algorithm)));
+        }
+        listed.insert(crate::archive::normalize_path(&f.name).unwrap_or_else(|_| f.name.clone()), f.hash.as_str());
+    }
+    for (name, bytes) in files {
+        if name == SIGNATURES {
+            continue;
+        }
+        match listed.remove(name.as_str()) {
+            None => return Err(SignatureError::File(name.clone(), "file is not covered by the signature")),
+            Some(h) if !h.eq_ignore_ascii_case(&file_hash(name, bytes)) => {
+                return Err(SignatureError::File(name.clone(), "file does not match its signed hash"))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((name, _)) = listed.into_iter().next() {
+        return Err(SignatureError::File(name, "signed file is missing from the bundle"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/../loadtest/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    fn public_pem(private: &str) -> Vec<u8> {
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(format!("{}/../loadtest/fixtures/keys/{private}", env!("CARGO_MANIFEST_DIR")))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    fn files() -> Files {
+        let mut f = Files::new();
+        f.insert("a/policy.rego".into(), b"package a\n".to_vec());
+        f.insert("a/data.json".into(), br#"{"b": 1, "a": [1, 2]}"#.to_vec());
+        f
+    }
+
+    #[test]
+    fn signed_bundles_verify_and_tampering_is_caught() {
+        let keys = [VerificationKey::from_pem("k1", "ES256", &public_pem("demo-es256.pem")).unwrap()];
+        let mut f = files();
+        let sig = sign(&f, &key("demo-es256.pem"), "ES256", "k1").unwrap();
+        f.insert(SIGNATURES.into(), sig.clone());
+        verify(&f, &keys, true).unwrap();
+
+        // Re-formatted JSON keeps its signature; changed JSON does not.
+        let mut reformatted = f.clone();
+        reformatted.insert("a/data.json".into(), b"{\n  \"a\": [1,2],\n  \"b\": 1\n}".to_vec());
+        verify(&reformatted, &keys, true).unwrap();
+        let mut changed = f.clone();
+        changed.insert("a/policy.rego".into(), b"package a\nallow := true\n".to_vec());
+        assert!(matches!(verify(&changed, &keys, true), Err(SignatureError::File(n, _)) if n == "a/policy.rego"));
+        let mut added = f.clone();
+        added.insert("b.rego".into(), b"package b\n".to_vec());
+        assert!(matches!(verify(&added, &keys, true), Err(SignatureError::File(n, _)) if n == "b.rego"));
+        let mut removed = f.clone();
+        removed.remove("a/policy.rego");
+        assert!(matches!(verify(&removed, &keys, true), Err(SignatureError::File(..))));
+    }
+
+    #[test]
+    fn unsigned_wrong_key_and_garbage_are_refused() {
+        let keys = [VerificationKey::from_pem("k1", "ES256", &public_pem("demo-es256.pem")).unwrap()];
+        assert_eq!(verify(&files(), &keys, true), Err(SignatureError::Missing));
+        assert_eq!(verify(&files(), &keys, false), Ok(()));
+        let mut f = files();
+        f.insert(SIGNATURES.into(), sign(&f, &key("demo-es256.pem"), "ES256", "other").unwrap());
+        assert!(matches!(verify(&f, &keys, true), Err(SignatureError::UnknownKey(_))));
+        // Signed by another key under the trusted key's id.
+        let mut f = files();
+        f.insert(SIGNATURES.into(), sign(&f, &key("demo-rs256.pem"), "RS256", "k1").unwrap());
+        assert!(verify(&f, &keys, true).is_err());
+        let mut f = files();
+        f.insert(SIGNATURES.into(), b"{not json".to_vec());
+        assert!(matches!(verify(&f, &keys, true), Err(SignatureError::Malformed(_))));
+    }
+}
