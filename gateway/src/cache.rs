@@ -23,6 +23,7 @@ pub struct CacheMeta {
     pub fetched_at: u64,
 }
 
+#[derive(Debug)]
 pub struct Cached {
     pub bytes: Vec<u8>,
     pub meta: CacheMeta,

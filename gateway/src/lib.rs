@@ -79,6 +79,7 @@ pub fn boot_from_cache(gateway: &Gateway) {
         Ok(None) => tracing::info!(cache_dir = %dir.display(), "no persisted bundle; waiting for a source"),
         Err(e) => {
             tracing::warn!(error = %e, "persisted bundle unusable; skipping it");
+            gateway.metrics.activation_failures.with_label_values(&["cache"]).inc();
             gateway.record_error(format!("cache: {e}"));
         }
         Ok(Some(cached)) => {

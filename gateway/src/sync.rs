@@ -117,7 +117,9 @@ impl Syncer {
         Ok((Syncer { gateway, poll, client, reports: tx, instance }, reporter))
     }
 
-    async fn fetch(&self, source: &str) -> Result<Polled, SyncError> {
+    /// One GET of one source. `hold` asks the source to hold the request (long poll); it is
+    /// off right after a failure so that a recovered source confirms at once.
+    async fn fetch(&self, source: &str, hold: bool) -> Result<Polled, SyncError> {
         let gw = &self.gateway;
         let url = bundle_url(source, &gw.config.bundle.name);
         let terr = |m: String| SyncError::Transport { url: url.clone(), message: m };
@@ -126,7 +128,7 @@ impl Syncer {
         let mut wait = Duration::ZERO;
         if let Some(tag) = &etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag.as_str());
-            if !self.poll.long_poll.is_zero() {
+            if hold && !self.poll.long_poll.is_zero() {
                 wait = self.poll.long_poll;
                 req = req.header("prefer", format!("wait={}", wait.as_secs().max(1)));
             }
@@ -225,12 +227,12 @@ impl Syncer {
     }
 
     /// One round: each source in order, starting with the one that answered last.
-    async fn poll_round(&self, preferred: &mut usize) -> Result<Polled, SyncError> {
+    async fn poll_round(&self, preferred: &mut usize, hold: bool) -> Result<Polled, SyncError> {
         let n = self.poll.sources.len();
         let mut last = None;
         for i in 0..n {
             let ix = (*preferred + i) % n;
-            match self.fetch(&self.poll.sources[ix]).await {
+            match self.fetch(&self.poll.sources[ix], hold && i == 0).await {
                 Ok(p) => {
                     *preferred = ix;
                     return Ok(p);
@@ -275,7 +277,7 @@ impl BackgroundService for Syncer {
             let started = Instant::now();
             let result = tokio::select! {
                 _ = shutdown.changed() => return,
-                r = self.poll_round(&mut preferred) => r,
+                r = self.poll_round(&mut preferred, failures == 0) => r,
             };
             let metrics = &self.gateway.metrics;
             let delay = match &result {

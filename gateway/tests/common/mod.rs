@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod source;
+
 pub const ISSUER: &str = "https://id.example.test";
 pub const AUDIENCE: &str = "orders-api";
 
@@ -130,25 +132,65 @@ pub fn write_config(dir: &Path, bundle: &Path, listen: u16, admin: u16) -> PathB
 pub fn start_gateway(dir: &Path, bundle: &Path) -> Gateway {
     let (listen, admin) = (free_port(), free_port());
     let config = write_config(dir, bundle, listen, admin);
+    let gw = spawn_gateway(&config, listen, admin);
+    wait_ready(&gw);
+    gw
+}
+
+/// Starts the gateway with a polling config (`bundle_keys` are extra lines under `bundle:`,
+/// indented by two spaces); does not wait for readiness.
+pub fn start_polling_gateway(dir: &Path, sources: &[String], bundle_keys: &str) -> Gateway {
+    let (listen, admin) = (free_port(), free_port());
+    let config = dir.join("gateway.yaml");
+    let list = sources.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 2\nbundle:\n  name: main\n  sources: [{list}]\n{bundle_keys}"
+        ),
+    )
+    .expect("write config");
+    spawn_gateway(&config, listen, admin)
+}
+
+/// Restarts a gateway process on the same config and ports.
+pub fn restart(gw: &mut Gateway) {
+    let (listen, admin) = (port_of(&gw.base), port_of(&gw.admin));
+    let _ = gw.proc.0.kill();
+    let _ = gw.proc.0.wait();
+    let fresh = spawn_gateway(&gw.config, listen, admin);
+    *gw = fresh;
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+}
+
+pub fn spawn_gateway(config: &Path, listen: u16, admin: u16) -> Gateway {
     let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("--config")
         .arg(&config)
-        .env("GATEWAY_LOG", "warn")
+        .env("GATEWAY_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn gateway");
-    let gw = Gateway {
+    Gateway {
         proc: Proc(child),
         base: format!("http://127.0.0.1:{listen}"),
         admin: format!("http://127.0.0.1:{admin}"),
-        config,
-    };
+        config: config.to_path_buf(),
+    }
+}
+
+/// Waits until `/readyz` answers 200 and the proxy port accepts connections.
+pub fn wait_ready(gw: &Gateway) {
+    let listen = port_of(&gw.base);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // The proxy port is probed with a bare connect so that no request is counted.
         if get(&format!("{}/readyz", gw.admin), &[]).0 == 200 && std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
-            return gw;
+            return;
         }
         assert!(Instant::now() < deadline, "gateway did not become ready");
         std::thread::sleep(Duration::from_millis(50));
@@ -220,6 +262,38 @@ pub fn token(sub: &str, roles: &[&str]) -> String {
         "es256",
         serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": roles, "iat": now(), "exp": now() + 600}),
     )
+}
+
+/// Waits until `cond` holds, polling every 50 ms; panics with `what` after `limit`.
+pub fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The example bundle as a tarball with `revision`, its upstream at `upstream`, plus modules.
+pub fn bundle_tarball(upstream: &str, revision: &str, modules: &[(&str, &str)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = example_bundle(dir.path(), upstream, "", "", modules);
+    let mut files = policy_bundles::archive::read_dir(&b, &policy_bundles::Limits::default()).expect("read");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&files[".manifest"]).expect("manifest");
+    manifest["revision"] = serde_json::json!(revision);
+    files.insert(".manifest".into(), serde_json::to_vec(&manifest).expect("json"));
+    policy_bundles::archive::write_tar_gz(&files).expect("tar")
+}
+
+/// `/status` as JSON.
+pub fn status(gw: &Gateway) -> serde_json::Value {
+    json(&get(&format!("{}/status", gw.admin), &[]))
+}
+
+pub fn revision(gw: &Gateway) -> String {
+    status(gw)["bundle"]["revision"].as_str().unwrap_or("").to_owned()
 }
 
 /// The value of a metric line (exact label set as rendered), if present.
