@@ -47,7 +47,9 @@ fn bench(c: &mut Criterion) {
     let route = snap.route_for("api.example.com", "/orders/7", "GET").expect("route").clone();
 
     let mut g = c.benchmark_group("hot_path");
-    g.bench_function("route_lookup", |b| b.iter(|| snap.table.lookup(black_box("api.example.com"), black_box("/orders/7"), "GET")));
+    g.bench_function("route_lookup", |b| {
+        b.iter(|| snap.table.lookup(black_box("api.example.com"), black_box("/orders/7"), "GET"))
+    });
     g.bench_function("jwt_verify_es256", |b| b.iter(|| snap.jwt.as_ref().map(|j| j.verify(black_box(&token)))));
     g.bench_function("input_build", |b| b.iter(|| input::build(&parts(), &route.name, Some(&verified))));
     g.bench_function("decide", |b| {
@@ -71,7 +73,9 @@ fn bench(c: &mut Criterion) {
     let mut engine = policy_bundles::snapshot::engine_for(&bundle, false).expect("engine");
     let compiled = engine.compile_with_entrypoint(&rule.into()).expect("compiles");
     let doc = input::build(&parts(), &route.name, Some(&verified));
-    g.bench_function("regorus_compiled_policy_eval", |b| b.iter(|| compiled.eval_with_input(doc.clone()).expect("eval")));
+    g.bench_function("regorus_compiled_policy_eval", |b| {
+        b.iter(|| compiled.eval_with_input(doc.clone()).expect("eval"))
+    });
     let mut per_thread = engine.clone();
     g.bench_function("regorus_prepared_engine_eval_rule", |b| {
         b.iter(|| {
@@ -79,7 +83,8 @@ fn bench(c: &mut Criterion) {
             per_thread.eval_rule(rule.to_string()).expect("eval")
         })
     });
-    let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &[rule]).expect("rvm compiles");
+    let program =
+        regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &[rule]).expect("rvm compiles");
     let mut vm = regorus::rvm::vm::RegoVM::new();
     vm.load_program(program.clone());
     vm.set_data(regorus::Value::from(bundle.data.clone())).expect("data");
@@ -90,7 +95,11 @@ fn bench(c: &mut Criterion) {
         })
     });
     vm.set_input(doc.clone());
-    assert_eq!(vm.execute().expect("eval"), compiled.eval_with_input(doc.clone()).expect("eval"), "the VM must agree with the interpreter");
+    assert_eq!(
+        vm.execute().expect("eval"),
+        compiled.eval_with_input(doc.clone()).expect("eval"),
+        "the VM must agree with the interpreter"
+    );
     g.finish();
 }
 

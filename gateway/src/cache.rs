@@ -79,7 +79,8 @@ pub fn load(dir: &Path, name: &str) -> Result<Option<Cached>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", mp.display())),
     };
-    let meta: CacheMeta = serde_json::from_slice(&raw).map_err(|e| format!("{}: corrupt metadata: {e}", mp.display()))?;
+    let meta: CacheMeta =
+        serde_json::from_slice(&raw).map_err(|e| format!("{}: corrupt metadata: {e}", mp.display()))?;
     if meta.name != name || meta.digest.len() != 64 || !meta.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("{}: metadata names another bundle or a bad digest", mp.display()));
     }
@@ -115,9 +116,9 @@ mod tests {
         persist(dir.path(), b"two", &meta(b"two")).unwrap();
         let c = load(dir.path(), "main").unwrap().unwrap();
         assert_eq!(c.bytes, b"two");
-        let tarballs = fs::read_dir(dir.path()).unwrap().filter(|e| {
-            e.as_ref().map(|e| e.file_name().to_string_lossy().ends_with(".tar.gz")).unwrap_or(false)
-        });
+        let tarballs = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().map(|e| e.file_name().to_string_lossy().ends_with(".tar.gz")).unwrap_or(false));
         assert_eq!(tarballs.count(), 1);
     }
 

@@ -338,13 +338,18 @@ mod tests {
 
     #[test]
     fn polling_settings_get_defaults_and_file_excludes_sources() {
-        let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  sources: [\"http://127.0.0.1:8181/\"]\n  long_poll: 0s\n").unwrap();
+        let c = parse(
+            "listen: 127.0.0.1:8080\nbundle:\n  name: main\n  sources: [\"http://127.0.0.1:8181/\"]\n  long_poll: 0s\n",
+        )
+        .unwrap();
         let Source::Poll(p) = &c.bundle.source else { panic!("expected polling") };
         assert_eq!(p.sources, vec!["http://127.0.0.1:8181".to_string()]);
         assert_eq!(p.long_poll, Duration::ZERO);
         assert_eq!((p.min_delay, p.max_delay), (Duration::from_secs(5), Duration::from_secs(10)));
         assert_eq!(c.bundle.max_staleness, Duration::from_secs(300));
-        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: x\n  sources: [\"ftp://x\"]\n").unwrap_err().to_string();
+        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: x\n  sources: [\"ftp://x\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("alternatives") && e.contains("sources[0]"), "{e}");
     }
 

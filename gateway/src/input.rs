@@ -69,8 +69,12 @@ pub fn build(req: &RequestParts<'_>, route: &str, jwt: Option<&Verified>) -> Val
         let value = match (values.next(), values.next()) {
             (Some(only), None) => header_value(only),
             _ => {
-                let joined: Vec<String> =
-                    req.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+                let joined: Vec<String> = req
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
                 Value::from(joined.join(", "))
             }
         };

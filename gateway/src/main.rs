@@ -62,8 +62,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
                 active.snapshot.routes.len()
             ))
         }
-        gateway::config::Source::Poll(poll) => {
-            Ok(format!("{}: ok (polls {} for bundle {:?})", path.display(), poll.sources.join(", "), config.bundle.name))
-        }
+        gateway::config::Source::Poll(poll) => Ok(format!(
+            "{}: ok (polls {} for bundle {:?})",
+            path.display(),
+            poll.sources.join(", "),
+            config.bundle.name
+        )),
     }
 }

@@ -220,12 +220,10 @@ impl Gateway {
     /// Blocking: call it at start-up or from a blocking thread, never from a request.
     pub fn activate_path(&self, path: &Path) -> Result<Arc<Active>, ActivationError> {
         let result = if path.is_dir() {
-            archive::read_dir(path, &self.limits())
-                .map_err(|e| ActivationError::Bundle(e.into()))
-                .and_then(|files| {
-                    let digest = archive::write_tar_gz(&files).map(|b| policy_bundles::digest(&b)).unwrap_or_default();
-                    self.activate_files(files, digest, path.display().to_string())
-                })
+            archive::read_dir(path, &self.limits()).map_err(|e| ActivationError::Bundle(e.into())).and_then(|files| {
+                let digest = archive::write_tar_gz(&files).map(|b| policy_bundles::digest(&b)).unwrap_or_default();
+                self.activate_files(files, digest, path.display().to_string())
+            })
         } else {
             match std::fs::read(path) {
                 Ok(bytes) => self.activate_bytes(&bytes, None, path.display().to_string()),

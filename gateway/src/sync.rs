@@ -113,7 +113,8 @@ impl Syncer {
             .build()?;
         // One slot: a report that cannot be queued at once is dropped, never waited for.
         let (tx, rx) = mpsc::channel(1);
-        let reporter = StatusReporter { rx: tokio::sync::Mutex::new(rx), client: client.clone(), token: poll.token.clone() };
+        let reporter =
+            StatusReporter { rx: tokio::sync::Mutex::new(rx), client: client.clone(), token: poll.token.clone() };
         Ok((Syncer { gateway, poll, client, reports: tx, instance }, reporter))
     }
 

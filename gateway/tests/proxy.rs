@@ -206,7 +206,11 @@ fn a_runaway_policy_is_cut_off_and_denied() {
     let r = get(&format!("{}/slow", e.gw.base), &[]);
     assert_eq!(r.0, 403, "{r:?}");
     assert_eq!(json(&r)["reason"], "policy error");
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "evaluation was not bounded: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "evaluation was not bounded: {:?}",
+        started.elapsed()
+    );
     assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"slow\"}"), Some(1.0));
     // The gateway keeps serving other requests.
     assert_eq!(get(&format!("{}/public/x", e.gw.base), &[]).0, 200);

@@ -52,7 +52,8 @@ fn keeps_last_known_good_when_the_source_serves_bad_bundles() {
     let mut truncated = good.clone();
     truncated.truncate(good.len() / 2);
     let other = bundle_tarball(&up.addr.to_string(), "r-other", &[]);
-    let bad_rego = bundle_tarball(&up.addr.to_string(), "r-bad", &[("http/bad.rego", "package http.bad\nallow if {\n")]);
+    let bad_rego =
+        bundle_tarball(&up.addr.to_string(), "r-bad", &[("http/bad.rego", "package http.bad\nallow if {\n")]);
     let missing_rule = {
         let d = tempfile::tempdir().expect("tempdir");
         let b = example_bundle(
@@ -70,11 +71,7 @@ fn keeps_last_known_good_when_the_source_serves_bad_bundles() {
     let faults: Vec<(&str, Answer, &str)> = vec![
         ("garbage", Answer::Body { bytes: b"definitely not a bundle".to_vec(), etag: "\"x\"".into() }, "gzip"),
         ("truncated gzip", Answer::Body { bytes: truncated, etag: "\"t\"".into() }, "bundle refused"),
-        (
-            "digest mismatch",
-            Answer::Body { bytes: other, etag: format!("\"{}\"", "0".repeat(64)) },
-            "digest mismatch",
-        ),
+        ("digest mismatch", Answer::Body { bytes: other, etag: format!("\"{}\"", "0".repeat(64)) }, "digest mismatch"),
         ("rego that does not compile", Answer::Bundle(bad_rego), "http/bad.rego"),
         ("route naming a missing rule", Answer::Bundle(missing_rule), "data.http.ghost.allow"),
         ("over max_size", Answer::Body { bytes: huge, etag: "\"h\"".into() }, "max_size"),

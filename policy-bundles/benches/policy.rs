@@ -1,1 +1,214 @@
-fn main() {}
+//! Benchmarks of the bundle crate's hot and warm paths.
+//!
+//! * `decision/*`: one decision of the example bundle (orders GET by a reader with JWT claims),
+//!   evaluated the ways regorus allows, so the gateway can use the fastest:
+//!   `snapshot_decide` (what the gateway calls: the VM per thread, interpreter as fallback),
+//!   `compiled_policy_interpret` (`CompiledPolicy::eval_with_input`),
+//!   `engine_clone_eval_rule` (a per-thread clone of an `Engine` with `set_input` + `eval_rule`),
+//!   `build_input` (input construction alone) and `build_input_and_decide` (both, per request).
+//! * `route_lookup/{10,1000,10000}/{last,none}`: the route table with that many distinct
+//!   `path_prefix` routes, looking up a path under the last route and one matching none.
+//! * `compile/example_bundle`: `Bundle::from_files` + `Snapshot::compile` of the example bundle.
+//!
+//! Run: `cargo bench -p policy-bundles --bench policy -- --warm-up-time 1 --measurement-time 3`
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use policy_bundles::archive::{self, Files};
+use policy_bundles::router::{Methods, PathMatch, RouteMatch, RouteTable};
+use policy_bundles::{snapshot, Bundle, Decision, Limits, Snapshot};
+use regorus::Value;
+
+const RULE: &str = "data.http.orders.decision";
+
+fn example_files() -> Files {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/api-gateway");
+    archive::read_dir(&dir, &Limits::default()).expect("example bundle")
+}
+
+/// The input's fixed keys, made once as a gateway would (cloning a string `Value` is cheap).
+struct Keys {
+    request: Value,
+    method: Value,
+    path: Value,
+    query: Value,
+    headers: Value,
+    host: Value,
+    scheme: Value,
+    client_ip: Value,
+    route: Value,
+    jwt: Value,
+    issuer: Value,
+    claims: Value,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        let s = |v: &str| Value::from(v);
+        Keys {
+            request: s("request"),
+            method: s("method"),
+            path: s("path"),
+            query: s("query"),
+            headers: s("headers"),
+            host: s("host"),
+            scheme: s("scheme"),
+            client_ip: s("client_ip"),
+            route: s("route"),
+            jwt: s("jwt"),
+            issuer: s("issuer"),
+            claims: s("claims"),
+        }
+    }
+}
+
+/// Per-request data: what the gateway has in hand before building the input.
+struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a [(&'a str, &'a str)],
+    headers: &'a [(&'a str, &'a str)],
+    host: &'a str,
+    scheme: &'a str,
+    client_ip: &'a str,
+}
+
+/// `{"request": {...}, "route": ..., "jwt": {"issuer", "claims"}}` as in the decision contract.
+/// The claims are converted once per token (at verification), so they come in as a `Value`.
+fn build_input(k: &Keys, req: &Request<'_>, route: &str, issuer: &str, claims: &Value) -> Value {
+    let s = |v: &str| Value::from(v);
+    let mut query: BTreeMap<Value, Value> = BTreeMap::new();
+    for (name, value) in req.query {
+        query.insert(s(name), Value::from(vec![s(value)]));
+    }
+    let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
+    for (name, value) in req.headers {
+        headers.insert(s(name), s(value));
+    }
+    let mut request = BTreeMap::new();
+    request.insert(k.method.clone(), s(req.method));
+    request.insert(k.path.clone(), s(req.path));
+    request.insert(k.query.clone(), Value::from(query));
+    request.insert(k.headers.clone(), Value::from(headers));
+    request.insert(k.host.clone(), s(req.host));
+    request.insert(k.scheme.clone(), s(req.scheme));
+    request.insert(k.client_ip.clone(), s(req.client_ip));
+    let mut jwt = BTreeMap::new();
+    jwt.insert(k.issuer.clone(), s(issuer));
+    jwt.insert(k.claims.clone(), claims.clone());
+    let mut input = BTreeMap::new();
+    input.insert(k.request.clone(), Value::from(request));
+    input.insert(k.route.clone(), s(route));
+    input.insert(k.jwt.clone(), Value::from(jwt));
+    Value::from(input)
+}
+
+const REQUEST: Request<'static> = Request {
+    method: "GET",
+    path: "/orders/7",
+    query: &[("page", "2")],
+    headers: &[
+        ("accept", "application/json"),
+        ("authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.e30.sig"),
+        ("user-agent", "bench/1.0"),
+        ("x-request-id", "0f8e2c4a-1b3d-4e5f-8a9b-0c1d2e3f4a5b"),
+    ],
+    host: "api.example.test",
+    scheme: "http",
+    client_ip: "127.0.0.1",
+};
+
+fn reader_claims() -> Value {
+    Value::from(serde_json::json!({
+        "iss": "https://id.example.test", "aud": "orders-api", "sub": "alice",
+        "roles": ["reader"], "iat": 1_700_000_000, "exp": 4_000_000_000u64
+    }))
+}
+
+fn decision(c: &mut Criterion) {
+    let bundle = Bundle::from_files(example_files()).expect("example bundle");
+    let snap = Snapshot::compile(&bundle).expect("example bundle compiles");
+    let policy = snap.policy_index(RULE).expect("orders rule");
+    let keys = Keys::new();
+    let claims = reader_claims();
+    let input = build_input(&keys, &REQUEST, "orders", "https://id.example.test", &claims);
+
+    // Every way must give the same, allowing decision.
+    let expected = snap.decide(policy, input.clone()).expect("decides");
+    assert!(expected.allow, "{expected:?}");
+    let mut engine = snapshot::engine_for(&bundle, false).expect("engine");
+    engine.set_input(input.clone());
+    let by_engine = Decision::from_value(&engine.eval_rule(RULE.into()).expect("eval_rule")).expect("decision");
+    assert_eq!(by_engine, expected);
+    let by_interpreter =
+        Decision::from_value(&snap.interpret(policy, input.clone()).expect("interpret")).expect("decision");
+    assert_eq!(by_interpreter, expected);
+
+    let mut g = c.benchmark_group("decision");
+    g.bench_function("snapshot_decide", |b| b.iter(|| snap.decide(policy, black_box(input.clone())).expect("decides")));
+    g.bench_function("compiled_policy_interpret", |b| {
+        b.iter(|| {
+            Decision::from_value(&snap.interpret(policy, black_box(input.clone())).expect("eval")).expect("decision")
+        })
+    });
+    g.bench_function("engine_clone_eval_rule", |b| {
+        // One clone per worker thread, reused for every request on it.
+        let mut engine = engine.clone();
+        b.iter(|| {
+            engine.set_input(black_box(input.clone()));
+            Decision::from_value(&engine.eval_rule(RULE.into()).expect("eval")).expect("decision")
+        })
+    });
+    g.bench_function("build_input", |b| {
+        b.iter(|| build_input(&keys, black_box(&REQUEST), "orders", "https://id.example.test", &claims))
+    });
+    g.bench_function("build_input_and_decide", |b| {
+        b.iter(|| {
+            let input = build_input(&keys, black_box(&REQUEST), "orders", "https://id.example.test", &claims);
+            snap.decide(policy, input).expect("decides")
+        })
+    });
+    g.finish();
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_lookup");
+    for n in [10usize, 1_000, 10_000] {
+        let routes: Vec<RouteMatch> = (0..n)
+            .map(|i| RouteMatch {
+                host: None,
+                path: PathMatch::Prefix(format!("/svc{i}")),
+                methods: Methods::default(),
+            })
+            .collect();
+        let table = RouteTable::new(&routes);
+        let last = format!("/svc{}/items/7", n - 1);
+        assert_eq!(table.lookup("api.example.test", &last, "GET"), Some(n - 1));
+        assert_eq!(table.lookup("api.example.test", "/nothing/here/7", "GET"), None);
+        g.bench_with_input(BenchmarkId::new(n.to_string(), "last"), &last, |b, path| {
+            b.iter(|| table.lookup(black_box("api.example.test"), black_box(path), black_box("GET")))
+        });
+        g.bench_with_input(BenchmarkId::new(n.to_string(), "none"), "/nothing/here/7", |b, path| {
+            b.iter(|| table.lookup(black_box("api.example.test"), black_box(path), black_box("GET")))
+        });
+    }
+    g.finish();
+}
+
+fn compile(c: &mut Criterion) {
+    let files = example_files();
+    let mut g = c.benchmark_group("compile");
+    g.bench_function("example_bundle", |b| {
+        b.iter(|| {
+            let bundle = Bundle::from_files(black_box(files.clone())).expect("bundle");
+            Snapshot::compile(&bundle).expect("compiles")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decision, route_lookup, compile);
+criterion_main!(benches);

@@ -69,14 +69,17 @@ pub fn read_tar_gz(bytes: &[u8], limits: &Limits) -> Result<Files, BundleError> 
     if bytes.len() < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b {
         return Err(archive_err(None, "not a gzip file (a bundle is a .tar.gz)"));
     }
-    // The decompressed stream is capped one byte past the total limit so that a bomb is detected
-    // without ever being inflated beyond it.
+    // The decompressed stream is capped a little past the total limit (room for tar headers and
+    // padding) so that a bomb is detected without ever being inflated beyond it.
     let gz = flate2::read::GzDecoder::new(bytes);
     let capped = gz.take(limits.max_total_bytes.saturating_add(1024 * 1024));
     let mut archive = tar::Archive::new(capped);
     let mut files = Files::new();
     let mut total: u64 = 0;
     let mut count = 0usize;
+    let bomb = |path: &str| {
+        archive_err(Some(path), format!("bundle expands past {} bytes (decompression bomb?)", limits.max_total_bytes))
+    };
     let entries = archive.entries().map_err(|e| archive_err(None, format!("unreadable tar: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| archive_err(None, format!("unreadable tar or gzip stream: {e}")))?;
@@ -110,21 +113,33 @@ pub fn read_tar_gz(bytes: &[u8], limits: &Limits) -> Result<Files, BundleError> 
                 format!("file is {declared} bytes, over the per-file limit of {} bytes", limits.max_file_bytes),
             ));
         }
+        // Refused from its header, before a byte of it is inflated.
+        if declared > limits.max_total_bytes.saturating_sub(total) {
+            return Err(bomb(&path));
+        }
         let mut data = Vec::with_capacity(declared.min(1 << 20) as usize);
         (&mut entry)
-            .take(limits.max_file_bytes + 1)
+            .take(declared)
             .read_to_end(&mut data)
             .map_err(|e| archive_err(Some(&path), format!("truncated or corrupt entry: {e}")))?;
-        total += data.len() as u64;
-        if total > limits.max_total_bytes {
-            return Err(archive_err(
-                Some(&path),
-                format!("bundle expands past {} bytes (decompression bomb?)", limits.max_total_bytes),
-            ));
+        if data.len() as u64 != declared {
+            return Err(archive_err(Some(&path), "truncated entry"));
         }
+        total += declared;
         if files.insert(path.clone(), data).is_some() {
             return Err(archive_err(Some(&path), "duplicate file in archive"));
         }
+    }
+    // Read the stream to its end: the gzip trailer's checksum and length are what show that the
+    // archive is complete (tar alone would accept one cut at an entry boundary).
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink())
+        .map_err(|e| archive_err(None, format!("truncated or corrupt gzip stream: {e}")))?;
+    if rest.limit() == 0 {
+        return Err(archive_err(
+            None,
+            format!("archive expands past {} bytes (decompression bomb?)", limits.max_total_bytes),
+        ));
     }
     Ok(files)
 }
@@ -148,6 +163,10 @@ pub fn read_dir(root: &Path, limits: &Limits) -> Result<Files, BundleError> {
             if meta.is_dir() {
                 stack.push(p);
                 continue;
+            }
+            if !meta.is_file() {
+                // A FIFO or device would block or never end when read.
+                return Err(archive_err(Some(&rel), "special files are not allowed in bundles"));
             }
             if meta.len() > limits.max_file_bytes {
                 return Err(archive_err(

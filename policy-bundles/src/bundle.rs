@@ -171,6 +171,20 @@ impl Bundle {
         }
     }
 
+    /// The line of the `nth` (from 0) route named `name` in the settings file: a line reading
+    /// `name: <name>` (quoted or not, after an optional `- `).
+    pub fn route_line(&self, name: &str, nth: usize) -> (Option<String>, Option<usize>) {
+        let Some((file, text)) = &self.settings_source else { return (Some("data.gateway".into()), None) };
+        let is_route = |l: &str| {
+            let l = l.trim_start();
+            let l = l.strip_prefix("- ").unwrap_or(l).trim_start();
+            let value = l.strip_prefix("name:").map(|v| v.split(" #").next().unwrap_or("").trim());
+            value.map(|v| v.trim_matches(['"', '\''])) == Some(name)
+        };
+        let line = text.lines().enumerate().filter(|(_, l)| is_route(l)).nth(nth).map(|(i, _)| i + 1);
+        (Some(file.clone()), line)
+    }
+
     /// The line of `needle` in the settings file, for errors about a setting.
     pub fn settings_line(&self, needle: &str) -> (Option<String>, Option<usize>) {
         match &self.settings_source {

@@ -53,6 +53,8 @@ impl std::fmt::Debug for TrustRoots {
 pub struct Verified {
     pub issuer: String,
     pub claims: Json,
+    /// The claims as a policy value, converted once per verification.
+    pub claims_value: regorus::Value,
     /// `exp`, seconds since the epoch: how long a cached verdict may live.
     pub expires_at: u64,
 }
@@ -99,6 +101,8 @@ impl TrustRoots {
                     validation.validate_aud = false;
                 } else {
                     validation.set_audience(&is.audiences);
+                    // jsonwebtoken checks `aud` only when present: a token without one must not pass.
+                    validation.required_spec_claims.insert("aud".into());
                 }
                 keys.push(Key { kid: jwk.common.key_id.clone(), alg, key, validation });
             }
@@ -138,7 +142,8 @@ impl TrustRoots {
             match jsonwebtoken::decode::<Json>(token, &key.key, &key.validation) {
                 Ok(data) => {
                     let expires_at = data.claims.get("exp").and_then(Json::as_u64).unwrap_or(0);
-                    return Ok(Verified { issuer: issuer_name, claims: data.claims, expires_at });
+                    let claims_value = regorus::Value::from(data.claims.clone());
+                    return Ok(Verified { issuer: issuer_name, claims: data.claims, claims_value, expires_at });
                 }
                 Err(e) => last = JwtError::Invalid(e.to_string()),
             }

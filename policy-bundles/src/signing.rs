@@ -141,7 +141,10 @@ pub fn verify(files: &Files, keys: &[VerificationKey], required: bool) -> Result
     };
     let sf: SignaturesFile = serde_json::from_slice(raw).map_err(|e| SignatureError::Malformed(e.to_string()))?;
     let [jwt] = sf.signatures.as_slice() else {
-        return Err(SignatureError::Malformed(format!("expected exactly one signature, found {}", sf.signatures.len())));
+        return Err(SignatureError::Malformed(format!(
+            "expected exactly one signature, found {}",
+            sf.signatures.len()
+        )));
     };
     let header = jsonwebtoken::decode_header(jwt).map_err(|e| SignatureError::Malformed(e.to_string()))?;
     let unverified: Payload = {

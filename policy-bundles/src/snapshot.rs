@@ -161,13 +161,17 @@ impl Snapshot {
         let mut rules: Vec<String> = Vec::new();
         let mut routes = Vec::new();
         let mut matches = Vec::new();
-        let mut seen = BTreeMap::new();
+        // How many routes of each name came before: the n-th `name: x` line is this route's.
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for r in &settings.routes {
-            let (file, line) = bundle.settings_line(&format!("name: {}", r.name));
+            let earlier = seen.entry(r.name.as_str()).or_default();
+            let (file, line) = bundle.route_line(&r.name, *earlier);
+            *earlier += 1;
+            let duplicate = *earlier > 1;
             let err = |m: String| {
                 BundleError::new(ErrorKind::Settings, file.clone(), format!("route `{}`: {m}", r.name)).at_line(line)
             };
-            if seen.insert(r.name.clone(), ()).is_some() {
+            if duplicate {
                 errors.push(err("duplicate route name".into()));
             }
             let upstream = upstreams.iter().position(|u| u.name == r.upstream);
@@ -249,10 +253,19 @@ impl Snapshot {
         match engine_for(bundle, false) {
             Err(mut e) => errors.append(&mut e.0),
             Ok(mut engine) => {
+                for c in crate::calls::unknown_calls(&mut engine) {
+                    errors.push(
+                        BundleError::new(ErrorKind::Rego, Some(c.file.clone()), c.message()).at_line(Some(c.line)),
+                    );
+                }
                 for rule in &rules {
                     let (file, line) = bundle.settings_line(&format!("policy: {rule}"));
-                    let defined = rule.rsplit_once('.').is_some_and(|(pkg, name)| {
-                        bundle.modules.iter().any(|m| m.package == pkg && defines_rule(&m.source, name))
+                    // Asked of the parsed modules, so that indented heads and ref heads
+                    // (`package http` + `orders.decision := ...`) count.
+                    let defined = bundle.modules.iter().filter(|m| !m.path.starts_with(TESTS_DIR)).any(|m| {
+                        rule.strip_prefix(m.package.as_str())
+                            .and_then(|r| r.strip_prefix('.'))
+                            .is_some_and(|name| engine.has_declared_rule_rooted_at(&m.path, name).unwrap_or(false))
                     });
                     if !defined {
                         errors.push(
@@ -378,22 +391,4 @@ fn check_target(t: &str) -> Result<(), String> {
         return Err(format!("target `{t}` has an invalid host"));
     }
     Ok(())
-}
-
-/// Whether a module's text defines rule `name` (at the start of a line, as Rego writes rules).
-fn defines_rule(source: &str, name: &str) -> bool {
-    source.lines().any(|l| {
-        let Some(rest) = l.strip_prefix(name) else { return false };
-        let rest = rest.trim_start();
-        rest.is_empty()
-            || rest.starts_with(":=")
-            || rest.starts_with('=')
-            || rest.starts_with("if")
-            || rest.starts_with('{')
-            || rest.starts_with('[')
-            || rest.starts_with("contains")
-            || rest.starts_with('(')
-    }) || source
-        .lines()
-        .any(|l| l.trim_start().strip_prefix("default ").is_some_and(|r| r.trim_start().starts_with(name)))
 }

@@ -209,6 +209,16 @@ fn refuses_a_route_naming_a_rule_no_module_defines() {
 }
 
 #[test]
+fn a_rule_written_with_a_ref_head_or_an_indented_head_is_found() {
+    let ref_head = "package http\n\nimport rego.v1\n\napp.allow if input.request.method == \"GET\"\n";
+    let files = with(valid_files(), "http/app.rego", ref_head);
+    Snapshot::compile(&Bundle::from_files(files).unwrap()).unwrap();
+    let indented = "package http.app\n\nimport rego.v1\n\n  allow if input.request.method == \"GET\"\n";
+    let files = with(valid_files(), "http/app.rego", indented);
+    Snapshot::compile(&Bundle::from_files(files).unwrap()).unwrap();
+}
+
+#[test]
 fn refuses_duplicate_route_names_naming_the_duplicate() {
     let settings = format!(
         "{SETTINGS}  - name: app\n    match: {{ path_prefix: /other }}\n    upstream: backend\n    policy: data.http.app.allow\n"
@@ -222,7 +232,7 @@ fn refuses_duplicate_route_names_naming_the_duplicate() {
 fn refuses_an_unknown_gateway_settings_key_naming_its_line() {
     let settings = SETTINGS.replace("    upstream: backend\n", "    upstream: backend\n    timeout: 5s\n");
     let errs = refused(with(valid_files(), "gateway/data.yaml", &settings));
-    let e = error_about(&errs, ErrorKind::Settings, "gateway/data.yaml", Some(7));
+    let e = error_about(&errs, ErrorKind::Settings, "gateway/data.yaml", Some(8));
     assert!(e.message.contains("timeout"), "{e}");
 }
 

@@ -169,7 +169,7 @@ fn port_of(url: &str) -> u16 {
 pub fn spawn_gateway(config: &Path, listen: u16, admin: u16) -> Gateway {
     let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .env("GATEWAY_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -189,7 +189,9 @@ pub fn wait_ready(gw: &Gateway) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // The proxy port is probed with a bare connect so that no request is counted.
-        if get(&format!("{}/readyz", gw.admin), &[]).0 == 200 && std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
+        if get(&format!("{}/readyz", gw.admin), &[]).0 == 200
+            && std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok()
+        {
             return;
         }
         assert!(Instant::now() < deadline, "gateway did not become ready");

@@ -15,12 +15,21 @@ pub enum Answer {
     /// A bundle with `ETag: "<sha256>"`; honours `If-None-Match` and `Prefer: wait=N`.
     Bundle(Vec<u8>),
     /// These bytes with this ETag, whatever they are.
-    Body { bytes: Vec<u8>, etag: String },
-    Status { code: u16, retry_after: Option<u64> },
+    Body {
+        bytes: Vec<u8>,
+        etag: String,
+    },
+    Status {
+        code: u16,
+        retry_after: Option<u64>,
+    },
     /// Headers of a 200, then silence.
     HangAfterHeaders,
     /// A 200 whose body arrives one byte per `every`.
-    Trickle { bytes: Vec<u8>, every: Duration },
+    Trickle {
+        bytes: Vec<u8>,
+        every: Duration,
+    },
     /// Accepts and closes at once.
     Close,
 }
