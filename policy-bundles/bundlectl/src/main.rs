@@ -1,0 +1,324 @@
+//! `bundlectl`: the policy authors' tool. Local commands (`build`, `check`, `test`, `sign`) use
+//! the same `policy-bundles` code as the gateway; remote commands (`push`, `revisions`,
+//! `rollback`, `fleet`) talk to `control-api` and print its message when it refuses.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use policy_bundles::archive::{self, Files};
+use policy_bundles::bundle::{MANIFEST, SIGNATURES};
+use policy_bundles::{signing, testing, Bundle, Limits, Snapshot};
+
+#[derive(Parser)]
+#[command(name = "bundlectl", about = "Build, test, sign and publish policy bundles")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Remote {
+    /// The control-api base URL.
+    #[arg(long, env = "BUNDLECTL_SERVER", default_value = "http://127.0.0.1:8181")]
+    server: String,
+    /// Bearer token (publish scope to push or roll back, read scope for the rest).
+    #[arg(long, env = "BUNDLECTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct Signer {
+    /// Sign with this private key (PEM); writes `.signatures.json` into the bundle.
+    #[arg(long = "sign-key", value_name = "PEM")]
+    key: Option<PathBuf>,
+    /// RS256, ES256 or EdDSA.
+    #[arg(long = "sign-alg", default_value = "ES256")]
+    alg: String,
+    /// The key id gateways know the public key by (`bundle.signing.keys[].id`).
+    #[arg(long = "sign-kid", default_value = "default")]
+    kid: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a bundle directory into a deterministic .tar.gz, after checking it compiles.
+    Build {
+        dir: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Revision written into `.manifest`; default: the first 12 hex digits of the content hash.
+        #[arg(long)]
+        revision: Option<String>,
+        #[command(flatten)]
+        signer: Signer,
+    },
+    /// Check that a bundle (directory or .tar.gz) compiles exactly as the gateway would.
+    Check { path: PathBuf },
+    /// Run a bundle's Rego `test_*` rules and its decision cases (`tests/cases.yaml`,
+    /// `tests/**/*.cases.yaml`); exits non-zero when any fails.
+    Test { path: PathBuf },
+    /// Sign a bundle .tar.gz (OPA's `.signatures.json` format).
+    Sign {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        signer: Signer,
+    },
+    /// Publish a bundle (.tar.gz, or a directory built on the fly) as a new revision.
+    Push {
+        path: PathBuf,
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        /// Revision when building a directory (default: content hash).
+        #[arg(long)]
+        revision: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        signer: Signer,
+    },
+    /// List a bundle's revisions, newest first.
+    Revisions {
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make an earlier revision active again.
+    Rollback {
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        #[arg(long = "to")]
+        to: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Every gateway that reported: its revision, staleness and last report.
+    Fleet {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bundlectl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads a directory, sets its manifest revision, checks it compiles, signs it if asked, and
+/// returns the tarball bytes and the revision.
+fn build(dir: &Path, revision: Option<String>, signer: &Signer) -> anyhow::Result<(Vec<u8>, String)> {
+    let limits = Limits::default();
+    let mut files = archive::read_dir(dir, &limits)?;
+    files.remove(SIGNATURES);
+    let mut manifest: serde_json::Value = match files.get(MANIFEST) {
+        Some(b) => serde_json::from_slice(b).map_err(|e| anyhow!("{MANIFEST}: {e}"))?,
+        None => serde_json::json!({}),
+    };
+    let rev = match revision {
+        Some(r) => r,
+        None => {
+            let mut content = files.clone();
+            content.remove(MANIFEST);
+            policy_bundles::digest(&archive::write_tar_gz(&content)?)[..12].to_owned()
+        }
+    };
+    manifest["revision"] = serde_json::Value::String(rev.clone());
+    files.insert(MANIFEST.into(), serde_json::to_vec_pretty(&manifest)?);
+    Snapshot::compile(&Bundle::from_files(files.clone())?)?;
+    sign_files(&mut files, signer)?;
+    Ok((archive::write_tar_gz(&files)?, rev))
+}
+
+fn sign_files(files: &mut Files, signer: &Signer) -> anyhow::Result<()> {
+    if let Some(key) = &signer.key {
+        let pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+        files.remove(SIGNATURES);
+        let sig =
+            signing::sign(files, &pem, &signer.alg, &signer.kid).map_err(|e| anyhow!("{}: {e}", key.display()))?;
+        files.insert(SIGNATURES.into(), sig);
+    }
+    Ok(())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
+}
+
+/// Sends a request; an error status becomes an error carrying the server's message.
+fn call(req: ureq::Request, remote: &Remote, body: Option<&[u8]>) -> anyhow::Result<(u16, serde_json::Value)> {
+    let req = match &remote.token {
+        Some(t) => req.set("authorization", &format!("Bearer {t}")),
+        None => req,
+    };
+    let url = req.url().to_owned();
+    let result = match body {
+        Some(b) => req.set("content-type", "application/gzip").send_bytes(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            bail!("{url}: HTTP {code}: {}", server_message(&text));
+        }
+        Err(e) => bail!("{url}: {e}"),
+    };
+    let code = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    let json = if text.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text)? };
+    Ok((code, json))
+}
+
+/// The server's explanation: its `errors` list (file:line: message), `error`, or the raw body.
+fn server_message(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else { return body.trim().to_owned() };
+    if let Some(errors) = v.get("errors").and_then(|e| e.as_array()) {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let file = e.get("file").and_then(|f| f.as_str());
+                let line = e.get("line").and_then(|l| l.as_u64());
+                let msg = e.get("message").and_then(|m| m.as_str()).unwrap_or("");
+                match (file, line) {
+                    (Some(f), Some(l)) => format!("{f}:{l}: {msg}"),
+                    (Some(f), None) => format!("{f}: {msg}"),
+                    _ => msg.to_owned(),
+                }
+            })
+            .collect();
+        return format!("bundle refused:\n  {}", lines.join("\n  "));
+    }
+    match v.get("error").and_then(|e| e.as_str()) {
+        Some(e) => e.to_owned(),
+        None => body.trim().to_owned(),
+    }
+}
+
+fn bundle_url(remote: &Remote, name: &str) -> String {
+    format!("{}/v1/bundles/{name}", remote.server.trim_end_matches('/'))
+}
+
+/// Runs a command; `Ok(false)` is a clean run that found failures (failing tests).
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    let limits = Limits::default();
+    match cli.cmd {
+        Cmd::Test { path } => {
+            let bundle = Bundle::from_path(&path, &limits)?;
+            let report = testing::run(&bundle)?;
+            println!("{report}");
+            return Ok(report.is_success());
+        }
+        Cmd::Check { path } => {
+            let bundle = Bundle::from_path(&path, &limits)?;
+            let snap = Snapshot::compile(&bundle)?;
+            println!(
+                "ok: revision {:?}, {} routes, {} upstreams",
+                snap.revision,
+                snap.routes.len(),
+                snap.upstreams.len()
+            );
+        }
+        Cmd::Build { dir, output, revision, signer } => {
+            let (bytes, rev) = build(&dir, revision, &signer)?;
+            std::fs::write(&output, &bytes)?;
+            println!("built {} (revision {rev}, sha256 {})", output.display(), policy_bundles::digest(&bytes));
+        }
+        Cmd::Sign { input, output, signer } => {
+            if signer.key.is_none() {
+                bail!("--sign-key is required");
+            }
+            let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let mut files = archive::read_tar_gz(&bytes, &limits)?;
+            sign_files(&mut files, &signer)?;
+            let out = archive::write_tar_gz(&files)?;
+            std::fs::write(&output, &out)?;
+            println!("signed {} (sha256 {})", output.display(), policy_bundles::digest(&out));
+        }
+        Cmd::Push { path, name, revision, remote, signer } => {
+            let bytes = if path.is_dir() {
+                build(&path, revision, &signer)?.0
+            } else {
+                let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                Snapshot::compile(&Bundle::from_tar_gz(&bytes, &limits)?)?;
+                bytes
+            };
+            let (code, v) = call(agent().put(&bundle_url(&remote, &name)), &remote, Some(&bytes))?;
+            let what = if code == 201 { "published" } else { "unchanged (identical to the active revision)" };
+            println!(
+                "{what}: {name} revision {} sha256 {}",
+                v.get("revision").and_then(|r| r.as_str()).unwrap_or("?"),
+                v.get("digest").and_then(|r| r.as_str()).unwrap_or("?")
+            );
+        }
+        Cmd::Revisions { name, remote } => {
+            let (_, v) = call(agent().get(&format!("{}/revisions", bundle_url(&remote, &name))), &remote, None)?;
+            println!("{:<16} {:<8} {:<25} {:<12} {:>9}  DIGEST", "REVISION", "ACTIVE", "PUBLISHED", "BY", "SIZE");
+            for r in v.as_array().into_iter().flatten() {
+                let s = |k: &str| {
+                    r.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or(x.to_string())).unwrap_or_default()
+                };
+                let active = if r.get("active").and_then(|a| a.as_bool()) == Some(true) { "*" } else { "" };
+                println!(
+                    "{:<16} {:<8} {:<25} {:<12} {:>9}  {}",
+                    s("revision"),
+                    active,
+                    s("published_at"),
+                    s("published_by"),
+                    s("size"),
+                    s("digest")
+                );
+            }
+        }
+        Cmd::Rollback { name, to, remote } => {
+            let url = format!("{}/rollback", bundle_url(&remote, &name));
+            let body = serde_json::to_vec(&serde_json::json!({ "revision": to }))?;
+            let req = agent().post(&url).set("content-type", "application/json");
+            let req = match &remote.token {
+                Some(t) => req.set("authorization", &format!("Bearer {t}")),
+                None => req,
+            };
+            match req.send_bytes(&body) {
+                Ok(_) => println!("{name} is now at revision {to}"),
+                Err(ureq::Error::Status(code, r)) => {
+                    bail!("{url}: HTTP {code}: {}", server_message(&r.into_string().unwrap_or_default()))
+                }
+                Err(e) => bail!("{url}: {e}"),
+            }
+        }
+        Cmd::Fleet { remote } => {
+            let (_, v) =
+                call(agent().get(&format!("{}/v1/fleet", remote.server.trim_end_matches('/'))), &remote, None)?;
+            println!(
+                "{:<28} {:<10} {:<16} {:>10} {:<8} {:<8} LAST REPORT",
+                "INSTANCE", "BUNDLE", "REVISION", "STALENESS", "CURRENT", "SILENT"
+            );
+            for g in v.as_array().into_iter().flatten() {
+                let s = |k: &str| {
+                    g.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or(x.to_string())).unwrap_or_default()
+                };
+                println!(
+                    "{:<28} {:<10} {:<16} {:>9}s {:<8} {:<8} {}",
+                    s("instance"),
+                    s("bundle"),
+                    s("revision"),
+                    s("staleness_seconds"),
+                    s("current"),
+                    s("silent"),
+                    s("last_report")
+                );
+            }
+        }
+    }
+    Ok(true)
+}

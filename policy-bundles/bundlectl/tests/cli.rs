@@ -1,0 +1,104 @@
+//! `bundlectl`'s local commands through the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/api-gateway")
+}
+
+fn bundlectl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bundlectl")).args(args).output().expect("run bundlectl")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn test_passes_on_the_example_and_fails_with_a_named_case_when_a_rule_breaks() {
+    let out = bundlectl(&["test", example().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(" passed, 0 failed"), "{}", text(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&example(), dir.path());
+    let orders = dir.path().join("http/orders.rego");
+    let src = std::fs::read_to_string(&orders).unwrap().replace("\"writer\" in roles\n}", "\"admin\" in roles\n}");
+    std::fs::write(&orders, src).unwrap();
+    let out = bundlectl(&["test", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("FAIL"), "{}", text(&out));
+}
+
+#[test]
+fn build_is_deterministic_and_names_the_revision_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.tar.gz"), dir.path().join("b.tar.gz"));
+    for out in [&a, &b] {
+        let o = bundlectl(&["build", example().to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(x, y);
+    let bundle = policy_bundles::Bundle::from_tar_gz(&x, &policy_bundles::Limits::default()).unwrap();
+    assert_eq!(bundle.manifest.revision.len(), 12);
+    let o = bundlectl(&["check", a.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn sign_produces_a_bundle_that_verifies_against_the_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../loadtest/fixtures/keys");
+    let (plain, signed) = (dir.path().join("p.tar.gz"), dir.path().join("s.tar.gz"));
+    assert!(bundlectl(&["build", example().to_str().unwrap(), "-o", plain.to_str().unwrap()]).status.success());
+    let key = keys.join("demo-ed25519.pem");
+    let o = bundlectl(&[
+        "sign",
+        plain.to_str().unwrap(),
+        "-o",
+        signed.to_str().unwrap(),
+        "--sign-key",
+        key.to_str().unwrap(),
+        "--sign-alg",
+        "EdDSA",
+        "--sign-kid",
+        "k1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let files =
+        policy_bundles::archive::read_tar_gz(&std::fs::read(&signed).unwrap(), &policy_bundles::Limits::default())
+            .unwrap();
+    let pem = std::fs::read(keys.join("demo-ed25519.pub.pem")).unwrap();
+    let vk = policy_bundles::signing::VerificationKey::from_pem("k1", "EdDSA", &pem).unwrap();
+    policy_bundles::signing::verify(&files, &[vk], true).unwrap();
+}
+
+#[test]
+fn push_to_an_unreachable_server_fails_with_a_message() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = bundlectl(&[
+        "push",
+        example().to_str().unwrap(),
+        "--server",
+        &format!("http://127.0.0.1:{port}"),
+        "--token",
+        "t",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains(&format!("127.0.0.1:{port}")), "{}", text(&o));
+}
