@@ -51,6 +51,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| snap.table.lookup(black_box("api.example.com"), black_box("/orders/7"), "GET"))
     });
     g.bench_function("jwt_verify_es256", |b| b.iter(|| snap.jwt.as_ref().map(|j| j.verify(black_box(&token)))));
+    g.bench_function("jwt_verify_es256_cached", |b| {
+        b.iter(|| snap.jwt.as_ref().map(|j| j.verify_cached(black_box(&token))))
+    });
     g.bench_function("input_build", |b| b.iter(|| input::build(&parts(), &route.name, Some(&verified))));
     g.bench_function("decide", |b| {
         b.iter(|| snap.decide(route.policy, input::build(&parts(), &route.name, Some(&verified))).expect("decides"))
@@ -59,7 +62,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let ix = snap.table.lookup("api.example.com", "/orders/7", "GET").expect("route");
             let r = &snap.routes[ix];
-            let v = snap.jwt.as_ref().expect("issuers").verify(&token).expect("verifies");
+            let v = snap.jwt.as_ref().expect("issuers").verify_cached(&token).expect("verifies");
             snap.decide(r.policy, input::build(&parts(), &r.name, Some(&v))).expect("decides")
         })
     });

@@ -123,11 +123,11 @@ impl ProxyHttp for Proxy {
         ctx.route = Some(route_ix);
         let route = &active.snapshot.routes[route_ix];
 
-        let verified: Option<Verified> = match bearer(session) {
+        let verified: Option<Arc<Verified>> = match bearer(session) {
             None => None,
             Some(token) => {
                 let result = match &active.snapshot.jwt {
-                    Some(roots) => roots.verify(token),
+                    Some(roots) => roots.verify_cached(token),
                     None => Err(policy_bundles::jwt::JwtError::UnknownIssuer),
                 };
                 match result {
@@ -155,7 +155,7 @@ impl ProxyHttp for Proxy {
             scheme: "http",
             client_ip: &client_ip,
         };
-        let doc = input::build(&parts, &route.name, verified.as_ref());
+        let doc = input::build(&parts, &route.name, verified.as_deref());
         let result = active.snapshot.decide(route.policy, doc);
         self.gateway.metrics.policy_eval_duration.observe(eval_start.elapsed().as_secs_f64());
 

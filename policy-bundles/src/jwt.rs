@@ -2,6 +2,7 @@
 //! given as JWKS). Runs in Rust before any policy: regorus has no `io.jwt.*` builtins.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -40,6 +41,56 @@ struct Issuer {
 /// Compiled trust roots: issuer → keys and validation rules.
 pub struct TrustRoots {
     issuers: HashMap<String, Issuer>,
+    cache: TokenCache,
+}
+
+/// Verified tokens by their exact text, until they expire. Bounded; sharded so that workers
+/// rarely meet on a lock, and held only for a map lookup. It lives inside [`TrustRoots`], so a
+/// new bundle (possibly with keys revoked) starts with an empty cache.
+struct TokenCache {
+    shards: Vec<Mutex<HashMap<Arc<str>, Arc<Verified>>>>,
+    per_shard: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Most tokens cached per bundle.
+pub const TOKEN_CACHE_CAPACITY: usize = 16_384;
+const SHARDS: usize = 16;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl TokenCache {
+    fn new(capacity: usize) -> TokenCache {
+        TokenCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: (capacity / SHARDS).max(1),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, token: &str) -> &Mutex<HashMap<Arc<str>, Arc<Verified>>> {
+        use std::hash::BuildHasher;
+        &self.shards[(self.hasher.hash_one(token) as usize) % SHARDS]
+    }
+
+    fn get(&self, token: &str, now: u64) -> Option<Arc<Verified>> {
+        let map = self.shard(token).lock().ok()?;
+        map.get(token).filter(|v| v.expires_at > now).cloned()
+    }
+
+    fn put(&self, token: &str, v: Arc<Verified>, now: u64) {
+        let Ok(mut map) = self.shard(token).lock() else { return };
+        if map.len() >= self.per_shard {
+            map.retain(|_, v| v.expires_at > now);
+            if map.len() >= self.per_shard {
+                // Still full of live tokens: start over rather than track recency on every hit.
+                map.clear();
+            }
+        }
+        map.insert(Arc::from(token), v);
+    }
 }
 
 impl std::fmt::Debug for TrustRoots {
@@ -110,12 +161,26 @@ impl TrustRoots {
                 return Err(err("issuer listed twice".into()));
             }
         }
-        Ok(TrustRoots { issuers })
+        Ok(TrustRoots { issuers, cache: TokenCache::new(TOKEN_CACHE_CAPACITY) })
     }
 
     /// Verifies a compact JWS: picks the issuer from the (unverified) `iss`, the key by `kid`
     /// (or every key of the header's algorithm when there is no `kid`), then checks the
     /// signature, `exp`, `nbf`, `iss` and `aud`.
+    /// [`verify`](Self::verify), answered from the cache for a token already verified under
+    /// these trust roots and not yet expired (strictly: no leeway past `exp` for cached tokens).
+    pub fn verify_cached(&self, token: &str) -> Result<Arc<Verified>, JwtError> {
+        let now = now_secs();
+        if let Some(v) = self.cache.get(token, now) {
+            return Ok(v);
+        }
+        let v = Arc::new(self.verify(token)?);
+        if v.expires_at > now {
+            self.cache.put(token, v.clone(), now);
+        }
+        Ok(v)
+    }
+
     pub fn verify(&self, token: &str) -> Result<Verified, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
         let payload_b64 = token.split('.').nth(1).ok_or(JwtError::Malformed)?;

@@ -214,3 +214,20 @@ fn unsigned_and_symmetric_tokens_are_refused() {
     assert_eq!(roots.verify(&t).unwrap_err(), JwtError::UnknownKey);
     assert_eq!(roots.verify("not a token").unwrap_err(), JwtError::Malformed);
 }
+
+#[test]
+fn verified_tokens_are_cached_per_trust_roots_and_refused_ones_are_not() {
+    let roots = trust_roots();
+    let (alg, kid, key) = demo_keys().remove(0);
+    let token = sign(alg, Some(kid), &key, &claims());
+    let first = roots.verify_cached(&token).unwrap();
+    let second = roots.verify_cached(&token).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &second), "the second lookup must be a cache hit");
+    // Another bundle's trust roots share nothing.
+    let other = trust_roots();
+    assert!(!std::sync::Arc::ptr_eq(&first, &other.verify_cached(&token).unwrap()));
+    // A refused token stays refused (nothing cached for it).
+    let bad = sign(alg, Some(kid), &key, &with_claim("aud", json!("billing-api")));
+    assert!(roots.verify_cached(&bad).is_err());
+    assert!(roots.verify_cached(&bad).is_err());
+}
