@@ -32,6 +32,19 @@ struct RawConfig {
     policy_timeout: Option<String>,
     #[serde(default)]
     instance: Option<String>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    max_in_flight: Option<usize>,
+    #[serde(default)]
+    max_queue: Option<usize>,
+    #[serde(default)]
+    queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,7 +110,19 @@ pub struct Config {
     pub policy_timeout: Duration,
     /// This gateway's name in status reports; default `HOSTNAME:listen-port`.
     pub instance: String,
+    pub limits: Limits,
     pub bundle: BundleConfig,
+}
+
+/// Load shedding on the data plane's own terms: past these, requests get 503 at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests handled at once (routing to the end of the response); default 10000.
+    pub max_in_flight: usize,
+    /// Requests allowed to wait for a slot; beyond it they are shed at once. Default 1000.
+    pub max_queue: usize,
+    /// How long a queued request waits for a slot before it is shed; default 50ms.
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +318,20 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: p, problems });
         }
+        let raw_limits = raw.limits.unwrap_or(RawLimits { max_in_flight: None, max_queue: None, queue_timeout: None });
+        let limits = Limits {
+            max_in_flight: raw_limits.max_in_flight.unwrap_or(10_000),
+            max_queue: raw_limits.max_queue.unwrap_or(1_000),
+            queue_timeout: dur(
+                "limits.queue_timeout",
+                &raw_limits.queue_timeout,
+                Duration::from_millis(50),
+                &mut problems,
+            ),
+        };
+        if limits.max_in_flight == 0 {
+            problems.push("`limits.max_in_flight` must be at least 1".into());
+        }
         let instance = raw.instance.unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME")
                 .ok()
@@ -308,6 +347,7 @@ impl Config {
             threads,
             policy_timeout,
             instance,
+            limits,
             bundle: BundleConfig { name: b.name, source, max_size, cache_dir, max_staleness, signing },
         })
     }

@@ -2,6 +2,7 @@
 //! locally compiled policy bundle, and never waits on the control plane.
 
 pub mod admin;
+pub mod admission;
 pub mod cache;
 pub mod config;
 pub mod health;

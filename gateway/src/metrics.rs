@@ -11,6 +11,8 @@ pub const POLICY_EVAL_DURATION: &str = "gateway_policy_eval_duration_seconds";
 pub const BUNDLE_INFO: &str = "gateway_bundle_info";
 pub const BUNDLE_ACTIVATED_TIMESTAMP: &str = "gateway_bundle_activated_timestamp_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "gateway_upstream_errors_total";
+pub const SHED_TOTAL: &str = "gateway_shed_total";
+pub const IN_FLIGHT: &str = "gateway_requests_in_flight";
 pub const BUNDLE_AGE: &str = "gateway_bundle_age_seconds";
 pub const BUNDLE_STALE: &str = "gateway_bundle_stale";
 pub const BUNDLE_SYNC_TOTAL: &str = "gateway_bundle_sync_total";
@@ -29,6 +31,8 @@ pub enum Outcome {
     NoRoute,
     /// No bundle is active yet (503).
     Unavailable,
+    /// Shed at the in-flight limit (503).
+    Shed,
 }
 
 impl Outcome {
@@ -40,6 +44,7 @@ impl Outcome {
             Outcome::Error => "error",
             Outcome::NoRoute => "no_route",
             Outcome::Unavailable => "unavailable",
+            Outcome::Shed => "shed",
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct Metrics {
     pub sync: IntCounterVec,
     pub activation_failures: IntCounterVec,
     pub status_reports_dropped: IntCounter,
+    pub shed: IntCounter,
+    pub in_flight: IntGauge,
 }
 
 fn buckets() -> Vec<f64> {
@@ -127,6 +134,10 @@ impl Metrics {
         registry.register(Box::new(sync.clone()))?;
         registry.register(Box::new(activation_failures.clone()))?;
         registry.register(Box::new(status_reports_dropped.clone()))?;
+        let shed = IntCounter::new(SHED_TOTAL, "Requests answered 503 at once because the gateway was at its limits")?;
+        let in_flight = IntGauge::new(IN_FLIGHT, "Requests being handled now")?;
+        registry.register(Box::new(shed.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
         for r in ["updated", "not_modified", "error"] {
             sync.with_label_values(&[r]);
         }
@@ -145,6 +156,8 @@ impl Metrics {
             sync,
             activation_failures,
             status_reports_dropped,
+            shed,
+            in_flight,
         })
     }
 
@@ -156,6 +169,7 @@ impl Metrics {
     pub fn count_unrouted(&self, outcome: Outcome) {
         match outcome {
             Outcome::Unavailable => self.unavailable.inc(),
+            Outcome::Shed => self.shed.inc(),
             _ => self.no_route.inc(),
         }
     }

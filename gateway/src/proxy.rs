@@ -37,6 +37,8 @@ pub struct Proxy {
 /// Per-request state, alive from the first phase to `logging`.
 pub struct Ctx {
     start: Instant,
+    /// The request's admission slot, held until the context is dropped after `logging`.
+    slot: Option<crate::admission::Slot>,
     active: Option<Arc<Active>>,
     route: Option<usize>,
     outcome: Option<Outcome>,
@@ -90,6 +92,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
+            slot: None,
             active: None,
             route: None,
             outcome: None,
@@ -101,6 +104,15 @@ impl ProxyHttp for Proxy {
     /// Routes, authenticates and authorizes. Returns `Ok(true)` when it has answered the
     /// request itself (404, 401, a deny, 503 with no bundle), `Ok(false)` to proxy it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.gateway.admission.admit().await {
+            Some(slot) => ctx.slot = Some(slot),
+            None => {
+                ctx.outcome = Some(Outcome::Shed);
+                let retry = [("retry-after".to_string(), "1".to_string())];
+                respond(session, 503, "overloaded: the gateway is at its in-flight limit", None, &retry).await?;
+                return Ok(true);
+            }
+        }
         let Some(active) = self.gateway.active.load_full() else {
             ctx.outcome = Some(Outcome::Unavailable);
             respond(session, 503, "no policy bundle is active yet", None, &[]).await?;

@@ -96,6 +96,7 @@ pub struct Gateway {
     /// Unix millis of the last confirmation (a 200 or 304 from a source); 0: never.
     pub last_confirmed_ms: AtomicU64,
     pub sync: Mutex<SyncDetail>,
+    pub admission: crate::admission::Admission,
     started_ms: u64,
     signing_keys: Vec<VerificationKey>,
 }
@@ -163,10 +164,12 @@ impl Gateway {
                 signing_keys.push(VerificationKey::from_pem(&k.id, &k.algorithm, &k.pem).map_err(anyhow::Error::msg)?);
             }
         }
+        let metrics = Metrics::new()?;
         Ok(Gateway {
+            admission: crate::admission::Admission::new(config.limits, metrics.in_flight.clone()),
             config,
             active: ArcSwapOption::empty(),
-            metrics: Metrics::new()?,
+            metrics,
             last_confirmed_ms: AtomicU64::new(0),
             sync: Mutex::new(SyncDetail::default()),
             started_ms: unix_now_ms(),

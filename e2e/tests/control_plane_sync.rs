@@ -1,0 +1,94 @@
+//! The gateway's promise against the real control plane: a publish reaches gateways within a
+//! second under long poll, a control-api outage costs no request, a restart with the control
+//! plane down serves from cache, and a fleet converges.
+
+use std::time::Duration;
+
+use e2e::*;
+
+const POLL: &str = "  long_poll: 20s\n  min_delay: 200ms\n  max_delay: 400ms\n  backoff_max: 500ms\n  timeout: 2s\n";
+
+#[test]
+fn a_publish_reaches_three_gateways_within_a_second_and_the_fleet_sees_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = echo_upstream("u");
+    let cp = ControlApi::start(dir.path(), None);
+    push(&cp.url, &example_tarball(&up.addr.to_string(), "r1"), dir.path());
+    let gws: Vec<Gateway> =
+        ["gw-a", "gw-b", "gw-c"].iter().map(|name| Gateway::start(dir.path(), name, &[&cp.url], POLL)).collect();
+    for gw in &gws {
+        assert_eq!(gw.revision(), "r1");
+    }
+    // Let every gateway settle into a held long poll.
+    std::thread::sleep(Duration::from_millis(500));
+    let published = std::time::Instant::now();
+    let out = push(&cp.url, &example_tarball(&up.addr.to_string(), "r2"), dir.path());
+    assert!(out.contains("published"), "{out}");
+    let mut times = Vec::new();
+    for gw in &gws {
+        eventually(Duration::from_secs(5), "r2 on every gateway", || gw.revision() == "r2");
+        times.push(published.elapsed());
+    }
+    println!("publish-to-activation (cumulative, per gateway): {times:?}");
+    assert!(times.iter().all(|t| *t < Duration::from_secs(1)), "{times:?}");
+
+    // Status reports reach the fleet view.
+    eventually(Duration::from_secs(20), "fleet lists three current gateways", || {
+        let (code, body) = get(&format!("{}/v1/fleet", cp.url), &[("authorization", &format!("Bearer {READ_TOKEN}"))]);
+        code == 200
+            && json(&body)
+                .as_array()
+                .map(|a| a.iter().filter(|g| g["revision"] == "r2" && g["current"] == true).count() == 3)
+                .unwrap_or(false)
+    });
+}
+
+#[test]
+fn a_control_plane_outage_costs_no_request_and_recovery_downloads_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = echo_upstream("u");
+    let mut cp = ControlApi::start(dir.path(), None);
+    push(&cp.url, &example_tarball(&up.addr.to_string(), "r1"), dir.path());
+    let mut gw = Gateway::start(dir.path(), "gw", &[&cp.url], &format!("{POLL}  max_staleness: 2s\n"));
+    let traffic = Traffic::start(std::slice::from_ref(&gw.base), Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(500));
+    let downloads_before = cp.metric("control_api_bundle_downloads_total{code=\"200\"}").unwrap_or(0.0);
+
+    // SIGKILL mid long poll, and stay down past max_staleness.
+    cp.kill9();
+    eventually(Duration::from_secs(10), "stale flag", || gw.metric("gateway_bundle_stale") == Some(1.0));
+    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).0, 200, "stale is an alert, not an outage");
+    assert_eq!(gw.revision(), "r1");
+
+    // A gateway restarted while the control plane is down boots from its cache.
+    let before_restart = traffic.snapshot();
+    gw.restart();
+    gw.wait_ready();
+    assert_eq!(gw.status()["bundle"]["source"], "cache");
+    let mid = traffic.snapshot();
+
+    cp.restart();
+    eventually(Duration::from_secs(10), "staleness clears", || gw.metric("gateway_bundle_stale") == Some(0.0));
+    std::thread::sleep(Duration::from_millis(300));
+    let tally = traffic.stop();
+    println!(
+        "outage traffic: sent {} failed {} wrong {} p99 {} us",
+        tally.sent,
+        tally.failed,
+        tally.wrong,
+        tally.p99_us()
+    );
+    // The restarted control-api counts afresh: the gateway's recovery was a 304, not a download.
+    let downloads_after = cp.metric("control_api_bundle_downloads_total{code=\"200\"}").unwrap_or(0.0);
+    assert_eq!(
+        downloads_after, 0.0,
+        "the gateway kept its ETag: no re-download (before the outage: {downloads_before})"
+    );
+    assert!(cp.metric("control_api_bundle_downloads_total{code=\"304\"}").unwrap_or(0.0) >= 1.0);
+    // Requests during the kill and the staleness window: none may fail. Requests in flight while
+    // the gateway itself was killed are excluded (that is a gateway restart, not the outage).
+    assert_eq!(before_restart.failed, 0, "{:?}", before_restart.first_failure);
+    assert_eq!(tally.wrong, 0, "{:?}", tally.first_failure);
+    assert!(tally.failed - mid.failed == 0, "failures after the restart: {:?}", tally.first_failure);
+    assert!(tally.sent > 300, "the stream was too thin: {}", tally.sent);
+}
