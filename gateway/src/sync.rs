@@ -57,8 +57,26 @@ pub struct Report {
     pub bundle: String,
     pub revision: String,
     pub digest: String,
-    pub last_sync: u64,
+    /// RFC 3339, UTC; absent when the gateway never confirmed its bundle.
+    pub last_sync: Option<String>,
     pub staleness_seconds: u64,
+}
+
+/// Formats Unix seconds as RFC 3339 UTC (`2026-11-25T12:00:00Z`).
+pub fn rfc3339(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
 pub struct Syncer {
@@ -260,7 +278,10 @@ impl Syncer {
             bundle: active.info.name.clone(),
             revision: active.info.revision.clone(),
             digest: active.info.digest.clone(),
-            last_sync: self.gateway.last_confirmed_ms.load(Ordering::Relaxed) / 1000,
+            last_sync: match self.gateway.last_confirmed_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(rfc3339(ms / 1000)),
+            },
             staleness_seconds: self.gateway.age_seconds() as u64,
         };
         if self.reports.try_send((format!("{source}/v1/status"), report)).is_err() {
@@ -362,6 +383,13 @@ mod tests {
             assert!(b >= full / 2 && b <= full, "failure {n}: {b:?} not in [{:?}, {full:?}]", full / 2);
         }
         assert!(backoff(base, cap, 25) >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_609_309), "2026-11-25T12:21:49Z");
     }
 
     #[test]
