@@ -49,7 +49,15 @@ fn a_control_plane_outage_costs_no_request_and_recovery_downloads_nothing() {
     let up = echo_upstream("u");
     let mut cp = ControlApi::start(dir.path(), None);
     push(&cp.url, &example_tarball(&up.addr.to_string(), "r1"), dir.path());
-    let mut gw = Gateway::start(dir.path(), "gw", &[&cp.url], &format!("{POLL}  max_staleness: 2s\n"));
+    let mut gw = Gateway::start(
+        dir.path(),
+        "gw",
+        &[&cp.url],
+        &format!(
+            "{}  max_staleness: 2s\n",
+            POLL.replace("long_poll: 20s", "long_poll: 1s").replace("timeout: 2s", "timeout: 500ms")
+        ),
+    );
     let traffic = Traffic::start(std::slice::from_ref(&gw.base), Duration::from_millis(2));
     std::thread::sleep(Duration::from_millis(500));
     let downloads_before = cp.metric("control_api_bundle_downloads_total{code=\"200\"}").unwrap_or(0.0);

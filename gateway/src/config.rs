@@ -247,6 +247,12 @@ impl Config {
             problems.push("`bundle.timeout` must be more than zero".into());
         }
         let max_staleness = dur("bundle.max_staleness", &b.max_staleness, Duration::from_secs(300), &mut problems);
+        if !b.sources.is_empty() && max_staleness <= long_poll + timeout {
+            problems.push(format!(
+                "`bundle.max_staleness` ({max_staleness:?}) must exceed `long_poll` + `timeout` ({:?}): a held long poll confirms only when it returns",
+                long_poll + timeout
+            ));
+        }
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let token = match b.token_file {
             None => None,
@@ -391,6 +397,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("alternatives") && e.contains("sources[0]"), "{e}");
+        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  sources: [\"http://x\"]\n  long_poll: 30s\n  max_staleness: 20s\n").unwrap_err().to_string();
+        assert!(e.contains("max_staleness"), "{e}");
     }
 
     #[test]

@@ -11,10 +11,41 @@ fn check(config: &std::path::Path) -> (bool, String) {
 }
 
 #[test]
-fn check_config_accepts_the_shipped_config() {
-    let (ok, out) = check(&repo_root().join("config/gateway.yaml"));
-    assert!(ok, "{out}");
-    assert!(out.contains("ok"), "{out}");
+fn check_config_accepts_every_shipped_config() {
+    for name in ["gateway.yaml", "gateway-file.yaml"] {
+        let (ok, out) = check(&repo_root().join("config").join(name));
+        assert!(ok, "{name}: {out}");
+        assert!(out.contains("ok"), "{name}: {out}");
+    }
+}
+
+#[test]
+fn the_alert_rules_read_metrics_the_gateway_exports() {
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("config/alerts.yaml")).expect("alerts.yaml"))
+            .expect("alerts.yaml parses");
+    let exported = [
+        gateway::metrics::BUNDLE_STALE,
+        gateway::metrics::BUNDLE_AGE,
+        gateway::metrics::BUNDLE_INFO,
+        gateway::metrics::ACTIVATION_FAILURES_TOTAL,
+    ];
+    let mut exprs = 0;
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let expr = rule["expr"].as_str().expect("expr");
+            exprs += 1;
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("gateway_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr}");
+            for n in names {
+                assert!(exported.contains(&n), "alert reads {n}, which the gateway does not export");
+            }
+        }
+    }
+    assert!(exprs >= 3);
 }
 
 #[test]

@@ -194,7 +194,11 @@ fn staleness_grows_and_the_stale_flag_flips_while_ready_stays() {
     let good = bundle_tarball(&up.addr.to_string(), "r1", &[]);
     let src = Source::start(Answer::Bundle(good.clone()));
     let dir = tempfile::tempdir().expect("tempdir");
-    let gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}  max_staleness: 2s\n"));
+    let gw = start_polling_gateway(
+        dir.path(),
+        &[src.url()],
+        &format!("{}  max_staleness: 2s\n", FAST.replace("long_poll: 5s", "long_poll: 500ms")),
+    );
     wait_ready(&gw);
     assert_eq!(metric(&gw.admin, "gateway_bundle_stale"), Some(0.0));
     src.set(Answer::Status { code: 503, retry_after: None });
