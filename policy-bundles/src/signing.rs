@@ -198,13 +198,7 @@ mod tests {
     }
 
     fn public_pem(private: &str) -> Vec<u8> {
-        let out = std::process::Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(format!("{}/../loadtest/fixtures/keys/{private}", env!("CARGO_MANIFEST_DIR")))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        out.stdout
+        key(&private.replace(".pem", ".pub.pem"))
     }
 
     fn files() -> Files {
