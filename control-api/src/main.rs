@@ -84,8 +84,13 @@ fn serve(path: &std::path::Path) -> ExitCode {
             }
         };
         match app.local_addr() {
-            // Scripts and tests read this line to find a port chosen by the system.
-            Ok(addr) => println!("listening on {addr}"),
+            // Scripts and tests read this line to find a port chosen by the system. Whoever
+            // started us may stop reading stdout afterwards: a failed write is not an error.
+            Ok(addr) => {
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "listening on {addr}").and_then(|()| out.flush());
+            }
             Err(e) => {
                 eprintln!("control-api: {e}");
                 return ExitCode::FAILURE;

@@ -1,0 +1,846 @@
+//! The HTTP API of DESIGN.md's "Control plane HTTP API" table: [`app`] builds the router, every
+//! handler returns `Result<_, ApiError>`, and [`ApiError`] maps every failure to HTTP in one place.
+//!
+//! | call | token | answers |
+//! |---|---|---|
+//! | `PUT /v1/bundles/{name}` | publish | 201 new active revision, 200 identical, 400, 409, 413, 422 |
+//! | `GET /v1/bundles/{name}` | read | 200 tarball + `ETag`, 304, 404; long poll with `Prefer: wait=N` |
+//! | `GET /v1/bundles/{name}/revisions` | read | 200 history, newest first; 404 |
+//! | `POST /v1/bundles/{name}/rollback` | publish | 200; 404 unknown revision |
+//! | `POST /v1/status` | read | 202; 400 |
+//! | `GET /v1/fleet` | read | 200 |
+//! | `GET /healthz`, `GET /metrics` | none | 200 |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, WWW_AUTHENTICATE,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use policy_bundles::Limits;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::auth::{AuthError, Principal, Scope, Tokens};
+use crate::config::Config;
+use crate::hub::{ActiveBundle, Hub};
+use crate::metrics::{Metrics, PublishResult};
+use crate::store::{self, GatewayReport, NewRevision, PublishOutcome, RollbackOutcome, Store, StoreError};
+use crate::validate::{self, Rejection};
+
+/// `x-bundle-revision`: the active revision's name, beside its ETag.
+pub const BUNDLE_REVISION: HeaderName = HeaderName::from_static("x-bundle-revision");
+pub const PREFER: HeaderName = HeaderName::from_static("prefer");
+pub const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+/// Largest JSON body of the small calls (rollback, status).
+const MAX_JSON_BODY: u64 = 64 * 1024;
+const MAX_NAME_LEN: usize = 128;
+
+/// Everything the handlers share.
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    pub tokens: Tokens,
+    /// Bounds how many bundles are validated at once (each may hold a decompressed bundle).
+    pub validations: Arc<Semaphore>,
+}
+
+/// The router's state: cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<AppState, prometheus::Error> {
+        let permits = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(AppState(Arc::new(Shared {
+            hub: Hub::new(store.clone()),
+            tokens: Tokens::new(config.tokens.clone()),
+            metrics: Metrics::new()?,
+            validations: Arc::new(Semaphore::new(permits)),
+            config,
+            store,
+        })))
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { max_archive_bytes: self.0.config.max_bundle_size, ..Limits::default() }
+    }
+}
+
+/// The router, without a socket: `main` serves it, tests call it with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/bundles/{name}", get(get_bundle).put(put_bundle))
+        .route("/v1/bundles/{name}/revisions", get(revisions))
+        .route("/v1/bundles/{name}/rollback", post(rollback))
+        .route("/v1/status", post(status))
+        .route("/v1/fleet", get(fleet))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+/// Every way a call fails, and its HTTP answer (`{"error": ...}`, plus `errors` for 422).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the bundle is larger than max_bundle_size ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error("the bundle was refused: {0}")]
+    Rejected(Rejection),
+    #[error("the store is unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::Auth(AuthError::Forbidden { .. }) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = match &self {
+            ApiError::Rejected(r) => {
+                json!({ "error": format!("the bundle was refused: {}", summary(r)), "errors": r.errors() })
+            }
+            other => json!({ "error": other.to_string() }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+fn summary(r: &Rejection) -> String {
+    match r {
+        Rejection::Invalid(e) => {
+            let n = e.0.len();
+            format!("{n} problem{} found", if n == 1 { "" } else { "s" })
+        }
+        Rejection::TestsFailed(f) => {
+            let n = f.len();
+            format!("{n} of its tests failed")
+        }
+    }
+}
+
+/// A caller with any valid token (read or publish).
+pub struct Reader(pub Principal);
+/// A caller with a publish token.
+pub struct Publisher(pub Principal);
+
+fn authorize(parts: &Parts, state: &AppState, needs: Scope) -> Result<Principal, ApiError> {
+    let header = parts.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    Ok(state.0.tokens.authorize(header, needs)?)
+}
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize(parts, state, Scope::Read).map(Reader)
+    }
+}
+
+impl FromRequestParts<AppState> for Publisher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authorize(parts, state, Scope::Publish).map(Publisher)
+    }
+}
+
+/// Bundle names appear in URLs, the store and logs: letters, digits, `-`, `_`, `.`.
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "bundle name `{name}`: use letters, digits, `-`, `_` and `.` (not first), at most {MAX_NAME_LEN} characters"
+        )))
+    }
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+/// Reads a request body, refusing it as soon as it is known to exceed `limit`: from its
+/// `Content-Length` before reading anything, else while the bytes arrive.
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, BodyError> {
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = body;
+    let capacity = declared.unwrap_or(0).min(limit).min(16 << 20);
+    let mut buf = BytesMut::with_capacity(capacity as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(headers, body, MAX_JSON_BODY).await.map_err(|e| match e {
+        BodyError::TooLarge => ApiError::BadRequest(format!("the JSON body is larger than {MAX_JSON_BODY} bytes")),
+        BodyError::Read(m) => ApiError::BadRequest(format!("cannot read the request body: {m}")),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Serialize)]
+struct Published {
+    name: String,
+    revision: String,
+    digest: String,
+    size: u64,
+}
+
+/// `PUT /v1/bundles/{name}`: validate, store as a new revision, activate.
+async fn put_bundle(
+    State(state): State<AppState>,
+    Publisher(who): Publisher,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    let s = &state.0;
+    let limit = s.config.max_bundle_size;
+    let bytes = match read_body(&headers, body, limit).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            s.metrics.reject("too_large");
+            return Err(ApiError::TooLarge { limit });
+        }
+        Err(BodyError::Read(m)) => return Err(ApiError::BadRequest(format!("cannot read the request body: {m}"))),
+    };
+    let digest = policy_bundles::digest(&bytes);
+    let size = bytes.len() as u64;
+
+    // The active revision was validated when it was published: an identical body needs no work.
+    let (_, current) = s.hub.current(&name).await?;
+    if let Some(active) = current.filter(|a| a.digest == digest) {
+        s.metrics.publish(PublishResult::Identical);
+        let body = Published { name, revision: active.revision.clone(), digest, size };
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+
+    let permit = s.validations.clone().acquire_owned().await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let limits = state.limits();
+    let input = bytes.clone();
+    let validated = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        validate::validate(&input, &limits)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))?;
+    let validated = match validated {
+        Ok(v) => v,
+        Err(rejection) => {
+            tracing::info!(bundle.name = %name, published_by = %who.name, reason = rejection.reason(), error = %rejection, "publish refused");
+            s.metrics.reject(rejection.reason());
+            return Err(ApiError::Rejected(rejection));
+        }
+    };
+    let revision = validated.manifest_revision.unwrap_or_else(|| digest[..12].to_owned());
+    let new = NewRevision {
+        bundle: &name,
+        revision: &revision,
+        digest: &digest,
+        content: &bytes,
+        published_by: &who.name,
+        published_at_ms: store::now_ms(),
+    };
+    match s.store.publish(&new).await? {
+        PublishOutcome::Created(_) | PublishOutcome::Reactivated(_) => {
+            tracing::info!(bundle.name = %name, bundle.revision = %revision, bundle.digest = %digest, published_by = %who.name, tests = validated.tests_passed, "revision published and active");
+            s.metrics.publish(PublishResult::Created);
+            // The store is committed; waking the waiters must not turn success into an error.
+            if let Err(e) = s.hub.reload(&name, Some((&digest, bytes))).await {
+                tracing::warn!(bundle.name = %name, error = %e, "published, but reloading the active revision failed");
+            }
+            Ok((StatusCode::CREATED, Json(Published { name, revision, digest, size })).into_response())
+        }
+        PublishOutcome::Identical(info) => {
+            s.metrics.publish(PublishResult::Identical);
+            Ok((StatusCode::OK, Json(Published { name, revision: info.revision, digest, size })).into_response())
+        }
+        PublishOutcome::Conflict { existing_digest } => {
+            s.metrics.reject("conflict");
+            Err(ApiError::Conflict(format!(
+                "bundle `{name}` already has a revision `{revision}` with other content (digest {existing_digest}); \
+                 give the new content a new revision in its .manifest"
+            )))
+        }
+    }
+}
+
+/// `GET /v1/bundles/{name}`: the active tarball, 304 on a matching `If-None-Match`, long poll
+/// with `Prefer: wait=N`.
+async fn get_bundle(
+    State(state): State<AppState>,
+    Reader(_): Reader,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    let s = &state.0;
+    let (entry, current) = s.hub.current(&name).await?;
+    let Some(active) = current else {
+        return Err(ApiError::NotFound(format!("no bundle named `{name}` has been published")));
+    };
+    if !if_none_match(&headers, &active.digest) {
+        return Ok(bundle_response(s, &active, None));
+    }
+    let wait = match prefer_wait(&headers) {
+        Some(n) if n > 0 => Duration::from_secs(n).min(s.config.max_long_poll),
+        _ => return Ok(not_modified(s, &active, None)),
+    };
+    let applied = HeaderValue::try_from(format!("wait={}", wait.as_secs())).ok();
+    // A held request keeps only what it needs: thousands of them may be waiting.
+    drop(headers);
+
+    // Subscribe, then compare: a change between `current` and here is seen by `borrow_and_update`.
+    let mut rx = entry.subscribe();
+    let mut shutdown = s.hub.shutdown_signal();
+    let held = active.digest.clone();
+    let _waiting = Waiting::new(s);
+    let changed = async {
+        loop {
+            if let Some(now) = rx.borrow_and_update().as_ref().filter(|a| a.digest != held) {
+                return Some(now.clone());
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(wait, changed) => r.ok().flatten(),
+        _ = shutdown.wait_for(|down| *down) => None,
+    };
+    Ok(match outcome {
+        Some(newer) => bundle_response(s, &newer, applied),
+        None => not_modified(s, &active, applied),
+    })
+}
+
+/// Counts a held long poll for as long as it is held (also when the client goes away).
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn new(s: &'a Shared) -> Self {
+        s.metrics.waiters.inc();
+        Waiting(s)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.waiters.dec();
+    }
+}
+
+fn common_headers(r: &mut Response, active: &ActiveBundle, applied: Option<HeaderValue>) {
+    let h = r.headers_mut();
+    h.insert(ETAG, active.etag.clone());
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::try_from(active.revision.as_str()) {
+        h.insert(BUNDLE_REVISION, v);
+    }
+    if let Some(v) = applied {
+        h.insert(PREFERENCE_APPLIED, v);
+    }
+}
+
+fn bundle_response(s: &Shared, active: &ActiveBundle, applied: Option<HeaderValue>) -> Response {
+    s.metrics.download(200);
+    let mut r = (StatusCode::OK, [(CONTENT_TYPE, HeaderValue::from_static("application/gzip"))], active.bytes.clone())
+        .into_response();
+    common_headers(&mut r, active, applied);
+    r
+}
+
+fn not_modified(s: &Shared, active: &ActiveBundle, applied: Option<HeaderValue>) -> Response {
+    s.metrics.download(304);
+    let mut r = StatusCode::NOT_MODIFIED.into_response();
+    common_headers(&mut r, active, applied);
+    r
+}
+
+/// Whether `If-None-Match` matches the digest: `*`, or any listed tag, weak or strong (RFC 9110
+/// uses the weak comparison for `If-None-Match`).
+pub fn if_none_match(headers: &HeaderMap, digest: &str) -> bool {
+    headers.get_all(IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|tag| {
+        let tag = tag.trim();
+        if tag == "*" {
+            return true;
+        }
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) == Some(digest)
+    })
+}
+
+/// The `wait` preference (RFC 7240) in seconds, from any `Prefer` header: `Prefer: wait=30`.
+pub fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
+    headers.get_all(PREFER).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).find_map(|pref| {
+        let token = pref.split(';').next()?.trim();
+        let (k, v) = token.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("wait") {
+            return None;
+        }
+        v.trim().trim_matches('"').parse().ok()
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct RevisionView {
+    revision: String,
+    digest: String,
+    size: u64,
+    published_at: String,
+    published_by: String,
+    active: bool,
+}
+
+/// `GET /v1/bundles/{name}/revisions`: the history, newest first.
+async fn revisions(
+    State(state): State<AppState>,
+    Reader(_): Reader,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<RevisionView>>, ApiError> {
+    check_name(&name)?;
+    let list = state.0.store.revisions(&name).await?;
+    if list.is_empty() {
+        return Err(ApiError::NotFound(format!("no bundle named `{name}` has been published")));
+    }
+    Ok(Json(
+        list.into_iter()
+            .map(|r| RevisionView {
+                published_at: store::rfc3339(r.published_at_ms),
+                revision: r.revision,
+                digest: r.digest,
+                size: r.size,
+                published_by: r.published_by,
+                active: r.active,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    revision: String,
+}
+
+/// `POST /v1/bundles/{name}/rollback` `{"revision": "..."}`: make an earlier revision active.
+async fn rollback(
+    State(state): State<AppState>,
+    Publisher(who): Publisher,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    let req: RollbackRequest = read_json(&headers, body).await?;
+    let s = &state.0;
+    let info = match s.store.rollback(&name, &req.revision).await? {
+        RollbackOutcome::Unknown => {
+            return Err(ApiError::NotFound(format!("bundle `{name}` has no revision `{}`", req.revision)))
+        }
+        RollbackOutcome::AlreadyActive(info) => info,
+        RollbackOutcome::Activated(info) => {
+            tracing::info!(bundle.name = %name, bundle.revision = %info.revision, by = %who.name, "rolled back");
+            if let Err(e) = s.hub.reload(&name, None).await {
+                tracing::warn!(bundle.name = %name, error = %e, "rolled back, but reloading the active revision failed");
+            }
+            info
+        }
+    };
+    let body = Published { name, revision: info.revision, digest: info.digest, size: info.size };
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// A gateway's report (`POST /v1/status`). Fields this version does not know are ignored, so
+/// newer gateways can report more. `last_sync` is Unix seconds or an RFC 3339 time (0 or null:
+/// never); an empty `revision` or `digest` means none (a gateway without a bundle yet).
+#[derive(Debug, Deserialize)]
+struct StatusRequest {
+    instance: String,
+    bundle: String,
+    #[serde(default)]
+    revision: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    last_sync: Option<serde_json::Value>,
+    #[serde(default)]
+    staleness_seconds: Option<f64>,
+}
+
+impl StatusRequest {
+    /// Checks every field (all problems are reported at once) and normalizes the report.
+    fn into_report(self, now_ms: i64) -> Result<GatewayReport, ApiError> {
+        let mut problems = Vec::new();
+        let text_ok = |s: &str| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control);
+        if !text_ok(&self.instance) {
+            problems.push("`instance` must be 1 to 256 characters without control characters");
+        }
+        if !text_ok(&self.bundle) {
+            problems.push("`bundle` must be 1 to 256 characters without control characters");
+        }
+        let revision = self.revision.filter(|r| !r.is_empty());
+        if revision.as_deref().is_some_and(|r| !text_ok(r)) {
+            problems.push("`revision` must be at most 256 characters without control characters");
+        }
+        let digest = self.digest.filter(|d| !d.is_empty()).map(|d| d.to_ascii_lowercase());
+        if digest.as_deref().is_some_and(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
+            problems.push("`digest` must be a hex SHA-256 (64 digits)");
+        }
+        let last_sync_ms = match &self.last_sync {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Number(n)) => match n.as_f64() {
+                // Up to the last second of year 9999, as RFC 3339 can write.
+                Some(secs) if (0.0..=253_402_300_799.0).contains(&secs) => {
+                    (secs > 0.0).then_some((secs * 1000.0) as i64)
+                }
+                _ => {
+                    problems.push("`last_sync` must be Unix seconds (0 or more) or an RFC 3339 time");
+                    None
+                }
+            },
+            Some(serde_json::Value::String(t)) => {
+                let ms = store::parse_rfc3339(t);
+                if ms.is_none() {
+                    problems.push("`last_sync` must be Unix seconds or an RFC 3339 time such as 2026-11-25T12:00:00Z");
+                }
+                ms
+            }
+            Some(_) => {
+                problems.push("`last_sync` must be Unix seconds or an RFC 3339 time");
+                None
+            }
+        };
+        if self.staleness_seconds.is_some_and(|x| !x.is_finite() || x < 0.0) {
+            problems.push("`staleness_seconds` must be a number of seconds, 0 or more");
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::BadRequest(problems.join("; ")));
+        }
+        Ok(GatewayReport {
+            instance: self.instance,
+            bundle: self.bundle,
+            revision,
+            digest,
+            last_sync: last_sync_ms.map(store::rfc3339),
+            staleness_seconds: self.staleness_seconds,
+            last_report_ms: now_ms,
+        })
+    }
+}
+
+/// `POST /v1/status`: record a gateway's report (latest per instance). Answers 202.
+async fn status(
+    State(state): State<AppState>,
+    Reader(_): Reader,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: StatusRequest = read_json(&headers, body).await?;
+    let report = req.into_report(store::now_ms())?;
+    state.0.store.report(&report).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct FleetMember {
+    instance: String,
+    bundle: String,
+    revision: Option<String>,
+    digest: Option<String>,
+    /// RFC 3339: when the gateway last confirmed that its bundle was current.
+    last_sync: Option<String>,
+    staleness_seconds: Option<f64>,
+    /// RFC 3339: when this control plane last heard from the gateway.
+    last_report: String,
+    /// No report for longer than `fleet_silent_after`.
+    silent: bool,
+    /// Its digest is its bundle's active digest.
+    current: bool,
+}
+
+/// `GET /v1/fleet`: every gateway that reported, and how far it is from the active revision.
+async fn fleet(State(state): State<AppState>, Reader(_): Reader) -> Result<Json<Vec<FleetMember>>, ApiError> {
+    let s = &state.0;
+    let reports = s.store.fleet().await?;
+    let now = store::now_ms();
+    let silent_after = i64::try_from(s.config.fleet_silent_after.as_millis()).unwrap_or(i64::MAX);
+    let mut active: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(reports.len());
+    for r in reports {
+        if !active.contains_key(&r.bundle) {
+            // A report may name anything; only well-formed names can have an active revision.
+            let digest = match check_name(&r.bundle) {
+                Ok(()) => s.hub.current(&r.bundle).await?.1.map(|a| a.digest.clone()),
+                Err(_) => None,
+            };
+            active.insert(r.bundle.clone(), digest);
+        }
+        let current = match (&r.digest, active.get(&r.bundle)) {
+            (Some(d), Some(Some(a))) => d == a,
+            _ => false,
+        };
+        out.push(FleetMember {
+            last_report: store::rfc3339(r.last_report_ms),
+            silent: now.saturating_sub(r.last_report_ms) > silent_after,
+            current,
+            instance: r.instance,
+            bundle: r.bundle,
+            revision: r.revision,
+            digest: r.digest,
+            last_sync: r.last_sync,
+            staleness_seconds: r.staleness_seconds,
+        });
+    }
+    Ok(Json(out))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    ([(CONTENT_TYPE, content_type)], state.0.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StoreLocation, TokenConfig};
+    use crate::store::{ActiveHead, Change, RevisionInfo, SqliteStore};
+    use axum::http::Request;
+    use sha2::{Digest, Sha256};
+    use tower::ServiceExt;
+
+    const PUBLISH: &str = "publish-secret";
+    const READ: &str = "read-secret";
+
+    fn config() -> Config {
+        let token = |name: &str, scope, secret: &str| TokenConfig {
+            name: name.into(),
+            scope,
+            sha256: Sha256::digest(secret.as_bytes()).into(),
+        };
+        Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            store: StoreLocation::SqliteMemory,
+            max_bundle_size: 1024,
+            max_long_poll: Duration::from_secs(5),
+            fleet_silent_after: Duration::from_secs(60),
+            tokens: vec![token("ci", Scope::Publish, PUBLISH), token("gw", Scope::Read, READ)],
+        }
+    }
+
+    async fn router() -> Router {
+        let store = Arc::new(SqliteStore::memory().await.unwrap());
+        app(AppState::new(config(), store).unwrap())
+    }
+
+    async fn call(
+        router: Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let resp = router.oneshot(req.body(Body::from(body.to_vec())).unwrap()).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (parts.status, parts.headers, json)
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_unknown_token_is_401_with_a_bearer_challenge() {
+        for token in [None, Some("wrong")] {
+            let (status, headers, body) = call(router().await, "GET", "/v1/bundles/main", token, b"").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert_eq!(headers.get(WWW_AUTHENTICATE).unwrap(), "Bearer");
+            assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_token_may_not_publish_or_roll_back() {
+        let (status, _, body) = call(router().await, "PUT", "/v1/bundles/main", Some(READ), b"x").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body["error"].as_str().unwrap().contains("`gw`"), "{body}");
+        let (status, _, _) =
+            call(router().await, "POST", "/v1/bundles/main/rollback", Some(READ), br#"{"revision":"a"}"#).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_archive_is_422_with_structured_errors() {
+        let (status, _, body) = call(router().await, "PUT", "/v1/bundles/main", Some(PUBLISH), b"not gzip").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let e = &body["errors"][0];
+        assert_eq!(e["kind"], "archive");
+        assert!(e["message"].as_str().unwrap().contains("gzip"), "{e}");
+        assert!(e.get("file").is_some() && e.get("line").is_some(), "every error has file and line keys: {e}");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_max_bundle_size_is_413() {
+        let (status, _, body) = call(router().await, "PUT", "/v1/bundles/main", Some(PUBLISH), &[0u8; 2000]).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body["error"].as_str().unwrap().contains("1024"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn bad_json_bodies_are_400() {
+        let r = router().await;
+        let (status, _, _) = call(r.clone(), "POST", "/v1/bundles/main/rollback", Some(PUBLISH), b"{").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, body) = call(r, "POST", "/v1/status", Some(READ), br#"{"instance": 7}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("invalid JSON"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_json_and_health_needs_no_token() {
+        let (status, _, body) = call(router().await, "GET", "/v2/nothing", None, b"").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body["error"].is_string());
+        let (status, _, _) = call(router().await, "GET", "/healthz", None, b"").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    /// A store that is down.
+    struct DownStore;
+
+    #[async_trait::async_trait]
+    impl Store for DownStore {
+        async fn publish(&self, _: &NewRevision<'_>) -> Result<PublishOutcome, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn active(&self, _: &str) -> Result<Option<ActiveHead>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn content(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn revisions(&self, _: &str) -> Result<Vec<RevisionInfo>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn rollback(&self, _: &str, _: &str) -> Result<RollbackOutcome, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn report(&self, _: &GatewayReport) -> Result<(), StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn changes(&self) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<Change>>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_is_503_never_a_panic() {
+        let router = app(AppState::new(config(), Arc::new(DownStore)).unwrap());
+        for (method, uri, token) in
+            [("GET", "/v1/bundles/main", READ), ("GET", "/v1/bundles/main/revisions", READ), ("GET", "/v1/fleet", READ)]
+        {
+            let (status, _, body) = call(router.clone(), method, uri, Some(token), b"").await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{method} {uri}");
+            assert!(body["error"].as_str().unwrap().contains("store"), "{body}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_accepts_lists_weak_tags_and_star() {
+        let digest = "abc";
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(IF_NONE_MATCH, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(if_none_match(&h("\"abc\""), digest));
+        assert!(if_none_match(&h("\"x\", W/\"abc\""), digest));
+        assert!(if_none_match(&h("*"), digest));
+        assert!(!if_none_match(&h("abc"), digest), "unquoted is not an entity tag");
+        assert!(!if_none_match(&h("\"abcd\""), digest));
+        assert!(!if_none_match(&HeaderMap::new(), digest));
+    }
+
+    #[test]
+    fn prefer_wait_is_read_among_other_preferences() {
+        let h = |vs: &[&str]| {
+            let mut m = HeaderMap::new();
+            for v in vs {
+                m.append(PREFER, HeaderValue::from_str(v).unwrap());
+            }
+            m
+        };
+        assert_eq!(prefer_wait(&h(&["wait=30"])), Some(30));
+        assert_eq!(prefer_wait(&h(&["respond-async, Wait = 7"])), Some(7));
+        assert_eq!(prefer_wait(&h(&["return=minimal", "wait=\"5\""])), Some(5));
+        assert_eq!(prefer_wait(&h(&["wait=soon"])), None);
+        assert_eq!(prefer_wait(&HeaderMap::new()), None);
+    }
+}

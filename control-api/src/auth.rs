@@ -1,0 +1,134 @@
+//! Bearer tokens: known only by their SHA-256, compared in constant time; `publish` and `read`
+//! scopes (a publish token may also read).
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::TokenConfig;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Download bundles, list revisions, report status, read the fleet.
+    Read,
+    /// Everything `Read` may, plus publish and roll back.
+    Publish,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Publish => "publish",
+        }
+    }
+
+    /// Whether a token of this scope may do what `needed` requires.
+    pub fn allows(self, needed: Scope) -> bool {
+        self == Scope::Publish || needed == Scope::Read
+    }
+}
+
+/// The caller a valid token identifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's configured name: what `published_by` records.
+    pub name: String,
+    pub scope: Scope,
+}
+
+/// Why a request is not authorized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a bearer token is required (Authorization: Bearer TOKEN)")]
+    Missing,
+    #[error("unknown bearer token")]
+    Unknown,
+    #[error("token `{name}` has scope `{}`; this call needs `{}`", .has.as_str(), .needs.as_str())]
+    Forbidden { name: String, has: Scope, needs: Scope },
+}
+
+/// The lowercase hex SHA-256 of a token: what the config's `sha256` holds.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The configured tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(Vec<TokenConfig>);
+
+impl Tokens {
+    pub fn new(tokens: Vec<TokenConfig>) -> Self {
+        Tokens(tokens)
+    }
+
+    /// Identifies the bearer of an `Authorization` header value and checks its scope. Every
+    /// configured hash is compared, in constant time, whatever matches.
+    pub fn authorize(&self, authorization: Option<&[u8]>, needs: Scope) -> Result<Principal, AuthError> {
+        let token = authorization.and_then(bearer).ok_or(AuthError::Missing)?;
+        let presented: [u8; 32] = Sha256::digest(token).into();
+        let mut found: Option<&TokenConfig> = None;
+        for t in &self.0 {
+            if bool::from(t.sha256.ct_eq(&presented)) {
+                found = Some(t);
+            }
+        }
+        let t = found.ok_or(AuthError::Unknown)?;
+        if !t.scope.allows(needs) {
+            return Err(AuthError::Forbidden { name: t.name.clone(), has: t.scope, needs });
+        }
+        Ok(Principal { name: t.name.clone(), scope: t.scope })
+    }
+}
+
+/// The token of `Bearer TOKEN` (the scheme is case-insensitive); `None` for anything else.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        let hash = |t: &str| <[u8; 32]>::from(Sha256::digest(t.as_bytes()));
+        Tokens::new(vec![
+            TokenConfig { name: "ci".into(), scope: Scope::Publish, sha256: hash("pub-secret") },
+            TokenConfig { name: "gw".into(), scope: Scope::Read, sha256: hash("read-secret") },
+        ])
+    }
+
+    #[test]
+    fn hashes_tokens_as_lowercase_hex_sha256() {
+        assert_eq!(hash_token("test"), "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+    }
+
+    #[test]
+    fn a_publish_token_may_read_and_publish() {
+        let t = tokens();
+        assert_eq!(t.authorize(Some(b"Bearer pub-secret"), Scope::Publish).unwrap().name, "ci");
+        assert_eq!(t.authorize(Some(b"bearer  pub-secret "), Scope::Read).unwrap().scope, Scope::Publish);
+    }
+
+    #[test]
+    fn a_read_token_may_not_publish() {
+        let t = tokens();
+        assert!(t.authorize(Some(b"Bearer read-secret"), Scope::Read).is_ok());
+        let e = t.authorize(Some(b"Bearer read-secret"), Scope::Publish).unwrap_err();
+        assert_eq!(e, AuthError::Forbidden { name: "gw".into(), has: Scope::Read, needs: Scope::Publish });
+    }
+
+    #[test]
+    fn missing_malformed_and_unknown_tokens_are_refused() {
+        let t = tokens();
+        assert_eq!(t.authorize(None, Scope::Read), Err(AuthError::Missing));
+        assert_eq!(t.authorize(Some(b"Basic cHViLXNlY3JldA=="), Scope::Read), Err(AuthError::Missing));
+        assert_eq!(t.authorize(Some(b"Bearer "), Scope::Read), Err(AuthError::Missing));
+        assert_eq!(t.authorize(Some(b"Bearer pub-secreT"), Scope::Read), Err(AuthError::Unknown));
+    }
+}

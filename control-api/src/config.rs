@@ -1,0 +1,382 @@
+//! The control plane's configuration (`control-api --config FILE`), in two stages: strict serde
+//! structs mirroring the YAML (unknown keys are errors naming the key and line), then validation
+//! into the typed [`Config`] that reports every problem at once, each with its key and line.
+//!
+//! ```yaml
+//! listen: 127.0.0.1:8181          # ip:port; port 0 picks a free port (printed at start)
+//! store: sqlite://./control.db     # sqlite://PATH (relative to this file's directory) or postgres://...
+//! max_bundle_size: 64MiB           # largest tarball accepted by PUT; default 64MiB
+//! max_long_poll: 300s              # cap on `Prefer: wait=N`; default 300s
+//! fleet_silent_after: 60s          # a gateway without a report for longer is `silent`; default 60s
+//! tokens:
+//!   - name: ci                     # shown as `published_by`
+//!     scope: publish               # publish | read (publish tokens may also read)
+//!     sha256: 9f86d0...            # `control-api hash-token TOKEN`; the token itself is never stored
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use policy_bundles::settings::{parse_duration, parse_size};
+use serde::Deserialize;
+
+use crate::auth::Scope;
+
+/// One problem with a config value: the key, its line when it can be found, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: `{}`: {}", self.key, self.message),
+            None => write!(f, "`{}`: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// YAML that does not parse or does not fit the schema (unknown key, missing key, wrong type).
+    #[error("{path}:{line}: {message}")]
+    Syntax { path: String, line: usize, message: String },
+    /// Values that parse but are invalid; every one is listed.
+    #[error("{path}: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid { path: String, problems: Vec<Problem> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    store: String,
+    #[serde(default)]
+    max_bundle_size: Option<String>,
+    #[serde(default)]
+    max_long_poll: Option<String>,
+    #[serde(default)]
+    fleet_silent_after: Option<String>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    scope: String,
+    sha256: String,
+}
+
+/// Where bundles, revisions and fleet reports are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file, created with its schema on first start. One control-api per file.
+    Sqlite(PathBuf),
+    /// `sqlite::memory:` (quoted in YAML): an in-memory database that dies with the process (tests).
+    SqliteMemory,
+    /// A PostgreSQL URL; several replicas may share it.
+    Postgres(String),
+}
+
+impl fmt::Display for StoreLocation {
+    /// Never prints a PostgreSQL password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            StoreLocation::SqliteMemory => f.write_str("sqlite::memory:"),
+            StoreLocation::Postgres(url) => {
+                // postgres://user:secret@host/db -> postgres://user:***@host/db
+                let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+                let rest = &url[scheme_end..];
+                match (rest.find('@'), rest.find(':')) {
+                    (Some(at), Some(colon)) if colon < at => {
+                        write!(f, "{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..])
+                    }
+                    _ => f.write_str(url),
+                }
+            }
+        }
+    }
+}
+
+/// A configured bearer token: only its SHA-256 is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenConfig {
+    pub name: String,
+    pub scope: Scope,
+    pub sha256: [u8; 32],
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listener.
+    pub listen: SocketAddr,
+    pub store: StoreLocation,
+    /// Largest bundle tarball accepted, in bytes; default 64 MiB. Enforced while reading.
+    pub max_bundle_size: u64,
+    /// Longest a `Prefer: wait=N` request is held; default 300 s.
+    pub max_long_poll: Duration,
+    /// A gateway whose last report is older than this is `silent` in `/v1/fleet`; default 60 s.
+    pub fleet_silent_after: Duration,
+    pub tokens: Vec<TokenConfig>,
+}
+
+pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 64 << 20;
+pub const DEFAULT_MAX_LONG_POLL: Duration = Duration::from_secs(300);
+pub const DEFAULT_FLEET_SILENT_AFTER: Duration = Duration::from_secs(60);
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text; `path` names the file in errors and anchors a relative SQLite path.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: p.clone(),
+            line: e.location().map(|l| l.line()).unwrap_or(0),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let lines = Lines(text);
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, line: Option<usize>, message: String| {
+            problems.push(Problem { key: key.to_owned(), line, message })
+        };
+
+        let listen = raw.listen.parse().unwrap_or_else(|_| {
+            problem(
+                "listen",
+                lines.top("listen"),
+                format!("`{}` is not an address such as 127.0.0.1:8181", raw.listen),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        let store = parse_store(&raw.store, base).unwrap_or_else(|m| {
+            problem("store", lines.top("store"), m);
+            StoreLocation::SqliteMemory
+        });
+        let max_bundle_size = match raw.max_bundle_size.as_deref().map(parse_size) {
+            None => DEFAULT_MAX_BUNDLE_SIZE,
+            Some(Ok(0)) => {
+                problem("max_bundle_size", lines.top("max_bundle_size"), "must be more than 0".into());
+                DEFAULT_MAX_BUNDLE_SIZE
+            }
+            Some(Ok(n)) => n,
+            Some(Err(m)) => {
+                problem("max_bundle_size", lines.top("max_bundle_size"), m);
+                DEFAULT_MAX_BUNDLE_SIZE
+            }
+        };
+        let mut duration = |key: &str, v: &Option<String>, default: Duration| match v.as_deref().map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(m)) => {
+                problem(key, lines.top(key), m);
+                default
+            }
+        };
+        let max_long_poll = duration("max_long_poll", &raw.max_long_poll, DEFAULT_MAX_LONG_POLL);
+        let fleet_silent_after = duration("fleet_silent_after", &raw.fleet_silent_after, DEFAULT_FLEET_SILENT_AFTER);
+
+        let mut tokens = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut hashes = BTreeSet::new();
+        if raw.tokens.is_empty() {
+            problem(
+                "tokens",
+                lines.top("tokens"),
+                "at least one token is needed (create one with `control-api hash-token TOKEN`)".into(),
+            );
+        }
+        for (i, t) in raw.tokens.iter().enumerate() {
+            let key = |field: &str| format!("tokens[{i}].{field}");
+            let line = |field: &str| lines.list_item_field("tokens", i, field);
+            if t.name.trim().is_empty() || t.name.chars().any(char::is_control) {
+                problem(&key("name"), line("name"), "must be a non-empty name without control characters".into());
+            } else if !names.insert(t.name.clone()) {
+                problem(&key("name"), line("name"), format!("token name `{}` is used twice", t.name));
+            }
+            let scope = match t.scope.as_str() {
+                "publish" => Scope::Publish,
+                "read" => Scope::Read,
+                other => {
+                    problem(&key("scope"), line("scope"), format!("`{other}` is not a scope: use publish or read"));
+                    Scope::Read
+                }
+            };
+            let mut sha256 = [0u8; 32];
+            match hex::decode_to_slice(t.sha256.trim(), &mut sha256) {
+                Ok(()) => {
+                    if !hashes.insert(sha256) {
+                        problem(&key("sha256"), line("sha256"), "the same token hash is configured twice".into());
+                    }
+                }
+                Err(_) => problem(
+                    &key("sha256"),
+                    line("sha256"),
+                    "must be 64 hex digits: the SHA-256 of the token (`control-api hash-token TOKEN`)".into(),
+                ),
+            }
+            tokens.push(TokenConfig { name: t.name.clone(), scope, sha256 });
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path: p, problems });
+        }
+        Ok(Config { listen, store, max_bundle_size, max_long_poll, fleet_silent_after, tokens })
+    }
+}
+
+/// `sqlite://PATH` (relative to `base`), `sqlite::memory:`, or `postgres://...`/`postgresql://...`.
+fn parse_store(v: &str, base: &Path) -> Result<StoreLocation, String> {
+    let v = v.trim();
+    if v == "sqlite::memory:" {
+        return Ok(StoreLocation::SqliteMemory);
+    }
+    if let Some(path) = v.strip_prefix("sqlite://").or_else(|| v.strip_prefix("sqlite:")) {
+        if path.is_empty() || path.contains('?') {
+            return Err(format!("`{v}`: give a file path, as in sqlite://./control.db (no query options)"));
+        }
+        let path = PathBuf::from(path);
+        return Ok(StoreLocation::Sqlite(if path.is_absolute() { path } else { base.join(path) }));
+    }
+    if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+        return Ok(StoreLocation::Postgres(v.to_owned()));
+    }
+    Err(format!("`{v}` is not a store: use sqlite://PATH or postgres://USER@HOST/DB"))
+}
+
+/// Finds the lines of keys in the config text, for problems found after parsing.
+struct Lines<'a>(&'a str);
+
+impl Lines<'_> {
+    /// The line of a top-level `key:`.
+    fn top(&self, key: &str) -> Option<usize> {
+        self.0.lines().position(|l| is_key(l, key)).map(|i| i + 1)
+    }
+
+    /// The line of `field:` inside the `index`th item of the top-level block list `list:`;
+    /// the item's first line, or the list's line, when the field cannot be found.
+    fn list_item_field(&self, list: &str, index: usize, field: &str) -> Option<usize> {
+        let all: Vec<&str> = self.0.lines().collect();
+        let start = all.iter().position(|l| is_key(l, list))?;
+        let mut items = Vec::new();
+        let mut indent = None;
+        let mut end = all.len();
+        for (i, l) in all.iter().enumerate().skip(start + 1) {
+            let t = l.trim_start();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            let ind = l.len() - t.len();
+            if ind == 0 && !t.starts_with('-') {
+                end = i;
+                break;
+            }
+            if t == "-" || t.starts_with("- ") {
+                match indent {
+                    None => indent = Some(ind),
+                    Some(x) if x != ind => continue,
+                    _ => {}
+                }
+                items.push(i);
+            }
+        }
+        let Some(&from) = items.get(index) else { return Some(start + 1) };
+        let to = items.get(index + 1).copied().unwrap_or(end);
+        let found = (from..to).find(|&i| {
+            let t = all[i].trim_start();
+            let t = t.strip_prefix("- ").unwrap_or(t).trim_start();
+            is_key(t, field)
+        });
+        Some(found.unwrap_or(from) + 1)
+    }
+}
+
+fn is_key(line: &str, key: &str) -> bool {
+    line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/control/control-api.yaml"))
+    }
+
+    #[test]
+    fn reads_a_minimal_config_with_defaults_and_a_relative_sqlite_path() {
+        let c = parse(&format!(
+            "listen: 127.0.0.1:8181\nstore: sqlite://./control.db\ntokens:\n  - name: ci\n    scope: publish\n    sha256: {HASH}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.store, StoreLocation::Sqlite(PathBuf::from("/etc/control/./control.db")));
+        assert_eq!(c.max_bundle_size, 64 << 20);
+        assert_eq!(c.max_long_poll, Duration::from_secs(300));
+        assert_eq!(c.fleet_silent_after, Duration::from_secs(60));
+        assert_eq!(c.tokens[0].scope, Scope::Publish);
+        assert_eq!(hex::encode(c.tokens[0].sha256), HASH);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let e = parse("listen: 127.0.0.1:8181\nstore: \"sqlite::memory:\"\nmax_bundel_size: 1MiB\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ConfigError::Syntax { line: 3, .. }), "{msg}");
+        assert!(msg.contains("max_bundel_size"), "{msg}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_key_and_line() {
+        let text = format!(
+            "listen: nowhere\nstore: mysql://x\nmax_bundle_size: 12XB\nfleet_silent_after: soon\ntokens:\n  - name: ci\n    scope: publish\n    sha256: {HASH}\n  - name: ci\n    scope: admin\n    sha256: abc\n"
+        );
+        let ConfigError::Invalid { problems, .. } = parse(&text).unwrap_err() else { panic!("expected Invalid") };
+        let got: Vec<(String, Option<usize>)> = problems.iter().map(|p| (p.key.clone(), p.line)).collect();
+        let want = [
+            ("listen", 1),
+            ("store", 2),
+            ("max_bundle_size", 3),
+            ("fleet_silent_after", 4),
+            ("tokens[1].name", 9),
+            ("tokens[1].scope", 10),
+            ("tokens[1].sha256", 11),
+        ];
+        for (k, l) in want {
+            assert!(got.contains(&(k.to_string(), Some(l))), "missing {k} at line {l} in {got:?}");
+        }
+        assert_eq!(got.len(), want.len(), "{got:?}");
+    }
+
+    #[test]
+    fn a_config_without_tokens_is_refused() {
+        let e = parse("listen: 127.0.0.1:8181\nstore: \"sqlite::memory:\"\n").unwrap_err().to_string();
+        assert!(e.contains("`tokens`") && e.contains("hash-token"), "{e}");
+    }
+
+    #[test]
+    fn postgres_passwords_are_not_displayed() {
+        let s = StoreLocation::Postgres("postgres://gw:secret@127.0.0.1:5432/db".into()).to_string();
+        assert_eq!(s, "postgres://gw:***@127.0.0.1:5432/db");
+    }
+}

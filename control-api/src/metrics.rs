@@ -1,0 +1,93 @@
+//! Every metric control-api exports, named in one place.
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub const PUBLISHES_TOTAL: &str = "control_api_publishes_total";
+pub const REJECTIONS_TOTAL: &str = "control_api_rejections_total";
+pub const BUNDLE_DOWNLOADS_TOTAL: &str = "control_api_bundle_downloads_total";
+pub const LONG_POLL_WAITERS: &str = "control_api_long_poll_waiters";
+
+/// The `result` label of `control_api_publishes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishResult {
+    /// A revision became active (new, or an earlier one published again).
+    Created,
+    /// Identical to the active revision: nothing changed.
+    Identical,
+    /// Refused: invalid, failing its tests, too large, or a revision conflict.
+    Rejected,
+}
+
+impl PublishResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            PublishResult::Created => "created",
+            PublishResult::Identical => "identical",
+            PublishResult::Rejected => "rejected",
+        }
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    publishes: IntCounterVec,
+    rejections: IntCounterVec,
+    downloads: IntCounterVec,
+    /// Long polls being held right now.
+    pub waiters: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let publishes =
+            IntCounterVec::new(Opts::new(PUBLISHES_TOTAL, "Bundle publishes (PUT) by result"), &["result"])?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                REJECTIONS_TOTAL,
+                "Refused publishes by reason: a bundle error kind (archive, syntax, roots, rego, settings, jwks), \
+                 tests, too_large or conflict",
+            ),
+            &["reason"],
+        )?;
+        let downloads =
+            IntCounterVec::new(Opts::new(BUNDLE_DOWNLOADS_TOTAL, "Bundle GETs answered, by status code"), &["code"])?;
+        let waiters = IntGauge::new(LONG_POLL_WAITERS, "Long-poll requests (Prefer: wait=N) being held")?;
+        registry.register(Box::new(publishes.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(downloads.clone()))?;
+        registry.register(Box::new(waiters.clone()))?;
+        // Label values known in advance are exported at 0 from the start.
+        for r in [PublishResult::Created, PublishResult::Identical, PublishResult::Rejected] {
+            publishes.with_label_values(&[r.label()]);
+        }
+        for code in ["200", "304"] {
+            downloads.with_label_values(&[code]);
+        }
+        Ok(Metrics { registry, publishes, rejections, downloads, waiters })
+    }
+
+    pub fn publish(&self, result: PublishResult) {
+        self.publishes.with_label_values(&[result.label()]).inc();
+    }
+
+    /// Counts a refused publish under `reason` (and as a rejected publish).
+    pub fn reject(&self, reason: &str) {
+        self.publish(PublishResult::Rejected);
+        self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    pub fn download(&self, code: u16) {
+        let label = if code == 304 { "304" } else { "200" };
+        self.downloads.with_label_values(&[label]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,227 @@
+//! Storage of bundles, their revisions, which one is active, and gateways' status reports,
+//! behind one async [`Store`] trait with two implementations: SQLite (the embedded default,
+//! created with its schema on first start) and PostgreSQL (several replicas share it and hear
+//! each other's changes through `LISTEN/NOTIFY`). Schemas are versioned migrations under
+//! `control-api/migrations/{sqlite,postgres}/`, applied at start.
+//!
+//! Times are stored as Unix milliseconds (UTC) in both backends.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::config::StoreLocation;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// A storage failure: the database is unreachable, a query failed, or migrations did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrating the database schema failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the directory of the SQLite database {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// A revision to publish: already validated.
+#[derive(Debug, Clone)]
+pub struct NewRevision<'a> {
+    pub bundle: &'a str,
+    pub revision: &'a str,
+    pub digest: &'a str,
+    pub content: &'a [u8],
+    /// The name of the token that published it.
+    pub published_by: &'a str,
+    pub published_at_ms: i64,
+}
+
+/// One stored revision of a bundle (without its content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionInfo {
+    pub revision: String,
+    pub digest: String,
+    pub size: u64,
+    pub published_at_ms: i64,
+    pub published_by: String,
+    pub active: bool,
+}
+
+/// The active revision of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveHead {
+    pub revision: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// What [`Store::publish`] did, decided inside its transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// A new revision was stored and made active.
+    Created(RevisionInfo),
+    /// The revision existed with the same content but was not active (a rollback had moved
+    /// away from it); it is active again.
+    Reactivated(RevisionInfo),
+    /// The same content is already the active revision; nothing changed.
+    Identical(RevisionInfo),
+    /// The revision name exists with other content; nothing changed.
+    Conflict { existing_digest: String },
+}
+
+/// What [`Store::rollback`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackOutcome {
+    /// The revision is now active.
+    Activated(RevisionInfo),
+    /// The revision was already active; nothing changed.
+    AlreadyActive(RevisionInfo),
+    /// The bundle has no such revision.
+    Unknown,
+}
+
+/// A gateway's report, as posted to `/v1/status`, with when it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayReport {
+    pub instance: String,
+    pub bundle: String,
+    pub revision: Option<String>,
+    pub digest: Option<String>,
+    /// When the gateway last confirmed its bundle was current: RFC 3339 UTC (reports may give
+    /// Unix seconds or RFC 3339; they are stored normalized).
+    pub last_sync: Option<String>,
+    pub staleness_seconds: Option<f64>,
+    pub last_report_ms: i64,
+}
+
+/// A change of a bundle's active revision committed by another process sharing the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This bundle's active revision may have changed.
+    Bundle(String),
+    /// Changes may have been missed (the notification connection was lost and re-established):
+    /// reload every bundle.
+    Resync,
+}
+
+/// Storage of bundles and fleet reports. Every write that changes an active revision is one
+/// transaction, and is announced to the other processes sharing the store (see [`Store::changes`]).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a revision and makes it active in one transaction; or reports that it is
+    /// identical to the active one, or that its revision name is taken by other content.
+    async fn publish(&self, new: &NewRevision<'_>) -> Result<PublishOutcome, StoreError>;
+
+    /// The active revision of a bundle; `None` when nothing was ever published under the name.
+    async fn active(&self, bundle: &str) -> Result<Option<ActiveHead>, StoreError>;
+
+    /// The tarball of a bundle's revision with this digest.
+    async fn content(&self, bundle: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every revision of a bundle, newest first.
+    async fn revisions(&self, bundle: &str) -> Result<Vec<RevisionInfo>, StoreError>;
+
+    /// Makes an existing revision active again, in one transaction.
+    async fn rollback(&self, bundle: &str, revision: &str) -> Result<RollbackOutcome, StoreError>;
+
+    /// Records a gateway's report, replacing its previous one.
+    async fn report(&self, report: &GatewayReport) -> Result<(), StoreError>;
+
+    /// The latest report of every gateway, ordered by instance.
+    async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError>;
+
+    /// Changes made through other processes, for a store that can be shared; `None` for one that
+    /// cannot (SQLite). Called once, at start; the feed runs until the store is dropped.
+    async fn changes(&self) -> Result<Option<mpsc::UnboundedReceiver<Change>>, StoreError>;
+}
+
+/// What a publish does, decided from the stored revision of the same name (if any) and the
+/// bundle's active revision, read inside the publishing transaction.
+pub(crate) enum Decision {
+    /// Insert the revision, then make it active.
+    Insert(RevisionInfo),
+    /// The revision exists with this content: make it active.
+    Activate(RevisionInfo),
+    /// Nothing to write.
+    Done(PublishOutcome),
+}
+
+impl Decision {
+    pub(crate) fn into_outcome(self) -> PublishOutcome {
+        match self {
+            Decision::Insert(i) => PublishOutcome::Created(i),
+            Decision::Activate(i) => PublishOutcome::Reactivated(i),
+            Decision::Done(o) => o,
+        }
+    }
+}
+
+pub(crate) fn decide(existing: Option<RevisionInfo>, active: Option<&str>, new: &NewRevision<'_>) -> Decision {
+    match existing {
+        Some(e) if e.digest != new.digest => Decision::Done(PublishOutcome::Conflict { existing_digest: e.digest }),
+        Some(e) if active == Some(new.revision) => {
+            Decision::Done(PublishOutcome::Identical(RevisionInfo { active: true, ..e }))
+        }
+        Some(e) => Decision::Activate(RevisionInfo { active: true, ..e }),
+        None => Decision::Insert(RevisionInfo {
+            revision: new.revision.to_owned(),
+            digest: new.digest.to_owned(),
+            size: new.content.len() as u64,
+            published_at_ms: new.published_at_ms,
+            published_by: new.published_by.to_owned(),
+            active: true,
+        }),
+    }
+}
+
+/// Opens (creating and migrating as needed) the store a config names.
+pub async fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+        StoreLocation::SqliteMemory => Arc::new(SqliteStore::memory().await?),
+        StoreLocation::Postgres(url) => Arc::new(PostgresStore::open(url).await?),
+    })
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Unix milliseconds as RFC 3339 UTC with millisecond precision (`2026-11-25T12:00:00.123Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.format(&fmt).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+}
+
+/// An RFC 3339 timestamp as Unix milliseconds; `None` when it is not one.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_milliseconds_as_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_608_000_123), "2026-11-25T12:00:00.123Z");
+        let now = now_ms();
+        assert_eq!(parse_rfc3339(&rfc3339(now)), Some(now));
+        assert_eq!(parse_rfc3339("2026-11-25T13:00:00.123+01:00"), Some(1_795_608_000_123));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}

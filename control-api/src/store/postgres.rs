@@ -1,0 +1,274 @@
+//! The shared store: PostgreSQL, for several control-api replicas. Every publish or rollback
+//! sends `NOTIFY control_api_bundles, '<bundle>'` inside its transaction (delivered on commit);
+//! each replica `LISTEN`s and reloads that bundle's active revision, so a long poll on any
+//! replica wakes when a revision is activated through another.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{
+    decide, ActiveHead, Change, Decision, GatewayReport, NewRevision, PublishOutcome, RevisionInfo, RollbackOutcome,
+    Store, StoreError,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The notification channel; the payload is the bundle's name.
+pub const CHANNEL: &str = "control_api_bundles";
+
+pub struct PostgresStore {
+    pool: PgPool,
+    url: String,
+    /// The `LISTEN` task, stopped when the store is dropped.
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PostgresStore {
+    /// Connects and applies migrations (under the migrator's advisory lock, so replicas starting
+    /// together do not race).
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let pool =
+            PgPoolOptions::new().max_connections(10).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(PostgresStore { pool, url: url.to_owned(), listener: Mutex::new(None) })
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.lock().ok().and_then(|mut l| l.take()) {
+            task.abort();
+        }
+    }
+}
+
+type Row = (String, String, i64, i64, String);
+
+fn info(row: Row, active: bool) -> Result<RevisionInfo, StoreError> {
+    let (revision, digest, size, published_at_ms, published_by) = row;
+    let size = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("negative size of revision {revision}")))?;
+    Ok(RevisionInfo { revision, digest, size, published_at_ms, published_by, active })
+}
+
+/// Serializes writers of one bundle until the transaction ends.
+const LOCK_BUNDLE: &str = "SELECT pg_advisory_xact_lock(hashtext('control_api_bundle'), hashtext($1))";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn publish(&self, new: &NewRevision<'_>) -> Result<PublishOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LOCK_BUNDLE).bind(new.bundle).execute(&mut *tx).await?;
+        let existing: Option<Row> = sqlx::query_as(
+            "SELECT revision, digest, size, published_at_ms, published_by FROM revisions \
+             WHERE bundle = $1 AND revision = $2",
+        )
+        .bind(new.bundle)
+        .bind(new.revision)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let active: Option<String> = sqlx::query_scalar("SELECT active_revision FROM bundles WHERE name = $1")
+            .bind(new.bundle)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let existing = existing.map(|r| info(r, false)).transpose()?;
+        let decision = decide(existing, active.as_deref(), new);
+        match &decision {
+            Decision::Insert(_) => {
+                sqlx::query(
+                    "INSERT INTO revisions (bundle, revision, digest, size, published_at_ms, published_by, content) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(new.bundle)
+                .bind(new.revision)
+                .bind(new.digest)
+                .bind(new.content.len() as i64)
+                .bind(new.published_at_ms)
+                .bind(new.published_by)
+                .bind(new.content)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Decision::Activate(_) => {}
+            Decision::Done(_) => return Ok(decision.into_outcome()),
+        }
+        sqlx::query(
+            "INSERT INTO bundles (name, active_revision, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET active_revision = excluded.active_revision, \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(new.bundle)
+        .bind(new.revision)
+        .bind(new.published_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(NOTIFY).bind(CHANNEL).bind(new.bundle).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(decision.into_outcome())
+    }
+
+    async fn active(&self, bundle: &str) -> Result<Option<ActiveHead>, StoreError> {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT r.revision, r.digest, r.size FROM bundles b \
+             JOIN revisions r ON r.bundle = b.name AND r.revision = b.active_revision WHERE b.name = $1",
+        )
+        .bind(bundle)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(revision, digest, size)| {
+            let size = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("negative size of {revision}")))?;
+            Ok(ActiveHead { revision, digest, size })
+        })
+        .transpose()
+    }
+
+    async fn content(&self, bundle: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT content FROM revisions WHERE bundle = $1 AND digest = $2 LIMIT 1")
+            .bind(bundle)
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn revisions(&self, bundle: &str) -> Result<Vec<RevisionInfo>, StoreError> {
+        let rows: Vec<(String, String, i64, i64, String, bool)> = sqlx::query_as(
+            "SELECT r.revision, r.digest, r.size, r.published_at_ms, r.published_by, \
+             COALESCE(b.active_revision = r.revision, false) \
+             FROM revisions r LEFT JOIN bundles b ON b.name = r.bundle \
+             WHERE r.bundle = $1 ORDER BY r.id DESC",
+        )
+        .bind(bundle)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|(r, d, s, at, by, active)| info((r, d, s, at, by), active)).collect()
+    }
+
+    async fn rollback(&self, bundle: &str, revision: &str) -> Result<RollbackOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LOCK_BUNDLE).bind(bundle).execute(&mut *tx).await?;
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT revision, digest, size, published_at_ms, published_by FROM revisions \
+             WHERE bundle = $1 AND revision = $2",
+        )
+        .bind(bundle)
+        .bind(revision)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(RollbackOutcome::Unknown) };
+        let active: Option<String> = sqlx::query_scalar("SELECT active_revision FROM bundles WHERE name = $1")
+            .bind(bundle)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let info = info(row, true)?;
+        if active.as_deref() == Some(revision) {
+            return Ok(RollbackOutcome::AlreadyActive(info));
+        }
+        sqlx::query("UPDATE bundles SET active_revision = $2, updated_at_ms = $3 WHERE name = $1")
+            .bind(bundle)
+            .bind(revision)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(NOTIFY).bind(CHANNEL).bind(bundle).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(RollbackOutcome::Activated(info))
+    }
+
+    async fn report(&self, r: &GatewayReport) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO gateways (instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (instance) DO UPDATE SET \
+             bundle = excluded.bundle, revision = excluded.revision, digest = excluded.digest, \
+             last_sync = excluded.last_sync, staleness_seconds = excluded.staleness_seconds, \
+             last_report_ms = excluded.last_report_ms",
+        )
+        .bind(&r.instance)
+        .bind(&r.bundle)
+        .bind(&r.revision)
+        .bind(&r.digest)
+        .bind(&r.last_sync)
+        .bind(r.staleness_seconds)
+        .bind(r.last_report_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError> {
+        type FleetRow = (String, String, Option<String>, Option<String>, Option<String>, Option<f64>, i64);
+        let rows: Vec<FleetRow> = sqlx::query_as(
+            "SELECT instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms \
+             FROM gateways ORDER BY instance",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms)| GatewayReport {
+                instance,
+                bundle,
+                revision,
+                digest,
+                last_sync,
+                staleness_seconds,
+                last_report_ms,
+            })
+            .collect())
+    }
+
+    async fn changes(&self) -> Result<Option<mpsc::UnboundedReceiver<Change>>, StoreError> {
+        // Its own connection (PgListener::connect keeps a pool of one), so that listening never
+        // takes a connection from the query pool.
+        let mut listener = PgListener::connect(&self.url).await?;
+        listener.listen(CHANNEL).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(feed(listener, tx));
+        if let Ok(mut slot) = self.listener.lock() {
+            if let Some(old) = slot.replace(task) {
+                old.abort();
+            }
+        }
+        Ok(Some(rx))
+    }
+}
+
+/// Forwards notifications until the receiver is dropped. When the connection is lost,
+/// reconnects with backoff and asks for a full reload: notifications sent meanwhile are lost.
+async fn feed(mut listener: PgListener, tx: mpsc::UnboundedSender<Change>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                if tx.send(Change::Bundle(n.payload().to_owned())).is_err() {
+                    return;
+                }
+            }
+            Ok(None) | Err(_) => {
+                tracing::warn!("lost the PostgreSQL notification connection; reconnecting");
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    // Any statement makes the listener reconnect and LISTEN again.
+                    match sqlx::query("SELECT 1").execute(&mut listener).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL notification reconnect failed");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+                tracing::info!("PostgreSQL notification connection re-established; reloading every bundle");
+                if tx.send(Change::Resync).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Validation of a published tarball with the very code the gateway runs
+//! ([`Bundle::from_tar_gz`] then [`Snapshot::compile`]), followed by the bundle's own tests
+//! ([`policy_bundles::testing`]: Rego `test_` rules and decision cases). CPU-bound: callers run
+//! it on a blocking thread.
+
+use policy_bundles::testing::{self, TestKind, TestResult};
+use policy_bundles::{Bundle, BundleError, BundleErrors, ErrorKind, Limits, Snapshot};
+use serde::Serialize;
+
+/// Longest revision name accepted from a manifest.
+pub const MAX_REVISION_LEN: usize = 128;
+
+/// A bundle that would activate on a gateway and passes its own tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    /// The manifest's `revision`, when it sets one.
+    pub manifest_revision: Option<String>,
+    /// How many Rego tests and decision cases passed.
+    pub tests_passed: usize,
+}
+
+/// Why a bundle was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// It would not load or compile on a gateway (or its tests cannot even run).
+    #[error("{0}")]
+    Invalid(BundleErrors),
+    /// It compiles, but some of its own tests or decision cases fail.
+    #[error("{} of the bundle's tests failed", .0.len())]
+    TestsFailed(Vec<TestResult>),
+}
+
+impl Rejection {
+    /// The `reason` label of `control_api_rejections_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Invalid(e) => e.kind().as_str(),
+            Rejection::TestsFailed(_) => "tests",
+        }
+    }
+
+    /// Every problem, in the API's error shape.
+    pub fn errors(&self) -> Vec<ErrorItem> {
+        match self {
+            Rejection::Invalid(errors) => errors.0.iter().map(ErrorItem::from).collect(),
+            Rejection::TestsFailed(failures) => failures.iter().map(ErrorItem::from).collect(),
+        }
+    }
+}
+
+impl From<BundleErrors> for Rejection {
+    fn from(e: BundleErrors) -> Self {
+        Rejection::Invalid(e)
+    }
+}
+
+/// One problem as the API reports it: `{"file", "line", "message", "kind"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorItem {
+    pub file: Option<String>,
+    pub line: Option<usize>,
+    pub message: String,
+    /// A bundle error kind (`archive`, `syntax`, `roots`, `rego`, `settings`, `jwks`) or `tests`.
+    pub kind: &'static str,
+}
+
+impl From<&BundleError> for ErrorItem {
+    fn from(e: &BundleError) -> Self {
+        ErrorItem { file: e.file.clone(), line: e.line, message: e.message.clone(), kind: e.kind.as_str() }
+    }
+}
+
+impl From<&TestResult> for ErrorItem {
+    fn from(t: &TestResult) -> Self {
+        // `location` is `file:line` (or just `file`).
+        let (file, line) = match t.location.rsplit_once(':') {
+            Some((f, l)) => match l.parse() {
+                Ok(n) => (f.to_owned(), Some(n)),
+                Err(_) => (t.location.clone(), None),
+            },
+            None => (t.location.clone(), None),
+        };
+        let what = match t.kind {
+            TestKind::Rego => "Rego test",
+            TestKind::Case => "decision case",
+        };
+        let why = t.failure.as_deref().unwrap_or("failed");
+        ErrorItem { file: Some(file), line, message: format!("{what} `{}` failed: {why}", t.name), kind: "tests" }
+    }
+}
+
+/// Reads, compiles and tests a tarball as a gateway would load it.
+pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Rejection> {
+    let bundle = Bundle::from_tar_gz(bytes, limits)?;
+    let manifest_revision = match bundle.manifest.revision.as_str() {
+        "" => None,
+        r => Some(check_revision(r)?),
+    };
+    let snapshot = Snapshot::compile(&bundle)?;
+    let mut results = testing::run_rego_tests(&bundle)?;
+    let cases = testing::load_cases(&bundle)?;
+    results.extend(testing::run_cases(&bundle, &snapshot, &cases));
+    let failures: Vec<TestResult> = results.iter().filter(|r| !r.passed()).cloned().collect();
+    if !failures.is_empty() {
+        return Err(Rejection::TestsFailed(failures));
+    }
+    Ok(Validated { manifest_revision, tests_passed: results.len() })
+}
+
+/// A revision names a bundle version in URLs, headers and logs: printable ASCII, bounded.
+fn check_revision(r: &str) -> Result<String, BundleErrors> {
+    let ok = r.len() <= MAX_REVISION_LEN && r.trim() == r && r.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if ok {
+        return Ok(r.to_owned());
+    }
+    Err(BundleError::new(
+        ErrorKind::Syntax,
+        Some(policy_bundles::bundle::MANIFEST.to_owned()),
+        format!(
+            "`revision` must be printable ASCII without leading or trailing spaces, at most {MAX_REVISION_LEN} characters"
+        ),
+    )
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_bundles::archive::{read_dir, write_tar_gz, Files};
+    use std::path::Path;
+
+    fn example() -> Files {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy-bundles/examples/api-gateway");
+        read_dir(&dir, &Limits::default()).expect("example bundle")
+    }
+
+    fn tar(files: &Files) -> Vec<u8> {
+        write_tar_gz(files).expect("tar")
+    }
+
+    #[test]
+    fn accepts_the_example_bundle_and_runs_its_tests() {
+        let v = validate(&tar(&example()), &Limits::default()).unwrap();
+        assert_eq!(v.manifest_revision, None);
+        assert!(v.tests_passed > 3, "{v:?}");
+    }
+
+    #[test]
+    fn a_failing_decision_case_is_named_with_its_file_and_line() {
+        let mut files = example();
+        let cases = files.get_mut("tests/cases.yaml").expect("cases");
+        let text = String::from_utf8(cases.clone()).expect("utf-8");
+        // The first case expects allow: true; make it expect a deny.
+        let text = text.replacen("  expect:\n    allow: true", "  expect:\n    allow: false", 1);
+        *cases = text.into_bytes();
+        let e = validate(&tar(&files), &Limits::default()).unwrap_err();
+        assert_eq!(e.reason(), "tests");
+        let items = e.errors();
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0].file.as_deref(), Some("tests/cases.yaml"));
+        assert!(items[0].line.is_some());
+        assert!(items[0].message.contains("public GET is allowed without a token"), "{}", items[0].message);
+    }
+
+    #[test]
+    fn refuses_bad_rego_with_file_and_line() {
+        let mut files = example();
+        files.insert("http/broken.rego".into(), b"package http.broken\n\nallow if {\n  input.x ==\n".to_vec());
+        let e = validate(&tar(&files), &Limits::default()).unwrap_err();
+        assert_eq!(e.reason(), "rego");
+        let items = e.errors();
+        assert!(items.iter().any(|i| i.file.as_deref() == Some("http/broken.rego") && i.line.is_some()), "{items:?}");
+    }
+
+    #[test]
+    fn refuses_a_manifest_revision_with_control_characters() {
+        let mut files = example();
+        files.insert(".manifest".into(), br#"{"revision": "v1\nx", "roots": ["http", "gateway"]}"#.to_vec());
+        let e = validate(&tar(&files), &Limits::default()).unwrap_err();
+        assert_eq!(e.errors()[0].file.as_deref(), Some(".manifest"));
+    }
+}

@@ -1,0 +1,244 @@
+//! One suite of store behaviours, run against both backends: `sqlite::*` on a temporary file,
+//! `postgres::*` on a fresh database per test (`CONTROL_API_TEST_POSTGRES`; required in CI).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use control_api::store::{
+    Change, GatewayReport, NewRevision, PostgresStore, PublishOutcome, RollbackOutcome, SqliteStore, Store,
+};
+
+fn rev<'a>(bundle: &'a str, revision: &'a str, content: &'a [u8], digest: &'a str) -> NewRevision<'a> {
+    NewRevision { bundle, revision, digest, content, published_by: "ci", published_at_ms: 1_795_608_000_000 }
+}
+
+/// Content and its digest.
+fn blob(text: &str) -> (Vec<u8>, String) {
+    let bytes = text.as_bytes().to_vec();
+    let d = common::digest(&bytes);
+    (bytes, d)
+}
+
+async fn publishing_stores_a_revision_and_makes_it_active(store: Arc<dyn Store>) {
+    assert_eq!(store.active("main").await.unwrap(), None);
+    let (c, d) = blob("one");
+    let out = store.publish(&rev("main", "v1", &c, &d)).await.unwrap();
+    let PublishOutcome::Created(info) = out else { panic!("expected Created, got {out:?}") };
+    assert_eq!((info.revision.as_str(), info.digest.as_str(), info.size, info.active), ("v1", d.as_str(), 3, true));
+    let head = store.active("main").await.unwrap().unwrap();
+    assert_eq!((head.revision.as_str(), head.digest.as_str(), head.size), ("v1", d.as_str(), 3));
+    assert_eq!(store.content("main", &d).await.unwrap(), Some(c));
+    assert_eq!(store.content("main", "0000").await.unwrap(), None);
+    assert_eq!(store.content("other", &d).await.unwrap(), None);
+}
+
+async fn publishing_the_active_content_again_is_identical_and_adds_nothing(store: Arc<dyn Store>) {
+    let (c, d) = blob("one");
+    store.publish(&rev("main", "v1", &c, &d)).await.unwrap();
+    let out = store.publish(&rev("main", "v1", &c, &d)).await.unwrap();
+    assert!(matches!(out, PublishOutcome::Identical(ref i) if i.revision == "v1" && i.active), "{out:?}");
+    assert_eq!(store.revisions("main").await.unwrap().len(), 1);
+}
+
+async fn the_same_revision_with_other_content_is_a_conflict_that_changes_nothing(store: Arc<dyn Store>) {
+    let (c1, d1) = blob("one");
+    let (c2, d2) = blob("two");
+    store.publish(&rev("main", "v1", &c1, &d1)).await.unwrap();
+    let out = store.publish(&rev("main", "v1", &c2, &d2)).await.unwrap();
+    assert_eq!(out, PublishOutcome::Conflict { existing_digest: d1.clone() });
+    assert_eq!(store.active("main").await.unwrap().unwrap().digest, d1);
+    assert_eq!(store.revisions("main").await.unwrap().len(), 1);
+    assert_eq!(store.content("main", &d2).await.unwrap(), None);
+}
+
+async fn revisions_are_listed_newest_first_with_the_active_one_marked(store: Arc<dyn Store>) {
+    for (i, text) in ["a", "b", "c"].iter().enumerate() {
+        let (c, d) = blob(text);
+        let mut r = rev("main", text, &c, &d);
+        r.published_at_ms += i as i64;
+        r.published_by = if i == 2 { "release-bot" } else { "ci" };
+        store.publish(&r).await.unwrap();
+    }
+    let list = store.revisions("main").await.unwrap();
+    let names: Vec<_> = list.iter().map(|r| (r.revision.as_str(), r.active)).collect();
+    assert_eq!(names, [("c", true), ("b", false), ("a", false)]);
+    assert_eq!(list[0].published_by, "release-bot");
+    assert_eq!(list[0].published_at_ms, 1_795_608_000_002);
+    assert_eq!(list[2].size, 1);
+    assert!(store.revisions("nothing").await.unwrap().is_empty());
+}
+
+async fn rollback_activates_an_earlier_revision_and_refuses_unknown_ones(store: Arc<dyn Store>) {
+    let (c1, d1) = blob("one");
+    let (c2, d2) = blob("two");
+    store.publish(&rev("main", "v1", &c1, &d1)).await.unwrap();
+    store.publish(&rev("main", "v2", &c2, &d2)).await.unwrap();
+    assert_eq!(store.rollback("main", "v9").await.unwrap(), RollbackOutcome::Unknown);
+    assert_eq!(store.rollback("other", "v1").await.unwrap(), RollbackOutcome::Unknown);
+    assert_eq!(store.active("main").await.unwrap().unwrap().revision, "v2");
+
+    let out = store.rollback("main", "v1").await.unwrap();
+    assert!(matches!(out, RollbackOutcome::Activated(ref i) if i.digest == d1), "{out:?}");
+    assert_eq!(store.active("main").await.unwrap().unwrap().digest, d1);
+    let out = store.rollback("main", "v1").await.unwrap();
+    assert!(matches!(out, RollbackOutcome::AlreadyActive(_)), "{out:?}");
+    let actives: Vec<_> = store.revisions("main").await.unwrap().into_iter().filter(|r| r.active).collect();
+    assert_eq!(actives.len(), 1);
+    assert_eq!(actives[0].revision, "v1");
+}
+
+async fn republishing_a_rolled_back_revision_reactivates_it(store: Arc<dyn Store>) {
+    let (c1, d1) = blob("one");
+    let (c2, d2) = blob("two");
+    store.publish(&rev("main", "v1", &c1, &d1)).await.unwrap();
+    store.publish(&rev("main", "v2", &c2, &d2)).await.unwrap();
+    store.rollback("main", "v1").await.unwrap();
+    let out = store.publish(&rev("main", "v2", &c2, &d2)).await.unwrap();
+    assert!(matches!(out, PublishOutcome::Reactivated(ref i) if i.revision == "v2"), "{out:?}");
+    assert_eq!(store.active("main").await.unwrap().unwrap().digest, d2);
+    assert_eq!(store.revisions("main").await.unwrap().len(), 2);
+}
+
+async fn bundles_are_independent(store: Arc<dyn Store>) {
+    let (c1, d1) = blob("one");
+    let (c2, d2) = blob("two");
+    store.publish(&rev("a", "v1", &c1, &d1)).await.unwrap();
+    let out = store.publish(&rev("b", "v1", &c2, &d2)).await.unwrap();
+    assert!(matches!(out, PublishOutcome::Created(_)), "the same revision name in another bundle: {out:?}");
+    assert_eq!(store.active("a").await.unwrap().unwrap().digest, d1);
+    assert_eq!(store.active("b").await.unwrap().unwrap().digest, d2);
+    assert_eq!(
+        store.rollback("b", "v1").await.unwrap(),
+        RollbackOutcome::AlreadyActive(store.revisions("b").await.unwrap().remove(0))
+    );
+}
+
+async fn concurrent_publishes_of_one_bundle_all_land_and_one_is_active(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (c, d) = blob(&format!("content {i}"));
+                store.publish(&rev("main", &format!("v{i}"), &c, &d)).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), PublishOutcome::Created(_)));
+    }
+    let list = store.revisions("main").await.unwrap();
+    assert_eq!(list.len(), 8);
+    let head = store.active("main").await.unwrap().unwrap();
+    assert_eq!(list[0].revision, head.revision, "the last publish to commit is the active one");
+    assert_eq!(list.iter().filter(|r| r.active).count(), 1);
+}
+
+async fn reports_are_upserted_per_instance_and_listed_by_instance(store: Arc<dyn Store>) {
+    let report = |instance: &str, revision: &str, at: i64| GatewayReport {
+        instance: instance.into(),
+        bundle: "main".into(),
+        revision: Some(revision.into()),
+        digest: Some("ab".repeat(32)),
+        last_sync: Some("2026-11-25T12:00:00Z".into()),
+        staleness_seconds: Some(2.5),
+        last_report_ms: at,
+    };
+    store.report(&report("gw-b", "v1", 10)).await.unwrap();
+    store.report(&report("gw-a", "v1", 11)).await.unwrap();
+    store.report(&report("gw-b", "v2", 12)).await.unwrap();
+    let partial = GatewayReport {
+        revision: None,
+        digest: None,
+        last_sync: None,
+        staleness_seconds: None,
+        ..report("gw-c", "", 13)
+    };
+    store.report(&partial).await.unwrap();
+    let fleet = store.fleet().await.unwrap();
+    assert_eq!(fleet.len(), 3);
+    assert_eq!(fleet[0], report("gw-a", "v1", 11));
+    assert_eq!(fleet[1], report("gw-b", "v2", 12));
+    assert_eq!(fleet[2], partial);
+}
+
+/// Declares each behaviour above as a test for each backend.
+macro_rules! store_suite {
+    ($($behaviour:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $behaviour() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = SqliteStore::open(&dir.path().join("db/control.db")).await.unwrap();
+                    super::$behaviour(Arc::new(store)).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $behaviour() {
+                    let Some(db) = common::TestDb::create() else { return };
+                    let store = PostgresStore::open(&db.url).await.unwrap();
+                    super::$behaviour(Arc::new(store)).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    publishing_stores_a_revision_and_makes_it_active,
+    publishing_the_active_content_again_is_identical_and_adds_nothing,
+    the_same_revision_with_other_content_is_a_conflict_that_changes_nothing,
+    revisions_are_listed_newest_first_with_the_active_one_marked,
+    rollback_activates_an_earlier_revision_and_refuses_unknown_ones,
+    republishing_a_rolled_back_revision_reactivates_it,
+    bundles_are_independent,
+    concurrent_publishes_of_one_bundle_all_land_and_one_is_active,
+    reports_are_upserted_per_instance_and_listed_by_instance,
+);
+
+#[tokio::test]
+async fn sqlite_reopening_the_file_keeps_everything_and_announces_no_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.db");
+    let (c, d) = blob("one");
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.publish(&rev("main", "v1", &c, &d)).await.unwrap();
+        assert!(store.changes().await.unwrap().is_none());
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.active("main").await.unwrap().unwrap().digest, d);
+    assert_eq!(store.content("main", &d).await.unwrap(), Some(c));
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Change>) -> Change {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a notification in time").expect("feed open")
+}
+
+#[tokio::test]
+async fn postgres_publishes_and_rollbacks_through_one_store_are_announced_to_another() {
+    let Some(db) = common::TestDb::create() else { return };
+    let a = PostgresStore::open(&db.url).await.unwrap();
+    let b = PostgresStore::open(&db.url).await.unwrap();
+    let mut changes = b.changes().await.unwrap().expect("PostgreSQL announces changes");
+    let (c1, d1) = blob("one");
+    let (c2, d2) = blob("two");
+    a.publish(&rev("main", "v1", &c1, &d1)).await.unwrap();
+    assert_eq!(next(&mut changes).await, Change::Bundle("main".into()));
+    a.publish(&rev("main", "v2", &c2, &d2)).await.unwrap();
+    assert_eq!(next(&mut changes).await, Change::Bundle("main".into()));
+    a.rollback("main", "v1").await.unwrap();
+    assert_eq!(next(&mut changes).await, Change::Bundle("main".into()));
+    // Nothing is announced for writes that change nothing.
+    a.publish(&rev("main", "v1", &c1, &d1)).await.unwrap();
+    a.publish(&rev("other", "v1", &c1, &d1)).await.unwrap();
+    assert_eq!(next(&mut changes).await, Change::Bundle("other".into()));
+    assert_eq!(b.active("main").await.unwrap().unwrap().digest, d1);
+}
