@@ -53,6 +53,9 @@ pub struct App {
 /// Opens the store (creating and migrating it as needed), subscribes to other replicas'
 /// changes (PostgreSQL) and binds the listener.
 pub async fn build(config: Config) -> Result<App, Error> {
+    // A bundle's own Rego tests and decision cases run at publish: bound each evaluation so a
+    // looping test cannot hold a blocking thread.
+    policy_bundles::set_evaluation_time_limit(std::time::Duration::from_secs(2));
     let location = config.store.to_string();
     let store =
         store::open(&config.store).await.map_err(|source| Error::Store { location: location.clone(), source })?;

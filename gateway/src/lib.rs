@@ -12,7 +12,6 @@ pub mod proxy;
 pub mod state;
 pub mod sync;
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use pingora::server::configuration::ServerConf;
@@ -27,10 +26,7 @@ pub use state::Gateway;
 /// configured bundle already active. Fails if the bundle cannot be activated.
 pub fn build(config: Config) -> anyhow::Result<Server> {
     // Every policy evaluation is bounded in wall-clock time; past the bound it errors (deny).
-    regorus::utils::limits::set_fallback_execution_timer_config(Some(regorus::utils::limits::ExecutionTimerConfig {
-        limit: config.policy_timeout,
-        check_interval: NonZeroU32::MIN.saturating_add(99),
-    }));
+    policy_bundles::set_evaluation_time_limit(config.policy_timeout);
     let gateway = Arc::new(Gateway::new(config.clone())?);
     let poll = match &config.bundle.source {
         config::Source::File(path) => {

@@ -20,6 +20,15 @@ pub use decision::Decision;
 pub use error::{BundleError, BundleErrors, ErrorKind};
 pub use snapshot::Snapshot;
 
+/// Bounds every policy evaluation in this process (the interpreter's and the VM's) to `limit`
+/// of wall-clock time; past it the evaluation errors. Set once at start-up.
+pub fn set_evaluation_time_limit(limit: std::time::Duration) {
+    regorus::utils::limits::set_fallback_execution_timer_config(Some(regorus::utils::limits::ExecutionTimerConfig {
+        limit,
+        check_interval: std::num::NonZeroU32::MIN.saturating_add(99),
+    }));
+}
+
 /// Reads, validates and compiles a bundle from its tarball bytes in one step.
 pub fn compile_tar_gz(bytes: &[u8], limits: &Limits) -> Result<Snapshot, BundleErrors> {
     Snapshot::compile(&Bundle::from_tar_gz(bytes, limits)?)
