@@ -168,7 +168,10 @@ fn bad_tokens_get_401_before_any_policy_runs() {
     }
     let after = metric(&e.gw.admin, "gateway_policy_eval_duration_seconds_count").unwrap_or(0.0);
     assert_eq!(before, after, "no policy may run for a refused token");
-    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"unauthenticated\",route=\"orders\"}"), Some(6.0));
+    assert_eq!(
+        metric_settled(&e.gw.admin, "gateway_requests_total{decision=\"unauthenticated\",route=\"orders\"}", 6.0),
+        Some(6.0)
+    );
 }
 
 #[test]
@@ -181,7 +184,10 @@ fn unmatched_requests_get_404() {
     assert_eq!(get(&format!("{}/ordersx", e.gw.base), &[]).0, 404);
     // The public route only allows GET and HEAD.
     assert_eq!(request("DELETE", &format!("{}/public/x", e.gw.base), &[]).0, 404);
-    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"no_route\",route=\"\"}"), Some(before + 3.0));
+    assert_eq!(
+        metric_settled(&e.gw.admin, "gateway_requests_total{decision=\"no_route\",route=\"\"}", before + 3.0),
+        Some(before + 3.0)
+    );
 }
 
 #[test]
@@ -195,8 +201,14 @@ fn policy_errors_and_undefined_results_fail_closed() {
     assert_eq!(json(&r)["reason"], "policy result undefined");
     // ...unless the route says otherwise.
     assert_eq!(get(&format!("{}/lenient", e.gw.base), &[]).0, 200);
-    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"broken\"}"), Some(1.0));
-    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"undefined\"}"), Some(1.0));
+    assert_eq!(
+        metric_settled(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"broken\"}", 1.0),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_settled(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"undefined\"}", 1.0),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -211,7 +223,10 @@ fn a_runaway_policy_is_cut_off_and_denied() {
         "evaluation was not bounded: {:?}",
         started.elapsed()
     );
-    assert_eq!(metric(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"slow\"}"), Some(1.0));
+    assert_eq!(
+        metric_settled(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"slow\"}", 1.0),
+        Some(1.0)
+    );
     // The gateway keeps serving other requests.
     assert_eq!(get(&format!("{}/public/x", e.gw.base), &[]).0, 200);
 }
@@ -224,7 +239,7 @@ fn unreachable_or_slow_upstreams_get_502() {
     assert_eq!(json(&r)["error"], "upstream unavailable");
     let r = get(&format!("{}/sleepy?sleep_ms=2000", e.gw.base), &[]);
     assert_eq!(r.0, 502, "read timeout must cut a slow upstream: {r:?}");
-    assert!(metric(&e.gw.admin, "gateway_upstream_errors_total").unwrap_or(0.0) >= 2.0);
+    assert!(metric_settled(&e.gw.admin, "gateway_upstream_errors_total", 2.0).unwrap_or(0.0) >= 2.0);
 }
 
 #[test]
@@ -238,7 +253,17 @@ fn admin_endpoints_report_the_active_bundle_and_metrics() {
     assert_eq!(status["bundle"]["digest"].as_str().map(str::len), Some(64));
     assert!(status["bundle"]["activated_at"].as_u64().unwrap_or(0) > 0);
     get(&format!("{}/public/x", e.gw.base), &[]);
-    let (code, _, body) = get(&format!("{}/metrics", e.gw.admin), &[]);
+    // Requests are counted in the logging phase, just after the response is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (code, _, body) = loop {
+        let r = get(&format!("{}/metrics", e.gw.admin), &[]);
+        if r.2.contains("gateway_requests_total{decision=\"allow\",route=\"public\"} 1")
+            || std::time::Instant::now() > deadline
+        {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(code, 200);
     for needle in [
         "gateway_requests_total{decision=\"allow\",route=\"public\"} 1",

@@ -298,6 +298,19 @@ pub fn revision(gw: &Gateway) -> String {
     status(gw)["bundle"]["revision"].as_str().unwrap_or("").to_owned()
 }
 
+/// A metric's value once it reaches `want` (requests are counted just after their response is
+/// written, so a test may look before the count lands), or its last value after 5 s.
+pub fn metric_settled(admin: &str, series: &str, want: f64) -> Option<f64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = metric(admin, series);
+        if v.is_some_and(|v| v >= want) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The value of a metric line (exact label set as rendered), if present.
 pub fn metric(admin: &str, series: &str) -> Option<f64> {
     let (_, _, body) = get(&format!("{admin}/metrics"), &[]);
