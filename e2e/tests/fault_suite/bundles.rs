@@ -1,0 +1,147 @@
+//! Bundles the hostile source serves: the example bundle at a given revision, and every kind of
+//! bad bundle, hostile archives written by hand so that nothing sanitizes them on the way.
+
+use std::io::Write;
+
+use policy_bundles::archive::{read_tar_gz, write_tar_gz, Files};
+use policy_bundles::Limits;
+
+/// The example bundle's files, upstream pointed at `upstream`, with `revision`.
+pub fn files(upstream: &str, revision: &str) -> Files {
+    read_tar_gz(&e2e::example_tarball(upstream, revision), &Limits::default()).expect("example bundle")
+}
+
+pub fn tar_gz(files: &Files) -> Vec<u8> {
+    write_tar_gz(files).expect("tar.gz")
+}
+
+/// `files` with one more file (or one replaced).
+pub fn with(mut files: Files, path: &str, content: &str) -> Files {
+    files.insert(path.into(), content.as_bytes().to_vec());
+    files
+}
+
+/// `files` with the first `from` in `gateway/data.yaml` replaced by `to`.
+pub fn settings_replace(mut files: Files, from: &str, to: &str) -> Files {
+    let text = String::from_utf8(files["gateway/data.yaml"].clone()).expect("utf8");
+    assert!(text.contains(from), "gateway/data.yaml has no {from:?}");
+    files.insert("gateway/data.yaml".into(), text.replacen(from, to, 1).into_bytes());
+    files
+}
+
+/// `files` signed with a demo key (`loadtest/fixtures/keys/KEY`) as key id `k1`.
+pub fn signed(mut files: Files, key: &str, alg: &str) -> Vec<u8> {
+    let pem = std::fs::read(e2e::repo_root().join("loadtest/fixtures/keys").join(key)).expect("demo key");
+    let sig = policy_bundles::signing::sign(&files, &pem, alg, "k1").expect("sign");
+    files.insert(".signatures.json".into(), sig);
+    tar_gz(&files)
+}
+
+/// A tar entry with a raw name (no checks).
+pub enum Raw<'a> {
+    File(&'a str, &'a [u8]),
+    Symlink(&'a str, &'a str),
+}
+
+fn raw_header(name: &str, kind: tar::EntryType, size: u64, link: Option<&str>) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    let bytes = name.as_bytes();
+    assert!(bytes.len() < 100, "raw names must fit the old header");
+    h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    if let Some(l) = link {
+        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_cksum();
+    h
+}
+
+/// The tar stream (uncompressed) of `files` then the `extra` raw entries.
+fn raw_tar(files: &Files, extra: &[Raw<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        b.append(&raw_header(path, tar::EntryType::Regular, data.len() as u64, None), data.as_slice()).expect("tar");
+    }
+    for e in extra {
+        match e {
+            Raw::File(name, data) => {
+                b.append(&raw_header(name, tar::EntryType::Regular, data.len() as u64, None), *data).expect("tar")
+            }
+            Raw::Symlink(name, target) => {
+                b.append(&raw_header(name, tar::EntryType::Symlink, 0, Some(target)), &[][..]).expect("tar")
+            }
+        }
+    }
+    b.into_inner().expect("tar")
+}
+
+/// A gzipped tarball of `files` plus hostile raw entries (path traversal, absolute paths, links).
+pub fn hostile_tar_gz(files: &Files, extra: &[Raw<'_>]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&raw_tar(files, extra)).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+/// A piece of a raw deflate stream from a fresh compressor, ended by a sync flush: it refers to
+/// nothing before it and ends on a byte boundary, so pieces concatenate into one valid stream.
+fn deflate_piece(data: &[u8], last: bool) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::best(), false);
+    let mut out = Vec::new();
+    let flush = if last { flate2::FlushCompress::Finish } else { flate2::FlushCompress::Sync };
+    loop {
+        out.reserve(64 * 1024);
+        let consumed = c.total_in() as usize;
+        let status = c.compress_vec(&data[consumed..], &mut out, flush).expect("deflate");
+        let all_in = c.total_in() as usize == data.len();
+        // Done when every byte went in and the compressor had room to spare (or ended the stream).
+        let done = if last { status == flate2::Status::StreamEnd } else { all_in && out.len() < out.capacity() };
+        if done {
+            return out;
+        }
+    }
+}
+
+/// A decompression bomb: the valid bundle's files, then `count` files of `mib` MiB of zeros each,
+/// as a correct gzip (CRC and length included) of a few hundred KiB, built without ever holding
+/// or compressing the expanded bytes: one compressed MiB of zeros is repeated.
+pub fn bomb(files: &Files, count: usize, mib: usize) -> Vec<u8> {
+    const MIB: usize = 1 << 20;
+    let zeros = vec![0u8; MIB];
+    let zero_piece = deflate_piece(&zeros, false);
+    let mut zero_crc = flate2::Crc::new();
+    zero_crc.update(&zeros);
+
+    let mut crc = flate2::Crc::new();
+    let mut deflate = Vec::new();
+    let plain = |bytes: &[u8], crc: &mut flate2::Crc, deflate: &mut Vec<u8>, last: bool| {
+        crc.update(bytes);
+        deflate.extend_from_slice(&deflate_piece(bytes, last));
+    };
+    // The valid files, without the end-of-archive blocks.
+    let head = raw_tar(files, &[]);
+    let body_len = head.len() - 1024;
+    plain(&head[..body_len], &mut crc, &mut deflate, false);
+    let mut total = body_len as u64;
+    for i in 0..count {
+        let h = raw_header(&format!("http/bomb{i}/data.json"), tar::EntryType::Regular, (mib * MIB) as u64, None);
+        plain(h.as_bytes(), &mut crc, &mut deflate, false);
+        total += 512;
+        for _ in 0..mib {
+            deflate.extend_from_slice(&zero_piece);
+            crc.combine(&zero_crc);
+            total += MIB as u64;
+        }
+    }
+    // End of archive: two zero blocks.
+    plain(&[0u8; 1024], &mut crc, &mut deflate, true);
+    total += 1024;
+
+    let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    gz.extend_from_slice(&deflate);
+    gz.extend_from_slice(&crc.sum().to_le_bytes());
+    gz.extend_from_slice(&(total as u32).to_le_bytes());
+    gz
+}
