@@ -116,6 +116,22 @@ fn parse_retry_after(v: Option<&reqwest::header::HeaderValue>) -> Option<Duratio
     Some(Duration::from_secs(secs.min(3600)))
 }
 
+/// An error with its chain of causes (`error sending request: ... : connection refused`), so
+/// that `/status` tells a refused connection from a DNS failure or a TLS mismatch.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = c.source();
+    }
+    out
+}
+
 /// An ETag that names a SHA-256 digest (`"<64 hex>"`), as the control plane sends.
 fn etag_digest(etag: &str) -> Option<&str> {
     let inner = etag.trim().trim_start_matches("W/").trim_matches('"');
@@ -159,7 +175,7 @@ impl Syncer {
         let resp = tokio::time::timeout(wait + self.poll.timeout, req.send())
             .await
             .map_err(|_| terr(format!("no response within {:?}", wait + self.poll.timeout)))?
-            .map_err(|e| terr(format!("request failed: {e}")))?;
+            .map_err(|e| terr(format!("request failed: {}", causes(&e))))?;
         let status = resp.status().as_u16();
         match status {
             304 => {
@@ -185,7 +201,7 @@ impl Syncer {
             let chunk = tokio::time::timeout_at(body_deadline.into(), resp.chunk())
                 .await
                 .map_err(|_| terr(format!("body not received within {:?}", self.poll.timeout)))?
-                .map_err(|e| terr(format!("body read failed: {e}")))?;
+                .map_err(|e| terr(format!("body read failed: {}", causes(&e))))?;
             let Some(chunk) = chunk else { break };
             if body.len() as u64 + chunk.len() as u64 > limit {
                 return Err(SyncError::TooLarge { url, limit });
