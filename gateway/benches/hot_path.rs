@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gateway::input::{self, RequestParts};
 use http::HeaderMap;
+use policy_bundles::input::{self, RequestParts};
 use policy_bundles::{Bundle, Limits, Snapshot};
 
 fn example() -> Snapshot {
@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
         method: "GET",
         path: "/orders/7",
         query: Some("page=2"),
-        headers: &headers,
+        headers: input::headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))),
         host: "api.example.com",
         scheme: "http",
         client_ip: "127.0.0.1",
@@ -54,16 +54,25 @@ fn bench(c: &mut Criterion) {
     g.bench_function("jwt_verify_es256_cached", |b| {
         b.iter(|| snap.jwt.as_ref().map(|j| j.verify_cached(black_box(&token))))
     });
-    g.bench_function("input_build", |b| b.iter(|| input::build(&parts(), &route.name, Some(&verified))));
+    g.bench_function("input_build", |b| {
+        b.iter(|| input::build(parts(), &route.name, Some((verified.issuer.as_str(), &verified.claims_value))))
+    });
     g.bench_function("decide", |b| {
-        b.iter(|| snap.decide(route.policy, input::build(&parts(), &route.name, Some(&verified))).expect("decides"))
+        b.iter(|| {
+            snap.decide(
+                route.policy,
+                input::build(parts(), &route.name, Some((verified.issuer.as_str(), &verified.claims_value))),
+            )
+            .expect("decides")
+        })
     });
     g.bench_function("whole_request_decision", |b| {
         b.iter(|| {
             let ix = snap.table.lookup("api.example.com", "/orders/7", "GET").expect("route");
             let r = &snap.routes[ix];
             let v = snap.jwt.as_ref().expect("issuers").verify_cached(&token).expect("verifies");
-            snap.decide(r.policy, input::build(&parts(), &r.name, Some(&v))).expect("decides")
+            snap.decide(r.policy, input::build(parts(), &r.name, Some((v.issuer.as_str(), &v.claims_value))))
+                .expect("decides")
         })
     });
     // The alternatives for evaluating a rule with regorus, side by side in one run.
@@ -75,7 +84,7 @@ fn bench(c: &mut Criterion) {
     let rule = "data.http.orders.decision";
     let mut engine = policy_bundles::snapshot::engine_for(&bundle, false).expect("engine");
     let compiled = engine.compile_with_entrypoint(&rule.into()).expect("compiles");
-    let doc = input::build(&parts(), &route.name, Some(&verified));
+    let doc = input::build(parts(), &route.name, Some((verified.issuer.as_str(), &verified.claims_value)));
     g.bench_function("regorus_compiled_policy_eval", |b| {
         b.iter(|| compiled.eval_with_input(doc.clone()).expect("eval"))
     });

@@ -6,7 +6,6 @@ pub mod admission;
 pub mod cache;
 pub mod config;
 pub mod health;
-pub mod input;
 pub mod metrics;
 pub mod proxy;
 pub mod state;

@@ -26,9 +26,9 @@ use policy_bundles::jwt::Verified;
 use policy_bundles::snapshot::EvalError;
 use policy_bundles::Decision;
 
-use crate::input::{self, RequestParts};
 use crate::metrics::Outcome;
 use crate::state::{Active, Gateway};
+use policy_bundles::input::{self, RequestParts};
 
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
@@ -162,12 +162,12 @@ impl ProxyHttp for Proxy {
             method: req.method.as_str(),
             path,
             query: req.uri.query(),
-            headers: &req.headers,
+            headers: input::headers(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))),
             host: &host,
             scheme: "http",
             client_ip: &client_ip,
         };
-        let doc = input::build(&parts, &route.name, verified.as_deref());
+        let doc = input::build(parts, &route.name, verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value)));
         let result = active.snapshot.decide(route.policy, doc);
         self.gateway.metrics.policy_eval_duration.observe(eval_start.elapsed().as_secs_f64());
 

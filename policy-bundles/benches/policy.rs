@@ -12,14 +12,13 @@
 //!
 //! Run: `cargo bench -p policy-bundles --bench policy -- --warm-up-time 1 --measurement-time 3`
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use policy_bundles::archive::{self, Files};
 use policy_bundles::router::{Methods, PathMatch, RouteMatch, RouteTable};
-use policy_bundles::{snapshot, Bundle, Decision, Limits, Snapshot};
+use policy_bundles::{input, snapshot, Bundle, Decision, Limits, Snapshot};
 use regorus::Value;
 
 const RULE: &str = "data.http.orders.decision";
@@ -29,87 +28,36 @@ fn example_files() -> Files {
     archive::read_dir(&dir, &Limits::default()).expect("example bundle")
 }
 
-/// The input's fixed keys, made once as a gateway would (cloning a string `Value` is cheap).
-struct Keys {
-    request: Value,
-    method: Value,
-    path: Value,
-    query: Value,
-    headers: Value,
-    host: Value,
-    scheme: Value,
-    client_ip: Value,
-    route: Value,
-    jwt: Value,
-    issuer: Value,
-    claims: Value,
-}
-
-impl Keys {
-    fn new() -> Keys {
-        let s = |v: &str| Value::from(v);
-        Keys {
-            request: s("request"),
-            method: s("method"),
-            path: s("path"),
-            query: s("query"),
-            headers: s("headers"),
-            host: s("host"),
-            scheme: s("scheme"),
-            client_ip: s("client_ip"),
-            route: s("route"),
-            jwt: s("jwt"),
-            issuer: s("issuer"),
-            claims: s("claims"),
-        }
-    }
-}
-
 /// Per-request data: what the gateway has in hand before building the input.
 struct Request<'a> {
     method: &'a str,
     path: &'a str,
-    query: &'a [(&'a str, &'a str)],
+    query: &'a str,
     headers: &'a [(&'a str, &'a str)],
     host: &'a str,
     scheme: &'a str,
     client_ip: &'a str,
 }
 
-/// `{"request": {...}, "route": ..., "jwt": {"issuer", "claims"}}` as in the decision contract.
-/// The claims are converted once per token (at verification), so they come in as a `Value`.
-fn build_input(k: &Keys, req: &Request<'_>, route: &str, issuer: &str, claims: &Value) -> Value {
-    let s = |v: &str| Value::from(v);
-    let mut query: BTreeMap<Value, Value> = BTreeMap::new();
-    for (name, value) in req.query {
-        query.insert(s(name), Value::from(vec![s(value)]));
-    }
-    let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
-    for (name, value) in req.headers {
-        headers.insert(s(name), s(value));
-    }
-    let mut request = BTreeMap::new();
-    request.insert(k.method.clone(), s(req.method));
-    request.insert(k.path.clone(), s(req.path));
-    request.insert(k.query.clone(), Value::from(query));
-    request.insert(k.headers.clone(), Value::from(headers));
-    request.insert(k.host.clone(), s(req.host));
-    request.insert(k.scheme.clone(), s(req.scheme));
-    request.insert(k.client_ip.clone(), s(req.client_ip));
-    let mut jwt = BTreeMap::new();
-    jwt.insert(k.issuer.clone(), s(issuer));
-    jwt.insert(k.claims.clone(), claims.clone());
-    let mut input = BTreeMap::new();
-    input.insert(k.request.clone(), Value::from(request));
-    input.insert(k.route.clone(), s(route));
-    input.insert(k.jwt.clone(), Value::from(jwt));
-    Value::from(input)
+/// The decision input exactly as the gateway builds it (`policy_bundles::input`). The claims
+/// are converted once per token (at verification), so they come in as a `Value`.
+fn build_input(req: &Request<'_>, route: &str, issuer: &str, claims: &Value) -> Value {
+    let parts = input::RequestParts {
+        method: req.method,
+        path: req.path,
+        query: Some(req.query),
+        headers: input::headers(req.headers.iter().map(|(n, v)| (*n, v.as_bytes()))),
+        host: req.host,
+        scheme: req.scheme,
+        client_ip: req.client_ip,
+    };
+    input::build(parts, route, Some((issuer, claims)))
 }
 
 const REQUEST: Request<'static> = Request {
     method: "GET",
     path: "/orders/7",
-    query: &[("page", "2")],
+    query: "page=2",
     headers: &[
         ("accept", "application/json"),
         ("authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.e30.sig"),
@@ -132,9 +80,8 @@ fn decision(c: &mut Criterion) {
     let bundle = Bundle::from_files(example_files()).expect("example bundle");
     let snap = Snapshot::compile(&bundle).expect("example bundle compiles");
     let policy = snap.policy_index(RULE).expect("orders rule");
-    let keys = Keys::new();
     let claims = reader_claims();
-    let input = build_input(&keys, &REQUEST, "orders", "https://id.example.test", &claims);
+    let input = build_input(&REQUEST, "orders", "https://id.example.test", &claims);
 
     // Every way must give the same, allowing decision.
     let expected = snap.decide(policy, input.clone()).expect("decides");
@@ -163,11 +110,11 @@ fn decision(c: &mut Criterion) {
         })
     });
     g.bench_function("build_input", |b| {
-        b.iter(|| build_input(&keys, black_box(&REQUEST), "orders", "https://id.example.test", &claims))
+        b.iter(|| build_input(black_box(&REQUEST), "orders", "https://id.example.test", &claims))
     });
     g.bench_function("build_input_and_decide", |b| {
         b.iter(|| {
-            let input = build_input(&keys, black_box(&REQUEST), "orders", "https://id.example.test", &claims);
+            let input = build_input(black_box(&REQUEST), "orders", "https://id.example.test", &claims);
             snap.decide(policy, input).expect("decides")
         })
     });

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod calls;
 pub mod decision;
 pub mod error;
+pub mod input;
 pub mod jwt;
 pub mod router;
 pub mod settings;

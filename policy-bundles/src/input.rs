@@ -1,10 +1,9 @@
-//! Building the decision input document (DESIGN.md, "The decision contract") from a request.
+//! The decision input document (DESIGN.md, "The decision contract"), built the same way by the
+//! gateway, the benchmarks and the load tests' policy service.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use http::HeaderMap;
-use policy_bundles::jwt::Verified;
 use regorus::Value;
 
 /// The parts of a request the input is made of.
@@ -12,7 +11,8 @@ pub struct RequestParts<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    /// An object of lower-cased header names, as [`headers`] builds it.
+    pub headers: Value,
     pub host: &'a str,
     pub scheme: &'a str,
     pub client_ip: &'a str,
@@ -53,48 +53,42 @@ static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
     claims: s("claims"),
 });
 
-fn header_value(v: &http::HeaderValue) -> Value {
-    match v.to_str() {
-        Ok(text) => Value::from(text),
-        Err(_) => Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+/// The `headers` object from (name, value) pairs, names already lower case: repeated headers
+/// are joined with ", " in the order given.
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Value {
+    let mut map: BTreeMap<Value, Value> = BTreeMap::new();
+    for (name, value) in pairs {
+        let value = String::from_utf8_lossy(value);
+        let key = s(name);
+        match map.get_mut(&key) {
+            Some(Value::String(prev)) => *prev = format!("{prev}, {value}").into(),
+            _ => {
+                map.insert(key, s(&value));
+            }
+        }
     }
+    Value::from(map)
 }
 
-/// `{"request": {...}, "route": NAME, "jwt": {"issuer", "claims"}}`; `jwt` only when verified.
-pub fn build(req: &RequestParts<'_>, route: &str, jwt: Option<&Verified>) -> Value {
+/// `{"request": {...}, "route": NAME, "jwt": {"issuer", "claims"}}`; `jwt` is given (issuer,
+/// claims) only when a bearer token was verified.
+pub fn build(req: RequestParts<'_>, route: &str, jwt: Option<(&str, &Value)>) -> Value {
     let k = &*KEYS;
-    let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
-    for name in req.headers.keys() {
-        let mut values = req.headers.get_all(name).iter();
-        let value = match (values.next(), values.next()) {
-            (Some(only), None) => header_value(only),
-            _ => {
-                let joined: Vec<String> = req
-                    .headers
-                    .get_all(name)
-                    .iter()
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect();
-                Value::from(joined.join(", "))
-            }
-        };
-        headers.insert(s(name.as_str()), value);
-    }
     let mut request = BTreeMap::new();
     request.insert(k.method.clone(), s(req.method));
     request.insert(k.path.clone(), s(req.path));
     request.insert(k.query.clone(), query(req.query.unwrap_or("")));
-    request.insert(k.headers.clone(), Value::from(headers));
+    request.insert(k.headers.clone(), req.headers);
     request.insert(k.host.clone(), s(req.host));
     request.insert(k.scheme.clone(), s(req.scheme));
     request.insert(k.client_ip.clone(), s(req.client_ip));
     let mut input = BTreeMap::new();
     input.insert(k.request.clone(), Value::from(request));
     input.insert(k.route.clone(), s(route));
-    if let Some(v) = jwt {
+    if let Some((issuer, claims)) = jwt {
         let mut j = BTreeMap::new();
-        j.insert(k.issuer.clone(), s(&v.issuer));
-        j.insert(k.claims.clone(), v.claims_value.clone());
+        j.insert(k.issuer.clone(), s(issuer));
+        j.insert(k.claims.clone(), claims.clone());
         input.insert(k.jwt.clone(), Value::from(j));
     }
     Value::from(input)
@@ -155,19 +149,18 @@ mod tests {
 
     #[test]
     fn joins_repeated_headers() {
-        let mut h = HeaderMap::new();
-        h.append("x-a", "1".parse().unwrap());
-        h.append("x-a", "2".parse().unwrap());
+        let h = headers([("x-a", &b"1"[..]), ("x-b", b"z"), ("x-a", b"2")]);
         let parts = RequestParts {
             method: "GET",
             path: "/p",
             query: None,
-            headers: &h,
+            headers: h,
             host: "h",
             scheme: "http",
             client_ip: "127.0.0.1",
         };
-        let v = build(&parts, "r", None);
+        let v = build(parts, "r", None);
+        assert_eq!(v["request"]["headers"]["x-b"], Value::from("z"));
         assert_eq!(v["request"]["headers"]["x-a"], Value::from("1, 2"));
         assert_eq!(v["route"], Value::from("r"));
         assert_eq!(v["jwt"], Value::Undefined);
