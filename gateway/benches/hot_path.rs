@@ -75,6 +75,16 @@ fn bench(c: &mut Criterion) {
                 .expect("decides")
         })
     });
+    // What the gateway runs: the same, through the decision cache (a repeated user and method).
+    g.bench_function("whole_request_decision_cached", |b| {
+        b.iter(|| {
+            let ix = snap.table.lookup("api.example.com", "/orders/7", "GET").expect("route");
+            let r = &snap.routes[ix];
+            let v = snap.jwt.as_ref().expect("issuers").verify_cached(&token).expect("verifies");
+            snap.decide_cached(r.policy, input::build(parts(), &r.name, Some((v.issuer.as_str(), &v.claims_value))))
+                .expect("decides")
+        })
+    });
     // The alternatives for evaluating a rule with regorus, side by side in one run.
     let bundle = Bundle::from_path(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy-bundles/examples/api-gateway"),

@@ -34,6 +34,8 @@ struct RawConfig {
     instance: Option<String>,
     #[serde(default)]
     limits: Option<RawLimits>,
+    #[serde(default)]
+    decision_cache_entries: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +113,10 @@ pub struct Config {
     /// This gateway's name in status reports; default `HOSTNAME:listen-port`.
     pub instance: String,
     pub limits: Limits,
+    /// Bound of each worker thread's decision cache, in entries; 0 turns it off. Default 4096.
+    /// Only bundles whose decisions depend on nothing but the input they read are cached
+    /// (`policy_bundles::reads`).
+    pub decision_cache_entries: usize,
     pub bundle: BundleConfig,
 }
 
@@ -354,6 +360,9 @@ impl Config {
             policy_timeout,
             instance,
             limits,
+            decision_cache_entries: raw
+                .decision_cache_entries
+                .unwrap_or(policy_bundles::snapshot::DEFAULT_DECISION_CACHE_ENTRIES),
             bundle: BundleConfig { name: b.name, source, max_size, cache_dir, max_staleness, signing },
         })
     }

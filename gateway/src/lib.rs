@@ -26,6 +26,7 @@ pub use state::Gateway;
 pub fn build(config: Config) -> anyhow::Result<Server> {
     // Every policy evaluation is bounded in wall-clock time; past the bound it errors (deny).
     policy_bundles::set_evaluation_time_limit(config.policy_timeout);
+    policy_bundles::snapshot::set_decision_cache_entries(config.decision_cache_entries);
     let gateway = Arc::new(Gateway::new(config.clone())?);
     let poll = match &config.bundle.source {
         config::Source::File(path) => {

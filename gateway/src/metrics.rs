@@ -12,6 +12,7 @@ pub const BUNDLE_INFO: &str = "gateway_bundle_info";
 pub const BUNDLE_ACTIVATED_TIMESTAMP: &str = "gateway_bundle_activated_timestamp_seconds";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "gateway_upstream_errors_total";
 pub const SHED_TOTAL: &str = "gateway_shed_total";
+pub const DECISION_CACHE_TOTAL: &str = "gateway_decision_cache_total";
 pub const IN_FLIGHT: &str = "gateway_requests_in_flight";
 pub const BUNDLE_AGE: &str = "gateway_bundle_age_seconds";
 pub const BUNDLE_STALE: &str = "gateway_bundle_stale";
@@ -81,6 +82,8 @@ pub struct Metrics {
     pub status_reports_dropped: IntCounter,
     pub shed: IntCounter,
     pub in_flight: IntGauge,
+    /// `gateway_decision_cache_total{result="hit|miss|bypass"}`, resolved once.
+    pub decision_cache: [IntCounter; 3],
 }
 
 fn buckets() -> Vec<f64> {
@@ -138,6 +141,15 @@ impl Metrics {
         let in_flight = IntGauge::new(IN_FLIGHT, "Requests being handled now")?;
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let cache = IntCounterVec::new(
+            Opts::new(
+                DECISION_CACHE_TOTAL,
+                "Decisions by how they were reached: from the cache, or by running the rule",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(cache.clone()))?;
+        let decision_cache = ["hit", "miss", "bypass"].map(|r| cache.with_label_values(&[r]));
         for r in ["updated", "not_modified", "error"] {
             sync.with_label_values(&[r]);
         }
@@ -158,12 +170,23 @@ impl Metrics {
             status_reports_dropped,
             shed,
             in_flight,
+            decision_cache,
         })
     }
 
     /// Resolves a route's counters (done once per route at activation).
     pub fn route_counters(&self, route: &str) -> RouteCounters {
         RouteCounters(ROUTE_OUTCOMES.map(|o| self.requests.with_label_values(&[route, o.label()])))
+    }
+
+    pub fn count_decision(&self, how: policy_bundles::snapshot::CacheOutcome) {
+        use policy_bundles::snapshot::CacheOutcome;
+        let i = match how {
+            CacheOutcome::Hit => 0,
+            CacheOutcome::Miss => 1,
+            CacheOutcome::Bypass => 2,
+        };
+        self.decision_cache[i].inc();
     }
 
     pub fn count_unrouted(&self, outcome: Outcome) {

@@ -42,8 +42,8 @@ pub struct Ctx {
     active: Option<Arc<Active>>,
     route: Option<usize>,
     outcome: Option<Outcome>,
-    upstream_headers: Vec<(String, String)>,
-    response_headers: Vec<(String, String)>,
+    /// The allowing decision: its headers go upstream and to the client.
+    decision: Option<Arc<Decision>>,
 }
 
 /// Writes a small JSON response and ends the request.
@@ -90,15 +90,7 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            slot: None,
-            active: None,
-            route: None,
-            outcome: None,
-            upstream_headers: Vec::new(),
-            response_headers: Vec::new(),
-        }
+        Ctx { start: Instant::now(), slot: None, active: None, route: None, outcome: None, decision: None }
     }
 
     /// Routes, authenticates and authorizes. Returns `Ok(true)` when it has answered the
@@ -168,14 +160,17 @@ impl ProxyHttp for Proxy {
             client_ip: &client_ip,
         };
         let doc = input::build(parts, &route.name, verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value)));
-        let result = active.snapshot.decide(route.policy, doc);
+        let result = active.snapshot.decide_cached(route.policy, doc);
         self.gateway.metrics.policy_eval_duration.observe(eval_start.elapsed().as_secs_f64());
 
         let decision = match result {
-            Ok(d) => d,
+            Ok((d, how)) => {
+                self.gateway.metrics.count_decision(how);
+                d
+            }
             Err(e) if route.fail_open => {
                 tracing::warn!(route = %route.name, error = %e, "policy failed; route is fail_open, allowing");
-                Decision { allow: true, ..Decision::default() }
+                Arc::new(Decision { allow: true, ..Decision::default() })
             }
             Err(e) => {
                 tracing::warn!(route = %route.name, error = %e, "policy failed; denying (fail closed)");
@@ -193,8 +188,7 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         ctx.outcome = Some(Outcome::Allow);
-        ctx.upstream_headers = decision.headers;
-        ctx.response_headers = decision.response_headers;
+        ctx.decision = Some(decision);
         ctx.active = Some(active);
         Ok(false)
     }
@@ -240,8 +234,10 @@ impl ProxyHttp for Proxy {
                 upstream_request.set_uri(uri);
             }
         }
-        for (k, v) in ctx.upstream_headers.drain(..) {
-            upstream_request.insert_header(k, v)?;
+        if let Some(d) = &ctx.decision {
+            for (k, v) in &d.headers {
+                upstream_request.insert_header(k.clone(), v.as_str())?;
+            }
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
             let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -255,8 +251,10 @@ impl ProxyHttp for Proxy {
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        for (k, v) in ctx.response_headers.drain(..) {
-            resp.insert_header(k, v)?;
+        if let Some(d) = &ctx.decision {
+            for (k, v) in &d.response_headers {
+                resp.insert_header(k.clone(), v.as_str())?;
+            }
         }
         Ok(())
     }

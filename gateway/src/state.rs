@@ -299,7 +299,13 @@ impl Gateway {
             .set(1);
         self.metrics.bundle_activated.set(active.info.activated_at as i64);
         self.active.store(Some(active.clone()));
-        tracing::info!(bundle.name = %active.info.name, bundle.revision = %active.info.revision, bundle.digest = %active.info.digest, "bundle activated");
+        tracing::info!(
+            bundle.name = %active.info.name,
+            bundle.revision = %active.info.revision,
+            bundle.digest = %active.info.digest,
+            decision_cache.keys = %active.snapshot.describe_reads(),
+            "bundle activated"
+        );
         Ok(active)
     }
 }

@@ -133,6 +133,39 @@ fn policy_denials_carry_their_status_reason_and_headers() {
 }
 
 #[test]
+fn repeated_decisions_come_from_the_cache_keyed_on_what_the_rules_read() {
+    let e = env();
+    let hits = |r: &str| metric(&e.gw.admin, &format!("gateway_decision_cache_total{{result=\"{r}\"}}")).unwrap_or(0.0);
+    let (hit0, miss0) = (hits("hit"), hits("miss"));
+    let alice = format!("Bearer {}", token("alice", &["reader"]));
+    for i in 0..6 {
+        // Headers the rules never read vary freely; the decision and its headers still apply.
+        let agent = format!("agent-{i}");
+        let r = get(&format!("{}/orders/{i}", e.gw.base), &[("authorization", &alice), ("user-agent", &agent)]);
+        assert_eq!(r.0, 200, "{r:?}");
+        assert_eq!(json(&r)["headers"]["x-user-id"], "alice");
+        assert_eq!(header(&r, "x-decided-by"), Some("http.orders"));
+        // What they read is part of the key: the same token with another method is decided anew.
+        let r = request("DELETE", &format!("{}/orders/{i}", e.gw.base), &[("authorization", &alice)]);
+        assert_eq!(r.0, 403, "{r:?}");
+        assert_eq!(json(&r)["reason"], "alice may not delete orders");
+    }
+    let carol = format!("Bearer {}", token("carol", &["admin"]));
+    for _ in 0..3 {
+        let acme = get(&format!("{}/admin/users", e.gw.base), &[("authorization", &carol), ("x-tenant", "acme")]);
+        assert_eq!(acme.0, 200);
+        let other = get(&format!("{}/admin/users", e.gw.base), &[("authorization", &carol), ("x-tenant", "initech")]);
+        assert_eq!(other.0, 403);
+    }
+    // 18 decisions of 4 distinct keys, on at most `threads` (2) per-thread caches.
+    let misses =
+        metric_settled(&e.gw.admin, "gateway_decision_cache_total{result=\"miss\"}", miss0 + 4.0).unwrap_or(0.0);
+    assert!((4.0..=8.0).contains(&(misses - miss0)), "misses: {}", misses - miss0);
+    assert_eq!(hits("hit") - hit0 + misses - miss0, 18.0);
+    assert_eq!(hits("bypass"), 0.0);
+}
+
+#[test]
 fn bad_tokens_get_401_before_any_policy_runs() {
     let e = env();
     let base =

@@ -96,6 +96,10 @@ fn decision(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("decision");
     g.bench_function("snapshot_decide", |b| b.iter(|| snap.decide(policy, black_box(input.clone())).expect("decides")));
+    // A repeated input: answered from this thread's decision cache (the rule does not run).
+    g.bench_function("snapshot_decide_cached_hit", |b| {
+        b.iter(|| snap.decide_cached(policy, black_box(input.clone())).expect("decides"))
+    });
     g.bench_function("compiled_policy_interpret", |b| {
         b.iter(|| {
             Decision::from_value(&snap.interpret(policy, black_box(input.clone())).expect("eval")).expect("decision")

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead, BUILTINS};
+use regorus::unstable::{Expr, Module, Ref, Rule, RuleHead, BUILTINS};
 use regorus::utils::get_path_string;
 use regorus::Engine;
 
@@ -57,7 +57,7 @@ pub fn unknown_calls(engine: &mut Engine) -> Vec<UnknownCall> {
         let Ok(pkg) = get_path_string(&m.package.refr, Some("data")) else { continue };
         let mut checker = Checker { module: m, pkg, imports: imports_of(m), functions: &functions, out: &mut out };
         for rule in &m.policy {
-            checker.rule(rule);
+            crate::ast::rule(&mut checker, rule);
         }
     }
     out
@@ -102,128 +102,22 @@ impl Checker<'_> {
         }
         self.functions.contains(&format!("{}.{path}", self.pkg)) || path == "print" || BUILTINS.get(path).is_some()
     }
+}
 
-    fn rule(&mut self, rule: &Ref<Rule>) {
-        match rule.as_ref() {
-            Rule::Spec { head, bodies, .. } => {
-                match head {
-                    RuleHead::Compr { refr, assign, .. } => {
-                        self.expr(refr);
-                        if let Some(a) = assign {
-                            self.expr(&a.value);
-                        }
-                    }
-                    RuleHead::Set { refr, key, .. } => {
-                        self.expr(refr);
-                        if let Some(k) = key {
-                            self.expr(k);
-                        }
-                    }
-                    RuleHead::Func { args, assign, .. } => {
-                        args.iter().for_each(|a| self.expr(a));
-                        if let Some(a) = assign {
-                            self.expr(&a.value);
-                        }
-                    }
+impl crate::ast::Visitor for Checker<'_> {
+    fn enter(&mut self, e: &Ref<Expr>) -> bool {
+        if let Expr::Call { span, fcn, .. } = e.as_ref() {
+            if let Ok(path) = get_path_string(fcn, None) {
+                if !self.known(&path) {
+                    self.out.push(UnknownCall {
+                        file: self.module.package.span.source.file().clone(),
+                        line: span.line as usize,
+                        name: path,
+                    });
                 }
-                for body in bodies {
-                    if let Some(a) = &body.assign {
-                        self.expr(&a.value);
-                    }
-                    self.query(&body.query);
-                }
-            }
-            Rule::Default { args, value, .. } => {
-                args.iter().for_each(|a| self.expr(a));
-                self.expr(value);
             }
         }
-    }
-
-    fn query(&mut self, q: &Ref<Query>) {
-        for stmt in &q.stmts {
-            match &stmt.literal {
-                Literal::SomeVars { .. } => {}
-                Literal::SomeIn { key, value, collection, .. } => {
-                    if let Some(k) = key {
-                        self.expr(k);
-                    }
-                    self.expr(value);
-                    self.expr(collection);
-                }
-                Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.expr(expr),
-                Literal::Every { domain, query, .. } => {
-                    self.expr(domain);
-                    self.query(query);
-                }
-            }
-            for w in &stmt.with_mods {
-                // The target of `with` may name a function to replace; only the value is a call site.
-                self.expr(&w.r#as);
-            }
-        }
-    }
-
-    fn expr(&mut self, e: &Ref<Expr>) {
-        match e.as_ref() {
-            Expr::String { .. }
-            | Expr::RawString { .. }
-            | Expr::Number { .. }
-            | Expr::Bool { .. }
-            | Expr::Null { .. }
-            | Expr::Var { .. } => {}
-            Expr::Array { items, .. } | Expr::Set { items, .. } => items.iter().for_each(|i| self.expr(i)),
-            Expr::Object { fields, .. } => {
-                for (_, k, v) in fields {
-                    self.expr(k);
-                    self.expr(v);
-                }
-            }
-            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-                self.expr(term);
-                self.query(query);
-            }
-            Expr::ObjectCompr { key, value, query, .. } => {
-                self.expr(key);
-                self.expr(value);
-                self.query(query);
-            }
-            Expr::Call { span, fcn, params, .. } => {
-                if let Ok(path) = get_path_string(fcn, None) {
-                    if !self.known(&path) {
-                        self.out.push(UnknownCall {
-                            file: self.module.package.span.source.file().clone(),
-                            line: span.line as usize,
-                            name: path,
-                        });
-                    }
-                }
-                params.iter().for_each(|p| self.expr(p));
-            }
-            Expr::UnaryExpr { expr, .. } => self.expr(expr),
-            Expr::RefDot { refr, .. } => self.expr(refr),
-            Expr::RefBrack { refr, index, .. } => {
-                self.expr(refr);
-                self.expr(index);
-            }
-            Expr::BinExpr { lhs, rhs, .. }
-            | Expr::BoolExpr { lhs, rhs, .. }
-            | Expr::ArithExpr { lhs, rhs, .. }
-            | Expr::AssignExpr { lhs, rhs, .. } => {
-                self.expr(lhs);
-                self.expr(rhs);
-            }
-            Expr::Membership { key, value, collection, .. } => {
-                if let Some(k) = key {
-                    self.expr(k);
-                }
-                self.expr(value);
-                self.expr(collection);
-            }
-            // Variants behind regorus features this crate does not enable.
-            #[allow(unreachable_patterns)]
-            _ => {}
-        }
+        true
     }
 }
 

@@ -3,12 +3,14 @@
 //! [`snapshot::Snapshot`], verifying bearer tokens ([`jwt`]) and reading decisions ([`decision`]).
 
 pub mod archive;
+mod ast;
 pub mod bundle;
 pub mod calls;
 pub mod decision;
 pub mod error;
 pub mod input;
 pub mod jwt;
+pub mod reads;
 pub mod router;
 pub mod settings;
 pub mod signing;

@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use regorus::languages::rego::compiler::Compiler;
@@ -16,6 +16,7 @@ use crate::bundle::{Bundle, TESTS_DIR};
 use crate::decision::{Decision, DecisionError};
 use crate::error::{BundleError, BundleErrors, ErrorKind};
 use crate::jwt::TrustRoots;
+use crate::reads::InputReads;
 use crate::router::{Methods, PathMatch, RouteMatch, RouteTable};
 use crate::settings::UpstreamSpec;
 
@@ -57,6 +58,40 @@ static SNAPSHOT_IDS: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// VMs of this thread for the newest snapshot it has evaluated: (snapshot id, VM per policy).
     static VMS: RefCell<(u64, Vec<Option<RegoVM>>)> = const { RefCell::new((0, Vec::new())) };
+    /// This thread's decision cache for the newest snapshot it has evaluated. Per thread, so a
+    /// hit takes no lock; keyed by snapshot id, so a swap starts it empty.
+    static DECISIONS: RefCell<DecisionCache> = const { RefCell::new(DecisionCache { id: 0, len: 0, maps: Vec::new() }) };
+}
+
+struct DecisionCache {
+    id: u64,
+    len: usize,
+    /// Per policy: the values the bundle reads from the input → the decision they gave.
+    maps: Vec<BTreeMap<Vec<Value>, Arc<Decision>>>,
+}
+
+/// Default bound of each worker thread's decision cache, in entries; see
+/// [`set_decision_cache_entries`].
+pub const DEFAULT_DECISION_CACHE_ENTRIES: usize = 4096;
+
+static DECISION_CACHE_ENTRIES: AtomicUsize = AtomicUsize::new(DEFAULT_DECISION_CACHE_ENTRIES);
+
+/// Bounds each thread's decision cache to `entries` (0 turns caching off). When a cache is
+/// full it is emptied and refills from the requests that follow: bounded memory, no eviction
+/// bookkeeping on the request path.
+pub fn set_decision_cache_entries(entries: usize) {
+    DECISION_CACHE_ENTRIES.store(entries, Ordering::Relaxed);
+}
+
+/// How [`Snapshot::decide_cached`] reached its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// From this thread's cache: the rule did not run.
+    Hit,
+    /// The rule ran and its decision was cached.
+    Miss,
+    /// The rule ran; the bundle's decisions are not cacheable (or caching is off).
+    Bypass,
 }
 
 /// Why evaluating a rule did not give a decision.
@@ -79,6 +114,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     pub jwt: Option<TrustRoots>,
     policies: Vec<Policy>,
+    /// What each policy reads from the input: its decision cache's key.
+    pub reads: Vec<InputReads>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -250,9 +287,12 @@ impl Snapshot {
         };
 
         let mut policies = Vec::new();
+        let mut reads = Vec::new();
         match engine_for(bundle, false) {
             Err(mut e) => errors.append(&mut e.0),
             Ok(mut engine) => {
+                let entrypoints: Vec<&str> = rules.iter().map(String::as_str).collect();
+                reads = crate::reads::analyze(&mut engine, &entrypoints);
                 for c in crate::calls::unknown_calls(&mut engine) {
                     errors.push(
                         BundleError::new(ErrorKind::Rego, Some(c.file.clone()), c.message()).at_line(Some(c.line)),
@@ -312,6 +352,7 @@ impl Snapshot {
             upstreams,
             jwt,
             policies,
+            reads,
         })
     }
 
@@ -319,6 +360,48 @@ impl Snapshot {
     pub fn decide(&self, policy: usize, input: Value) -> Result<Decision, EvalError> {
         let v = self.evaluate(policy, input)?;
         Ok(Decision::from_value(&v)?)
+    }
+
+    /// [`decide`](Self::decide) through this thread's decision cache: when the bundle's
+    /// decisions are cacheable ([`InputReads`]), an input whose read values were seen before on
+    /// this thread gets the decision they gave without running the rule. Only decisions are
+    /// cached, never errors.
+    pub fn decide_cached(&self, policy: usize, input: Value) -> Result<(Arc<Decision>, CacheOutcome), EvalError> {
+        let max = DECISION_CACHE_ENTRIES.load(Ordering::Relaxed);
+        let key = match self.reads.get(policy).and_then(|r| r.key(&input)) {
+            Some(key) if max > 0 && policy < self.policies.len() => key,
+            _ => return Ok((Arc::new(self.decide(policy, input)?), CacheOutcome::Bypass)),
+        };
+        let hit = DECISIONS.with(|cell| {
+            let mut c = cell.borrow_mut();
+            if c.id != self.id {
+                c.id = self.id;
+                c.len = 0;
+                c.maps.clear();
+                c.maps.resize_with(self.policies.len(), BTreeMap::new);
+            }
+            c.maps.get(policy).and_then(|m| m.get(&key)).cloned()
+        });
+        if let Some(d) = hit {
+            return Ok((d, CacheOutcome::Hit));
+        }
+        let decision = Arc::new(self.decide(policy, input)?);
+        DECISIONS.with(|cell| {
+            let mut c = cell.borrow_mut();
+            if c.id != self.id {
+                return; // another snapshot took this thread's cache meanwhile
+            }
+            if c.len >= max {
+                c.maps.iter_mut().for_each(BTreeMap::clear);
+                c.len = 0;
+            }
+            if let Some(m) = c.maps.get_mut(policy) {
+                if m.insert(key, decision.clone()).is_none() {
+                    c.len += 1;
+                }
+            }
+        });
+        Ok((decision, CacheOutcome::Miss))
     }
 
     /// Evaluates a rule: on this thread's VM for the rule when it has a VM program, else with
@@ -358,6 +441,16 @@ impl Snapshot {
     /// Whether a rule runs on the VM (false: the interpreter).
     pub fn uses_vm(&self, policy: usize) -> bool {
         self.policies.get(policy).is_some_and(|p| p.program.is_some())
+    }
+
+    /// What each rule's decisions are cached on: `rule: input.a, input.b; rule2: uncacheable: why`.
+    pub fn describe_reads(&self) -> String {
+        self.policies
+            .iter()
+            .zip(&self.reads)
+            .map(|(p, r)| format!("{}: {}", p.rule, r.describe().join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Number of distinct decision rules.

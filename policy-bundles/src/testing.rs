@@ -362,7 +362,23 @@ fn run_case(
     };
     let input = Value::from(input);
     let result = match (policy, &case.policy) {
-        (Some(i), _) => snapshot.decide(i, input).map_err(|e| e.to_string()),
+        (Some(i), _) => {
+            let result = snapshot.decide(i, input.clone()).map_err(|e| e.to_string());
+            // The gateway answers through its decision cache: what it holds for this input's
+            // read values (from this case, or an earlier one with the same values) must be
+            // what the rule answers.
+            for _ in 0..2 {
+                if let (Ok(rule), Ok((cached, _))) = (&result, snapshot.decide_cached(i, input.clone())) {
+                    if *cached != *rule {
+                        return Err(format!(
+                            "the decision cache answered {cached:?} where the rule answers {rule:?} (the cache keys on {})",
+                            snapshot.reads.get(i).map(|r| r.describe().join(", ")).unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+            result
+        }
         (None, Some(rule)) => {
             let compiled = extra.entry(rule.clone()).or_insert_with(|| compile_rule(bundle, rule, engine));
             let compiled = compiled.as_ref().map_err(Clone::clone)?;

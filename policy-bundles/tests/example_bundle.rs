@@ -149,3 +149,59 @@ fn the_vm_and_the_interpreter_agree_on_every_example_case() {
         assert_eq!(vm, interpreted, "case `{}`", lc.case.name);
     }
 }
+
+#[test]
+fn the_example_bundles_decisions_are_cached_on_the_input_it_reads() {
+    use policy_bundles::snapshot::CacheOutcome;
+    let bundle = Bundle::from_path(&example_dir(), &Limits::default()).unwrap();
+    let snap = Snapshot::compile(&bundle).unwrap();
+    let policy = |route: &str| snap.routes.iter().find(|r| r.name == route).unwrap().policy;
+    let orders = policy("orders");
+    assert_eq!(snap.reads[orders].describe(), ["input.jwt", "input.request.method"]);
+    assert_eq!(
+        snap.reads[policy("admin")].describe(),
+        ["input.jwt.claims.roles", "input.jwt.claims.sub", "input.request.headers[\"x-tenant\"]"]
+    );
+    assert_eq!(snap.reads[policy("public")].describe(), ["input.request.method"]);
+    let input = |method: &str, roles: &str, agent: &str| {
+        regorus::Value::from_json_str(&format!(
+            r#"{{"request": {{"method": "{method}", "path": "/orders/7", "headers": {{"user-agent": "{agent}"}}}},
+                "route": "orders", "jwt": {{"issuer": "https://id.example.test", "claims": {{"sub": "carol", "roles": {roles}}}}}}}"#
+        ))
+        .unwrap()
+    };
+    let (first, how) = snap.decide_cached(orders, input("GET", r#"["reader"]"#, "a")).unwrap();
+    assert!(first.allow);
+    assert_eq!(how, CacheOutcome::Miss);
+    // Another user agent: not read by any rule, so the same decision, from the cache.
+    let (again, how) = snap.decide_cached(orders, input("GET", r#"["reader"]"#, "b")).unwrap();
+    assert_eq!((again.as_ref(), how), (first.as_ref(), CacheOutcome::Hit));
+    // What the rules do read changes the answer, and is not answered from the cache.
+    let (put, how) = snap.decide_cached(orders, input("PUT", r#"["reader"]"#, "a")).unwrap();
+    assert_eq!((put.allow, put.status, how), (false, 403, CacheOutcome::Miss));
+    let (writer, how) = snap.decide_cached(orders, input("PUT", r#"["writer"]"#, "a")).unwrap();
+    assert_eq!((writer.allow, how), (true, CacheOutcome::Miss));
+    assert_eq!(
+        writer.headers,
+        [("x-user-id".to_string(), "carol".to_string()), ("x-user-roles".into(), "writer".into())]
+    );
+    // Every decision the cache gives is the rule's own.
+    for (m, roles) in [("GET", "[]"), ("DELETE", r#"["writer"]"#), ("GET", r#"["reader"]"#), ("PUT", r#"["reader"]"#)] {
+        let (cached, _) = snap.decide_cached(orders, input(m, roles, "z")).unwrap();
+        assert_eq!(*cached, snap.decide(orders, input(m, roles, "z")).unwrap(), "{m} {roles}");
+    }
+}
+
+#[test]
+fn a_bundle_that_reads_the_clock_is_never_answered_from_the_cache() {
+    use policy_bundles::snapshot::CacheOutcome;
+    let rego = "package http.orders\nimport rego.v1\ndecision := {\"allow\": time.now_ns() > 0}\n";
+    let bundle = Bundle::from_files(with(example_files(), "http/orders.rego", rego)).unwrap();
+    let snap = Snapshot::compile(&bundle).unwrap();
+    let orders = snap.routes.iter().find(|r| r.name == "orders").unwrap().policy;
+    assert_eq!(snap.reads[orders].describe(), ["uncacheable: http/orders.rego:3 calls `time.now_ns`"]);
+    let input = regorus::Value::from_json_str(r#"{"request": {"method": "GET"}}"#).unwrap();
+    for _ in 0..2 {
+        assert_eq!(snap.decide_cached(orders, input.clone()).unwrap().1, CacheOutcome::Bypass);
+    }
+}

@@ -1,0 +1,49 @@
+//! A bare Pingora reverse proxy (no routing, no policy, no metrics): the floor that the
+//! gateway's own request path is measured against. `bare_proxy LISTEN UPSTREAM [THREADS]`.
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+
+struct Bare {
+    upstream: String,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream.as_str(), false, String::new())))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: bare_proxy LISTEN UPSTREAM [THREADS]");
+        std::process::exit(2);
+    };
+    let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(2);
+    let work_stealing = std::env::var("WORK_STEALING").map(|v| v != "0").unwrap_or(true);
+    let conf = ServerConf { threads, work_stealing, ..ServerConf::default() };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    if std::env::var("SHARDS").is_ok() {
+        // nginx's model: one single-threaded proxy service per thread, each with its own
+        // listener (SO_REUSEPORT) and its own upstream connection pool.
+        for _ in 0..threads {
+            let mut proxy = http_proxy_service(&server.configuration, Bare { upstream: upstream.clone() });
+            let mut opt = pingora::listeners::TcpSocketOptions::default();
+            opt.so_reuseport = Some(true);
+            proxy.add_tcp_with_settings(listen, opt);
+            proxy.threads = Some(1);
+            server.add_service(proxy);
+        }
+    } else {
+        let mut proxy = http_proxy_service(&server.configuration, Bare { upstream: upstream.clone() });
+        proxy.add_tcp(listen);
+        server.add_service(proxy);
+    }
+    server.run_forever()
+}
