@@ -150,11 +150,15 @@ impl ProxyHttp for Proxy {
         let eval_start = Instant::now();
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
         let req = session.req_header();
+        // Only what the rule can read goes into its input (`policy_bundles::input::Needs`).
+        let needs = active.snapshot.needs(route.policy);
         let parts = RequestParts {
             method: req.method.as_str(),
             path,
-            query: req.uri.query(),
-            headers: input::headers(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))),
+            query: req.uri.query().filter(|_| needs.query()),
+            headers: input::headers(
+                req.headers.iter().filter(|(n, _)| needs.header(n.as_str())).map(|(n, v)| (n.as_str(), v.as_bytes())),
+            ),
             host: &host,
             scheme: "http",
             client_ip: &client_ip,

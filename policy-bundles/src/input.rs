@@ -6,6 +6,8 @@ use std::sync::LazyLock;
 
 use regorus::Value;
 
+use crate::reads::InputReads;
+
 /// The parts of a request the input is made of.
 pub struct RequestParts<'a> {
     pub method: &'a str,
@@ -52,6 +54,67 @@ static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
     issuer: s("issuer"),
     claims: s("claims"),
 });
+
+/// The parts of the input a rule can read, from [`InputReads`]: what it cannot read is left out
+/// of its input, which then costs less to build and to key the decision cache on. Which
+/// headers go in is the expensive part (every request carries a dozen); the query is parsed
+/// only when read. The rest costs next to nothing and is always there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needs {
+    headers: HeaderNeeds,
+    query: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HeaderNeeds {
+    None,
+    /// Lower-case names, as the rule reads them (`input.request.headers["x-tenant"]`).
+    Named(Vec<String>),
+    All,
+}
+
+impl Needs {
+    /// Everything: for rules whose reads are not known.
+    pub const ALL: Needs = Needs { headers: HeaderNeeds::All, query: true };
+
+    pub fn from_reads(reads: &InputReads) -> Needs {
+        let InputReads::Paths(paths) = reads else { return Needs::ALL };
+        let mut needs = Needs { headers: HeaderNeeds::None, query: false };
+        for p in paths {
+            let key = |i: usize| p.get(i).and_then(|k| k.as_string().ok()).map(|s| s.to_string());
+            if key(0).as_deref() != Some("request") {
+                continue;
+            }
+            match (key(1).as_deref(), p.len()) {
+                (_, 1) => return Needs::ALL,
+                (Some("query"), _) => needs.query = true,
+                (Some("headers"), 2) => needs.headers = HeaderNeeds::All,
+                (Some("headers"), _) => match (&mut needs.headers, key(2)) {
+                    (HeaderNeeds::All, _) => {}
+                    (_, None) => needs.headers = HeaderNeeds::All,
+                    (HeaderNeeds::Named(names), Some(name)) => names.push(name),
+                    (HeaderNeeds::None, Some(name)) => needs.headers = HeaderNeeds::Named(vec![name]),
+                },
+                _ => {}
+            }
+        }
+        needs
+    }
+
+    /// Whether the header (its name in lower case) goes into the input.
+    pub fn header(&self, name: &str) -> bool {
+        match &self.headers {
+            HeaderNeeds::None => false,
+            HeaderNeeds::Named(names) => names.iter().any(|n| n == name),
+            HeaderNeeds::All => true,
+        }
+    }
+
+    /// Whether the query string is parsed into the input.
+    pub fn query(&self) -> bool {
+        self.query
+    }
+}
 
 /// The `headers` object from (name, value) pairs, names already lower case: repeated headers
 /// are joined with ", " in the order given.
@@ -145,6 +208,21 @@ mod tests {
         assert_eq!(q["bad"], Value::from(vec![Value::from("%zz")]));
         assert_eq!(q["empty"], Value::from(vec![Value::from("")]));
         assert_eq!(decode("%4"), "%4");
+    }
+
+    #[test]
+    fn needs_follow_the_reads() {
+        let reads = |paths: &[&[&str]]| {
+            InputReads::Paths(paths.iter().map(|p| p.iter().map(|k| Value::from(*k)).collect()).collect())
+        };
+        let n = Needs::from_reads(&reads(&[&["jwt"], &["request", "method"]]));
+        assert!(!n.header("authorization") && !n.query());
+        let n = Needs::from_reads(&reads(&[&["request", "headers", "x-tenant"], &["request", "query", "page"]]));
+        assert!(n.header("x-tenant") && !n.header("authorization") && n.query());
+        let n = Needs::from_reads(&reads(&[&["request", "headers", "x-a"], &["request", "headers"]]));
+        assert!(n.header("anything"));
+        assert_eq!(Needs::from_reads(&reads(&[&["request"]])), Needs::ALL);
+        assert_eq!(Needs::from_reads(&InputReads::Uncacheable("why".into())), Needs::ALL);
     }
 
     #[test]

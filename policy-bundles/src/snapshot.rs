@@ -116,6 +116,8 @@ pub struct Snapshot {
     policies: Vec<Policy>,
     /// What each policy reads from the input: its decision cache's key.
     pub reads: Vec<InputReads>,
+    /// What each policy's input must hold, from `reads`.
+    needs: Vec<crate::input::Needs>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -352,6 +354,7 @@ impl Snapshot {
             upstreams,
             jwt,
             policies,
+            needs: reads.iter().map(crate::input::Needs::from_reads).collect(),
             reads,
         })
     }
@@ -451,6 +454,11 @@ impl Snapshot {
             .map(|(p, r)| format!("{}: {}", p.rule, r.describe().join(", ")))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// What a policy's input must hold ([`crate::input::Needs::ALL`] for an unknown index).
+    pub fn needs(&self, policy: usize) -> &crate::input::Needs {
+        self.needs.get(policy).unwrap_or(&crate::input::Needs::ALL)
     }
 
     /// Number of distinct decision rules.

@@ -360,10 +360,21 @@ fn run_case(
         (None, Some(rule)) => (snapshot.policy_index(rule), false),
         (None, None) => return Err("the case names neither a route nor a policy".into()),
     };
+    // What the gateway gives the rule: only the headers and query it reads.
+    let pruned = policy.map(|i| Value::from(pruned(&input, snapshot.needs(i))));
     let input = Value::from(input);
     let result = match (policy, &case.policy) {
         (Some(i), _) => {
             let result = snapshot.decide(i, input.clone()).map_err(|e| e.to_string());
+            if let Some(pruned) = pruned {
+                let got = snapshot.decide(i, pruned).map_err(|e| e.to_string());
+                if got != result {
+                    return Err(format!(
+                        "on the input the gateway builds (only what the rule reads: {}) the rule answers {got:?}, on the whole input {result:?}",
+                        snapshot.reads.get(i).map(|r| r.describe().join(", ")).unwrap_or_default()
+                    ));
+                }
+            }
             // The gateway answers through its decision cache: what it holds for this input's
             // read values (from this case, or an earlier one with the same values) must be
             // what the rule answers.
@@ -394,6 +405,22 @@ fn run_case(
         Err(message) => Got::Error { allow: fail_open, message },
     };
     compare(&case.expect, &got)
+}
+
+/// The case's input as the gateway would build it for a rule with these needs.
+fn pruned(input: &Json, needs: &crate::input::Needs) -> Json {
+    let mut input = input.clone();
+    if let Some(request) = input.get_mut("request").and_then(Json::as_object_mut) {
+        if let Some(headers) = request.get_mut("headers").and_then(Json::as_object_mut) {
+            headers.retain(|name, _| needs.header(name));
+        }
+        if !needs.query() {
+            if let Some(q) = request.get_mut("query") {
+                *q = Json::Object(Default::default());
+            }
+        }
+    }
+    input
 }
 
 fn compile_rule(
