@@ -97,6 +97,10 @@ pub struct Gateway {
     pub last_confirmed_ms: AtomicU64,
     pub sync: Mutex<SyncDetail>,
     pub admission: crate::admission::Admission,
+    /// Bundles swapped out, kept until no request holds them, so that the last reference, and
+    /// with it the work of freeing a compiled bundle, is dropped here on the activation
+    /// thread rather than by whichever request happens to finish last on a worker.
+    retired: Mutex<Vec<Arc<Active>>>,
     started_ms: u64,
     signing_keys: Vec<VerificationKey>,
 }
@@ -172,6 +176,7 @@ impl Gateway {
             metrics,
             last_confirmed_ms: AtomicU64::new(0),
             sync: Mutex::new(SyncDetail::default()),
+            retired: Mutex::new(Vec::new()),
             started_ms: unix_now_ms(),
             signing_keys,
         })
@@ -276,7 +281,14 @@ impl Gateway {
 
     /// Compiles a bundle and swaps it in; on any error the active bundle is left untouched.
     pub fn activate(&self, bundle: &Bundle, digest: String, source: String) -> Result<Arc<Active>, ActivationError> {
-        let snapshot = Snapshot::compile(bundle)?;
+        let mut snapshot = Snapshot::compile(bundle)?;
+        // Same trust settings as the serving bundle: keep its verified tokens.
+        let previous = self.active.load();
+        let kept_tokens = match (snapshot.jwt.as_mut(), previous.as_ref().and_then(|a| a.snapshot.jwt.as_ref())) {
+            (Some(new), Some(old)) => new.inherit_cache(old),
+            _ => false,
+        };
+        drop(previous);
         let pools = snapshot.upstreams.iter().map(|u| build_pool(u).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         let counters = snapshot.routes.iter().map(|r| self.metrics.route_counters(&r.name)).collect();
         let info = BundleInfo {
@@ -298,12 +310,17 @@ impl Gateway {
             .with_label_values(&[&active.info.name, &active.info.revision, &active.info.digest])
             .set(1);
         self.metrics.bundle_activated.set(active.info.activated_at as i64);
-        self.active.store(Some(active.clone()));
+        let previous = self.active.swap(Some(active.clone()));
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.extend(previous);
+            retired.retain(|a| Arc::strong_count(a) > 1);
+        }
         tracing::info!(
             bundle.name = %active.info.name,
             bundle.revision = %active.info.revision,
             bundle.digest = %active.info.digest,
             decision_cache.keys = %active.snapshot.describe_reads(),
+            jwt.cache_kept = kept_tokens,
             "bundle activated"
         );
         Ok(active)

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value as Json;
+use sha2::Digest as _;
 
 use crate::error::{BundleError, ErrorKind};
 use crate::settings::JwtSpec;
@@ -41,12 +42,16 @@ struct Issuer {
 /// Compiled trust roots: issuer → keys and validation rules.
 pub struct TrustRoots {
     issuers: HashMap<String, Issuer>,
-    cache: TokenCache,
+    /// SHA-256 of the settings these roots were compiled from (issuers, audiences, keys,
+    /// leeway): equal fingerprints verify exactly the same tokens.
+    fingerprint: [u8; 32],
+    cache: Arc<TokenCache>,
 }
 
 /// Verified tokens by their exact text, until they expire. Bounded; sharded so that workers
 /// rarely meet on a lock, and held only for a map lookup. It lives inside [`TrustRoots`], so a
-/// new bundle (possibly with keys revoked) starts with an empty cache.
+/// new bundle with other trust settings (keys revoked, say) starts with an empty cache; one with
+/// the same settings shares it ([`TrustRoots::inherit_cache`]).
 struct TokenCache {
     shards: Vec<Mutex<HashMap<Arc<str>, Arc<Verified>>>>,
     per_shard: usize,
@@ -78,6 +83,10 @@ impl TokenCache {
     fn get(&self, token: &str, now: u64) -> Option<Arc<Verified>> {
         let map = self.shard(token).lock().ok()?;
         map.get(token).filter(|v| v.expires_at > now).cloned()
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map(|m| m.len()).unwrap_or(0)).sum()
     }
 
     fn put(&self, token: &str, v: Arc<Verified>, now: u64) {
@@ -133,6 +142,8 @@ impl TrustRoots {
     pub fn compile(spec: &JwtSpec, file: &str) -> Result<TrustRoots, BundleError> {
         let leeway = spec.leeway.unwrap_or(Duration::from_secs(30)).as_secs();
         let mut issuers = HashMap::new();
+        let mut fingerprint = sha2::Sha256::new();
+        fingerprint.update(leeway.to_be_bytes());
         for is in &spec.issuers {
             let err = |m: String| {
                 BundleError::new(ErrorKind::Jwks, Some(file.to_owned()), format!("issuer `{}`: {m}", is.issuer))
@@ -141,7 +152,14 @@ impl TrustRoots {
                 return Err(err("jwks has no keys".into()));
             }
             let mut keys = Vec::new();
+            for part in [&is.issuer].into_iter().chain(&is.audiences) {
+                fingerprint.update((part.len() as u64).to_be_bytes());
+                fingerprint.update(part.as_bytes());
+            }
             for (i, jwk) in is.jwks.keys.iter().enumerate() {
+                let text = serde_json::to_vec(jwk).map_err(|e| err(format!("key {i}: {e}")))?;
+                fingerprint.update((text.len() as u64).to_be_bytes());
+                fingerprint.update(&text);
                 let alg = key_alg(jwk).map_err(|m| err(format!("key {i}: {m}")))?;
                 let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {i}: {e}")))?;
                 let mut validation = Validation::new(alg);
@@ -161,7 +179,29 @@ impl TrustRoots {
                 return Err(err("issuer listed twice".into()));
             }
         }
-        Ok(TrustRoots { issuers, cache: TokenCache::new(TOKEN_CACHE_CAPACITY) })
+        Ok(TrustRoots {
+            issuers,
+            fingerprint: fingerprint.finalize().into(),
+            cache: Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY)),
+        })
+    }
+
+    /// Takes over `previous`'s token cache when both were compiled from the same settings
+    /// (issuers, audiences, keys, leeway, in the same order): a verdict cached under one holds
+    /// under the other, so a bundle swap that leaves the trust settings alone does not make
+    /// every client's token verify again. Returns whether it did; otherwise this keeps its own
+    /// empty cache.
+    pub fn inherit_cache(&mut self, previous: &TrustRoots) -> bool {
+        if self.fingerprint != previous.fingerprint {
+            return false;
+        }
+        self.cache = previous.cache.clone();
+        true
+    }
+
+    /// Tokens in the cache now (expired ones included until they are swept).
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
     }
 
     /// Verifies a compact JWS: picks the issuer from the (unverified) `iss`, the key by `kid`

@@ -231,3 +231,35 @@ fn verified_tokens_are_cached_per_trust_roots_and_refused_ones_are_not() {
     assert!(roots.verify_cached(&bad).is_err());
     assert!(roots.verify_cached(&bad).is_err());
 }
+
+#[test]
+fn a_bundle_with_the_same_trust_settings_keeps_the_verified_tokens() {
+    let (alg, kid, key) = demo_keys().remove(1);
+    let token = sign(alg, Some(kid), &key, &claims());
+    let old = trust_roots();
+    old.verify_cached(&token).expect("verifies");
+    assert_eq!(old.cached_tokens(), 1);
+
+    // Another revision, same jwt settings: the cache carries over.
+    let mut same = trust_roots();
+    assert_eq!(same.cached_tokens(), 0);
+    assert!(same.inherit_cache(&old));
+    assert_eq!(same.cached_tokens(), 1);
+    assert!(same.verify_cached(&token).is_ok());
+
+    // One key fewer (say, revoked): a fresh cache, and the token is checked against the new keys.
+    let mut files = policy_bundles::archive::read_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/api-gateway"),
+        &Limits::default(),
+    )
+    .unwrap();
+    let data = String::from_utf8(files["gateway/data.yaml"].clone()).unwrap();
+    let es256 = data.find("- kty: \"EC\"").expect("the ES256 key");
+    let next = data[es256 + 1..].find("- kty:").map(|i| es256 + 1 + i).expect("a key after it");
+    let without = format!("{}{}", &data[..es256], &data[next..]);
+    files.insert("gateway/data.yaml".into(), without.into_bytes());
+    let mut revoked = Snapshot::compile(&Bundle::from_files(files).unwrap()).unwrap().jwt.unwrap();
+    assert!(!revoked.inherit_cache(&old));
+    assert_eq!(revoked.cached_tokens(), 0);
+    assert!(revoked.verify_cached(&token).is_err(), "the revoked key's token must not come from the old cache");
+}
