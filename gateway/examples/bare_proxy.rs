@@ -17,6 +17,8 @@ struct Bare {
 impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
+    // As the gateway: no (disabled) compression module per request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream.as_str(), false, String::new())))
     }

@@ -89,6 +89,10 @@ fn error_reason(e: &EvalError) -> &'static str {
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
+    /// No downstream modules. Pingora's default adds a response-compression module, disabled,
+    /// that still costs a context per request; the gateway does not compress.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx { start: Instant::now(), slot: None, active: None, route: None, outcome: None, decision: None }
     }

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Counts user-space instructions per proxied request with callgrind: exact and repeatable, whatever
+# else this shared machine is doing (wall-clock numbers move by up to 40% between runs here).
+# Three servers, each with one worker thread, in front of the same echo upstream, on loopback:
+#   bare      examples/bare_proxy.rs: Pingora's proxy with a fixed upstream and nothing else
+#             (no routing, no JWT, no policy, no metrics; the gateway's allocator), the floor
+#   public    the gateway, /public/x: route + trivial rule, a bearer token verified (cached)
+#   orders    the gateway, /orders/7 with a reader JWT: the example bundle's orders rule
+# Each gets REQUESTS requests (oha -c 8) after 500 of warm-up; counters are zeroed in between.
+# Writes loadtest/reports/instructions.md.
+# Usage: loadtest/instructions.sh [REQUESTS]   (default 4000; about 3 minutes; cleans up after itself)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-4000}
+export PATH="$HOME/.cargo/bin:$PATH"
+for t in valgrind callgrind_control callgrind_annotate oha; do
+  command -v "$t" >/dev/null || { echo "$t missing: loadtest/install.sh" >&2; exit 1; }
+done
+cargo build --release -p gateway -p fixtures --bins --example bare_proxy >&2
+bin=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+"$bin/echo-upstream" --listen 127.0.0.1:0 --threads 1 > "$work/up.out" &
+pids+=($!)
+for _ in $(seq 50); do grep -q listening "$work/up.out" && break; sleep 0.1; done
+up=$(sed -n 's/^listening on //p' "$work/up.out")
+cp -r policy-bundles/examples/api-gateway "$work/bundle"
+sed -i "s/127.0.0.1:9100/$up/" "$work/bundle/gateway/data.yaml"
+token=$("$bin/demo-token" --sub alice --role reader)
+
+# measure LABEL URL CHECK_URL CMD...: instructions per request of CMD serving URL.
+measure() {
+  local label=$1 url=$2 check=$3; shift 3
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg-$label.%p" "$@" > "$work/$label.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 120); do curl -sf -o /dev/null "$check" && break; sleep 0.5; done
+  oha --no-tui -n 500 -c 8 -H "authorization: Bearer $token" "$url" > /dev/null
+  callgrind_control -z "$pid" > /dev/null
+  oha --no-tui -n "$N" -c 8 -H "authorization: Bearer $token" --output-format json "$url" > "$work/$label.json"
+  callgrind_control -d "$pid" > /dev/null
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  local ok
+  ok=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['statusCodeDistribution'].get('200', 0))" "$work/$label.json")
+  [ "$ok" = "$N" ] || { echo "$label: only $ok of $N requests answered 200" >&2; exit 1; }
+  local f
+  f=$(ls "$work"/cg-"$label".*.1 | head -1)
+  callgrind_annotate --auto=no "$f" > "$work/$label.txt" 2>/dev/null
+  callgrind_annotate --auto=no --inclusive=yes "$f" > "$work/$label.incl.txt" 2>/dev/null
+  local total
+  total=$(grep "PROGRAM TOTALS" "$work/$label.txt" | awk '{gsub(",","",$1); print $1}')
+  echo "$label $((total / N))" >> "$work/results"
+  echo "$label: $((total / N)) instructions per request" >&2
+}
+
+bp=$(free_port)
+measure bare "http://127.0.0.1:$bp/orders/7" "http://127.0.0.1:$bp/orders/7" \
+  "$bin/examples/bare_proxy" "127.0.0.1:$bp" "$up" 1
+port=$(free_port); admin=$(free_port)
+cat > "$work/gateway.yaml" <<EOF
+listen: 127.0.0.1:$port
+admin: 127.0.0.1:$admin
+threads: 1
+bundle:
+  name: main
+  file: $work/bundle
+EOF
+export GATEWAY_LOG=warn
+measure public "http://127.0.0.1:$port/public/x" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"
+measure orders "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"
+
+get() { awk -v l="$1" '$1 == l { print $2 }' "$work/results"; }
+bare=$(get bare); public=$(get public); orders=$(get orders)
+# Inclusive instructions per request of the gateway's own phases, from the orders run.
+phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp>::[a-z_]+::\{\{closure\}\} \[|policy_bundles::(input::build|input::headers|snapshot::Snapshot::decide_cached|jwt::TrustRoots::verify_cached|router::RouteTable::lookup) \[" "$work/orders.incl.txt" \
+  | awk -v n="$N" '{gsub(",","",$1); name=$0; sub(/.*(ProxyHttp>::|policy_bundles::)/,"",name); sub(/ \[.*/,"",name); sub(/::\{\{closure\}\}/,"",name); printf "| `%s` | %d |\n", name, $1/n}')
+{
+  echo "# Instructions per request (callgrind)"
+  echo
+  echo "| | |"
+  echo "|---|---|"
+  echo "| date | $(date -u '+%Y-%m-%d %H:%M UTC') |"
+  echo "| commit | $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway policy-bundles || echo ' with uncommitted changes') |"
+  echo "| command | \`loadtest/instructions.sh $N\` |"
+  echo "| tools | $(valgrind --version), $(oha --version) |"
+  echo
+  echo "User-space instructions executed by the server process per request (callgrind, \`Ir\`), one worker"
+  echo "thread, $N requests by \`oha -c 8\` after 500 of warm-up, echo upstream on loopback. Exact and"
+  echo "repeatable; kernel work (the loopback sends and receives, the same for every proxy) is not counted."
+  echo
+  echo "| server | instructions / request | vs bare Pingora |"
+  echo "|---|---|---|"
+  echo "| bare Pingora proxy (\`gateway/examples/bare_proxy.rs\`) | $bare | 1.00 |"
+  echo "| gateway, \`/public/x\` (route, cached JWT, trivial rule) | $public | $(python3 -c "print(f'{$public/$bare:.2f}')") |"
+  echo "| gateway, \`/orders/7\` (route, cached JWT, orders rule) | $orders | $(python3 -c "print(f'{$orders/$bare:.2f}')") |"
+  echo
+  echo "The gateway's own phases in the orders run (inclusive instructions per request):"
+  echo
+  echo "| phase | instructions / request |"
+  echo "|---|---|"
+  echo "$phases"
+} > loadtest/reports/instructions.md
+cat loadtest/reports/instructions.md
