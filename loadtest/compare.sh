@@ -16,5 +16,6 @@ if ! command -v oha >/dev/null || ! { command -v nginx >/dev/null || [ -x /usr/s
   loadtest/install.sh
 fi
 cargo build --release -p gateway -p fixtures -p bundlectl -p control-api
-[ $# -eq 0 ] && set -- all
+cargo build --release -p gateway --example bare_proxy
+[ $# -eq 0 ] && set -- all --floor
 exec timeout 1200 target/release/loadbench "$@"
