@@ -43,7 +43,7 @@ measure() {
   callgrind_control -z "$pid" > /dev/null
   oha --no-tui -n "$N" -c 8 -H "authorization: Bearer $token" --output-format json "$url" > "$work/$label.json"
   callgrind_control -d "$pid" > /dev/null
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true   # SIGINT: Pingora's fast shutdown
   local ok
   ok=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['statusCodeDistribution'].get('200', 0))" "$work/$label.json")
   [ "$ok" = "$N" ] || { echo "$label: only $ok of $N requests answered 200" >&2; exit 1; }

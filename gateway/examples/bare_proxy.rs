@@ -32,7 +32,7 @@ fn main() {
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(2);
     let work_stealing = std::env::var("WORK_STEALING").map(|v| v != "0").unwrap_or(true);
-    let conf = ServerConf { threads, work_stealing, ..ServerConf::default() };
+    let conf = ServerConf { threads, work_stealing, grace_period_seconds: Some(0), ..ServerConf::default() };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     if std::env::var("SHARDS").is_ok() {
