@@ -28,8 +28,11 @@ impl Admin {
     /// The `/status` document.
     pub fn status(&self) -> serde_json::Value {
         let gw = &self.gateway;
-        let active = gw.active.load();
-        let sync = gw.sync.lock().map(|s| s.clone()).unwrap_or_default();
+        // The bundle under the sync lock: activation swaps it and sets its ETag under that lock.
+        let (active, sync) = match gw.sync.lock() {
+            Ok(s) => (gw.active.load_full(), s.clone()),
+            Err(_) => (gw.active.load_full(), Default::default()),
+        };
         let confirmed = gw.last_confirmed_ms.load(std::sync::atomic::Ordering::Relaxed);
         let bundle = match active.as_ref() {
             Some(a) => serde_json::json!({

@@ -79,12 +79,16 @@ pub fn boot_from_cache(gateway: &Gateway) {
             gateway.metrics.activation_failures.with_label_values(&["cache"]).inc();
             gateway.record_error(format!("cache: {e}"));
         }
-        Ok(Some(cached)) => match gateway.activate_bytes(&cached.bytes, Some(&cached.meta.digest), "cache".into()) {
+        Ok(Some(cached)) => match gateway.activate_bytes(
+            &cached.bytes,
+            Some(&cached.meta.digest),
+            "cache".into(),
+            cached.meta.etag.clone().or_else(|| Some(format!("\"{}\"", cached.meta.digest))),
+        ) {
             Ok(active) => {
                 tracing::info!(bundle.revision = %active.info.revision, "serving the persisted last-known-good bundle");
                 gateway.last_confirmed_ms.store(cached.meta.fetched_at * 1000, std::sync::atomic::Ordering::Relaxed);
                 if let Ok(mut s) = gateway.sync.lock() {
-                    s.etag = cached.meta.etag.clone().or_else(|| Some(format!("\"{}\"", cached.meta.digest)));
                     s.source = Some("cache".into());
                 }
             }

@@ -230,11 +230,11 @@ impl Gateway {
         let result = if path.is_dir() {
             archive::read_dir(path, &self.limits()).map_err(|e| ActivationError::Bundle(e.into())).and_then(|files| {
                 let digest = archive::write_tar_gz(&files).map(|b| policy_bundles::digest(&b)).unwrap_or_default();
-                self.activate_files(files, digest, path.display().to_string())
+                self.activate_files(files, digest, path.display().to_string(), None)
             })
         } else {
             match std::fs::read(path) {
-                Ok(bytes) => self.activate_bytes(&bytes, None, path.display().to_string()),
+                Ok(bytes) => self.activate_bytes(&bytes, None, path.display().to_string(), None),
                 Err(e) => Err(ActivationError::Bundle(BundleErrors::from(policy_bundles::BundleError::new(
                     policy_bundles::ErrorKind::Archive,
                     Some(path.display().to_string()),
@@ -250,11 +250,13 @@ impl Gateway {
 
     /// Verifies (digest against `expected_digest` when given, signature), compiles and
     /// activates a bundle tarball. Blocking. Does not record failures: the caller does.
+    /// `etag` becomes the sync ETag in the same step as the swap (see [`Gateway::activate`]).
     pub fn activate_bytes(
         &self,
         bytes: &[u8],
         expected_digest: Option<&str>,
         source: String,
+        etag: Option<String>,
     ) -> Result<Arc<Active>, ActivationError> {
         let digest = policy_bundles::digest(bytes);
         if let Some(want) = expected_digest {
@@ -263,7 +265,7 @@ impl Gateway {
             }
         }
         let files = archive::read_tar_gz(bytes, &self.limits()).map_err(|e| ActivationError::Bundle(e.into()))?;
-        self.activate_files(files, digest, source)
+        self.activate_files(files, digest, source, etag)
     }
 
     fn activate_files(
@@ -271,16 +273,25 @@ impl Gateway {
         files: policy_bundles::archive::Files,
         digest: String,
         source: String,
+        etag: Option<String>,
     ) -> Result<Arc<Active>, ActivationError> {
         if let Some(sg) = &self.config.bundle.signing {
             signing::verify(&files, &self.signing_keys, sg.required)?;
         }
         let bundle = Bundle::from_files(files)?;
-        self.activate(&bundle, digest, source)
+        self.activate(&bundle, digest, source, etag)
     }
 
     /// Compiles a bundle and swaps it in; on any error the active bundle is left untouched.
-    pub fn activate(&self, bundle: &Bundle, digest: String, source: String) -> Result<Arc<Active>, ActivationError> {
+    /// With `etag`, the sync ETag changes in the same critical section as the swap: a reader of
+    /// both under the sync lock (`/status`) never sees the new revision with the old ETag.
+    pub fn activate(
+        &self,
+        bundle: &Bundle,
+        digest: String,
+        source: String,
+        etag: Option<String>,
+    ) -> Result<Arc<Active>, ActivationError> {
         let mut snapshot = Snapshot::compile(bundle)?;
         // Same trust settings as the serving bundle: keep its verified tokens.
         let previous = self.active.load();
@@ -310,7 +321,12 @@ impl Gateway {
             .with_label_values(&[&active.info.name, &active.info.revision, &active.info.digest])
             .set(1);
         self.metrics.bundle_activated.set(active.info.activated_at as i64);
+        let mut sync = self.sync.lock().ok();
         let previous = self.active.swap(Some(active.clone()));
+        if let (Some(s), Some(tag)) = (sync.as_mut(), etag) {
+            s.etag = Some(tag);
+        }
+        drop(sync);
         if let Ok(mut retired) = self.retired.lock() {
             retired.extend(previous);
             retired.retain(|a| Arc::strong_count(a) > 1);

@@ -214,9 +214,16 @@ impl Syncer {
         let body = Arc::new(body);
         let bytes = body.clone();
         // Verify and compile on a blocking thread: request workers never stall on it.
-        let activated = tokio::task::spawn_blocking(move || gw2.activate_bytes(&bytes, expected.as_deref(), src))
-            .await
-            .map_err(|e| SyncError::Activation { url: url.clone(), message: format!("activation panicked: {e}") })?;
+        // The ETag to send from now on: the source's, or the body's digest as `bundlectl` makes it.
+        let etag = new_etag.unwrap_or_else(|| format!("\"{}\"", policy_bundles::digest(&body)));
+        let tag = etag.clone();
+        let activated =
+            tokio::task::spawn_blocking(move || gw2.activate_bytes(&bytes, expected.as_deref(), src, Some(tag)))
+                .await
+                .map_err(|e| SyncError::Activation {
+                    url: url.clone(),
+                    message: format!("activation panicked: {e}"),
+                })?;
         let active = match activated {
             Ok(a) => a,
             Err(e) => {
@@ -224,10 +231,6 @@ impl Syncer {
                 return Err(SyncError::Activation { url, message: e.to_string() });
             }
         };
-        let etag = new_etag.unwrap_or_else(|| format!("\"{}\"", active.info.digest));
-        if let Ok(mut s) = gw.sync.lock() {
-            s.etag = Some(etag.clone());
-        }
         self.confirm(source);
         if let Some(dir) = gw.config.bundle.cache_dir.clone() {
             let meta = CacheMeta {
