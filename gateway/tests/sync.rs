@@ -40,6 +40,48 @@ fn activates_a_new_revision_from_a_long_poll_within_a_second() {
 }
 
 #[test]
+fn status_never_shows_a_revision_with_another_bundles_etag() {
+    // The source's ETag is the body's digest, and so is the gateway's `bundle.digest`: every
+    // `/status` read while revisions change must pair them. (The ETag used to be stored just
+    // after the swap, so a read in between saw the new revision with the previous ETag.)
+    let up = echo_upstream("u");
+    let addr = up.addr.to_string();
+    let src = Source::start(Answer::Bundle(bundle_tarball(&addr, "r0", &[])));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = start_polling_gateway(dir.path(), &[src.url()], FAST);
+    wait_ready(&gw);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, admin) = (stop.clone(), gw.admin.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut mismatches) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let st = json(&get(&format!("{admin}/status"), &[]));
+                let want = format!("\"{}\"", st["bundle"]["digest"].as_str().unwrap_or_default());
+                if st["sync"]["etag"].as_str() != Some(want.as_str()) {
+                    mismatches.push(format!("{} with etag {}", st["bundle"]["revision"], st["sync"]["etag"]));
+                }
+                reads += 1;
+            }
+            (reads, mismatches)
+        })
+    };
+    for i in 1..=8 {
+        let rev = format!("r{i}");
+        src.set(Answer::Bundle(bundle_tarball(&addr, &rev, &[])));
+        eventually(Duration::from_secs(5), &format!("{rev} active"), || revision(&gw) == rev);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, mismatches) = reader.join().expect("status reader");
+    assert!(reads > 20, "only {reads} status reads");
+    assert!(
+        mismatches.is_empty(),
+        "{} of {reads} reads paired a revision with another ETag: {mismatches:?}",
+        mismatches.len()
+    );
+}
+
+#[test]
 fn keeps_last_known_good_when_the_source_serves_bad_bundles() {
     let up = echo_upstream("u");
     let good = bundle_tarball(&up.addr.to_string(), "r1", &[]);
