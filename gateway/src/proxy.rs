@@ -167,8 +167,15 @@ impl ProxyHttp for Proxy {
             scheme: "http",
             client_ip: &client_ip,
         };
-        let doc = input::build(parts, &route.name, verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value)));
-        let result = active.snapshot.decide_cached(route.policy, doc);
+        let jwt = verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
+        // The cache key is read from the request; the input is built only if the rule must run.
+        let key = active
+            .snapshot
+            .reads
+            .get(route.policy)
+            .and_then(|r| r.paths())
+            .map(|p| input::key(&parts, &route.name, jwt, p));
+        let result = active.snapshot.decide_keyed(route.policy, key, || input::build(parts, &route.name, jwt));
         self.gateway.metrics.policy_eval_duration.observe(eval_start.elapsed().as_secs_f64());
 
         let decision = match result {

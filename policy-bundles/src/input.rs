@@ -137,16 +137,8 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Valu
 /// claims) only when a bearer token was verified.
 pub fn build(req: RequestParts<'_>, route: &str, jwt: Option<(&str, &Value)>) -> Value {
     let k = &*KEYS;
-    let mut request = BTreeMap::new();
-    request.insert(k.method.clone(), s(req.method));
-    request.insert(k.path.clone(), s(req.path));
-    request.insert(k.query.clone(), query(req.query.unwrap_or("")));
-    request.insert(k.headers.clone(), req.headers);
-    request.insert(k.host.clone(), s(req.host));
-    request.insert(k.scheme.clone(), s(req.scheme));
-    request.insert(k.client_ip.clone(), s(req.client_ip));
     let mut input = BTreeMap::new();
-    input.insert(k.request.clone(), Value::from(request));
+    input.insert(k.request.clone(), request(&req, k));
     input.insert(k.route.clone(), s(route));
     if let Some((issuer, claims)) = jwt {
         let mut j = BTreeMap::new();
@@ -155,6 +147,76 @@ pub fn build(req: RequestParts<'_>, route: &str, jwt: Option<(&str, &Value)>) ->
         input.insert(k.jwt.clone(), Value::from(j));
     }
     Value::from(input)
+}
+
+/// The decision cache's key for a rule that reads `paths` ([`InputReads::paths`]): the values
+/// [`build`] would put at those paths, read from the request without building the input.
+/// Equal to `reads.key(&build(parts, route, jwt))`, at a fraction of the cost.
+pub fn key(parts: &RequestParts<'_>, route: &str, jwt: Option<(&str, &Value)>, paths: &[Vec<Value>]) -> Vec<Value> {
+    let k = &*KEYS;
+    paths
+        .iter()
+        .map(|path| {
+            let (Some(first), rest) = (path.first(), path.get(1..).unwrap_or_default()) else {
+                return Value::Undefined;
+            };
+            let (second, tail) = (rest.first(), rest.get(1..).unwrap_or_default());
+            let at = |v: Value, keys: &[Value]| crate::reads::descend(&v, keys);
+            if *first == k.route {
+                at(s(route), rest)
+            } else if *first == k.jwt {
+                match (jwt, second) {
+                    (None, _) => Value::Undefined,
+                    (Some((issuer, _)), Some(s2)) if *s2 == k.issuer => at(s(issuer), tail),
+                    (Some((_, claims)), Some(s2)) if *s2 == k.claims => crate::reads::descend(claims, tail),
+                    (Some(_), Some(_)) => Value::Undefined,
+                    (Some((issuer, claims)), None) => {
+                        let mut j = BTreeMap::new();
+                        j.insert(k.issuer.clone(), s(issuer));
+                        j.insert(k.claims.clone(), claims.clone());
+                        Value::from(j)
+                    }
+                }
+            } else if *first == k.request {
+                let field = match second {
+                    None => return crate::reads::descend(&request(parts, k), rest),
+                    Some(f) => f,
+                };
+                let v = if *field == k.method {
+                    s(parts.method)
+                } else if *field == k.path {
+                    s(parts.path)
+                } else if *field == k.query {
+                    query(parts.query.unwrap_or(""))
+                } else if *field == k.headers {
+                    parts.headers.clone()
+                } else if *field == k.host {
+                    s(parts.host)
+                } else if *field == k.scheme {
+                    s(parts.scheme)
+                } else if *field == k.client_ip {
+                    s(parts.client_ip)
+                } else {
+                    Value::Undefined
+                };
+                at(v, tail)
+            } else {
+                Value::Undefined
+            }
+        })
+        .collect()
+}
+
+fn request(parts: &RequestParts<'_>, k: &Keys) -> Value {
+    let mut request = BTreeMap::new();
+    request.insert(k.method.clone(), s(parts.method));
+    request.insert(k.path.clone(), s(parts.path));
+    request.insert(k.query.clone(), query(parts.query.unwrap_or("")));
+    request.insert(k.headers.clone(), parts.headers.clone());
+    request.insert(k.host.clone(), s(parts.host));
+    request.insert(k.scheme.clone(), s(parts.scheme));
+    request.insert(k.client_ip.clone(), s(parts.client_ip));
+    Value::from(request)
 }
 
 /// Parses a query string into `{name: [values...]}`, percent-decoding names and values.
@@ -208,6 +270,62 @@ mod tests {
         assert_eq!(q["bad"], Value::from(vec![Value::from("%zz")]));
         assert_eq!(q["empty"], Value::from(vec![Value::from("")]));
         assert_eq!(decode("%4"), "%4");
+    }
+
+    #[test]
+    fn the_key_read_from_the_request_is_the_key_of_the_built_input() {
+        let paths: Vec<Vec<Value>> = [
+            "route",
+            "jwt",
+            "jwt.issuer",
+            "jwt.claims.sub",
+            "jwt.claims.roles.#1",
+            "jwt.claims.sub.x",
+            "jwt.nope",
+            "request",
+            "request.method",
+            "request.path",
+            "request.headers",
+            "request.headers.x-a",
+            "request.headers.missing",
+            "request.query.tag",
+            "request.query.tag.#1",
+            "request.host",
+            "request.scheme",
+            "request.client_ip",
+            "request.nope",
+            "nope",
+        ]
+        .iter()
+        .map(|p| {
+            p.split('.')
+                .map(|k| match k.strip_prefix('#') {
+                    Some(n) => Value::from(n.parse::<u64>().unwrap()),
+                    None => Value::from(k),
+                })
+                .collect()
+        })
+        .collect();
+        let claims = Value::from_json_str(r#"{"sub": "alice", "roles": ["reader", "writer"]}"#).unwrap();
+        for jwt in [Some(("https://id", &claims)), None] {
+            let parts = || RequestParts {
+                method: "GET",
+                path: "/orders/7",
+                query: Some("tag=a&tag=b"),
+                headers: headers([("x-a", &b"1"[..]), ("x-b", b"2")]),
+                host: "api.example.com",
+                scheme: "http",
+                client_ip: "10.0.0.1",
+            };
+            let built = build(parts(), "orders", jwt);
+            let reads = InputReads::Paths(paths.clone());
+            let want = reads.key(&built).unwrap();
+            let got = key(&parts(), "orders", jwt, &paths);
+            for ((p, w), g) in paths.iter().zip(&want).zip(&got) {
+                assert_eq!(w, g, "path {p:?} with jwt {}", jwt.is_some());
+            }
+            assert_ne!(want.iter().filter(|v| **v != Value::Undefined).count(), 0);
+        }
     }
 
     #[test]

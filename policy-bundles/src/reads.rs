@@ -36,26 +36,15 @@ impl InputReads {
     /// same key give the same decision. `None` when the bundle's decisions are not cacheable.
     pub fn key(&self, input: &Value) -> Option<Vec<Value>> {
         let InputReads::Paths(paths) = self else { return None };
-        Some(
-            paths
-                .iter()
-                .map(|path| {
-                    let mut v = input;
-                    for k in path {
-                        // Only objects and arrays are looked into; anything else (a set, a
-                        // string) keys as a whole, which is exact whatever Rego makes of `v[k]`.
-                        match (v, k) {
-                            (Value::Object(_), _) | (Value::Array(_), Value::Number(_)) => v = &v[k],
-                            _ => break,
-                        }
-                        if *v == Value::Undefined {
-                            break;
-                        }
-                    }
-                    v.clone()
-                })
-                .collect(),
-        )
+        Some(paths.iter().map(|path| descend(input, path)).collect())
+    }
+
+    /// The read paths, when the decisions are cacheable.
+    pub fn paths(&self) -> Option<&[Vec<Value>]> {
+        match self {
+            InputReads::Paths(p) => Some(p),
+            InputReads::Uncacheable(_) => None,
+        }
     }
 
     /// The read paths as Rego references (`input.request.method`), for logs and tests.
@@ -80,6 +69,22 @@ impl InputReads {
                 .collect(),
         }
     }
+}
+
+/// The value at `path` under `v`, as a key. Only objects and arrays are looked into; anything
+/// else (a set, a string) keys as a whole, which is exact whatever Rego makes of `v[k]`.
+pub fn descend(v: &Value, path: &[Value]) -> Value {
+    let mut v = v;
+    for k in path {
+        match (v, k) {
+            (Value::Object(_), _) | (Value::Array(_), Value::Number(_)) => v = &v[k],
+            _ => break,
+        }
+        if *v == Value::Undefined {
+            break;
+        }
+    }
+    v.clone()
 }
 
 /// The constant leading keys of a reference, and its base expression:

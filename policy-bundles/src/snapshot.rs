@@ -370,10 +370,23 @@ impl Snapshot {
     /// this thread gets the decision they gave without running the rule. Only decisions are
     /// cached, never errors.
     pub fn decide_cached(&self, policy: usize, input: Value) -> Result<(Arc<Decision>, CacheOutcome), EvalError> {
+        let key = self.reads.get(policy).and_then(|r| r.key(&input));
+        self.decide_keyed(policy, key, || input)
+    }
+
+    /// [`decide_cached`](Self::decide_cached) with the key already read from the request
+    /// ([`crate::input::key`] over [`InputReads::paths`]), so that a hit never builds the input:
+    /// `input` is called only on a miss (or when `key` is `None`: not cacheable).
+    pub fn decide_keyed(
+        &self,
+        policy: usize,
+        key: Option<Vec<Value>>,
+        input: impl FnOnce() -> Value,
+    ) -> Result<(Arc<Decision>, CacheOutcome), EvalError> {
         let max = DECISION_CACHE_ENTRIES.load(Ordering::Relaxed);
-        let key = match self.reads.get(policy).and_then(|r| r.key(&input)) {
+        let key = match key {
             Some(key) if max > 0 && policy < self.policies.len() => key,
-            _ => return Ok((Arc::new(self.decide(policy, input)?), CacheOutcome::Bypass)),
+            _ => return Ok((Arc::new(self.decide(policy, input())?), CacheOutcome::Bypass)),
         };
         let hit = DECISIONS.with(|cell| {
             let mut c = cell.borrow_mut();
@@ -388,7 +401,7 @@ impl Snapshot {
         if let Some(d) = hit {
             return Ok((d, CacheOutcome::Hit));
         }
-        let decision = Arc::new(self.decide(policy, input)?);
+        let decision = Arc::new(self.decide(policy, input())?);
         DECISIONS.with(|cell| {
             let mut c = cell.borrow_mut();
             if c.id != self.id {
