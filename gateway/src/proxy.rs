@@ -44,6 +44,8 @@ pub struct Ctx {
     outcome: Option<Outcome>,
     /// The allowing decision: its headers go upstream and to the client.
     decision: Option<Arc<Decision>>,
+    /// The client's IP as text (empty when not an IP socket): in the input and `x-forwarded-for`.
+    client_ip: String,
 }
 
 /// Writes a small JSON response and ends the request.
@@ -94,7 +96,15 @@ impl ProxyHttp for Proxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { start: Instant::now(), slot: None, active: None, route: None, outcome: None, decision: None }
+        Ctx {
+            start: Instant::now(),
+            slot: None,
+            active: None,
+            route: None,
+            outcome: None,
+            decision: None,
+            client_ip: String::new(),
+        }
     }
 
     /// Routes, authenticates and authorizes. Returns `Ok(true)` when it has answered the
@@ -176,6 +186,7 @@ impl ProxyHttp for Proxy {
             .and_then(|r| r.paths())
             .map(|p| input::key(&parts, &route.name, jwt, p));
         let result = active.snapshot.decide_keyed(route.policy, key, || input::build(parts, &route.name, jwt));
+        ctx.client_ip = client_ip;
         self.gateway.metrics.policy_eval_duration.observe(eval_start.elapsed().as_secs_f64());
 
         let decision = match result {
@@ -232,7 +243,7 @@ impl ProxyHttp for Proxy {
     /// Rewrites the request for the upstream: prefix stripping and the decision's headers.
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -254,10 +265,11 @@ impl ProxyHttp for Proxy {
                 upstream_request.insert_header(k.clone(), v.as_str())?;
             }
         }
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+        if !ctx.client_ip.is_empty() {
+            let ip = ctx.client_ip.as_str();
             let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
+                None => ip.to_owned(),
             };
             upstream_request.insert_header("x-forwarded-for", xff)?;
         }
