@@ -22,14 +22,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
-"$bin/echo-upstream" --listen 127.0.0.1:0 --threads 1 > "$work/up.out" &
-pids+=($!)
-for _ in $(seq 50); do grep -q listening "$work/up.out" && break; sleep 0.1; done
-up=$(sed -n 's/^listening on //p' "$work/up.out")
-cp -r policy-bundles/examples/api-gateway "$work/bundle"
-sed -i "s/127.0.0.1:9100/$up/" "$work/bundle/gateway/data.yaml"
+. loadtest/lib.sh
+start_upstream_and_bundle 1
 token=$("$bin/demo-token" --sub alice --role reader)
 
 # measure LABEL URL CHECK_URL CMD...: instructions per request of CMD serving URL.
