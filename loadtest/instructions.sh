@@ -17,13 +17,7 @@ for t in valgrind callgrind_control callgrind_annotate oha; do
   command -v "$t" >/dev/null || { echo "$t missing: loadtest/install.sh" >&2; exit 1; }
 done
 cargo build --release -p gateway -p fixtures --bins --example bare_proxy >&2
-bin=target/release
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-. loadtest/lib.sh
+. loadtest/lib.sh   # bin, work, pids; all stopped and removed on exit
 start_upstream_and_bundle 1
 token=$("$bin/demo-token" --sub alice --role reader)
 

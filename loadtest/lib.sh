@@ -1,5 +1,11 @@
-# Shared by profile.sh and instructions.sh (sourced, not run). The caller sets `bin` (release
-# binaries), `work` (a scratch directory) and `pids` (an array its cleanup kills).
+# Shared by profile.sh and instructions.sh (sourced from the repository root, not run): the
+# release binaries in `bin`, a scratch directory `work`, and `pids`, an array of processes that
+# are killed, with `work` removed, when the script exits.
+bin=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 

@@ -14,13 +14,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 command -v perf >/dev/null || { echo "perf missing: loadtest/install.sh" >&2; exit 1; }
 command -v oha >/dev/null || { echo "oha missing: loadtest/install.sh" >&2; exit 1; }
 cargo build --release -p gateway -p fixtures >&2
-bin=target/release
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-. loadtest/lib.sh
+. loadtest/lib.sh   # bin, work, pids; all stopped and removed on exit
 start_upstream_and_bundle 2
 port=$(free_port)
 admin=$(free_port)
