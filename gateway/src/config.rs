@@ -36,6 +36,12 @@ struct RawConfig {
     limits: Option<RawLimits>,
     #[serde(default)]
     decision_cache_entries: Option<usize>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    path_with_escaped_slashes: Option<String>,
+    #[serde(default)]
+    headers_with_underscores: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +124,38 @@ pub struct Config {
     /// (`policy_bundles::reads`).
     pub decision_cache_entries: usize,
     pub bundle: BundleConfig,
+    /// How client requests are made canonical and which forwarding headers are believed.
+    pub requests: RequestRules,
+}
+
+/// What the gateway accepts from clients (DESIGN.md, "What the backend receives").
+#[derive(Debug, Clone, Default)]
+pub struct RequestRules {
+    /// Peers whose `X-Forwarded-For` / `Forwarded` / `X-Real-IP` are appended to; from any
+    /// other peer they are replaced. Empty: nobody is trusted.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `%2F` / `%5C` in paths: `reject` (400, the default), `unescape`, `keep`.
+    pub escaped_slashes: crate::canon::EscapedSlashes,
+    /// Header names with `_`: dropped (the default, as nginx does), allowed, or refused (400).
+    pub underscores: Underscores,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    #[default]
+    Drop,
+    Allow,
+    Reject,
+}
+
+impl RequestRules {
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// Load shedding on the data plane's own terms: past these, requests get 503 at once.
@@ -327,6 +365,12 @@ impl Config {
             Signing { keys, required: sg.required }
         });
         let cache_dir = b.cache_dir.map(resolve);
+        let requests = request_rules(
+            &raw.trusted_proxies,
+            &raw.path_with_escaped_slashes,
+            &raw.headers_with_underscores,
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: p, problems });
         }
@@ -364,8 +408,45 @@ impl Config {
                 .decision_cache_entries
                 .unwrap_or(policy_bundles::snapshot::DEFAULT_DECISION_CACHE_ENTRIES),
             bundle: BundleConfig { name: b.name, source, max_size, cache_dir, max_staleness, signing },
+            requests,
         })
     }
+}
+
+fn request_rules(
+    trusted: &[String],
+    slashes: &Option<String>,
+    underscores: &Option<String>,
+    problems: &mut Vec<String>,
+) -> RequestRules {
+    let mut rules = RequestRules::default();
+    for (i, t) in trusted.iter().enumerate() {
+        let net = t.parse::<ipnet::IpNet>().or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(n) => rules.trusted_proxies.push(n),
+            Err(_) => {
+                problems.push(format!("`trusted_proxies[{i}]`: `{t}` is not an address or CIDR such as 10.0.0.0/8"))
+            }
+        }
+    }
+    if let Some(s) = slashes {
+        match crate::canon::EscapedSlashes::parse(s) {
+            Some(a) => rules.escaped_slashes = a,
+            None => problems.push(format!("`path_with_escaped_slashes`: `{s}` is not reject, unescape or keep")),
+        }
+    }
+    if let Some(s) = underscores {
+        rules.underscores = match s.as_str() {
+            "drop" => Underscores::Drop,
+            "allow" => Underscores::Allow,
+            "reject" => Underscores::Reject,
+            _ => {
+                problems.push(format!("`headers_with_underscores`: `{s}` is not drop, allow or reject"));
+                Underscores::Drop
+            }
+        };
+    }
+    rules
 }
 
 #[cfg(test)]
@@ -382,6 +463,26 @@ mod tests {
         assert_eq!(c.admin.to_string(), "127.0.0.1:9901");
         assert!(matches!(&c.bundle.source, Source::File(f) if f == &PathBuf::from("/etc/gw/b.tar.gz")));
         assert_eq!(c.policy_timeout, Duration::from_millis(50));
+        assert!(c.requests.trusted_proxies.is_empty());
+        assert_eq!(c.requests.escaped_slashes, crate::canon::EscapedSlashes::Reject);
+        assert_eq!(c.requests.underscores, Underscores::Drop);
+    }
+
+    #[test]
+    fn request_rules_are_read_and_bad_ones_named() {
+        let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\ntrusted_proxies: [10.0.0.0/8, \"::1\"]\npath_with_escaped_slashes: unescape\nheaders_with_underscores: allow\n").unwrap();
+        assert!(c.requests.trusts("10.1.2.3".parse().unwrap()));
+        assert!(c.requests.trusts("::1".parse().unwrap()));
+        assert!(c.requests.trusts("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!c.requests.trusts("127.0.0.1".parse().unwrap()));
+        assert_eq!(c.requests.escaped_slashes, crate::canon::EscapedSlashes::Unescape);
+        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\ntrusted_proxies: [10.0.0.0/33]\npath_with_escaped_slashes: maybe\nheaders_with_underscores: sometimes\n").unwrap_err().to_string();
+        assert!(
+            e.contains("trusted_proxies[0]")
+                && e.contains("path_with_escaped_slashes")
+                && e.contains("headers_with_underscores"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admission;
 pub mod cache;
+pub mod canon;
 pub mod config;
 pub mod health;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! Every metric the gateway exports, named in one place. Request-path counters are resolved
 //! per route at activation, so serving a request only touches atomics (no label lookups, no locks).
 
+use crate::canon::Refusal;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -19,6 +20,7 @@ pub const BUNDLE_STALE: &str = "gateway_bundle_stale";
 pub const BUNDLE_SYNC_TOTAL: &str = "gateway_bundle_sync_total";
 pub const ACTIVATION_FAILURES_TOTAL: &str = "gateway_bundle_activation_failures_total";
 pub const STATUS_REPORTS_DROPPED_TOTAL: &str = "gateway_status_reports_dropped_total";
+pub const REQUESTS_REFUSED_TOTAL: &str = "gateway_requests_refused_total";
 
 /// The `decision` label values of `gateway_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub enum Outcome {
     Unavailable,
     /// Shed at the in-flight limit (503).
     Shed,
+    /// Refused before routing (400): see `gateway_requests_refused_total`.
+    Refused,
 }
 
 impl Outcome {
@@ -46,6 +50,7 @@ impl Outcome {
             Outcome::NoRoute => "no_route",
             Outcome::Unavailable => "unavailable",
             Outcome::Shed => "shed",
+            Outcome::Refused => "refused",
         }
     }
 }
@@ -69,6 +74,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     no_route: IntCounter,
     unavailable: IntCounter,
+    refused_requests: IntCounter,
     pub request_duration: Histogram,
     pub policy_eval_duration: Histogram,
     pub bundle_info: IntGaugeVec,
@@ -84,6 +90,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `gateway_decision_cache_total{result="hit|miss|bypass"}`, resolved once.
     pub decision_cache: [IntCounter; 3],
+    /// `gateway_requests_refused_total{reason}`, by [`Refusal`] in the order of `Refusal::ALL`.
+    refused: [IntCounter; Refusal::ALL.len()],
 }
 
 fn buckets() -> Vec<f64> {
@@ -150,12 +158,19 @@ impl Metrics {
         )?;
         registry.register(Box::new(cache.clone()))?;
         let decision_cache = ["hit", "miss", "bypass"].map(|r| cache.with_label_values(&[r]));
+        let refused_vec = IntCounterVec::new(
+            Opts::new(REQUESTS_REFUSED_TOTAL, "Requests refused (400) before routing: ambiguous path, host or headers"),
+            &["reason"],
+        )?;
+        registry.register(Box::new(refused_vec.clone()))?;
+        let refused = Refusal::ALL.map(|r| refused_vec.with_label_values(&[r.reason()]));
         for r in ["updated", "not_modified", "error"] {
             sync.with_label_values(&[r]);
         }
         Ok(Metrics {
             no_route: requests.with_label_values(&["", Outcome::NoRoute.label()]),
             unavailable: requests.with_label_values(&["", Outcome::Unavailable.label()]),
+            refused_requests: requests.with_label_values(&["", Outcome::Refused.label()]),
             requests,
             registry,
             request_duration,
@@ -171,6 +186,7 @@ impl Metrics {
             shed,
             in_flight,
             decision_cache,
+            refused,
         })
     }
 
@@ -189,10 +205,17 @@ impl Metrics {
         self.decision_cache[i].inc();
     }
 
+    pub fn count_refusal(&self, r: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|x| *x == r) {
+            self.refused[i].inc();
+        }
+    }
+
     pub fn count_unrouted(&self, outcome: Outcome) {
         match outcome {
             Outcome::Unavailable => self.unavailable.inc(),
             Outcome::Shed => self.shed.inc(),
+            Outcome::Refused => self.refused_requests.inc(),
             _ => self.no_route.inc(),
         }
     }

@@ -26,9 +26,10 @@ use policy_bundles::jwt::Verified;
 use policy_bundles::snapshot::EvalError;
 use policy_bundles::Decision;
 
+use crate::canon::{self, Refusal};
 use crate::metrics::Outcome;
 use crate::state::{Active, Gateway};
-use policy_bundles::input::{self, RequestParts};
+use policy_bundles::input;
 
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
@@ -44,8 +45,130 @@ pub struct Ctx {
     outcome: Option<Outcome>,
     /// The allowing decision: its headers go upstream and to the client.
     decision: Option<Arc<Decision>>,
-    /// The client's IP as text (empty when not an IP socket): in the input and `x-forwarded-for`.
+    /// The client's IP as text (empty when not an IP socket): in the input.
     client_ip: String,
+}
+
+/// Makes the request canonical in place (`crate::canon`), before routing: the path and host
+/// the route table matches, the policy sees and the upstream receives; identity headers
+/// (`request_headers.remove`) and header names with `_` removed; forwarding headers replaced
+/// unless the peer is a trusted proxy. Returns the host name routes match (`""` for an
+/// HTTP/1.0 request without one).
+fn canonicalize(
+    session: &mut Session,
+    removals: &[String],
+    rules: &crate::config::RequestRules,
+    client_ip: Option<std::net::IpAddr>,
+) -> std::result::Result<String, Refusal> {
+    let req = session.req_header_mut();
+    framing(&req.headers)?;
+    if req.headers.get_all(http::header::AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(Refusal::DuplicateAuthorization);
+    }
+    // HTTP/2's `:authority` is the URI's; HTTP/1.1's absolute form is kept only in the raw target.
+    let absolute = match req.uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => canon::target_authority(req.raw_path())?,
+    };
+    let absolute_form = absolute.is_some();
+    let host = {
+        let values: Vec<&[u8]> = req.headers.get_all(http::header::HOST).iter().map(|v| v.as_bytes()).collect();
+        let http11 = req.version != http::Version::HTTP_10 && req.version != http::Version::HTTP_09;
+        canon::host(&values, absolute, http11, 80)?
+    };
+    let path = canon::path(req.uri.path(), rules.escaped_slashes)?;
+    // Origin form, canonical path: also drops an absolute-form target's scheme and authority.
+    if matches!(path, std::borrow::Cow::Owned(_)) || absolute_form {
+        let target = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        };
+        let uri = target.parse::<http::Uri>().map_err(|_| Refusal::BadPathChar)?;
+        req.set_uri(uri);
+    }
+    if let Some(h) = &host {
+        if req.headers.get(http::header::HOST).map(|v| v.as_bytes()) != Some(h.authority.as_bytes()) {
+            req.insert_header(http::header::HOST, h.authority.as_str()).map_err(|_| Refusal::BadHost)?;
+        }
+    }
+    if rules.underscores != crate::config::Underscores::Allow {
+        let underscored: Vec<http::HeaderName> =
+            req.headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
+        if !underscored.is_empty() && rules.underscores == crate::config::Underscores::Reject {
+            return Err(Refusal::UnderscoreHeader);
+        }
+        for n in &underscored {
+            req.remove_header(n);
+        }
+    }
+    for n in removals {
+        if req.headers.contains_key(n.as_str()) {
+            req.remove_header(n.as_str());
+        }
+    }
+    forwarding(req, rules, client_ip);
+    Ok(host.map(|h| h.name).unwrap_or_default())
+}
+
+/// Refuses requests whose body length has two readings (request smuggling): more than one
+/// `Content-Length` value, or one that is not a number; `Transfer-Encoding` beside
+/// `Content-Length`; a `Transfer-Encoding` other than exactly `chunked`.
+fn framing(headers: &http::HeaderMap) -> std::result::Result<(), Refusal> {
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    if lengths.next().is_some() {
+        return Err(Refusal::Framing);
+    }
+    if let Some(l) = length {
+        if l.is_empty() || !l.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Err(Refusal::Framing);
+        }
+    }
+    let mut te = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(t) = te.next() {
+        if length.is_some() || te.next().is_some() || !t.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(Refusal::Framing);
+        }
+    }
+    Ok(())
+}
+
+/// `X-Forwarded-For`, `X-Real-IP`, `Forwarded`, `X-Forwarded-Proto`: from a trusted proxy,
+/// the client's address is appended to what the proxy says; from anyone else, what the
+/// client says is replaced, never appended to.
+fn forwarding(req: &mut RequestHeader, rules: &crate::config::RequestRules, client_ip: Option<std::net::IpAddr>) {
+    let trusted = client_ip.is_some_and(|ip| rules.trusts(ip));
+    let ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let joined = |req: &RequestHeader, name: &str| -> Option<String> {
+        let all: Vec<&str> = req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!all.is_empty()).then(|| all.join(", "))
+    };
+    let (xff, fwd) = if trusted { (joined(req, "x-forwarded-for"), joined(req, "forwarded")) } else { (None, None) };
+    if !trusted {
+        req.remove_header("x-real-ip");
+        req.remove_header("forwarded");
+        req.remove_header("x-forwarded-proto");
+        req.remove_header("x-forwarded-host");
+    }
+    if ip.is_empty() {
+        req.remove_header("x-forwarded-for");
+    } else {
+        let xff = match xff {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.clone(),
+        };
+        let _ = req.insert_header("x-forwarded-for", xff);
+        if let Some(prev) = fwd {
+            let node = if ip.contains(':') { format!("for=\"[{ip}]\"") } else { format!("for={ip}") };
+            let _ = req.insert_header("forwarded", format!("{prev}, {node}"));
+        }
+        if req.headers.get("x-real-ip").is_none() {
+            let _ = req.insert_header("x-real-ip", ip.as_str());
+        }
+    }
+    if req.headers.get("x-forwarded-proto").is_none() {
+        let _ = req.insert_header("x-forwarded-proto", "http");
+    }
 }
 
 /// Writes a small JSON response and ends the request.
@@ -124,14 +247,20 @@ impl ProxyHttp for Proxy {
             respond(session, 503, "no policy bundle is active yet", None, &[]).await?;
             return Ok(true);
         };
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let host =
+            match canonicalize(session, &active.snapshot.header_removals, &self.gateway.config.requests, client_ip) {
+                Ok(h) => h,
+                Err(r) => {
+                    ctx.outcome = Some(Outcome::Refused);
+                    self.gateway.metrics.count_refusal(r);
+                    tracing::debug!(reason = r.reason(), "request refused before routing");
+                    respond(session, 400, "bad request", Some(r.message()), &[]).await?;
+                    return Ok(true);
+                }
+            };
+        ctx.client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let req = session.req_header();
-        let raw_host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let host = policy_bundles::router::normalize_host(raw_host);
         let path = req.uri.path();
         let Some(route_ix) = active.snapshot.table.lookup(&host, path, req.method.as_str()) else {
             ctx.outcome = Some(Outcome::NoRoute);
@@ -162,31 +291,32 @@ impl ProxyHttp for Proxy {
         };
 
         let eval_start = Instant::now();
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
         let req = session.req_header();
-        // Only what the rule can read goes into its input (`policy_bundles::input::Needs`).
-        let needs = active.snapshot.needs(route.policy);
-        let parts = RequestParts {
+        let jwt = verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
+        let request = policy_bundles::snapshot::Request {
             method: req.method.as_str(),
-            path,
-            query: req.uri.query().filter(|_| needs.query()),
-            headers: input::headers(
-                req.headers.iter().filter(|(n, _)| needs.header(n.as_str())).map(|(n, v)| (n.as_str(), v.as_bytes())),
-            ),
+            path: req.uri.path(),
+            query: req.uri.query(),
             host: &host,
             scheme: "http",
-            client_ip: &client_ip,
+            client_ip: &ctx.client_ip,
         };
-        let jwt = verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
-        // The cache key is read from the request; the input is built only if the rule must run.
-        let key = active
-            .snapshot
-            .reads
-            .get(route.policy)
-            .and_then(|r| r.paths())
-            .map(|p| input::key(&parts, &route.name, jwt, p));
-        let result = active.snapshot.decide_keyed(route.policy, key, || input::build(parts, &route.name, jwt));
-        ctx.client_ip = client_ip;
+        // Only what the rule can read goes into its input (`policy_bundles::input::Needs`); the
+        // cache key is read from the request, and the input is built only if the rule must run.
+        let result = active.snapshot.decide_request(
+            route.policy,
+            &route.name,
+            request,
+            |needs| {
+                input::headers(
+                    req.headers
+                        .iter()
+                        .filter(|(n, _)| needs.header(n.as_str()))
+                        .map(|(n, v)| (n.as_str(), v.as_bytes())),
+                )
+            },
+            jwt,
+        );
         self.gateway.metrics.policy_eval_duration.observe(eval_start.elapsed().as_secs_f64());
 
         let decision = match result {
@@ -265,15 +395,6 @@ impl ProxyHttp for Proxy {
                 upstream_request.insert_header(k.clone(), v.as_str())?;
             }
         }
-        if !ctx.client_ip.is_empty() {
-            let ip = ctx.client_ip.as_str();
-            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_owned(),
-            };
-            upstream_request.insert_header("x-forwarded-for", xff)?;
-        }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
         Ok(())
     }
 

@@ -71,13 +71,13 @@ fn env() -> Env {
 }
 
 #[test]
-fn public_route_is_proxied_with_its_prefix_stripped() {
+fn public_route_is_proxied_with_its_path_unchanged() {
     let e = env();
     let r = get(&format!("{}/public/hello?x=1", e.gw.base), &[]);
     assert_eq!(r.0, 200, "{r:?}");
     let body = json(&r);
     assert_eq!(body["upstream"], "backend");
-    assert_eq!(body["path"], "/hello?x=1");
+    assert_eq!(body["path"], "/public/hello?x=1");
     assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
 }
 

@@ -110,7 +110,10 @@ impl Bundle {
                     errors.push(BundleError::new(ErrorKind::Rego, Some(path.clone()), "module has no `package` line"));
                     continue;
                 };
-                let pkg_path: Vec<String> = package.split('.').map(str::to_owned).collect();
+                // `package tenants["acme-corp"]` is [tenants, acme-corp], as Rego reads it.
+                let pkg_path: Vec<String> = crate::reads::rule_path(&format!("data.{package}"))
+                    .map(|p| p[1..].to_vec())
+                    .unwrap_or_else(|| package.split('.').map(str::to_owned).collect());
                 if !path.starts_with(TESTS_DIR) && !under_roots(&pkg_path, &roots) {
                     errors.push(
                         BundleError::new(

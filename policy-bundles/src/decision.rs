@@ -46,9 +46,6 @@ impl Decision {
                         "status" => {
                             let s =
                                 val.as_u16().map_err(|_| DecisionError::Shape("`status` must be a number".into()))?;
-                            if !(100..=599).contains(&s) {
-                                return Err(DecisionError::Shape(format!("`status` {s} is not an HTTP status")));
-                            }
                             d.status = s;
                         }
                         "reason" => d.reason = Some(string_of(val, "reason")?),
@@ -56,6 +53,18 @@ impl Decision {
                         "response_headers" => d.response_headers = headers_of(val, "response_headers")?,
                         _ => {}
                     }
+                }
+                if !d.allow && !(300..=599).contains(&d.status) {
+                    return Err(DecisionError::Shape(format!("`status` {} is not a deny status (300-599)", d.status)));
+                }
+                if !d.allow
+                    && (300..400).contains(&d.status)
+                    && !d.response_headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("location"))
+                {
+                    return Err(DecisionError::Shape(format!(
+                        "`status` {} is a redirect without a `location` in `response_headers`",
+                        d.status
+                    )));
                 }
                 Ok(d)
             }
@@ -81,12 +90,28 @@ fn headers_of(v: &Value, what: &str) -> Result<Vec<(String, String)>, DecisionEr
         if !valid_header_name(name) || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(DecisionError::Shape(format!("`{what}` has an invalid header `{name}`")));
         }
+        if is_framing_or_hop_by_hop(name) {
+            return Err(DecisionError::Shape(format!(
+                "`{what}` may not set `{name}`: it is a hop-by-hop or framing header"
+            )));
+        }
         out.push((name.to_string(), value));
     }
     Ok(out)
 }
 
-fn valid_header_name(n: &str) -> bool {
+/// Headers a decision may never set: they change how the message is framed or routed, not
+/// what it says (a decision's `content-length` would desynchronize the upstream connection).
+pub const FORBIDDEN_DECISION_HEADERS: &[&str] =
+    &["connection", "content-length", "transfer-encoding", "te", "trailer", "upgrade", "host", "keep-alive"];
+
+/// Whether a decision may not set this header: [`FORBIDDEN_DECISION_HEADERS`] and `proxy-*`.
+pub fn is_framing_or_hop_by_hop(name: &str) -> bool {
+    FORBIDDEN_DECISION_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
+pub(crate) fn valid_header_name(n: &str) -> bool {
     !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
@@ -116,5 +141,41 @@ mod tests {
         assert!(Decision::from_value(&v).is_err());
         let v = Value::from_json_str(r#"{"allow": true, "headers": {"x": "a\r\nb"}}"#).unwrap();
         assert!(Decision::from_value(&v).is_err());
+    }
+
+    #[test]
+    fn a_decision_cannot_set_framing_or_hop_by_hop_headers() {
+        for name in [
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "host",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+            "keep-alive",
+            "trailer",
+        ] {
+            for field in ["headers", "response_headers"] {
+                let v = Value::from_json_str(&format!(r#"{{"allow": true, "{field}": {{"{name}": "1"}}}}"#)).unwrap();
+                let e = Decision::from_value(&v).unwrap_err().to_string();
+                assert!(e.contains("hop-by-hop or framing"), "{field} {name}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn deny_statuses_are_300_to_599_and_redirects_need_a_location() {
+        for status in [100, 101, 199, 200, 204, 299, 600] {
+            let v = Value::from_json_str(&format!(r#"{{"allow": false, "status": {status}}}"#)).unwrap();
+            assert!(Decision::from_value(&v).is_err(), "{status}");
+        }
+        let v = Value::from_json_str(r#"{"allow": false, "status": 302}"#).unwrap();
+        assert!(Decision::from_value(&v).unwrap_err().to_string().contains("location"));
+        let v = Value::from_json_str(r#"{"allow": false, "status": 302, "response_headers": {"location": "/login"}}"#)
+            .unwrap();
+        assert_eq!(Decision::from_value(&v).unwrap().status, 302);
+        let v = Value::from_json_str(r#"{"allow": false, "status": 451}"#).unwrap();
+        assert_eq!(Decision::from_value(&v).unwrap().status, 451);
     }
 }

@@ -151,7 +151,18 @@ impl TrustRoots {
             if is.jwks.keys.is_empty() {
                 return Err(err("jwks has no keys".into()));
             }
+            match (is.audiences.is_empty(), is.any_audience) {
+                (true, false) => {
+                    return Err(err(
+                        "`audiences` is empty: list the audiences this gateway accepts, or say `any_audience: true`"
+                            .into(),
+                    ))
+                }
+                (false, true) => return Err(err("give `audiences` or `any_audience: true`, not both".into())),
+                _ => {}
+            }
             let mut keys = Vec::new();
+            fingerprint.update([u8::from(is.any_audience)]);
             for part in [&is.issuer].into_iter().chain(&is.audiences) {
                 fingerprint.update((part.len() as u64).to_be_bytes());
                 fingerprint.update(part.as_bytes());

@@ -198,11 +198,78 @@ fn overlaps(a: &[String], b: &[String]) -> bool {
     a.iter().zip(b).all(|(x, y)| x == y)
 }
 
+/// A rule path as segments, parsed as Rego reads a reference: `data.tenants["acme-corp"].allow`
+/// → [data, tenants, acme-corp, allow]. `None` when it is not a reference rooted at `data` with
+/// constant keys only.
+pub fn rule_path(entrypoint: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let b = entrypoint.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut i = 0;
+    let mut first = true;
+    while i < b.len() {
+        if b[i] == b'[' {
+            // `["quoted"]` (JSON string escapes) or `[123]`.
+            let close = i + 1 + entrypoint.get(i + 1..)?.find(']')?;
+            let inner = entrypoint.get(i + 1..close)?.trim();
+            let key = if inner.starts_with('"') {
+                // A `]` inside the string: find the closing quote properly.
+                let (key, len) = json_string_prefix(entrypoint.get(i + 1..)?)?;
+                let after = i + 1 + len;
+                if b.get(after) != Some(&b']') {
+                    return None;
+                }
+                i = after + 1;
+                key
+            } else if !inner.is_empty() && inner.bytes().all(|c| c.is_ascii_digit()) {
+                i = close + 1;
+                inner.to_owned()
+            } else {
+                return None;
+            };
+            out.push(key);
+            first = false;
+            continue;
+        }
+        if !first {
+            if b[i] != b'.' {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && ident(b[i]) {
+            i += 1;
+        }
+        if start == i || b[start].is_ascii_digit() {
+            return None;
+        }
+        out.push(entrypoint.get(start..i)?.to_owned());
+        first = false;
+    }
+    (out.first().map(String::as_str) == Some("data") && out.len() > 1).then_some(out)
+}
+
+/// A JSON string at the start of `s`: its value and its length in bytes.
+fn json_string_prefix(s: &str) -> Option<(String, usize)> {
+    let mut de = serde_json::Deserializer::from_str(s).into_iter::<String>();
+    let v = de.next()?.ok()?;
+    Some((v, de.byte_offset()))
+}
+
 fn closure(rules: &[RuleReads], entrypoint: &str) -> InputReads {
+    let Some(start) = rule_path(entrypoint) else {
+        return InputReads::Uncacheable(format!("`{entrypoint}` is not a rule path the analysis can read"));
+    };
     let mut seen = vec![false; rules.len()];
-    let mut todo: Vec<Vec<String>> = vec![entrypoint.split('.').map(str::to_owned).collect()];
+    let mut todo: Vec<Vec<String>> = vec![start];
     let mut paths: BTreeSet<Vec<Value>> = BTreeSet::new();
+    let mut first = true;
     while let Some(reference) = todo.pop() {
+        if std::mem::take(&mut first) && !rules.iter().any(|r| overlaps(&r.path, &reference)) {
+            // Nothing is known of what it reads: evaluate it on the full input, uncached.
+            return InputReads::Uncacheable(format!("`{entrypoint}` reaches no rule the analysis found"));
+        }
         for (i, r) in rules.iter().enumerate() {
             if seen[i] || !overlaps(&r.path, &reference) {
                 continue;
@@ -324,6 +391,10 @@ impl crate::ast::Visitor for Reads {
     fn with_modifier(&mut self, w: &WithModifier) {
         self.refuse(format!("{}:{} uses `with`", self.file, w.span.line));
     }
+
+    fn unknown(&mut self, what: &str) {
+        self.refuse(format!("{}: uses {what}, which the analysis does not know", self.file));
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +471,35 @@ mod tests {
         // What a rule does not reach does not matter to it.
         let src = "package p\nimport rego.v1\nx := input.a\nclock := time.now_ns()\n";
         assert_eq!(reads(&[("p.rego", src)], "data.p.x"), ["input.a"]);
+    }
+
+    #[test]
+    fn bracketed_packages_and_entrypoints_are_followed() {
+        let src = "package tenants[\"acme-corp\"]\nimport rego.v1\nallow if not input.request.headers[\"x-banned\"]\n";
+        assert_eq!(
+            reads(&[("t.rego", src)], "data.tenants[\"acme-corp\"].allow"),
+            ["input.request.headers[\"x-banned\"]"]
+        );
+        assert_eq!(
+            reads(&[("t.rego", src)], "data.tenants.acme-corp.allow"),
+            ["uncacheable: `data.tenants.acme-corp.allow` is not a rule path the analysis can read"]
+        );
+        assert_eq!(
+            reads(&[("t.rego", src)], "data.tenants[\"other\"].allow"),
+            ["uncacheable: `data.tenants[\"other\"].allow` reaches no rule the analysis found"]
+        );
+    }
+
+    #[test]
+    fn rule_paths_parse_as_rego_references() {
+        let p = |s: &str| rule_path(s);
+        assert_eq!(p("data.a.b").unwrap(), ["data", "a", "b"]);
+        assert_eq!(p("data.tenants[\"acme-corp\"].allow").unwrap(), ["data", "tenants", "acme-corp", "allow"]);
+        assert_eq!(p("data[\"a.b\"][0].c").unwrap(), ["data", "a.b", "0", "c"]);
+        assert_eq!(p("data.x[\"a]b\"]").unwrap(), ["data", "x", "a]b"]);
+        for bad in ["", "data", "input.a", "data..a", "data.a[b]", "data.a[\"b\"", "data.a.", "data.1a", "data.a b"] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,18 @@ pub struct GatewaySettings {
     pub routes: Vec<RouteSpec>,
     #[serde(default)]
     pub jwt: Option<JwtSpec>,
+    #[serde(default)]
+    pub request_headers: RequestHeadersSpec,
+}
+
+/// What happens to client request headers on every route, before any decision adds its own.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RequestHeadersSpec {
+    /// Removed from every client request (identity headers a decision sets, such as
+    /// `x-user-id`): neither the policy nor the upstream ever sees a client's copy.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,8 +102,11 @@ pub struct JwtSpec {
 #[serde(deny_unknown_fields)]
 pub struct IssuerSpec {
     pub issuer: String,
+    /// At least one, unless `any_audience: true` says explicitly that any `aud` is accepted.
     #[serde(default)]
     pub audiences: Vec<String>,
+    #[serde(default)]
+    pub any_audience: bool,
     pub jwks: jsonwebtoken::jwk::JwkSet,
 }
 

@@ -103,6 +103,17 @@ pub enum EvalError {
     Decision(#[from] DecisionError),
 }
 
+/// A request's parts other than its headers, canonical ([`Snapshot::decide_request`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub host: &'a str,
+    pub scheme: &'a str,
+    pub client_ip: &'a str,
+}
+
 /// The compiled, immutable form of a bundle.
 pub struct Snapshot {
     /// Unique per compiled snapshot in this process; keys the per-thread VMs.
@@ -118,6 +129,8 @@ pub struct Snapshot {
     pub reads: Vec<InputReads>,
     /// What each policy's input must hold, from `reads`.
     needs: Vec<crate::input::Needs>,
+    /// `request_headers.remove`, lower case: removed from every client request.
+    pub header_removals: Vec<String>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -172,6 +185,16 @@ impl Snapshot {
     pub fn compile(bundle: &Bundle) -> Result<Snapshot, BundleErrors> {
         let mut errors = Vec::new();
         let settings = &bundle.settings;
+        if let Some(e) = empty_routing_table(bundle) {
+            errors.push(e);
+        }
+        let header_removals = match request_header_removals(bundle) {
+            Ok(h) => h,
+            Err(e) => {
+                errors.push(e);
+                Vec::new()
+            }
+        };
 
         let upstreams: Vec<Upstream> =
             settings.upstreams.iter().map(|(name, spec)| Upstream { name: name.clone(), spec: spec.clone() }).collect();
@@ -217,7 +240,7 @@ impl Snapshot {
             if upstream.is_none() {
                 errors.push(err(format!("names upstream `{}`, which is not defined", r.upstream)));
             }
-            if !r.policy.starts_with("data.") {
+            if crate::reads::rule_path(&r.policy).is_none() {
                 errors
                     .push(err(format!("policy `{}` must be a rule path such as data.http.orders.decision", r.policy)));
             }
@@ -356,6 +379,7 @@ impl Snapshot {
             policies,
             needs: reads.iter().map(crate::input::Needs::from_reads).collect(),
             reads,
+            header_removals,
         })
     }
 
@@ -418,6 +442,33 @@ impl Snapshot {
             }
         });
         Ok((decision, CacheOutcome::Miss))
+    }
+
+    /// Decides a request exactly as the gateway does: the rule's input holds only what the rule
+    /// can read ([`Snapshot::needs`]), the cache key is read from the request, and the input is
+    /// built only when the rule must run. `headers` builds the headers object of the input,
+    /// given which headers the rule can read ([`crate::input::headers`] over the request's
+    /// headers, filtered by [`crate::input::Needs::header`]); `query` is parsed only when read.
+    pub fn decide_request(
+        &self,
+        policy: usize,
+        route: &str,
+        req: Request<'_>,
+        headers: impl FnOnce(&crate::input::Needs) -> Value,
+        jwt: Option<(&str, &Value)>,
+    ) -> Result<(Arc<Decision>, CacheOutcome), EvalError> {
+        let needs = self.needs(policy);
+        let parts = crate::input::RequestParts {
+            method: req.method,
+            path: req.path,
+            query: req.query.filter(|_| needs.query()),
+            headers: headers(needs),
+            host: req.host,
+            scheme: req.scheme,
+            client_ip: req.client_ip,
+        };
+        let key = self.reads.get(policy).and_then(|r| r.paths()).map(|p| crate::input::key(&parts, route, jwt, p));
+        self.decide_keyed(policy, key, || crate::input::build(parts, route, jwt))
     }
 
     /// Evaluates a rule: on this thread's VM for the rule when it has a VM program, else with
@@ -493,6 +544,50 @@ impl Snapshot {
     pub fn route_for(&self, host: &str, path: &str, method: &str) -> Option<&Route> {
         self.table.lookup(host, path, method).map(|i| &self.routes[i])
     }
+}
+
+/// An empty routing table is never a valid thing to activate: every request would be a 404.
+/// A deny-all is a route whose rule denies.
+fn empty_routing_table(bundle: &Bundle) -> Option<BundleError> {
+    let revision = match bundle.manifest.revision.as_str() {
+        "" => String::new(),
+        r => format!(" (revision `{r}`)"),
+    };
+    let why = match bundle.data.get("gateway") {
+        None => "has no gateway settings (`data.gateway`, usually gateway/data.yaml): it may be a bundle for another service",
+        Some(_) if bundle.settings.routes.is_empty() => "has no routes in `data.gateway.routes`",
+        Some(_) => return None,
+    };
+    let (file, line) = match bundle.settings_source {
+        Some(_) => bundle.settings_line("routes:"),
+        None => (Some("data.gateway".into()), None),
+    };
+    Some(
+        BundleError::new(
+            ErrorKind::Settings,
+            file,
+            format!("the bundle{revision} {why}; an empty routing table would answer every request with 404"),
+        )
+        .at_line(line),
+    )
+}
+
+/// `request_headers.remove`, checked and lower-cased.
+fn request_header_removals(bundle: &Bundle) -> Result<Vec<String>, BundleError> {
+    let mut out = Vec::new();
+    for name in &bundle.settings.request_headers.remove {
+        if !crate::decision::valid_header_name(name) {
+            let (file, line) = bundle.settings_line("remove");
+            return Err(BundleError::new(
+                ErrorKind::Settings,
+                file,
+                format!("request_headers.remove: `{name}` is not a header name"),
+            )
+            .at_line(line));
+        }
+        out.push(name.to_ascii_lowercase());
+    }
+    Ok(out)
 }
 
 /// Shared handle to a snapshot.

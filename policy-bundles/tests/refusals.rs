@@ -501,3 +501,46 @@ fn refuses_a_directory_containing_a_fifo() {
     let errs = Bundle::from_path(dir.path(), &Limits::default()).unwrap_err();
     error_about(&errs, ErrorKind::Archive, "http/data.json", None);
 }
+
+#[test]
+fn refuses_a_bundle_without_gateway_settings_as_an_empty_routing_table() {
+    // An OPA bundle for another service, pushed under this name by mistake.
+    let mut files = valid_files();
+    files.remove("gateway/data.yaml");
+    files.insert(".manifest".into(), br#"{"revision": "r1"}"#.to_vec());
+    files.insert("other/data.json".into(), br#"{"limits": {"rps": 10}}"#.to_vec());
+    let errs = refused(files);
+    let e = errs.0.iter().find(|e| e.message.contains("empty routing table")).unwrap_or_else(|| panic!("{errs}"));
+    assert!(e.message.contains("no gateway settings") && e.message.contains("revision `r1`"), "{e}");
+}
+
+#[test]
+fn refuses_gateway_settings_with_no_routes_naming_the_file() {
+    let settings = format!("{}routes: []\n", &SETTINGS[..SETTINGS.find("routes:").unwrap()]);
+    let errs = refused(with(valid_files(), "gateway/data.yaml", &settings));
+    let e = error_about(&errs, ErrorKind::Settings, "gateway/data.yaml", None);
+    assert!(e.message.contains("has no routes") && e.message.contains("404"), "{e}");
+}
+
+#[test]
+fn refuses_an_issuer_without_audiences_unless_any_audience_is_said() {
+    let jwt = "jwt:\n  issuers:\n    - issuer: https://id.example.test\n      AUD\n      jwks: { keys: [ { kty: OKP, crv: Ed25519, x: K6Qp7RFJPITJsvstvTQsWL0t6uzL1Q-OWWdq9BiLI04, kid: k, alg: EdDSA } ] }\n";
+    let errs = refused(with(
+        valid_files(),
+        "gateway/data.yaml",
+        &format!("{SETTINGS}{}", jwt.replace("AUD", "audiences: []")),
+    ));
+    let e = errs.0.iter().find(|e| e.message.contains("any_audience")).unwrap_or_else(|| panic!("{errs}"));
+    assert!(e.message.contains("`audiences` is empty"), "{e}");
+    let files =
+        with(valid_files(), "gateway/data.yaml", &format!("{SETTINGS}{}", jwt.replace("AUD", "any_audience: true")));
+    Snapshot::compile(&Bundle::from_files(files).unwrap()).unwrap();
+}
+
+#[test]
+fn refuses_a_request_header_removal_that_is_not_a_header_name() {
+    let settings = format!("request_headers:\n  remove: [\"x user\"]\n{SETTINGS}");
+    let errs = refused(with(valid_files(), "gateway/data.yaml", &settings));
+    let e = error_about(&errs, ErrorKind::Settings, "gateway/data.yaml", Some(2));
+    assert!(e.message.contains("x user"), "{e}");
+}

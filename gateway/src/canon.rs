@@ -1,0 +1,424 @@
+//! Request canonicalization: the one place that decides what request the gateway is handling.
+//! It runs before routing, and its output is what the route table matches, what the policy sees
+//! and what the upstream receives (DESIGN.md, "What the backend receives"). A request that has
+//! no single meaning (an encoded `/`, a `..;` segment, two Host values that disagree) is
+//! refused with 400 rather than guessed at, because the backend may guess differently.
+//!
+//! * Path: percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, other
+//!   escapes are kept with upper-case hex; dot segments (`.` and `..`, raw or encoded) are
+//!   removed; repeated slashes are merged. Refused: an encoded `/` or `\` (unless configured,
+//!   like Envoy's `path_with_escaped_slashes_action`), a raw `\`, a NUL, a malformed escape, a
+//!   byte outside visible ASCII, and a segment that is `.` or `..` before a `;` (`/..;/`, which
+//!   Tomcat and Spring read as `..`).
+//! * Host: lower-cased, one trailing dot and the default port removed, checked to be a host
+//!   name or IP literal; an absolute-form target's authority is the host and must agree with
+//!   `Host`; more than one `Host`, or none on HTTP/1.1, is refused.
+
+/// What to do with `%2F` and `%5C` in a path (Envoy's `path_with_escaped_slashes_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// 400: the request has two readings (a backend that decodes it sees another path).
+    #[default]
+    Reject,
+    /// Decoded to `/` and then normalized like any other separator.
+    Unescape,
+    /// Kept encoded (`%2F`) inside its segment: for backends that never decode it.
+    Keep,
+}
+
+impl EscapedSlashes {
+    pub fn parse(s: &str) -> Option<EscapedSlashes> {
+        match s {
+            "reject" => Some(EscapedSlashes::Reject),
+            "unescape" => Some(EscapedSlashes::Unescape),
+            "keep" => Some(EscapedSlashes::Keep),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request was refused; [`Refusal::reason`] is the `reason` label of
+/// `gateway_requests_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    EscapedSlash,
+    Backslash,
+    Nul,
+    DotSemicolon,
+    BadEscape,
+    BadPathChar,
+    NotOriginForm,
+    MissingHost,
+    DuplicateHost,
+    BadHost,
+    HostMismatch,
+    DuplicateAuthorization,
+    Framing,
+    UnderscoreHeader,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 14] = [
+        Refusal::EscapedSlash,
+        Refusal::Backslash,
+        Refusal::Nul,
+        Refusal::DotSemicolon,
+        Refusal::BadEscape,
+        Refusal::BadPathChar,
+        Refusal::NotOriginForm,
+        Refusal::MissingHost,
+        Refusal::DuplicateHost,
+        Refusal::BadHost,
+        Refusal::HostMismatch,
+        Refusal::DuplicateAuthorization,
+        Refusal::Framing,
+        Refusal::UnderscoreHeader,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::EscapedSlash => "escaped_slash",
+            Refusal::Backslash => "backslash",
+            Refusal::Nul => "nul",
+            Refusal::DotSemicolon => "dot_semicolon",
+            Refusal::BadEscape => "bad_escape",
+            Refusal::BadPathChar => "bad_path_char",
+            Refusal::NotOriginForm => "bad_target",
+            Refusal::MissingHost => "missing_host",
+            Refusal::DuplicateHost => "duplicate_host",
+            Refusal::BadHost => "bad_host",
+            Refusal::HostMismatch => "host_mismatch",
+            Refusal::DuplicateAuthorization => "duplicate_authorization",
+            Refusal::Framing => "framing",
+            Refusal::UnderscoreHeader => "underscore_header",
+        }
+    }
+
+    /// The message sent to the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::EscapedSlash => "the path has an encoded `/` or `\\`",
+            Refusal::Backslash => "the path has a `\\`",
+            Refusal::Nul => "the path has a NUL",
+            Refusal::DotSemicolon => "the path has a `.` or `..` segment with parameters (`..;`)",
+            Refusal::BadEscape => "the path has a malformed percent-encoding",
+            Refusal::BadPathChar => "the path has a byte outside visible ASCII",
+            Refusal::NotOriginForm => "the request target is not a path",
+            Refusal::MissingHost => "the request has no host",
+            Refusal::DuplicateHost => "the request has more than one Host header",
+            Refusal::BadHost => "the host is not a host name or IP address",
+            Refusal::HostMismatch => "the request target's authority and the Host header disagree",
+            Refusal::DuplicateAuthorization => "the request has more than one Authorization header",
+            Refusal::Framing => "the request's Content-Length / Transfer-Encoding are ambiguous",
+            Refusal::UnderscoreHeader => "a header name contains `_`",
+        }
+    }
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Whether `path` is already canonical, checked in one pass without allocating: true for the
+/// common request (`/orders/7`), which then costs no copy.
+fn is_canonical(path: &[u8]) -> bool {
+    if path.first() != Some(&b'/') {
+        return false;
+    }
+    let mut prev_slash = false;
+    let mut seg_start = 0;
+    for (i, &b) in path.iter().enumerate() {
+        match b {
+            b'/' => {
+                if prev_slash {
+                    return false;
+                }
+                let seg = &path[seg_start..i];
+                if seg == b"." || seg == b".." {
+                    return false;
+                }
+                prev_slash = true;
+                seg_start = i + 1;
+            }
+            b'%' | b'\\' | b';' => return false,
+            0x21..=0x7e => prev_slash = false,
+            _ => return false,
+        }
+    }
+    let last = &path[seg_start..];
+    last != b"." && last != b".."
+}
+
+/// The canonical form of a request path (no query string), or why it has none.
+pub fn path(raw: &str, slashes: EscapedSlashes) -> Result<std::borrow::Cow<'_, str>, Refusal> {
+    let bytes = raw.as_bytes();
+    if is_canonical(bytes) {
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
+    if bytes.first() != Some(&b'/') {
+        return Err(Refusal::NotOriginForm);
+    }
+    // Decode into segments; a decoded byte that is not unreserved is kept escaped, so a
+    // segment's text is what any backend decodes to the same bytes.
+    let mut segments: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut i = 1;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'/' => segments.push(Vec::new()),
+            b'\\' => return Err(Refusal::Backslash),
+            b'%' => {
+                let (Some(h), Some(l)) =
+                    (bytes.get(i + 1).and_then(|c| hex(*c)), bytes.get(i + 2).and_then(|c| hex(*c)))
+                else {
+                    return Err(Refusal::BadEscape);
+                };
+                let d = h * 16 + l;
+                i += 2;
+                let seg = segments.last_mut().ok_or(Refusal::BadEscape)?;
+                match d {
+                    0 => return Err(Refusal::Nul),
+                    b'/' | b'\\' => match slashes {
+                        EscapedSlashes::Reject => return Err(Refusal::EscapedSlash),
+                        EscapedSlashes::Unescape => segments.push(Vec::new()),
+                        EscapedSlashes::Keep => seg.extend_from_slice(if d == b'/' { b"%2F" } else { b"%5C" }),
+                    },
+                    d if unreserved(d) => seg.push(d),
+                    d => seg.extend_from_slice(format!("%{d:02X}").as_bytes()),
+                }
+            }
+            0x21..=0x7e => {
+                if let Some(seg) = segments.last_mut() {
+                    seg.push(b)
+                }
+            }
+            0 => return Err(Refusal::Nul),
+            _ => return Err(Refusal::BadPathChar),
+        }
+        i += 1;
+    }
+    // Remove dot segments and empty ones; a trailing slash (or a trailing dot segment) leaves
+    // the path ending in `/`, as RFC 3986 5.2.4 does.
+    let mut out: Vec<&[u8]> = Vec::with_capacity(segments.len());
+    let mut trailing = false;
+    for seg in &segments {
+        let name = seg.split(|b| *b == b';').next().unwrap_or(&[]);
+        if (name == b"." || name == b"..") && name.len() != seg.len() {
+            return Err(Refusal::DotSemicolon);
+        }
+        trailing = true;
+        match seg.as_slice() {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            s => {
+                out.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut p = Vec::with_capacity(raw.len());
+    for s in &out {
+        p.push(b'/');
+        p.extend_from_slice(s);
+    }
+    if trailing || out.is_empty() {
+        p.push(b'/');
+    }
+    // Every byte pushed is visible ASCII.
+    String::from_utf8(p).map(std::borrow::Cow::Owned).map_err(|_| Refusal::BadPathChar)
+}
+
+/// A request's canonical host: `name` (no port) is what routes match and the policy sees;
+/// `authority` (with a non-default port) is the `Host` the upstream receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub authority: String,
+}
+
+/// Canonicalizes one authority (`API.Example.com.:80`), for a scheme whose default port is
+/// `default_port`.
+pub fn authority(raw: &str, default_port: u16) -> Result<Host, Refusal> {
+    let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or(Refusal::BadHost)?;
+        ip.parse::<std::net::Ipv6Addr>().map_err(|_| Refusal::BadHost)?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or(Refusal::BadHost)?),
+        };
+        (format!("[{}]", ip.to_ascii_lowercase()), port)
+    } else {
+        let (name, port) = match raw.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (raw, None),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let label_ok = |l: &str| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(Refusal::BadHost);
+        }
+        (name.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None => None,
+        Some(p) => {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Refusal::BadHost);
+            }
+            let n: u32 = p.parse().map_err(|_| Refusal::BadHost)?;
+            if n > 65535 {
+                return Err(Refusal::BadHost);
+            }
+            (n != u32::from(default_port)).then_some(n)
+        }
+    };
+    let authority = match port {
+        Some(p) => format!("{name}:{p}"),
+        None => name.clone(),
+    };
+    Ok(Host { name, authority })
+}
+
+/// The authority of an absolute-form request target (`http://admin.example.test/x`), read
+/// from the target as received; `None` for origin form (`/x`). Any other form (`*`, a
+/// scheme other than http(s), authority-form) has no path to canonicalize and is refused.
+pub fn target_authority(raw: &[u8]) -> Result<Option<&str>, Refusal> {
+    if raw.first() == Some(&b'/') {
+        return Ok(None);
+    }
+    let rest = [&b"http://"[..], b"https://"]
+        .iter()
+        .find_map(|scheme| {
+            raw.get(..scheme.len()).filter(|p| p.eq_ignore_ascii_case(scheme)).map(|_| &raw[scheme.len()..])
+        })
+        .ok_or(Refusal::NotOriginForm)?;
+    let end = rest.iter().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+    let authority = std::str::from_utf8(&rest[..end]).map_err(|_| Refusal::BadHost)?;
+    Ok(Some(authority))
+}
+
+/// The request's host from its `Host` header values and its target's authority (absolute
+/// form, or HTTP/2's `:authority`). `None` only for HTTP/1.0 without either.
+pub fn host(
+    host_headers: &[&[u8]],
+    target_authority: Option<&str>,
+    http11_or_later: bool,
+    default_port: u16,
+) -> Result<Option<Host>, Refusal> {
+    let header = match host_headers {
+        [] => None,
+        [one] => Some(authority(std::str::from_utf8(one).map_err(|_| Refusal::BadHost)?.trim(), default_port)?),
+        _ => return Err(Refusal::DuplicateHost),
+    };
+    let target = match target_authority {
+        None => None,
+        Some(a) if a.contains('@') => return Err(Refusal::BadHost),
+        Some(a) => Some(authority(a, default_port)?),
+    };
+    match (target, header) {
+        (Some(t), Some(h)) if t != h => Err(Refusal::HostMismatch),
+        (Some(t), _) => Ok(Some(t)),
+        (None, Some(h)) => Ok(Some(h)),
+        (None, None) if http11_or_later => Err(Refusal::MissingHost),
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(raw: &str) -> Result<String, Refusal> {
+        path(raw, EscapedSlashes::Reject).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed_unchanged() {
+        for raw in ["/", "/orders/7", "/orders/", "/a.b/c~d-e_f", "/x..y/.z"] {
+            assert!(matches!(path(raw, EscapedSlashes::Reject), Ok(std::borrow::Cow::Borrowed(_))), "{raw}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_raw_or_encoded_are_removed() {
+        assert_eq!(p("/public/../orders/7").unwrap(), "/orders/7");
+        assert_eq!(p("/public/%2e%2e/orders/7").unwrap(), "/orders/7");
+        assert_eq!(p("/public/%2E./orders/7").unwrap(), "/orders/7");
+        assert_eq!(p("/./admin/x").unwrap(), "/admin/x");
+        assert_eq!(p("/x/../admin/x").unwrap(), "/admin/x");
+        assert_eq!(p("/../../etc/passwd").unwrap(), "/etc/passwd");
+        assert_eq!(p("/a/b/..").unwrap(), "/a/");
+        assert_eq!(p("/a/.").unwrap(), "/a/");
+        assert_eq!(p("/..").unwrap(), "/");
+    }
+
+    #[test]
+    fn slashes_merge_and_unreserved_escapes_decode() {
+        assert_eq!(p("//orders/7").unwrap(), "/orders/7");
+        assert_eq!(p("/orders///7//").unwrap(), "/orders/7/");
+        assert_eq!(p("/%6frders/7").unwrap(), "/orders/7");
+        assert_eq!(p("/a%20b/%7e").unwrap(), "/a%20b/~");
+        assert_eq!(p("/a%3fb").unwrap(), "/a%3Fb");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        assert_eq!(p("/public/..%2forders/7"), Err(Refusal::EscapedSlash));
+        assert_eq!(p("/public/..%5corders/7"), Err(Refusal::EscapedSlash));
+        assert_eq!(p("/public/..\\orders/7"), Err(Refusal::Backslash));
+        assert_eq!(p("/public/..;/orders/7"), Err(Refusal::DotSemicolon));
+        assert_eq!(p("/public/.;x=1/orders"), Err(Refusal::DotSemicolon));
+        assert_eq!(p("/public/%2e%2e;/orders"), Err(Refusal::DotSemicolon));
+        assert_eq!(p("/a%00b"), Err(Refusal::Nul));
+        assert_eq!(p("/a%zz"), Err(Refusal::BadEscape));
+        assert_eq!(p("/a%4"), Err(Refusal::BadEscape));
+        assert_eq!(p("/a\u{e9}"), Err(Refusal::BadPathChar));
+        assert_eq!(p("*"), Err(Refusal::NotOriginForm));
+        // A `;` elsewhere is data.
+        assert_eq!(p("/orders;v=1/7").unwrap(), "/orders;v=1/7");
+    }
+
+    #[test]
+    fn escaped_slashes_follow_the_configured_action() {
+        assert_eq!(path("/a%2fb/../c", EscapedSlashes::Unescape).unwrap(), "/a/c");
+        assert_eq!(path("/a%2fb/../c", EscapedSlashes::Keep).unwrap(), "/c");
+        assert_eq!(path("/a%2fb", EscapedSlashes::Keep).unwrap(), "/a%2Fb");
+    }
+
+    #[test]
+    fn hosts_are_canonical_and_must_agree() {
+        let h = |raw: &str| authority(raw, 80);
+        assert_eq!(
+            h("API.Example.test.").unwrap(),
+            Host { name: "api.example.test".into(), authority: "api.example.test".into() }
+        );
+        assert_eq!(h("api.example.test:80").unwrap().authority, "api.example.test");
+        assert_eq!(h("api.example.test:8080").unwrap().authority, "api.example.test:8080");
+        assert_eq!(h("api.example.test:8080").unwrap().name, "api.example.test");
+        assert_eq!(h("[::1]:8080").unwrap().name, "[::1]");
+        for bad in ["", ":80", "a b", "a/b", "a@b", "a..b", "a:x", "a:99999", "[zz]", "a\\b", "."] {
+            assert_eq!(h(bad), Err(Refusal::BadHost), "{bad:?}");
+        }
+        assert_eq!(host(&[], None, true, 80), Err(Refusal::MissingHost));
+        assert_eq!(host(&[], None, false, 80), Ok(None));
+        assert_eq!(host(&[b"a", b"b"], None, true, 80), Err(Refusal::DuplicateHost));
+        assert_eq!(host(&[], Some("admin.example.test"), true, 80).unwrap().unwrap().name, "admin.example.test");
+        assert_eq!(host(&[b"a.test"], Some("admin.example.test"), true, 80), Err(Refusal::HostMismatch));
+        assert_eq!(host(&[b"A.test."], Some("a.test:80"), true, 80).unwrap().unwrap().name, "a.test");
+        assert_eq!(host(&[], Some("user@a.test"), true, 80), Err(Refusal::BadHost));
+        assert_eq!(target_authority(b"/x"), Ok(None));
+        assert_eq!(target_authority(b"HTTP://Admin.test:80/x?y"), Ok(Some("Admin.test:80")));
+        assert_eq!(target_authority(b"https://a.test"), Ok(Some("a.test")));
+        assert_eq!(target_authority(b"*"), Err(Refusal::NotOriginForm));
+        assert_eq!(target_authority(b"ftp://a.test/x"), Err(Refusal::NotOriginForm));
+        assert_eq!(target_authority(b"a.test:443"), Err(Refusal::NotOriginForm));
+    }
+}
