@@ -9,6 +9,7 @@
 # Each gets REQUESTS requests (oha -c 8) after 500 of warm-up; counters are zeroed in between.
 # Writes loadtest/reports/instructions.md.
 # Usage: loadtest/instructions.sh [REQUESTS]   (default 4000; about 3 minutes; cleans up after itself)
+# INSTRUCTIONS_KEEP=DIR keeps each run's callgrind_annotate output (self and inclusive) in DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-4000}
@@ -40,6 +41,7 @@ measure() {
   f=$(ls "$work"/cg-"$label".*.1 | head -1)
   callgrind_annotate --auto=no "$f" > "$work/$label.txt" 2>/dev/null
   callgrind_annotate --auto=no --inclusive=yes "$f" > "$work/$label.incl.txt" 2>/dev/null
+  if [ -n "${INSTRUCTIONS_KEEP:-}" ]; then mkdir -p "$INSTRUCTIONS_KEEP"; cp "$work/$label.txt" "$work/$label.incl.txt" "$INSTRUCTIONS_KEEP/"; fi
   local total
   total=$(grep "PROGRAM TOTALS" "$work/$label.txt" | awk '{gsub(",","",$1); print $1}')
   echo "$label $((total / N))" >> "$work/results"

@@ -235,11 +235,32 @@ pub fn path(raw: &str, slashes: EscapedSlashes) -> Result<std::borrow::Cow<'_, s
 }
 
 /// A request's canonical host: `name` (no port) is what routes match and the policy sees;
-/// `authority` (with a non-default port) is the `Host` the upstream receives.
+/// [`Host::authority`] (with a non-default port) is the `Host` the upstream receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     pub name: String,
-    pub authority: String,
+    /// A port other than the scheme's default.
+    pub port: Option<u16>,
+}
+
+impl Host {
+    pub fn authority(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Whether `raw` (a `Host` value) is already this host's canonical authority.
+    pub fn is(&self, raw: &[u8]) -> bool {
+        match self.port {
+            None => raw == self.name.as_bytes(),
+            Some(p) => {
+                raw.strip_prefix(self.name.as_bytes()).and_then(|r| r.strip_prefix(b":"))
+                    == Some(p.to_string().as_bytes())
+            }
+        }
+    }
 }
 
 /// Canonicalizes one authority (`API.Example.com.:80`), for a scheme whose default port is
@@ -259,10 +280,21 @@ pub fn authority(raw: &str, default_port: u16) -> Result<Host, Refusal> {
             None => (raw, None),
         };
         let name = name.strip_suffix('.').unwrap_or(name);
-        let label_ok = |l: &str| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        // One pass: every label 1-63 bytes of letters, digits, `-` or `_`.
+        let mut label = 0usize;
+        for b in name.bytes() {
+            match b {
+                b'.' if label > 0 => label = 0,
+                b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' => {
+                    label += 1;
+                    if label > 63 {
+                        return Err(Refusal::BadHost);
+                    }
+                }
+                _ => return Err(Refusal::BadHost),
+            }
+        }
+        if label == 0 || name.len() > 253 {
             return Err(Refusal::BadHost);
         }
         (name.to_ascii_lowercase(), port)
@@ -273,18 +305,11 @@ pub fn authority(raw: &str, default_port: u16) -> Result<Host, Refusal> {
             if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(Refusal::BadHost);
             }
-            let n: u32 = p.parse().map_err(|_| Refusal::BadHost)?;
-            if n > 65535 {
-                return Err(Refusal::BadHost);
-            }
-            (n != u32::from(default_port)).then_some(n)
+            let n: u16 = p.parse().map_err(|_| Refusal::BadHost)?;
+            (n != default_port).then_some(n)
         }
     };
-    let authority = match port {
-        Some(p) => format!("{name}:{p}"),
-        None => name.clone(),
-    };
-    Ok(Host { name, authority })
+    Ok(Host { name, port })
 }
 
 /// The authority of an absolute-form request target (`http://admin.example.test/x`), read
@@ -396,12 +421,12 @@ mod tests {
     #[test]
     fn hosts_are_canonical_and_must_agree() {
         let h = |raw: &str| authority(raw, 80);
-        assert_eq!(
-            h("API.Example.test.").unwrap(),
-            Host { name: "api.example.test".into(), authority: "api.example.test".into() }
-        );
-        assert_eq!(h("api.example.test:80").unwrap().authority, "api.example.test");
-        assert_eq!(h("api.example.test:8080").unwrap().authority, "api.example.test:8080");
+        assert_eq!(h("API.Example.test.").unwrap(), Host { name: "api.example.test".into(), port: None });
+        assert_eq!(h("api.example.test:80").unwrap().authority(), "api.example.test");
+        assert_eq!(h("api.example.test:8080").unwrap().authority(), "api.example.test:8080");
+        assert!(h("api.example.test:8080").unwrap().is(b"api.example.test:8080"));
+        assert!(!h("api.example.test:8080").unwrap().is(b"api.example.test:80800"));
+        assert!(!h("API.example.test").unwrap().is(b"API.example.test"));
         assert_eq!(h("api.example.test:8080").unwrap().name, "api.example.test");
         assert_eq!(h("[::1]:8080").unwrap().name, "[::1]");
         for bad in ["", ":80", "a b", "a/b", "a@b", "a..b", "a:x", "a:99999", "[zz]", "a\\b", "."] {

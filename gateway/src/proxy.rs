@@ -58,24 +58,21 @@ fn canonicalize(
     session: &mut Session,
     removals: &[String],
     rules: &crate::config::RequestRules,
-    client_ip: Option<std::net::IpAddr>,
+    peer: Option<(std::net::IpAddr, &str)>,
 ) -> std::result::Result<String, Refusal> {
     let req = session.req_header_mut();
-    framing(&req.headers)?;
-    if req.headers.get_all(http::header::AUTHORIZATION).iter().nth(1).is_some() {
-        return Err(Refusal::DuplicateAuthorization);
-    }
+    let trusted = peer.is_some_and(|(ip, _)| rules.trusts(ip));
+    let seen = Scan::of(&req.headers, removals, rules, trusted)?;
     // HTTP/2's `:authority` is the URI's; HTTP/1.1's absolute form is kept only in the raw target.
     let absolute = match req.uri.authority() {
         Some(a) => Some(a.as_str()),
         None => canon::target_authority(req.raw_path())?,
     };
     let absolute_form = absolute.is_some();
-    let host = {
-        let values: Vec<&[u8]> = req.headers.get_all(http::header::HOST).iter().map(|v| v.as_bytes()).collect();
-        let http11 = req.version != http::Version::HTTP_10 && req.version != http::Version::HTTP_09;
-        canon::host(&values, absolute, http11, 80)?
-    };
+    let http11 = req.version != http::Version::HTTP_10 && req.version != http::Version::HTTP_09;
+    let host = canon::host(seen.host.as_slice(), absolute, http11, 80)?;
+    let set_host = host.as_ref().filter(|h| !seen.host.is_some_and(|raw| h.is(raw))).map(canon::Host::authority);
+    let (doomed_any, real_ip) = (seen.doomed, seen.real_ip);
     let path = canon::path(req.uri.path(), rules.escaped_slashes)?;
     // Origin form, canonical path: also drops an absolute-form target's scheme and authority.
     if matches!(path, std::borrow::Cow::Owned(_)) || absolute_form {
@@ -86,87 +83,115 @@ fn canonicalize(
         let uri = target.parse::<http::Uri>().map_err(|_| Refusal::BadPathChar)?;
         req.set_uri(uri);
     }
-    if let Some(h) = &host {
-        if req.headers.get(http::header::HOST).map(|v| v.as_bytes()) != Some(h.authority.as_bytes()) {
-            req.insert_header(http::header::HOST, h.authority.as_str()).map_err(|_| Refusal::BadHost)?;
-        }
+    if let Some(authority) = set_host {
+        req.insert_header(http::header::HOST, authority).map_err(|_| Refusal::BadHost)?;
     }
-    if rules.underscores != crate::config::Underscores::Allow {
-        let underscored: Vec<http::HeaderName> =
-            req.headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
-        if !underscored.is_empty() && rules.underscores == crate::config::Underscores::Reject {
-            return Err(Refusal::UnderscoreHeader);
-        }
-        for n in &underscored {
+    if doomed_any {
+        let doomed: Vec<http::HeaderName> =
+            req.headers.keys().filter(|n| doomed(n.as_str(), removals, rules, trusted)).cloned().collect();
+        for n in &doomed {
             req.remove_header(n);
         }
     }
-    for n in removals {
-        if req.headers.contains_key(n.as_str()) {
-            req.remove_header(n.as_str());
-        }
+    if let Some((_, ip)) = peer {
+        forwarding(req, ip, trusted, real_ip);
     }
-    forwarding(req, rules, client_ip);
     Ok(host.map(|h| h.name).unwrap_or_default())
 }
 
-/// Refuses requests whose body length has two readings (request smuggling): more than one
-/// `Content-Length` value, or one that is not a number; `Transfer-Encoding` beside
-/// `Content-Length`; a `Transfer-Encoding` other than exactly `chunked`.
-fn framing(headers: &http::HeaderMap) -> std::result::Result<(), Refusal> {
-    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let length = lengths.next();
-    if lengths.next().is_some() {
-        return Err(Refusal::Framing);
-    }
-    if let Some(l) = length {
-        if l.is_empty() || !l.as_bytes().iter().all(u8::is_ascii_digit) {
-            return Err(Refusal::Framing);
-        }
-    }
-    let mut te = headers.get_all(http::header::TRANSFER_ENCODING).iter();
-    if let Some(t) = te.next() {
-        if length.is_some() || te.next().is_some() || !t.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err(Refusal::Framing);
-        }
-    }
-    Ok(())
+/// What one pass over the request's headers found.
+struct Scan<'a> {
+    host: Option<&'a [u8]>,
+    /// Some header must be removed ([`doomed`]).
+    doomed: bool,
+    real_ip: bool,
 }
 
-/// `X-Forwarded-For`, `X-Real-IP`, `Forwarded`, `X-Forwarded-Proto`: from a trusted proxy,
-/// the client's address is appended to what the proxy says; from anyone else, what the
-/// client says is replaced, never appended to.
-fn forwarding(req: &mut RequestHeader, rules: &crate::config::RequestRules, client_ip: Option<std::net::IpAddr>) {
-    let trusted = client_ip.is_some_and(|ip| rules.trusts(ip));
-    let ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-    let joined = |req: &RequestHeader, name: &str| -> Option<String> {
-        let all: Vec<&str> = req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        (!all.is_empty()).then(|| all.join(", "))
+impl<'a> Scan<'a> {
+    /// Reads every header once. Refuses what has two readings: more than one `Host` or
+    /// `Authorization`; more than one `Content-Length`, or one that is not a number; a
+    /// `Transfer-Encoding` other than exactly `chunked`, or beside a length (request
+    /// smuggling). `Content-Length` beside `Transfer-Encoding` rarely gets here: Pingora
+    /// removes the length and closes the connection after the response, as RFC 9112 6.3 says.
+    fn of(
+        headers: &'a http::HeaderMap,
+        removals: &[String],
+        rules: &crate::config::RequestRules,
+        trusted: bool,
+    ) -> std::result::Result<Scan<'a>, Refusal> {
+        let mut scan = Scan { host: None, doomed: false, real_ip: false };
+        let (mut hosts, mut auths, mut lengths, mut encodings) = (0u8, 0u8, 0u8, 0u8);
+        for (name, value) in headers {
+            match name.as_str() {
+                "host" => {
+                    hosts += 1;
+                    scan.host = Some(value.as_bytes());
+                }
+                "authorization" => auths += 1,
+                "content-length" => {
+                    lengths += 1;
+                    if value.is_empty() || !value.as_bytes().iter().all(u8::is_ascii_digit) {
+                        return Err(Refusal::Framing);
+                    }
+                }
+                "transfer-encoding" => {
+                    encodings += 1;
+                    if !value.as_bytes().eq_ignore_ascii_case(b"chunked") {
+                        return Err(Refusal::Framing);
+                    }
+                }
+                n => {
+                    scan.real_ip |= n == "x-real-ip";
+                    if doomed(n, removals, rules, trusted) {
+                        if rules.underscores == crate::config::Underscores::Reject && n.contains('_') {
+                            return Err(Refusal::UnderscoreHeader);
+                        }
+                        scan.doomed = true;
+                    }
+                }
+            }
+        }
+        match () {
+            _ if hosts > 1 => Err(Refusal::DuplicateHost),
+            _ if auths > 1 => Err(Refusal::DuplicateAuthorization),
+            _ if lengths > 1 || encodings > 1 || (lengths > 0 && encodings > 0) => Err(Refusal::Framing),
+            _ => Ok(scan),
+        }
+    }
+}
+
+/// Whether a header must not reach the policy or the upstream as the client sent it: a name
+/// with `_` (unless allowed), one of the bundle's `request_headers.remove`, or a forwarding
+/// header from a peer that is not a trusted proxy (the gateway sets its own).
+fn doomed(n: &str, removals: &[String], rules: &crate::config::RequestRules, trusted: bool) -> bool {
+    let forwarding =
+        matches!(n, "x-forwarded-for" | "x-real-ip" | "forwarded" | "x-forwarded-proto" | "x-forwarded-host");
+    (forwarding && !trusted)
+        || (rules.underscores != crate::config::Underscores::Allow && n.contains('_'))
+        || removals.iter().any(|r| r == n)
+}
+
+/// `X-Forwarded-For` and the rest, after [`doomed`] removed a client's copies: from a trusted
+/// proxy the peer is appended to `X-Forwarded-For` and `Forwarded` and the proxy's
+/// `X-Real-IP` and `X-Forwarded-Proto` are kept; from anyone else they are the gateway's own.
+/// A client's `X-Real-IP` is replaced with the peer; none is added where none was sent.
+fn forwarding(req: &mut RequestHeader, ip: &str, trusted: bool, real_ip: bool) {
+    let append = |req: &RequestHeader, name: &str, node: &str| -> Option<String> {
+        let mut all = req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).peekable();
+        all.peek()?;
+        Some(all.chain([node]).collect::<Vec<_>>().join(", "))
     };
-    let (xff, fwd) = if trusted { (joined(req, "x-forwarded-for"), joined(req, "forwarded")) } else { (None, None) };
-    if !trusted {
-        req.remove_header("x-real-ip");
-        req.remove_header("forwarded");
-        req.remove_header("x-forwarded-proto");
-        req.remove_header("x-forwarded-host");
-    }
-    if ip.is_empty() {
-        req.remove_header("x-forwarded-for");
-    } else {
-        let xff = match xff {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.clone(),
-        };
-        let _ = req.insert_header("x-forwarded-for", xff);
-        if let Some(prev) = fwd {
-            let node = if ip.contains(':') { format!("for=\"[{ip}]\"") } else { format!("for={ip}") };
-            let _ = req.insert_header("forwarded", format!("{prev}, {node}"));
+    let xff = if trusted { append(req, "x-forwarded-for", ip) } else { None };
+    let _ = req.insert_header("x-forwarded-for", xff.as_deref().unwrap_or(ip));
+    if trusted {
+        let node = if ip.contains(':') { format!("for=\"[{ip}]\"") } else { format!("for={ip}") };
+        if let Some(fwd) = append(req, "forwarded", &node) {
+            let _ = req.insert_header("forwarded", fwd);
         }
-        if req.headers.get("x-real-ip").is_none() {
-            let _ = req.insert_header("x-real-ip", ip.as_str());
-        }
+    } else if real_ip {
+        let _ = req.insert_header("x-real-ip", ip);
     }
-    if req.headers.get("x-forwarded-proto").is_none() {
+    if !trusted || !req.headers.contains_key("x-forwarded-proto") {
         let _ = req.insert_header("x-forwarded-proto", "http");
     }
 }
@@ -248,18 +273,18 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         };
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let host =
-            match canonicalize(session, &active.snapshot.header_removals, &self.gateway.config.requests, client_ip) {
-                Ok(h) => h,
-                Err(r) => {
-                    ctx.outcome = Some(Outcome::Refused);
-                    self.gateway.metrics.count_refusal(r);
-                    tracing::debug!(reason = r.reason(), "request refused before routing");
-                    respond(session, 400, "bad request", Some(r.message()), &[]).await?;
-                    return Ok(true);
-                }
-            };
         ctx.client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let peer = client_ip.map(|ip| (ip, ctx.client_ip.as_str()));
+        let host = match canonicalize(session, &active.snapshot.header_removals, &self.gateway.config.requests, peer) {
+            Ok(h) => h,
+            Err(r) => {
+                ctx.outcome = Some(Outcome::Refused);
+                self.gateway.metrics.count_refusal(r);
+                tracing::debug!(reason = r.reason(), "request refused before routing");
+                respond(session, 400, "bad request", Some(r.message()), &[]).await?;
+                return Ok(true);
+            }
+        };
         let req = session.req_header();
         let path = req.uri.path();
         let Some(route_ix) = active.snapshot.table.lookup(&host, path, req.method.as_str()) else {

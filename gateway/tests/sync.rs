@@ -108,6 +108,20 @@ fn keeps_last_known_good_when_the_source_serves_bad_bundles() {
         let files = policy_bundles::archive::read_dir(&b, &policy_bundles::Limits::default()).expect("read");
         policy_bundles::archive::write_tar_gz(&files).expect("tar")
     };
+    // An OPA bundle for another service, pushed under this name: no `data.gateway` at all.
+    let foreign = {
+        let mut files = policy_bundles::archive::Files::new();
+        files.insert(".manifest".into(), br#"{"revision": "r-foreign"}"#.to_vec());
+        files.insert(
+            "authz/policy.rego".into(),
+            b"package authz
+import rego.v1
+allow := true
+"
+            .to_vec(),
+        );
+        policy_bundles::archive::write_tar_gz(&files).expect("tar")
+    };
     let mut huge = vec![0u8; 2 << 20];
     huge[0] = 0x1f;
     let faults: Vec<(&str, Answer, &str)> = vec![
@@ -116,6 +130,7 @@ fn keeps_last_known_good_when_the_source_serves_bad_bundles() {
         ("digest mismatch", Answer::Body { bytes: other, etag: format!("\"{}\"", "0".repeat(64)) }, "digest mismatch"),
         ("rego that does not compile", Answer::Bundle(bad_rego), "http/bad.rego"),
         ("route naming a missing rule", Answer::Bundle(missing_rule), "data.http.ghost.allow"),
+        ("a bundle with no routing table", Answer::Bundle(foreign), "empty routing table"),
         ("over max_size", Answer::Body { bytes: huge, etag: "\"h\"".into() }, "max_size"),
         ("500", Answer::Status { code: 500, retry_after: None }, "HTTP 500"),
         ("404", Answer::Status { code: 404, retry_after: None }, "HTTP 404"),
