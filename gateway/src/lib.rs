@@ -4,7 +4,8 @@
 pub mod admin;
 pub mod admission;
 pub mod cache;
-pub mod canon;
+/// Request canonicalization lives beside the input it feeds, shared with the load tests' policy service.
+pub use policy_bundles::canon;
 pub mod config;
 pub mod health;
 pub mod metrics;

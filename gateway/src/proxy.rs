@@ -151,11 +151,14 @@ impl<'a> Scan<'a> {
                 }
             }
         }
-        match () {
-            _ if hosts > 1 => Err(Refusal::DuplicateHost),
-            _ if auths > 1 => Err(Refusal::DuplicateAuthorization),
-            _ if lengths > 1 || encodings > 1 || (lengths > 0 && encodings > 0) => Err(Refusal::Framing),
-            _ => Ok(scan),
+        if hosts > 1 {
+            Err(Refusal::DuplicateHost)
+        } else if auths > 1 {
+            Err(Refusal::DuplicateAuthorization)
+        } else if lengths > 1 || encodings > 1 || (lengths > 0 && encodings > 0) {
+            Err(Refusal::Framing)
+        } else {
+            Ok(scan)
         }
     }
 }

@@ -472,3 +472,13 @@ fn escaped_slashes_can_be_unescaped_by_configuration() {
     let seen = env.rec.seen.lock().expect("log").clone();
     assert_eq!(seen.iter().map(|s| s.target.as_str()).collect::<Vec<_>>(), ["/a/b"]);
 }
+
+#[test]
+fn underscore_headers_can_be_refused_by_configuration() {
+    let env = env("headers_with_underscores: reject\n");
+    assert_eq!(send_from(None, &env.addr, req("/public/x", "x_user_id: mallory\r\n").as_bytes()), [400]);
+    assert_eq!(send_from(None, &env.addr, req("/public/x", "x-user-agent-id: fine\r\n").as_bytes()), [200]);
+    let seen = env.rec.seen.lock().expect("log").clone();
+    assert_eq!(seen.len(), 1, "only the request without `_` is forwarded");
+    assert_eq!(seen[0].one("x-user-agent-id"), Some("fine"));
+}

@@ -6,6 +6,7 @@ pub mod archive;
 mod ast;
 pub mod bundle;
 pub mod calls;
+pub mod canon;
 pub mod decision;
 pub mod error;
 pub mod input;

@@ -144,16 +144,6 @@ impl RouteTable {
     }
 }
 
-/// Lower-cases a Host header value and strips its port.
-pub fn normalize_host(raw: &str) -> String {
-    let h = if raw.starts_with('[') {
-        raw.split(']').next().map(|s| format!("{s}]")).unwrap_or_default()
-    } else {
-        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw).to_owned()
-    };
-    h.to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,7 +186,5 @@ mod tests {
         assert_eq!(t.lookup("a.example.com", "/", "GET"), Some(0));
         assert_eq!(t.lookup("a.b.example.com", "/", "GET"), Some(0));
         assert_eq!(t.lookup("example.com", "/", "GET"), None);
-        assert_eq!(normalize_host("API.Example.com:8080"), "api.example.com");
-        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     }
 }
