@@ -42,6 +42,10 @@ use crate::validate::{self, Rejection};
 pub const BUNDLE_REVISION: HeaderName = HeaderName::from_static("x-bundle-revision");
 pub const PREFER: HeaderName = HeaderName::from_static("prefer");
 pub const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+/// `x-force-reason`: publish past the growth guard; the reason is kept in the history.
+pub const FORCE_REASON: HeaderName = HeaderName::from_static("x-force-reason");
+/// Longest force reason kept.
+const MAX_REASON_LEN: usize = 512;
 /// Largest JSON body of the small calls (rollback, status).
 const MAX_JSON_BODY: u64 = 64 * 1024;
 const MAX_NAME_LEN: usize = 128;
@@ -104,6 +108,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Past the growth guard: 409 with every figure that moved.
+    #[error("{}", crate::guard::message(.0))]
+    Growth(Vec<crate::guard::Moved>),
     #[error("the bundle is larger than max_bundle_size ({limit} bytes)")]
     TooLarge { limit: u64 },
     #[error("the bundle was refused: {0}")]
@@ -121,7 +128,7 @@ impl IntoResponse for ApiError {
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Growth(_) => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -134,6 +141,7 @@ impl IntoResponse for ApiError {
             ApiError::Rejected(r) => {
                 json!({ "error": format!("the bundle was refused: {}", summary(r)), "errors": r.errors() })
             }
+            ApiError::Growth(moved) => json!({ "error": self.to_string(), "moved": moved }),
             other => json!({ "error": other.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
@@ -263,6 +271,7 @@ async fn put_bundle(
     };
     let digest = policy_bundles::digest(&bytes);
     let size = bytes.len() as u64;
+    let forced = force_reason(&headers)?;
 
     // The active revision was validated when it was published: an identical body needs no work.
     let (_, current) = s.hub.current(&name).await?;
@@ -275,9 +284,10 @@ async fn put_bundle(
     let permit = s.validations.clone().acquire_owned().await.map_err(|e| ApiError::Internal(e.to_string()))?;
     let limits = state.limits();
     let input = bytes.clone();
+    let (budget, validator) = (s.config.budget, s.config.validator.clone());
     let validated = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        validate::validate(&input, &limits)
+        validate::validate(&input, &limits, &budget, &validator)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))?;
@@ -289,6 +299,17 @@ async fn put_bundle(
             return Err(ApiError::Rejected(rejection));
         }
     };
+    if let (Some(guard), None) = (&s.config.growth_guard, &forced) {
+        let active = s.store.active(&name).await?;
+        let was = active.and_then(|a| a.figures).and_then(|f| serde_json::from_str(&f).ok());
+        let moved = was.map(|was| crate::guard::compare(&was, &validated.figures, guard)).unwrap_or_default();
+        if !moved.is_empty() {
+            tracing::info!(bundle.name = %name, published_by = %who.name, moved = ?moved.iter().map(|m| m.figure).collect::<Vec<_>>(), "publish refused by the growth guard");
+            s.metrics.reject("growth");
+            return Err(ApiError::Growth(moved));
+        }
+    }
+    let figures = serde_json::to_string(&validated.figures).ok();
     let revision = validated.manifest_revision.unwrap_or_else(|| digest[..12].to_owned());
     let new = NewRevision {
         bundle: &name,
@@ -297,6 +318,8 @@ async fn put_bundle(
         content: &bytes,
         published_by: &who.name,
         published_at_ms: store::now_ms(),
+        figures: figures.as_deref(),
+        forced_reason: forced.as_deref(),
     };
     match s.store.publish(&new).await? {
         PublishOutcome::Created(_) | PublishOutcome::Reactivated(_) => {
@@ -320,6 +343,18 @@ async fn put_bundle(
             )))
         }
     }
+}
+
+/// The reason of a forced publish (`x-force-reason`): printable, bounded, not blank.
+fn force_reason(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(FORCE_REASON) else { return Ok(None) };
+    let reason = v.to_str().map(str::trim).unwrap_or("");
+    if reason.is_empty() || reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "`x-force-reason` must say why, in 1 to {MAX_REASON_LEN} printable ASCII characters"
+        )));
+    }
+    Ok(Some(reason.to_owned()))
 }
 
 /// `GET /v1/bundles/{name}`: the active tarball, 304 on a matching `If-None-Match`, long poll
@@ -448,6 +483,12 @@ struct RevisionView {
     published_at: String,
     published_by: String,
     active: bool,
+    /// What it cost when it was validated (sizes, compile time, routes, upstreams).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    figures: Option<serde_json::Value>,
+    /// Why it was forced past the growth guard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forced_reason: Option<String>,
 }
 
 /// `GET /v1/bundles/{name}/revisions`: the history, newest first.
@@ -470,6 +511,8 @@ async fn revisions(
                 size: r.size,
                 published_by: r.published_by,
                 active: r.active,
+                figures: r.figures.and_then(|f| serde_json::from_str(&f).ok()),
+                forced_reason: r.forced_reason,
             })
             .collect(),
     ))
@@ -687,6 +730,9 @@ mod tests {
             max_long_poll: Duration::from_secs(5),
             fleet_silent_after: Duration::from_secs(60),
             tokens: vec![token("ci", Scope::Publish, PUBLISH), token("gw", Scope::Read, READ)],
+            budget: policy_bundles::budget::Budget::default(),
+            validator: policy_bundles::budget::Validator::InProcess,
+            growth_guard: Some(crate::config::GrowthGuard::default()),
         }
     }
 

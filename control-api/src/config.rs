@@ -8,6 +8,16 @@
 //! max_bundle_size: 64MiB           # largest tarball accepted by PUT; default 64MiB
 //! max_long_poll: 300s              # cap on `Prefer: wait=N`; default 300s
 //! fleet_silent_after: 60s          # a gateway without a report for longer is `silent`; default 60s
+//! budget:                          # what one bundle may cost, checked in a child process
+//!   max_uncompressed: 64MiB        #   every file, uncompressed; default 64MiB
+//!   max_compiled: 256MiB           #   estimated compiled size (data values, rules); default 256MiB
+//!   max_memory: 2GiB               #   the validating child's address space; default 2GiB
+//!   max_cpu: 20s                   #   the validating child's CPU time; default 20s
+//! growth_guard:                    # a publish that moves too far from the active revision is 409
+//!   max_growth: 2.0                #   any size, or the compile time, more than 2x; default 2.0
+//!   max_removed: 0.2               #   more than 20% of routes or upstreams gone; default 0.2
+//!   min_compile_time: 1s           #   compile times below this are not compared; default 1s
+//!   enabled: true                  #   default true; `?force=true&reason=...` passes it
 //! tokens:
 //!   - name: ci                     # shown as `published_by`
 //!     scope: publish               # publish | read (publish tokens may also read)
@@ -68,6 +78,23 @@ struct RawConfig {
     fleet_silent_after: Option<String>,
     #[serde(default)]
     tokens: Vec<RawToken>,
+    #[serde(default)]
+    budget: Option<policy_bundles::budget::RawBudget>,
+    #[serde(default)]
+    growth_guard: Option<RawGrowthGuard>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrowthGuard {
+    #[serde(default)]
+    max_growth: Option<f64>,
+    #[serde(default)]
+    max_removed: Option<f64>,
+    #[serde(default)]
+    min_compile_time: Option<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +158,33 @@ pub struct Config {
     /// A gateway whose last report is older than this is `silent` in `/v1/fleet`; default 60 s.
     pub fleet_silent_after: Duration,
     pub tokens: Vec<TokenConfig>,
+    /// What one bundle may cost (`budget`), checked in a child process at every publish.
+    pub budget: policy_bundles::budget::Budget,
+    /// Where the budget is checked: a child of this executable (default), or in-process.
+    pub validator: policy_bundles::budget::Validator,
+    /// How far a publish may move from the active revision without `force`.
+    pub growth_guard: Option<GrowthGuard>,
+}
+
+/// The growth guard's ratios (`growth_guard`): a publish past one of them is refused with 409
+/// unless it is forced with a reason.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GrowthGuard {
+    /// Largest ratio of any size (compressed, uncompressed, compiled) or of the compile time,
+    /// candidate over active; default 2.0.
+    pub max_growth: f64,
+    /// Largest share of the active revision's routes, or of its upstreams, that may disappear;
+    /// default 0.2.
+    pub max_removed: f64,
+    /// Compile times are compared only when the candidate's is at least this (below it the
+    /// figure is noise); default 1s.
+    pub min_compile_time: Duration,
+}
+
+impl Default for GrowthGuard {
+    fn default() -> Self {
+        GrowthGuard { max_growth: 2.0, max_removed: 0.2, min_compile_time: Duration::from_secs(1) }
+    }
 }
 
 pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 64 << 20;
@@ -237,10 +291,59 @@ impl Config {
             tokens.push(TokenConfig { name: t.name.clone(), scope, sha256 });
         }
 
+        let mut plain = Vec::new();
+        let (budget, isolated) = raw.budget.unwrap_or_default().resolve("budget", &mut plain);
+        for m in plain {
+            problem("budget", lines.top("budget"), m);
+        }
+        let validator = if isolated {
+            policy_bundles::budget::Validator::current_exe()
+        } else {
+            policy_bundles::budget::Validator::InProcess
+        };
+        let g = raw.growth_guard.unwrap_or_default();
+        let d = GrowthGuard::default();
+        let max_growth = g.max_growth.unwrap_or(d.max_growth);
+        if !(max_growth.is_finite() && max_growth > 1.0) {
+            problem(
+                "growth_guard.max_growth",
+                lines.top("growth_guard"),
+                "must be a ratio above 1 (2.0: twice as large)".into(),
+            );
+        }
+        let max_removed = g.max_removed.unwrap_or(d.max_removed);
+        if !(0.0..1.0).contains(&max_removed) {
+            problem(
+                "growth_guard.max_removed",
+                lines.top("growth_guard"),
+                "must be a share from 0 to below 1 (0.2: a fifth)".into(),
+            );
+        }
+        let min_compile_time = match g.min_compile_time.as_deref().map(parse_duration) {
+            None => d.min_compile_time,
+            Some(Ok(t)) => t,
+            Some(Err(m)) => {
+                problem("growth_guard.min_compile_time", lines.top("growth_guard"), m);
+                d.min_compile_time
+            }
+        };
+        let growth_guard =
+            g.enabled.unwrap_or(true).then_some(GrowthGuard { max_growth, max_removed, min_compile_time });
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: p, problems });
         }
-        Ok(Config { listen, store, max_bundle_size, max_long_poll, fleet_silent_after, tokens })
+        Ok(Config {
+            listen,
+            store,
+            max_bundle_size,
+            max_long_poll,
+            fleet_silent_after,
+            tokens,
+            budget,
+            validator,
+            growth_guard,
+        })
     }
 }
 

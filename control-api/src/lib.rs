@@ -6,6 +6,7 @@
 //! * [`api`]: the HTTP API ([`app`] builds the router) and its one error type.
 //! * [`auth`]: bearer tokens by SHA-256, publish and read scopes.
 //! * [`store`]: SQLite or PostgreSQL behind one trait, with versioned migrations.
+//! * [`guard`]: the growth guard, comparing a publish with the active revision.
 //! * [`hub`]: the active revision of each bundle in memory, and the channels long polls wait on.
 //! * [`validate`]: the gateway's own loading and compiling code, plus the bundle's tests.
 //! * [`metrics`]: every exported metric.
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod guard;
 pub mod hub;
 pub mod metrics;
 pub mod store;

@@ -30,6 +30,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A child started to measure a bundle within its budget does only that.
+    policy_bundles::budget::serve_child_if_asked();
     let cli = Cli::parse();
     match (cli.command, cli.check_config, cli.config) {
         (Some(Command::HashToken { token }), None, None) => {

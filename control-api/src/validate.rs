@@ -3,6 +3,7 @@
 //! ([`policy_bundles::testing`]: Rego `test_` rules and decision cases). CPU-bound: callers run
 //! it on a blocking thread.
 
+use policy_bundles::budget::{self, Budget, Figures, Validator};
 use policy_bundles::testing::{self, TestKind, TestResult};
 use policy_bundles::{Bundle, BundleError, BundleErrors, ErrorKind, Limits, Snapshot};
 use serde::Serialize;
@@ -11,12 +12,14 @@ use serde::Serialize;
 pub const MAX_REVISION_LEN: usize = 128;
 
 /// A bundle that would activate on a gateway and passes its own tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Validated {
     /// The manifest's `revision`, when it sets one.
     pub manifest_revision: Option<String>,
     /// How many Rego tests and decision cases passed.
     pub tests_passed: usize,
+    /// What the bundle costs, measured within the budget: what the growth guard compares.
+    pub figures: Figures,
 }
 
 /// Why a bundle was refused.
@@ -89,8 +92,10 @@ impl From<&TestResult> for ErrorItem {
     }
 }
 
-/// Reads, compiles and tests a tarball as a gateway would load it.
-pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Rejection> {
+/// Checks a tarball against the budget (in a child process, as a gateway does), then reads,
+/// compiles and tests it as a gateway would load it.
+pub fn validate(bytes: &[u8], limits: &Limits, budget: &Budget, validator: &Validator) -> Result<Validated, Rejection> {
+    let figures = budget::check(bytes, limits, budget, validator)?;
     let bundle = Bundle::from_tar_gz(bytes, limits)?;
     let manifest_revision = match bundle.manifest.revision.as_str() {
         "" => None,
@@ -104,7 +109,7 @@ pub fn validate(bytes: &[u8], limits: &Limits) -> Result<Validated, Rejection> {
     if !failures.is_empty() {
         return Err(Rejection::TestsFailed(failures));
     }
-    Ok(Validated { manifest_revision, tests_passed: results.len() })
+    Ok(Validated { manifest_revision, tests_passed: results.len(), figures })
 }
 
 /// A revision names a bundle version in URLs, headers and logs: printable ASCII, bounded.
@@ -138,9 +143,31 @@ mod tests {
         write_tar_gz(files).expect("tar")
     }
 
+    fn check(bytes: &[u8]) -> Result<Validated, Rejection> {
+        validate(bytes, &Limits::default(), &Budget::default(), &Validator::InProcess)
+    }
+
+    #[test]
+    fn a_bundle_over_the_compiled_budget_is_refused_with_the_figure() {
+        let mut files = example();
+        let big: Vec<String> = (0..20_000).map(|i| format!("value-{i}")).collect();
+        files.insert(
+            "http/big/data.json".into(),
+            serde_json::to_vec(&serde_json::json!({ "values": big })).expect("json"),
+        );
+        let tight = Budget { max_compiled: 1 << 20, ..Budget::default() };
+        let e = validate(&tar(&files), &Limits::default(), &tight, &Validator::InProcess).unwrap_err();
+        assert_eq!(e.reason(), "budget");
+        let msg = e.to_string();
+        assert!(msg.contains("compiled bundle") && msg.contains("max_compiled"), "{msg}");
+        let ok = check(&tar(&files)).expect("within the default budget");
+        assert!(ok.figures.compiled_bytes > 1 << 20, "{:?}", ok.figures);
+        assert_eq!(ok.figures.routes, 3);
+    }
+
     #[test]
     fn accepts_the_example_bundle_and_runs_its_tests() {
-        let v = validate(&tar(&example()), &Limits::default()).unwrap();
+        let v = check(&tar(&example())).unwrap();
         assert_eq!(v.manifest_revision, None);
         assert!(v.tests_passed > 3, "{v:?}");
     }
@@ -153,7 +180,7 @@ mod tests {
         // The first case expects allow: true; make it expect a deny.
         let text = text.replacen("  expect:\n    allow: true", "  expect:\n    allow: false", 1);
         *cases = text.into_bytes();
-        let e = validate(&tar(&files), &Limits::default()).unwrap_err();
+        let e = check(&tar(&files)).unwrap_err();
         assert_eq!(e.reason(), "tests");
         let items = e.errors();
         assert_eq!(items.len(), 1, "{items:?}");
@@ -166,7 +193,7 @@ mod tests {
     fn refuses_bad_rego_with_file_and_line() {
         let mut files = example();
         files.insert("http/broken.rego".into(), b"package http.broken\n\nallow if {\n  input.x ==\n".to_vec());
-        let e = validate(&tar(&files), &Limits::default()).unwrap_err();
+        let e = check(&tar(&files)).unwrap_err();
         assert_eq!(e.reason(), "rego");
         let items = e.errors();
         assert!(items.iter().any(|i| i.file.as_deref() == Some("http/broken.rego") && i.line.is_some()), "{items:?}");
@@ -176,7 +203,7 @@ mod tests {
     fn refuses_a_manifest_revision_with_control_characters() {
         let mut files = example();
         files.insert(".manifest".into(), br#"{"revision": "v1\nx", "roots": ["http", "gateway"]}"#.to_vec());
-        let e = validate(&tar(&files), &Limits::default()).unwrap_err();
+        let e = check(&tar(&files)).unwrap_err();
         assert_eq!(e.errors()[0].file.as_deref(), Some(".manifest"));
     }
 }

@@ -11,7 +11,16 @@ use control_api::store::{
 };
 
 fn rev<'a>(bundle: &'a str, revision: &'a str, content: &'a [u8], digest: &'a str) -> NewRevision<'a> {
-    NewRevision { bundle, revision, digest, content, published_by: "ci", published_at_ms: 1_795_608_000_000 }
+    NewRevision {
+        bundle,
+        revision,
+        digest,
+        content,
+        published_by: "ci",
+        published_at_ms: 1_795_608_000_000,
+        figures: None,
+        forced_reason: None,
+    }
 }
 
 /// Content and its digest.

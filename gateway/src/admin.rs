@@ -43,6 +43,7 @@ impl Admin {
                 "source": a.info.source,
                 "routes": a.snapshot.routes.len(),
                 "upstreams": a.snapshot.upstreams.len(),
+                "figures": a.info.figures,
             }),
             None => serde_json::json!({ "name": gw.config.bundle.name }),
         };

@@ -83,6 +83,8 @@ struct RawBundle {
     max_staleness: Option<String>,
     #[serde(default)]
     signing: Option<RawSigning>,
+    #[serde(default)]
+    budget: Option<policy_bundles::budget::RawBudget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +184,10 @@ pub struct BundleConfig {
     pub max_staleness: Duration,
     /// Keys that sign bundles (`.signatures.json`), and whether unsigned bundles are refused.
     pub signing: Option<Signing>,
+    /// What one bundle may cost (`bundle.budget`); checked before anything is compiled here.
+    pub budget: policy_bundles::budget::Budget,
+    /// Where the budget is checked: a child of this executable (default), or in-process.
+    pub validator: policy_bundles::budget::Validator,
 }
 
 #[derive(Debug, Clone)]
@@ -365,6 +371,12 @@ impl Config {
             Signing { keys, required: sg.required }
         });
         let cache_dir = b.cache_dir.map(resolve);
+        let (budget, isolated) = b.budget.unwrap_or_default().resolve("bundle.budget", &mut problems);
+        let validator = if isolated {
+            policy_bundles::budget::Validator::current_exe()
+        } else {
+            policy_bundles::budget::Validator::InProcess
+        };
         let requests = request_rules(
             &raw.trusted_proxies,
             &raw.path_with_escaped_slashes,
@@ -407,7 +419,16 @@ impl Config {
             decision_cache_entries: raw
                 .decision_cache_entries
                 .unwrap_or(policy_bundles::snapshot::DEFAULT_DECISION_CACHE_ENTRIES),
-            bundle: BundleConfig { name: b.name, source, max_size, cache_dir, max_staleness, signing },
+            bundle: BundleConfig {
+                name: b.name,
+                source,
+                max_size,
+                cache_dir,
+                max_staleness,
+                signing,
+                budget,
+                validator,
+            },
             requests,
         })
     }

@@ -23,6 +23,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // A child started to measure a bundle within its budget does only that.
+    policy_bundles::budget::serve_child_if_asked();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG").unwrap_or_else(|_| "info,pingora=warn".into()),
@@ -59,12 +61,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
     match &config.bundle.source {
         gateway::config::Source::File(file) => {
             let active = gw.activate_path(file)?;
+            let cost = active.info.figures.as_ref().map(|f| {
+                format!(", compiled {} in {} ms", policy_bundles::budget::human(f.compiled_bytes), f.compile_ms)
+            });
             Ok(format!(
-                "{}: ok (bundle {} revision {:?}, {} routes)",
+                "{}: ok (bundle {} revision {:?}, {} routes{})",
                 path.display(),
                 file.display(),
                 active.info.revision,
-                active.snapshot.routes.len()
+                active.snapshot.routes.len(),
+                cost.unwrap_or_default()
             ))
         }
         gateway::config::Source::Poll(poll) => Ok(format!(

@@ -14,6 +14,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
 use pingora::prelude::RequestHeader;
+use policy_bundles::budget::{self, Figures};
 use policy_bundles::signing::{self, SignatureError, VerificationKey};
 use policy_bundles::{archive, Bundle, BundleErrors, Limits, Snapshot};
 
@@ -29,6 +30,8 @@ pub struct BundleInfo {
     /// Unix seconds.
     pub activated_at: u64,
     pub source: String,
+    /// What the bundle cost when it was checked against `bundle.budget`.
+    pub figures: Option<Figures>,
 }
 
 /// One upstream's pool of targets.
@@ -227,21 +230,21 @@ impl Gateway {
     /// Reads, compiles and activates the bundle at `path` (a `.tar.gz` or a directory).
     /// Blocking: call it at start-up or from a blocking thread, never from a request.
     pub fn activate_path(&self, path: &Path) -> Result<Arc<Active>, ActivationError> {
-        let result = if path.is_dir() {
+        let read_err = |m: String| {
+            ActivationError::Bundle(BundleErrors::from(policy_bundles::BundleError::new(
+                policy_bundles::ErrorKind::Archive,
+                Some(path.display().to_string()),
+                m,
+            )))
+        };
+        let bytes = if path.is_dir() {
             archive::read_dir(path, &self.limits()).map_err(|e| ActivationError::Bundle(e.into())).and_then(|files| {
-                let digest = archive::write_tar_gz(&files).map(|b| policy_bundles::digest(&b)).unwrap_or_default();
-                self.activate_files(files, digest, path.display().to_string(), None)
+                archive::write_tar_gz(&files).map_err(|e| read_err(format!("cannot pack the directory: {e}")))
             })
         } else {
-            match std::fs::read(path) {
-                Ok(bytes) => self.activate_bytes(&bytes, None, path.display().to_string(), None),
-                Err(e) => Err(ActivationError::Bundle(BundleErrors::from(policy_bundles::BundleError::new(
-                    policy_bundles::ErrorKind::Archive,
-                    Some(path.display().to_string()),
-                    format!("cannot read: {e}"),
-                )))),
-            }
+            std::fs::read(path).map_err(|e| read_err(format!("cannot read: {e}")))
         };
+        let result = bytes.and_then(|b| self.activate_bytes(&b, None, path.display().to_string(), None));
         if let Err(e) = &result {
             self.record_failure(e);
         }
@@ -264,22 +267,16 @@ impl Gateway {
                 return Err(ActivationError::Digest(format!("source said sha256 {want}, body has {digest}")));
             }
         }
+        // What the bundle costs is measured in a child process with memory and CPU limits before
+        // this process reads more than the tarball: one over budget never reaches the compiler here.
+        let b = &self.config.bundle;
+        let figures = budget::check(bytes, &self.limits(), &b.budget, &b.validator)?;
         let files = archive::read_tar_gz(bytes, &self.limits()).map_err(|e| ActivationError::Bundle(e.into()))?;
-        self.activate_files(files, digest, source, etag)
-    }
-
-    fn activate_files(
-        &self,
-        files: policy_bundles::archive::Files,
-        digest: String,
-        source: String,
-        etag: Option<String>,
-    ) -> Result<Arc<Active>, ActivationError> {
-        if let Some(sg) = &self.config.bundle.signing {
+        if let Some(sg) = &b.signing {
             signing::verify(&files, &self.signing_keys, sg.required)?;
         }
         let bundle = Bundle::from_files(files)?;
-        self.activate(&bundle, digest, source, etag)
+        self.activate(&bundle, digest, source, etag, Some(figures))
     }
 
     /// Compiles a bundle and swaps it in; on any error the active bundle is left untouched.
@@ -291,6 +288,7 @@ impl Gateway {
         digest: String,
         source: String,
         etag: Option<String>,
+        figures: Option<Figures>,
     ) -> Result<Arc<Active>, ActivationError> {
         let mut snapshot = Snapshot::compile(bundle)?;
         // Same trust settings as the serving bundle: keep its verified tokens.
@@ -313,6 +311,7 @@ impl Gateway {
             digest,
             activated_at: unix_now(),
             source,
+            figures,
         };
         let active = Arc::new(Active { snapshot, pools, counters, info });
         self.metrics.bundle_info.reset();

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{BundleError, ErrorKind};
 
 /// Size limits applied while reading; every one is checked while bytes are read, never after.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Largest compressed archive accepted, in bytes.
     pub max_archive_bytes: u64,

@@ -17,6 +17,9 @@ pub enum ErrorKind {
     Settings,
     /// JWT trust roots (JWKS) that cannot be used.
     Jwks,
+    /// Over a resource budget (size, compiled size, memory or CPU of validation): see
+    /// [`crate::budget`].
+    Budget,
 }
 
 impl ErrorKind {
@@ -28,7 +31,23 @@ impl ErrorKind {
             ErrorKind::Rego => "rego",
             ErrorKind::Settings => "settings",
             ErrorKind::Jwks => "jwks",
+            ErrorKind::Budget => "budget",
         }
+    }
+
+    /// The kind named by [`ErrorKind::as_str`].
+    pub fn parse(s: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::Archive,
+            ErrorKind::Syntax,
+            ErrorKind::Roots,
+            ErrorKind::Rego,
+            ErrorKind::Settings,
+            ErrorKind::Jwks,
+            ErrorKind::Budget,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod archive;
 mod ast;
+pub mod budget;
 pub mod bundle;
 pub mod calls;
 pub mod canon;

@@ -525,6 +525,11 @@ impl Snapshot {
         self.needs.get(policy).unwrap_or(&crate::input::Needs::ALL)
     }
 
+    /// The bundle's data document as policies read it.
+    pub fn data(&self) -> &Value {
+        &self.data
+    }
+
     /// Number of distinct decision rules.
     pub fn policy_count(&self) -> usize {
         self.policies.len()

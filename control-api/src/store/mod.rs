@@ -42,6 +42,10 @@ pub struct NewRevision<'a> {
     /// The name of the token that published it.
     pub published_by: &'a str,
     pub published_at_ms: i64,
+    /// What it cost ([`policy_bundles::budget::Figures`] as JSON), for the growth guard.
+    pub figures: Option<&'a str>,
+    /// Why it was forced past the growth guard, when it was.
+    pub forced_reason: Option<&'a str>,
 }
 
 /// One stored revision of a bundle (without its content).
@@ -53,6 +57,9 @@ pub struct RevisionInfo {
     pub published_at_ms: i64,
     pub published_by: String,
     pub active: bool,
+    /// Its figures as JSON; `None` for revisions published before figures were kept.
+    pub figures: Option<String>,
+    pub forced_reason: Option<String>,
 }
 
 /// The active revision of a bundle.
@@ -61,6 +68,8 @@ pub struct ActiveHead {
     pub revision: String,
     pub digest: String,
     pub size: u64,
+    /// Its figures as JSON, when they were recorded.
+    pub figures: Option<String>,
 }
 
 /// What [`Store::publish`] did, decided inside its transaction.
@@ -178,6 +187,8 @@ pub(crate) fn decide(existing: Option<RevisionInfo>, active: Option<&str>, new: 
             published_at_ms: new.published_at_ms,
             published_by: new.published_by.to_owned(),
             active: true,
+            figures: new.figures.map(str::to_owned),
+            forced_reason: new.forced_reason.map(str::to_owned),
         }),
     }
 }

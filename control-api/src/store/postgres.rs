@@ -47,12 +47,12 @@ impl Drop for PostgresStore {
     }
 }
 
-type Row = (String, String, i64, i64, String);
+type Row = (String, String, i64, i64, String, Option<String>, Option<String>);
 
 fn info(row: Row, active: bool) -> Result<RevisionInfo, StoreError> {
-    let (revision, digest, size, published_at_ms, published_by) = row;
+    let (revision, digest, size, published_at_ms, published_by, figures, forced_reason) = row;
     let size = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("negative size of revision {revision}")))?;
-    Ok(RevisionInfo { revision, digest, size, published_at_ms, published_by, active })
+    Ok(RevisionInfo { revision, digest, size, published_at_ms, published_by, active, figures, forced_reason })
 }
 
 /// Serializes writers of one bundle until the transaction ends.
@@ -65,7 +65,7 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(LOCK_BUNDLE).bind(new.bundle).execute(&mut *tx).await?;
         let existing: Option<Row> = sqlx::query_as(
-            "SELECT revision, digest, size, published_at_ms, published_by FROM revisions \
+            "SELECT revision, digest, size, published_at_ms, published_by, figures, forced_reason FROM revisions \
              WHERE bundle = $1 AND revision = $2",
         )
         .bind(new.bundle)
@@ -81,8 +81,8 @@ impl Store for PostgresStore {
         match &decision {
             Decision::Insert(_) => {
                 sqlx::query(
-                    "INSERT INTO revisions (bundle, revision, digest, size, published_at_ms, published_by, content) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO revisions (bundle, revision, digest, size, published_at_ms, published_by, content, \
+                     figures, forced_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(new.bundle)
                 .bind(new.revision)
@@ -91,6 +91,8 @@ impl Store for PostgresStore {
                 .bind(new.published_at_ms)
                 .bind(new.published_by)
                 .bind(new.content)
+                .bind(new.figures)
+                .bind(new.forced_reason)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -113,16 +115,16 @@ impl Store for PostgresStore {
     }
 
     async fn active(&self, bundle: &str) -> Result<Option<ActiveHead>, StoreError> {
-        let row: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT r.revision, r.digest, r.size FROM bundles b \
+        let row: Option<(String, String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT r.revision, r.digest, r.size, r.figures FROM bundles b \
              JOIN revisions r ON r.bundle = b.name AND r.revision = b.active_revision WHERE b.name = $1",
         )
         .bind(bundle)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(revision, digest, size)| {
+        row.map(|(revision, digest, size, figures)| {
             let size = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("negative size of {revision}")))?;
-            Ok(ActiveHead { revision, digest, size })
+            Ok(ActiveHead { revision, digest, size, figures })
         })
         .transpose()
     }
@@ -136,23 +138,24 @@ impl Store for PostgresStore {
     }
 
     async fn revisions(&self, bundle: &str) -> Result<Vec<RevisionInfo>, StoreError> {
-        let rows: Vec<(String, String, i64, i64, String, bool)> = sqlx::query_as(
+        type RevRow = (String, String, i64, i64, String, bool, Option<String>, Option<String>);
+        let rows: Vec<RevRow> = sqlx::query_as(
             "SELECT r.revision, r.digest, r.size, r.published_at_ms, r.published_by, \
-             COALESCE(b.active_revision = r.revision, false) \
+             COALESCE(b.active_revision = r.revision, false), r.figures, r.forced_reason \
              FROM revisions r LEFT JOIN bundles b ON b.name = r.bundle \
              WHERE r.bundle = $1 ORDER BY r.id DESC",
         )
         .bind(bundle)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(|(r, d, s, at, by, active)| info((r, d, s, at, by), active)).collect()
+        rows.into_iter().map(|(r, d, s, at, by, active, f, why)| info((r, d, s, at, by, f, why), active)).collect()
     }
 
     async fn rollback(&self, bundle: &str, revision: &str) -> Result<RollbackOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(LOCK_BUNDLE).bind(bundle).execute(&mut *tx).await?;
         let row: Option<Row> = sqlx::query_as(
-            "SELECT revision, digest, size, published_at_ms, published_by FROM revisions \
+            "SELECT revision, digest, size, published_at_ms, published_by, figures, forced_reason FROM revisions \
              WHERE bundle = $1 AND revision = $2",
         )
         .bind(bundle)

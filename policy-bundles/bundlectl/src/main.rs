@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use policy_bundles::archive::{self, Files};
+use policy_bundles::budget::{self, human, Budget, Validator};
 use policy_bundles::bundle::{MANIFEST, SIGNATURES};
 use policy_bundles::{signing, testing, Bundle, Limits, Snapshot};
 
@@ -55,7 +56,9 @@ enum Cmd {
         #[command(flatten)]
         signer: Signer,
     },
-    /// Check that a bundle (directory or .tar.gz) compiles exactly as the gateway would.
+    /// Check that a bundle (directory or .tar.gz) compiles exactly as the gateway would, within
+    /// the default budget (measured in a child process, as control-api and the gateway do), and
+    /// print what it costs: sizes, estimated compiled size, compile time.
     Check { path: PathBuf },
     /// Run a bundle's Rego `test_*` rules and its decision cases (`tests/cases.yaml`,
     /// `tests/**/*.cases.yaml`); exits non-zero when any fails.
@@ -76,6 +79,13 @@ enum Cmd {
         /// Revision when building a directory (default: content hash).
         #[arg(long)]
         revision: Option<String>,
+        /// Publish past the growth guard (a bundle much larger than the active one, or one that
+        /// drops many routes); needs --reason, which the revision history keeps.
+        #[arg(long, requires = "reason")]
+        force: bool,
+        /// Why the publish is forced.
+        #[arg(long, requires = "force")]
+        reason: Option<String>,
         #[command(flatten)]
         remote: Remote,
         #[command(flatten)]
@@ -105,6 +115,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // A child started to measure a bundle within its budget does only that.
+    policy_bundles::budget::serve_child_if_asked();
     match run(Cli::parse()) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -220,13 +232,27 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             return Ok(report.is_success());
         }
         Cmd::Check { path } => {
-            let bundle = Bundle::from_path(&path, &limits)?;
-            let snap = Snapshot::compile(&bundle)?;
+            let bytes = if path.is_dir() {
+                archive::write_tar_gz(&archive::read_dir(&path, &limits)?)?
+            } else {
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+            };
+            let budget = Budget::default();
+            let f = budget::check(&bytes, &limits, &budget, &Validator::current_exe())?;
+            let snap = Snapshot::compile(&Bundle::from_tar_gz(&bytes, &limits)?)?;
+            println!("ok: revision {:?}, {} routes, {} upstreams", snap.revision, f.routes, f.upstreams);
             println!(
-                "ok: revision {:?}, {} routes, {} upstreams",
-                snap.revision,
-                snap.routes.len(),
-                snap.upstreams.len()
+                "  size: {} compressed, {} uncompressed (budget {})",
+                human(f.compressed_bytes),
+                human(f.uncompressed_bytes),
+                human(budget.max_uncompressed)
+            );
+            println!(
+                "  compiled: about {} (budget {}), in {} ms; validator peak memory {}",
+                human(f.compiled_bytes),
+                human(budget.max_compiled),
+                f.compile_ms,
+                f.peak_rss_bytes.map(human).unwrap_or_else(|| "unknown".into())
             );
         }
         Cmd::Build { dir, output, revision, signer } => {
@@ -245,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             std::fs::write(&output, &out)?;
             println!("signed {} (sha256 {})", output.display(), policy_bundles::digest(&out));
         }
-        Cmd::Push { path, name, revision, remote, signer } => {
+        Cmd::Push { path, name, revision, force, reason, remote, signer } => {
             let bytes = if path.is_dir() {
                 build(&path, revision, &signer)?.0
             } else {
@@ -253,7 +279,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 Snapshot::compile(&Bundle::from_tar_gz(&bytes, &limits)?)?;
                 bytes
             };
-            let (code, v) = call(agent().put(&bundle_url(&remote, &name)), &remote, Some(&bytes))?;
+            let mut req = agent().put(&bundle_url(&remote, &name));
+            if let (true, Some(why)) = (force, reason.as_deref()) {
+                req = req.set("x-force-reason", why);
+            }
+            let (code, v) = call(req, &remote, Some(&bytes))?;
             let what = if code == 201 { "published" } else { "unchanged (identical to the active revision)" };
             println!(
                 "{what}: {name} revision {} sha256 {}",
@@ -278,6 +308,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     s("size"),
                     s("digest")
                 );
+                if let Some(why) = r.get("forced_reason").and_then(|w| w.as_str()) {
+                    println!("{:<16} forced past the growth guard: {why}", "");
+                }
             }
         }
         Cmd::Rollback { name, to, remote } => {

@@ -1,0 +1,137 @@
+//! Safe publishing through the real `control-api` binary: resource budgets checked in a child
+//! process at publish, and the growth guard against the active revision.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+fn start(dir: &Path, extra: &str) -> Server {
+    Server::start(&write_config(dir, "sqlite://./data/control.db", extra))
+}
+
+/// `n` strings of 64 hex digits that do not compress: data that costs what its size says.
+fn noise(n: usize) -> Vec<u8> {
+    let items: Vec<String> = (0..n).map(|i| hex::encode(Sha256::digest(i.to_le_bytes()))).collect();
+    serde_json::to_vec(&serde_json::json!({ "items": items })).expect("json")
+}
+
+fn with_data(revision: &str, file: &str, data: Vec<u8>) -> Vec<u8> {
+    bundle_with(revision, |f| {
+        f.insert(file.into(), data);
+    })
+}
+
+/// The example with `extra` more routes, all onto the public rule.
+fn with_routes(revision: &str, extra: usize) -> Vec<u8> {
+    bundle_with(revision, |f| {
+        let settings = String::from_utf8(f["gateway/data.yaml"].clone()).expect("utf-8");
+        let routes: String = (0..extra)
+            .map(|i| {
+                format!(
+                    "  - name: extra{i}\n    match: {{ path_prefix: /extra{i} }}\n    upstream: backend\n    policy: data.http.public.allow\n"
+                )
+            })
+            .collect();
+        let settings = settings.replacen("routes:", &format!("routes:\n{routes}"), 1);
+        f.insert("gateway/data.yaml".into(), settings.into_bytes());
+    })
+}
+
+fn force(s: &Server, tarball: &[u8], reason: &str) -> Resp {
+    request("PUT", &s.url("/v1/bundles/main"), Some(PUBLISH_TOKEN), &[("x-force-reason", reason)], Some(tarball))
+}
+
+#[test]
+fn a_bundle_over_the_uncompressed_budget_is_refused_at_publish_with_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "budget: { max_uncompressed: 1MiB }");
+    let ok = s.publish("main", &bundle("v1"));
+    assert_eq!(ok.status, 201, "{}", ok.text());
+    let r = s.publish("main", &with_data("v2", "http/pad/data.json", noise(20_000)));
+    assert_eq!(r.status, 422, "{}", r.text());
+    let e = &r.json()["errors"][0];
+    assert_eq!(e["kind"], "budget", "{e}");
+    let msg = e["message"].as_str().unwrap_or("");
+    assert!(msg.contains("uncompressed") && msg.contains("1.0 MiB (max_uncompressed)"), "{msg}");
+    assert_eq!(s.metric("control_api_rejections_total{reason=\"budget\"}"), 1.0);
+    assert_eq!(s.revisions("main").as_array().map(Vec::len), Some(1), "nothing was stored");
+}
+
+#[test]
+fn a_bundle_whose_compile_outgrows_the_memory_budget_is_stopped_in_the_child() {
+    let dir = tempfile::tempdir().unwrap();
+    // 22 MB of small numbers in two files: many times that once parsed and compiled.
+    let numbers: Vec<u32> = (0..1_500_000).collect();
+    let data = serde_json::to_vec(&serde_json::json!({ "numbers": numbers })).unwrap();
+    let s = start(dir.path(), "budget: { max_memory: 160MiB }");
+    let tarball = bundle_with("v1", |f| {
+        f.insert("http/a/data.json".into(), data.clone());
+        f.insert("http/b/data.json".into(), data.clone());
+    });
+    let r = s.publish("main", &tarball);
+    assert_eq!(r.status, 422, "{}", r.text());
+    let msg = r.json()["errors"][0]["message"].as_str().unwrap_or("").to_owned();
+    assert!(msg.contains("memory budget of 160.0 MiB (max_memory)"), "{msg}");
+    // The control plane itself never compiled it.
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", s.proc.0.id())).unwrap_or_default();
+    let hwm_kb: u64 = rss
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    assert!(hwm_kb > 0 && hwm_kb < 150 * 1024, "control-api peak RSS {hwm_kb} kB");
+}
+
+#[test]
+fn the_growth_guard_refuses_a_three_times_larger_bundle_unless_forced_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "");
+    assert_eq!(s.publish("main", &with_data("v1", "http/pad/data.json", noise(3_000))).status, 201);
+    let bigger = with_data("v2", "http/pad/data.json", noise(10_000));
+    let r = s.publish("main", &bigger);
+    assert_eq!(r.status, 409, "{}", r.text());
+    let body = r.json();
+    let moved: Vec<&str> =
+        body["moved"].as_array().into_iter().flatten().filter_map(|m| m["figure"].as_str()).collect();
+    assert!(moved.contains(&"uncompressed_bytes") && moved.contains(&"compressed_bytes"), "{body}");
+    let msg = body["error"].as_str().unwrap_or("");
+    assert!(msg.contains("x larger") && msg.contains("limit 2x") && msg.contains("--force"), "{msg}");
+    assert_eq!(s.metric("control_api_rejections_total{reason=\"growth\"}"), 1.0);
+
+    let blank = force(&s, &bigger, "  ");
+    assert_eq!(blank.status, 400, "a forced publish needs a reason: {}", blank.text());
+    let forced = force(&s, &bigger, "load test data for the spring sale");
+    assert_eq!(forced.status, 201, "{}", forced.text());
+    let history = s.revisions("main");
+    assert_eq!(history[0]["revision"], "v2");
+    assert_eq!(history[0]["forced_reason"], "load test data for the spring sale");
+    assert!(history[0]["figures"]["uncompressed_bytes"].as_u64().unwrap_or(0) > 600_000, "{history}");
+    assert!(history[1].get("forced_reason").is_none(), "{history}");
+}
+
+#[test]
+fn the_growth_guard_refuses_a_bundle_that_drops_most_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "");
+    assert_eq!(s.publish("main", &with_routes("v1", 8)).status, 201);
+    let r = s.publish("main", &bundle("v2"));
+    assert_eq!(r.status, 409, "{}", r.text());
+    let msg = r.json()["error"].as_str().unwrap_or("").to_owned();
+    assert!(msg.contains("8 of 11 routes removed (73%; limit 20%)"), "{msg}");
+    assert_eq!(s.active_etag("main").as_deref(), Some(format!("\"{}\"", digest(&with_routes("v1", 8))).as_str()));
+    let forced = force(&s, &bundle("v2"), "extra routes moved to their own bundle");
+    assert_eq!(forced.status, 201, "{}", forced.text());
+    // A small step is no move at all.
+    assert_eq!(s.publish("main", &with_routes("v3", 0)).status, 201);
+}
+
+#[test]
+fn the_growth_guard_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "growth_guard: { enabled: false }");
+    assert_eq!(s.publish("main", &with_routes("v1", 8)).status, 201);
+    assert_eq!(s.publish("main", &bundle("v2")).status, 201);
+}
