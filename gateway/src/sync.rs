@@ -195,7 +195,9 @@ impl Syncer {
         let new_etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
         // The body must arrive within `timeout` of the headers, however slowly it trickles.
         let body_deadline = Instant::now() + self.poll.timeout;
-        let mut body = Vec::new();
+        // Sized once from Content-Length (already checked against the limit): a large bundle is
+        // not copied through doubling buffers.
+        let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(limit) as usize);
         let mut resp = resp;
         loop {
             let chunk = tokio::time::timeout_at(body_deadline.into(), resp.chunk())
