@@ -44,6 +44,7 @@ impl Admin {
                 "routes": a.snapshot.routes.len(),
                 "upstreams": a.snapshot.upstreams.len(),
                 "figures": a.info.figures,
+                "served": a.served.report(),
             }),
             None => serde_json::json!({ "name": gw.config.bundle.name }),
         };
@@ -61,6 +62,7 @@ impl Admin {
                 "last_error_at": sync.last_error_at,
             },
             "last_error": sync.last_error,
+            "last_activation": gw.last_activation.lock().ok().and_then(|a| a.clone()),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod served;
 pub mod state;
 pub mod sync;
 

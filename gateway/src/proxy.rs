@@ -466,14 +466,18 @@ impl ProxyHttp for Proxy {
     /// Counts the request; runs once for every request, answered here or proxied.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let m = &self.gateway.metrics;
-        m.request_duration.observe(ctx.start.elapsed().as_secs_f64());
+        let took = ctx.start.elapsed();
+        m.request_duration.observe(took.as_secs_f64());
         let outcome = ctx.outcome.unwrap_or(Outcome::Unavailable);
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         match (&ctx.active, ctx.route) {
             (Some(active), Some(ix)) => active.counters[ix].inc(outcome),
             _ => m.count_unrouted(outcome),
         }
+        if let Some(active) = &ctx.active {
+            active.served.observe(outcome, status, took);
+        }
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
             tracing::debug!(
                 method = %session.req_header().method,
                 path = %session.req_header().uri.path(),

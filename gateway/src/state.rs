@@ -54,6 +54,8 @@ pub struct Active {
     /// By route index of the snapshot.
     pub counters: Vec<RouteCounters>,
     pub info: BundleInfo,
+    /// What this snapshot has served since it activated.
+    pub served: crate::served::Served,
 }
 
 /// Why a bundle did not become active; [`ActivationError::reason`] is a metric label.
@@ -99,6 +101,8 @@ pub struct Gateway {
     /// Unix millis of the last confirmation (a 200 or 304 from a source); 0: never.
     pub last_confirmed_ms: AtomicU64,
     pub sync: Mutex<SyncDetail>,
+    /// The last activation attempt from a source, for status reports.
+    pub last_activation: Mutex<Option<crate::served::ActivationAttempt>>,
     pub admission: crate::admission::Admission,
     /// Bundles swapped out, kept until no request holds them, so that the last reference, and
     /// with it the work of freeing a compiled bundle, is dropped here on the activation
@@ -179,6 +183,7 @@ impl Gateway {
             metrics,
             last_confirmed_ms: AtomicU64::new(0),
             sync: Mutex::new(SyncDetail::default()),
+            last_activation: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
             started_ms: unix_now_ms(),
             signing_keys,
@@ -217,6 +222,20 @@ impl Gateway {
         self.metrics.activation_failures.with_label_values(&[error.reason()]).inc();
         self.record_error(error.to_string());
         tracing::warn!(reason = error.reason(), error = %error, "bundle not activated; last-known-good keeps serving");
+    }
+
+    /// Records how an activation attempt of the tarball `digest` ended.
+    pub fn record_attempt(&self, digest: String, result: Result<(), &ActivationError>) {
+        let attempt = crate::served::ActivationAttempt {
+            digest,
+            outcome: if result.is_ok() { "activated" } else { "failed" },
+            reason: result.err().map(ActivationError::reason),
+            message: result.err().map(ToString::to_string),
+            at: unix_now(),
+        };
+        if let Ok(mut last) = self.last_activation.lock() {
+            *last = Some(attempt);
+        }
     }
 
     /// Records an error for `/status`.
@@ -313,7 +332,7 @@ impl Gateway {
             source,
             figures,
         };
-        let active = Arc::new(Active { snapshot, pools, counters, info });
+        let active = Arc::new(Active { snapshot, pools, counters, info, served: Default::default() });
         self.metrics.bundle_info.reset();
         self.metrics
             .bundle_info

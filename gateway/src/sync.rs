@@ -21,6 +21,9 @@ use crate::cache::{self, CacheMeta};
 use crate::config::Poll;
 use crate::state::{unix_now, unix_now_ms, Gateway};
 
+/// `x-gateway-instance`: the instance name sent with every bundle request.
+pub const INSTANCE_HEADER: &str = "x-gateway-instance";
+
 /// How one poll of one source ended.
 #[derive(Debug)]
 enum Polled {
@@ -60,6 +63,12 @@ pub struct Report {
     /// RFC 3339, UTC; absent when the gateway never confirmed its bundle.
     pub last_sync: Option<String>,
     pub staleness_seconds: u64,
+    /// Unix seconds the active bundle activated at.
+    pub activated_at: u64,
+    /// How the last activation attempt from a source ended (a canary's first health signal).
+    pub activation: Option<crate::served::ActivationAttempt>,
+    /// What the active bundle has served since it activated.
+    pub served: crate::served::ServedReport,
 }
 
 /// Formats Unix seconds as RFC 3339 UTC (`2026-11-25T12:00:00Z`).
@@ -159,7 +168,8 @@ impl Syncer {
         let url = bundle_url(source, &gw.config.bundle.name);
         let terr = |m: String| SyncError::Transport { url: url.clone(), message: m };
         let etag = gw.sync.lock().ok().and_then(|s| s.etag.clone()).filter(|_| gw.active.load().is_some());
-        let mut req = self.client.get(&url);
+        // The instance, so that a control plane staging a rollout answers with this gateway's cohort.
+        let mut req = self.client.get(&url).header(INSTANCE_HEADER, self.instance.as_str());
         let mut wait = Duration::ZERO;
         if let Some(tag) = &etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag.as_str());
@@ -227,8 +237,12 @@ impl Syncer {
                     message: format!("activation panicked: {e}"),
                 })?;
         let active = match activated {
-            Ok(a) => a,
+            Ok(a) => {
+                gw.record_attempt(a.info.digest.clone(), Ok(()));
+                a
+            }
             Err(e) => {
+                gw.record_attempt(policy_bundles::digest(&body), Err(&e));
                 gw.record_failure(&e);
                 return Err(SyncError::Activation { url, message: e.to_string() });
             }
@@ -304,6 +318,9 @@ impl Syncer {
                 ms => Some(rfc3339(ms / 1000)),
             },
             staleness_seconds: self.gateway.age_seconds() as u64,
+            activated_at: active.info.activated_at,
+            activation: self.gateway.last_activation.lock().ok().and_then(|a| a.clone()),
+            served: active.served.report(),
         };
         if self.reports.try_send((format!("{source}/v1/status"), report)).is_err() {
             self.gateway.metrics.status_reports_dropped.inc();

@@ -91,12 +91,18 @@ fn refused_while_serving(huge: &[u8], budget: &str) -> String {
     let before = peak_rss(gw.proc.0.id());
     src.set(Answer::Bundle(huge.to_vec()));
     let series = "gateway_bundle_activation_failures_total{reason=\"budget\"}";
-    eventually(Duration::from_secs(120), "the budget refusal counted", || metric(&gw.admin, series).unwrap_or(0.0) >= 1.0);
+    eventually(Duration::from_secs(120), "the budget refusal counted", || {
+        metric(&gw.admin, series).unwrap_or(0.0) >= 1.0
+    });
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let (sent, failed) = stream.join().expect("traffic");
     let after = peak_rss(gw.proc.0.id());
-    println!("gateway peak RSS {} MiB before, {} MiB after; {sent} requests, {failed} failed", before >> 20, after >> 20);
+    println!(
+        "gateway peak RSS {} MiB before, {} MiB after; {sent} requests, {failed} failed",
+        before >> 20,
+        after >> 20
+    );
     assert_eq!(revision(&gw), "r1", "last-known-good is still active");
     assert!(sent > 20, "traffic flowed: {sent}");
     assert_eq!(failed, 0, "every request during the refusal was served");
@@ -112,7 +118,10 @@ fn an_inflating_bundle_is_refused_by_its_uncompressed_size_while_last_known_good
     println!("inflating bundle: {} bytes compressed", huge.len());
     assert!(huge.len() < 16 << 20, "{}", huge.len());
     let err = refused_while_serving(&huge, "");
-    assert!(err.contains("uncompressed is 11") && err.contains("over the budget of 64.0 MiB (max_uncompressed)"), "{err}");
+    assert!(
+        err.contains("uncompressed is 11") && err.contains("over the budget of 64.0 MiB (max_uncompressed)"),
+        "{err}"
+    );
 }
 
 #[test]

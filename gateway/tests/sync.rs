@@ -363,3 +363,36 @@ fn kill_9_while_persisting_never_leaves_a_cache_that_cannot_boot() {
     assert_eq!(status(&gw)["bundle"]["source"], "cache");
     assert!(public_ok(&gw));
 }
+
+#[test]
+fn status_reports_the_last_activation_attempt_and_what_the_bundle_served_since() {
+    let up = echo_upstream("u");
+    let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = start_polling_gateway(dir.path(), &[src.url()], FAST);
+    wait_ready(&gw);
+    for _ in 0..5 {
+        assert!(public_ok(&gw));
+    }
+    assert_eq!(get(&format!("{}/orders/7", gw.base), &[]).0, 401);
+    let st = status(&gw);
+    assert_eq!(st["last_activation"]["outcome"], "activated", "{st}");
+    assert_eq!(st["last_activation"]["digest"], st["bundle"]["digest"], "{st}");
+    let served = &st["bundle"]["served"];
+    assert_eq!(served["requests"], 6, "{st}");
+    assert_eq!(served["denies"], 1, "{st}");
+    assert_eq!(served["errors"], 0, "{st}");
+    assert!(served["p99_ms"].as_u64().is_some(), "{st}");
+    assert!(st["bundle"]["figures"]["compiled_bytes"].as_u64().unwrap_or(0) > 0, "{st}");
+
+    let broken = bundle_tarball(&up.addr.to_string(), "r2", &[("http/bad.rego", "package http.bad\nallow if {\n")]);
+    src.set(Answer::Bundle(broken.clone()));
+    eventually(Duration::from_secs(5), "the failed attempt recorded", || {
+        status(&gw)["last_activation"]["outcome"] == "failed"
+    });
+    let st = status(&gw);
+    assert_eq!(st["last_activation"]["reason"], "rego", "{st}");
+    assert_eq!(st["last_activation"]["digest"], policy_bundles::digest(&broken), "{st}");
+    assert_eq!(revision(&gw), "r1");
+    assert!(st["bundle"]["served"]["requests"].as_u64().unwrap_or(0) >= 6, "counters belong to the serving bundle");
+}
