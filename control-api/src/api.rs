@@ -42,6 +42,8 @@ use crate::validate::{self, Rejection};
 pub const BUNDLE_REVISION: HeaderName = HeaderName::from_static("x-bundle-revision");
 pub const PREFER: HeaderName = HeaderName::from_static("prefer");
 pub const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+/// `x-gateway-instance`: the gateway asking, so that a staged rollout answers with its cohort.
+pub const INSTANCE: HeaderName = HeaderName::from_static("x-gateway-instance");
 /// `x-force-reason`: publish past the growth guard; the reason is kept in the history.
 pub const FORCE_REASON: HeaderName = HeaderName::from_static("x-force-reason");
 /// Longest force reason kept.
@@ -89,6 +91,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/bundles/{name}", get(get_bundle).put(put_bundle))
         .route("/v1/bundles/{name}/revisions", get(revisions))
         .route("/v1/bundles/{name}/rollback", post(rollback))
+        .route("/v1/bundles/{name}/rollout", get(rollout_status))
         .route("/v1/status", post(status))
         .route("/v1/fleet", get(fleet))
         .route("/healthz", get(healthz))
@@ -106,6 +109,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Conflict(String),
     /// Past the growth guard: 409 with every figure that moved.
@@ -128,6 +133,7 @@ impl IntoResponse for ApiError {
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) | ApiError::Growth(_) => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -275,7 +281,10 @@ async fn put_bundle(
 
     // The active revision was validated when it was published: an identical body needs no work.
     let (_, current) = s.hub.current(&name).await?;
-    if let Some(active) = current.filter(|a| a.digest == digest) {
+    let same = current
+        .as_ref()
+        .and_then(|h| [Some(&h.stable), h.canary.as_ref()].into_iter().flatten().find(|a| a.digest == digest).cloned());
+    if let Some(active) = same {
         s.metrics.publish(PublishResult::Identical);
         let body = Published { name, revision: active.revision.clone(), digest, size };
         return Ok((StatusCode::OK, Json(body)).into_response());
@@ -320,14 +329,23 @@ async fn put_bundle(
         published_at_ms: store::now_ms(),
         figures: figures.as_deref(),
         forced_reason: forced.as_deref(),
+        staged: s.config.rollout.is_some(),
     };
     match s.store.publish(&new).await? {
         PublishOutcome::Created(_) | PublishOutcome::Reactivated(_) => {
             tracing::info!(bundle.name = %name, bundle.revision = %revision, bundle.digest = %digest, published_by = %who.name, tests = validated.tests_passed, "revision published and active");
             s.metrics.publish(PublishResult::Created);
             // The store is committed; waking the waiters must not turn success into an error.
-            if let Err(e) = s.hub.reload(&name, Some((&digest, bytes))).await {
-                tracing::warn!(bundle.name = %name, error = %e, "published, but reloading the active revision failed");
+            match s.hub.reload(&name, Some((&digest, bytes))).await {
+                Ok((_, Some(heads))) if heads.canary.as_ref().is_some_and(|c| c.digest == digest) => {
+                    tracing::info!(bundle.name = %name, bundle.revision = %revision, "staged: the canary cohort is served it first");
+                    let body = json!({ "name": name, "revision": revision, "digest": digest, "size": size, "rollout": "canary" });
+                    return Ok((StatusCode::CREATED, Json(body)).into_response());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(bundle.name = %name, error = %e, "published, but reloading the active revision failed")
+                }
             }
             Ok((StatusCode::CREATED, Json(Published { name, revision, digest, size })).into_response())
         }
@@ -342,6 +360,18 @@ async fn put_bundle(
                  give the new content a new revision in its .manifest"
             )))
         }
+    }
+}
+
+/// The instance a caller speaks for: a token bound to an instance may speak for that one only
+/// (a reader token of one gateway can neither take another's cohort nor report for it).
+fn speaks_for(who: &Principal, claimed: Option<String>) -> Result<Option<String>, ApiError> {
+    match (&who.instance, claimed) {
+        (Some(bound), Some(c)) if *bound != c => {
+            Err(ApiError::Forbidden(format!("token `{}` speaks for instance `{bound}`, not `{c}`", who.name)))
+        }
+        (Some(bound), _) => Ok(Some(bound.clone())),
+        (None, c) => Ok(c),
     }
 }
 
@@ -361,16 +391,23 @@ fn force_reason(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// with `Prefer: wait=N`.
 async fn get_bundle(
     State(state): State<AppState>,
-    Reader(_): Reader,
+    Reader(who): Reader,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
     let s = &state.0;
+    let instance = headers.get(INSTANCE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let instance = speaks_for(&who, instance)?;
+    let canary = match (&s.config.rollout, &instance) {
+        (Some(r), Some(i)) => r.canary.contains(i),
+        _ => false,
+    };
     let (entry, current) = s.hub.current(&name).await?;
-    let Some(active) = current else {
+    let Some(heads) = current else {
         return Err(ApiError::NotFound(format!("no bundle named `{name}` has been published")));
     };
+    let active = heads.for_cohort(canary).clone();
     if !if_none_match(&headers, &active.digest) {
         return Ok(bundle_response(s, &active, None));
     }
@@ -389,8 +426,9 @@ async fn get_bundle(
     let _waiting = Waiting::new(s);
     let changed = async {
         loop {
-            if let Some(now) = rx.borrow_and_update().as_ref().filter(|a| a.digest != held) {
-                return Some(now.clone());
+            let now = rx.borrow_and_update().as_ref().map(|h| h.for_cohort(canary).clone());
+            if let Some(now) = now.filter(|a| a.digest != held) {
+                return Some(now);
             }
             if rx.changed().await.is_err() {
                 return None;
@@ -524,6 +562,42 @@ struct RollbackRequest {
     revision: String,
 }
 
+/// `GET /v1/bundles/{name}/rollout`: where the latest rollout stands, and which revision each
+/// cohort is served.
+async fn rollout_status(
+    State(state): State<AppState>,
+    Reader(_): Reader,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name(&name)?;
+    let s = &state.0;
+    let (_, heads) = s.hub.current(&name).await?;
+    let Some(heads) = heads else {
+        return Err(ApiError::NotFound(format!("no bundle named `{name}` has been published")));
+    };
+    let rollout = s.store.rollout(&name).await?.map(|r| {
+        json!({
+            "revision": r.revision,
+            "previous": r.previous,
+            "state": r.state,
+            "started_at": store::rfc3339(r.started_at_ms),
+            "ended_at": r.ended_at_ms.map(store::rfc3339),
+            "reason": r.reason,
+        })
+    });
+    let canary = s.config.rollout.as_ref().map(|c| match &c.canary {
+        crate::config::Cohort::Instances(list) => json!({ "instances": list }),
+        crate::config::Cohort::Percent(p) => json!({ "percent": p }),
+    });
+    Ok(Json(json!({
+        "bundle": name,
+        "stable": heads.stable.revision,
+        "canary_revision": heads.canary.as_ref().map(|c| c.revision.clone()),
+        "canary": canary,
+        "rollout": rollout,
+    })))
+}
+
 /// `POST /v1/bundles/{name}/rollback` `{"revision": "..."}`: make an earlier revision active.
 async fn rollback(
     State(state): State<AppState>,
@@ -539,7 +613,13 @@ async fn rollback(
         RollbackOutcome::Unknown => {
             return Err(ApiError::NotFound(format!("bundle `{name}` has no revision `{}`", req.revision)))
         }
-        RollbackOutcome::AlreadyActive(info) => info,
+        RollbackOutcome::AlreadyActive(info) => {
+            // A rollout in its canary phase may have ended: serve the canaries the active one again.
+            if let Err(e) = s.hub.reload(&name, None).await {
+                tracing::warn!(bundle.name = %name, error = %e, "reloading the active revision failed");
+            }
+            info
+        }
         RollbackOutcome::Activated(info) => {
             tracing::info!(bundle.name = %name, bundle.revision = %info.revision, by = %who.name, "rolled back");
             if let Err(e) = s.hub.reload(&name, None).await {
@@ -567,6 +647,14 @@ struct StatusRequest {
     last_sync: Option<serde_json::Value>,
     #[serde(default)]
     staleness_seconds: Option<f64>,
+    /// The last activation attempt: `{digest, outcome, reason, message, at}`.
+    #[serde(default)]
+    activation: Option<serde_json::Value>,
+    /// What the active bundle served since it activated: `{requests, denies, errors, p99_ms}`.
+    #[serde(default)]
+    served: Option<serde_json::Value>,
+    #[serde(default)]
+    activated_at: Option<u64>,
 }
 
 impl StatusRequest {
@@ -618,7 +706,12 @@ impl StatusRequest {
         if !problems.is_empty() {
             return Err(ApiError::BadRequest(problems.join("; ")));
         }
+        let health = (self.activation.is_some() || self.served.is_some()).then(|| {
+            json!({ "activation": self.activation, "served": self.served, "activated_at": self.activated_at })
+                .to_string()
+        });
         Ok(GatewayReport {
+            health,
             instance: self.instance,
             bundle: self.bundle,
             revision,
@@ -633,12 +726,13 @@ impl StatusRequest {
 /// `POST /v1/status`: record a gateway's report (latest per instance). Answers 202.
 async fn status(
     State(state): State<AppState>,
-    Reader(_): Reader,
+    Reader(who): Reader,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: StatusRequest = read_json(&headers, body).await?;
     let report = req.into_report(store::now_ms())?;
+    speaks_for(&who, Some(report.instance.clone()))?;
     state.0.store.report(&report).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
 }
@@ -672,7 +766,7 @@ async fn fleet(State(state): State<AppState>, Reader(_): Reader) -> Result<Json<
         if !active.contains_key(&r.bundle) {
             // A report may name anything; only well-formed names can have an active revision.
             let digest = match check_name(&r.bundle) {
-                Ok(()) => s.hub.current(&r.bundle).await?.1.map(|a| a.digest.clone()),
+                Ok(()) => s.hub.current(&r.bundle).await?.1.map(|h| h.stable.digest.clone()),
                 Err(_) => None,
             };
             active.insert(r.bundle.clone(), digest);
@@ -722,6 +816,7 @@ mod tests {
             name: name.into(),
             scope,
             sha256: Sha256::digest(secret.as_bytes()).into(),
+            instance: None,
         };
         Config {
             listen: ([127, 0, 0, 1], 0).into(),
@@ -733,6 +828,7 @@ mod tests {
             budget: policy_bundles::budget::Budget::default(),
             validator: policy_bundles::budget::Validator::InProcess,
             growth_guard: Some(crate::config::GrowthGuard::default()),
+            rollout: None,
         }
     }
 
@@ -839,6 +935,15 @@ mod tests {
             Err(StoreError::Corrupt("down".into()))
         }
         async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn rollout(&self, _: &str) -> Result<Option<crate::store::Rollout>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn canaries(&self) -> Result<Vec<crate::store::Rollout>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn finish_rollout(&self, _: i64, _: &str, _: Option<&str>, _: i64) -> Result<bool, StoreError> {
             Err(StoreError::Corrupt("down".into()))
         }
         async fn changes(&self) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<Change>>, StoreError> {

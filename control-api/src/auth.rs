@@ -35,6 +35,8 @@ pub struct Principal {
     /// The token's configured name: what `published_by` records.
     pub name: String,
     pub scope: Scope,
+    /// The only gateway instance the token may speak for, when bound to one.
+    pub instance: Option<String>,
 }
 
 /// Why a request is not authorized.
@@ -77,7 +79,7 @@ impl Tokens {
         if !t.scope.allows(needs) {
             return Err(AuthError::Forbidden { name: t.name.clone(), has: t.scope, needs });
         }
-        Ok(Principal { name: t.name.clone(), scope: t.scope })
+        Ok(Principal { name: t.name.clone(), scope: t.scope, instance: t.instance.clone() })
     }
 }
 
@@ -98,8 +100,8 @@ mod tests {
     fn tokens() -> Tokens {
         let hash = |t: &str| <[u8; 32]>::from(Sha256::digest(t.as_bytes()));
         Tokens::new(vec![
-            TokenConfig { name: "ci".into(), scope: Scope::Publish, sha256: hash("pub-secret") },
-            TokenConfig { name: "gw".into(), scope: Scope::Read, sha256: hash("read-secret") },
+            TokenConfig { name: "ci".into(), scope: Scope::Publish, sha256: hash("pub-secret"), instance: None },
+            TokenConfig { name: "gw".into(), scope: Scope::Read, sha256: hash("read-secret"), instance: None },
         ])
     }
 

@@ -18,10 +18,18 @@
 //!   max_removed: 0.2               #   more than 20% of routes or upstreams gone; default 0.2
 //!   min_compile_time: 1s           #   compile times below this are not compared; default 1s
 //!   enabled: true                  #   default true; `?force=true&reason=...` passes it
+//! rollout:                         # optional: staged rollout with automatic rollback
+//!   canary: [gw-a]                 #   instance names; or canary_percent: 10 (stable hash)
+//!   bake: 60s                      #   healthy canary time before everyone gets it; default 60s
+//!   silent_after: 30s              #   a canary without a report this long fails it; default 30s
+//!   max_error_rate: 0.05           #   errors / requests since activation; default 0.05
+//!   min_requests: 20               #   before the error rate counts; default 20
+//!   max_p99: 1s                    #   optional
 //! tokens:
 //!   - name: ci                     # shown as `published_by`
 //!     scope: publish               # publish | read (publish tokens may also read)
 //!     sha256: 9f86d0...            # `control-api hash-token TOKEN`; the token itself is never stored
+//!     instance: gw-a               # optional: the only gateway this token may speak for
 //! ```
 
 use std::collections::BTreeSet;
@@ -82,6 +90,27 @@ struct RawConfig {
     budget: Option<policy_bundles::budget::RawBudget>,
     #[serde(default)]
     growth_guard: Option<RawGrowthGuard>,
+    #[serde(default)]
+    rollout: Option<RawRollout>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    #[serde(default)]
+    canary: Vec<String>,
+    #[serde(default)]
+    canary_percent: Option<u8>,
+    #[serde(default)]
+    bake: Option<String>,
+    #[serde(default)]
+    silent_after: Option<String>,
+    #[serde(default)]
+    max_error_rate: Option<f64>,
+    #[serde(default)]
+    min_requests: Option<u64>,
+    #[serde(default)]
+    max_p99: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +132,8 @@ struct RawToken {
     name: String,
     scope: String,
     sha256: String,
+    #[serde(default)]
+    instance: Option<String>,
 }
 
 /// Where bundles, revisions and fleet reports are kept.
@@ -143,6 +174,8 @@ pub struct TokenConfig {
     pub name: String,
     pub scope: Scope,
     pub sha256: [u8; 32],
+    /// The only gateway instance this token may speak for (bundle GETs, status reports).
+    pub instance: Option<String>,
 }
 
 /// Validated configuration.
@@ -164,6 +197,46 @@ pub struct Config {
     pub validator: policy_bundles::budget::Validator,
     /// How far a publish may move from the active revision without `force`.
     pub growth_guard: Option<GrowthGuard>,
+    /// Staged rollout; `None`: every gateway is served a publish at once.
+    pub rollout: Option<RolloutConfig>,
+}
+
+/// Which gateways take a new revision first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cohort {
+    /// These instance names.
+    Instances(Vec<String>),
+    /// Instances whose name hashes (SHA-256) below this percentage.
+    Percent(u8),
+}
+
+impl Cohort {
+    pub fn contains(&self, instance: &str) -> bool {
+        match self {
+            Cohort::Instances(list) => list.iter().any(|i| i == instance),
+            Cohort::Percent(p) => {
+                let h = <sha2::Sha256 as sha2::Digest>::digest(instance.as_bytes());
+                u16::from_be_bytes([h[0], h[1]]) % 100 < u16::from(*p)
+            }
+        }
+    }
+}
+
+/// Staged rollout (`rollout`): a publish goes to the canary cohort, is judged from the canaries'
+/// status reports, and is promoted to everyone after `bake`, or rolled back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    pub canary: Cohort,
+    /// How long every canary must serve the revision healthily before everyone gets it.
+    pub bake: Duration,
+    /// A canary without a report for this long fails the rollout.
+    pub silent_after: Duration,
+    /// Largest share of errors among a canary's requests since it activated the revision.
+    pub max_error_rate: f64,
+    /// Requests a canary must have served before its error rate counts.
+    pub min_requests: u64,
+    /// Largest p99 a canary may report, when set.
+    pub max_p99: Option<Duration>,
 }
 
 /// The growth guard's ratios (`growth_guard`): a publish past one of them is refused with 409
@@ -288,7 +361,7 @@ impl Config {
                     "must be 64 hex digits: the SHA-256 of the token (`control-api hash-token TOKEN`)".into(),
                 ),
             }
-            tokens.push(TokenConfig { name: t.name.clone(), scope, sha256 });
+            tokens.push(TokenConfig { name: t.name.clone(), scope, sha256, instance: t.instance.clone() });
         }
 
         let mut plain = Vec::new();
@@ -330,6 +403,8 @@ impl Config {
         let growth_guard =
             g.enabled.unwrap_or(true).then_some(GrowthGuard { max_growth, max_removed, min_compile_time });
 
+        let rollout = raw.rollout.map(|r| rollout(&r, lines.top("rollout"), &mut problem));
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: p, problems });
         }
@@ -343,8 +418,45 @@ impl Config {
             budget,
             validator,
             growth_guard,
+            rollout,
         })
     }
+}
+
+/// Validates `rollout`; every problem goes to `problem` with its key.
+fn rollout(
+    r: &RawRollout,
+    line: Option<usize>,
+    problem: &mut impl FnMut(&str, Option<usize>, String),
+) -> RolloutConfig {
+    let canary = match (r.canary.is_empty(), r.canary_percent) {
+        (false, None) => Cohort::Instances(r.canary.clone()),
+        (true, Some(p)) if (1..=100).contains(&p) => Cohort::Percent(p),
+        (true, Some(_)) => {
+            problem("rollout.canary_percent", line, "must be from 1 to 100".into());
+            Cohort::Percent(1)
+        }
+        _ => {
+            problem("rollout.canary", line, "give `canary` (instance names) or `canary_percent`, one of them".into());
+            Cohort::Instances(Vec::new())
+        }
+    };
+    let mut dur = |key: &str, v: &Option<String>, default: Duration| match v.as_deref().map(parse_duration) {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(m)) => {
+            problem(key, line, m);
+            default
+        }
+    };
+    let bake = dur("rollout.bake", &r.bake, Duration::from_secs(60));
+    let silent_after = dur("rollout.silent_after", &r.silent_after, Duration::from_secs(30));
+    let max_p99 = r.max_p99.as_ref().map(|_| dur("rollout.max_p99", &r.max_p99, Duration::from_secs(1)));
+    let max_error_rate = r.max_error_rate.unwrap_or(0.05);
+    if !(0.0..1.0).contains(&max_error_rate) {
+        problem("rollout.max_error_rate", line, "must be a share from 0 to below 1 (0.05: 5%)".into());
+    }
+    RolloutConfig { canary, bake, silent_after, max_error_rate, min_requests: r.min_requests.unwrap_or(20), max_p99 }
 }
 
 /// `sqlite://PATH` (relative to `base`), `sqlite::memory:`, or `postgres://...`/`postgresql://...`.

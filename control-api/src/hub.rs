@@ -38,7 +38,25 @@ impl ActiveBundle {
     }
 }
 
-type Slot = Option<Arc<ActiveBundle>>;
+/// What a bundle serves: the active revision, and during a rollout's canary phase the
+/// candidate that only the canary cohort is served.
+#[derive(Debug)]
+pub struct Heads {
+    pub stable: Arc<ActiveBundle>,
+    pub canary: Option<Arc<ActiveBundle>>,
+}
+
+impl Heads {
+    /// The revision served to a gateway in (or out of) the canary cohort.
+    pub fn for_cohort(&self, canary: bool) -> &Arc<ActiveBundle> {
+        match (&self.canary, canary) {
+            (Some(c), true) => c,
+            _ => &self.stable,
+        }
+    }
+}
+
+type Slot = Option<Arc<Heads>>;
 
 /// One bundle's channel.
 pub struct Entry {
@@ -117,23 +135,52 @@ impl Hub {
             }
             return Ok((entry, None));
         };
-        let unchanged = entry.tx.borrow().as_ref().is_some_and(|a| a.digest == head.digest);
+        let candidate = match self.store.rollout(name).await? {
+            Some(r) if r.state == crate::store::CANARY => {
+                self.store.revisions(name).await?.into_iter().find(|x| x.revision == r.revision)
+            }
+            _ => None,
+        };
+        let held = entry.current();
+        let unchanged = held.as_ref().is_some_and(|h| {
+            h.stable.digest == head.digest
+                && h.canary.as_ref().map(|c| c.digest.as_str()) == candidate.as_ref().map(|c| c.digest.as_str())
+        });
         if !unchanged {
-            let bytes = match seed {
-                Some((digest, bytes)) if digest == head.digest => bytes,
-                _ => match self.store.content(name, &head.digest).await? {
-                    Some(content) => Bytes::from(content),
-                    None => {
-                        return Err(StoreError::Corrupt(format!(
-                            "bundle `{name}`: the active revision `{}` has no content",
-                            head.revision
-                        )))
-                    }
-                },
+            let mut known: Vec<Arc<ActiveBundle>> =
+                held.iter().flat_map(|h| h.canary.iter().chain([&h.stable])).cloned().collect();
+            let mut seed = seed;
+            let mut load = async |revision: String, digest: String| -> Result<Arc<ActiveBundle>, StoreError> {
+                if let Some(k) = known.iter().find(|k| k.digest == digest) {
+                    return Ok(k.clone());
+                }
+                let bytes = match seed.take() {
+                    Some((d, bytes)) if d == digest => bytes,
+                    _ => match self.store.content(name, &digest).await? {
+                        Some(content) => Bytes::from(content),
+                        None => {
+                            return Err(StoreError::Corrupt(format!(
+                                "bundle `{name}`: revision `{revision}` has no content"
+                            )))
+                        }
+                    },
+                };
+                let a = Arc::new(ActiveBundle::new(revision, digest, bytes)?);
+                known.push(a.clone());
+                Ok(a)
             };
-            let active = Arc::new(ActiveBundle::new(head.revision, head.digest, bytes)?);
-            tracing::info!(bundle.name = name, bundle.revision = %active.revision, bundle.digest = %active.digest, "active revision loaded");
-            entry.tx.send_replace(Some(active));
+            let stable = load(head.revision, head.digest).await?;
+            let canary = match candidate {
+                Some(c) => Some(load(c.revision, c.digest).await?),
+                None => None,
+            };
+            tracing::info!(
+                bundle.name = name,
+                bundle.revision = %stable.revision,
+                canary.revision = canary.as_ref().map(|c| c.revision.as_str()),
+                "served revisions loaded"
+            );
+            entry.tx.send_replace(Some(Arc::new(Heads { stable, canary })));
         }
         entry.loaded.store(true, Ordering::Release);
         let slot = entry.current();

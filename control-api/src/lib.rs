@@ -9,6 +9,7 @@
 //! * [`guard`]: the growth guard, comparing a publish with the active revision.
 //! * [`hub`]: the active revision of each bundle in memory, and the channels long polls wait on.
 //! * [`validate`]: the gateway's own loading and compiling code, plus the bundle's tests.
+//! * [`rollout`]: staged rollout to a canary cohort, judged from status reports, promoted or rolled back.
 //! * [`metrics`]: every exported metric.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod guard;
 pub mod hub;
 pub mod metrics;
+pub mod rollout;
 pub mod store;
 pub mod validate;
 
@@ -105,6 +107,7 @@ impl App {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
+        let supervisor = tokio::spawn(rollout::supervise(state.clone(), state.0.hub.shutdown_signal()));
         let hub_state = state.clone();
         let result = axum::serve(listener, app(state))
             .with_graceful_shutdown(async move {
@@ -117,6 +120,7 @@ impl App {
         if let Some(task) = feed {
             task.abort();
         }
+        supervisor.abort();
         result
     }
 }

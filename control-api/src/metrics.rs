@@ -1,11 +1,18 @@
 //! Every metric control-api exports, named in one place.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub const PUBLISHES_TOTAL: &str = "control_api_publishes_total";
 pub const REJECTIONS_TOTAL: &str = "control_api_rejections_total";
 pub const BUNDLE_DOWNLOADS_TOTAL: &str = "control_api_bundle_downloads_total";
 pub const LONG_POLL_WAITERS: &str = "control_api_long_poll_waiters";
+pub const ROLLOUTS_TOTAL: &str = "control_api_rollouts_total";
+pub const ROLLBACKS_TOTAL: &str = "control_api_rollbacks_total";
+pub const ROLLOUT_DURATION: &str = "control_api_rollout_duration_seconds";
+pub const ROLLOUT_PROPAGATION: &str = "control_api_rollout_propagation_seconds";
+pub const SERVED_REVISION: &str = "control_api_served_revision";
 
 /// The `result` label of `control_api_publishes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +42,16 @@ pub struct Metrics {
     downloads: IntCounterVec,
     /// Long polls being held right now.
     pub waiters: IntGauge,
+    /// Ended rollouts by `result` (`promoted`, `rolled_back`).
+    pub rollouts: IntCounterVec,
+    /// Automatic rollbacks by `reason` (`activation`, `silent`, `error_rate`, `p99`, `not_activated`, `no_canary`).
+    pub rollbacks: IntCounterVec,
+    /// From publish to promotion (every gateway served the revision).
+    pub rollout_duration: Histogram,
+    /// From a revision becoming a gateway's target to its report showing it active.
+    pub propagation: Histogram,
+    /// 1 for the revision each cohort is served: `{bundle, cohort="canary|stable", revision}`.
+    pub served_revision: IntGaugeVec,
 }
 
 impl Metrics {
@@ -57,6 +74,31 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(downloads.clone()))?;
         registry.register(Box::new(waiters.clone()))?;
+        let rollouts = IntCounterVec::new(Opts::new(ROLLOUTS_TOTAL, "Ended staged rollouts by result"), &["result"])?;
+        let rollbacks =
+            IntCounterVec::new(Opts::new(ROLLBACKS_TOTAL, "Automatic rollbacks of a canary by reason"), &["reason"])?;
+        let buckets = vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+        let rollout_duration = Histogram::with_opts(
+            HistogramOpts::new(ROLLOUT_DURATION, "Seconds from publish to promotion to every gateway")
+                .buckets(buckets.clone()),
+        )?;
+        let propagation = Histogram::with_opts(
+            HistogramOpts::new(
+                ROLLOUT_PROPAGATION,
+                "Seconds from a revision becoming a gateway's target (publish to the canary, promotion to the rest) to \
+                 the first status report showing it active",
+            )
+            .buckets(buckets),
+        )?;
+        let served_revision = IntGaugeVec::new(
+            Opts::new(SERVED_REVISION, "1 for the revision each cohort of a bundle is served"),
+            &["bundle", "cohort", "revision"],
+        )?;
+        registry.register(Box::new(rollouts.clone()))?;
+        registry.register(Box::new(rollbacks.clone()))?;
+        registry.register(Box::new(rollout_duration.clone()))?;
+        registry.register(Box::new(propagation.clone()))?;
+        registry.register(Box::new(served_revision.clone()))?;
         // Label values known in advance are exported at 0 from the start.
         for r in [PublishResult::Created, PublishResult::Identical, PublishResult::Rejected] {
             publishes.with_label_values(&[r.label()]);
@@ -64,7 +106,18 @@ impl Metrics {
         for code in ["200", "304"] {
             downloads.with_label_values(&[code]);
         }
-        Ok(Metrics { registry, publishes, rejections, downloads, waiters })
+        Ok(Metrics {
+            registry,
+            publishes,
+            rejections,
+            downloads,
+            waiters,
+            rollouts,
+            rollbacks,
+            rollout_duration,
+            propagation,
+            served_revision,
+        })
     }
 
     pub fn publish(&self, result: PublishResult) {

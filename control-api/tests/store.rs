@@ -20,6 +20,7 @@ fn rev<'a>(bundle: &'a str, revision: &'a str, content: &'a [u8], digest: &'a st
         published_at_ms: 1_795_608_000_000,
         figures: None,
         forced_reason: None,
+        staged: false,
     }
 }
 
@@ -153,6 +154,7 @@ async fn reports_are_upserted_per_instance_and_listed_by_instance(store: Arc<dyn
         last_sync: Some("2026-11-25T12:00:00Z".into()),
         staleness_seconds: Some(2.5),
         last_report_ms: at,
+        health: Some(format!("{{\"served\":{{\"requests\":{at}}}}}")),
     };
     store.report(&report("gw-b", "v1", 10)).await.unwrap();
     store.report(&report("gw-a", "v1", 11)).await.unwrap();
@@ -170,6 +172,46 @@ async fn reports_are_upserted_per_instance_and_listed_by_instance(store: Arc<dyn
     assert_eq!(fleet[0], report("gw-a", "v1", 11));
     assert_eq!(fleet[1], report("gw-b", "v2", 12));
     assert_eq!(fleet[2], partial);
+}
+
+async fn a_staged_publish_is_a_canary_until_promoted_or_rolled_back_once(store: Arc<dyn Store>) {
+    let (c1, d1) = blob("one");
+    let (c2, d2) = blob("two");
+    let (c3, d3) = blob("three");
+    let staged = |r: NewRevision<'static>| NewRevision { staged: true, ..r };
+    // The first publish of a bundle has nothing to canary against: it is active at once.
+    store.publish(&staged(rev("main", "v1", leak(c1), leak(d1.clone())))).await.unwrap();
+    assert!(store.rollout("main").await.unwrap().is_none());
+    store.publish(&staged(rev("main", "v2", leak(c2), leak(d2)))).await.unwrap();
+    assert_eq!(store.active("main").await.unwrap().unwrap().digest, d1, "the active revision waits for the canary");
+    let r = store.rollout("main").await.unwrap().expect("a rollout");
+    assert_eq!((r.revision.as_str(), r.previous.as_str(), r.state.as_str()), ("v2", "v1", "canary"));
+    assert_eq!(store.canaries().await.unwrap(), vec![r.clone()]);
+    // A newer publish supersedes it.
+    store.publish(&staged(rev("main", "v3", leak(c3), leak(d3.clone())))).await.unwrap();
+    let r3 = store.rollout("main").await.unwrap().expect("a rollout");
+    assert_eq!((r3.revision.as_str(), r3.previous.as_str()), ("v3", "v1"));
+    assert_eq!(store.canaries().await.unwrap().len(), 1);
+    assert!(!store.finish_rollout(r.id, "promoted", None, 5).await.unwrap(), "a superseded rollout cannot be promoted");
+    assert_eq!(store.active("main").await.unwrap().unwrap().digest, d1);
+    // Rolled back once: a second judgement (another replica) changes nothing.
+    assert!(store.finish_rollout(r3.id, "rolled_back", Some("canary gw-a silent"), 6).await.unwrap());
+    assert!(!store.finish_rollout(r3.id, "promoted", None, 7).await.unwrap());
+    let ended = store.rollout("main").await.unwrap().expect("a rollout");
+    assert_eq!(
+        (ended.state.as_str(), ended.reason.as_deref(), ended.ended_at_ms),
+        ("rolled_back", Some("canary gw-a silent"), Some(6))
+    );
+    assert_eq!(store.active("main").await.unwrap().unwrap().digest, d1);
+    // Published again and promoted: now everyone's.
+    store.publish(&staged(rev("main", "v3", leak(blob("three").0), leak(d3.clone())))).await.unwrap();
+    let again = store.rollout("main").await.unwrap().expect("a rollout");
+    assert!(store.finish_rollout(again.id, "promoted", None, 8).await.unwrap());
+    assert_eq!(store.active("main").await.unwrap().unwrap().digest, d3);
+}
+
+fn leak<T>(v: T) -> &'static T {
+    Box::leak(Box::new(v))
 }
 
 /// Declares each behaviour above as a test for each backend.
@@ -210,6 +252,7 @@ store_suite!(
     bundles_are_independent,
     concurrent_publishes_of_one_bundle_all_land_and_one_is_active,
     reports_are_upserted_per_instance_and_listed_by_instance,
+    a_staged_publish_is_a_canary_until_promoted_or_rolled_back_once,
 );
 
 #[tokio::test]

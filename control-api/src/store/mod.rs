@@ -46,6 +46,9 @@ pub struct NewRevision<'a> {
     pub figures: Option<&'a str>,
     /// Why it was forced past the growth guard, when it was.
     pub forced_reason: Option<&'a str>,
+    /// Stage it: when the bundle has an active revision, the new one goes to the canary cohort
+    /// (a rollout in state `canary`) and the active revision does not change yet.
+    pub staged: bool,
 }
 
 /// One stored revision of a bundle (without its content).
@@ -109,6 +112,53 @@ pub struct GatewayReport {
     pub last_sync: Option<String>,
     pub staleness_seconds: Option<f64>,
     pub last_report_ms: i64,
+    /// What the gateway said about its health (JSON: `activation`, `served`, `activated_at`).
+    pub health: Option<String>,
+}
+
+/// A staged rollout of one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    pub id: i64,
+    pub bundle: String,
+    /// The candidate, served to the canary cohort while `state` is `canary`.
+    pub revision: String,
+    /// The revision everyone else keeps meanwhile (the active one when it started).
+    pub previous: String,
+    /// `canary`, `promoted`, `rolled_back` or `superseded`.
+    pub state: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    /// Why it ended (a rollback's cause, what superseded it).
+    pub reason: Option<String>,
+}
+
+pub const CANARY: &str = "canary";
+pub const PROMOTED: &str = "promoted";
+pub const ROLLED_BACK: &str = "rolled_back";
+pub const SUPERSEDED: &str = "superseded";
+
+/// Rollout statements, written once for both backends (`$n` parameters work in both).
+pub(crate) mod rollout_sql {
+    pub const SUPERSEDE: &str = "UPDATE rollouts SET state = 'superseded', ended_at_ms = $2, reason = $3 \
+                                 WHERE bundle = $1 AND state = 'canary'";
+    pub const START: &str = "INSERT INTO rollouts (bundle, revision, previous, state, started_at_ms) \
+                             VALUES ($1, $2, $3, 'canary', $4)";
+    const COLUMNS: &str = "id, bundle, revision, previous, state, started_at_ms, ended_at_ms, reason";
+    pub fn latest() -> String {
+        format!("SELECT {COLUMNS} FROM rollouts WHERE bundle = $1 ORDER BY id DESC LIMIT 1")
+    }
+    pub fn canaries() -> String {
+        format!("SELECT {COLUMNS} FROM rollouts WHERE state = 'canary' ORDER BY id")
+    }
+    pub const FINISH: &str = "UPDATE rollouts SET state = $2, ended_at_ms = $3, reason = $4 \
+                              WHERE id = $1 AND state = 'canary' RETURNING bundle, revision";
+    pub const PROMOTE: &str = "UPDATE bundles SET active_revision = $2, updated_at_ms = $3 WHERE name = $1";
+    pub type Row = (i64, String, String, String, String, i64, Option<i64>, Option<String>);
+    pub fn rollout(r: Row) -> super::Rollout {
+        let (id, bundle, revision, previous, state, started_at_ms, ended_at_ms, reason) = r;
+        super::Rollout { id, bundle, revision, previous, state, started_at_ms, ended_at_ms, reason }
+    }
 }
 
 /// A change of a bundle's active revision committed by another process sharing the store.
@@ -140,6 +190,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes an existing revision active again, in one transaction.
     async fn rollback(&self, bundle: &str, revision: &str) -> Result<RollbackOutcome, StoreError>;
+
+    /// The bundle's latest rollout, whatever its state.
+    async fn rollout(&self, bundle: &str) -> Result<Option<Rollout>, StoreError>;
+
+    /// Every rollout still in its canary phase.
+    async fn canaries(&self) -> Result<Vec<Rollout>, StoreError>;
+
+    /// Ends a rollout still in its canary phase as `state` (`promoted` also makes its revision
+    /// the active one, in the same transaction). `false` when it had already ended (another
+    /// replica judged it first).
+    async fn finish_rollout(&self, id: i64, state: &str, reason: Option<&str>, now_ms: i64)
+        -> Result<bool, StoreError>;
 
     /// Records a gateway's report, replacing its previous one.
     async fn report(&self, report: &GatewayReport) -> Result<(), StoreError>;

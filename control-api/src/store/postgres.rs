@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{
-    decide, ActiveHead, Change, Decision, GatewayReport, NewRevision, PublishOutcome, RevisionInfo, RollbackOutcome,
-    Store, StoreError,
+    decide, rollout_sql, ActiveHead, Change, Decision, GatewayReport, NewRevision, PublishOutcome, RevisionInfo,
+    RollbackOutcome, Rollout, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -99,6 +99,25 @@ impl Store for PostgresStore {
             Decision::Activate(_) => {}
             Decision::Done(_) => return Ok(decision.into_outcome()),
         }
+        if let (true, Some(previous)) = (new.staged, active.as_deref()) {
+            let why = format!("superseded by {}", new.revision);
+            sqlx::query(rollout_sql::SUPERSEDE)
+                .bind(new.bundle)
+                .bind(new.published_at_ms)
+                .bind(&why)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(rollout_sql::START)
+                .bind(new.bundle)
+                .bind(new.revision)
+                .bind(previous)
+                .bind(new.published_at_ms)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(NOTIFY).bind(CHANNEL).bind(new.bundle).execute(&mut *tx).await?;
+            tx.commit().await?;
+            return Ok(decision.into_outcome());
+        }
         sqlx::query(
             "INSERT INTO bundles (name, active_revision, updated_at_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET active_revision = excluded.active_revision, \
@@ -168,7 +187,19 @@ impl Store for PostgresStore {
             .fetch_optional(&mut *tx)
             .await?;
         let info = info(row, true)?;
+        let why = format!("manual rollback to {revision}");
+        let ended = sqlx::query(rollout_sql::SUPERSEDE)
+            .bind(bundle)
+            .bind(super::now_ms())
+            .bind(&why)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if active.as_deref() == Some(revision) {
+            if ended > 0 {
+                sqlx::query(NOTIFY).bind(CHANNEL).bind(bundle).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
             return Ok(RollbackOutcome::AlreadyActive(info));
         }
         sqlx::query("UPDATE bundles SET active_revision = $2, updated_at_ms = $3 WHERE name = $1")
@@ -184,11 +215,11 @@ impl Store for PostgresStore {
 
     async fn report(&self, r: &GatewayReport) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO gateways (instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (instance) DO UPDATE SET \
+            "INSERT INTO gateways (instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms, \
+             health) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (instance) DO UPDATE SET \
              bundle = excluded.bundle, revision = excluded.revision, digest = excluded.digest, \
              last_sync = excluded.last_sync, staleness_seconds = excluded.staleness_seconds, \
-             last_report_ms = excluded.last_report_ms",
+             last_report_ms = excluded.last_report_ms, health = excluded.health",
         )
         .bind(&r.instance)
         .bind(&r.bundle)
@@ -197,31 +228,71 @@ impl Store for PostgresStore {
         .bind(&r.last_sync)
         .bind(r.staleness_seconds)
         .bind(r.last_report_ms)
+        .bind(&r.health)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError> {
-        type FleetRow = (String, String, Option<String>, Option<String>, Option<String>, Option<f64>, i64);
+        type FleetRow =
+            (String, String, Option<String>, Option<String>, Option<String>, Option<f64>, i64, Option<String>);
         let rows: Vec<FleetRow> = sqlx::query_as(
-            "SELECT instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms \
+            "SELECT instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms, health \
              FROM gateways ORDER BY instance",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms)| GatewayReport {
-                instance,
-                bundle,
-                revision,
-                digest,
-                last_sync,
-                staleness_seconds,
-                last_report_ms,
+            .map(|(instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms, health)| {
+                GatewayReport {
+                    instance,
+                    bundle,
+                    revision,
+                    digest,
+                    last_sync,
+                    staleness_seconds,
+                    last_report_ms,
+                    health,
+                }
             })
             .collect())
+    }
+
+    async fn rollout(&self, bundle: &str) -> Result<Option<Rollout>, StoreError> {
+        let row: Option<rollout_sql::Row> =
+            sqlx::query_as(&rollout_sql::latest()).bind(bundle).fetch_optional(&self.pool).await?;
+        Ok(row.map(rollout_sql::rollout))
+    }
+
+    async fn canaries(&self) -> Result<Vec<Rollout>, StoreError> {
+        let rows: Vec<rollout_sql::Row> = sqlx::query_as(&rollout_sql::canaries()).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(rollout_sql::rollout).collect())
+    }
+
+    async fn finish_rollout(
+        &self,
+        id: i64,
+        state: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ended: Option<(String, String)> = sqlx::query_as(rollout_sql::FINISH)
+            .bind(id)
+            .bind(state)
+            .bind(now_ms)
+            .bind(reason)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((bundle, revision)) = ended else { return Ok(false) };
+        if state == super::PROMOTED {
+            sqlx::query(rollout_sql::PROMOTE).bind(&bundle).bind(&revision).bind(now_ms).execute(&mut *tx).await?;
+        }
+        sqlx::query(NOTIFY).bind(CHANNEL).bind(&bundle).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn changes(&self) -> Result<Option<mpsc::UnboundedReceiver<Change>>, StoreError> {

@@ -20,6 +20,17 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Show the rollout of a bundle.
+    Status {
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
 #[derive(Args, Clone)]
 struct Remote {
     /// The control-api base URL.
@@ -97,6 +108,12 @@ enum Cmd {
         name: String,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Where a staged rollout stands: the revision each cohort is served, the latest rollout's
+    /// state and why it ended.
+    Rollout {
+        #[command(subcommand)]
+        what: RolloutCmd,
     },
     /// Make an earlier revision active again.
     Rollback {
@@ -311,6 +328,24 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 if let Some(why) = r.get("forced_reason").and_then(|w| w.as_str()) {
                     println!("{:<16} forced past the growth guard: {why}", "");
                 }
+            }
+        }
+        Cmd::Rollout { what: RolloutCmd::Status { name, remote } } => {
+            let (_, v) = call(agent().get(&format!("{}/rollout", bundle_url(&remote, &name))), &remote, None)?;
+            let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+            println!("bundle {name}: stable {}, canary {}", s(&v["stable"]), s(&v["canary_revision"]));
+            let r = &v["rollout"];
+            if r.is_null() {
+                println!("no rollout yet");
+            } else {
+                println!(
+                    "latest rollout: {} (from {}) {} since {}{}",
+                    s(&r["revision"]),
+                    s(&r["previous"]),
+                    s(&r["state"]),
+                    s(&r["started_at"]),
+                    r["reason"].as_str().map(|w| format!(": {w}")).unwrap_or_default()
+                );
             }
         }
         Cmd::Rollback { name, to, remote } => {
