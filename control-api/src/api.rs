@@ -750,8 +750,13 @@ struct FleetMember {
     last_report: String,
     /// No report for longer than `fleet_silent_after`.
     silent: bool,
-    /// Its digest is its bundle's active digest.
+    /// Its digest is the one its cohort is served.
     current: bool,
+    /// `canary` or `stable`, when rollouts are staged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cohort: Option<&'static str>,
+    /// The revision its cohort is served.
+    target_revision: Option<String>,
 }
 
 /// `GET /v1/fleet`: every gateway that reported, and how far it is from the active revision.
@@ -760,22 +765,24 @@ async fn fleet(State(state): State<AppState>, Reader(_): Reader) -> Result<Json<
     let reports = s.store.fleet().await?;
     let now = store::now_ms();
     let silent_after = i64::try_from(s.config.fleet_silent_after.as_millis()).unwrap_or(i64::MAX);
-    let mut active: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+    let mut active: std::collections::HashMap<String, Option<Arc<crate::hub::Heads>>> =
+        std::collections::HashMap::new();
     let mut out = Vec::with_capacity(reports.len());
     for r in reports {
         if !active.contains_key(&r.bundle) {
             // A report may name anything; only well-formed names can have an active revision.
-            let digest = match check_name(&r.bundle) {
-                Ok(()) => s.hub.current(&r.bundle).await?.1.map(|h| h.stable.digest.clone()),
+            let heads = match check_name(&r.bundle) {
+                Ok(()) => s.hub.current(&r.bundle).await?.1,
                 Err(_) => None,
             };
-            active.insert(r.bundle.clone(), digest);
+            active.insert(r.bundle.clone(), heads);
         }
-        let current = match (&r.digest, active.get(&r.bundle)) {
-            (Some(d), Some(Some(a))) => d == a,
-            _ => false,
-        };
+        let canary = s.config.rollout.as_ref().is_some_and(|c| c.canary.contains(&r.instance));
+        let target = active.get(&r.bundle).and_then(|h| h.as_ref()).map(|h| h.for_cohort(canary).clone());
+        let current = matches!((&r.digest, &target), (Some(d), Some(t)) if *d == t.digest);
         out.push(FleetMember {
+            cohort: s.config.rollout.as_ref().map(|_| if canary { "canary" } else { "stable" }),
+            target_revision: target.map(|t| t.revision.clone()),
             last_report: store::rfc3339(r.last_report_ms),
             silent: now.saturating_sub(r.last_report_ms) > silent_after,
             current,

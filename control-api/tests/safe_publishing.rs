@@ -135,3 +135,64 @@ fn the_growth_guard_can_be_turned_off() {
     assert_eq!(s.publish("main", &with_routes("v1", 8)).status, 201);
     assert_eq!(s.publish("main", &bundle("v2")).status, 201);
 }
+
+const GW_B_TOKEN: &str = "reader-token-of-gw-b";
+
+/// A control plane staging rollouts to `gw-a`, with a reader token bound to `gw-b`.
+fn start_staged(dir: &Path) -> Server {
+    let path = dir.join("control-api.yaml");
+    let text = format!(
+        "listen: 127.0.0.1:0\nstore: sqlite://./data/control.db\nrollout:\n  canary: [gw-a]\n  bake: 60s\ntokens:\n  - {{ name: ci, scope: publish, sha256: {} }}\n  - {{ name: gateways, scope: read, sha256: {} }}\n  - {{ name: gw-b, scope: read, sha256: {}, instance: gw-b }}\n",
+        hash(PUBLISH_TOKEN),
+        hash(READ_TOKEN),
+        hash(GW_B_TOKEN)
+    );
+    std::fs::write(&path, text).expect("config");
+    Server::start(&path)
+}
+
+fn revision_for(s: &Server, token: &str, instance: Option<&str>) -> (u16, Option<String>) {
+    let headers: Vec<(&str, &str)> = instance.map(|i| ("x-gateway-instance", i)).into_iter().collect();
+    let r = request("GET", &s.url("/v1/bundles/main"), Some(token), &headers, None);
+    (r.status, r.header("x-bundle-revision").map(str::to_owned))
+}
+
+#[test]
+fn a_staged_publish_is_served_to_the_canary_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_staged(dir.path());
+    assert_eq!(s.publish("main", &bundle("v1")).status, 201, "the first publish is active at once");
+    let r = s.publish("main", &bundle("v2"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["rollout"], "canary");
+    assert_eq!(revision_for(&s, READ_TOKEN, Some("gw-a")), (200, Some("v2".into())));
+    assert_eq!(revision_for(&s, READ_TOKEN, Some("gw-c")), (200, Some("v1".into())));
+    assert_eq!(revision_for(&s, READ_TOKEN, None), (200, Some("v1".into())));
+    let state = request("GET", &s.url("/v1/bundles/main/rollout"), Some(READ_TOKEN), &[], None).json();
+    assert_eq!((state["stable"].as_str(), state["canary_revision"].as_str()), (Some("v1"), Some("v2")), "{state}");
+    assert_eq!(state["rollout"]["state"], "canary", "{state}");
+    // The same content again is no new rollout; a manual rollback ends the canary phase.
+    assert_eq!(s.publish("main", &bundle("v2")).status, 200);
+    assert_eq!(s.rollback("main", "v1").status, 200);
+    assert_eq!(revision_for(&s, READ_TOKEN, Some("gw-a")), (200, Some("v1".into())));
+    let state = request("GET", &s.url("/v1/bundles/main/rollout"), Some(READ_TOKEN), &[], None).json();
+    assert_eq!(state["rollout"]["state"], "superseded", "{state}");
+}
+
+#[test]
+fn a_reader_token_bound_to_one_gateway_can_neither_take_the_canary_cohort_nor_report_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_staged(dir.path());
+    s.publish("main", &bundle("v1"));
+    s.publish("main", &bundle("v2"));
+    assert_eq!(revision_for(&s, GW_B_TOKEN, Some("gw-a")).0, 403, "claiming the canary's name");
+    assert_eq!(revision_for(&s, GW_B_TOKEN, None), (200, Some("v1".into())), "its own cohort without a header");
+    let forged =
+        br#"{"instance": "gw-a", "bundle": "main", "revision": "v2", "served": {"requests": 1000, "errors": 0}}"#;
+    let r =
+        request("POST", &s.url("/v1/status"), Some(GW_B_TOKEN), &[("content-type", "application/json")], Some(forged));
+    assert_eq!(r.status, 403, "a healthy report forged for the canary: {}", r.text());
+    let own = br#"{"instance": "gw-b", "bundle": "main", "revision": "v1"}"#;
+    let r = request("POST", &s.url("/v1/status"), Some(GW_B_TOKEN), &[("content-type", "application/json")], Some(own));
+    assert_eq!(r.status, 202, "{}", r.text());
+}

@@ -106,6 +106,11 @@ pub struct ControlApi {
 impl ControlApi {
     /// Starts control-api on `store` (default: a SQLite file in `dir`).
     pub fn start(dir: &Path, store: Option<&str>) -> ControlApi {
+        ControlApi::start_with(dir, store, "")
+    }
+
+    /// Starts control-api on `store` with `extra` top-level config keys.
+    pub fn start_with(dir: &Path, store: Option<&str>, extra: &str) -> ControlApi {
         let port = free_port();
         let config = dir.join(format!("control-api-{port}.yaml"));
         let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
@@ -114,7 +119,7 @@ impl ControlApi {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{port}\nstore: {store}\nmax_bundle_size: 8MiB\ntokens:\n  - {{ name: ci, scope: publish, sha256: {} }}\n  - {{ name: gateways, scope: read, sha256: {} }}\n",
+                "listen: 127.0.0.1:{port}\nstore: {store}\nmax_bundle_size: 8MiB\n{extra}\ntokens:\n  - {{ name: ci, scope: publish, sha256: {} }}\n  - {{ name: gateways, scope: read, sha256: {} }}\n",
                 hash(PUBLISH_TOKEN),
                 hash(READ_TOKEN)
             ),

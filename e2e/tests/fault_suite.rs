@@ -19,6 +19,9 @@
 //!   time per gateway, storms of publishes and fleet reads against quiet phases interleaved with
 //!   them, SIGKILL mid long poll, an outage past `max_staleness`, restarts from cache,
 //!   corrupt/deleted/unwritable caches, kill -9 during persist.
+//! * Phase C, `control-api` staging rollouts to a one-gateway canary of three: a good revision
+//!   reaches the canary first and the rest after the bake time; one the canary cannot activate and
+//!   one that makes its error rate jump are rolled back automatically, never reaching the others.
 //!
 //! The report goes to `loadtest/reports/fault-suite.md` (or `$FAULT_SUITE_REPORT`) before anything
 //! is asserted, so a failing run leaves its evidence; then the test fails if any row failed.
@@ -34,6 +37,8 @@ mod bundles;
 mod hostile;
 #[path = "fault_suite/report.rs"]
 mod report;
+#[path = "fault_suite/staged.rs"]
+mod staged;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -165,6 +170,17 @@ impl Streams {
         for n in names {
             self.resume(&n);
         }
+    }
+
+    /// Everything sent so far through one gateway's live stream.
+    fn snapshot_of(&self, name: &str) -> Tally {
+        let mut t = Tally::default();
+        for s in self.streams.iter().filter(|s| s.name == name) {
+            if let Some(live) = &s.live {
+                add(&mut t, &live.snapshot());
+            }
+        }
+        t
     }
 
     /// Everything sent so far, by every stream.
@@ -1443,6 +1459,7 @@ fn every_fault_keeps_serving_last_known_good_and_recovers() {
 
     phase_a(&mut suite, dir.path(), &upstream);
     phase_b(&mut suite, dir.path(), &upstream, &mut extra);
+    staged::phase_c(&mut suite, dir.path(), &upstream);
 
     // Rows in the order of issue 5's list.
     suite.rows.sort_by_key(|r| r.group);

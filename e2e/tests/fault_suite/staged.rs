@@ -1,0 +1,251 @@
+//! Phase C: staged rollout across three gateways with a one-gateway canary (`gw-a`), under the
+//! checked request stream. A good revision reaches the canary first and everyone after the bake
+//! time; a revision the canary cannot activate, and one that makes the canary's error rate jump,
+//! are each rolled back automatically, and the other two gateways never activate them.
+
+use super::*;
+
+/// Canary `gw-x`, a short bake; silence and error-rate bounds as an operator would set them.
+const ROLLOUT: &str =
+    "rollout:\n  canary: [gw-x]\n  bake: 2s\n  silent_after: 3s\n  max_error_rate: 0.05\n  min_requests: 20\n";
+const NAMES: [&str; 3] = ["gw-x", "gw-y", "gw-z"];
+
+pub struct PhaseC {
+    upstream: String,
+    cp: ControlApi,
+    gws: Vec<Gateway>,
+    streams: Streams,
+    stable: String,
+}
+
+impl PhaseC {
+    pub fn start(dir: &Path, upstream: &str) -> PhaseC {
+        let store = format!("sqlite://{}", dir.join("control-staged.db").display());
+        let cp = ControlApi::start_with(dir, Some(&store), ROLLOUT);
+        push(&cp.url, &example_tarball(upstream, "s1"), dir);
+        let gws: Vec<Gateway> = NAMES.iter().map(|n| Gateway::start(dir, n, &[&cp.url], POLL)).collect();
+        let streams = Streams::start(&NAMES.iter().copied().zip(gws.iter()).collect::<Vec<_>>());
+        PhaseC { upstream: upstream.to_owned(), cp, gws, streams, stable: "s1".into() }
+    }
+
+    fn rollout(&self) -> Value {
+        let (_, body) = get(
+            &format!("{}/v1/bundles/main/rollout", self.cp.url),
+            &[("authorization", &format!("Bearer {READ_TOKEN}"))],
+        );
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    }
+
+    /// Watches every gateway's revision every 10 ms while `f` runs: the revisions each one served.
+    fn watching<T>(&self, f: impl FnOnce() -> T) -> (T, Vec<Vec<String>>) {
+        let admins: Vec<String> = self.gws.iter().map(|g| g.admin.clone()).collect();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let watchers: Vec<_> = admins
+                .iter()
+                .map(|admin| {
+                    let stop = &stop;
+                    s.spawn(move || {
+                        let mut seen: Vec<String> = Vec::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            let rev = revision_at(admin);
+                            if !rev.is_empty() && seen.last() != Some(&rev) {
+                                seen.push(rev);
+                            }
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        seen
+                    })
+                })
+                .collect();
+            let out = f();
+            stop.store(true, Ordering::Relaxed);
+            (out, watchers.into_iter().map(|w| w.join().unwrap_or_default()).collect())
+        })
+    }
+
+    fn publish(&self, tarball: &[u8]) -> Result<u16, String> {
+        publish(&self.cp.url, tarball)
+    }
+}
+
+fn seen_text(seen: &[Vec<String>]) -> String {
+    NAMES.iter().zip(seen).map(|(n, s)| format!("{n}: {}", s.join(" → "))).collect::<Vec<_>>().join("; ")
+}
+
+/// The two gateways outside the canary never served `rev`.
+fn others_never(row: &mut Row, seen: &[Vec<String>], rev: &str) {
+    for (n, s) in NAMES.iter().zip(seen).skip(1) {
+        row.check(!s.iter().any(|r| r == rev), format!("{n} activated {rev}, outside the canary: {s:?}"));
+    }
+}
+
+fn good_revision_reaches_the_canary_then_everyone(c: &mut PhaseC) -> Row {
+    let mut row = Row::new(8, "staged rollout: a good revision, canary first, everyone after the bake time");
+    let t0 = c.streams.snapshot();
+    let tarball = example_tarball(&c.upstream, "s2");
+    let published = Instant::now();
+    let ((canary_at, all_at), seen) = c.watching(|| {
+        let put = c.publish(&tarball);
+        let canary =
+            wait_for(Duration::from_secs(10), || revision_at(&c.gws[0].admin) == "s2").map(|_| published.elapsed());
+        let all = wait_for(Duration::from_secs(15), || c.gws.iter().all(|g| revision_at(&g.admin) == "s2"))
+            .map(|_| published.elapsed());
+        (canary.ok_or(put), all)
+    });
+    match &canary_at {
+        Ok(t) => row.note(format!("canary gw-x on s2 {} ms after the publish", ms(*t))),
+        Err(put) => {
+            row.check(false, format!("the canary never activated s2 (publish: {put:?})"));
+        }
+    }
+    match all_at {
+        Some(t) => row.note(format!("every gateway on s2 {} ms after the publish (bake 2 s)", ms(t))),
+        None => {
+            row.check(false, "not every gateway activated s2 within 15 s");
+        }
+    }
+    // The others moved only after the canary had served it for the bake time.
+    if let (Ok(canary), Some(all)) = (&canary_at, all_at) {
+        row.check(
+            all >= *canary + Duration::from_millis(1500),
+            format!("the rest followed after {} ms, before the bake time", ms(all - *canary)),
+        );
+    }
+    row.note(seen_text(&seen));
+    let state = c.rollout();
+    row.check(state["rollout"]["state"] == "promoted", format!("rollout state: {state}"));
+    row.check(c.cp.metric("control_api_rollouts_total{result=\"promoted\"}") == Some(1.0), "promotion not counted");
+    // Measured from the status reports, which follow each gateway's poll round.
+    let propagated = || c.cp.metric("control_api_rollout_propagation_seconds_count").unwrap_or(0.0);
+    let reported = wait_for(Duration::from_secs(5), || propagated() >= 3.0);
+    row.check(reported.is_some(), format!("propagation observed for {} gateways, not 3", propagated()));
+    row.recovered = Some(all_at.is_some());
+    row.recover = all_at;
+    c.stable = "s2".into();
+    std::thread::sleep(Duration::from_millis(300));
+    row.traffic(&t0, &c.streams.snapshot());
+    row
+}
+
+fn canary_that_cannot_activate_rolls_back(c: &mut PhaseC) -> Row {
+    let mut row = Row::new(8, "staged rollout: the canary cannot activate it, rolled back automatically");
+    let t0 = c.streams.snapshot();
+    // Compiles on the control plane; on a gateway its upstream's name does not resolve.
+    let mut files = bundles::files(&c.upstream, "s3-unresolvable");
+    files =
+        bundles::settings_replace(files, &format!("\"{}\"", c.upstream), &format!("\"{}.invalid:80\"", "x".repeat(64)));
+    let tarball = bundles::tar_gz(&files);
+    let started = Instant::now();
+    let (ended, seen) = c.watching(|| {
+        let put = c.publish(&tarball);
+        row.check(put == Ok(201), format!("publish answered {put:?}"));
+        wait_for(Duration::from_secs(15), || c.rollout()["rollout"]["state"] == "rolled_back")
+    });
+    let state = c.rollout();
+    let reason = state["rollout"]["reason"].as_str().unwrap_or("").to_owned();
+    row.counted = Some(row.check(
+        c.cp.metric("control_api_rollbacks_total{reason=\"activation\"}") == Some(1.0),
+        "the rollback was not counted under reason activation",
+    ));
+    row.shown =
+        Some(row.check(reason.contains("gw-x failed to activate it: upstream"), format!("history says: {reason:?}")));
+    row.note(format!("rolled back after {} ms: {reason}", ended.map(|_| ms(started.elapsed())).unwrap_or(0)));
+    others_never(&mut row, &seen, "s3-unresolvable");
+    row.lkg = Some(row.check(c.gws.iter().all(|g| revision_at(&g.admin) == c.stable), "not every gateway kept s2"));
+    row.note(seen_text(&seen));
+    row.recovered = Some(ended.is_some());
+    row.recover = ended;
+    row.traffic(&t0, &c.streams.snapshot());
+    row
+}
+
+fn canary_error_rate_jump_rolls_back(c: &mut PhaseC) -> Row {
+    let mut row = Row::new(8, "staged rollout: the canary's error rate jumps, rolled back automatically");
+    // Orders go to an upstream that refuses connections: a third of the canary's requests fail.
+    let files = bundles::settings_replace(
+        bundles::files(&c.upstream, "s4-dead-orders"),
+        "upstreams:\n",
+        "upstreams:\n  dead:\n    targets: [\"127.0.0.1:1\"]\n",
+    );
+    let files = bundles::settings_replace(
+        files,
+        "    upstream: backend\n    policy: data.http.orders.decision",
+        "    upstream: dead\n    policy: data.http.orders.decision",
+    );
+    let tarball = bundles::tar_gz(&files);
+    let others_before: Vec<Tally> = NAMES[1..].iter().map(|n| c.streams.snapshot_of(n)).collect();
+    let canary_before = c.streams.snapshot_of(NAMES[0]);
+    let started = Instant::now();
+    let (ended, seen) = c.watching(|| {
+        let put = c.publish(&tarball);
+        row.check(put == Ok(201), format!("publish answered {put:?}"));
+        let rolled = wait_for(Duration::from_secs(15), || c.rollout()["rollout"]["state"] == "rolled_back");
+        let back = wait_for(Duration::from_secs(10), || revision_at(&c.gws[0].admin) == c.stable);
+        rolled.and(back)
+    });
+    let state = c.rollout();
+    let reason = state["rollout"]["reason"].as_str().unwrap_or("").to_owned();
+    row.counted = Some(row.check(
+        c.cp.metric("control_api_rollbacks_total{reason=\"error_rate\"}") == Some(1.0),
+        "the rollback was not counted under reason error_rate",
+    ));
+    row.shown = Some(row.check(
+        reason.contains("gw-x") && reason.contains("requests failed since activation"),
+        format!("history says: {reason:?}"),
+    ));
+    row.check(
+        seen[0].iter().any(|r| r == "s4-dead-orders"),
+        format!("the canary never activated the bad revision: {:?}", seen[0]),
+    );
+    others_never(&mut row, &seen, "s4-dead-orders");
+    row.note(format!(
+        "canary back on {} after {} ms: {reason}",
+        c.stable,
+        ended.map(|_| ms(started.elapsed())).unwrap_or(0)
+    ));
+    row.note(seen_text(&seen));
+    row.recovered = Some(ended.is_some());
+    row.recover = ended;
+    // The canary's failures are what the rollback is for: counted, bounded, and over once it is back.
+    std::thread::sleep(Duration::from_millis(300));
+    let canary_mid = c.streams.snapshot_of(NAMES[0]);
+    std::thread::sleep(Duration::from_millis(700));
+    let canary_after = c.streams.snapshot_of(NAMES[0]);
+    let during = canary_mid.failed - canary_before.failed;
+    row.note(format!(
+        "the canary failed {during} requests while it served the bad revision; the other two failed none"
+    ));
+    row.check(during > 0, "the canary's stream never saw the errors its rollback was for");
+    row.check(canary_after.failed == canary_mid.failed, "the canary kept failing after it was rolled back");
+    let mut t_before = Tally::default();
+    let mut t_after = Tally::default();
+    for (n, b) in NAMES[1..].iter().zip(&others_before) {
+        add(&mut t_before, b);
+        add(&mut t_after, &c.streams.snapshot_of(n));
+    }
+    row.traffic(&t_before, &t_after);
+    row.note("traffic figures: the two gateways outside the canary");
+    row
+}
+
+pub fn phase_c(suite: &mut Suite, dir: &Path, upstream: &str) {
+    let mut c = match catch_unwind(AssertUnwindSafe(|| PhaseC::start(dir, upstream))) {
+        Ok(c) => c,
+        Err(p) => {
+            let mut r = Row::new(8, "phase C set-up (control-api with a canary, three gateways)");
+            r.problems.push(format!("panicked: {}", panic_message(p.as_ref())));
+            suite.rows.push(r);
+            return;
+        }
+    };
+    suite.run(8, &["staged rollout: a good revision, canary first, everyone after the bake time"], || {
+        vec![good_revision_reaches_the_canary_then_everyone(&mut c)]
+    });
+    suite.run(8, &["staged rollout: the canary cannot activate it, rolled back automatically"], || {
+        vec![canary_that_cannot_activate_rolls_back(&mut c)]
+    });
+    suite.run(8, &["staged rollout: the canary's error rate jumps, rolled back automatically"], || {
+        vec![canary_error_rate_jump_rolls_back(&mut c)]
+    });
+}
