@@ -37,8 +37,8 @@ fn roll_back(label: &'static str, why: String) -> Verdict {
 
 /// A canary's health as its last report told it.
 struct Health {
-    /// The last activation attempt's digest, outcome, reason and message.
-    attempt: Option<(String, String, String)>,
+    /// The last activation attempt's digest, outcome, reason and message, and when (ms).
+    attempt: Option<(String, String, String, i64)>,
     requests: u64,
     errors: u64,
     p99_ms: Option<u64>,
@@ -49,9 +49,10 @@ fn health(r: &GatewayReport) -> Health {
     let v: Value = r.health.as_deref().and_then(|h| serde_json::from_str(h).ok()).unwrap_or(Value::Null);
     let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
     let a = &v["activation"];
-    let attempt = a["digest"]
-        .as_str()
-        .map(|d| (d.to_owned(), text(&a["outcome"]), format!("{}: {}", text(&a["reason"]), text(&a["message"]))));
+    let attempt = a["digest"].as_str().map(|d| {
+        let at_ms = a["at"].as_i64().map_or(0, |s| s.saturating_mul(1000));
+        (d.to_owned(), text(&a["outcome"]), format!("{}: {}", text(&a["reason"]), text(&a["message"])), at_ms)
+    });
     Health {
         attempt,
         requests: v["served"]["requests"].as_u64().unwrap_or(0),
@@ -63,12 +64,13 @@ fn health(r: &GatewayReport) -> Health {
 
 /// The canary instances of a rollout: the configured names, or the reporting gateways of the
 /// bundle whose name hashes into the percentage.
-pub fn canaries<'a>(cohort: &'a Cohort, bundle: &str, reports: &'a [GatewayReport]) -> Vec<&'a str> {
+pub fn canaries<'a>(cohort: &'a Cohort, bundle: &str, reports: &'a [GatewayReport], since_ms: i64) -> Vec<&'a str> {
     match cohort {
         Cohort::Instances(list) => list.iter().map(String::as_str).collect(),
+        // Gateways gone before the rollout started (their rows never expire) are not canaries.
         Cohort::Percent(_) => reports
             .iter()
-            .filter(|r| r.bundle == bundle && cohort.contains(&r.instance))
+            .filter(|r| r.bundle == bundle && cohort.contains(&r.instance) && r.last_report_ms >= since_ms)
             .map(|r| r.instance.as_str())
             .collect(),
     }
@@ -79,7 +81,7 @@ pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &Roll
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let since_start = now_ms.saturating_sub(r.started_at_ms);
     let secs = |ms: i64| ms as f64 / 1000.0;
-    let names = canaries(&cfg.canary, &r.bundle, reports);
+    let names = canaries(&cfg.canary, &r.bundle, reports, r.started_at_ms.saturating_sub(ms(cfg.silent_after)));
     if names.is_empty() {
         return if since_start > ms(cfg.silent_after) {
             roll_back("no_canary", "no gateway of the canary cohort has reported".into())
@@ -100,8 +102,10 @@ pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &Roll
             return roll_back("silent", format!("canary {name} silent for {:.1} s", secs(quiet)));
         }
         let h = health(rep);
-        if let Some((digest, outcome, why)) = &h.attempt {
-            if digest == candidate && outcome == "failed" {
+        if let Some((digest, outcome, why, at_ms)) = &h.attempt {
+            // An attempt from before this rollout (the same content, refused last time) is stale:
+            // the gateway reports in whole seconds, hence the one-second allowance.
+            if digest == candidate && outcome == "failed" && *at_ms + 1000 >= r.started_at_ms {
                 return roll_back("activation", format!("canary {name} failed to activate it: {why}"));
             }
         }
@@ -140,7 +144,9 @@ pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &Roll
                 }
             }
         }
-        baked_since = baked_since.max(h.activated_at_ms.unwrap_or(r.started_at_ms));
+        // A gateway clock ahead of ours cannot hold the bake open forever.
+        let activated = h.activated_at_ms.unwrap_or(r.started_at_ms).min(rep.last_report_ms);
+        baked_since = baked_since.max(activated);
     }
     if now_ms.saturating_sub(baked_since) >= ms(cfg.bake) {
         Verdict::Promote
@@ -156,6 +162,8 @@ struct Propagation {
     targets: HashMap<String, (String, i64, bool, String)>,
     /// Per instance: the digest it last reported.
     seen: HashMap<String, String>,
+    /// Bundles whose reload after a verdict failed: retried every tick.
+    pending: std::collections::BTreeSet<String>,
 }
 
 impl Propagation {
@@ -188,9 +196,20 @@ async fn candidate_digest(state: &AppState, r: &Rollout) -> Option<String> {
     revisions.into_iter().find(|x| x.revision == r.revision).map(|x| x.digest)
 }
 
+/// Serves the verdict: the store has it already; a failed reload is retried next tick.
+async fn reload(state: &AppState, bundle: &str, memory: &mut Propagation) {
+    if let Err(e) = state.0.hub.reload(bundle, None).await {
+        tracing::warn!(bundle.name = %bundle, error = %e, "reloading after a rollout verdict failed; retrying");
+        memory.pending.insert(bundle.to_owned());
+    }
+}
+
 /// One round: judges every rollout in its canary phase and carries out the verdicts.
 async fn tick(state: &AppState, cfg: &RolloutConfig, memory: &mut Propagation) -> Result<(), store::StoreError> {
     let s = &state.0;
+    for bundle in std::mem::take(&mut memory.pending) {
+        reload(state, &bundle, memory).await;
+    }
     let rollouts = s.store.canaries().await?;
     if rollouts.is_empty() && memory.targets.is_empty() {
         return Ok(());
@@ -221,7 +240,7 @@ async fn tick(state: &AppState, cfg: &RolloutConfig, memory: &mut Propagation) -
                     s.metrics.rollouts.with_label_values(&[ROLLED_BACK]).inc();
                     memory.targets.remove(&r.bundle);
                 }
-                s.hub.reload(&r.bundle, None).await?;
+                reload(state, &r.bundle, memory).await;
                 continue;
             }
         };
@@ -231,7 +250,7 @@ async fn tick(state: &AppState, cfg: &RolloutConfig, memory: &mut Propagation) -
             s.metrics.rollout_duration.observe(now.saturating_sub(r.started_at_ms) as f64 / 1000.0);
             memory.targets.insert(r.bundle.clone(), (candidate, now, false, r.revision.clone()));
         }
-        s.hub.reload(&r.bundle, None).await?;
+        reload(state, &r.bundle, memory).await;
     }
     memory.observe(state, &reports, cfg, now);
     Ok(())
@@ -311,9 +330,13 @@ mod tests {
 
     #[test]
     fn a_canary_that_fails_to_activate_rolls_it_back_with_the_reason() {
-        let h = serde_json::json!({ "activation": { "digest": CANDIDATE, "outcome": "failed", "reason": "rego", "message": "http/x.rego:2: bad" } });
+        let h = serde_json::json!({ "activation": { "digest": CANDIDATE, "outcome": "failed", "reason": "rego", "message": "http/x.rego:2: bad", "at": 101 } });
         let v = judge(&rollout(), CANDIDATE, &[report("gw-a", "old", 101_000, h)], &cfg(), 101_500);
         assert_eq!(v, roll_back("activation", "canary gw-a failed to activate it: rego: http/x.rego:2: bad".into()));
+        // The same content refused before this rollout started is not this rollout's failure.
+        let old = serde_json::json!({ "activation": { "digest": CANDIDATE, "outcome": "failed", "reason": "rego", "message": "x", "at": 90 } });
+        let v = judge(&rollout(), CANDIDATE, &[report("gw-a", "old", 101_000, old)], &cfg(), 101_500);
+        assert_eq!(v, Verdict::Wait);
     }
 
     #[test]
@@ -345,8 +368,9 @@ mod tests {
     fn a_percentage_cohort_is_a_stable_choice_among_reporting_gateways() {
         let cohort = Cohort::Percent(50);
         let reports: Vec<GatewayReport> = (0..40).map(|i| report(&format!("gw-{i}"), "d", 0, Value::Null)).collect();
-        let chosen = canaries(&cohort, "main", &reports);
+        let chosen = canaries(&cohort, "main", &reports, 0);
         assert!(!chosen.is_empty() && chosen.len() < 40, "{}", chosen.len());
-        assert_eq!(chosen, canaries(&cohort, "main", &reports));
+        assert_eq!(chosen, canaries(&cohort, "main", &reports, 0));
+        assert!(canaries(&cohort, "main", &reports, 1).is_empty(), "reports older than the window do not count");
     }
 }

@@ -372,8 +372,8 @@ fn interpret(
             Err(e) => Err(validator_error(format!("the bundle validator answered something unreadable: {e}"))),
         };
     }
-    // SIGXCPU at the soft limit, SIGKILL at the hard one.
-    if matches!(status.signal(), Some(24) | Some(9)) {
+    // SIGXCPU at the soft CPU limit.
+    if status.signal() == Some(24) {
         return Err(validator_error(format!(
             "validating the bundle used more than the CPU budget of {} s (max_cpu); it was stopped",
             budget.max_cpu_seconds
@@ -383,6 +383,12 @@ fn interpret(
         return Err(validator_error(format!(
             "validating the bundle needed more than the memory budget of {} (max_memory); it was stopped",
             human(budget.max_memory)
+        )));
+    }
+    if status.signal() == Some(9) {
+        return Err(validator_error(format!(
+            "validating the bundle was killed (SIGKILL: the system's out-of-memory killer, or past the CPU budget of {} s)",
+            budget.max_cpu_seconds
         )));
     }
     let tail: String = stderr.lines().rev().take(3).collect::<Vec<_>>().join(" | ");

@@ -119,6 +119,13 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok(decision.into_outcome());
         }
+        // Published straight to everyone: a rollout still in its canary phase is over.
+        sqlx::query(rollout_sql::SUPERSEDE)
+            .bind(new.bundle)
+            .bind(new.published_at_ms)
+            .bind(format!("superseded by {}, published to every gateway", new.revision))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO bundles (name, active_revision, updated_at_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (name) DO UPDATE SET active_revision = excluded.active_revision, \
