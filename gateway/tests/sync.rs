@@ -375,6 +375,8 @@ fn status_reports_the_last_activation_attempt_and_what_the_bundle_served_since()
         assert!(public_ok(&gw));
     }
     assert_eq!(get(&format!("{}/orders/7", gw.base), &[]).0, 401);
+    // Counted in the logging phase, just after the answer is written.
+    eventually(Duration::from_secs(2), "six requests counted", || status(&gw)["bundle"]["served"]["requests"] == 6);
     let st = status(&gw);
     assert_eq!(st["last_activation"]["outcome"], "activated", "{st}");
     assert_eq!(st["last_activation"]["digest"], st["bundle"]["digest"], "{st}");
