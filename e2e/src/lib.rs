@@ -272,7 +272,7 @@ pub fn now() -> u64 {
 
 /// A demo token for `sub` with `roles` (ES256 demo key).
 pub fn token(sub: &str, roles: &[&str]) -> String {
-    let pem = std::fs::read(repo_root().join("loadtest/fixtures/keys/demo-es256.pem")).expect("key");
+    let pem = std::fs::read(repo_root().join("test-support/keys/demo-es256.pem")).expect("key");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("demo-es256".into());
     let claims = serde_json::json!({"iss": "https://id.example.test", "aud": "orders-api", "sub": sub, "roles": roles, "exp": now() + 3600});

@@ -267,7 +267,7 @@ struct PhaseA {
 }
 
 fn signing_config() -> String {
-    let key = repo_root().join("loadtest/fixtures/keys/demo-es256.pub.pem");
+    let key = repo_root().join("test-support/keys/demo-es256.pub.pem");
     format!(
         "  signing:\n    required: true\n    keys: [{{ id: k1, algorithm: ES256, public_key_file: {} }}]\n",
         key.display()

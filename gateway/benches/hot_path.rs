@@ -18,7 +18,7 @@ fn example() -> Snapshot {
 }
 
 fn token() -> String {
-    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/fixtures/keys/demo-es256.pem");
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-support/keys/demo-es256.pem");
     let pem = std::fs::read(key).expect("demo key");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("demo-es256".into());

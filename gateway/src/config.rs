@@ -242,7 +242,7 @@ impl Config {
     /// Parses config text; `path` names the file in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
             path: p.clone(),
             line: e.location().map(|l| l.line()).unwrap_or(0),
             message: e.to_string(),

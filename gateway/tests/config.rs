@@ -21,8 +21,8 @@ fn check_config_accepts_every_shipped_config() {
 
 #[test]
 fn the_alert_rules_read_metrics_the_gateway_exports() {
-    let rules: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("config/alerts.yaml")).expect("alerts.yaml"))
+    let rules: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(repo_root().join("config/alerts.yaml")).expect("alerts.yaml"))
             .expect("alerts.yaml parses");
     let exported = [
         gateway::metrics::BUNDLE_STALE,

@@ -306,7 +306,7 @@ fn an_unwritable_cache_dir_keeps_serving_and_reports_the_error() {
 #[test]
 fn requires_signed_bundles_when_signing_is_configured() {
     let up = echo_upstream("u");
-    let keys = repo_root().join("loadtest/fixtures/keys");
+    let keys = repo_root().join("test-support/keys");
     let sign = |revision: &str, key: &str, alg: &str| {
         let bytes = bundle_tarball(&up.addr.to_string(), revision, &[]);
         let mut files = policy_bundles::archive::read_tar_gz(&bytes, &policy_bundles::Limits::default()).expect("read");

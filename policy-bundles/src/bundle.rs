@@ -203,7 +203,7 @@ fn parse_settings(v: &Json, source: Option<&(String, String)>) -> Result<Gateway
         let parsed: Result<GatewaySettings, (String, Option<usize>)> = if file.ends_with(".json") {
             serde_json::from_str(text).map_err(|e| (e.to_string(), Some(e.line())))
         } else {
-            serde_yaml::from_str(text).map_err(|e| {
+            yaml_serde::from_str(text).map_err(|e| {
                 let line = e.location().map(|l| l.line());
                 (e.to_string(), line)
             })
@@ -233,7 +233,7 @@ fn parse_data(path: &str, bytes: &[u8]) -> Result<Json, BundleError> {
                 .at_line(Some(e.line()))
         })?
     } else {
-        serde_yaml::from_slice(bytes).map_err(|e| {
+        yaml_serde::from_slice(bytes).map_err(|e| {
             let line = e.location().map(|l| l.line());
             BundleError::new(ErrorKind::Syntax, Some(path.to_owned()), format!("invalid YAML: {e}")).at_line(line)
         })?

@@ -194,7 +194,7 @@ mod tests {
     use super::*;
 
     fn key(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/../loadtest/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read(format!("{}/../test-support/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     fn public_pem(private: &str) -> Vec<u8> {

@@ -188,7 +188,7 @@ pub fn parse_cases(file: &str, bytes: &[u8]) -> Result<Vec<LocatedCase>, Vec<Bun
         BundleError::new(ErrorKind::Syntax, Some(file.to_owned()), msg).at_line(line)
     };
     let text = std::str::from_utf8(bytes).map_err(|_| vec![err("cases file is not UTF-8".into(), None)])?;
-    let parsed: Option<Vec<Case>> = serde_yaml::from_str(text).map_err(|e| {
+    let parsed: Option<Vec<Case>> = yaml_serde::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line());
         vec![err(format!("invalid decision cases: {e}"), line)]
     })?;

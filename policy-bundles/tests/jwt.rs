@@ -14,7 +14,7 @@ const ISSUER: &str = "https://id.example.test";
 const AUDIENCE: &str = "orders-api";
 
 fn keys_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../loadtest/fixtures/keys")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test-support/keys")
 }
 
 fn example() -> Bundle {

@@ -247,7 +247,7 @@ pub fn now() -> u64 {
 
 /// Signs a token with one of the demo keys (`es256`, `rs256`, `ed25519`).
 pub fn token_with(key: &str, claims: serde_json::Value) -> String {
-    let pem = std::fs::read(repo_root().join(format!("loadtest/fixtures/keys/demo-{key}.pem"))).expect("demo key");
+    let pem = std::fs::read(repo_root().join(format!("test-support/keys/demo-{key}.pem"))).expect("demo key");
     let (alg, enc) = match key {
         "es256" => (jsonwebtoken::Algorithm::ES256, jsonwebtoken::EncodingKey::from_ec_pem(&pem)),
         "rs256" => (jsonwebtoken::Algorithm::RS256, jsonwebtoken::EncodingKey::from_rsa_pem(&pem)),

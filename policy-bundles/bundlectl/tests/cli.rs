@@ -63,7 +63,7 @@ fn build_is_deterministic_and_names_the_revision_by_content() {
 #[test]
 fn sign_produces_a_bundle_that_verifies_against_the_public_key() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../loadtest/fixtures/keys");
+    let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test-support/keys");
     let (plain, signed) = (dir.path().join("p.tar.gz"), dir.path().join("s.tar.gz"));
     assert!(bundlectl(&["build", example().to_str().unwrap(), "-o", plain.to_str().unwrap()]).status.success());
     let key = keys.join("demo-ed25519.pem");

@@ -1,0 +1,20 @@
+//! What every test harness of the workspace shares, so that no harness carries its own copy:
+//!
+//! * [`paths`]: the repository root and the workspace's built binaries;
+//! * [`process`]: child processes killed on drop, started and waited for by their
+//!   `listening on ADDR` line, and free ports;
+//! * [`http`]: a blocking HTTP client that returns status, headers and body, never an error;
+//! * [`metrics`]: Prometheus text read with a parser, not by string prefixes;
+//! * [`wait`]: `eventually`, the one way a test waits for something to become true;
+//! * [`tokens`] and [`bundles`]: demo JWTs and the example bundle, edited per test.
+//!
+//! The crate also builds the fixture servers (`echo-upstream`, `hostile-source`) and
+//! `demo-token`, which the tests, the load tests and `scripts/run` start as processes.
+
+pub mod bundles;
+pub mod http;
+pub mod metrics;
+pub mod paths;
+pub mod process;
+pub mod tokens;
+pub mod wait;
