@@ -15,7 +15,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v oha >/dev/null || ! { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; }; then
   loadtest/install.sh
 fi
-cargo build --release -p gateway -p fixtures -p bundlectl -p control-api
+cargo build --release -p gateway -p test-support -p fixtures -p bundlectl -p control-api
 cargo build --release -p gateway --example bare_proxy
 [ $# -eq 0 ] && set -- all --floor
 exec timeout 1200 target/release/loadbench "$@"

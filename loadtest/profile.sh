@@ -13,7 +13,7 @@ SECS=${1:-8}
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v perf >/dev/null || { echo "perf missing: loadtest/install.sh" >&2; exit 1; }
 command -v oha >/dev/null || { echo "oha missing: loadtest/install.sh" >&2; exit 1; }
-cargo build --release -p gateway -p fixtures >&2
+cargo build --release -p gateway -p test-support -p fixtures >&2
 . loadtest/lib.sh   # bin, work, pids; all stopped and removed on exit
 start_upstream_and_bundle 2
 port=$(free_port)
