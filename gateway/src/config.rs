@@ -44,7 +44,7 @@ struct RawConfig {
     headers_with_underscores: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     #[serde(default)]
@@ -239,7 +239,8 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses config text; `path` names the file in errors and anchors relative paths.
+    /// Parses config text; `path` names the file in errors and anchors relative paths. Every
+    /// problem is collected before failing, so one run names them all.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
         let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
@@ -247,191 +248,260 @@ impl Config {
             line: e.location().map(|l| l.line()).unwrap_or(0),
             message: e.to_string(),
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut problems = Vec::new();
-        let addr = |key: &str, v: &str, problems: &mut Vec<String>| -> SocketAddr {
-            v.parse().unwrap_or_else(|_| {
-                problems.push(format!("`{key}`: `{v}` is not an address such as 127.0.0.1:8080"));
-                SocketAddr::from(([127, 0, 0, 1], 0))
-            })
-        };
-        let listen = addr("listen", &raw.listen, &mut problems);
-        let admin = addr("admin", raw.admin.as_deref().unwrap_or("127.0.0.1:9901"), &mut problems);
-        let dur = |key: &str, v: &Option<String>, default: Duration, problems: &mut Vec<String>| match v {
-            None => default,
-            Some(s) => parse_duration(s).unwrap_or_else(|m| {
-                problems.push(format!("`{key}`: {m}"));
-                default
-            }),
-        };
-        let policy_timeout = dur("policy_timeout", &raw.policy_timeout, Duration::from_millis(50), &mut problems);
-        let threads = match raw.threads {
-            Some(0) => {
-                problems.push("`threads` must be at least 1".into());
-                1
-            }
-            Some(n) => n,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-        };
-
-        let b = raw.bundle;
-        if b.name.is_empty() || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            problems.push(format!("`bundle.name`: `{}` must be letters, digits, `-`, `_` or `.`", b.name));
+        // Destructured whole, so that a new key is a compile error until it is validated.
+        let RawConfig {
+            listen,
+            admin,
+            bundle,
+            threads,
+            policy_timeout,
+            instance,
+            limits,
+            decision_cache_entries,
+            trusted_proxies,
+            path_with_escaped_slashes,
+            headers_with_underscores,
+        } = raw;
+        let mut c = Check { base: path.parent().unwrap_or(Path::new(".")).to_path_buf(), problems: Vec::new() };
+        let listen = c.addr("listen", &listen);
+        let admin = c.addr("admin", admin.as_deref().unwrap_or("127.0.0.1:9901"));
+        let policy_timeout = c.dur("policy_timeout", &policy_timeout, Duration::from_millis(50));
+        let threads = c.threads(threads);
+        let limits = c.limits(limits.unwrap_or_default());
+        let bundle = c.bundle(bundle);
+        let requests =
+            request_rules(&trusted_proxies, &path_with_escaped_slashes, &headers_with_underscores, &mut c.problems);
+        if !c.problems.is_empty() {
+            return Err(ConfigError::Invalid { path: p, problems: c.problems });
         }
-        let max_size = match &b.max_size {
-            None => 64 << 20,
-            Some(s) => parse_size(s).unwrap_or_else(|m| {
-                problems.push(format!("`bundle.max_size`: {m}"));
-                0
-            }),
-        };
-        let min_delay = dur("bundle.min_delay", &b.min_delay, Duration::from_secs(5), &mut problems);
-        let max_delay = dur("bundle.max_delay", &b.max_delay, Duration::from_secs(10).max(min_delay), &mut problems);
-        if max_delay < min_delay {
-            problems.push("`bundle.max_delay` must be at least `bundle.min_delay`".into());
-        }
-        let long_poll = dur("bundle.long_poll", &b.long_poll, Duration::from_secs(30), &mut problems);
-        let backoff_max = dur("bundle.backoff_max", &b.backoff_max, Duration::from_secs(60), &mut problems);
-        let timeout = dur("bundle.timeout", &b.timeout, Duration::from_secs(10), &mut problems);
-        if timeout.is_zero() {
-            problems.push("`bundle.timeout` must be more than zero".into());
-        }
-        let max_staleness = dur("bundle.max_staleness", &b.max_staleness, Duration::from_secs(300), &mut problems);
-        if !b.sources.is_empty() && max_staleness <= long_poll + timeout {
-            problems.push(format!(
-                "`bundle.max_staleness` ({max_staleness:?}) must exceed `long_poll` + `timeout` ({:?}): a held long poll confirms only when it returns",
-                long_poll + timeout
-            ));
-        }
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let token = match b.token_file {
-            None => None,
-            Some(f) => match std::fs::read_to_string(resolve(f.clone())) {
-                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
-                Ok(_) => {
-                    problems.push(format!("`bundle.token_file`: {} is empty", f.display()));
-                    None
-                }
-                Err(e) => {
-                    problems.push(format!("`bundle.token_file`: cannot read {}: {e}", f.display()));
-                    None
-                }
-            },
-        };
-        for (i, u) in b.sources.iter().enumerate() {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                problems.push(format!("`bundle.sources[{i}]`: `{u}` must be an http:// or https:// URL"));
-            }
-        }
-        let source = match (b.file, b.sources.is_empty()) {
-            (Some(_), false) => {
-                problems.push("`bundle.file` and `bundle.sources` are alternatives: give one".into());
-                Source::File(PathBuf::new())
-            }
-            (Some(f), true) => Source::File(resolve(f)),
-            (None, false) => Source::Poll(Poll {
-                sources: b.sources.iter().map(|s| s.trim_end_matches('/').to_owned()).collect(),
-                token,
-                min_delay,
-                max_delay,
-                long_poll,
-                backoff_max,
-                timeout,
-            }),
-            (None, true) => {
-                problems.push("`bundle`: give `sources` (control planes to poll) or `file` (a local bundle)".into());
-                Source::File(PathBuf::new())
-            }
-        };
-        let signing = b.signing.map(|sg| {
-            if sg.keys.is_empty() {
-                problems.push("`bundle.signing.keys`: at least one key is needed".into());
-            }
-            let keys = sg
-                .keys
-                .into_iter()
-                .enumerate()
-                .map(|(i, k)| {
-                    if !["RS256", "ES256", "EdDSA"].contains(&k.algorithm.as_str()) {
-                        problems.push(format!(
-                            "`bundle.signing.keys[{i}].algorithm`: `{}` is not RS256, ES256 or EdDSA",
-                            k.algorithm
-                        ));
-                    }
-                    let pem = std::fs::read(resolve(k.public_key_file.clone())).unwrap_or_else(|e| {
-                        problems.push(format!(
-                            "`bundle.signing.keys[{i}].public_key_file`: cannot read {}: {e}",
-                            k.public_key_file.display()
-                        ));
-                        Vec::new()
-                    });
-                    SigningKey { id: k.id, algorithm: k.algorithm, pem }
-                })
-                .collect();
-            Signing { keys, required: sg.required }
-        });
-        let cache_dir = b.cache_dir.map(resolve);
-        let (budget, isolated) = b.budget.unwrap_or_default().resolve("bundle.budget", &mut problems);
-        let validator = if isolated {
-            policy_bundles::budget::Validator::current_exe()
-        } else {
-            policy_bundles::budget::Validator::InProcess
-        };
-        let requests = request_rules(
-            &raw.trusted_proxies,
-            &raw.path_with_escaped_slashes,
-            &raw.headers_with_underscores,
-            &mut problems,
-        );
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid { path: p, problems });
-        }
-        let raw_limits = raw.limits.unwrap_or(RawLimits { max_in_flight: None, max_queue: None, queue_timeout: None });
-        let limits = Limits {
-            max_in_flight: raw_limits.max_in_flight.unwrap_or(10_000),
-            max_queue: raw_limits.max_queue.unwrap_or(1_000),
-            queue_timeout: dur(
-                "limits.queue_timeout",
-                &raw_limits.queue_timeout,
-                Duration::from_millis(50),
-                &mut problems,
-            ),
-        };
-        if limits.max_in_flight == 0 {
-            problems.push("`limits.max_in_flight` must be at least 1".into());
-        }
-        let instance = raw.instance.unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "gateway".into());
-            format!("{host}:{}", listen.port())
-        });
         Ok(Config {
             listen,
             admin,
             threads,
             policy_timeout,
-            instance,
+            instance: instance.unwrap_or_else(|| default_instance(listen.port())),
             limits,
-            decision_cache_entries: raw
-                .decision_cache_entries
+            decision_cache_entries: decision_cache_entries
                 .unwrap_or(policy_bundles::snapshot::DEFAULT_DECISION_CACHE_ENTRIES),
-            bundle: BundleConfig {
-                name: b.name,
-                source,
-                max_size,
-                cache_dir,
-                max_staleness,
-                signing,
-                budget,
-                validator,
-            },
+            bundle,
             requests,
         })
     }
+}
+
+/// `HOSTNAME:listen-port`, the instance name when the config gives none.
+fn default_instance(port: u16) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}:{port}")
+}
+
+/// Validation state: where relative paths are anchored and every problem found so far. Each
+/// method returns a usable value (the default) after recording a problem, so that validation
+/// goes on and reports everything.
+struct Check {
+    base: PathBuf,
+    problems: Vec<String>,
+}
+
+impl Check {
+    fn problem(&mut self, message: String) {
+        self.problems.push(message);
+    }
+
+    fn addr(&mut self, key: &str, v: &str) -> SocketAddr {
+        v.parse().unwrap_or_else(|_| {
+            self.problem(format!("`{key}`: `{v}` is not an address such as 127.0.0.1:8080"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn dur(&mut self, key: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|m| {
+                self.problem(format!("`{key}`: {m}"));
+                default
+            }),
+        }
+    }
+
+    fn resolve(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn threads(&mut self, threads: Option<usize>) -> usize {
+        match threads {
+            Some(0) => {
+                self.problem("`threads` must be at least 1".into());
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        }
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Limits {
+        let RawLimits { max_in_flight, max_queue, queue_timeout } = raw;
+        if max_in_flight == Some(0) {
+            self.problem("`limits.max_in_flight` must be at least 1 (0 would refuse every request)".into());
+        }
+        let queue_timeout = self.dur("limits.queue_timeout", &queue_timeout, Duration::from_millis(50));
+        Limits { max_in_flight: max_in_flight.unwrap_or(10_000), max_queue: max_queue.unwrap_or(1_000), queue_timeout }
+    }
+
+    fn bundle(&mut self, b: RawBundle) -> BundleConfig {
+        let RawBundle {
+            name,
+            sources,
+            file,
+            token_file,
+            min_delay,
+            max_delay,
+            long_poll,
+            backoff_max,
+            timeout,
+            max_size,
+            cache_dir,
+            max_staleness,
+            signing,
+            budget,
+        } = b;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            self.problem(format!("`bundle.name`: `{name}` must be letters, digits, `-`, `_` or `.`"));
+        }
+        let max_size = match &max_size {
+            None => 64 << 20,
+            Some(s) => parse_size(s).unwrap_or_else(|m| {
+                self.problem(format!("`bundle.max_size`: {m}"));
+                0
+            }),
+        };
+        let raw_poll = RawPoll { sources, token_file, min_delay, max_delay, long_poll, backoff_max, timeout };
+        let (source, poll_window) = self.source(file, raw_poll);
+        let max_staleness = self.dur("bundle.max_staleness", &max_staleness, Duration::from_secs(300));
+        if let Some(window) = poll_window.filter(|w| max_staleness <= *w) {
+            self.problem(format!(
+                "`bundle.max_staleness` ({max_staleness:?}) must exceed `long_poll` + `timeout` ({window:?}): a held long poll confirms only when it returns"
+            ));
+        }
+        let signing = signing.map(|sg| self.signing(sg));
+        let (budget, isolated) = budget.unwrap_or_default().resolve("bundle.budget", &mut self.problems);
+        let validator = if isolated {
+            policy_bundles::budget::Validator::current_exe()
+        } else {
+            policy_bundles::budget::Validator::InProcess
+        };
+        let cache_dir = cache_dir.map(|d| self.resolve(d));
+        BundleConfig { name, source, max_size, cache_dir, max_staleness, signing, budget, validator }
+    }
+
+    /// Where bundles come from; with polling, also the longest one poll may take
+    /// (`long_poll` + `timeout`), which `max_staleness` must exceed. The polling keys are
+    /// validated whichever source is chosen, so that a mistake in them is never silent.
+    fn source(&mut self, file: Option<PathBuf>, raw: RawPoll) -> (Source, Option<Duration>) {
+        let polling = !raw.sources.is_empty();
+        let poll = self.poll(raw);
+        match (file, polling) {
+            (Some(_), true) => {
+                self.problem("`bundle.file` and `bundle.sources` are alternatives: give one".into());
+                (Source::File(PathBuf::new()), None)
+            }
+            (Some(f), false) => (Source::File(self.resolve(f)), None),
+            (None, true) => {
+                let window = poll.long_poll + poll.timeout;
+                (Source::Poll(poll), Some(window))
+            }
+            (None, false) => {
+                self.problem("`bundle`: give `sources` (control planes to poll) or `file` (a local bundle)".into());
+                (Source::File(PathBuf::new()), None)
+            }
+        }
+    }
+
+    fn poll(&mut self, raw: RawPoll) -> Poll {
+        let RawPoll { sources, token_file, min_delay, max_delay, long_poll, backoff_max, timeout } = raw;
+        for (i, u) in sources.iter().enumerate() {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                self.problem(format!("`bundle.sources[{i}]`: `{u}` must be an http:// or https:// URL"));
+            }
+        }
+        let min_delay = self.dur("bundle.min_delay", &min_delay, Duration::from_secs(5));
+        let max_delay = self.dur("bundle.max_delay", &max_delay, Duration::from_secs(10).max(min_delay));
+        if max_delay < min_delay {
+            self.problem("`bundle.max_delay` must be at least `bundle.min_delay`".into());
+        }
+        let timeout = self.dur("bundle.timeout", &timeout, Duration::from_secs(10));
+        if timeout.is_zero() {
+            self.problem("`bundle.timeout` must be more than zero".into());
+        }
+        Poll {
+            sources: sources.iter().map(|s| s.trim_end_matches('/').to_owned()).collect(),
+            token: token_file.and_then(|f| self.token(f)),
+            min_delay,
+            max_delay,
+            long_poll: self.dur("bundle.long_poll", &long_poll, Duration::from_secs(30)),
+            backoff_max: self.dur("bundle.backoff_max", &backoff_max, Duration::from_secs(60)),
+            timeout,
+        }
+    }
+
+    fn token(&mut self, file: PathBuf) -> Option<String> {
+        match std::fs::read_to_string(self.resolve(file.clone())) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+            Ok(_) => {
+                self.problem(format!("`bundle.token_file`: {} is empty", file.display()));
+                None
+            }
+            Err(e) => {
+                self.problem(format!("`bundle.token_file`: cannot read {}: {e}", file.display()));
+                None
+            }
+        }
+    }
+
+    fn signing(&mut self, raw: RawSigning) -> Signing {
+        let RawSigning { keys, required } = raw;
+        if keys.is_empty() {
+            self.problem("`bundle.signing.keys`: at least one key is needed".into());
+        }
+        let keys = keys.into_iter().enumerate().map(|(i, k)| self.signing_key(i, k)).collect();
+        Signing { keys, required }
+    }
+
+    fn signing_key(&mut self, i: usize, raw: RawKey) -> SigningKey {
+        let RawKey { id, algorithm, public_key_file } = raw;
+        if !["RS256", "ES256", "EdDSA"].contains(&algorithm.as_str()) {
+            self.problem(format!("`bundle.signing.keys[{i}].algorithm`: `{algorithm}` is not RS256, ES256 or EdDSA"));
+        }
+        let pem = std::fs::read(self.resolve(public_key_file.clone())).unwrap_or_else(|e| {
+            self.problem(format!(
+                "`bundle.signing.keys[{i}].public_key_file`: cannot read {}: {e}",
+                public_key_file.display()
+            ));
+            Vec::new()
+        });
+        SigningKey { id, algorithm, pem }
+    }
+}
+
+/// The polling keys of `bundle`, validated together.
+struct RawPoll {
+    sources: Vec<String>,
+    token_file: Option<PathBuf>,
+    min_delay: Option<String>,
+    max_delay: Option<String>,
+    long_poll: Option<String>,
+    backoff_max: Option<String>,
+    timeout: Option<String>,
 }
 
 fn request_rules(
@@ -530,6 +600,27 @@ mod tests {
         assert!(e.contains("alternatives") && e.contains("sources[0]"), "{e}");
         let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  sources: [\"http://x\"]\n  long_poll: 30s\n  max_staleness: 20s\n").unwrap_err().to_string();
         assert!(e.contains("max_staleness"), "{e}");
+    }
+
+    #[test]
+    fn zero_max_in_flight_is_refused_with_the_other_problems() {
+        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\nlimits:\n  max_in_flight: 0\n  queue_timeout: soon\nthreads: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`limits.max_in_flight` must be at least 1"), "{e}");
+        assert!(e.contains("`limits.queue_timeout`"), "{e}");
+        assert!(e.contains("`threads`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_queue_timeout_is_reported_not_defaulted() {
+        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\nlimits:\n  queue_timeout: 5 parsecs\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`limits.queue_timeout`"), "{e}");
+        let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\nlimits:\n  queue_timeout: 200ms\n  max_in_flight: 3\n")
+            .unwrap();
+        assert_eq!((c.limits.queue_timeout, c.limits.max_in_flight, c.limits.max_queue), (Duration::from_millis(200), 3, 1000));
     }
 
     #[test]

@@ -82,3 +82,21 @@ fn a_bundle_that_does_not_compile_is_refused_with_its_file_and_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http/oops.rego"));
 }
+
+#[test]
+fn check_config_refuses_limits_that_would_refuse_every_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = example_bundle(dir.path(), "127.0.0.1:9", "", "", &[]);
+    let cfg = dir.path().join("limits.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\nbundle:\n  name: main\n  file: {}\nlimits:\n  max_in_flight: 0\n  queue_timeout: a while\n",
+            bundle.display()
+        ),
+    )
+    .expect("write");
+    let (ok, out) = check(&cfg);
+    assert!(!ok, "{out}");
+    assert!(out.contains("limits.max_in_flight") && out.contains("limits.queue_timeout"), "{out}");
+}
