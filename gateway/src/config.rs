@@ -614,13 +614,17 @@ mod tests {
 
     #[test]
     fn a_bad_queue_timeout_is_reported_not_defaulted() {
-        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\nlimits:\n  queue_timeout: 5 parsecs\n")
-            .unwrap_err()
-            .to_string();
+        let e =
+            parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\nlimits:\n  queue_timeout: 5 parsecs\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("`limits.queue_timeout`"), "{e}");
         let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\nlimits:\n  queue_timeout: 200ms\n  max_in_flight: 3\n")
             .unwrap();
-        assert_eq!((c.limits.queue_timeout, c.limits.max_in_flight, c.limits.max_queue), (Duration::from_millis(200), 3, 1000));
+        assert_eq!(
+            (c.limits.queue_timeout, c.limits.max_in_flight, c.limits.max_queue),
+            (Duration::from_millis(200), 3, 1000)
+        );
     }
 
     #[test]

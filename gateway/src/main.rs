@@ -12,7 +12,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "gateway", about = "Edge HTTP gateway: routes and authorizes from a local policy bundle")]
+#[command(name = "gateway", version, about = "Edge HTTP gateway: routes and authorizes from a local policy bundle")]
 struct Cli {
     /// Run with this configuration file.
     #[arg(long, value_name = "FILE", conflicts_with = "check_config", required_unless_present = "check_config")]
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         };
     }
     let Some(path) = cli.config else { return ExitCode::from(2) };
-    let server = match gateway::Config::load(&path).map_err(anyhow::Error::from).and_then(gateway::build) {
+    let server = match gateway::Config::load(&path).map_err(anyhow::Error::from).and_then(|c| Ok(gateway::build(c)?)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gateway: {e:#}");

@@ -94,6 +94,25 @@ pub struct Metrics {
     refused: [IntCounter; Refusal::ALL.len()],
 }
 
+/// Registers a collector and hands it back (collectors are handles onto shared values).
+fn reg<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    reg(registry, IntCounter::new(name, help)?)
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    reg(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
 fn buckets() -> Vec<f64> {
     vec![
         0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -103,90 +122,60 @@ fn buckets() -> Vec<f64> {
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let requests =
-            IntCounterVec::new(Opts::new(REQUESTS_TOTAL, "Requests by route and decision"), &["route", "decision"])?;
-        let request_duration = Histogram::with_opts(
-            HistogramOpts::new(REQUEST_DURATION, "Time from request headers to the end of the response")
-                .buckets(buckets()),
-        )?;
-        let policy_eval_duration = Histogram::with_opts(
-            HistogramOpts::new(POLICY_EVAL_DURATION, "Time to build the input and evaluate a route's rule")
-                .buckets(buckets()),
-        )?;
-        let bundle_info =
-            IntGaugeVec::new(Opts::new(BUNDLE_INFO, "The active bundle (value 1)"), &["name", "revision", "digest"])?;
-        let bundle_activated = IntGauge::new(BUNDLE_ACTIVATED_TIMESTAMP, "Unix time the active bundle was activated")?;
-        let upstream_errors =
-            IntCounter::new(UPSTREAM_ERRORS_TOTAL, "Requests that failed to reach an upstream (502)")?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(request_duration.clone()))?;
-        registry.register(Box::new(policy_eval_duration.clone()))?;
-        registry.register(Box::new(bundle_info.clone()))?;
-        registry.register(Box::new(bundle_activated.clone()))?;
-        registry.register(Box::new(upstream_errors.clone()))?;
-        let bundle_age = prometheus::Gauge::new(
-            BUNDLE_AGE,
-            "Seconds since the gateway last confirmed (200 or 304) that its active bundle is current",
-        )?;
-        let bundle_stale = IntGauge::new(BUNDLE_STALE, "1 when the bundle age exceeds max_staleness")?;
-        let sync =
-            IntCounterVec::new(Opts::new(BUNDLE_SYNC_TOTAL, "Polls of the bundle source by result"), &["result"])?;
-        let activation_failures = IntCounterVec::new(
-            Opts::new(ACTIVATION_FAILURES_TOTAL, "Bundles that did not become active, by reason"),
-            &["reason"],
-        )?;
-        let status_reports_dropped = IntCounter::new(
-            STATUS_REPORTS_DROPPED_TOTAL,
-            "Status reports to the control plane dropped rather than queued",
-        )?;
-        registry.register(Box::new(bundle_age.clone()))?;
-        registry.register(Box::new(bundle_stale.clone()))?;
-        registry.register(Box::new(sync.clone()))?;
-        registry.register(Box::new(activation_failures.clone()))?;
-        registry.register(Box::new(status_reports_dropped.clone()))?;
-        let shed = IntCounter::new(SHED_TOTAL, "Requests answered 503 at once because the gateway was at its limits")?;
-        let in_flight = IntGauge::new(IN_FLIGHT, "Requests being handled now")?;
-        registry.register(Box::new(shed.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
-        let cache = IntCounterVec::new(
-            Opts::new(
-                DECISION_CACHE_TOTAL,
-                "Decisions by how they were reached: from the cache, or by running the rule",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(cache.clone()))?;
-        let decision_cache = ["hit", "miss", "bypass"].map(|r| cache.with_label_values(&[r]));
-        let refused_vec = IntCounterVec::new(
-            Opts::new(REQUESTS_REFUSED_TOTAL, "Requests refused (400) before routing: ambiguous path, host or headers"),
-            &["reason"],
-        )?;
-        registry.register(Box::new(refused_vec.clone()))?;
-        let refused = Refusal::ALL.map(|r| refused_vec.with_label_values(&[r.reason()]));
-        for r in ["updated", "not_modified", "error"] {
-            sync.with_label_values(&[r]);
+        let r = Registry::new();
+        let requests = counter_vec(&r, REQUESTS_TOTAL, "Requests by route and decision", &["route", "decision"])?;
+        let histogram =
+            |name: &str, help: &str| reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets()))?);
+        let sync = counter_vec(&r, BUNDLE_SYNC_TOTAL, "Polls of the bundle source by result", &["result"])?;
+        for result in ["updated", "not_modified", "error"] {
+            sync.with_label_values(&[result]);
         }
+        let how = "Decisions by how they were reached: from the cache, or by running the rule";
+        let cache = counter_vec(&r, DECISION_CACHE_TOTAL, how, &["result"])?;
+        let why = "Requests refused (400) before routing: ambiguous path, host or headers";
+        let refused = counter_vec(&r, REQUESTS_REFUSED_TOTAL, why, &["reason"])?;
+        let age = "Seconds since the gateway last confirmed (200 or 304) that its active bundle is current";
         Ok(Metrics {
             no_route: requests.with_label_values(&["", Outcome::NoRoute.label()]),
             unavailable: requests.with_label_values(&["", Outcome::Unavailable.label()]),
             refused_requests: requests.with_label_values(&["", Outcome::Refused.label()]),
             requests,
-            registry,
-            request_duration,
-            policy_eval_duration,
-            bundle_info,
-            bundle_activated,
-            upstream_errors,
-            bundle_age,
-            bundle_stale,
+            request_duration: histogram(REQUEST_DURATION, "Time from request headers to the end of the response")?,
+            policy_eval_duration: histogram(
+                POLICY_EVAL_DURATION,
+                "Time to build the input and evaluate a route's rule",
+            )?,
+            bundle_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(BUNDLE_INFO, "The active bundle (value 1)"),
+                    &["name", "revision", "digest"],
+                )?,
+            )?,
+            bundle_activated: reg(
+                &r,
+                IntGauge::new(BUNDLE_ACTIVATED_TIMESTAMP, "Unix time the active bundle was activated")?,
+            )?,
+            upstream_errors: counter(&r, UPSTREAM_ERRORS_TOTAL, "Requests that failed to reach an upstream (502)")?,
+            bundle_age: reg(&r, prometheus::Gauge::new(BUNDLE_AGE, age)?)?,
+            bundle_stale: reg(&r, IntGauge::new(BUNDLE_STALE, "1 when the bundle age exceeds max_staleness")?)?,
             sync,
-            activation_failures,
-            status_reports_dropped,
-            shed,
-            in_flight,
-            decision_cache,
-            refused,
+            activation_failures: counter_vec(
+                &r,
+                ACTIVATION_FAILURES_TOTAL,
+                "Bundles that did not become active, by reason",
+                &["reason"],
+            )?,
+            status_reports_dropped: counter(
+                &r,
+                STATUS_REPORTS_DROPPED_TOTAL,
+                "Status reports to the control plane dropped rather than queued",
+            )?,
+            shed: counter(&r, SHED_TOTAL, "Requests answered 503 at once because the gateway was at its limits")?,
+            in_flight: reg(&r, IntGauge::new(IN_FLIGHT, "Requests being handled now")?)?,
+            decision_cache: ["hit", "miss", "bypass"].map(|result| cache.with_label_values(&[result])),
+            refused: Refusal::ALL.map(|why| refused.with_label_values(&[why.reason()])),
+            registry: r,
         })
     }
 

@@ -73,19 +73,11 @@ pub struct Report {
 
 /// Formats Unix seconds as RFC 3339 UTC (`2026-11-25T12:00:00Z`).
 pub fn rfc3339(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    i64::try_from(unix)
+        .ok()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "9999-12-31T23:59:59Z".into())
 }
 
 pub struct Syncer {
@@ -120,9 +112,20 @@ pub fn backoff(base: Duration, cap: Duration, failures: u32) -> Duration {
     jitter(exp / 2, exp)
 }
 
-fn parse_retry_after(v: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
-    let secs: u64 = v?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs.min(3600)))
+/// The longest `Retry-After` honoured: a source cannot park a gateway for longer.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as delay-seconds (`120`) or an HTTP-date (`Wed, 02 Dec 2026 20:00:00 GMT`,
+/// RFC 9110 section 10.2.3), as a wait from `now` (Unix seconds); capped at an hour, a date in
+/// the past is no wait.
+fn parse_retry_after(v: Option<&reqwest::header::HeaderValue>, now: u64) -> Option<Duration> {
+    let v = v?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(RETRY_AFTER_MAX));
+    }
+    let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let wait = u64::try_from(at.unix_timestamp()).unwrap_or(0).saturating_sub(now);
+    Some(Duration::from_secs(wait).min(RETRY_AFTER_MAX))
 }
 
 /// An error with its chain of causes (`error sending request: ... : connection refused`), so
@@ -148,7 +151,11 @@ fn etag_digest(etag: &str) -> Option<&str> {
 }
 
 impl Syncer {
-    pub fn new(gateway: Arc<Gateway>, poll: Poll, instance: String) -> anyhow::Result<(Syncer, StatusReporter)> {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        poll: Poll,
+        instance: String,
+    ) -> Result<(Syncer, StatusReporter), crate::StartError> {
         let client = reqwest::Client::builder()
             .connect_timeout(poll.timeout)
             .redirect(reqwest::redirect::Policy::limited(3))
@@ -161,15 +168,41 @@ impl Syncer {
         Ok((Syncer { gateway, poll, client, reports: tx, instance }, reporter))
     }
 
-    /// One GET of one source. `hold` asks the source to hold the request (long poll); it is
-    /// off right after a failure so that a recovered source confirms at once.
+    /// One poll of one source: a GET, then (on 200) download, activation and persistence.
+    /// `hold` asks the source to hold the request (long poll); it is off right after a failure
+    /// so that a recovered source confirms at once.
     async fn fetch(&self, source: &str, hold: bool) -> Result<Polled, SyncError> {
+        let url = bundle_url(source, &self.gateway.config.bundle.name);
+        let resp = self.send(&url, hold).await?;
+        match resp.status().as_u16() {
+            304 => {
+                self.confirm(source);
+                return Ok(Polled::NotModified);
+            }
+            200 => {}
+            status => {
+                let retry_after = parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER), unix_now());
+                return Err(SyncError::Status { url, status, retry_after });
+            }
+        }
+        let etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = Arc::new(self.download(&url, resp).await?);
+        // The ETag to send from now on: the source's, or the body's digest as `bundlectl` makes it.
+        let etag = etag.unwrap_or_else(|| format!("\"{}\"", policy_bundles::digest(&body)));
+        let active = self.activate(&url, body.clone(), etag.clone()).await?;
+        self.confirm(source);
+        self.persist(&url, &active.info, body, etag).await;
+        Ok(Polled::Updated)
+    }
+
+    /// Sends the GET with the ETag of the active bundle (if any), the long-poll preference and
+    /// the token; the headers must arrive within the long-poll wait plus `timeout`.
+    async fn send(&self, url: &str, hold: bool) -> Result<reqwest::Response, SyncError> {
         let gw = &self.gateway;
-        let url = bundle_url(source, &gw.config.bundle.name);
-        let terr = |m: String| SyncError::Transport { url: url.clone(), message: m };
+        let terr = |m: String| SyncError::Transport { url: url.to_owned(), message: m };
         let etag = gw.sync.lock().ok().and_then(|s| s.etag.clone()).filter(|_| gw.active.load().is_some());
         // The instance, so that a control plane staging a rollout answers with this gateway's cohort.
-        let mut req = self.client.get(&url).header(INSTANCE_HEADER, self.instance.as_str());
+        let mut req = self.client.get(url).header(INSTANCE_HEADER, self.instance.as_str());
         let mut wait = Duration::ZERO;
         if let Some(tag) = &etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag.as_str());
@@ -181,90 +214,87 @@ impl Syncer {
         if let Some(t) = &self.poll.token {
             req = req.bearer_auth(t);
         }
-        // Headers must arrive within the long-poll wait plus `timeout`.
-        let resp = tokio::time::timeout(wait + self.poll.timeout, req.send())
+        tokio::time::timeout(wait + self.poll.timeout, req.send())
             .await
             .map_err(|_| terr(format!("no response within {:?}", wait + self.poll.timeout)))?
-            .map_err(|e| terr(format!("request failed: {}", causes(&e))))?;
-        let status = resp.status().as_u16();
-        match status {
-            304 => {
-                self.confirm(source);
-                return Ok(Polled::NotModified);
-            }
-            200 => {}
-            _ => {
-                let retry_after = parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
-                return Err(SyncError::Status { url, status, retry_after });
-            }
-        }
-        let limit = gw.config.bundle.max_size;
+            .map_err(|e| terr(format!("request failed: {}", causes(&e))))
+    }
+
+    /// Reads the body of a 200 within `max_size`, and within `timeout` of the headers however
+    /// slowly it trickles.
+    async fn download(&self, url: &str, mut resp: reqwest::Response) -> Result<Vec<u8>, SyncError> {
+        let terr = |m: String| SyncError::Transport { url: url.to_owned(), message: m };
+        let limit = self.gateway.config.bundle.max_size;
         if resp.content_length().is_some_and(|n| n > limit) {
-            return Err(SyncError::TooLarge { url, limit });
+            return Err(SyncError::TooLarge { url: url.to_owned(), limit });
         }
-        let new_etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        // The body must arrive within `timeout` of the headers, however slowly it trickles.
-        let body_deadline = Instant::now() + self.poll.timeout;
+        let deadline = Instant::now() + self.poll.timeout;
         // Sized once from Content-Length (already checked against the limit): a large bundle is
         // not copied through doubling buffers.
         let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(limit) as usize);
-        let mut resp = resp;
         loop {
-            let chunk = tokio::time::timeout_at(body_deadline.into(), resp.chunk())
+            let chunk = tokio::time::timeout_at(deadline.into(), resp.chunk())
                 .await
                 .map_err(|_| terr(format!("body not received within {:?}", self.poll.timeout)))?
                 .map_err(|e| terr(format!("body read failed: {}", causes(&e))))?;
-            let Some(chunk) = chunk else { break };
+            let Some(chunk) = chunk else { return Ok(body) };
             if body.len() as u64 + chunk.len() as u64 > limit {
-                return Err(SyncError::TooLarge { url, limit });
+                return Err(SyncError::TooLarge { url: url.to_owned(), limit });
             }
             body.extend_from_slice(&chunk);
         }
-        let expected = new_etag.as_deref().and_then(etag_digest).map(str::to_owned);
-        let gw2 = gw.clone();
-        let src = url.clone();
-        let body = Arc::new(body);
-        let bytes = body.clone();
-        // Verify and compile on a blocking thread: request workers never stall on it.
-        // The ETag to send from now on: the source's, or the body's digest as `bundlectl` makes it.
-        let etag = new_etag.unwrap_or_else(|| format!("\"{}\"", policy_bundles::digest(&body)));
-        let tag = etag.clone();
+    }
+
+    /// Verifies, compiles and swaps the bundle on a blocking thread (request workers never
+    /// stall on it), recording the attempt either way. An ETag naming a digest is checked
+    /// against the body.
+    async fn activate(
+        &self,
+        url: &str,
+        body: Arc<Vec<u8>>,
+        etag: String,
+    ) -> Result<Arc<crate::state::Active>, SyncError> {
+        let gw = self.gateway.clone();
+        let expected = etag_digest(&etag).map(str::to_owned);
+        let (src, bytes) = (url.to_owned(), body.clone());
         let activated =
-            tokio::task::spawn_blocking(move || gw2.activate_bytes(&bytes, expected.as_deref(), src, Some(tag)))
+            tokio::task::spawn_blocking(move || gw.activate_bytes(&bytes, expected.as_deref(), src, Some(etag)))
                 .await
                 .map_err(|e| SyncError::Activation {
-                    url: url.clone(),
+                    url: url.to_owned(),
                     message: format!("activation panicked: {e}"),
                 })?;
-        let active = match activated {
+        match activated {
             Ok(a) => {
-                gw.record_attempt(a.info.digest.clone(), Ok(()));
-                a
+                self.gateway.record_attempt(a.info.digest.clone(), Ok(()));
+                Ok(a)
             }
             Err(e) => {
-                gw.record_attempt(policy_bundles::digest(&body), Err(&e));
-                gw.record_failure(&e);
-                return Err(SyncError::Activation { url, message: e.to_string() });
-            }
-        };
-        self.confirm(source);
-        if let Some(dir) = gw.config.bundle.cache_dir.clone() {
-            let meta = CacheMeta {
-                name: gw.config.bundle.name.clone(),
-                digest: active.info.digest.clone(),
-                etag: Some(etag),
-                revision: active.info.revision.clone(),
-                source: url.clone(),
-                fetched_at: unix_now(),
-            };
-            let persisted = tokio::task::spawn_blocking(move || cache::persist(&dir, &body, &meta)).await;
-            match persisted {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => self.persist_failed(format!("cannot persist the bundle to cache_dir: {e}")),
-                Err(e) => self.persist_failed(format!("persist task failed: {e}")),
+                self.gateway.record_attempt(policy_bundles::digest(&body), Err(&e));
+                self.gateway.record_failure(&e);
+                Err(SyncError::Activation { url: url.to_owned(), message: e.to_string() })
             }
         }
-        Ok(Polled::Updated)
+    }
+
+    /// Persists an activated bundle as last-known-good (when `cache_dir` is set). A failure is
+    /// counted and shown; serving goes on with the bundle that activated.
+    async fn persist(&self, url: &str, info: &crate::state::BundleInfo, body: Arc<Vec<u8>>, etag: String) {
+        let gw = &self.gateway;
+        let Some(dir) = gw.config.bundle.cache_dir.clone() else { return };
+        let meta = CacheMeta {
+            name: gw.config.bundle.name.clone(),
+            digest: info.digest.clone(),
+            etag: Some(etag),
+            revision: info.revision.clone(),
+            source: url.to_owned(),
+            fetched_at: unix_now(),
+        };
+        match tokio::task::spawn_blocking(move || cache::persist(&dir, &body, &meta)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.persist_failed(format!("cannot persist the bundle to cache_dir: {e}")),
+            Err(e) => self.persist_failed(format!("persist task failed: {e}")),
+        }
     }
 
     fn persist_failed(&self, message: String) {
@@ -428,6 +458,20 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_609_309), "2026-11-25T12:21:49Z");
+    }
+
+    #[test]
+    fn honours_retry_after_in_seconds_and_as_an_http_date() {
+        let h = |v: &str| reqwest::header::HeaderValue::from_str(v).expect("header value");
+        // Wed, 02 Dec 2026 20:00:00 GMT
+        let now = 1_796_241_600;
+        assert_eq!(parse_retry_after(Some(&h("120")), now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(Some(&h("Wed, 02 Dec 2026 20:01:30 GMT")), now), Some(Duration::from_secs(90)));
+        assert_eq!(parse_retry_after(Some(&h("Wed, 02 Dec 2026 19:00:00 GMT")), now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(Some(&h("Thu, 02 Dec 2027 20:00:00 GMT")), now), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse_retry_after(Some(&h("99999999")), now), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse_retry_after(Some(&h("soon")), now), None);
+        assert_eq!(parse_retry_after(None, now), None);
     }
 
     #[test]
