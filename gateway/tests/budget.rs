@@ -69,7 +69,7 @@ fn traffic(base: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64,
         let (sent, failed) = (AtomicU64::new(0), AtomicU64::new(0));
         while !stop.load(Ordering::Relaxed) {
             sent.fetch_add(1, Ordering::Relaxed);
-            if get(&format!("{base}/public/x"), &[]).0 != 200 {
+            if get(&format!("{base}/public/x"), &[]).status != 200 {
                 failed.fetch_add(1, Ordering::Relaxed);
             }
             std::thread::sleep(Duration::from_millis(5));

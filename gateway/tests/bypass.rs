@@ -429,7 +429,7 @@ fn hostile_requests_never_reach_the_backend_past_the_policy() {
             failures.push(format!("{}: {e}", case.attack));
         }
     }
-    let metrics = common::get(&format!("{}/metrics", env.gw.admin), &[]).2;
+    let metrics = common::get(&format!("{}/metrics", env.gw.admin), &[]).text();
     assert!(failures.is_empty(), "{} of {} attacks got through:\n{}", failures.len(), cases.len(), failures.join("\n"));
     assert!(
         metrics.contains("gateway_requests_refused_total{reason=\"escaped_slash\"} 4"),

@@ -74,8 +74,8 @@ fn env() -> Env {
 fn public_route_is_proxied_with_its_path_unchanged() {
     let e = env();
     let r = get(&format!("{}/public/hello?x=1", e.gw.base), &[]);
-    assert_eq!(r.0, 200, "{r:?}");
-    let body = json(&r);
+    assert_eq!(r.status, 200, "{r:?}");
+    let body = r.json();
     assert_eq!(body["upstream"], "backend");
     assert_eq!(body["path"], "/public/hello?x=1");
     assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
@@ -87,13 +87,13 @@ fn reader_gets_orders_with_identity_headers_added_upstream() {
     let t = token("alice", &["reader"]);
     let r =
         get(&format!("{}/orders/7", e.gw.base), &[("authorization", &format!("Bearer {t}")), ("x-user-id", "mallory")]);
-    assert_eq!(r.0, 200, "{r:?}");
-    let body = json(&r);
+    assert_eq!(r.status, 200, "{r:?}");
+    let body = r.json();
     assert_eq!(body["path"], "/orders/7");
     // The decision's header replaces whatever the client sent.
     assert_eq!(body["headers"]["x-user-id"], "alice");
     assert_eq!(body["headers"]["x-user-roles"], "reader");
-    assert_eq!(header(&r, "x-decided-by"), Some("http.orders"));
+    assert_eq!(r.header("x-decided-by"), Some("http.orders"));
 }
 
 #[test]
@@ -104,8 +104,8 @@ fn every_supported_signature_algorithm_is_accepted() {
             serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": key, "roles": ["reader"], "exp": now() + 60});
         let t = token_with(key, claims);
         let r = get(&format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))]);
-        assert_eq!(r.0, 200, "{key}: {r:?}");
-        assert_eq!(json(&r)["headers"]["x-user-id"], key);
+        assert_eq!(r.status, 200, "{key}: {r:?}");
+        assert_eq!(r.json()["headers"]["x-user-id"], key);
     }
 }
 
@@ -113,23 +113,23 @@ fn every_supported_signature_algorithm_is_accepted() {
 fn policy_denials_carry_their_status_reason_and_headers() {
     let e = env();
     let r = get(&format!("{}/orders", e.gw.base), &[]);
-    assert_eq!(r.0, 401, "{r:?}");
-    assert_eq!(json(&r)["reason"], "a bearer token is required");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.json()["reason"], "a bearer token is required");
 
     let t = token("alice", &["reader"]);
-    let r = request("POST", &format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))]);
-    assert_eq!(r.0, 403, "{r:?}");
-    assert_eq!(json(&r)["reason"], "alice may not post orders");
+    let r = request("POST", &format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))], None);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.json()["reason"], "alice may not post orders");
 
     let t = token("bob", &["writer"]);
-    let r = request("POST", &format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))]);
-    assert_eq!(r.0, 200, "{r:?}");
-    assert_eq!(json(&r)["method"], "POST");
+    let r = request("POST", &format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))], None);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["method"], "POST");
 
     let t = token("carol", &["admin"]);
     let auth = format!("Bearer {t}");
-    assert_eq!(get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "acme")]).0, 200);
-    assert_eq!(get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "initech")]).0, 403);
+    assert_eq!(get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "acme")]).status, 200);
+    assert_eq!(get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "initech")]).status, 403);
 }
 
 #[test]
@@ -142,20 +142,20 @@ fn repeated_decisions_come_from_the_cache_keyed_on_what_the_rules_read() {
         // Headers the rules never read vary freely; the decision and its headers still apply.
         let agent = format!("agent-{i}");
         let r = get(&format!("{}/orders/{i}", e.gw.base), &[("authorization", &alice), ("user-agent", &agent)]);
-        assert_eq!(r.0, 200, "{r:?}");
-        assert_eq!(json(&r)["headers"]["x-user-id"], "alice");
-        assert_eq!(header(&r, "x-decided-by"), Some("http.orders"));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["headers"]["x-user-id"], "alice");
+        assert_eq!(r.header("x-decided-by"), Some("http.orders"));
         // What they read is part of the key: the same token with another method is decided anew.
-        let r = request("DELETE", &format!("{}/orders/{i}", e.gw.base), &[("authorization", &alice)]);
-        assert_eq!(r.0, 403, "{r:?}");
-        assert_eq!(json(&r)["reason"], "alice may not delete orders");
+        let r = request("DELETE", &format!("{}/orders/{i}", e.gw.base), &[("authorization", &alice)], None);
+        assert_eq!(r.status, 403, "{r:?}");
+        assert_eq!(r.json()["reason"], "alice may not delete orders");
     }
     let carol = format!("Bearer {}", token("carol", &["admin"]));
     for _ in 0..3 {
         let acme = get(&format!("{}/admin/users", e.gw.base), &[("authorization", &carol), ("x-tenant", "acme")]);
-        assert_eq!(acme.0, 200);
+        assert_eq!(acme.status, 200);
         let other = get(&format!("{}/admin/users", e.gw.base), &[("authorization", &carol), ("x-tenant", "initech")]);
-        assert_eq!(other.0, 403);
+        assert_eq!(other.status, 403);
     }
     // 18 decisions of 4 distinct keys, on at most `threads` (2) per-thread caches.
     let misses =
@@ -195,9 +195,9 @@ fn bad_tokens_get_401_before_any_policy_runs() {
         ("tampered", tampered),
         ("garbage", "not.a.jwt".to_string()),
     ] {
-        let r = request("POST", &format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))]);
-        assert_eq!(r.0, 401, "{what}: {r:?}");
-        assert_eq!(header(&r, "www-authenticate"), Some("Bearer"), "{what}");
+        let r = request("POST", &format!("{}/orders", e.gw.base), &[("authorization", &format!("Bearer {t}"))], None);
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}");
     }
     let after = metric(&e.gw.admin, "gateway_policy_eval_duration_seconds_count").unwrap_or(0.0);
     assert_eq!(before, after, "no policy may run for a refused token");
@@ -212,11 +212,11 @@ fn unmatched_requests_get_404() {
     let e = env();
     let before = metric(&e.gw.admin, "gateway_requests_total{decision=\"no_route\",route=\"\"}").unwrap_or(0.0);
     let r = get(&format!("{}/nowhere", e.gw.base), &[]);
-    assert_eq!(r.0, 404, "{r:?}");
+    assert_eq!(r.status, 404, "{r:?}");
     // Prefixes match whole segments only.
-    assert_eq!(get(&format!("{}/ordersx", e.gw.base), &[]).0, 404);
+    assert_eq!(get(&format!("{}/ordersx", e.gw.base), &[]).status, 404);
     // The public route only allows GET and HEAD.
-    assert_eq!(request("DELETE", &format!("{}/public/x", e.gw.base), &[]).0, 404);
+    assert_eq!(request("DELETE", &format!("{}/public/x", e.gw.base), &[], None).status, 404);
     assert_eq!(
         metric_settled(&e.gw.admin, "gateway_requests_total{decision=\"no_route\",route=\"\"}", before + 3.0),
         Some(before + 3.0)
@@ -228,12 +228,12 @@ fn policy_errors_and_undefined_results_fail_closed() {
     let e = env();
     // A conflicting complete rule: the interpreter errors, the VM yields undefined; both deny.
     let r = get(&format!("{}/broken", e.gw.base), &[]);
-    assert_eq!(r.0, 403, "{r:?}");
+    assert_eq!(r.status, 403, "{r:?}");
     let r = get(&format!("{}/undefined", e.gw.base), &[]);
-    assert_eq!(r.0, 403, "{r:?}");
-    assert_eq!(json(&r)["reason"], "policy result undefined");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.json()["reason"], "policy result undefined");
     // ...unless the route says otherwise.
-    assert_eq!(get(&format!("{}/lenient", e.gw.base), &[]).0, 200);
+    assert_eq!(get(&format!("{}/lenient", e.gw.base), &[]).status, 200);
     assert_eq!(
         metric_settled(&e.gw.admin, "gateway_requests_total{decision=\"error\",route=\"broken\"}", 1.0),
         Some(1.0)
@@ -249,8 +249,8 @@ fn a_runaway_policy_is_cut_off_and_denied() {
     let e = env();
     let started = std::time::Instant::now();
     let r = get(&format!("{}/slow", e.gw.base), &[]);
-    assert_eq!(r.0, 403, "{r:?}");
-    assert_eq!(json(&r)["reason"], "policy error");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.json()["reason"], "policy error");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(5),
         "evaluation was not bounded: {:?}",
@@ -261,43 +261,39 @@ fn a_runaway_policy_is_cut_off_and_denied() {
         Some(1.0)
     );
     // The gateway keeps serving other requests.
-    assert_eq!(get(&format!("{}/public/x", e.gw.base), &[]).0, 200);
+    assert_eq!(get(&format!("{}/public/x", e.gw.base), &[]).status, 200);
 }
 
 #[test]
 fn unreachable_or_slow_upstreams_get_502() {
     let e = env();
     let r = get(&format!("{}/down", e.gw.base), &[]);
-    assert_eq!(r.0, 502, "{r:?}");
-    assert_eq!(json(&r)["error"], "upstream unavailable");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.json()["error"], "upstream unavailable");
     let r = get(&format!("{}/sleepy?sleep_ms=2000", e.gw.base), &[]);
-    assert_eq!(r.0, 502, "read timeout must cut a slow upstream: {r:?}");
+    assert_eq!(r.status, 502, "read timeout must cut a slow upstream: {r:?}");
     assert!(metric_settled(&e.gw.admin, "gateway_upstream_errors_total", 2.0).unwrap_or(0.0) >= 2.0);
 }
 
 #[test]
 fn admin_endpoints_report_the_active_bundle_and_metrics() {
     let e = env();
-    assert_eq!(get(&format!("{}/healthz", e.gw.admin), &[]).0, 200);
-    assert_eq!(get(&format!("{}/readyz", e.gw.admin), &[]).0, 200);
-    let status = json(&get(&format!("{}/status", e.gw.admin), &[]));
+    assert_eq!(get(&format!("{}/healthz", e.gw.admin), &[]).status, 200);
+    assert_eq!(get(&format!("{}/readyz", e.gw.admin), &[]).status, 200);
+    let status = get(&format!("{}/status", e.gw.admin), &[]).json();
     assert_eq!(status["ready"], true);
     assert_eq!(status["bundle"]["name"], "main");
     assert_eq!(status["bundle"]["digest"].as_str().map(str::len), Some(64));
     assert!(status["bundle"]["activated_at"].as_u64().unwrap_or(0) > 0);
     get(&format!("{}/public/x", e.gw.base), &[]);
     // Requests are counted in the logging phase, just after the response is written.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let (code, _, body) = loop {
-        let r = get(&format!("{}/metrics", e.gw.admin), &[]);
-        if r.2.contains("gateway_requests_total{decision=\"allow\",route=\"public\"} 1")
-            || std::time::Instant::now() > deadline
-        {
-            break r;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert_eq!(code, 200);
+    let r = test_support::wait::settle(
+        std::time::Duration::from_secs(5),
+        || get(&format!("{}/metrics", e.gw.admin), &[]),
+        |r| r.text().contains("gateway_requests_total{decision=\"allow\",route=\"public\"} 1"),
+    );
+    assert_eq!(r.status, 200);
+    let body = r.text();
     for needle in [
         "gateway_requests_total{decision=\"allow\",route=\"public\"} 1",
         "gateway_request_duration_seconds_count",

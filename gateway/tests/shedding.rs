@@ -31,14 +31,14 @@ fn requests_past_the_in_flight_limit_are_shed_at_once_and_admin_keeps_answering(
             std::thread::spawn(move || {
                 let t = Instant::now();
                 let r = get(&url, &[]);
-                (r.0, header(&r, "retry-after").map(str::to_owned), t.elapsed())
+                (r.status, r.header("retry-after").map(str::to_owned), t.elapsed())
             })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(400));
     // While the slots are taken, the admin listener answers at once.
     let t = Instant::now();
-    assert_eq!(get(&format!("{}/metrics", gw.admin), &[]).0, 200);
+    assert_eq!(get(&format!("{}/metrics", gw.admin), &[]).status, 200);
     assert!(t.elapsed() < Duration::from_millis(500), "admin answered in {:?}", t.elapsed());
     let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
     let served = results.iter().filter(|r| r.0 == 200).count();

@@ -16,7 +16,7 @@ fn sync_errors(gw: &Gateway) -> f64 {
 }
 
 fn public_ok(gw: &Gateway) -> bool {
-    get(&format!("{}/public/x", gw.base), &[]).0 == 200
+    get(&format!("{}/public/x", gw.base), &[]).status == 200
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn status_never_shows_a_revision_with_another_bundles_etag() {
         std::thread::spawn(move || {
             let (mut reads, mut mismatches) = (0, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let st = json(&get(&format!("{admin}/status"), &[]));
+                let st = get(&format!("{admin}/status"), &[]).json();
                 let want = format!("\"{}\"", st["bundle"]["digest"].as_str().unwrap_or_default());
                 if st["sync"]["etag"].as_str() != Some(want.as_str()) {
                     mismatches.push(format!("{} with etag {}", st["bundle"]["revision"], st["sync"]["etag"]));
@@ -146,7 +146,7 @@ allow := true
         let err = st["sync"]["last_error"].as_str().unwrap_or("");
         assert!(err.contains(expect), "{what}: last_error {err:?} should mention {expect:?}");
         assert!(public_ok(&gw), "{what}: serving must not notice");
-        assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).0, 200, "{what}");
+        assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).status, 200, "{what}");
     }
     for reason in ["archive", "digest", "rego", "settings"] {
         let series = format!("gateway_bundle_activation_failures_total{{reason=\"{reason}\"}}");
@@ -203,15 +203,15 @@ fn without_a_cache_or_a_source_it_is_not_ready_and_answers_503_until_a_bundle_ar
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[format!("http://127.0.0.1:{port}")], FAST);
-    eventually(Duration::from_secs(10), "admin up", || get(&format!("{}/healthz", gw.admin), &[]).0 == 200);
-    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).0, 503);
-    eventually(Duration::from_secs(10), "proxy up", || get(&format!("{}/public/x", gw.base), &[]).0 == 503);
+    eventually(Duration::from_secs(10), "admin up", || get(&format!("{}/healthz", gw.admin), &[]).status == 200);
+    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).status, 503);
+    eventually(Duration::from_secs(10), "proxy up", || get(&format!("{}/public/x", gw.base), &[]).status == 503);
     assert_eq!(status(&gw)["ready"], false);
     // The source comes up on the configured port.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port));
     drop(listener);
     let src = Source::start_on(port, Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
-    eventually(Duration::from_secs(10), "ready", || get(&format!("{}/readyz", gw.admin), &[]).0 == 200);
+    eventually(Duration::from_secs(10), "ready", || get(&format!("{}/readyz", gw.admin), &[]).status == 200);
     assert!(public_ok(&gw));
     drop(src);
 }
@@ -240,8 +240,8 @@ fn restarts_from_its_cache_while_the_source_is_down() {
         .expect("cached tarball");
     std::fs::write(tarball.path(), b"corrupted").expect("corrupt");
     restart(&mut gw);
-    eventually(Duration::from_secs(10), "admin up", || get(&format!("{}/healthz", gw.admin), &[]).0 == 200);
-    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).0, 503);
+    eventually(Duration::from_secs(10), "admin up", || get(&format!("{}/healthz", gw.admin), &[]).status == 200);
+    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).status, 503);
     assert_eq!(metric(&gw.admin, "gateway_bundle_activation_failures_total{reason=\"cache\"}"), Some(1.0));
 }
 
@@ -263,7 +263,7 @@ fn staleness_grows_and_the_stale_flag_flips_while_ready_stays() {
     let age = metric(&gw.admin, "gateway_bundle_age_seconds").unwrap_or(0.0);
     assert!(age >= 0.8, "age should grow while the source fails: {age}");
     eventually(Duration::from_secs(5), "stale flag", || metric(&gw.admin, "gateway_bundle_stale") == Some(1.0));
-    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).0, 200, "stale is an alert, not an outage");
+    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).status, 200, "stale is an alert, not an outage");
     assert!(public_ok(&gw));
     assert_eq!(status(&gw)["sync"]["stale"], true);
     src.set(Answer::Bundle(good));
@@ -374,7 +374,7 @@ fn status_reports_the_last_activation_attempt_and_what_the_bundle_served_since()
     for _ in 0..5 {
         assert!(public_ok(&gw));
     }
-    assert_eq!(get(&format!("{}/orders/7", gw.base), &[]).0, 401);
+    assert_eq!(get(&format!("{}/orders/7", gw.base), &[]).status, 401);
     // Counted in the logging phase, just after the answer is written.
     eventually(Duration::from_secs(2), "six requests counted", || status(&gw)["bundle"]["served"]["requests"] == 6);
     let st = status(&gw);
