@@ -100,3 +100,10 @@ fn check_config_refuses_limits_that_would_refuse_every_request() {
     assert!(!ok, "{out}");
     assert!(out.contains("limits.max_in_flight") && out.contains("limits.queue_timeout"), "{out}");
 }
+
+#[test]
+fn version_names_the_binary_and_its_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("gateway {}", env!("CARGO_PKG_VERSION")));
+}
