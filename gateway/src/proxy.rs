@@ -1,10 +1,10 @@
 //! The request path. Pingora calls these phases in order for every request:
 //!
 //! 1. [`request_filter`](ProxyHttp::request_filter): take the active snapshot (one `ArcSwap`
-//!    load), match the route (404 if none), verify a bearer JWT (401 on failure, before any
-//!    policy runs), evaluate the route's rule in-process and apply a deny (its status, reason
-//!    and response headers). Policy errors and undefined results deny (fail closed) unless the
-//!    route says `fail_open`.
+//!    load), make the request canonical, then [`authorize`] it: match the route (404 if none),
+//!    verify a bearer JWT (401 on failure, before any policy runs), evaluate the route's rule
+//!    in-process and apply a deny (its status, reason and response headers). Policy errors and
+//!    undefined results deny (fail closed) unless the route says `fail_open`.
 //! 2. [`upstream_peer`](ProxyHttp::upstream_peer): round robin among the pool's healthy targets.
 //! 3. [`upstream_request_filter`](ProxyHttp::upstream_request_filter): `strip_prefix`, the
 //!    decision's headers, `x-forwarded-*`.
@@ -22,14 +22,13 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
-use policy_bundles::jwt::Verified;
-use policy_bundles::snapshot::EvalError;
+use policy_bundles::authorize::{self, authorize, RequestView, Verdict};
+use policy_bundles::snapshot::Request;
 use policy_bundles::Decision;
 
 use crate::canon::{self, Refusal};
 use crate::metrics::Outcome;
 use crate::state::{Active, Gateway};
-use policy_bundles::input;
 
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
@@ -225,16 +224,63 @@ async fn respond(
     session.write_response_body(Some(body), true).await
 }
 
-fn bearer(session: &Session) -> Option<&str> {
-    let v = session.req_header().headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-fn error_reason(e: &EvalError) -> &'static str {
-    match e {
-        EvalError::Decision(policy_bundles::decision::DecisionError::Undefined) => "policy result undefined",
-        _ => "policy error",
+impl Proxy {
+    /// Answers what [`authorize`] made of the request (404, 401, a deny, a policy failure) or
+    /// keeps the allowing decision for the later phases; `Ok(false)` to proxy the request.
+    async fn carry_out(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        active: Arc<Active>,
+        outcome: authorize::Outcome,
+    ) -> Result<bool> {
+        let (route_ix, verdict, took) = match outcome {
+            authorize::Outcome::NoRoute => {
+                ctx.outcome = Some(Outcome::NoRoute);
+                respond(session, 404, "no route matches this request", None, &[]).await?;
+                return Ok(true);
+            }
+            authorize::Outcome::Unauthenticated { route, error } => {
+                ctx.route = Some(route);
+                ctx.outcome = Some(Outcome::Unauthenticated);
+                tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "bearer token refused");
+                respond(session, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
+                ctx.active = Some(active);
+                return Ok(true);
+            }
+            authorize::Outcome::Evaluated { route, verdict, took } => (route, verdict, took),
+        };
+        ctx.route = Some(route_ix);
+        self.gateway.metrics.policy_eval_duration.observe(took.as_secs_f64());
+        let route = &active.snapshot.routes[route_ix];
+        let decision = match verdict {
+            Verdict::Allow(d, how) => {
+                self.gateway.metrics.count_decision(how);
+                d
+            }
+            Verdict::Deny(d, how) => {
+                self.gateway.metrics.count_decision(how);
+                ctx.outcome = Some(Outcome::Deny);
+                respond(session, d.status, "forbidden", d.reason.as_deref(), &d.response_headers).await?;
+                ctx.active = Some(active);
+                return Ok(true);
+            }
+            Verdict::FailedOpen(e) => {
+                tracing::warn!(route = %route.name, error = %e, "policy failed; route is fail_open, allowing");
+                Arc::new(Decision { allow: true, ..Decision::default() })
+            }
+            Verdict::Failed(e) => {
+                tracing::warn!(route = %route.name, error = %e, "policy failed; denying (fail closed)");
+                ctx.outcome = Some(Outcome::Error);
+                respond(session, 403, "forbidden", Some(authorize::error_reason(&e)), &[]).await?;
+                ctx.active = Some(active);
+                return Ok(true);
+            }
+        };
+        ctx.outcome = Some(Outcome::Allow);
+        ctx.decision = Some(decision);
+        ctx.active = Some(active);
+        Ok(false)
     }
 }
 
@@ -258,8 +304,8 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    /// Routes, authenticates and authorizes. Returns `Ok(true)` when it has answered the
-    /// request itself (404, 401, a deny, 503 with no bundle), `Ok(false)` to proxy it.
+    /// Routes, authenticates and authorizes ([`authorize`]). Returns `Ok(true)` when it has
+    /// answered the request itself (404, 401, a deny, 503 with no bundle), `Ok(false)` to proxy it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         match self.gateway.admission.admit().await {
             Some(slot) => ctx.slot = Some(slot),
@@ -289,92 +335,20 @@ impl ProxyHttp for Proxy {
             }
         };
         let req = session.req_header();
-        let path = req.uri.path();
-        let Some(route_ix) = active.snapshot.table.lookup(&host, path, req.method.as_str()) else {
-            ctx.outcome = Some(Outcome::NoRoute);
-            respond(session, 404, "no route matches this request", None, &[]).await?;
-            return Ok(true);
-        };
-        ctx.route = Some(route_ix);
-        let route = &active.snapshot.routes[route_ix];
-
-        let verified: Option<Arc<Verified>> = match bearer(session) {
-            None => None,
-            Some(token) => {
-                let result = match &active.snapshot.jwt {
-                    Some(roots) => roots.verify_cached(token),
-                    None => Err(policy_bundles::jwt::JwtError::UnknownIssuer),
-                };
-                match result {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        ctx.outcome = Some(Outcome::Unauthenticated);
-                        tracing::debug!(route = %route.name, error = %e, "bearer token refused");
-                        respond(session, 401, "invalid bearer token", Some(&e.to_string()), &[]).await?;
-                        ctx.active = Some(active);
-                        return Ok(true);
-                    }
-                }
-            }
-        };
-
-        let eval_start = Instant::now();
-        let req = session.req_header();
-        let jwt = verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
-        let request = policy_bundles::snapshot::Request {
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            query: req.uri.query(),
-            host: &host,
-            scheme: "http",
-            client_ip: &ctx.client_ip,
-        };
-        // Only what the rule can read goes into its input (`policy_bundles::input::Needs`); the
-        // cache key is read from the request, and the input is built only if the rule must run.
-        let result = active.snapshot.decide_request(
-            route.policy,
-            &route.name,
-            request,
-            |needs| {
-                input::headers(
-                    req.headers
-                        .iter()
-                        .filter(|(n, _)| needs.header(n.as_str()))
-                        .map(|(n, v)| (n.as_str(), v.as_bytes())),
-                )
+        let view = RequestView {
+            parts: Request {
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                host: &host,
+                scheme: "http",
+                client_ip: &ctx.client_ip,
             },
-            jwt,
-        );
-        self.gateway.metrics.policy_eval_duration.observe(eval_start.elapsed().as_secs_f64());
-
-        let decision = match result {
-            Ok((d, how)) => {
-                self.gateway.metrics.count_decision(how);
-                d
-            }
-            Err(e) if route.fail_open => {
-                tracing::warn!(route = %route.name, error = %e, "policy failed; route is fail_open, allowing");
-                Arc::new(Decision { allow: true, ..Decision::default() })
-            }
-            Err(e) => {
-                tracing::warn!(route = %route.name, error = %e, "policy failed; denying (fail closed)");
-                ctx.outcome = Some(Outcome::Error);
-                respond(session, 403, "forbidden", Some(error_reason(&e)), &[]).await?;
-                ctx.active = Some(active);
-                return Ok(true);
-            }
+            authorization: req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+            headers: req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
         };
-        if !decision.allow {
-            ctx.outcome = Some(Outcome::Deny);
-            respond(session, decision.status, "forbidden", decision.reason.as_deref(), &decision.response_headers)
-                .await?;
-            ctx.active = Some(active);
-            return Ok(true);
-        }
-        ctx.outcome = Some(Outcome::Allow);
-        ctx.decision = Some(decision);
-        ctx.active = Some(active);
-        Ok(false)
+        let outcome = authorize(&active.snapshot, view);
+        self.carry_out(session, ctx, active, outcome).await
     }
 
     /// Picks a healthy target of the route's upstream, round robin.

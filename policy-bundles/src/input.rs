@@ -110,6 +110,11 @@ impl Needs {
         }
     }
 
+    /// Whether the rule can read any header: when not, the input's headers object is empty.
+    pub fn any_header(&self) -> bool {
+        self.headers != HeaderNeeds::None
+    }
+
     /// Whether the query string is parsed into the input.
     pub fn query(&self) -> bool {
         self.query
@@ -334,9 +339,9 @@ mod tests {
             InputReads::Paths(paths.iter().map(|p| p.iter().map(|k| Value::from(*k)).collect()).collect())
         };
         let n = Needs::from_reads(&reads(&[&["jwt"], &["request", "method"]]));
-        assert!(!n.header("authorization") && !n.query());
+        assert!(!n.header("authorization") && !n.query() && !n.any_header());
         let n = Needs::from_reads(&reads(&[&["request", "headers", "x-tenant"], &["request", "query", "page"]]));
-        assert!(n.header("x-tenant") && !n.header("authorization") && n.query());
+        assert!(n.header("x-tenant") && !n.header("authorization") && n.query() && n.any_header());
         let n = Needs::from_reads(&reads(&[&["request", "headers", "x-a"], &["request", "headers"]]));
         assert!(n.header("anything"));
         assert_eq!(Needs::from_reads(&reads(&[&["request"]])), Needs::ALL);

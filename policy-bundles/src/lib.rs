@@ -1,9 +1,11 @@
 //! The policy bundle format shared by the data plane and the control plane: reading bundles
 //! defensively ([`archive`]), validating them ([`bundle`]), compiling them into an immutable
-//! [`snapshot::Snapshot`], verifying bearer tokens ([`jwt`]) and reading decisions ([`decision`]).
+//! [`snapshot::Snapshot`], verifying bearer tokens ([`jwt`]), reading decisions ([`decision`]) and
+//! the whole decision pipeline of one request ([`authorize`]).
 
 pub mod archive;
 mod ast;
+pub mod authorize;
 pub mod budget;
 pub mod bundle;
 pub mod calls;

@@ -1,0 +1,118 @@
+//! The decision pipeline, once for every caller (the gateway's `request_filter` and the load
+//! tests' policy service): route match → bearer-token verification → input → the route's rule
+//! → an [`Outcome`]. What the caller answers (a status, headers, a body) stays the caller's.
+//!
+//! Callers describe their request with a [`RequestView`] of borrowed parts, already canonical
+//! (`crate::canon`): building one copies nothing. The rule's input holds only what the rule can
+//! read, its decision cache key is read from the request rather than from a built input, and the
+//! headers are walked only for a rule that reads headers ([`Snapshot::decide_request`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::decision::{Decision, DecisionError};
+use crate::jwt::{JwtError, Verified};
+use crate::snapshot::{CacheOutcome, EvalError, Request, Snapshot};
+
+/// One request as the pipeline reads it, borrowed from the caller's own representation.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a, H> {
+    /// Method, canonical path and host, query, scheme and client address.
+    pub parts: Request<'a>,
+    /// The `Authorization` header's value, when the request has one readable as text.
+    pub authorization: Option<&'a str>,
+    /// The headers that may go into the input as (lower-case name, value) pairs, repeated names
+    /// in order. Iterated at most once, and not at all for a rule that reads no header.
+    pub headers: H,
+}
+
+/// What the pipeline made of a request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// No route matches the host, path and method.
+    NoRoute,
+    /// The request sent a bearer token that does not verify; no policy ran.
+    Unauthenticated { route: usize, error: JwtError },
+    /// The route's rule was asked (or its cached decision used), in `took`.
+    Evaluated { route: usize, verdict: Verdict, took: Duration },
+}
+
+/// The route's rule's answer, with the route's `fail_open` applied.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The rule allowed: the decision's `headers` go upstream, `response_headers` to the client.
+    Allow(Arc<Decision>, CacheOutcome),
+    /// The rule denied with the decision's status, reason and `response_headers`.
+    Deny(Arc<Decision>, CacheOutcome),
+    /// The rule failed and the route is `fail_open`: allowed, with no decision headers.
+    FailedOpen(EvalError),
+    /// The rule failed: denied (fail closed).
+    Failed(EvalError),
+}
+
+impl Outcome {
+    /// The matched route's index in [`Snapshot::routes`], when one matched.
+    pub fn route(&self) -> Option<usize> {
+        match self {
+            Outcome::NoRoute => None,
+            Outcome::Unauthenticated { route, .. } | Outcome::Evaluated { route, .. } => Some(*route),
+        }
+    }
+}
+
+/// A short, fixed description of why a rule gave no decision: what a client may be told.
+pub fn error_reason(e: &EvalError) -> &'static str {
+    match e {
+        EvalError::Decision(DecisionError::Undefined) => "policy result undefined",
+        _ => "policy error",
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Routes, authenticates and decides one request against `snap`.
+pub fn authorize<'a, H>(snap: &Snapshot, req: RequestView<'a, H>) -> Outcome
+where
+    H: IntoIterator<Item = (&'a str, &'a [u8])>,
+{
+    let parts = req.parts;
+    let Some(route_ix) = snap.table.lookup(parts.host, parts.path, parts.method) else {
+        return Outcome::NoRoute;
+    };
+    let verified: Option<Arc<Verified>> = match req.authorization.and_then(bearer) {
+        None => None,
+        Some(token) => match snap.jwt.as_ref().map_or(Err(JwtError::UnknownIssuer), |r| r.verify_cached(token)) {
+            Ok(v) => Some(v),
+            Err(error) => return Outcome::Unauthenticated { route: route_ix, error },
+        },
+    };
+    let route = &snap.routes[route_ix];
+    let start = Instant::now();
+    let jwt = verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
+    let headers = req.headers;
+    let result = snap.decide_request(
+        route.policy,
+        &route.name,
+        parts,
+        |needs| {
+            if needs.any_header() {
+                crate::input::headers(headers.into_iter().filter(|(name, _)| needs.header(name)))
+            } else {
+                crate::input::headers([])
+            }
+        },
+        jwt,
+    );
+    let took = start.elapsed();
+    let verdict = match result {
+        Ok((d, how)) if d.allow => Verdict::Allow(d, how),
+        Ok((d, how)) => Verdict::Deny(d, how),
+        Err(e) if route.fail_open => Verdict::FailedOpen(e),
+        Err(e) => Verdict::Failed(e),
+    };
+    Outcome::Evaluated { route: route_ix, verdict, took }
+}
