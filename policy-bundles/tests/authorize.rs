@@ -17,8 +17,8 @@ fn example() -> Snapshot {
 }
 
 fn token(roles: &[&str]) -> String {
-    let pem = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test-support/keys/demo-es256.pem"))
-        .unwrap();
+    let pem =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test-support/keys/demo-es256.pem")).unwrap();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let claims = serde_json::json!({
         "iss": "https://id.example.test", "aud": "orders-api", "sub": "alice",
@@ -101,7 +101,8 @@ fn headers_are_not_read_for_a_rule_that_does_not_read_them() {
         walked.set(true);
         None::<(&str, &[u8])>
     });
-    let outcome = authorize(&snap, RequestView { parts: parts("GET", "/orders/7"), authorization: Some(&auth), headers });
+    let outcome =
+        authorize(&snap, RequestView { parts: parts("GET", "/orders/7"), authorization: Some(&auth), headers });
     assert!(decision(outcome).0);
     assert!(!walked.get(), "the orders rule reads no header, yet the headers were walked");
 }
@@ -111,7 +112,8 @@ fn only_the_headers_a_rule_reads_reach_it() {
     let snap = example();
     let auth = format!("Bearer {}", token(&["admin"]));
     let ask_admin = |headers: &[(&str, &[u8])]| {
-        let view = RequestView { parts: parts("GET", "/admin/x"), authorization: Some(&auth), headers: headers.to_vec() };
+        let view =
+            RequestView { parts: parts("GET", "/admin/x"), authorization: Some(&auth), headers: headers.to_vec() };
         decision(authorize(&snap, view)).0
     };
     assert!(ask_admin(&[("x-tenant", b"acme"), ("accept", b"*/*")]));
@@ -151,7 +153,9 @@ fn a_failing_rule_denies_unless_the_route_is_fail_open() {
         other => panic!("expected a fail-open allow, got {other:?}"),
     }
     match ask(&snap, "GET", "/closed/x", None) {
-        Outcome::Evaluated { verdict: Verdict::Failed(e), .. } => assert_eq!(error_reason(&e), "policy result undefined"),
+        Outcome::Evaluated { verdict: Verdict::Failed(e), .. } => {
+            assert_eq!(error_reason(&e), "policy result undefined")
+        }
         other => panic!("expected a fail-closed deny, got {other:?}"),
     }
 }
