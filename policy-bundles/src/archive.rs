@@ -76,63 +76,75 @@ pub fn read_tar_gz(bytes: &[u8], limits: &Limits) -> Result<Files, BundleError> 
     let mut archive = tar::Archive::new(capped);
     let mut files = Files::new();
     let mut total: u64 = 0;
-    let mut count = 0usize;
-    let bomb = |path: &str| {
-        archive_err(Some(path), format!("bundle expands past {} bytes (decompression bomb?)", limits.max_total_bytes))
-    };
     let entries = archive.entries().map_err(|e| archive_err(None, format!("unreadable tar: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| archive_err(None, format!("unreadable tar or gzip stream: {e}")))?;
-        count += 1;
-        if count > limits.max_entries {
+    for (count, entry) in entries.enumerate() {
+        let entry = entry.map_err(|e| archive_err(None, format!("unreadable tar or gzip stream: {e}")))?;
+        if count >= limits.max_entries {
             return Err(archive_err(None, format!("more than {} entries in archive", limits.max_entries)));
         }
-        let raw_path = {
-            let p = entry.path_bytes();
-            String::from_utf8(p.into_owned()).map_err(|_| archive_err(None, "entry path is not UTF-8"))?
-        };
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
-            normalize_path(&raw_path)?;
-            continue;
-        }
-        if kind.is_symlink() || kind.is_hard_link() {
-            return Err(archive_err(Some(&raw_path), "links are not allowed in bundles"));
-        }
-        if !kind.is_file() {
-            return Err(archive_err(Some(&raw_path), format!("special entry of type {kind:?} is not allowed")));
-        }
-        let path = normalize_path(&raw_path)?;
-        if path.is_empty() {
-            return Err(archive_err(Some(&raw_path), "file entry with an empty path"));
-        }
-        let declared = entry.header().size().unwrap_or(u64::MAX);
-        if declared > limits.max_file_bytes {
-            return Err(archive_err(
-                Some(&path),
-                format!("file is {declared} bytes, over the per-file limit of {} bytes", limits.max_file_bytes),
-            ));
-        }
-        // Refused from its header, before a byte of it is inflated.
-        if declared > limits.max_total_bytes.saturating_sub(total) {
-            return Err(bomb(&path));
-        }
-        let mut data = Vec::with_capacity(declared.min(1 << 20) as usize);
-        (&mut entry)
-            .take(declared)
-            .read_to_end(&mut data)
-            .map_err(|e| archive_err(Some(&path), format!("truncated or corrupt entry: {e}")))?;
-        if data.len() as u64 != declared {
-            return Err(archive_err(Some(&path), "truncated entry"));
-        }
-        total += declared;
+        let Some((path, data)) = read_entry(entry, limits, total)? else { continue };
+        total += data.len() as u64;
         if files.insert(path.clone(), data).is_some() {
             return Err(archive_err(Some(&path), "duplicate file in archive"));
         }
     }
-    // Read the stream to its end: the gzip trailer's checksum and length are what show that the
-    // archive is complete (tar alone would accept one cut at an entry boundary).
-    let mut rest = archive.into_inner();
+    read_to_trailer(archive.into_inner(), limits)?;
+    Ok(files)
+}
+
+/// One tar entry: `None` for a directory, the file's normalized path and bytes for a regular
+/// file; links and other special entries are refused, and so is a file over the per-file
+/// limit or one that would take the bundle past `max_total_bytes` after `total` bytes so far.
+fn read_entry<R: Read>(
+    mut entry: tar::Entry<'_, R>,
+    limits: &Limits,
+    total: u64,
+) -> Result<Option<(String, Vec<u8>)>, BundleError> {
+    let raw_path =
+        String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| archive_err(None, "entry path is not UTF-8"))?;
+    let kind = entry.header().entry_type();
+    if kind.is_dir() {
+        normalize_path(&raw_path)?;
+        return Ok(None);
+    }
+    if kind.is_symlink() || kind.is_hard_link() {
+        return Err(archive_err(Some(&raw_path), "links are not allowed in bundles"));
+    }
+    if !kind.is_file() {
+        return Err(archive_err(Some(&raw_path), format!("special entry of type {kind:?} is not allowed")));
+    }
+    let path = normalize_path(&raw_path)?;
+    if path.is_empty() {
+        return Err(archive_err(Some(&raw_path), "file entry with an empty path"));
+    }
+    let declared = entry.header().size().unwrap_or(u64::MAX);
+    if declared > limits.max_file_bytes {
+        return Err(archive_err(
+            Some(&path),
+            format!("file is {declared} bytes, over the per-file limit of {} bytes", limits.max_file_bytes),
+        ));
+    }
+    // Refused from its header, before a byte of it is inflated.
+    if declared > limits.max_total_bytes.saturating_sub(total) {
+        return Err(archive_err(
+            Some(&path),
+            format!("bundle expands past {} bytes (decompression bomb?)", limits.max_total_bytes),
+        ));
+    }
+    let mut data = Vec::with_capacity(declared.min(1 << 20) as usize);
+    (&mut entry)
+        .take(declared)
+        .read_to_end(&mut data)
+        .map_err(|e| archive_err(Some(&path), format!("truncated or corrupt entry: {e}")))?;
+    if data.len() as u64 != declared {
+        return Err(archive_err(Some(&path), "truncated entry"));
+    }
+    Ok(Some((path, data)))
+}
+
+/// Reads the stream to its end: the gzip trailer's checksum and length are what show that the
+/// archive is complete (tar alone would accept one cut at an entry boundary).
+fn read_to_trailer<R: Read>(mut rest: std::io::Take<R>, limits: &Limits) -> Result<(), BundleError> {
     std::io::copy(&mut rest, &mut std::io::sink())
         .map_err(|e| archive_err(None, format!("truncated or corrupt gzip stream: {e}")))?;
     if rest.limit() == 0 {
@@ -141,7 +153,7 @@ pub fn read_tar_gz(bytes: &[u8], limits: &Limits) -> Result<Files, BundleError> 
             format!("archive expands past {} bytes (decompression bomb?)", limits.max_total_bytes),
         ));
     }
-    Ok(files)
+    Ok(())
 }
 
 /// Reads a bundle laid out in a directory (the authors' source form). Links are refused.

@@ -76,79 +76,34 @@ impl Bundle {
     /// Parses and validates the files; collects every problem before failing.
     pub fn from_files(files: Files) -> Result<Bundle, BundleErrors> {
         let mut errors = Vec::new();
-        let manifest = match files.get(MANIFEST) {
-            None => Manifest::default(),
-            Some(bytes) => match serde_json::from_slice::<Manifest>(bytes) {
-                Ok(m) => m,
-                Err(e) => {
-                    errors.push(
-                        BundleError::new(ErrorKind::Syntax, Some(MANIFEST.into()), format!("invalid manifest: {e}"))
-                            .at_line(Some(e.line())),
-                    );
-                    Manifest::default()
-                }
-            },
-        };
+        let manifest = read_manifest(&files, &mut errors);
         let roots: Vec<Vec<String>> =
             manifest.roots.clone().unwrap_or_else(|| vec![String::new()]).iter().map(|r| split_path(r)).collect();
-
         let mut modules = Vec::new();
         let mut data = Json::Object(Map::new());
         let mut settings_source = None;
         for (path, bytes) in &files {
             let name = path.rsplit('/').next().unwrap_or(path);
-            let dir = path.strip_suffix(name).unwrap_or("").trim_end_matches('/');
             if path.ends_with(".rego") {
-                let source = match std::str::from_utf8(bytes) {
-                    Ok(s) => s.to_owned(),
-                    Err(_) => {
-                        errors.push(BundleError::new(ErrorKind::Rego, Some(path.clone()), "module is not UTF-8"));
-                        continue;
+                match read_module(path, bytes, &roots, &manifest) {
+                    Ok((module, outside)) => {
+                        errors.extend(outside);
+                        modules.push(module);
                     }
-                };
-                let Some((package, line)) = package_of(&source) else {
-                    errors.push(BundleError::new(ErrorKind::Rego, Some(path.clone()), "module has no `package` line"));
-                    continue;
-                };
-                // `package tenants["acme-corp"]` is [tenants, acme-corp], as Rego reads it.
-                let pkg_path: Vec<String> = crate::reads::rule_path(&format!("data.{package}"))
-                    .map(|p| p[1..].to_vec())
-                    .unwrap_or_else(|| package.split('.').map(str::to_owned).collect());
-                if !path.starts_with(TESTS_DIR) && !under_roots(&pkg_path, &roots) {
-                    errors.push(
-                        BundleError::new(
-                            ErrorKind::Roots,
-                            Some(path.clone()),
-                            format!("package `{package}` is outside the manifest's roots {:?}", manifest.roots),
-                        )
-                        .at_line(Some(line)),
-                    );
+                    Err(e) => errors.push(e),
                 }
-                modules.push(Module { path: path.clone(), source, package: format!("data.{package}") });
-            } else if name == "data.json" || name == "data.yaml" || name == "data.yml" {
-                if path.starts_with(TESTS_DIR) {
-                    continue;
-                }
-                let doc = match parse_data(path, bytes) {
-                    Ok(d) => d,
+            } else if (name == "data.json" || name == "data.yaml" || name == "data.yml") && !path.starts_with(TESTS_DIR)
+            {
+                let dir = path.strip_suffix(name).unwrap_or("").trim_end_matches('/');
+                let base = split_path(dir);
+                let doc = match read_data(path, bytes, &base, &roots, &manifest) {
+                    Ok(doc) => doc,
                     Err(e) => {
                         errors.push(e);
                         continue;
                     }
                 };
-                let base = split_path(dir);
-                // Every leaf key written by this document must sit under a root.
-                let mut outside = Vec::new();
-                collect_outside(&base, &doc, &roots, &mut outside);
-                if let Some(p) = outside.first() {
-                    errors.push(BundleError::new(
-                        ErrorKind::Roots,
-                        Some(path.clone()),
-                        format!("data at `{}` is outside the manifest's roots {:?}", p.join("."), manifest.roots),
-                    ));
-                    continue;
-                }
-                if base.first().map(String::as_str) == Some("gateway") && base.len() == 1 {
+                if base.len() == 1 && base[0] == "gateway" {
                     settings_source = Some((path.clone(), String::from_utf8_lossy(bytes).into_owned()));
                 }
                 if let Err(msg) = merge_at(&mut data, &base, doc) {
@@ -156,16 +111,12 @@ impl Bundle {
                 }
             }
         }
-
         let settings = match data.get("gateway") {
             None => GatewaySettings::default(),
-            Some(v) => match parse_settings(v, settings_source.as_ref()) {
-                Ok(s) => s,
-                Err(e) => {
-                    errors.push(e);
-                    GatewaySettings::default()
-                }
-            },
+            Some(v) => parse_settings(v, settings_source.as_ref()).unwrap_or_else(|e| {
+                errors.push(e);
+                GatewaySettings::default()
+            }),
         };
         if errors.is_empty() {
             Ok(Bundle { manifest, modules, data, settings, settings_source, files })
@@ -194,6 +145,67 @@ impl Bundle {
             Some((file, text)) => (Some(file.clone()), line_of(text, needle)),
             None => (Some("data.gateway".into()), None),
         }
+    }
+}
+
+/// `.manifest`, or the default one when there is none (or, with an error, when it is invalid).
+fn read_manifest(files: &Files, errors: &mut Vec<BundleError>) -> Manifest {
+    let Some(bytes) = files.get(MANIFEST) else { return Manifest::default() };
+    serde_json::from_slice::<Manifest>(bytes).unwrap_or_else(|e| {
+        errors.push(
+            BundleError::new(ErrorKind::Syntax, Some(MANIFEST.into()), format!("invalid manifest: {e}"))
+                .at_line(Some(e.line())),
+        );
+        Manifest::default()
+    })
+}
+
+/// A Rego module and, beside it, the error of a package outside the manifest's roots (the
+/// module is still read, so that later checks can name its rules).
+fn read_module(
+    path: &str,
+    bytes: &[u8],
+    roots: &[Vec<String>],
+    manifest: &Manifest,
+) -> Result<(Module, Option<BundleError>), BundleError> {
+    let source = std::str::from_utf8(bytes)
+        .map_err(|_| BundleError::new(ErrorKind::Rego, Some(path.to_owned()), "module is not UTF-8"))?
+        .to_owned();
+    let (package, line) = package_of(&source)
+        .ok_or_else(|| BundleError::new(ErrorKind::Rego, Some(path.to_owned()), "module has no `package` line"))?;
+    // `package tenants["acme-corp"]` is [tenants, acme-corp], as Rego reads it.
+    let pkg_path: Vec<String> = crate::reads::rule_path(&format!("data.{package}"))
+        .map(|p| p[1..].to_vec())
+        .unwrap_or_else(|| package.split('.').map(str::to_owned).collect());
+    let outside = (!path.starts_with(TESTS_DIR) && !under_roots(&pkg_path, roots)).then(|| {
+        BundleError::new(
+            ErrorKind::Roots,
+            Some(path.to_owned()),
+            format!("package `{package}` is outside the manifest's roots {:?}", manifest.roots),
+        )
+        .at_line(Some(line))
+    });
+    Ok((Module { path: path.to_owned(), source, package: format!("data.{package}") }, outside))
+}
+
+/// A data document to be merged at `base` (its folder), every leaf of it under a root.
+fn read_data(
+    path: &str,
+    bytes: &[u8],
+    base: &[String],
+    roots: &[Vec<String>],
+    manifest: &Manifest,
+) -> Result<Json, BundleError> {
+    let doc = parse_data(path, bytes)?;
+    let mut outside = Vec::new();
+    collect_outside(base, &doc, roots, &mut outside);
+    match outside.first() {
+        Some(p) => Err(BundleError::new(
+            ErrorKind::Roots,
+            Some(path.to_owned()),
+            format!("data at `{}` is outside the manifest's roots {:?}", p.join("."), manifest.roots),
+        )),
+        None => Ok(doc),
     }
 }
 

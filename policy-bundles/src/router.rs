@@ -19,13 +19,17 @@ pub struct Methods(u16);
 
 const METHOD_NAMES: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
 
+/// A route names a method the gateway does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown HTTP method `{0}`")]
+pub struct UnknownMethod(pub String);
+
 impl Methods {
-    pub fn parse(list: &[String]) -> Result<Methods, String> {
+    pub fn parse(list: &[String]) -> Result<Methods, UnknownMethod> {
         let mut bits = 0u16;
         for m in list {
             let upper = m.to_ascii_uppercase();
-            let i =
-                METHOD_NAMES.iter().position(|n| *n == upper).ok_or_else(|| format!("unknown HTTP method `{m}`"))?;
+            let i = METHOD_NAMES.iter().position(|n| *n == upper).ok_or_else(|| UnknownMethod(m.clone()))?;
             bits |= 1 << i;
         }
         Ok(Methods(bits))

@@ -38,6 +38,28 @@ pub enum SignatureError {
     File(String, &'static str),
 }
 
+/// Why a verification key could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key `{id}`: unsupported algorithm {algorithm}")]
+    UnsupportedAlgorithm { id: String, algorithm: String },
+    #[error("key `{id}`: not a {algorithm} public key in PEM: {message}")]
+    NotAPublicKey { id: String, algorithm: String, message: String },
+}
+
+/// Why a bundle could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("unsupported algorithm {0}")]
+    UnsupportedAlgorithm(String),
+    #[error("not a {algorithm} private key in PEM: {message}")]
+    NotAPrivateKey { algorithm: String, message: String },
+    #[error(transparent)]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 #[derive(Serialize, Deserialize)]
 struct SignaturesFile {
     signatures: Vec<String>,
@@ -75,14 +97,19 @@ impl std::fmt::Debug for VerificationKey {
 
 impl VerificationKey {
     /// A key from its PEM public key.
-    pub fn from_pem(id: &str, algorithm: &str, pem: &[u8]) -> Result<VerificationKey, String> {
-        let alg = parse_algorithm(algorithm).ok_or_else(|| format!("key `{id}`: unsupported algorithm {algorithm}"))?;
+    pub fn from_pem(id: &str, algorithm: &str, pem: &[u8]) -> Result<VerificationKey, KeyError> {
+        let alg = parse_algorithm(algorithm)
+            .ok_or_else(|| KeyError::UnsupportedAlgorithm { id: id.to_owned(), algorithm: algorithm.to_owned() })?;
         let key = match alg {
             Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
             Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
             _ => DecodingKey::from_ed_pem(pem),
         }
-        .map_err(|e| format!("key `{id}`: not a {algorithm} public key in PEM: {e}"))?;
+        .map_err(|e| KeyError::NotAPublicKey {
+            id: id.to_owned(),
+            algorithm: algorithm.to_owned(),
+            message: e.to_string(),
+        })?;
         Ok(VerificationKey { id: id.to_owned(), algorithm: alg, key })
     }
 }
@@ -111,14 +138,14 @@ fn sorted(v: serde_json::Value) -> serde_json::Value {
 }
 
 /// Signs every file (but `.signatures.json`) and returns the `.signatures.json` content.
-pub fn sign(files: &Files, key_pem: &[u8], algorithm: &str, key_id: &str) -> Result<Vec<u8>, String> {
-    let alg = parse_algorithm(algorithm).ok_or_else(|| format!("unsupported algorithm {algorithm}"))?;
+pub fn sign(files: &Files, key_pem: &[u8], algorithm: &str, key_id: &str) -> Result<Vec<u8>, SignError> {
+    let alg = parse_algorithm(algorithm).ok_or_else(|| SignError::UnsupportedAlgorithm(algorithm.to_owned()))?;
     let key = match alg {
         Algorithm::RS256 => EncodingKey::from_rsa_pem(key_pem),
         Algorithm::ES256 => EncodingKey::from_ec_pem(key_pem),
         _ => EncodingKey::from_ed_pem(key_pem),
     }
-    .map_err(|e| format!("not a {algorithm} private key in PEM: {e}"))?;
+    .map_err(|e| SignError::NotAPrivateKey { algorithm: algorithm.to_owned(), message: e.to_string() })?;
     let payload = Payload {
         files: files
             .iter()
@@ -129,8 +156,8 @@ pub fn sign(files: &Files, key_pem: &[u8], algorithm: &str, key_id: &str) -> Res
     };
     let mut header = Header::new(alg);
     header.kid = Some(key_id.to_owned());
-    let jwt = jsonwebtoken::encode(&header, &payload, &key).map_err(|e| e.to_string())?;
-    serde_json::to_vec_pretty(&SignaturesFile { signatures: vec![jwt] }).map_err(|e| e.to_string())
+    let jwt = jsonwebtoken::encode(&header, &payload, &key)?;
+    Ok(serde_json::to_vec_pretty(&SignaturesFile { signatures: vec![jwt] })?)
 }
 
 /// Verifies a bundle's files against `keys`. With `required`, an unsigned bundle is refused;

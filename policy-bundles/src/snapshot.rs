@@ -18,7 +18,7 @@ use crate::error::{BundleError, BundleErrors, ErrorKind};
 use crate::jwt::TrustRoots;
 use crate::reads::InputReads;
 use crate::router::{Methods, PathMatch, RouteMatch, RouteTable};
-use crate::settings::UpstreamSpec;
+use crate::settings::{RouteSpec, UpstreamSpec};
 
 /// A route ready to serve.
 #[derive(Debug, Clone)]
@@ -184,187 +184,17 @@ impl Snapshot {
     /// Compiles a bundle; collects every error it can before failing.
     pub fn compile(bundle: &Bundle) -> Result<Snapshot, BundleErrors> {
         let mut errors = Vec::new();
-        let settings = &bundle.settings;
         if let Some(e) = empty_routing_table(bundle) {
             errors.push(e);
         }
-        let header_removals = match request_header_removals(bundle) {
-            Ok(h) => h,
-            Err(e) => {
-                errors.push(e);
-                Vec::new()
-            }
-        };
-
-        let upstreams: Vec<Upstream> =
-            settings.upstreams.iter().map(|(name, spec)| Upstream { name: name.clone(), spec: spec.clone() }).collect();
-        for u in &upstreams {
-            let (file, line) = bundle.settings_line(&format!("{}:", u.name));
-            if u.spec.targets.is_empty() {
-                errors.push(
-                    BundleError::new(
-                        ErrorKind::Settings,
-                        file.clone(),
-                        format!("upstream `{}` has no targets", u.name),
-                    )
-                    .at_line(line),
-                );
-            }
-            for t in &u.spec.targets {
-                if let Err(m) = check_target(t) {
-                    errors.push(
-                        BundleError::new(ErrorKind::Settings, file.clone(), format!("upstream `{}`: {m}", u.name))
-                            .at_line(bundle.settings_line(t).1),
-                    );
-                }
-            }
-        }
-
-        let mut rules: Vec<String> = Vec::new();
-        let mut routes = Vec::new();
-        let mut matches = Vec::new();
-        // How many routes of each name came before: the n-th `name: x` line is this route's.
-        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in &settings.routes {
-            let earlier = seen.entry(r.name.as_str()).or_default();
-            let (file, line) = bundle.route_line(&r.name, *earlier);
-            *earlier += 1;
-            let duplicate = *earlier > 1;
-            let err = |m: String| {
-                BundleError::new(ErrorKind::Settings, file.clone(), format!("route `{}`: {m}", r.name)).at_line(line)
-            };
-            if duplicate {
-                errors.push(err("duplicate route name".into()));
-            }
-            let upstream = upstreams.iter().position(|u| u.name == r.upstream);
-            if upstream.is_none() {
-                errors.push(err(format!("names upstream `{}`, which is not defined", r.upstream)));
-            }
-            if crate::reads::rule_path(&r.policy).is_none() {
-                errors
-                    .push(err(format!("policy `{}` must be a rule path such as data.http.orders.decision", r.policy)));
-            }
-            let path = match (&r.matcher.path, &r.matcher.path_prefix) {
-                (Some(_), Some(_)) => {
-                    errors.push(err("give `path` or `path_prefix`, not both".into()));
-                    PathMatch::Any
-                }
-                (Some(p), None) if p.starts_with('/') => PathMatch::Exact(p.clone()),
-                (None, Some(p)) if p.starts_with('/') => PathMatch::Prefix(p.trim_end_matches('/').to_owned()),
-                (None, None) => PathMatch::Any,
-                _ => {
-                    errors.push(err("paths must start with `/`".into()));
-                    PathMatch::Any
-                }
-            };
-            let methods = match Methods::parse(r.matcher.methods.as_deref().unwrap_or(&[])) {
-                Ok(m) => m,
-                Err(m) => {
-                    errors.push(err(m));
-                    Methods::default()
-                }
-            };
-            if let Some(h) = &r.matcher.host {
-                if h.is_empty()
-                    || h.contains('/')
-                    || (h.contains('*') && !(h.starts_with("*.") && h[2..].find('*').is_none()))
-                {
-                    errors.push(err(format!("host `{h}` is not a host name or `*.domain` pattern")));
-                }
-            }
-            let strip = match (&path, r.strip_prefix) {
-                (PathMatch::Prefix(p), true) => Some(p.clone()),
-                (_, true) => {
-                    errors.push(err("`strip_prefix` needs a `path_prefix`".into()));
-                    None
-                }
-                _ => None,
-            };
-            let policy = match rules.iter().position(|x| *x == r.policy) {
-                Some(i) => i,
-                None => {
-                    rules.push(r.policy.clone());
-                    rules.len() - 1
-                }
-            };
-            matches.push(RouteMatch { host: r.matcher.host.clone(), path, methods });
-            routes.push(Route {
-                name: r.name.clone(),
-                upstream: upstream.unwrap_or(0),
-                policy,
-                strip,
-                fail_open: r.fail_open,
-            });
-        }
-
-        let jwt = match &settings.jwt {
-            Some(spec) => {
-                let file = bundle.settings_line("jwt:").0.unwrap_or_else(|| "data.gateway".into());
-                match TrustRoots::compile(spec, &file) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        errors.push(e);
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-
-        let mut policies = Vec::new();
-        let mut reads = Vec::new();
-        match engine_for(bundle, false) {
-            Err(mut e) => errors.append(&mut e.0),
-            Ok(mut engine) => {
-                let entrypoints: Vec<&str> = rules.iter().map(String::as_str).collect();
-                reads = crate::reads::analyze(&mut engine, &entrypoints);
-                for c in crate::calls::unknown_calls(&mut engine) {
-                    errors.push(
-                        BundleError::new(ErrorKind::Rego, Some(c.file.clone()), c.message()).at_line(Some(c.line)),
-                    );
-                }
-                for rule in &rules {
-                    let (file, line) = bundle.settings_line(&format!("policy: {rule}"));
-                    // Asked of the parsed modules, so that indented heads and ref heads
-                    // (`package http` + `orders.decision := ...`) count.
-                    let defined = bundle.modules.iter().filter(|m| !m.path.starts_with(TESTS_DIR)).any(|m| {
-                        rule.strip_prefix(m.package.as_str())
-                            .and_then(|r| r.strip_prefix('.'))
-                            .is_some_and(|name| engine.has_declared_rule_rooted_at(&m.path, name).unwrap_or(false))
-                    });
-                    if !defined {
-                        errors.push(
-                            BundleError::new(
-                                ErrorKind::Settings,
-                                file,
-                                format!("policy `{rule}` names a rule that no module defines"),
-                            )
-                            .at_line(line),
-                        );
-                        continue;
-                    }
-                    match engine.compile_with_entrypoint(&rule.as_str().into()) {
-                        Ok(compiled) => {
-                            let program = Compiler::compile_from_policy(&compiled, &[rule.as_str()]).ok();
-                            policies.push(Policy { rule: rule.clone(), compiled, program })
-                        }
-                        Err(e) => {
-                            let msg = e.to_string();
-                            let m = bundle.modules.iter().find(|m| msg.contains(&m.path));
-                            let (f, l) = match m {
-                                Some(m) => (Some(m.path.clone()), rego_line(&msg, &m.path)),
-                                None => (file, line),
-                            };
-                            errors.push(
-                                BundleError::new(ErrorKind::Rego, f, format!("rule `{rule}`: {}", msg.trim()))
-                                    .at_line(l),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-
+        let header_removals = request_header_removals(bundle).unwrap_or_else(|e| {
+            errors.push(e);
+            Vec::new()
+        });
+        let upstreams = compile_upstreams(bundle, &mut errors);
+        let routes = compile_routes(bundle, &upstreams, &mut errors);
+        let jwt = compile_jwt(bundle, &mut errors);
+        let (policies, reads) = compile_policies(bundle, &routes.rules, &mut errors);
         if !errors.is_empty() {
             return Err(BundleErrors(errors));
         }
@@ -372,8 +202,8 @@ impl Snapshot {
             id: SNAPSHOT_IDS.fetch_add(1, Ordering::Relaxed),
             data: Value::from(bundle.data.clone()),
             revision: bundle.manifest.revision.clone(),
-            table: RouteTable::new(&matches),
-            routes,
+            table: RouteTable::new(&routes.matches),
+            routes: routes.routes,
             upstreams,
             jwt,
             policies,
@@ -548,6 +378,192 @@ impl Snapshot {
     /// Convenience for tools and tests: the route index for a request.
     pub fn route_for(&self, host: &str, path: &str, method: &str) -> Option<&Route> {
         self.table.lookup(host, path, method).map(|i| &self.routes[i])
+    }
+}
+
+/// The bundle's upstreams, each with at least one `host:port` target.
+fn compile_upstreams(bundle: &Bundle, errors: &mut Vec<BundleError>) -> Vec<Upstream> {
+    let upstreams: Vec<Upstream> = bundle
+        .settings
+        .upstreams
+        .iter()
+        .map(|(name, spec)| Upstream { name: name.clone(), spec: spec.clone() })
+        .collect();
+    for u in &upstreams {
+        let (file, line) = bundle.settings_line(&format!("{}:", u.name));
+        if u.spec.targets.is_empty() {
+            errors.push(
+                BundleError::new(ErrorKind::Settings, file.clone(), format!("upstream `{}` has no targets", u.name))
+                    .at_line(line),
+            );
+        }
+        for t in &u.spec.targets {
+            if let Err(m) = check_target(t) {
+                errors.push(
+                    BundleError::new(ErrorKind::Settings, file.clone(), format!("upstream `{}`: {m}", u.name))
+                        .at_line(bundle.settings_line(t).1),
+                );
+            }
+        }
+    }
+    upstreams
+}
+
+/// The routes in order, what the route table matches them on, and the distinct rules they name
+/// (a route's `policy` indexes `rules`).
+struct CompiledRoutes {
+    routes: Vec<Route>,
+    matches: Vec<RouteMatch>,
+    rules: Vec<String>,
+}
+
+fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<BundleError>) -> CompiledRoutes {
+    let mut out = CompiledRoutes { routes: Vec::new(), matches: Vec::new(), rules: Vec::new() };
+    // How many routes of each name came before: the n-th `name: x` line is this route's.
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &bundle.settings.routes {
+        let earlier = seen.entry(r.name.as_str()).or_default();
+        let (file, line) = bundle.route_line(&r.name, *earlier);
+        *earlier += 1;
+        let duplicate = *earlier > 1;
+        let mut report = |m: String| {
+            errors.push(
+                BundleError::new(ErrorKind::Settings, file.clone(), format!("route `{}`: {m}", r.name)).at_line(line),
+            )
+        };
+        if duplicate {
+            report("duplicate route name".into());
+        }
+        let upstream = upstreams.iter().position(|u| u.name == r.upstream);
+        if upstream.is_none() {
+            report(format!("names upstream `{}`, which is not defined", r.upstream));
+        }
+        if crate::reads::rule_path(&r.policy).is_none() {
+            report(format!("policy `{}` must be a rule path such as data.http.orders.decision", r.policy));
+        }
+        let (matcher, strip) = route_match(r, &mut report);
+        let policy = match out.rules.iter().position(|x| *x == r.policy) {
+            Some(i) => i,
+            None => {
+                out.rules.push(r.policy.clone());
+                out.rules.len() - 1
+            }
+        };
+        out.matches.push(matcher);
+        out.routes.push(Route {
+            name: r.name.clone(),
+            upstream: upstream.unwrap_or(0),
+            policy,
+            strip,
+            fail_open: r.fail_open,
+        });
+    }
+    out
+}
+
+/// What a route matches (path, methods, host) and the prefix it strips; problems go to `report`.
+fn route_match(r: &RouteSpec, report: &mut impl FnMut(String)) -> (RouteMatch, Option<String>) {
+    let path = match (&r.matcher.path, &r.matcher.path_prefix) {
+        (Some(_), Some(_)) => {
+            report("give `path` or `path_prefix`, not both".into());
+            PathMatch::Any
+        }
+        (Some(p), None) if p.starts_with('/') => PathMatch::Exact(p.clone()),
+        (None, Some(p)) if p.starts_with('/') => PathMatch::Prefix(p.trim_end_matches('/').to_owned()),
+        (None, None) => PathMatch::Any,
+        _ => {
+            report("paths must start with `/`".into());
+            PathMatch::Any
+        }
+    };
+    let methods = Methods::parse(r.matcher.methods.as_deref().unwrap_or(&[])).unwrap_or_else(|e| {
+        report(e.to_string());
+        Methods::default()
+    });
+    if let Some(h) = &r.matcher.host {
+        if h.is_empty() || h.contains('/') || (h.contains('*') && !(h.starts_with("*.") && h[2..].find('*').is_none()))
+        {
+            report(format!("host `{h}` is not a host name or `*.domain` pattern"));
+        }
+    }
+    let strip = match (&path, r.strip_prefix) {
+        (PathMatch::Prefix(p), true) => Some(p.clone()),
+        (_, true) => {
+            report("`strip_prefix` needs a `path_prefix`".into());
+            None
+        }
+        _ => None,
+    };
+    (RouteMatch { host: r.matcher.host.clone(), path, methods }, strip)
+}
+
+/// The bundle's JWT trust roots, when it has `jwt` settings.
+fn compile_jwt(bundle: &Bundle, errors: &mut Vec<BundleError>) -> Option<TrustRoots> {
+    let spec = bundle.settings.jwt.as_ref()?;
+    let file = bundle.settings_line("jwt:").0.unwrap_or_else(|| "data.gateway".into());
+    TrustRoots::compile(spec, &file).map_err(|e| errors.push(e)).ok()
+}
+
+/// Each rule compiled (in the order of `rules`) and what it reads from the input; also refuses
+/// calls of functions the gateway does not provide.
+fn compile_policies(
+    bundle: &Bundle,
+    rules: &[String],
+    errors: &mut Vec<BundleError>,
+) -> (Vec<Policy>, Vec<InputReads>) {
+    let mut engine = match engine_for(bundle, false) {
+        Ok(engine) => engine,
+        Err(mut e) => {
+            errors.append(&mut e.0);
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let entrypoints: Vec<&str> = rules.iter().map(String::as_str).collect();
+    let reads = crate::reads::analyze(&mut engine, &entrypoints);
+    for c in crate::calls::unknown_calls(&mut engine) {
+        errors.push(BundleError::new(ErrorKind::Rego, Some(c.file.clone()), c.message()).at_line(Some(c.line)));
+    }
+    let mut policies = Vec::new();
+    for rule in rules {
+        match compile_rule(bundle, &mut engine, rule) {
+            Ok(p) => policies.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    (policies, reads)
+}
+
+/// One decision rule, for the VM where it compiles for it; refused when no module defines it.
+fn compile_rule(bundle: &Bundle, engine: &mut Engine, rule: &str) -> Result<Policy, BundleError> {
+    let (file, line) = bundle.settings_line(&format!("policy: {rule}"));
+    // Asked of the parsed modules, so that indented heads and ref heads
+    // (`package http` + `orders.decision := ...`) count.
+    let defined = bundle.modules.iter().filter(|m| !m.path.starts_with(TESTS_DIR)).any(|m| {
+        rule.strip_prefix(m.package.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+            .is_some_and(|name| engine.has_declared_rule_rooted_at(&m.path, name).unwrap_or(false))
+    });
+    if !defined {
+        return Err(BundleError::new(
+            ErrorKind::Settings,
+            file,
+            format!("policy `{rule}` names a rule that no module defines"),
+        )
+        .at_line(line));
+    }
+    match engine.compile_with_entrypoint(&rule.into()) {
+        Ok(compiled) => {
+            let program = Compiler::compile_from_policy(&compiled, &[rule]).ok();
+            Ok(Policy { rule: rule.to_owned(), compiled, program })
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let (f, l) = match bundle.modules.iter().find(|m| msg.contains(&m.path)) {
+                Some(m) => (Some(m.path.clone()), rego_line(&msg, &m.path)),
+                None => (file, line),
+            };
+            Err(BundleError::new(ErrorKind::Rego, f, format!("rule `{rule}`: {}", msg.trim())).at_line(l))
+        }
     }
 }
 

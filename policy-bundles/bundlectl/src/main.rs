@@ -13,8 +13,16 @@ use policy_bundles::budget::{self, human, Budget, Validator};
 use policy_bundles::bundle::{MANIFEST, SIGNATURES};
 use policy_bundles::{signing, testing, Bundle, Limits, Snapshot};
 
+/// What `bundlectl`'s exit status means: shown under `--help` and in the README.
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  `bundlectl test` ran and a test or decision case failed
+  2  usage error (bad or missing arguments), I/O error (a file that cannot be read or written),
+     invalid bundle (does not compile, over budget), or an error from or reaching the server";
+
 #[derive(Parser)]
-#[command(name = "bundlectl", about = "Build, test, sign and publish policy bundles")]
+#[command(name = "bundlectl", version, about = "Build, test, sign and publish policy bundles", after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -134,14 +142,22 @@ enum Cmd {
 fn main() -> ExitCode {
     // A child started to measure a bundle within its budget does only that.
     policy_bundles::budget::serve_child_if_asked();
+    // Parse errors exit with 2 (clap's usage status); `--help` and `--version` with 0.
     match run(Cli::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(Ran::Clean) => ExitCode::SUCCESS,
+        Ok(Ran::Failures) => ExitCode::from(1),
         Err(e) => {
             eprintln!("bundlectl: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
+}
+
+/// How a command that did its work ended.
+enum Ran {
+    Clean,
+    /// `test` ran and some test or case failed.
+    Failures,
 }
 
 /// Reads a directory, sets its manifest revision, checks it compiles, signs it if asked, and
@@ -238,155 +254,196 @@ fn bundle_url(remote: &Remote, name: &str) -> String {
     format!("{}/v1/bundles/{name}", remote.server.trim_end_matches('/'))
 }
 
-/// Runs a command; `Ok(false)` is a clean run that found failures (failing tests).
-fn run(cli: Cli) -> anyhow::Result<bool> {
-    let limits = Limits::default();
+/// Runs a command; an error is a usage, I/O, bundle or server error.
+fn run(cli: Cli) -> anyhow::Result<Ran> {
     match cli.cmd {
-        Cmd::Test { path } => {
-            let bundle = Bundle::from_path(&path, &limits)?;
-            let report = testing::run(&bundle)?;
-            println!("{report}");
-            return Ok(report.is_success());
-        }
-        Cmd::Check { path } => {
-            let bytes = if path.is_dir() {
-                archive::write_tar_gz(&archive::read_dir(&path, &limits)?)?
-            } else {
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
-            };
-            let budget = Budget::default();
-            let f = budget::check(&bytes, &limits, &budget, &Validator::current_exe())?;
-            let snap = Snapshot::compile(&Bundle::from_tar_gz(&bytes, &limits)?)?;
-            println!("ok: revision {:?}, {} routes, {} upstreams", snap.revision, f.routes, f.upstreams);
-            println!(
-                "  size: {} compressed, {} uncompressed (budget {})",
-                human(f.compressed_bytes),
-                human(f.uncompressed_bytes),
-                human(budget.max_uncompressed)
-            );
-            println!(
-                "  compiled: about {} (budget {}), in {} ms; validator peak memory {}",
-                human(f.compiled_bytes),
-                human(budget.max_compiled),
-                f.compile_ms,
-                f.peak_rss_bytes.map(human).unwrap_or_else(|| "unknown".into())
-            );
-        }
+        Cmd::Test { path } => return test(&path),
+        Cmd::Check { path } => check(&path)?,
         Cmd::Build { dir, output, revision, signer } => {
             let (bytes, rev) = build(&dir, revision, &signer)?;
             std::fs::write(&output, &bytes)?;
             println!("built {} (revision {rev}, sha256 {})", output.display(), policy_bundles::digest(&bytes));
         }
-        Cmd::Sign { input, output, signer } => {
-            if signer.key.is_none() {
-                bail!("--sign-key is required");
-            }
-            let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
-            let mut files = archive::read_tar_gz(&bytes, &limits)?;
-            sign_files(&mut files, &signer)?;
-            let out = archive::write_tar_gz(&files)?;
-            std::fs::write(&output, &out)?;
-            println!("signed {} (sha256 {})", output.display(), policy_bundles::digest(&out));
-        }
+        Cmd::Sign { input, output, signer } => sign(&input, &output, &signer)?,
         Cmd::Push { path, name, revision, force, reason, remote, signer } => {
-            let bytes = if path.is_dir() {
-                build(&path, revision, &signer)?.0
-            } else {
-                let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                Snapshot::compile(&Bundle::from_tar_gz(&bytes, &limits)?)?;
-                bytes
-            };
-            let mut req = agent().put(&bundle_url(&remote, &name));
-            if let (true, Some(why)) = (force, reason.as_deref()) {
-                req = req.set("x-force-reason", why);
-            }
-            let (code, v) = call(req, &remote, Some(&bytes))?;
-            let what = if code == 201 { "published" } else { "unchanged (identical to the active revision)" };
-            println!(
-                "{what}: {name} revision {} sha256 {}",
-                v.get("revision").and_then(|r| r.as_str()).unwrap_or("?"),
-                v.get("digest").and_then(|r| r.as_str()).unwrap_or("?")
-            );
+            push(&path, &name, revision, reason.filter(|_| force).as_deref(), &remote, &signer)?
         }
-        Cmd::Revisions { name, remote } => {
-            let (_, v) = call(agent().get(&format!("{}/revisions", bundle_url(&remote, &name))), &remote, None)?;
-            println!("{:<16} {:<8} {:<25} {:<12} {:>9}  DIGEST", "REVISION", "ACTIVE", "PUBLISHED", "BY", "SIZE");
-            for r in v.as_array().into_iter().flatten() {
-                let s = |k: &str| {
-                    r.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or(x.to_string())).unwrap_or_default()
-                };
-                let active = if r.get("active").and_then(|a| a.as_bool()) == Some(true) { "*" } else { "" };
-                println!(
-                    "{:<16} {:<8} {:<25} {:<12} {:>9}  {}",
-                    s("revision"),
-                    active,
-                    s("published_at"),
-                    s("published_by"),
-                    s("size"),
-                    s("digest")
-                );
-                if let Some(why) = r.get("forced_reason").and_then(|w| w.as_str()) {
-                    println!("{:<16} forced past the growth guard: {why}", "");
-                }
-            }
-        }
-        Cmd::Rollout { what: RolloutCmd::Status { name, remote } } => {
-            let (_, v) = call(agent().get(&format!("{}/rollout", bundle_url(&remote, &name))), &remote, None)?;
-            let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
-            println!("bundle {name}: stable {}, canary {}", s(&v["stable"]), s(&v["canary_revision"]));
-            let r = &v["rollout"];
-            if r.is_null() {
-                println!("no rollout yet");
-            } else {
-                println!(
-                    "latest rollout: {} (from {}) {} since {}{}",
-                    s(&r["revision"]),
-                    s(&r["previous"]),
-                    s(&r["state"]),
-                    s(&r["started_at"]),
-                    r["reason"].as_str().map(|w| format!(": {w}")).unwrap_or_default()
-                );
-            }
-        }
-        Cmd::Rollback { name, to, remote } => {
-            let url = format!("{}/rollback", bundle_url(&remote, &name));
-            let body = serde_json::to_vec(&serde_json::json!({ "revision": to }))?;
-            let req = agent().post(&url).set("content-type", "application/json");
-            let req = match &remote.token {
-                Some(t) => req.set("authorization", &format!("Bearer {t}")),
-                None => req,
-            };
-            match req.send_bytes(&body) {
-                Ok(_) => println!("{name} is now at revision {to}"),
-                Err(ureq::Error::Status(code, r)) => {
-                    bail!("{url}: HTTP {code}: {}", server_message(&r.into_string().unwrap_or_default()))
-                }
-                Err(e) => bail!("{url}: {e}"),
-            }
-        }
-        Cmd::Fleet { remote } => {
-            let (_, v) =
-                call(agent().get(&format!("{}/v1/fleet", remote.server.trim_end_matches('/'))), &remote, None)?;
-            println!(
-                "{:<28} {:<10} {:<16} {:>10} {:<8} {:<8} LAST REPORT",
-                "INSTANCE", "BUNDLE", "REVISION", "STALENESS", "CURRENT", "SILENT"
-            );
-            for g in v.as_array().into_iter().flatten() {
-                let s = |k: &str| {
-                    g.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or(x.to_string())).unwrap_or_default()
-                };
-                println!(
-                    "{:<28} {:<10} {:<16} {:>9}s {:<8} {:<8} {}",
-                    s("instance"),
-                    s("bundle"),
-                    s("revision"),
-                    s("staleness_seconds"),
-                    s("current"),
-                    s("silent"),
-                    s("last_report")
-                );
-            }
+        Cmd::Revisions { name, remote } => revisions(&name, &remote)?,
+        Cmd::Rollout { what: RolloutCmd::Status { name, remote } } => rollout_status(&name, &remote)?,
+        Cmd::Rollback { name, to, remote } => rollback(&name, &to, &remote)?,
+        Cmd::Fleet { remote } => fleet(&remote)?,
+    }
+    Ok(Ran::Clean)
+}
+
+/// `bundlectl test`: the bundle's Rego tests and decision cases.
+fn test(path: &Path) -> anyhow::Result<Ran> {
+    let bundle = Bundle::from_path(path, &Limits::default())?;
+    let report = testing::run(&bundle)?;
+    println!("{report}");
+    Ok(if report.is_success() { Ran::Clean } else { Ran::Failures })
+}
+
+/// `bundlectl check`: compiles within the default budget, and what it costs.
+fn check(path: &Path) -> anyhow::Result<()> {
+    let limits = Limits::default();
+    let bytes = if path.is_dir() {
+        archive::write_tar_gz(&archive::read_dir(path, &limits)?)?
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let budget = Budget::default();
+    let f = budget::check(&bytes, &limits, &budget, &Validator::current_exe())?;
+    let snap = Snapshot::compile(&Bundle::from_tar_gz(&bytes, &limits)?)?;
+    println!("ok: revision {:?}, {} routes, {} upstreams", snap.revision, f.routes, f.upstreams);
+    println!(
+        "  size: {} compressed, {} uncompressed (budget {})",
+        human(f.compressed_bytes),
+        human(f.uncompressed_bytes),
+        human(budget.max_uncompressed)
+    );
+    println!(
+        "  compiled: about {} (budget {}), in {} ms; validator peak memory {}",
+        human(f.compiled_bytes),
+        human(budget.max_compiled),
+        f.compile_ms,
+        f.peak_rss_bytes.map(human).unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
+}
+
+/// `bundlectl sign`: a tarball signed with `--sign-key`.
+fn sign(input: &Path, output: &Path, signer: &Signer) -> anyhow::Result<()> {
+    if signer.key.is_none() {
+        bail!("--sign-key is required");
+    }
+    let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let mut files = archive::read_tar_gz(&bytes, &Limits::default())?;
+    sign_files(&mut files, signer)?;
+    let out = archive::write_tar_gz(&files)?;
+    std::fs::write(output, &out)?;
+    println!("signed {} (sha256 {})", output.display(), policy_bundles::digest(&out));
+    Ok(())
+}
+
+/// `bundlectl push`: publishes a tarball, or a directory built on the fly; `force` is the
+/// reason for publishing past the growth guard.
+fn push(
+    path: &Path,
+    name: &str,
+    revision: Option<String>,
+    force: Option<&str>,
+    remote: &Remote,
+    signer: &Signer,
+) -> anyhow::Result<()> {
+    let bytes = if path.is_dir() {
+        build(path, revision, signer)?.0
+    } else {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Snapshot::compile(&Bundle::from_tar_gz(&bytes, &Limits::default())?)?;
+        bytes
+    };
+    let mut req = agent().put(&bundle_url(remote, name));
+    if let Some(why) = force {
+        req = req.set("x-force-reason", why);
+    }
+    let (code, v) = call(req, remote, Some(&bytes))?;
+    let what = if code == 201 { "published" } else { "unchanged (identical to the active revision)" };
+    println!(
+        "{what}: {name} revision {} sha256 {}",
+        v.get("revision").and_then(|r| r.as_str()).unwrap_or("?"),
+        v.get("digest").and_then(|r| r.as_str()).unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// A field of a JSON object as text (strings bare, other values as JSON, missing as "").
+fn field(v: &serde_json::Value, k: &str) -> String {
+    v.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or(x.to_string())).unwrap_or_default()
+}
+
+/// `bundlectl revisions`: the history, newest first.
+fn revisions(name: &str, remote: &Remote) -> anyhow::Result<()> {
+    let (_, v) = call(agent().get(&format!("{}/revisions", bundle_url(remote, name))), remote, None)?;
+    println!("{:<16} {:<8} {:<25} {:<12} {:>9}  DIGEST", "REVISION", "ACTIVE", "PUBLISHED", "BY", "SIZE");
+    for r in v.as_array().into_iter().flatten() {
+        let s = |k: &str| field(r, k);
+        let active = if r.get("active").and_then(|a| a.as_bool()) == Some(true) { "*" } else { "" };
+        println!(
+            "{:<16} {:<8} {:<25} {:<12} {:>9}  {}",
+            s("revision"),
+            active,
+            s("published_at"),
+            s("published_by"),
+            s("size"),
+            s("digest")
+        );
+        if let Some(why) = r.get("forced_reason").and_then(|w| w.as_str()) {
+            println!("{:<16} forced past the growth guard: {why}", "");
         }
     }
-    Ok(true)
+    Ok(())
+}
+
+/// `bundlectl rollout status`.
+fn rollout_status(name: &str, remote: &Remote) -> anyhow::Result<()> {
+    let (_, v) = call(agent().get(&format!("{}/rollout", bundle_url(remote, name))), remote, None)?;
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    println!("bundle {name}: stable {}, canary {}", s(&v["stable"]), s(&v["canary_revision"]));
+    let r = &v["rollout"];
+    if r.is_null() {
+        println!("no rollout yet");
+    } else {
+        println!(
+            "latest rollout: {} (from {}) {} since {}{}",
+            s(&r["revision"]),
+            s(&r["previous"]),
+            s(&r["state"]),
+            s(&r["started_at"]),
+            r["reason"].as_str().map(|w| format!(": {w}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `bundlectl rollback --to REV`.
+fn rollback(name: &str, to: &str, remote: &Remote) -> anyhow::Result<()> {
+    let url = format!("{}/rollback", bundle_url(remote, name));
+    let body = serde_json::to_vec(&serde_json::json!({ "revision": to }))?;
+    let req = agent().post(&url).set("content-type", "application/json");
+    let req = match &remote.token {
+        Some(t) => req.set("authorization", &format!("Bearer {t}")),
+        None => req,
+    };
+    match req.send_bytes(&body) {
+        Ok(_) => println!("{name} is now at revision {to}"),
+        Err(ureq::Error::Status(code, r)) => {
+            bail!("{url}: HTTP {code}: {}", server_message(&r.into_string().unwrap_or_default()))
+        }
+        Err(e) => bail!("{url}: {e}"),
+    }
+    Ok(())
+}
+
+/// `bundlectl fleet`: every gateway that reported.
+fn fleet(remote: &Remote) -> anyhow::Result<()> {
+    let (_, v) = call(agent().get(&format!("{}/v1/fleet", remote.server.trim_end_matches('/'))), remote, None)?;
+    println!(
+        "{:<28} {:<10} {:<16} {:>10} {:<8} {:<8} LAST REPORT",
+        "INSTANCE", "BUNDLE", "REVISION", "STALENESS", "CURRENT", "SILENT"
+    );
+    for g in v.as_array().into_iter().flatten() {
+        let s = |k: &str| field(g, k);
+        println!(
+            "{:<28} {:<10} {:<16} {:>9}s {:<8} {:<8} {}",
+            s("instance"),
+            s("bundle"),
+            s("revision"),
+            s("staleness_seconds"),
+            s("current"),
+            s("silent"),
+            s("last_report")
+        );
+    }
+    Ok(())
 }

@@ -102,3 +102,59 @@ fn push_to_an_unreachable_server_fails_with_a_message() {
     assert!(!o.status.success());
     assert!(text(&o).contains(&format!("127.0.0.1:{port}")), "{}", text(&o));
 }
+
+#[test]
+fn version_names_the_binary_and_its_version() {
+    let o = bundlectl(&["--version"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("bundlectl {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn a_failing_case_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&example(), dir.path());
+    let wrong = "\
+- name: a reader may post orders (wrong)
+  route: orders
+  input:
+    request: { method: POST, path: /orders, headers: {} }
+    jwt: { issuer: https://id.example.test, claims: { sub: alice, roles: [reader] } }
+  expect: { allow: true }
+";
+    std::fs::write(dir.path().join("tests/wrong.cases.yaml"), wrong).unwrap();
+    let o = bundlectl(&["test", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("FAIL"), "{}", text(&o));
+}
+
+#[test]
+fn usage_io_bundle_and_server_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.tar.gz");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = format!("http://127.0.0.1:{port}");
+    let not_a_bundle = dir.path().join("garbage.tar.gz");
+    std::fs::write(&not_a_bundle, b"not a tarball").unwrap();
+    for args in [
+        vec!["test", missing.to_str().unwrap()],
+        vec!["check", missing.to_str().unwrap()],
+        vec!["test", "--no-such-flag", example().to_str().unwrap()],
+        vec!["frobnicate"],
+        vec!["sign", not_a_bundle.to_str().unwrap(), "-o", missing.to_str().unwrap()],
+        vec!["test", not_a_bundle.to_str().unwrap()],
+        vec!["fleet", "--server", &server],
+        vec!["revisions", "--server", &server],
+    ] {
+        let o = bundlectl(&args);
+        assert_eq!(o.status.code(), Some(2), "bundlectl {args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let o = bundlectl(&["--help"]);
+    assert!(o.status.success());
+    let help = text(&o);
+    assert!(help.contains("Exit status:") && help.contains("1  `bundlectl test`"), "{help}");
+}
