@@ -810,7 +810,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 mod tests {
     use super::*;
     use crate::config::{StoreLocation, TokenConfig};
-    use crate::store::{ActiveHead, Change, RevisionInfo, SqliteStore};
+    use crate::store::{ActiveHead, Change, RevisionInfo, SqlStore};
     use axum::http::Request;
     use sha2::{Digest, Sha256};
     use tower::ServiceExt;
@@ -840,7 +840,7 @@ mod tests {
     }
 
     async fn router() -> Router {
-        let store = Arc::new(SqliteStore::memory().await.unwrap());
+        let store = Arc::new(SqlStore::sqlite_memory().await.unwrap());
         app(AppState::new(config(), store).unwrap())
     }
 

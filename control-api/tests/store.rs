@@ -6,9 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use control_api::store::{
-    Change, GatewayReport, NewRevision, PostgresStore, PublishOutcome, RollbackOutcome, SqliteStore, Store,
-};
+use control_api::store::{Change, GatewayReport, NewRevision, PublishOutcome, RollbackOutcome, SqlStore, Store};
 
 fn rev<'a>(bundle: &'a str, revision: &'a str, content: &'a [u8], digest: &'a str) -> NewRevision<'a> {
     NewRevision {
@@ -223,7 +221,7 @@ macro_rules! store_suite {
                 #[tokio::test]
                 async fn $behaviour() {
                     let dir = tempfile::tempdir().unwrap();
-                    let store = SqliteStore::open(&dir.path().join("db/control.db")).await.unwrap();
+                    let store = SqlStore::sqlite(&dir.path().join("db/control.db")).await.unwrap();
                     super::$behaviour(Arc::new(store)).await;
                 }
             )*
@@ -234,7 +232,7 @@ macro_rules! store_suite {
                 #[tokio::test]
                 async fn $behaviour() {
                     let Some(db) = common::TestDb::create() else { return };
-                    let store = PostgresStore::open(&db.url).await.unwrap();
+                    let store = SqlStore::postgres(&db.url).await.unwrap();
                     super::$behaviour(Arc::new(store)).await;
                 }
             )*
@@ -261,11 +259,11 @@ async fn sqlite_reopening_the_file_keeps_everything_and_announces_no_changes() {
     let path = dir.path().join("control.db");
     let (c, d) = blob("one");
     {
-        let store = SqliteStore::open(&path).await.unwrap();
+        let store = SqlStore::sqlite(&path).await.unwrap();
         store.publish(&rev("main", "v1", &c, &d)).await.unwrap();
         assert!(store.changes().await.unwrap().is_none());
     }
-    let store = SqliteStore::open(&path).await.unwrap();
+    let store = SqlStore::sqlite(&path).await.unwrap();
     assert_eq!(store.active("main").await.unwrap().unwrap().digest, d);
     assert_eq!(store.content("main", &d).await.unwrap(), Some(c));
 }
@@ -277,8 +275,8 @@ async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Change>) -> Change {
 #[tokio::test]
 async fn postgres_publishes_and_rollbacks_through_one_store_are_announced_to_another() {
     let Some(db) = common::TestDb::create() else { return };
-    let a = PostgresStore::open(&db.url).await.unwrap();
-    let b = PostgresStore::open(&db.url).await.unwrap();
+    let a = SqlStore::postgres(&db.url).await.unwrap();
+    let b = SqlStore::postgres(&db.url).await.unwrap();
     let mut changes = b.changes().await.unwrap().expect("PostgreSQL announces changes");
     let (c1, d1) = blob("one");
     let (c2, d2) = blob("two");
@@ -293,4 +291,34 @@ async fn postgres_publishes_and_rollbacks_through_one_store_are_announced_to_ano
     a.publish(&rev("other", "v1", &c1, &d1)).await.unwrap();
     assert_eq!(next(&mut changes).await, Change::Bundle("other".into()));
     assert_eq!(b.active("main").await.unwrap().unwrap().digest, d1);
+}
+
+/// A rollback and a promote of the same bundle on two replicas are serialized: judging a
+/// rollout waits for the bundle's lock that every other writer of the bundle takes.
+#[tokio::test]
+async fn postgres_finishing_a_rollout_waits_for_the_writer_holding_the_bundle() {
+    use sqlx::{Connection, Executor};
+    let Some(db) = common::TestDb::create() else { return };
+    let store = Arc::new(SqlStore::postgres(&db.url).await.unwrap());
+    let (c1, d1) = blob("one");
+    let (c2, d2) = blob("two");
+    store.publish(&rev("main", "v1", &c1, &d1)).await.unwrap();
+    store.publish(&NewRevision { staged: true, ..rev("main", "v2", &c2, &d2) }).await.unwrap();
+    let canary = store.rollout("main").await.unwrap().expect("a canary");
+
+    // Another writer of the bundle, mid-transaction.
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('control_api_bundle'), hashtext('main'))").await.unwrap();
+    let promote = tokio::spawn({
+        let store = store.clone();
+        async move { store.finish_rollout(canary.id, "promoted", None, 9).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!promote.is_finished(), "the promote went ahead while another writer held the bundle");
+    // That writer (a rollback) ends the canary before it lets go: the promote then finds it over.
+    tx.execute(sqlx::query("UPDATE rollouts SET state = 'superseded' WHERE id = $1").bind(canary.id)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(!promote.await.unwrap(), "a rollout ended meanwhile cannot be promoted");
+    assert_eq!(store.active("main").await.unwrap().unwrap().digest, d1);
 }

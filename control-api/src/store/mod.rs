@@ -1,13 +1,14 @@
 //! Storage of bundles, their revisions, which one is active, and gateways' status reports,
-//! behind one async [`Store`] trait with two implementations: SQLite (the embedded default,
-//! created with its schema on first start) and PostgreSQL (several replicas share it and hear
-//! each other's changes through `LISTEN/NOTIFY`). Schemas are versioned migrations under
+//! behind one async [`Store`] trait with one implementation, [`SqlStore`], over two databases:
+//! SQLite (the embedded default, created with its schema on first start) and PostgreSQL (several
+//! replicas share it and hear each other's changes through `LISTEN/NOTIFY`). What differs
+//! between them is in `backend`. Schemas are versioned migrations under
 //! `control-api/migrations/{sqlite,postgres}/`, applied at start.
 //!
 //! Times are stored as Unix milliseconds (UTC) in both backends.
 
-mod postgres;
-mod sqlite;
+mod backend;
+mod sql;
 
 use std::sync::Arc;
 
@@ -16,8 +17,8 @@ use tokio::sync::mpsc;
 
 use crate::config::StoreLocation;
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use backend::CHANNEL;
+pub use sql::SqlStore;
 
 /// A storage failure: the database is unreachable, a query failed, or migrations did not apply.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +55,16 @@ pub struct NewRevision<'a> {
 /// One stored revision of a bundle (without its content).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevisionInfo {
+    /// Its name, from the bundle's `.manifest`.
     pub revision: String,
+    /// Lowercase hex SHA-256 of the tarball: the ETag gateways poll with.
     pub digest: String,
+    /// The tarball's size in bytes.
     pub size: u64,
     pub published_at_ms: i64,
+    /// The name of the token that published it.
     pub published_by: String,
+    /// Whether it is the bundle's active revision (what gateways outside a canary are served).
     pub active: bool,
     /// Its figures as JSON; `None` for revisions published before figures were kept.
     pub figures: Option<String>,
@@ -119,7 +125,9 @@ pub struct GatewayReport {
 /// A staged rollout of one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rollout {
+    /// Increasing with each rollout started, across bundles.
     pub id: i64,
+    /// The bundle it rolls out a revision of.
     pub bundle: String,
     /// The candidate, served to the canary cohort while `state` is `canary`.
     pub revision: String,
@@ -128,6 +136,7 @@ pub struct Rollout {
     /// `canary`, `promoted`, `rolled_back` or `superseded`.
     pub state: String,
     pub started_at_ms: i64,
+    /// When it left the canary phase; `None` while it is in it.
     pub ended_at_ms: Option<i64>,
     /// Why it ended (a rollback's cause, what superseded it).
     pub reason: Option<String>,
@@ -137,29 +146,6 @@ pub const CANARY: &str = "canary";
 pub const PROMOTED: &str = "promoted";
 pub const ROLLED_BACK: &str = "rolled_back";
 pub const SUPERSEDED: &str = "superseded";
-
-/// Rollout statements, written once for both backends (`$n` parameters work in both).
-pub(crate) mod rollout_sql {
-    pub const SUPERSEDE: &str = "UPDATE rollouts SET state = 'superseded', ended_at_ms = $2, reason = $3 \
-                                 WHERE bundle = $1 AND state = 'canary'";
-    pub const START: &str = "INSERT INTO rollouts (bundle, revision, previous, state, started_at_ms) \
-                             VALUES ($1, $2, $3, 'canary', $4)";
-    const COLUMNS: &str = "id, bundle, revision, previous, state, started_at_ms, ended_at_ms, reason";
-    pub fn latest() -> String {
-        format!("SELECT {COLUMNS} FROM rollouts WHERE bundle = $1 ORDER BY id DESC LIMIT 1")
-    }
-    pub fn canaries() -> String {
-        format!("SELECT {COLUMNS} FROM rollouts WHERE state = 'canary' ORDER BY id")
-    }
-    pub const FINISH: &str = "UPDATE rollouts SET state = $2, ended_at_ms = $3, reason = $4 \
-                              WHERE id = $1 AND state = 'canary' RETURNING bundle, revision";
-    pub const PROMOTE: &str = "UPDATE bundles SET active_revision = $2, updated_at_ms = $3 WHERE name = $1";
-    pub type Row = (i64, String, String, String, String, i64, Option<i64>, Option<String>);
-    pub fn rollout(r: Row) -> super::Rollout {
-        let (id, bundle, revision, previous, state, started_at_ms, ended_at_ms, reason) = r;
-        super::Rollout { id, bundle, revision, previous, state, started_at_ms, ended_at_ms, reason }
-    }
-}
 
 /// A change of a bundle's active revision committed by another process sharing the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,9 +244,9 @@ pub(crate) fn decide(existing: Option<RevisionInfo>, active: Option<&str>, new: 
 /// Opens (creating and migrating as needed) the store a config names.
 pub async fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match location {
-        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
-        StoreLocation::SqliteMemory => Arc::new(SqliteStore::memory().await?),
-        StoreLocation::Postgres(url) => Arc::new(PostgresStore::open(url).await?),
+        StoreLocation::Sqlite(path) => Arc::new(SqlStore::sqlite(path).await?),
+        StoreLocation::SqliteMemory => Arc::new(SqlStore::sqlite_memory().await?),
+        StoreLocation::Postgres(url) => Arc::new(SqlStore::postgres(url).await?),
     })
 }
 
