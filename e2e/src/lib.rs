@@ -1,100 +1,37 @@
 //! Harness for cross-process scenarios: every component is its real binary (built by
 //! `cargo build --workspace --bins`), talking over 127.0.0.1 on ephemeral ports.
+//!
+//! What every harness shares (processes, ports, the HTTP client, metrics, `eventually`, demo
+//! tokens and bundles) comes from `test-support`; this crate adds what only cross-process
+//! scenarios need: the control plane and gateway fleets as processes, publishing with the real
+//! `bundlectl`, and a checked stream of traffic.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use test_support::http::{bearer, get};
+use test_support::paths::bin;
+use test_support::process::{free_port_outside_ephemeral, Proc};
+use test_support::wait::eventually;
 
 pub const PUBLISH_TOKEN: &str = "e2e-publisher-token";
 pub const READ_TOKEN: &str = "e2e-reader-token";
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+/// An `echo-upstream` process answering as `name`.
+pub fn echo_upstream(name: &str) -> (Proc, SocketAddr) {
+    Proc::spawn_listening(
+        Command::new(bin("echo-upstream")).args(["--listen", "127.0.0.1:0", "--name", name]).stderr(Stdio::null()),
+    )
 }
 
-/// A workspace binary next to the test executable (`target/<profile>/NAME`).
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", p.display());
-    p
-}
-
-/// A child process killed (SIGKILL) when dropped.
-pub struct Proc(pub Child);
-
-impl Proc {
-    pub fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
-}
-
-/// (status, body); status 0 when there was no HTTP answer.
-pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut req = agent().get(url);
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
-    match req.call() {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
-}
-
-pub fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-/// Waits until `cond` holds; panics naming `what` after `limit`. Returns the time it took.
-pub fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub proc: Proc,
-}
-
-pub fn echo_upstream(name: &str) -> Upstream {
-    let mut child = Command::new(bin("echo-upstream"))
-        .args(["--listen", "127.0.0.1:0", "--name", name])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn echo-upstream");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
-    let addr = line.trim().strip_prefix("listening on ").expect("listening line").parse().expect("addr");
-    Upstream { addr, proc: Proc(child) }
+/// `GET url` with the reader token.
+pub fn get_as_reader(url: &str) -> test_support::http::Resp {
+    get(url, &[("authorization", &bearer(READ_TOKEN))])
 }
 
 pub struct ControlApi {
@@ -111,7 +48,7 @@ impl ControlApi {
 
     /// Starts control-api on `store` with `extra` top-level config keys.
     pub fn start_with(dir: &Path, store: Option<&str>, extra: &str) -> ControlApi {
-        let port = free_port();
+        let port = free_port_outside_ephemeral();
         let config = dir.join(format!("control-api-{port}.yaml"));
         let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
         let store =
@@ -125,15 +62,14 @@ impl ControlApi {
             ),
         )
         .expect("write config");
-        let mut c =
-            ControlApi { proc: Proc(spawn_control_api(&config)), url: format!("http://127.0.0.1:{port}"), config };
+        let c = ControlApi { proc: spawn_control_api(&config), url: format!("http://127.0.0.1:{port}"), config };
         c.wait_up();
         c
     }
 
-    fn wait_up(&mut self) {
+    fn wait_up(&self) {
         let url = format!("{}/healthz", self.url);
-        eventually(Duration::from_secs(30), "control-api up", || get(&url, &[]).0 == 200);
+        eventually(Duration::from_secs(30), "control-api up", || get(&url, &[]).status == 200);
     }
 
     pub fn kill9(&mut self) {
@@ -143,24 +79,20 @@ impl ControlApi {
     /// Starts the process again on the same config (same port and store).
     pub fn restart(&mut self) {
         self.proc.kill9();
-        self.proc = Proc(spawn_control_api(&self.config));
+        self.proc = spawn_control_api(&self.config);
         self.wait_up();
     }
 
     pub fn metric(&self, series: &str) -> Option<f64> {
-        metric(&format!("{}/metrics", self.url), series)
+        test_support::metrics::metric(&format!("{}/metrics", self.url), series)
     }
 }
 
-fn spawn_control_api(config: &Path) -> Child {
-    Command::new(bin("control-api"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn control-api")
+/// Starts control-api and waits for its `listening on` line.
+fn spawn_control_api(config: &Path) -> Proc {
+    let mut cmd = Command::new(bin("control-api"));
+    cmd.arg("--config").arg(config).env("RUST_LOG", "error").stderr(Stdio::null());
+    Proc::spawn_listening(&mut cmd).0
 }
 
 /// Publishes a tarball with the real `bundlectl push`; returns its output or panics.
@@ -179,17 +111,10 @@ pub fn push(server: &str, tarball: &[u8], dir: &Path) -> String {
     text
 }
 
-/// The example bundle as a tarball, upstream pointed at `upstream`, with `revision`.
+/// The example bundle as a tarball, upstream pointed at `upstream` (health checks every
+/// 500 ms), with `revision`.
 pub fn example_tarball(upstream: &str, revision: &str) -> Vec<u8> {
-    let dir = repo_root().join("policy-bundles/examples/api-gateway");
-    let mut files = policy_bundles::archive::read_dir(&dir, &policy_bundles::Limits::default()).expect("read example");
-    let settings = String::from_utf8(files["gateway/data.yaml"].clone()).expect("utf8");
-    let settings = settings.replace("127.0.0.1:9100", upstream).replace("interval: 2s", "interval: 500ms");
-    files.insert("gateway/data.yaml".into(), settings.into_bytes());
-    let mut manifest: serde_json::Value = serde_json::from_slice(&files[".manifest"]).expect("manifest");
-    manifest["revision"] = serde_json::json!(revision);
-    files.insert(".manifest".into(), serde_json::to_vec(&manifest).expect("json"));
-    policy_bundles::archive::write_tar_gz(&files).expect("tar")
+    test_support::bundles::tarball_with(revision, |files| test_support::bundles::retarget(files, upstream, "500ms"))
 }
 
 pub struct Gateway {
@@ -200,11 +125,31 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway polling `sources` with the reader token, a cache in `dir`, and extra bundle keys.
+    /// A gateway polling `sources` with the reader token, a cache in `dir`, and extra bundle
+    /// keys; returns once it is ready.
     pub fn start(dir: &Path, instance: &str, sources: &[&str], extra: &str) -> Gateway {
-        let (listen, admin) = (free_port(), free_port());
+        let mut gw = Gateway::spawn(dir, instance, sources, extra);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Gateways named `instances`, started together (their start-ups overlap) and all ready.
+    pub fn fleet(dir: &Path, instances: &[&str], sources: &[&str], extra: &str) -> Vec<Gateway> {
+        let mut gws: Vec<Gateway> = instances.iter().map(|i| Gateway::spawn(dir, i, sources, extra)).collect();
+        for gw in &mut gws {
+            gw.wait_ready();
+        }
+        gws
+    }
+
+    /// Writes the gateway's config and starts it, without waiting for it to be ready.
+    pub fn spawn(dir: &Path, instance: &str, sources: &[&str], extra: &str) -> Gateway {
+        let (listen, admin) = (free_port_outside_ephemeral(), free_port_outside_ephemeral());
         let token = dir.join("reader.token");
-        std::fs::write(&token, READ_TOKEN).expect("token");
+        // Written once: a gateway of the same folder may be reading it right now.
+        if std::fs::read_to_string(&token).ok().as_deref() != Some(READ_TOKEN) {
+            std::fs::write(&token, READ_TOKEN).expect("token");
+        }
         let config = dir.join(format!("gateway-{instance}.yaml"));
         let list = sources.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
         std::fs::write(
@@ -216,28 +161,37 @@ impl Gateway {
             ),
         )
         .expect("write config");
-        let gw = Gateway {
-            proc: Proc(spawn_gateway(&config)),
+        Gateway {
+            proc: spawn_gateway(&config),
             base: format!("http://127.0.0.1:{listen}"),
             admin: format!("http://127.0.0.1:{admin}"),
             config,
-        };
-        gw.wait_ready();
-        gw
+        }
     }
 
-    pub fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.admin);
-        eventually(Duration::from_secs(30), "gateway ready", || get(&url, &[]).0 == 200);
+    /// Waits for `/readyz` 200; panics at once, with its exit status, if the gateway exits.
+    pub fn wait_ready(&mut self) {
+        let config = self.config.display().to_string();
+        eventually(Duration::from_secs(30), "gateway ready", || {
+            if let Some(status) = self.proc.exited() {
+                panic!("the gateway of {config} exited before it was ready: {status}");
+            }
+            self.ready()
+        });
+    }
+
+    /// `/readyz` answers 200.
+    pub fn ready(&self) -> bool {
+        get(&format!("{}/readyz", self.admin), &[]).status == 200
     }
 
     pub fn restart(&mut self) {
         self.proc.kill9();
-        self.proc = Proc(spawn_gateway(&self.config));
+        self.proc = spawn_gateway(&self.config);
     }
 
     pub fn status(&self) -> serde_json::Value {
-        json(&get(&format!("{}/status", self.admin), &[]).1)
+        get(&format!("{}/status", self.admin), &[]).json()
     }
 
     pub fn revision(&self) -> String {
@@ -245,38 +199,19 @@ impl Gateway {
     }
 
     pub fn metric(&self, series: &str) -> Option<f64> {
-        metric(&format!("{}/metrics", self.admin), series)
+        test_support::metrics::metric(&format!("{}/metrics", self.admin), series)
     }
 }
 
-fn spawn_gateway(config: &Path) -> Child {
-    Command::new(bin("gateway"))
-        .arg("--config")
-        .arg(config)
-        .env("GATEWAY_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn gateway")
-}
-
-/// The value of a metric series as rendered (exact labels), if present.
-pub fn metric(url: &str, series: &str) -> Option<f64> {
-    let (_, body) = get(url, &[]);
-    body.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-}
-
-pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
-}
-
-/// A demo token for `sub` with `roles` (ES256 demo key).
-pub fn token(sub: &str, roles: &[&str]) -> String {
-    let pem = std::fs::read(repo_root().join("test-support/keys/demo-es256.pem")).expect("key");
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("demo-es256".into());
-    let claims = serde_json::json!({"iss": "https://id.example.test", "aud": "orders-api", "sub": sub, "roles": roles, "exp": now() + 3600});
-    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("key")).expect("sign")
+fn spawn_gateway(config: &Path) -> Proc {
+    Proc::spawn(
+        Command::new(bin("gateway"))
+            .arg("--config")
+            .arg(config)
+            .env("GATEWAY_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
 }
 
 /// What a steady stream of requests saw.
@@ -295,6 +230,31 @@ impl Tally {
         v.sort_unstable();
         v.get(v.len().saturating_sub(1) * 99 / 100).copied().unwrap_or(0)
     }
+
+    /// Adds what another stream saw (its first failure only if this one had none).
+    pub fn add(&mut self, t: &Tally) {
+        self.sent += t.sent;
+        self.failed += t.failed;
+        self.wrong += t.wrong;
+        self.latencies_us.extend_from_slice(&t.latencies_us);
+        if self.first_failure.is_none() {
+            self.first_failure.clone_from(&t.first_failure);
+        }
+    }
+
+    /// Counts one answer, `Err` naming what was wrong with it.
+    fn record(&mut self, elapsed_us: u64, verdict: Result<(), String>) {
+        self.sent += 1;
+        self.latencies_us.push(elapsed_us);
+        if let Err(msg) = verdict {
+            if msg.contains("wrong answer") {
+                self.wrong += 1;
+            } else {
+                self.failed += 1;
+            }
+            self.first_failure.get_or_insert(msg);
+        }
+    }
 }
 
 /// A bounded, steady stream of requests through gateways while a scenario runs: alternates a
@@ -307,68 +267,52 @@ pub struct Traffic {
     pub sent: Arc<AtomicU64>,
 }
 
+/// One checked request of the stream's cycle (`i % 3`): public GET, orders GET, orders POST.
+fn checked_request(agent: &ureq::Agent, base: &str, auth: &str, i: u64) -> Result<(), String> {
+    let (what, result) = match i % 3 {
+        0 => ("public", agent.get(&format!("{base}/public/x")).call()),
+        1 => ("orders GET", agent.get(&format!("{base}/orders/1")).set("authorization", auth).call()),
+        _ => ("orders POST", agent.post(&format!("{base}/orders")).set("authorization", auth).call()),
+    };
+    let expect = |body: String, needle: &str| {
+        if body.contains(needle) {
+            Ok(())
+        } else {
+            Err(format!("{what}: wrong answer {body}"))
+        }
+    };
+    match (i % 3, result) {
+        (0, Ok(r)) => (r.status() == 200).then_some(()).ok_or(format!("{what}: {}", r.status())),
+        (1, Ok(r)) => expect(r.into_string().unwrap_or_default(), "\"x-user-id\":\"alice\""),
+        (2, Err(ureq::Error::Status(403, r))) => {
+            expect(r.into_string().unwrap_or_default(), "alice may not post orders")
+        }
+        (_, Ok(r)) => Err(format!("{what}: wrong status {}", r.status())),
+        (_, Err(e)) => Err(format!("{what}: {e}")),
+    }
+}
+
 impl Traffic {
     pub fn start(bases: &[String], interval: Duration) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Mutex::new(Tally::default()));
         let sent = Arc::new(AtomicU64::new(0));
-        let auth = format!("Bearer {}", token("alice", &["reader"]));
+        let auth = bearer(&test_support::tokens::token("alice", &["reader"]));
         let handles = bases
             .iter()
             .map(|base| {
                 let (stop, tally, sent, base, auth) =
                     (stop.clone(), tally.clone(), sent.clone(), base.clone(), auth.clone());
                 std::thread::spawn(move || {
+                    // One keep-alive connection per stream, as a busy client would hold.
                     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
                     let deadline = Instant::now() + Duration::from_secs(300);
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                         let start = Instant::now();
-                        let (what, result) = match i % 3 {
-                            0 => ("public", agent.get(&format!("{base}/public/x")).call()),
-                            1 => (
-                                "orders GET",
-                                agent.get(&format!("{base}/orders/1")).set("authorization", &auth).call(),
-                            ),
-                            _ => (
-                                "orders POST",
-                                agent.post(&format!("{base}/orders")).set("authorization", &auth).call(),
-                            ),
-                        };
+                        let verdict = checked_request(&agent, &base, &auth, i);
                         let elapsed = start.elapsed().as_micros() as u64;
-                        let verdict = match (i % 3, result) {
-                            (0, Ok(r)) => (r.status() == 200).then_some(()).ok_or(format!("{what}: {}", r.status())),
-                            (1, Ok(r)) => {
-                                let body = r.into_string().unwrap_or_default();
-                                if body.contains("\"x-user-id\":\"alice\"") {
-                                    Ok(())
-                                } else {
-                                    Err(format!("{what}: wrong answer {body}"))
-                                }
-                            }
-                            (2, Err(ureq::Error::Status(403, r))) => {
-                                let body = r.into_string().unwrap_or_default();
-                                if body.contains("alice may not post orders") {
-                                    Ok(())
-                                } else {
-                                    Err(format!("{what}: wrong answer {body}"))
-                                }
-                            }
-                            (_, Ok(r)) => Err(format!("{what}: wrong status {}", r.status())),
-                            (_, Err(e)) => Err(format!("{what}: {e}")),
-                        };
-                        let mut t = tally.lock().expect("tally");
-                        t.sent += 1;
-                        t.latencies_us.push(elapsed);
-                        if let Err(msg) = verdict {
-                            if msg.contains("wrong answer") {
-                                t.wrong += 1;
-                            } else {
-                                t.failed += 1;
-                            }
-                            t.first_failure.get_or_insert(msg);
-                        }
-                        drop(t);
+                        tally.lock().expect("tally").record(elapsed, verdict);
                         sent.fetch_add(1, Ordering::Relaxed);
                         i += 1;
                         std::thread::sleep(interval);
@@ -389,5 +333,14 @@ impl Traffic {
             let _ = h.join();
         }
         self.snapshot()
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
     }
 }

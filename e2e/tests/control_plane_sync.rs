@@ -5,24 +5,25 @@
 use std::time::Duration;
 
 use e2e::*;
+use test_support::http::get;
+use test_support::wait::eventually;
 
 const POLL: &str = "  long_poll: 20s\n  min_delay: 200ms\n  max_delay: 400ms\n  backoff_max: 500ms\n  timeout: 2s\n";
 
 #[test]
 fn a_publish_reaches_three_gateways_within_a_second_and_the_fleet_sees_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let up = echo_upstream("u");
+    let (_up, up) = echo_upstream("u");
     let cp = ControlApi::start(dir.path(), None);
-    push(&cp.url, &example_tarball(&up.addr.to_string(), "r1"), dir.path());
-    let gws: Vec<Gateway> =
-        ["gw-a", "gw-b", "gw-c"].iter().map(|name| Gateway::start(dir.path(), name, &[&cp.url], POLL)).collect();
+    push(&cp.url, &example_tarball(&up.to_string(), "r1"), dir.path());
+    let gws = Gateway::fleet(dir.path(), &["gw-a", "gw-b", "gw-c"], &[&cp.url], POLL);
     for gw in &gws {
         assert_eq!(gw.revision(), "r1");
     }
     // Let every gateway settle into a held long poll.
     std::thread::sleep(Duration::from_millis(500));
     let published = std::time::Instant::now();
-    let out = push(&cp.url, &example_tarball(&up.addr.to_string(), "r2"), dir.path());
+    let out = push(&cp.url, &example_tarball(&up.to_string(), "r2"), dir.path());
     assert!(out.contains("published"), "{out}");
     let mut times = Vec::new();
     for gw in &gws {
@@ -34,9 +35,9 @@ fn a_publish_reaches_three_gateways_within_a_second_and_the_fleet_sees_them() {
 
     // Status reports reach the fleet view.
     eventually(Duration::from_secs(20), "fleet lists three current gateways", || {
-        let (code, body) = get(&format!("{}/v1/fleet", cp.url), &[("authorization", &format!("Bearer {READ_TOKEN}"))]);
-        code == 200
-            && json(&body)
+        let r = get_as_reader(&format!("{}/v1/fleet", cp.url));
+        r.status == 200
+            && r.json()
                 .as_array()
                 .map(|a| a.iter().filter(|g| g["revision"] == "r2" && g["current"] == true).count() == 3)
                 .unwrap_or(false)
@@ -46,9 +47,9 @@ fn a_publish_reaches_three_gateways_within_a_second_and_the_fleet_sees_them() {
 #[test]
 fn a_control_plane_outage_costs_no_request_and_recovery_downloads_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let up = echo_upstream("u");
+    let (_up, up) = echo_upstream("u");
     let mut cp = ControlApi::start(dir.path(), None);
-    push(&cp.url, &example_tarball(&up.addr.to_string(), "r1"), dir.path());
+    push(&cp.url, &example_tarball(&up.to_string(), "r1"), dir.path());
     let mut gw = Gateway::start(
         dir.path(),
         "gw",
@@ -65,7 +66,7 @@ fn a_control_plane_outage_costs_no_request_and_recovery_downloads_nothing() {
     // SIGKILL mid long poll, and stay down past max_staleness.
     cp.kill9();
     eventually(Duration::from_secs(10), "stale flag", || gw.metric("gateway_bundle_stale") == Some(1.0));
-    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).0, 200, "stale is an alert, not an outage");
+    assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).status, 200, "stale is an alert, not an outage");
     assert_eq!(gw.revision(), "r1");
 
     // A gateway restarted while the control plane is down boots from its cache.

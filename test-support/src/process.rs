@@ -17,10 +17,8 @@ impl Proc {
     /// Starts `cmd` with stdout piped and waits for its `listening on ADDR` line; the rest of
     /// stdout is drained on a thread so that the child never blocks on a full pipe.
     pub fn spawn_listening(cmd: &mut Command) -> (Proc, SocketAddr) {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+        let mut child =
+            cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
         let stdout = child.stdout.take().expect("stdout");
         let mut proc = Proc(child);
         match read_listening(stdout) {
@@ -76,6 +74,42 @@ pub fn free_port() -> u16 {
 /// The port of a `http://host:port` URL.
 pub fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("port")
+}
+
+/// [`Proc::spawn_listening`] for a caller that retries (a restart on a port that may not be
+/// free yet): a child that cannot start or prints no `listening on ADDR` line is an error.
+pub fn try_spawn_listening(cmd: &mut Command) -> Result<(Proc, SocketAddr), String> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("spawn {:?}: {e}", cmd.get_program()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let proc = Proc(child);
+    let addr =
+        read_listening(stdout).ok_or_else(|| format!("{:?} printed no `listening on ADDR` line", cmd.get_program()))?;
+    Ok((proc, addr))
+}
+
+/// A free port below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), for a
+/// server that is told its port: no other process's `bind(:0)` or outgoing connection can take
+/// it between this call and the server binding it, as can happen to a [`free_port`] while many
+/// tests run at once.
+pub fn free_port_outside_ephemeral() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (from, span) = (10_000u32, low.saturating_sub(10_000).max(1));
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = from + seed.wrapping_add(n.wrapping_mul(7_919)) % span;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            drop(l);
+            return port as u16;
+        }
+    }
+    free_port()
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub fn settings_replace(mut files: Files, from: &str, to: &str) -> Files {
 
 /// `files` signed with a demo key (`test-support/keys/KEY`) as key id `k1`.
 pub fn signed(mut files: Files, key: &str, alg: &str) -> Vec<u8> {
-    let pem = std::fs::read(e2e::repo_root().join("test-support/keys").join(key)).expect("demo key");
+    let pem = std::fs::read(test_support::paths::repo_root().join("test-support/keys").join(key)).expect("demo key");
     let sig = policy_bundles::signing::sign(&files, &pem, alg, "k1").expect("sign");
     files.insert(".signatures.json".into(), sig);
     tar_gz(&files)

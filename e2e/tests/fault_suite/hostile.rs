@@ -1,14 +1,15 @@
-//! Drives the `hostile-source` binary (loadtest/fixtures): start it, script its answer, read
-//! its request log, kill it and bring it back on the same port.
+//! Drives the `hostile-source` binary (test-support): start it, script its answer, read its
+//! request log, kill it and bring it back on the same port.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use e2e::{bin, Proc};
 use serde_json::{json, Value};
+use test_support::http::{get, request};
+use test_support::paths::bin;
+use test_support::process::{try_spawn_listening, Proc};
 
 pub struct Hostile {
     pub proc: Proc,
@@ -17,26 +18,7 @@ pub struct Hostile {
 }
 
 fn spawn(listen: &str) -> Result<(Proc, SocketAddr), String> {
-    let mut child = Command::new(bin("hostile-source"))
-        .args(["--listen", listen])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn hostile-source: {e}"))?;
-    let stdout = child.stdout.take();
-    let proc = Proc(child);
-    let mut line = String::new();
-    BufReader::new(stdout.ok_or("no stdout")?).read_line(&mut line).map_err(|e| e.to_string())?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("hostile-source printed {line:?}"))?;
-    Ok((proc, addr))
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
+    try_spawn_listening(Command::new(bin("hostile-source")).args(["--listen", listen]).stderr(Stdio::null()))
 }
 
 impl Hostile {
@@ -70,24 +52,21 @@ impl Hostile {
 
     /// Sets the script; panics if the source refuses it.
     pub fn set(&self, script: &Value) {
-        let r = agent()
-            .put(&format!("{}/_script", self.url))
-            .set("content-type", "application/json")
-            .send_string(&script.to_string());
-        match r {
-            Ok(_) => {}
-            Err(ureq::Error::Status(code, resp)) => {
-                panic!("hostile-source refused the script ({code}): {}", resp.into_string().unwrap_or_default())
-            }
-            Err(e) => panic!("hostile-source unreachable: {e}"),
+        let body = script.to_string();
+        let headers = [("content-type", "application/json")];
+        let r = request("PUT", &format!("{}/_script", self.url), &headers, Some(body.as_bytes()));
+        match r.status {
+            200..=299 => {}
+            0 => panic!("hostile-source unreachable: {}", r.error.unwrap_or_default()),
+            code => panic!("hostile-source refused the script ({code}): {}", r.text()),
         }
     }
 
     /// The logged bundle requests numbered `since` and later.
     pub fn requests(&self, since: u64) -> Vec<Value> {
-        let r = agent().get(&format!("{}/_requests?since={since}", self.url)).call().expect("request log");
-        let v: Value = serde_json::from_str(&r.into_string().expect("body")).expect("JSON log");
-        v.as_array().cloned().unwrap_or_default()
+        let r = get(&format!("{}/_requests?since={since}", self.url), &[]);
+        assert_eq!(r.status, 200, "hostile-source request log: {r:?}");
+        r.json().as_array().cloned().unwrap_or_default()
     }
 
     /// The number the next logged request will get.

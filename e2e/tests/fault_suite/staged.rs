@@ -1,9 +1,20 @@
-//! Phase C: staged rollout across three gateways with a one-gateway canary (`gw-a`), under the
+//! Staged rollout across three gateways with a one-gateway canary (`gw-x`), under the
 //! checked request stream. A good revision reaches the canary first and everyone after the bake
 //! time; a revision the canary cannot activate, and one that makes the canary's error rate jump,
 //! are each rolled back automatically, and the other two gateways never activate them.
 
-use super::*;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::{example_tarball, get_as_reader, push, ControlApi, Gateway, Tally};
+use serde_json::Value;
+
+use super::bundles;
+use super::fleet::{publish, revision_at};
+use super::report::Row;
+use super::streams::Streams;
+use super::{faults_on, ms, wait_for, Fault, Fixture, On, POLL};
 
 /// Canary `gw-x`, a short bake; silence and error-rate bounds as an operator would set them.
 const ROLLOUT: &str =
@@ -23,17 +34,14 @@ impl PhaseC {
         let store = format!("sqlite://{}", dir.join("control-staged.db").display());
         let cp = ControlApi::start_with(dir, Some(&store), ROLLOUT);
         push(&cp.url, &example_tarball(upstream, "s1"), dir);
-        let gws: Vec<Gateway> = NAMES.iter().map(|n| Gateway::start(dir, n, &[&cp.url], POLL)).collect();
+        let gws = Gateway::fleet(dir, &NAMES, &[&cp.url], POLL);
         let streams = Streams::start(&NAMES.iter().copied().zip(gws.iter()).collect::<Vec<_>>());
         PhaseC { upstream: upstream.to_owned(), cp, gws, streams, stable: "s1".into() }
     }
 
     fn rollout(&self) -> Value {
-        let (_, body) = get(
-            &format!("{}/v1/bundles/main/rollout", self.cp.url),
-            &[("authorization", &format!("Bearer {READ_TOKEN}"))],
-        );
-        serde_json::from_str(&body).unwrap_or(Value::Null)
+        let r = get_as_reader(&format!("{}/v1/bundles/main/rollout", self.cp.url));
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null)
     }
 
     /// Watches every gateway's revision every 10 ms while `f` runs: the revisions each one served.
@@ -80,8 +88,7 @@ fn others_never(row: &mut Row, seen: &[Vec<String>], rev: &str) {
     }
 }
 
-fn good_revision_reaches_the_canary_then_everyone(c: &mut PhaseC) -> Row {
-    let mut row = Row::new(8, "staged rollout: a good revision, canary first, everyone after the bake time");
+fn good_revision_reaches_the_canary_then_everyone(c: &mut PhaseC, mut row: Row) -> Row {
     let t0 = c.streams.snapshot();
     let tarball = example_tarball(&c.upstream, "s2");
     let published = Instant::now();
@@ -128,8 +135,7 @@ fn good_revision_reaches_the_canary_then_everyone(c: &mut PhaseC) -> Row {
     row
 }
 
-fn canary_that_cannot_activate_rolls_back(c: &mut PhaseC) -> Row {
-    let mut row = Row::new(8, "staged rollout: the canary cannot activate it, rolled back automatically");
+fn canary_that_cannot_activate_rolls_back(c: &mut PhaseC, mut row: Row) -> Row {
     let t0 = c.streams.snapshot();
     // Compiles on the control plane; on a gateway its upstream's name does not resolve.
     let mut files = bundles::files(&c.upstream, "s3-unresolvable");
@@ -160,8 +166,7 @@ fn canary_that_cannot_activate_rolls_back(c: &mut PhaseC) -> Row {
     row
 }
 
-fn canary_error_rate_jump_rolls_back(c: &mut PhaseC) -> Row {
-    let mut row = Row::new(8, "staged rollout: the canary's error rate jumps, rolled back automatically");
+fn canary_error_rate_jump_rolls_back(c: &mut PhaseC, mut row: Row) -> Row {
     // Orders go to an upstream that refuses connections: a third of the canary's requests fail.
     let files = bundles::settings_replace(
         bundles::files(&c.upstream, "s4-dead-orders"),
@@ -221,31 +226,35 @@ fn canary_error_rate_jump_rolls_back(c: &mut PhaseC) -> Row {
     let mut t_before = Tally::default();
     let mut t_after = Tally::default();
     for (n, b) in NAMES[1..].iter().zip(&others_before) {
-        add(&mut t_before, b);
-        add(&mut t_after, &c.streams.snapshot_of(n));
+        t_before.add(b);
+        t_after.add(&c.streams.snapshot_of(n));
     }
     row.traffic(&t_before, &t_after);
     row.note("traffic figures: the two gateways outside the canary");
     row
 }
 
-pub fn phase_c(suite: &mut Suite, dir: &Path, upstream: &str) {
-    let mut c = match catch_unwind(AssertUnwindSafe(|| PhaseC::start(dir, upstream))) {
-        Ok(c) => c,
-        Err(p) => {
-            let mut r = Row::new(8, "phase C set-up (control-api with a canary, three gateways)");
-            r.problems.push(format!("panicked: {}", panic_message(p.as_ref())));
-            suite.rows.push(r);
-            return;
-        }
-    };
-    suite.run(8, &["staged rollout: a good revision, canary first, everyone after the bake time"], || {
-        vec![good_revision_reaches_the_canary_then_everyone(&mut c)]
-    });
-    suite.run(8, &["staged rollout: the canary cannot activate it, rolled back automatically"], || {
-        vec![canary_that_cannot_activate_rolls_back(&mut c)]
-    });
-    suite.run(8, &["staged rollout: the canary's error rate jumps, rolled back automatically"], || {
-        vec![canary_error_rate_jump_rolls_back(&mut c)]
-    });
+/// The staged rollouts, in the order they run.
+pub fn faults() -> Vec<Fault> {
+    let rollouts: [On<PhaseC>; 3] = [
+        (
+            "staged_rollout_reaches_the_canary_first_and_everyone_after_the_bake",
+            8,
+            "staged rollout: a good revision, canary first, everyone after the bake time",
+            good_revision_reaches_the_canary_then_everyone,
+        ),
+        (
+            "staged_rollout_is_rolled_back_when_the_canary_cannot_activate_it",
+            8,
+            "staged rollout: the canary cannot activate it, rolled back automatically",
+            canary_that_cannot_activate_rolls_back,
+        ),
+        (
+            "staged_rollout_is_rolled_back_when_the_canary_error_rate_jumps",
+            8,
+            "staged rollout: the canary's error rate jumps, rolled back automatically",
+            canary_error_rate_jump_rolls_back,
+        ),
+    ];
+    faults_on(Fixture::staged, rollouts)
 }
