@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::source::{Answer, Source};
 use common::*;
+use test_support::source::{Answer, Source};
 
 const FAST: &str = "  min_delay: 100ms\n  max_delay: 200ms\n  backoff_max: 500ms\n  timeout: 20s\n  long_poll: 0s\n";
 

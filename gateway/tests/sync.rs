@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::source::{Answer, Source};
 use common::*;
 use std::time::Duration;
+use test_support::source::{Answer, Source};
 
 /// Fast polling so that tests take seconds: every bundle key but `sources`.
 const FAST: &str = "  min_delay: 100ms\n  max_delay: 200ms\n  backoff_max: 300ms\n  timeout: 1s\n  long_poll: 5s\n";
@@ -125,13 +125,17 @@ allow := true
     let mut huge = vec![0u8; 2 << 20];
     huge[0] = 0x1f;
     let faults: Vec<(&str, Answer, &str)> = vec![
-        ("garbage", Answer::Body { bytes: b"definitely not a bundle".to_vec(), etag: "\"x\"".into() }, "gzip"),
-        ("truncated gzip", Answer::Body { bytes: truncated, etag: "\"t\"".into() }, "bundle refused"),
-        ("digest mismatch", Answer::Body { bytes: other, etag: format!("\"{}\"", "0".repeat(64)) }, "digest mismatch"),
+        ("garbage", Answer::Body { bytes: b"definitely not a bundle".to_vec(), etag: Some("\"x\"".into()) }, "gzip"),
+        ("truncated gzip", Answer::Body { bytes: truncated, etag: Some("\"t\"".into()) }, "bundle refused"),
+        (
+            "digest mismatch",
+            Answer::Body { bytes: other, etag: Some(format!("\"{}\"", "0".repeat(64))) },
+            "digest mismatch",
+        ),
         ("rego that does not compile", Answer::Bundle(bad_rego), "http/bad.rego"),
         ("route naming a missing rule", Answer::Bundle(missing_rule), "data.http.ghost.allow"),
         ("a bundle with no routing table", Answer::Bundle(foreign), "empty routing table"),
-        ("over max_size", Answer::Body { bytes: huge, etag: "\"h\"".into() }, "max_size"),
+        ("over max_size", Answer::Body { bytes: huge, etag: Some("\"h\"".into()) }, "max_size"),
         ("500", Answer::Status { code: 500, retry_after: None }, "HTTP 500"),
         ("404", Answer::Status { code: 404, retry_after: None }, "HTTP 404"),
         ("403", Answer::Status { code: 403, retry_after: None }, "HTTP 403"),
@@ -154,7 +158,7 @@ allow := true
     }
     // The ETag of the active bundle was kept through every failure: recovery costs a 304.
     let seen = src.requests();
-    assert_eq!(seen.last().cloned().flatten().as_deref(), Some(good_etag.as_str()), "{seen:?}");
+    assert_eq!(seen.last().and_then(|r| r.if_none_match.as_deref()), Some(good_etag.as_str()), "{seen:?}");
     src.set(Answer::Bundle(good));
     let before = metric(&gw.admin, "gateway_bundle_sync_total{result=\"not_modified\"}").unwrap_or(0.0);
     eventually(Duration::from_secs(10), "recovery by 304", || {
@@ -171,7 +175,7 @@ fn a_source_that_hangs_or_trickles_is_cut_by_the_timeout() {
     wait_ready(&gw);
     let next = bundle_tarball(&up.addr.to_string(), "r2", &[]);
     for (what, answer) in [
-        ("hang after headers", Answer::HangAfterHeaders),
+        ("hang after headers", Answer::Hang { content_length: 1000 }),
         ("trickle", Answer::Trickle { bytes: next, every: Duration::from_millis(200) }),
     ] {
         let before = sync_errors(&gw);

@@ -16,5 +16,6 @@ pub mod http;
 pub mod metrics;
 pub mod paths;
 pub mod process;
+pub mod source;
 pub mod tokens;
 pub mod wait;

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-pub mod source;
-
 pub use test_support::bundles::{example_folder as example_bundle, tarball as bundle_tarball};
 pub use test_support::http::{get, request, Resp};
 pub use test_support::paths::{bin as workspace_bin, copy_dir, repo_root};
