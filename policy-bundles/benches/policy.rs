@@ -9,6 +9,10 @@
 //! * `route_lookup/{10,1000,10000}/{last,none}`: the route table with that many distinct
 //!   `path_prefix` routes, looking up a path under the last route and one matching none.
 //! * `compile/example_bundle`: `Bundle::from_files` + `Snapshot::compile` of the example bundle.
+//! * `authorize/{pipeline,by_hand}`: a whole request as the gateway and the policy service decide
+//!   it (route, cached token verification, pruned input, cached decision), through
+//!   [`policy_bundles::authorize::authorize`] and through the same steps written out: the two
+//!   must cost the same.
 //!
 //! Run: `cargo bench -p policy-bundles --bench policy -- --warm-up-time 1 --measurement-time 3`
 
@@ -161,5 +165,56 @@ fn compile(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decision, route_lookup, compile);
+fn demo_token() -> String {
+    let pem = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test-support/keys/demo-es256.pem"))
+        .expect("demo key");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("demo-es256".into());
+    let claims = serde_json::json!({
+        "iss": "https://id.example.test", "aud": "orders-api", "sub": "alice", "roles": ["reader"],
+        "iat": 1_700_000_000, "exp": 4_000_000_000u64
+    });
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("key")).expect("sign")
+}
+
+fn authorize(c: &mut Criterion) {
+    use policy_bundles::authorize::{self, Outcome, RequestView, Verdict};
+    let snap = Snapshot::compile(&Bundle::from_files(example_files()).expect("bundle")).expect("compiles");
+    let auth = format!("Bearer {}", demo_token());
+    let parts = snapshot::Request {
+        method: REQUEST.method,
+        path: REQUEST.path,
+        query: Some(REQUEST.query),
+        host: REQUEST.host,
+        scheme: REQUEST.scheme,
+        client_ip: REQUEST.client_ip,
+    };
+    let headers = || REQUEST.headers.iter().map(|(n, v)| (*n, v.as_bytes()));
+    let view = || RequestView { parts, authorization: Some(auth.as_str()), headers: headers() };
+    let Outcome::Evaluated { verdict: Verdict::Allow(..), .. } = authorize::authorize(&snap, view()) else {
+        panic!("the reader is not allowed")
+    };
+    let mut g = c.benchmark_group("authorize");
+    g.bench_function("pipeline", |b| b.iter(|| authorize::authorize(&snap, black_box(view()))));
+    g.bench_function("by_hand", |b| {
+        b.iter(|| {
+            let ix = snap.table.lookup(parts.host, parts.path, parts.method).expect("route");
+            let route = &snap.routes[ix];
+            let token = authorize::bearer(black_box(&auth)).expect("bearer");
+            let v = snap.jwt.as_ref().expect("issuers").verify_cached(token).expect("verifies");
+            let jwt = Some((v.issuer.as_str(), &v.claims_value));
+            snap.decide_request(
+                route.policy,
+                &route.name,
+                parts,
+                |needs| input::headers(headers().filter(|(n, _)| needs.header(n))),
+                jwt,
+            )
+            .expect("decides")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decision, route_lookup, compile, authorize);
 criterion_main!(benches);
