@@ -27,10 +27,10 @@ max_long_poll: 120s
 tokens:
   - name: loadtest-publisher
     scope: publish
-    sha256: $($bin hash-token "$publish_token")
+    sha256: $(printf %s "$publish_token" | $bin hash-token)
   - name: loadtest-reader
     scope: read
-    sha256: $($bin hash-token "$read_token")
+    sha256: $(printf %s "$read_token" | $bin hash-token)
 YAML
 
 # Starts a control-api on a fresh store; sets $pid and $addr.

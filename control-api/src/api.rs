@@ -266,57 +266,20 @@ async fn put_bundle(
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
     let s = &state.0;
-    let limit = s.config.max_bundle_size;
-    let bytes = match read_body(&headers, body, limit).await {
-        Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            s.metrics.reject("too_large");
-            return Err(ApiError::TooLarge { limit });
-        }
-        Err(BodyError::Read(m)) => return Err(ApiError::BadRequest(format!("cannot read the request body: {m}"))),
-    };
+    let bytes = read_bundle(s, &headers, body).await?;
     let digest = policy_bundles::digest(&bytes);
     let size = bytes.len() as u64;
     let forced = force_reason(&headers)?;
 
     // The active revision was validated when it was published: an identical body needs no work.
-    let (_, current) = s.hub.current(&name).await?;
-    let same = current
-        .as_ref()
-        .and_then(|h| [Some(&h.stable), h.canary.as_ref()].into_iter().flatten().find(|a| a.digest == digest).cloned());
-    if let Some(active) = same {
+    if let Some(active) = served_with_digest(s, &name, &digest).await? {
         s.metrics.publish(PublishResult::Identical);
         let body = Published { name, revision: active.revision.clone(), digest, size };
         return Ok((StatusCode::OK, Json(body)).into_response());
     }
-
-    let permit = s.validations.clone().acquire_owned().await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let limits = state.limits();
-    let input = bytes.clone();
-    let (budget, validator) = (s.config.budget, s.config.validator.clone());
-    let validated = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        validate::validate(&input, &limits, &budget, &validator)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))?;
-    let validated = match validated {
-        Ok(v) => v,
-        Err(rejection) => {
-            tracing::info!(bundle.name = %name, published_by = %who.name, reason = rejection.reason(), error = %rejection, "publish refused");
-            s.metrics.reject(rejection.reason());
-            return Err(ApiError::Rejected(rejection));
-        }
-    };
-    if let (Some(guard), None) = (&s.config.growth_guard, &forced) {
-        let active = s.store.active(&name).await?;
-        let was = active.and_then(|a| a.figures).and_then(|f| serde_json::from_str(&f).ok());
-        let moved = was.map(|was| crate::guard::compare(&was, &validated.figures, guard)).unwrap_or_default();
-        if !moved.is_empty() {
-            tracing::info!(bundle.name = %name, published_by = %who.name, moved = ?moved.iter().map(|m| m.figure).collect::<Vec<_>>(), "publish refused by the growth guard");
-            s.metrics.reject("growth");
-            return Err(ApiError::Growth(moved));
-        }
+    let validated = validate_in_pool(&state, &name, &who, bytes.clone()).await?;
+    if forced.is_none() {
+        check_growth(s, &name, &who, &validated.figures).await?;
     }
     let figures = serde_json::to_string(&validated.figures).ok();
     let revision = validated.manifest_revision.unwrap_or_else(|| digest[..12].to_owned());
@@ -331,9 +294,90 @@ async fn put_bundle(
         forced_reason: forced.as_deref(),
         staged: s.config.rollout.is_some(),
     };
-    match s.store.publish(&new).await? {
+    let outcome = s.store.publish(&new).await?;
+    let published = Published { name, revision, digest, size };
+    answer_publish(s, outcome, published, &who, validated.tests_passed, bytes).await
+}
+
+/// Reads a bundle body within `max_bundle_size` (a larger one is counted as refused).
+async fn read_bundle(s: &Shared, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = s.config.max_bundle_size;
+    match read_body(headers, body, limit).await {
+        Ok(b) => Ok(b),
+        Err(BodyError::TooLarge) => {
+            s.metrics.reject("too_large");
+            Err(ApiError::TooLarge { limit })
+        }
+        Err(BodyError::Read(m)) => Err(ApiError::BadRequest(format!("cannot read the request body: {m}"))),
+    }
+}
+
+/// The revision of the bundle served (to everyone or to the canaries) with this digest, if any.
+async fn served_with_digest(s: &Shared, name: &str, digest: &str) -> Result<Option<Arc<ActiveBundle>>, ApiError> {
+    let (_, current) = s.hub.current(name).await?;
+    Ok(current
+        .as_ref()
+        .and_then(|h| [Some(&h.stable), h.canary.as_ref()].into_iter().flatten().find(|a| a.digest == digest).cloned()))
+}
+
+/// Validates a bundle on the blocking pool, at most `validations` at a time; a refusal is
+/// logged and counted.
+async fn validate_in_pool(
+    state: &AppState,
+    name: &str,
+    who: &Principal,
+    input: Bytes,
+) -> Result<validate::Validated, ApiError> {
+    let s = &state.0;
+    let permit = s.validations.clone().acquire_owned().await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let limits = state.limits();
+    let (budget, validator) = (s.config.budget, s.config.validator.clone());
+    let validated = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        validate::validate(&input, &limits, &budget, &validator)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))?;
+    validated.map_err(|rejection| {
+        tracing::info!(bundle.name = %name, published_by = %who.name, reason = rejection.reason(), error = %rejection, "publish refused");
+        s.metrics.reject(rejection.reason());
+        ApiError::Rejected(rejection)
+    })
+}
+
+/// The growth guard, when configured: refuses a candidate that moved too far from the active
+/// revision's figures.
+async fn check_growth(
+    s: &Shared,
+    name: &str,
+    who: &Principal,
+    figures: &policy_bundles::budget::Figures,
+) -> Result<(), ApiError> {
+    let Some(guard) = &s.config.growth_guard else { return Ok(()) };
+    let active = s.store.active(name).await?;
+    let was = active.and_then(|a| a.figures).and_then(|f| serde_json::from_str(&f).ok());
+    let moved = was.map(|was| crate::guard::compare(&was, figures, guard)).unwrap_or_default();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(bundle.name = %name, published_by = %who.name, moved = ?moved.iter().map(|m| m.figure).collect::<Vec<_>>(), "publish refused by the growth guard");
+    s.metrics.reject("growth");
+    Err(ApiError::Growth(moved))
+}
+
+/// The answer to a publish the store decided on; a new active revision wakes the waiters.
+async fn answer_publish(
+    s: &Shared,
+    outcome: PublishOutcome,
+    p: Published,
+    who: &Principal,
+    tests: usize,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let Published { name, revision, digest, size } = p;
+    match outcome {
         PublishOutcome::Created(_) | PublishOutcome::Reactivated(_) => {
-            tracing::info!(bundle.name = %name, bundle.revision = %revision, bundle.digest = %digest, published_by = %who.name, tests = validated.tests_passed, "revision published and active");
+            tracing::info!(bundle.name = %name, bundle.revision = %revision, bundle.digest = %digest, published_by = %who.name, tests, "revision published and active");
             s.metrics.publish(PublishResult::Created);
             // The store is committed; waking the waiters must not turn success into an error.
             match s.hub.reload(&name, Some((&digest, bytes))).await {

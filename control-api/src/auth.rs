@@ -55,6 +55,27 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Why no token could be read to hash.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenInputError {
+    #[error("cannot read the token from standard input: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("the token is empty: give it on standard input, as in `printf %s \"$TOKEN\" | control-api hash-token`")]
+    Empty,
+}
+
+/// Reads one token from `input`: its first line, without the line ending. Reading it there
+/// (not from the command line) keeps it out of shell history and the process list.
+pub fn read_token(mut input: impl std::io::BufRead) -> Result<String, TokenInputError> {
+    let mut line = String::new();
+    input.read_line(&mut line)?;
+    let token = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+    if token.is_empty() {
+        return Err(TokenInputError::Empty);
+    }
+    Ok(token.to_owned())
+}
+
 /// The configured tokens.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens(Vec<TokenConfig>);
@@ -108,6 +129,15 @@ mod tests {
     #[test]
     fn hashes_tokens_as_lowercase_hex_sha256() {
         assert_eq!(hash_token("test"), "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+    }
+
+    #[test]
+    fn a_token_is_read_as_its_first_line_without_the_line_ending() {
+        assert_eq!(read_token(&b"s3cret\n"[..]).unwrap(), "s3cret");
+        assert_eq!(read_token(&b"s3cret\r\nmore\n"[..]).unwrap(), "s3cret");
+        assert_eq!(read_token(&b" spaced out "[..]).unwrap(), " spaced out ");
+        assert!(matches!(read_token(&b""[..]), Err(TokenInputError::Empty)));
+        assert!(matches!(read_token(&b"\n"[..]), Err(TokenInputError::Empty)));
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //! tokens:
 //!   - name: ci                     # shown as `published_by`
 //!     scope: publish               # publish | read (publish tokens may also read)
-//!     sha256: 9f86d0...            # `control-api hash-token TOKEN`; the token itself is never stored
+//!     sha256: 9f86d0...            # `control-api hash-token` (token on stdin); the token itself is never stored
 //!     instance: gw-a               # optional: the only gateway this token may speak for
 //! ```
 
@@ -280,133 +280,39 @@ impl Config {
             line: e.location().map(|l| l.line()).unwrap_or(0),
             message: e.to_string(),
         })?;
+        let RawConfig {
+            listen,
+            store,
+            max_bundle_size,
+            max_long_poll,
+            fleet_silent_after,
+            tokens,
+            budget,
+            growth_guard,
+            rollout,
+        } = raw;
         let base = path.parent().unwrap_or(Path::new("."));
-        let lines = Lines(text);
-        let mut problems = Vec::new();
-        let mut problem = |key: &str, line: Option<usize>, message: String| {
-            problems.push(Problem { key: key.to_owned(), line, message })
-        };
+        let mut problems = Problems { lines: Lines(text), list: Vec::new() };
 
-        let listen = raw.listen.parse().unwrap_or_else(|_| {
-            problem(
-                "listen",
-                lines.top("listen"),
-                format!("`{}` is not an address such as 127.0.0.1:8181", raw.listen),
-            );
+        let listen = listen.parse().unwrap_or_else(|_| {
+            problems.top("listen", format!("`{listen}` is not an address such as 127.0.0.1:8181"));
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
-        let store = parse_store(&raw.store, base).unwrap_or_else(|m| {
-            problem("store", lines.top("store"), m);
+        let store = parse_store(&store, base).unwrap_or_else(|m| {
+            problems.top("store", m);
             StoreLocation::SqliteMemory
         });
-        let max_bundle_size = match raw.max_bundle_size.as_deref().map(parse_size) {
-            None => DEFAULT_MAX_BUNDLE_SIZE,
-            Some(Ok(0)) => {
-                problem("max_bundle_size", lines.top("max_bundle_size"), "must be more than 0".into());
-                DEFAULT_MAX_BUNDLE_SIZE
-            }
-            Some(Ok(n)) => n,
-            Some(Err(m)) => {
-                problem("max_bundle_size", lines.top("max_bundle_size"), m);
-                DEFAULT_MAX_BUNDLE_SIZE
-            }
-        };
-        let mut duration = |key: &str, v: &Option<String>, default: Duration| match v.as_deref().map(parse_duration) {
-            None => default,
-            Some(Ok(d)) => d,
-            Some(Err(m)) => {
-                problem(key, lines.top(key), m);
-                default
-            }
-        };
-        let max_long_poll = duration("max_long_poll", &raw.max_long_poll, DEFAULT_MAX_LONG_POLL);
-        let fleet_silent_after = duration("fleet_silent_after", &raw.fleet_silent_after, DEFAULT_FLEET_SILENT_AFTER);
+        let max_bundle_size = bundle_size(max_bundle_size.as_deref(), &mut problems);
+        let max_long_poll = problems.top_duration("max_long_poll", &max_long_poll, DEFAULT_MAX_LONG_POLL);
+        let fleet_silent_after =
+            problems.top_duration("fleet_silent_after", &fleet_silent_after, DEFAULT_FLEET_SILENT_AFTER);
+        let tokens = parse_tokens(&tokens, &mut problems);
+        let (budget, validator) = parse_budget(budget.unwrap_or_default(), &mut problems);
+        let growth_guard = parse_growth_guard(growth_guard.unwrap_or_default(), &mut problems);
+        let rollout = rollout.map(|r| parse_rollout(&r, &mut problems));
 
-        let mut tokens = Vec::new();
-        let mut names = BTreeSet::new();
-        let mut hashes = BTreeSet::new();
-        if raw.tokens.is_empty() {
-            problem(
-                "tokens",
-                lines.top("tokens"),
-                "at least one token is needed (create one with `control-api hash-token TOKEN`)".into(),
-            );
-        }
-        for (i, t) in raw.tokens.iter().enumerate() {
-            let key = |field: &str| format!("tokens[{i}].{field}");
-            let line = |field: &str| lines.list_item_field("tokens", i, field);
-            if t.name.trim().is_empty() || t.name.chars().any(char::is_control) {
-                problem(&key("name"), line("name"), "must be a non-empty name without control characters".into());
-            } else if !names.insert(t.name.clone()) {
-                problem(&key("name"), line("name"), format!("token name `{}` is used twice", t.name));
-            }
-            let scope = match t.scope.as_str() {
-                "publish" => Scope::Publish,
-                "read" => Scope::Read,
-                other => {
-                    problem(&key("scope"), line("scope"), format!("`{other}` is not a scope: use publish or read"));
-                    Scope::Read
-                }
-            };
-            let mut sha256 = [0u8; 32];
-            match hex::decode_to_slice(t.sha256.trim(), &mut sha256) {
-                Ok(()) => {
-                    if !hashes.insert(sha256) {
-                        problem(&key("sha256"), line("sha256"), "the same token hash is configured twice".into());
-                    }
-                }
-                Err(_) => problem(
-                    &key("sha256"),
-                    line("sha256"),
-                    "must be 64 hex digits: the SHA-256 of the token (`control-api hash-token TOKEN`)".into(),
-                ),
-            }
-            tokens.push(TokenConfig { name: t.name.clone(), scope, sha256, instance: t.instance.clone() });
-        }
-
-        let mut plain = Vec::new();
-        let (budget, isolated) = raw.budget.unwrap_or_default().resolve("budget", &mut plain);
-        for m in plain {
-            problem("budget", lines.top("budget"), m);
-        }
-        let validator = if isolated {
-            policy_bundles::budget::Validator::current_exe()
-        } else {
-            policy_bundles::budget::Validator::InProcess
-        };
-        let g = raw.growth_guard.unwrap_or_default();
-        let d = GrowthGuard::default();
-        let max_growth = g.max_growth.unwrap_or(d.max_growth);
-        if !(max_growth.is_finite() && max_growth > 1.0) {
-            problem(
-                "growth_guard.max_growth",
-                lines.top("growth_guard"),
-                "must be a ratio above 1 (2.0: twice as large)".into(),
-            );
-        }
-        let max_removed = g.max_removed.unwrap_or(d.max_removed);
-        if !(0.0..1.0).contains(&max_removed) {
-            problem(
-                "growth_guard.max_removed",
-                lines.top("growth_guard"),
-                "must be a share from 0 to below 1 (0.2: a fifth)".into(),
-            );
-        }
-        let min_compile_time = match g.min_compile_time.as_deref().map(parse_duration) {
-            None => d.min_compile_time,
-            Some(Ok(t)) => t,
-            Some(Err(m)) => {
-                problem("growth_guard.min_compile_time", lines.top("growth_guard"), m);
-                d.min_compile_time
-            }
-        };
-        let growth_guard =
-            g.enabled.unwrap_or(true).then_some(GrowthGuard { max_growth, max_removed, min_compile_time });
-
-        let rollout = raw.rollout.map(|r| rollout(&r, lines.top("rollout"), &mut problem));
-
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid { path: p, problems });
+        if !problems.list.is_empty() {
+            return Err(ConfigError::Invalid { path: p, problems: problems.list });
         }
         Ok(Config {
             listen,
@@ -423,38 +329,163 @@ impl Config {
     }
 }
 
-/// Validates `rollout`; every problem goes to `problem` with its key.
-fn rollout(
-    r: &RawRollout,
-    line: Option<usize>,
-    problem: &mut impl FnMut(&str, Option<usize>, String),
-) -> RolloutConfig {
+/// The problems found while validating, each with its key and the line found for it.
+struct Problems<'a> {
+    lines: Lines<'a>,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, key: &str, line: Option<usize>, message: String) {
+        self.list.push(Problem { key: key.to_owned(), line, message });
+    }
+
+    /// A problem with the top-level `key`, at its line.
+    fn top(&mut self, key: &str, message: String) {
+        let line = self.lines.top(key);
+        self.add(key, line, message);
+    }
+
+    /// A duration such as `30s`; `default` when it is not given, or (with a problem) invalid.
+    fn duration(&mut self, key: &str, line: Option<usize>, v: &Option<String>, default: Duration) -> Duration {
+        match v.as_deref().map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(m)) => {
+                self.add(key, line, m);
+                default
+            }
+        }
+    }
+
+    /// [`Problems::duration`] for a top-level key.
+    fn top_duration(&mut self, key: &str, v: &Option<String>, default: Duration) -> Duration {
+        let line = self.lines.top(key);
+        self.duration(key, line, v, default)
+    }
+}
+
+/// `max_bundle_size`: a size above 0.
+fn bundle_size(v: Option<&str>, problems: &mut Problems<'_>) -> u64 {
+    match v.map(parse_size) {
+        None => DEFAULT_MAX_BUNDLE_SIZE,
+        Some(Ok(0)) => {
+            problems.top("max_bundle_size", "must be more than 0".into());
+            DEFAULT_MAX_BUNDLE_SIZE
+        }
+        Some(Ok(n)) => n,
+        Some(Err(m)) => {
+            problems.top("max_bundle_size", m);
+            DEFAULT_MAX_BUNDLE_SIZE
+        }
+    }
+}
+
+/// `tokens`: at least one; names and hashes each used once.
+fn parse_tokens(raw: &[RawToken], problems: &mut Problems<'_>) -> Vec<TokenConfig> {
+    if raw.is_empty() {
+        problems.top(
+            "tokens",
+            "at least one token is needed (create one with `control-api hash-token`, which reads the token on \
+             standard input)"
+                .into(),
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut hashes = BTreeSet::new();
+    let mut tokens = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let key = |field: &str| format!("tokens[{i}].{field}");
+        let line = |field: &str| problems.lines.list_item_field("tokens", i, field);
+        let (name_line, scope_line, sha_line) = (line("name"), line("scope"), line("sha256"));
+        if t.name.trim().is_empty() || t.name.chars().any(char::is_control) {
+            problems.add(&key("name"), name_line, "must be a non-empty name without control characters".into());
+        } else if !names.insert(t.name.clone()) {
+            problems.add(&key("name"), name_line, format!("token name `{}` is used twice", t.name));
+        }
+        let scope = match t.scope.as_str() {
+            "publish" => Scope::Publish,
+            "read" => Scope::Read,
+            other => {
+                problems.add(&key("scope"), scope_line, format!("`{other}` is not a scope: use publish or read"));
+                Scope::Read
+            }
+        };
+        let mut sha256 = [0u8; 32];
+        match hex::decode_to_slice(t.sha256.trim(), &mut sha256) {
+            Ok(()) if !hashes.insert(sha256) => {
+                problems.add(&key("sha256"), sha_line, "the same token hash is configured twice".into())
+            }
+            Ok(()) => {}
+            Err(_) => problems.add(
+                &key("sha256"),
+                sha_line,
+                "must be 64 hex digits: the SHA-256 of the token (`control-api hash-token` prints it)".into(),
+            ),
+        }
+        tokens.push(TokenConfig { name: t.name.clone(), scope, sha256, instance: t.instance.clone() });
+    }
+    tokens
+}
+
+/// `budget`, and where it is checked: in a child process unless the budget says otherwise.
+fn parse_budget(
+    raw: policy_bundles::budget::RawBudget,
+    problems: &mut Problems<'_>,
+) -> (policy_bundles::budget::Budget, policy_bundles::budget::Validator) {
+    let mut plain = Vec::new();
+    let (budget, isolated) = raw.resolve("budget", &mut plain);
+    for m in plain {
+        problems.top("budget", m);
+    }
+    let validator = if isolated {
+        policy_bundles::budget::Validator::current_exe()
+    } else {
+        policy_bundles::budget::Validator::InProcess
+    };
+    (budget, validator)
+}
+
+/// `growth_guard`; `None` when it is disabled.
+fn parse_growth_guard(g: RawGrowthGuard, problems: &mut Problems<'_>) -> Option<GrowthGuard> {
+    let d = GrowthGuard::default();
+    let line = problems.lines.top("growth_guard");
+    let max_growth = g.max_growth.unwrap_or(d.max_growth);
+    if !(max_growth.is_finite() && max_growth > 1.0) {
+        problems.add("growth_guard.max_growth", line, "must be a ratio above 1 (2.0: twice as large)".into());
+    }
+    let max_removed = g.max_removed.unwrap_or(d.max_removed);
+    if !(0.0..1.0).contains(&max_removed) {
+        problems.add("growth_guard.max_removed", line, "must be a share from 0 to below 1 (0.2: a fifth)".into());
+    }
+    let min_compile_time =
+        problems.duration("growth_guard.min_compile_time", line, &g.min_compile_time, d.min_compile_time);
+    g.enabled.unwrap_or(true).then_some(GrowthGuard { max_growth, max_removed, min_compile_time })
+}
+
+/// Validates `rollout`; every problem is reported at the line of `rollout`.
+fn parse_rollout(r: &RawRollout, problems: &mut Problems<'_>) -> RolloutConfig {
+    let line = problems.lines.top("rollout");
     let canary = match (r.canary.is_empty(), r.canary_percent) {
         (false, None) => Cohort::Instances(r.canary.clone()),
         (true, Some(p)) if (1..=100).contains(&p) => Cohort::Percent(p),
         (true, Some(_)) => {
-            problem("rollout.canary_percent", line, "must be from 1 to 100".into());
+            problems.add("rollout.canary_percent", line, "must be from 1 to 100".into());
             Cohort::Percent(1)
         }
         _ => {
-            problem("rollout.canary", line, "give `canary` (instance names) or `canary_percent`, one of them".into());
+            let m = "give `canary` (instance names) or `canary_percent`, one of them";
+            problems.add("rollout.canary", line, m.into());
             Cohort::Instances(Vec::new())
         }
     };
-    let mut dur = |key: &str, v: &Option<String>, default: Duration| match v.as_deref().map(parse_duration) {
-        None => default,
-        Some(Ok(d)) => d,
-        Some(Err(m)) => {
-            problem(key, line, m);
-            default
-        }
-    };
-    let bake = dur("rollout.bake", &r.bake, Duration::from_secs(60));
-    let silent_after = dur("rollout.silent_after", &r.silent_after, Duration::from_secs(30));
-    let max_p99 = r.max_p99.as_ref().map(|_| dur("rollout.max_p99", &r.max_p99, Duration::from_secs(1)));
+    let bake = problems.duration("rollout.bake", line, &r.bake, Duration::from_secs(60));
+    let silent_after = problems.duration("rollout.silent_after", line, &r.silent_after, Duration::from_secs(30));
+    let max_p99 =
+        r.max_p99.as_ref().map(|_| problems.duration("rollout.max_p99", line, &r.max_p99, Duration::from_secs(1)));
     let max_error_rate = r.max_error_rate.unwrap_or(0.05);
     if !(0.0..1.0).contains(&max_error_rate) {
-        problem("rollout.max_error_rate", line, "must be a share from 0 to below 1 (0.05: 5%)".into());
+        problems.add("rollout.max_error_rate", line, "must be a share from 0 to below 1 (0.05: 5%)".into());
     }
     RolloutConfig { canary, bake, silent_after, max_error_rate, min_requests: r.min_requests.unwrap_or(20), max_p99 }
 }

@@ -1,6 +1,6 @@
 //! `control-api --config FILE` runs the control plane; `control-api --check-config FILE`
-//! validates a config and exits; `control-api hash-token TOKEN` prints the SHA-256 to put in a
-//! config's `tokens[].sha256`.
+//! validates a config and exits; `control-api hash-token` reads a token on standard input and
+//! prints the SHA-256 to put in a config's `tokens[].sha256`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "control-api", about = "The control plane: validates, versions and serves policy bundles")]
+#[command(name = "control-api", version, about = "The control plane: validates, versions and serves policy bundles")]
 struct Cli {
     /// Run with this configuration file.
     #[arg(long, value_name = "FILE", conflicts_with = "check_config")]
@@ -22,10 +22,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the hex SHA-256 of a token, for `tokens[].sha256` in the config.
+    /// Read a token on standard input (one line) and print its hex SHA-256, for
+    /// `tokens[].sha256` in the config. Use a long random string, e.g. `openssl rand -hex 32`.
     HashToken {
-        /// The token (use a long random string, e.g. `openssl rand -hex 32`).
-        token: String,
+        /// Refused: a token on the command line lands in shell history and the process list.
+        #[arg(hide = true)]
+        token: Option<String>,
     },
 }
 
@@ -34,10 +36,14 @@ fn main() -> ExitCode {
     policy_bundles::budget::serve_child_if_asked();
     let cli = Cli::parse();
     match (cli.command, cli.check_config, cli.config) {
-        (Some(Command::HashToken { token }), None, None) => {
-            println!("{}", control_api::auth::hash_token(&token));
-            ExitCode::SUCCESS
+        (Some(Command::HashToken { token: Some(_) }), None, None) => {
+            eprintln!(
+                "control-api: hash-token reads the token on standard input, not from the command line (where it \
+                 lands in shell history and `ps`): printf %s \"$TOKEN\" | control-api hash-token"
+            );
+            ExitCode::from(2)
         }
+        (Some(Command::HashToken { token: None }), None, None) => hash_token(),
         (None, Some(path), None) => match control_api::Config::load(&path) {
             Ok(c) => {
                 println!("{}: ok (listen {}, store {}, {} tokens)", path.display(), c.listen, c.store, c.tokens.len());
@@ -50,7 +56,26 @@ fn main() -> ExitCode {
         },
         (None, None, Some(path)) => serve(&path),
         _ => {
-            eprintln!("control-api: give --config FILE, --check-config FILE, or hash-token TOKEN (see --help)");
+            eprintln!("control-api: give --config FILE, --check-config FILE, or hash-token (see --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `hash-token`: the token on standard input, its hash on standard output.
+fn hash_token() -> ExitCode {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("token (one line; it is shown as you type): ");
+    }
+    match control_api::auth::read_token(stdin.lock()) {
+        Ok(token) => {
+            println!("{}", control_api::auth::hash_token(&token));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("control-api: {e}");
             ExitCode::from(2)
         }
     }

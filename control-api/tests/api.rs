@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -521,14 +521,55 @@ fn bundle_names_are_checked() {
     assert_eq!(r.status, 400, "{}", r.text());
 }
 
+/// Runs `control-api ARGS` with `stdin` on its standard input.
+fn run_with_stdin(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
-fn hash_token_prints_the_sha256_the_config_expects() {
-    let out = Command::new(bin()).args(["hash-token", "test"]).output().unwrap();
-    assert!(out.status.success());
+fn hash_token_reads_the_token_on_stdin_and_prints_the_sha256_the_config_expects() {
+    let secret = "a long random token from standard input";
+    for input in [secret.to_owned(), format!("{secret}\n"), format!("{secret}\r\n")] {
+        let out = run_with_stdin(&["hash-token"], input.as_bytes());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), control_api::auth::hash_token(secret), "{input:?}");
+    }
+    let out = run_with_stdin(&["hash-token"], b"test\n");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     );
+}
+
+#[test]
+fn hash_token_refuses_an_empty_token_and_a_token_on_the_command_line() {
+    for input in [&b""[..], b"\n"] {
+        let out = run_with_stdin(&["hash-token"], input);
+        assert_eq!(out.status.code(), Some(2), "{input:?}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the token is empty") && err.contains("standard input"), "{err}");
+    }
+    let out = run_with_stdin(&["hash-token", "secret-on-the-command-line"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "nothing is hashed from the command line");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("standard input"), "{err}");
+}
+
+#[test]
+fn version_prints_the_name_and_the_crate_version() {
+    let out = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("control-api {}", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
