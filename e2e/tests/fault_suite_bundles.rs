@@ -34,12 +34,11 @@ fn the_bomb_is_a_valid_small_gzip_that_expands_past_the_gateways_limit() {
 
 #[test]
 fn hostile_archives_are_refused_for_the_reason_they_were_built_for() {
-    use bundles::Raw;
     let files = bundles::files("127.0.0.1:1", "h");
     for (what, extra, needle) in [
-        ("traversal", Raw::File("../escape.rego", b"package http.x\n"), "traversal"),
-        ("absolute", Raw::File("/etc/escape.rego", b"package http.x\n"), "absolute"),
-        ("symlink", Raw::Symlink("http/link.rego", "/etc/passwd"), "links"),
+        ("traversal", bundles::file("../escape.rego", b"package http.x\n"), "traversal"),
+        ("absolute", bundles::file("/etc/escape.rego", b"package http.x\n"), "absolute"),
+        ("symlink", bundles::symlink("http/link.rego", "/etc/passwd"), "links"),
     ] {
         let bytes = bundles::hostile_tar_gz(&files, &[extra]);
         let err = read_tar_gz(&bytes, &Limits::default()).expect_err(what);

@@ -247,39 +247,11 @@ fn refuses_modules_using_http_send_because_network_builtins_are_not_compiled_in(
 // ---------------------------------------------------------------------------------------------
 // Hostile archives, written by hand so that nothing sanitizes them on the way in.
 
-/// A tar entry with a raw name (no checks), of the given type.
-fn raw_entry(name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) -> (tar::Header, Vec<u8>) {
-    let mut h = tar::Header::new_gnu();
-    let bytes = name.as_bytes();
-    assert!(bytes.len() < 100, "raw names must fit the old header");
-    h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_entry_type(kind);
-    h.set_size(data.len() as u64);
-    if let Some(l) = link {
-        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-    }
-    h.set_cksum();
-    (h, data.to_vec())
-}
-
-fn file(name: &str, data: &[u8]) -> (tar::Header, Vec<u8>) {
-    raw_entry(name, tar::EntryType::Regular, data, None)
-}
-
-fn tar_gz(entries: &[(tar::Header, Vec<u8>)]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut b = tar::Builder::new(gz);
-    for (h, data) in entries {
-        b.append(h, data.as_slice()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
+use test_support::archives::{file, raw_entry, tar_gz};
 
 /// The entries of the valid test bundle.
-fn valid_entries() -> Vec<(tar::Header, Vec<u8>)> {
-    valid_files().iter().map(|(p, d)| file(p, d)).collect()
+fn valid_entries() -> Vec<test_support::archives::Entry> {
+    test_support::archives::entries(&valid_files())
 }
 
 fn archive_refused(bytes: &[u8], limits: &Limits) -> BundleErrors {

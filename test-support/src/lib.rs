@@ -6,11 +6,13 @@
 //! * [`http`]: a blocking HTTP client that returns status, headers and body, never an error;
 //! * [`metrics`]: Prometheus text read with a parser, not by string prefixes;
 //! * [`wait`]: `eventually`, the one way a test waits for something to become true;
-//! * [`tokens`] and [`bundles`]: demo JWTs and the example bundle, edited per test.
+//! * [`tokens`] and [`bundles`]: demo JWTs and the example bundle, edited per test;
+//! * [`archives`]: hostile tarballs written by hand (raw names, links).
 //!
 //! The crate also builds the fixture servers (`echo-upstream`, `hostile-source`) and
 //! `demo-token`, which the tests, the load tests and `scripts/run` start as processes.
 
+pub mod archives;
 pub mod bundles;
 pub mod http;
 pub mod metrics;

@@ -1,8 +1,6 @@
 //! Bundles the hostile source serves: the example bundle at a given revision, and every kind of
 //! bad bundle, hostile archives written by hand so that nothing sanitizes them on the way.
 
-use std::io::Write;
-
 use policy_bundles::archive::{read_tar_gz, write_tar_gz, Files};
 use policy_bundles::Limits;
 
@@ -37,52 +35,14 @@ pub fn signed(mut files: Files, key: &str, alg: &str) -> Vec<u8> {
     tar_gz(&files)
 }
 
-/// A tar entry with a raw name (no checks).
-pub enum Raw<'a> {
-    File(&'a str, &'a [u8]),
-    Symlink(&'a str, &'a str),
-}
-
-fn raw_header(name: &str, kind: tar::EntryType, size: u64, link: Option<&str>) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    let bytes = name.as_bytes();
-    assert!(bytes.len() < 100, "raw names must fit the old header");
-    h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_entry_type(kind);
-    h.set_size(size);
-    if let Some(l) = link {
-        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-    }
-    h.set_cksum();
-    h
-}
-
-/// The tar stream (uncompressed) of `files` then the `extra` raw entries.
-fn raw_tar(files: &Files, extra: &[Raw<'_>]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        b.append(&raw_header(path, tar::EntryType::Regular, data.len() as u64, None), data.as_slice()).expect("tar");
-    }
-    for e in extra {
-        match e {
-            Raw::File(name, data) => {
-                b.append(&raw_header(name, tar::EntryType::Regular, data.len() as u64, None), *data).expect("tar")
-            }
-            Raw::Symlink(name, target) => {
-                b.append(&raw_header(name, tar::EntryType::Symlink, 0, Some(target)), &[][..]).expect("tar")
-            }
-        }
-    }
-    b.into_inner().expect("tar")
-}
+use test_support::archives;
+pub use test_support::archives::{file, symlink, Entry};
 
 /// A gzipped tarball of `files` plus hostile raw entries (path traversal, absolute paths, links).
-pub fn hostile_tar_gz(files: &Files, extra: &[Raw<'_>]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&raw_tar(files, extra)).expect("gzip");
-    gz.finish().expect("gzip")
+pub fn hostile_tar_gz(files: &Files, extra: &[Entry]) -> Vec<u8> {
+    let mut entries = archives::entries(files);
+    entries.extend(extra.iter().cloned());
+    archives::tar_gz(&entries)
 }
 
 /// A piece of a raw deflate stream from a fresh compressor, ended by a sync flush: it refers to
@@ -121,12 +81,14 @@ pub fn bomb(files: &Files, count: usize, mib: usize) -> Vec<u8> {
         deflate.extend_from_slice(&deflate_piece(bytes, last));
     };
     // The valid files, without the end-of-archive blocks.
-    let head = raw_tar(files, &[]);
+    let head = archives::tar(&archives::entries(files));
     let body_len = head.len() - 1024;
     plain(&head[..body_len], &mut crc, &mut deflate, false);
     let mut total = body_len as u64;
     for i in 0..count {
-        let h = raw_header(&format!("http/bomb{i}/data.json"), tar::EntryType::Regular, (mib * MIB) as u64, None);
+        let (mut h, _) = archives::file(&format!("http/bomb{i}/data.json"), b"");
+        h.set_size((mib * MIB) as u64);
+        h.set_cksum();
         plain(h.as_bytes(), &mut crc, &mut deflate, false);
         total += 512;
         for _ in 0..mib {

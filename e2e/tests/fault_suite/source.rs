@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use e2e::Gateway;
 use serde_json::Value;
 
-use super::bundles::{self, Raw};
+use super::bundles;
 use super::hostile::{self, Hostile};
 use super::report::Row;
 use super::streams::Streams;
@@ -344,7 +344,7 @@ fn edited(a: &PhaseA, rev: &str, from: &str, to: &str) -> Value {
 }
 
 /// A bundle of the example's files at `rev` plus a raw hostile entry.
-fn hostile_entry(a: &PhaseA, rev: &str, entry: Raw<'_>) -> Value {
+fn hostile_entry(a: &PhaseA, rev: &str, entry: bundles::Entry) -> Value {
     hostile::bundle(&bundles::hostile_tar_gz(&a.files(rev), &[entry]))
 }
 
@@ -408,21 +408,21 @@ fn bad_bundles() -> Vec<Fault> {
         bad_bundle(
             "source_path_traversal_keeps_last_good",
             "path traversal",
-            |a| hostile_entry(a, "never-f", Raw::File("../escape.rego", b"package http.x\n")),
+            |a| hostile_entry(a, "never-f", bundles::file("../escape.rego", b"package http.x\n")),
             "traversal",
             Some("archive"),
         ),
         bad_bundle(
             "source_absolute_path_keeps_last_good",
             "absolute path",
-            |a| hostile_entry(a, "never-g", Raw::File("/etc/escape.rego", b"package http.x\n")),
+            |a| hostile_entry(a, "never-g", bundles::file("/etc/escape.rego", b"package http.x\n")),
             "absolute",
             Some("archive"),
         ),
         bad_bundle(
             "source_symlink_keeps_last_good",
             "symlink",
-            |a| hostile_entry(a, "never-h", Raw::Symlink("http/link.rego", "/etc/passwd")),
+            |a| hostile_entry(a, "never-h", bundles::symlink("http/link.rego", "/etc/passwd")),
             "links are not allowed",
             Some("archive"),
         ),
