@@ -29,6 +29,7 @@
 //! * Every response carries `x-upstream: NAME`, which helps when the body is
 //!   empty (HEAD, 204, 304).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -118,7 +119,7 @@ impl Echo {
 async fn serve(listener: TcpListener, echo: Arc<Echo>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     // Not `pipeline_flush`: with it hyper drops its own 400/431 answers to a bad head.
-    http.max_headers(MAX_HEADERS).max_buf_size(MAX_HEAD_BYTES);
+    http.max_headers(MAX_HEADERS).max_buf_size(MAX_HEAD_BYTES).writev(false);
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
@@ -154,7 +155,11 @@ enum Route {
 /// Answers one request: reads (counts) the body, waits `sleep_ms`, echoes.
 async fn respond(req: Request<Incoming>, echo: &Echo) -> Response<Full<Bytes>> {
     let (head, body) = req.into_parts();
-    let target = head.uri.to_string();
+    // The request target as sent: origin form as is, absolute form rebuilt.
+    let target = match (head.uri.scheme(), head.uri.path_and_query()) {
+        (None, Some(pq)) => Cow::Borrowed(pq.as_str()),
+        _ => Cow::Owned(head.uri.to_string()),
+    };
     let (route, sleep_ms) = route_for(head.method.as_str(), &target);
     let body_len = match read_body(body).await {
         Ok(len) => len,
@@ -438,6 +443,13 @@ mod tests {
         assert_eq!(v["headers"]["content-length"], "5");
         assert_eq!(v["body_len"], 5);
         assert_eq!(v.as_object().map(|o| o.len()), Some(5));
+    }
+
+    #[tokio::test]
+    async fn an_absolute_form_target_is_echoed_whole() {
+        let addr = start_server().await;
+        let v = json_body(&roundtrip(addr, b"GET http://a.test/x?y=1 HTTP/1.1\r\nHost: a.test\r\n\r\n").await);
+        assert_eq!(v["path"], "http://a.test/x?y=1");
     }
 
     #[tokio::test]
