@@ -122,8 +122,11 @@ pub enum ApiError {
     Rejected(Rejection),
     #[error("the store is unavailable: {0}")]
     Store(#[from] StoreError),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// The pool that bounds validations was closed (the service is stopping).
+    #[error("internal error: the validation pool is closed")]
+    ValidationsClosed(#[from] tokio::sync::AcquireError),
+    #[error("internal error: validation task failed: {0}")]
+    ValidationTask(#[from] tokio::task::JoinError),
 }
 
 impl IntoResponse for ApiError {
@@ -138,7 +141,7 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ValidationsClosed(_) | ApiError::ValidationTask(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
@@ -215,7 +218,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 /// Why a body could not be read.
 enum BodyError {
     TooLarge,
-    Read(String),
+    Read(axum::Error),
 }
 
 /// Reads a request body, refusing it as soon as it is known to exceed `limit`: from its
@@ -229,7 +232,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes,
     let capacity = declared.unwrap_or(0).min(limit).min(16 << 20);
     let mut buf = BytesMut::with_capacity(capacity as usize);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let frame = frame.map_err(BodyError::Read)?;
         if let Ok(data) = frame.into_data() {
             if (buf.len() + data.len()) as u64 > limit {
                 return Err(BodyError::TooLarge);
@@ -329,15 +332,14 @@ async fn validate_in_pool(
     input: Bytes,
 ) -> Result<validate::Validated, ApiError> {
     let s = &state.0;
-    let permit = s.validations.clone().acquire_owned().await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let permit = s.validations.clone().acquire_owned().await?;
     let limits = state.limits();
     let (budget, validator) = (s.config.budget, s.config.validator.clone());
     let validated = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         validate::validate(&input, &limits, &budget, &validator)
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))?;
+    .await?;
     validated.map_err(|rejection| {
         tracing::info!(bundle.name = %name, published_by = %who.name, reason = rejection.reason(), error = %rejection, "publish refused");
         s.metrics.reject(rejection.reason());

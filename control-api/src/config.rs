@@ -280,36 +280,37 @@ impl Config {
             line: e.location().map(|l| l.line()).unwrap_or(0),
             message: e.to_string(),
         })?;
+        // Every key is taken here: a new one is a compile error until it is validated.
         let RawConfig {
-            listen,
-            store,
-            max_bundle_size,
-            max_long_poll,
-            fleet_silent_after,
-            tokens,
-            budget,
-            growth_guard,
-            rollout,
+            listen: raw_listen,
+            store: raw_store,
+            max_bundle_size: raw_bundle_size,
+            max_long_poll: raw_long_poll,
+            fleet_silent_after: raw_silent_after,
+            tokens: raw_tokens,
+            budget: raw_budget,
+            growth_guard: raw_guard,
+            rollout: raw_rollout,
         } = raw;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut problems = Problems { lines: Lines(text), list: Vec::new() };
 
-        let listen = listen.parse().unwrap_or_else(|_| {
-            problems.top("listen", format!("`{listen}` is not an address such as 127.0.0.1:8181"));
+        let listen = raw_listen.parse().unwrap_or_else(|_| {
+            problems.top("listen", format!("`{raw_listen}` is not an address such as 127.0.0.1:8181"));
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
-        let store = parse_store(&store, base).unwrap_or_else(|m| {
+        let store = parse_store(&raw_store, base).unwrap_or_else(|m| {
             problems.top("store", m);
             StoreLocation::SqliteMemory
         });
-        let max_bundle_size = bundle_size(max_bundle_size.as_deref(), &mut problems);
-        let max_long_poll = problems.top_duration("max_long_poll", &max_long_poll, DEFAULT_MAX_LONG_POLL);
+        let max_bundle_size = bundle_size(raw_bundle_size.as_deref(), &mut problems);
+        let max_long_poll = problems.top_duration("max_long_poll", &raw_long_poll, DEFAULT_MAX_LONG_POLL);
         let fleet_silent_after =
-            problems.top_duration("fleet_silent_after", &fleet_silent_after, DEFAULT_FLEET_SILENT_AFTER);
-        let tokens = parse_tokens(&tokens, &mut problems);
-        let (budget, validator) = parse_budget(budget.unwrap_or_default(), &mut problems);
-        let growth_guard = parse_growth_guard(growth_guard.unwrap_or_default(), &mut problems);
-        let rollout = rollout.map(|r| parse_rollout(&r, &mut problems));
+            problems.top_duration("fleet_silent_after", &raw_silent_after, DEFAULT_FLEET_SILENT_AFTER);
+        let tokens = parse_tokens(&raw_tokens, &mut problems);
+        let (budget, validator) = parse_budget(raw_budget.unwrap_or_default(), &mut problems);
+        let growth_guard = parse_growth_guard(raw_guard.unwrap_or_default(), &mut problems);
+        let rollout = raw_rollout.map(|r| parse_rollout(&r, &mut problems));
 
         if !problems.list.is_empty() {
             return Err(ConfigError::Invalid { path: p, problems: problems.list });

@@ -5,7 +5,7 @@
 //! * [`config`]: the YAML config, strictly parsed and validated.
 //! * [`api`]: the HTTP API ([`app`] builds the router) and its one error type.
 //! * [`auth`]: bearer tokens by SHA-256, publish and read scopes.
-//! * [`store`]: SQLite or PostgreSQL behind one trait, with versioned migrations.
+//! * [`store`]: one store over SQLite or PostgreSQL behind one trait, with versioned migrations.
 //! * [`guard`]: the growth guard, comparing a publish with the active revision.
 //! * [`hub`]: the active revision of each bundle in memory, and the channels long polls wait on.
 //! * [`validate`]: the gateway's own loading and compiling code, plus the bundle's tests.

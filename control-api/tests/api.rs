@@ -225,7 +225,7 @@ fn a_long_poll_wakes_as_soon_as_a_new_revision_is_published() {
 
     let poll = std::thread::spawn(move || {
         let url = format!("{base}/v1/bundles/main");
-        let r = request("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=30")], None);
+        let r = call("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=30")], None);
         (r, Instant::now())
     });
     s.wait_for_waiters(1.0);
@@ -292,7 +292,7 @@ fn rollback_activates_an_earlier_revision_and_wakes_long_polls() {
     let base = s.base.clone();
     let poll = std::thread::spawn(move || {
         let url = format!("{base}/v1/bundles/main");
-        request("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=30")], None)
+        call("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=30")], None)
     });
     s.wait_for_waiters(1.0);
     let r = s.rollback("main", "v1");
@@ -325,7 +325,7 @@ fn rollback_to_an_unknown_revision_is_404_and_changes_nothing() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.json()["error"].as_str().unwrap_or("").contains("v9"));
     assert_eq!(s.rollback("other", "v1").status, 404);
-    let bad = request("POST", &s.url("/v1/bundles/main/rollback"), Some(PUBLISH_TOKEN), &[], Some(b"{\"to\": \"v1\"}"));
+    let bad = call("POST", &s.url("/v1/bundles/main/rollback"), Some(PUBLISH_TOKEN), &[], Some(b"{\"to\": \"v1\"}"));
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert_untouched(&s, &digest(&v1), 1);
 }
@@ -349,7 +349,7 @@ fn revisions_are_listed_newest_first_with_publisher_time_and_the_active_one() {
     assert_eq!(revs[0]["published_by"], "ci");
     let at = revs[0]["published_at"].as_str().unwrap();
     assert!(at.len() == 24 && at.ends_with('Z') && at.as_bytes()[10] == b'T', "{at}");
-    let r = request("GET", &s.url("/v1/bundles/nothing/revisions"), Some(READ_TOKEN), &[], None);
+    let r = call("GET", &s.url("/v1/bundles/nothing/revisions"), Some(READ_TOKEN), &[], None);
     assert_eq!(r.status, 404);
 }
 
@@ -365,7 +365,7 @@ fn a_restart_keeps_revisions_the_active_revision_and_fleet_reports() {
         assert_eq!(s.rollback("main", "v1").status, 200);
         let report = serde_json::json!({"instance": "gw-1", "bundle": "main", "revision": "v1", "digest": digest(&v1),
             "last_sync": "2026-11-25T12:00:00Z", "staleness_seconds": 1.5});
-        let r = request("POST", &s.url("/v1/status"), Some(READ_TOKEN), &[], Some(report.to_string().as_bytes()));
+        let r = call("POST", &s.url("/v1/status"), Some(READ_TOKEN), &[], Some(report.to_string().as_bytes()));
         assert_eq!(r.status, 202);
         s.kill();
     }
@@ -377,7 +377,7 @@ fn a_restart_keeps_revisions_the_active_revision_and_fleet_reports() {
     let revs = s.revisions("main");
     let names: Vec<_> = revs.as_array().unwrap().iter().map(|r| (r["revision"].clone(), r["active"].clone())).collect();
     assert_eq!(names, [("v2".into(), false.into()), ("v1".into(), true.into())]);
-    let fleet = request("GET", &s.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
+    let fleet = call("GET", &s.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
     assert_eq!(fleet[0]["instance"], "gw-1");
     assert_eq!(fleet[0]["current"], true);
 }
@@ -389,31 +389,31 @@ fn refuses_missing_and_unknown_tokens_with_401_and_wrong_scopes_with_403() {
     let url = s.url("/v1/bundles/main");
     let tarball = bundle("v1");
 
-    let r = request("PUT", &url, None, &[], Some(&tarball));
+    let r = call("PUT", &url, None, &[], Some(&tarball));
     assert_eq!(r.status, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-    assert_eq!(request("GET", &url, None, &[], None).status, 401);
-    assert_eq!(request("GET", &url, Some("not-a-token"), &[], None).status, 401);
-    assert_eq!(request("GET", &url, None, &[("authorization", "Basic eDp5")], None).status, 401);
-    assert_eq!(request("GET", &s.url("/v1/fleet"), None, &[], None).status, 401);
-    assert_eq!(request("POST", &s.url("/v1/status"), None, &[], Some(b"{}")).status, 401);
+    assert_eq!(call("GET", &url, None, &[], None).status, 401);
+    assert_eq!(call("GET", &url, Some("not-a-token"), &[], None).status, 401);
+    assert_eq!(call("GET", &url, None, &[("authorization", "Basic eDp5")], None).status, 401);
+    assert_eq!(call("GET", &s.url("/v1/fleet"), None, &[], None).status, 401);
+    assert_eq!(call("POST", &s.url("/v1/status"), None, &[], Some(b"{}")).status, 401);
 
-    let r = request("PUT", &url, Some(READ_TOKEN), &[], Some(&tarball));
+    let r = call("PUT", &url, Some(READ_TOKEN), &[], Some(&tarball));
     assert_eq!(r.status, 403);
     assert!(r.json()["error"].as_str().unwrap_or("").contains("publish"));
     assert_eq!(s.rollback("main", "v1").status, 404, "publish token: allowed, but no such revision");
     let body = br#"{"revision": "v1"}"#;
-    let r = request("POST", &s.url("/v1/bundles/main/rollback"), Some(READ_TOKEN), &[], Some(body));
+    let r = call("POST", &s.url("/v1/bundles/main/rollback"), Some(READ_TOKEN), &[], Some(body));
     assert_eq!(r.status, 403);
     assert_eq!(s.get_bundle("main", None, None).status, 404, "nothing was published by the refused calls");
 
     // A publish token may also read.
     assert_eq!(s.publish("main", &tarball).status, 201);
-    assert_eq!(request("GET", &url, Some(PUBLISH_TOKEN), &[], None).status, 200);
-    assert_eq!(request("GET", &s.url("/v1/fleet"), Some(PUBLISH_TOKEN), &[], None).status, 200);
+    assert_eq!(call("GET", &url, Some(PUBLISH_TOKEN), &[], None).status, 200);
+    assert_eq!(call("GET", &s.url("/v1/fleet"), Some(PUBLISH_TOKEN), &[], None).status, 200);
     // Liveness and metrics need no token.
-    assert_eq!(request("GET", &s.url("/healthz"), None, &[], None).status, 200);
-    assert_eq!(request("GET", &s.url("/metrics"), None, &[], None).status, 200);
+    assert_eq!(call("GET", &s.url("/healthz"), None, &[], None).status, 200);
+    assert_eq!(call("GET", &s.url("/metrics"), None, &[], None).status, 200);
 }
 
 #[test]
@@ -427,12 +427,12 @@ fn status_reports_build_the_fleet_marking_silent_and_out_of_date_gateways() {
     let report = |instance: &str, revision: &str, d: &str| {
         let body = serde_json::json!({"instance": instance, "bundle": "main", "revision": revision, "digest": d,
             "last_sync": "2026-11-25T12:00:00Z", "staleness_seconds": 3.0});
-        request("POST", &s.url("/v1/status"), Some(READ_TOKEN), &[], Some(body.to_string().as_bytes()))
+        call("POST", &s.url("/v1/status"), Some(READ_TOKEN), &[], Some(body.to_string().as_bytes()))
     };
     assert_eq!(report("gw-a", "v2", &digest(&v2)).status, 202);
     assert_eq!(report("gw-b", "v1", &digest(&v1)).status, 202);
 
-    let fleet = || request("GET", &s.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
+    let fleet = || call("GET", &s.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
     let f = fleet();
     assert_eq!(f.as_array().map(Vec::len), Some(2));
     assert_eq!(f[0]["instance"], "gw-a");
@@ -453,7 +453,7 @@ fn status_reports_build_the_fleet_marking_silent_and_out_of_date_gateways() {
     assert_eq!(f[1]["silent"], true, "gw-b has not reported for over 2s");
 
     // Bad reports are refused, naming what is wrong.
-    let post = |body: &[u8]| request("POST", &s.url("/v1/status"), Some(READ_TOKEN), &[], Some(body));
+    let post = |body: &[u8]| call("POST", &s.url("/v1/status"), Some(READ_TOKEN), &[], Some(body));
     assert_eq!(post(b"{not json").status, 400);
     let r = post(br#"{"bundle": "main"}"#);
     assert_eq!(r.status, 400);
@@ -499,7 +499,7 @@ fn metrics_count_publishes_rejections_downloads_and_waiters() {
             let (base, etag) = (base.clone(), etag.clone());
             std::thread::spawn(move || {
                 let url = format!("{base}/v1/bundles/main");
-                request("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=30")], None)
+                call("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=30")], None)
             })
         })
         .collect();
@@ -603,23 +603,20 @@ fn sigterm_answers_held_long_polls_at_once_and_exits_cleanly() {
     let etag = s.active_etag("main").unwrap();
     let url = s.url("/v1/bundles/main");
     let poll = std::thread::spawn(move || {
-        let r = request("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=60")], None);
+        let r = call("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=60")], None);
         (r, Instant::now())
     });
     s.wait_for_waiters(1.0);
     let signalled = Instant::now();
-    let kill = Command::new("kill").args(["-TERM", &s.proc.0.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill").args(["-TERM", &s.proc.pid().to_string()]).status().unwrap();
     assert!(kill.success());
     let (r, answered) = poll.join().unwrap();
     assert_eq!(r.status, 304);
     assert!(answered.duration_since(signalled) < Duration::from_secs(5), "{:?}", answered.duration_since(signalled));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = s.proc.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "control-api did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
+    let mut status = None;
+    eventually(Duration::from_secs(10), "control-api to exit after SIGTERM", || {
+        status = s.proc.exited();
+        status.is_some()
+    });
+    assert!(status.is_some_and(|st| st.success()), "{status:?}");
 }

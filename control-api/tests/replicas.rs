@@ -19,7 +19,7 @@ fn long_poll(server: &Server, etag: &str) -> std::thread::JoinHandle<(Resp, Inst
     let url = server.url("/v1/bundles/main");
     let etag = etag.to_owned();
     std::thread::spawn(move || {
-        let r = request("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=30")], None);
+        let r = call("GET", &url, Some(READ_TOKEN), &[("if-none-match", &etag), ("prefer", "wait=30")], None);
         (r, Instant::now())
     })
 }
@@ -67,9 +67,9 @@ fn a_publish_through_one_replica_wakes_a_long_poll_on_another() {
 
     // Fleet reports sent to one replica are seen by the other.
     let report = serde_json::json!({"instance": "gw-1", "bundle": "main", "revision": "v1", "digest": digest(&v1)});
-    let r = request("POST", &a.url("/v1/status"), Some(READ_TOKEN), &[], Some(report.to_string().as_bytes()));
+    let r = call("POST", &a.url("/v1/status"), Some(READ_TOKEN), &[], Some(report.to_string().as_bytes()));
     assert_eq!(r.status, 202);
-    let fleet = request("GET", &b.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
+    let fleet = call("GET", &b.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
     assert_eq!(fleet[0]["instance"], "gw-1");
     assert_eq!(fleet[0]["current"], true);
 }

@@ -41,7 +41,7 @@ fn with_routes(revision: &str, extra: usize) -> Vec<u8> {
 }
 
 fn force(s: &Server, tarball: &[u8], reason: &str) -> Resp {
-    request("PUT", &s.url("/v1/bundles/main"), Some(PUBLISH_TOKEN), &[("x-force-reason", reason)], Some(tarball))
+    call("PUT", &s.url("/v1/bundles/main"), Some(PUBLISH_TOKEN), &[("x-force-reason", reason)], Some(tarball))
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn a_bundle_whose_compile_outgrows_the_memory_budget_is_stopped_in_the_child() {
     let msg = r.json()["errors"][0]["message"].as_str().unwrap_or("").to_owned();
     assert!(msg.contains("memory budget of 160.0 MiB (max_memory)"), "{msg}");
     // The control plane itself never compiled it.
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", s.proc.0.id())).unwrap_or_default();
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", s.proc.pid())).unwrap_or_default();
     let hwm_kb: u64 = rss
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -153,7 +153,7 @@ fn start_staged(dir: &Path) -> Server {
 
 fn revision_for(s: &Server, token: &str, instance: Option<&str>) -> (u16, Option<String>) {
     let headers: Vec<(&str, &str)> = instance.map(|i| ("x-gateway-instance", i)).into_iter().collect();
-    let r = request("GET", &s.url("/v1/bundles/main"), Some(token), &headers, None);
+    let r = call("GET", &s.url("/v1/bundles/main"), Some(token), &headers, None);
     (r.status, r.header("x-bundle-revision").map(str::to_owned))
 }
 
@@ -168,14 +168,14 @@ fn a_staged_publish_is_served_to_the_canary_only() {
     assert_eq!(revision_for(&s, READ_TOKEN, Some("gw-a")), (200, Some("v2".into())));
     assert_eq!(revision_for(&s, READ_TOKEN, Some("gw-c")), (200, Some("v1".into())));
     assert_eq!(revision_for(&s, READ_TOKEN, None), (200, Some("v1".into())));
-    let state = request("GET", &s.url("/v1/bundles/main/rollout"), Some(READ_TOKEN), &[], None).json();
+    let state = call("GET", &s.url("/v1/bundles/main/rollout"), Some(READ_TOKEN), &[], None).json();
     assert_eq!((state["stable"].as_str(), state["canary_revision"].as_str()), (Some("v1"), Some("v2")), "{state}");
     assert_eq!(state["rollout"]["state"], "canary", "{state}");
     // The same content again is no new rollout; a manual rollback ends the canary phase.
     assert_eq!(s.publish("main", &bundle("v2")).status, 200);
     assert_eq!(s.rollback("main", "v1").status, 200);
     assert_eq!(revision_for(&s, READ_TOKEN, Some("gw-a")), (200, Some("v1".into())));
-    let state = request("GET", &s.url("/v1/bundles/main/rollout"), Some(READ_TOKEN), &[], None).json();
+    let state = call("GET", &s.url("/v1/bundles/main/rollout"), Some(READ_TOKEN), &[], None).json();
     assert_eq!(state["rollout"]["state"], "superseded", "{state}");
 }
 
@@ -189,10 +189,9 @@ fn a_reader_token_bound_to_one_gateway_can_neither_take_the_canary_cohort_nor_re
     assert_eq!(revision_for(&s, GW_B_TOKEN, None), (200, Some("v1".into())), "its own cohort without a header");
     let forged =
         br#"{"instance": "gw-a", "bundle": "main", "revision": "v2", "served": {"requests": 1000, "errors": 0}}"#;
-    let r =
-        request("POST", &s.url("/v1/status"), Some(GW_B_TOKEN), &[("content-type", "application/json")], Some(forged));
+    let r = call("POST", &s.url("/v1/status"), Some(GW_B_TOKEN), &[("content-type", "application/json")], Some(forged));
     assert_eq!(r.status, 403, "a healthy report forged for the canary: {}", r.text());
     let own = br#"{"instance": "gw-b", "bundle": "main", "revision": "v1"}"#;
-    let r = request("POST", &s.url("/v1/status"), Some(GW_B_TOKEN), &[("content-type", "application/json")], Some(own));
+    let r = call("POST", &s.url("/v1/status"), Some(GW_B_TOKEN), &[("content-type", "application/json")], Some(own));
     assert_eq!(r.status, 202, "{}", r.text());
 }

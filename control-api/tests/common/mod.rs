@@ -1,41 +1,30 @@
-//! Test harness: the real `control-api` binary over loopback on ephemeral ports, bundles built
-//! from the example bundle (`policy-bundles/examples/api-gateway`) with their `.manifest`
-//! revision set, and a fresh PostgreSQL database per test when `CONTROL_API_TEST_POSTGRES` is set.
+//! Harness for the control plane's integration tests: the real `control-api` binary over
+//! loopback on ephemeral ports, its config written per test, bundles built from the example
+//! bundle with their `.manifest` revision set, and a fresh PostgreSQL database per test when
+//! `CONTROL_API_TEST_POSTGRES` is set. Everything generic (processes, HTTP, metrics, waiting,
+//! paths, bundles) is `test_support`'s.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use policy_bundles::archive::{read_dir, write_tar_gz, Files};
-use policy_bundles::Limits;
+pub use policy_bundles::digest;
+pub use test_support::bundles::{example_files, set_revision, tarball_with as bundle_with};
+pub use test_support::http::{bearer, Resp};
+pub use test_support::process::Proc;
+pub use test_support::wait::eventually;
 
 pub const PUBLISH_TOKEN: &str = "publish-token-for-tests";
 pub const READ_TOKEN: &str = "read-token-for-tests";
 /// A PostgreSQL URL whose role may create databases (`scripts/pg-up` prints one).
 pub const PG_ENV: &str = "CONTROL_API_TEST_POSTGRES";
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-/// The example bundle's files.
-pub fn example_files() -> Files {
-    read_dir(&repo_root().join("policy-bundles/examples/api-gateway"), &Limits::default()).expect("example bundle")
-}
-
-/// Sets the `.manifest` revision of a bundle's files.
-pub fn set_revision(files: &mut Files, revision: &str) {
-    let mut manifest: serde_json::Value = match files.get(".manifest") {
-        Some(m) => serde_json::from_slice(m).expect("manifest JSON"),
-        None => serde_json::json!({}),
-    };
-    manifest["revision"] = serde_json::Value::String(revision.to_owned());
-    files.insert(".manifest".into(), serde_json::to_vec_pretty(&manifest).expect("manifest"));
+/// The `control-api` binary under test.
+pub fn bin() -> PathBuf {
+    test_support::paths::bin("control-api")
 }
 
 /// The example bundle as a tarball with this revision.
@@ -43,15 +32,8 @@ pub fn bundle(revision: &str) -> Vec<u8> {
     bundle_with(revision, |_| {})
 }
 
-/// The example bundle with this revision, edited by `edit`.
-pub fn bundle_with(revision: &str, edit: impl FnOnce(&mut Files)) -> Vec<u8> {
-    let mut files = example_files();
-    set_revision(&mut files, revision);
-    edit(&mut files);
-    write_tar_gz(&files).expect("tarball")
-}
-
-/// A tarball holding the example's files plus one entry written with a raw (unchecked) name.
+/// A tarball holding the example's files plus one entry written with a raw (unchecked) name,
+/// which no archive writer would produce.
 pub fn tarball_with_raw_entry(raw_name: &str, data: &[u8]) -> Vec<u8> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut b = tar::Builder::new(gz);
@@ -74,26 +56,19 @@ pub fn tarball_with_raw_entry(raw_name: &str, data: &[u8]) -> Vec<u8> {
     b.into_inner().expect("tar").finish().expect("gzip")
 }
 
-pub fn digest(bytes: &[u8]) -> String {
-    policy_bundles::digest(bytes)
-}
-
-/// A child process killed when dropped.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_control-api"))
-}
-
 pub fn hash(token: &str) -> String {
     control_api::auth::hash_token(token)
+}
+
+/// A call to the API as the holder of `token` (`None`: anonymous), through the shared client;
+/// a transport failure (no response at all) fails the test.
+pub fn call(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    let auth = token.map(bearer);
+    let mut all: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    all.extend_from_slice(headers);
+    let r = test_support::http::request(method, url, &all, body);
+    assert_ne!(r.status, 0, "{}", r.error.as_deref().unwrap_or("no response"));
+    r
 }
 
 /// Writes `control-api.yaml` in `dir` with the test tokens and `extra` top-level keys.
@@ -118,28 +93,10 @@ pub struct Server {
 impl Server {
     /// Starts the binary on a config and waits for its `listening on ADDR` line.
     pub fn start(config: &Path) -> Server {
-        let mut child = Command::new(bin())
-            .arg("--config")
-            .arg(config)
-            .env("CONTROL_API_LOG", std::env::var("CONTROL_API_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn control-api");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let proc = Proc(child);
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("control-api did not start within 60 s");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("control-api did not start; first line: {line:?}"))
-            .to_owned();
+        let log = std::env::var("CONTROL_API_LOG").unwrap_or_else(|_| "warn".into());
+        let (proc, addr) = Proc::spawn_listening(
+            Command::new(bin()).arg("--config").arg(config).env("CONTROL_API_LOG", log).stderr(Stdio::inherit()),
+        );
         Server { proc, base: format!("http://{addr}"), config: config.to_path_buf() }
     }
 
@@ -148,22 +105,19 @@ impl Server {
     }
 
     pub fn publish(&self, name: &str, tarball: &[u8]) -> Resp {
-        request("PUT", &self.url(&format!("/v1/bundles/{name}")), Some(PUBLISH_TOKEN), &[], Some(tarball))
+        call("PUT", &self.url(&format!("/v1/bundles/{name}")), Some(PUBLISH_TOKEN), &[], Some(tarball))
     }
 
     pub fn get_bundle(&self, name: &str, if_none_match: Option<&str>, wait: Option<u64>) -> Resp {
+        let prefer = wait.map(|n| format!("wait={n}"));
         let mut headers = Vec::new();
-        let inm;
         if let Some(tag) = if_none_match {
-            inm = tag.to_owned();
-            headers.push(("if-none-match", inm.as_str()));
+            headers.push(("if-none-match", tag));
         }
-        let prefer;
-        if let Some(n) = wait {
-            prefer = format!("wait={n}");
-            headers.push(("prefer", prefer.as_str()));
+        if let Some(p) = &prefer {
+            headers.push(("prefer", p.as_str()));
         }
-        request("GET", &self.url(&format!("/v1/bundles/{name}")), Some(READ_TOKEN), &headers, None)
+        call("GET", &self.url(&format!("/v1/bundles/{name}")), Some(READ_TOKEN), &headers, None)
     }
 
     pub fn active_etag(&self, name: &str) -> Option<String> {
@@ -172,14 +126,14 @@ impl Server {
     }
 
     pub fn revisions(&self, name: &str) -> serde_json::Value {
-        let r = request("GET", &self.url(&format!("/v1/bundles/{name}/revisions")), Some(READ_TOKEN), &[], None);
+        let r = call("GET", &self.url(&format!("/v1/bundles/{name}/revisions")), Some(READ_TOKEN), &[], None);
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
     }
 
     pub fn rollback(&self, name: &str, revision: &str) -> Resp {
         let body = serde_json::json!({ "revision": revision }).to_string();
-        request(
+        call(
             "POST",
             &self.url(&format!("/v1/bundles/{name}/rollback")),
             Some(PUBLISH_TOKEN),
@@ -188,77 +142,21 @@ impl Server {
         )
     }
 
-    /// The value of a metric line (`name{labels}`), 0 when absent.
+    /// The value of a series (`name{labels}` as rendered), 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
-        let text = request("GET", &self.url("/metrics"), None, &[], None).text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .map(|v| v.trim().parse().expect("metric value"))
-            .unwrap_or(0.0)
+        test_support::metrics::metric(&self.url("/metrics"), series).unwrap_or(0.0)
     }
 
     /// Waits until `control_api_long_poll_waiters` reaches `n`.
     pub fn wait_for_waiters(&self, n: f64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.metric("control_api_long_poll_waiters") != n {
-            assert!(Instant::now() < deadline, "long_poll_waiters never reached {n}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let what = format!("control_api_long_poll_waiters to reach {n}");
+        eventually(Duration::from_secs(10), &what, || self.metric("control_api_long_poll_waiters") == n);
     }
 
     /// Stops the process (SIGKILL) and waits for it.
     pub fn kill(self) {
         drop(self);
     }
-}
-
-/// An HTTP response.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-}
-
-/// One HTTP request; any status is a response (never a panic), a transport error panics.
-pub fn request(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build();
-    let mut req = agent.request(method, url);
-    if let Some(t) = token {
-        req = req.set("authorization", &format!("Bearer {t}"));
-    }
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
-    let result = match body {
-        Some(b) => req.send_bytes(b),
-        None => req.call(),
-    };
-    let resp = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let status = resp.status();
-    let headers =
-        resp.headers_names().into_iter().filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_owned()))).collect();
-    let mut body = Vec::new();
-    resp.into_reader().read_to_end(&mut body).expect("read body");
-    Resp { status, headers, body }
 }
 
 /// The PostgreSQL URL for tests; `None` (the test then returns early) when unset outside CI.
