@@ -128,8 +128,14 @@ fn policy_denials_carry_their_status_reason_and_headers() {
 
     let t = token("carol", &["admin"]);
     let auth = format!("Bearer {t}");
-    assert_eq!(get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "acme")]).status, 200);
-    assert_eq!(get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "initech")]).status, 403);
+    assert_eq!(
+        get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "acme")]).status,
+        200
+    );
+    assert_eq!(
+        get(&format!("{}/admin/users", e.gw.base), &[("authorization", &auth), ("x-tenant", "initech")]).status,
+        403
+    );
 }
 
 #[test]

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use policy_bundles::archive::{read_dir, write_tar_gz};
 use policy_bundles::archive::Files;
+use policy_bundles::archive::{read_dir, write_tar_gz};
 use policy_bundles::Limits;
 
 /// Where the example bundle's sources are.
@@ -31,7 +31,8 @@ pub fn set_revision(files: &mut Files, revision: &str) {
 /// check interval to `interval` (the example says `2s`).
 pub fn retarget(files: &mut Files, upstream: &str, interval: &str) {
     let settings = String::from_utf8(files["gateway/data.yaml"].clone()).expect("settings UTF-8");
-    let settings = settings.replace("127.0.0.1:9100", upstream).replace("interval: 2s", &format!("interval: {interval}"));
+    let settings =
+        settings.replace("127.0.0.1:9100", upstream).replace("interval: 2s", &format!("interval: {interval}"));
     files.insert("gateway/data.yaml".into(), settings.into_bytes());
 }
 

@@ -50,7 +50,13 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&
 }
 
 /// [`request`] with its own time limit.
-pub fn request_within(timeout: Duration, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+pub fn request_within(
+    timeout: Duration,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
     let mut req = agent(timeout).request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);

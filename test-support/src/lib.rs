@@ -7,7 +7,9 @@
 //! * [`metrics`]: Prometheus text read with a parser, not by string prefixes;
 //! * [`wait`]: `eventually`, the one way a test waits for something to become true;
 //! * [`tokens`] and [`bundles`]: demo JWTs and the example bundle, edited per test;
-//! * [`archives`]: hostile tarballs written by hand (raw names, links).
+//! * [`archives`]: hostile tarballs written by hand (raw names, links);
+//! * [`source`]: a scriptable bundle source (ETags, long polls, faults), in-process or as the
+//!   `hostile-source` binary.
 //!
 //! The crate also builds the fixture servers (`echo-upstream`, `hostile-source`) and
 //! `demo-token`, which the tests, the load tests and `scripts/run` start as processes.

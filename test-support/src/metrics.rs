@@ -57,9 +57,9 @@ impl Scrape {
 
 fn scalar(v: &prometheus_parse::Value) -> Option<f64> {
     match v {
-        prometheus_parse::Value::Counter(x) | prometheus_parse::Value::Gauge(x) | prometheus_parse::Value::Untyped(x) => {
-            Some(*x)
-        }
+        prometheus_parse::Value::Counter(x)
+        | prometheus_parse::Value::Gauge(x)
+        | prometheus_parse::Value::Untyped(x) => Some(*x),
         _ => None,
     }
 }

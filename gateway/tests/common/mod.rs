@@ -22,9 +22,12 @@ pub struct Upstream {
 
 /// Starts an echo upstream on an ephemeral port.
 pub fn echo_upstream(name: &str) -> Upstream {
-    let (proc, addr) = Proc::spawn_listening(
-        Command::new(workspace_bin("echo-upstream")).args(["--listen", "127.0.0.1:0", "--name", name]),
-    );
+    let (proc, addr) = Proc::spawn_listening(Command::new(workspace_bin("echo-upstream")).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        name,
+    ]));
     Upstream { addr, proc }
 }
 
