@@ -8,6 +8,7 @@
 //! * [`wait`]: `eventually`, the one way a test waits for something to become true;
 //! * [`tokens`] and [`bundles`]: demo JWTs and the example bundle, edited per test;
 //! * [`archives`]: hostile tarballs written by hand (raw names, links);
+//! * [`serve`]: a fixture server's runtime and announced listener;
 //! * [`source`]: a scriptable bundle source (ETags, long polls, faults), in-process or as the
 //!   `hostile-source` binary.
 //!
@@ -20,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod paths;
 pub mod process;
+pub mod serve;
 pub mod source;
 pub mod tokens;
 pub mod wait;

@@ -115,11 +115,11 @@ fn a_failing_case_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&example(), dir.path());
     let wrong = "\
-- name: a reader may post orders (wrong)
+- name: a reader may delete an order (wrong)
   route: orders
   input:
-    request: { method: POST, path: /orders, headers: {} }
-    jwt: { issuer: https://id.example.test, claims: { sub: alice, roles: [reader] } }
+    jwt: { issuer: https://id.example.test, claims: { sub: bob, roles: [reader] } }
+    request: { method: DELETE, path: /orders/7, headers: {} }
   expect: { allow: true }
 ";
     std::fs::write(dir.path().join("tests/wrong.cases.yaml"), wrong).unwrap();

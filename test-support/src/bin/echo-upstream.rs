@@ -31,7 +31,6 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,21 +74,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let echo = Arc::new(Echo::new(&args.name)?);
 
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(threads) = args.threads {
-        anyhow::ensure!(threads > 0, "--threads must be at least 1");
-        builder.worker_threads(threads);
-    }
-    let runtime = builder.build().context("building the tokio runtime")?;
-
-    runtime.block_on(async move {
-        let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-        let addr = listener.local_addr().context("reading the bound address")?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on {addr}").context("writing to stdout")?;
-        stdout.flush().context("flushing stdout")?;
-        drop(stdout);
+    test_support::serve::runtime(args.threads)?.block_on(async move {
+        let listener = test_support::serve::listen(args.listen).await?;
         serve(listener, echo).await;
         Ok(())
     })
@@ -415,6 +401,19 @@ mod tests {
     }
 
     /// One request on a new connection; the first response.
+    /// Each of `cases` on its own connection gets a 400 with `connection: close`, then the close.
+    async fn refused_with_400_and_closed(addr: SocketAddr, cases: &[&[u8]]) {
+        for raw in cases {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(raw).await.expect("write");
+            let mut buf = Vec::new();
+            let (code, headers, _) = read_response(&mut stream, &mut buf).await;
+            assert_eq!(code, 400, "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(header(&headers, "connection"), Some("close"));
+            expect_closed(&mut stream, &buf).await;
+        }
+    }
+
     async fn roundtrip(addr: SocketAddr, raw: &[u8]) -> Head {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         stream.write_all(raw).await.expect("write");
@@ -514,15 +513,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nab",
             b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
         ];
-        for raw in cases {
-            let mut stream = TcpStream::connect(addr).await.expect("connect");
-            stream.write_all(raw).await.expect("write");
-            let mut buf = Vec::new();
-            let (code, headers, _) = read_response(&mut stream, &mut buf).await;
-            assert_eq!(code, 400, "{:?}", String::from_utf8_lossy(raw));
-            assert_eq!(header(&headers, "connection"), Some("close"));
-            expect_closed(&mut stream, &buf).await;
-        }
+        refused_with_400_and_closed(addr, cases).await;
     }
 
     #[tokio::test]
@@ -548,15 +539,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3 x\r\nabc\r\n",
         ];
-        for raw in cases {
-            let mut stream = TcpStream::connect(addr).await.expect("connect");
-            stream.write_all(raw).await.expect("write");
-            let mut buf = Vec::new();
-            let (code, headers, _) = read_response(&mut stream, &mut buf).await;
-            assert_eq!(code, 400, "{:?}", String::from_utf8_lossy(raw));
-            assert_eq!(header(&headers, "connection"), Some("close"));
-            expect_closed(&mut stream, &buf).await;
-        }
+        refused_with_400_and_closed(addr, cases).await;
     }
 
     #[tokio::test]

@@ -10,10 +10,8 @@
 //! Once bound it prints exactly one line, `listening on <addr>`, to stdout. Until the first
 //! script it answers `503`.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use clap::Parser;
 use test_support::source::{self, Answer};
 
@@ -27,19 +25,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    runtime.block_on(async move {
-        let listener =
-            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-        let addr = listener.local_addr().context("reading the bound address")?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on {addr}").context("writing to stdout")?;
-        stdout.flush().context("flushing stdout")?;
-        drop(stdout);
+    test_support::serve::runtime(Some(2))?.block_on(async move {
+        let listener = test_support::serve::listen(args.listen).await?;
         source::serve(listener, Answer::Status { code: 503, retry_after: None }).await;
         Ok(())
     })
