@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use policy_bundles::settings::{parse_duration, parse_size};
+use policy_bundles::settings::{from_yaml, parse_duration, parse_size};
 use serde::Deserialize;
 
 use crate::auth::Scope;
@@ -275,11 +275,8 @@ impl Config {
     /// Parses config text; `path` names the file in errors and anchors a relative SQLite path.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
-        let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: p.clone(),
-            line: e.location().map(|l| l.line()).unwrap_or(0),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig =
+            from_yaml(text).map_err(|e| ConfigError::Syntax { path: p.clone(), line: e.line, message: e.message })?;
         // Every key is taken here: a new one is a compile error until it is validated.
         let RawConfig {
             listen: raw_listen,
@@ -353,7 +350,7 @@ impl Problems<'_> {
             None => default,
             Some(Ok(d)) => d,
             Some(Err(m)) => {
-                self.add(key, line, m);
+                self.add(key, line, m.to_string());
                 default
             }
         }
@@ -376,7 +373,7 @@ fn bundle_size(v: Option<&str>, problems: &mut Problems<'_>) -> u64 {
         }
         Some(Ok(n)) => n,
         Some(Err(m)) => {
-            problems.top("max_bundle_size", m);
+            problems.top("max_bundle_size", m.to_string());
             DEFAULT_MAX_BUNDLE_SIZE
         }
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use policy_bundles::settings::{parse_duration, parse_size};
+use policy_bundles::settings::{from_yaml, parse_duration, parse_size};
 use serde::Deserialize;
 
 /// A configuration problem, naming the key (and line where known).
@@ -243,11 +243,8 @@ impl Config {
     /// problem is collected before failing, so one run names them all.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
-        let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: p.clone(),
-            line: e.location().map(|l| l.line()).unwrap_or(0),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig =
+            from_yaml(text).map_err(|e| ConfigError::Syntax { path: p.clone(), line: e.line, message: e.message })?;
         // Destructured whole, so that a new key is a compile error until it is validated.
         let RawConfig {
             listen,

@@ -110,35 +110,50 @@ pub struct IssuerSpec {
     pub jwks: jsonwebtoken::jwk::JwkSet,
 }
 
+/// A duration or size that could not be read; the message names the text and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("invalid duration `{0}` (use e.g. 500ms, 5s, 2m)")]
+    Duration(String),
+    #[error("invalid duration unit in `{0}` (use ms, s, m or h)")]
+    DurationUnit(String),
+    #[error("invalid size `{0}` (use e.g. 64MiB)")]
+    Size(String),
+    #[error("invalid size unit in `{0}` (use B, KiB, MiB or GiB)")]
+    SizeUnit(String),
+    #[error("size `{0}` is too large")]
+    SizeTooLarge(String),
+}
+
 /// Parses durations written as `250ms`, `5s`, `2m`, `1h` (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration `{s}` (use e.g. 500ms, 5s, 2m)"))?;
+    let n: f64 = num.parse().map_err(|_| ValueError::Duration(s.to_owned()))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in `{s}` (use ms, s, m or h)")),
+        _ => return Err(ValueError::DurationUnit(s.to_owned())),
     };
     if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration `{s}`"));
+        return Err(ValueError::Duration(s.to_owned()));
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
 /// Parses sizes written as `512`, `64KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => (&s[..i], s[i..].trim()),
         None => (s, ""),
     };
-    let n: u64 = num.parse().map_err(|_| format!("invalid size `{s}` (use e.g. 64MiB)"))?;
+    let n: u64 = num.parse().map_err(|_| ValueError::Size(s.to_owned()))?;
     let mult: u64 = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -147,9 +162,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        _ => return Err(format!("invalid size unit in `{s}` (use B, KiB, MiB or GiB)")),
+        _ => return Err(ValueError::SizeUnit(s.to_owned())),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size `{s}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| ValueError::SizeTooLarge(s.to_owned()))
+}
+
+/// A YAML document that could not be read into its type: the 1-based line (0 when the parser
+/// does not know it) and the parser's message, which names the key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{line}: {message}")]
+pub struct YamlError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Reads a YAML document (a config file, a bundle's data) into `T`.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    yaml_serde::from_str(text)
+        .map_err(|e| YamlError { line: e.location().map(|l| l.line()).unwrap_or(0), message: e.to_string() })
 }
 
 #[derive(Deserialize)]
