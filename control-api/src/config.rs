@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use policy_bundles::settings::{from_yaml, parse_duration, parse_size};
+use policy_bundles::settings::{from_yaml, parse_duration, parse_size, read_text, FileError};
 use serde::Deserialize;
 
 use crate::auth::Scope;
@@ -63,11 +63,10 @@ impl fmt::Display for Problem {
 /// Why a config file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
-    /// YAML that does not parse or does not fit the schema (unknown key, missing key, wrong type).
-    #[error("{path}:{line}: {message}")]
-    Syntax { path: String, line: usize, message: String },
+    /// Unreadable, or YAML that does not parse or fit the schema (unknown key, missing key,
+    /// wrong type), named with its line.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Values that parse but are invalid; every one is listed.
     #[error("{path}: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid { path: String, problems: Vec<Problem> },
@@ -267,16 +266,13 @@ pub const DEFAULT_FLEET_SILENT_AFTER: Duration = Duration::from_secs(60);
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Config::parse(&text, path)
+        Config::parse(&read_text(path)?, path)
     }
 
     /// Parses config text; `path` names the file in errors and anchors a relative SQLite path.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
-        let raw: RawConfig =
-            from_yaml(text).map_err(|e| ConfigError::Syntax { path: p.clone(), line: e.line, message: e.message })?;
+        let raw: RawConfig = from_yaml(text, path)?;
         // Every key is taken here: a new one is a compile error until it is validated.
         let RawConfig {
             listen: raw_listen,
@@ -586,7 +582,7 @@ mod tests {
     fn unknown_keys_name_the_key_and_line() {
         let e = parse("listen: 127.0.0.1:8181\nstore: \"sqlite::memory:\"\nmax_bundel_size: 1MiB\n").unwrap_err();
         let msg = e.to_string();
-        assert!(matches!(e, ConfigError::Syntax { line: 3, .. }), "{msg}");
+        assert!(matches!(e, ConfigError::File(FileError::Syntax { line: 3, .. })), "{msg}");
         assert!(msg.contains("max_bundel_size"), "{msg}");
     }
 

@@ -6,16 +6,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use policy_bundles::settings::{from_yaml, parse_duration, parse_size};
+use policy_bundles::settings::{from_yaml, parse_duration, parse_size, read_text, FileError};
 use serde::Deserialize;
 
 /// A configuration problem, naming the key (and line where known).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("{path}:{line}: {message}")]
-    Syntax { path: String, line: usize, message: String },
+    /// Unreadable, or YAML that does not fit the schema (named with its line).
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path}: {}", .problems.join("; "))]
     Invalid { path: String, problems: Vec<String> },
 }
@@ -234,17 +233,14 @@ pub struct SigningKey {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Config::parse(&text, path)
+        Config::parse(&read_text(path)?, path)
     }
 
     /// Parses config text; `path` names the file in errors and anchors relative paths. Every
     /// problem is collected before failing, so one run names them all.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
-        let raw: RawConfig =
-            from_yaml(text).map_err(|e| ConfigError::Syntax { path: p.clone(), line: e.line, message: e.message })?;
+        let raw: RawConfig = from_yaml(text, path)?;
         // Destructured whole, so that a new key is a compile error until it is validated.
         let RawConfig {
             listen,

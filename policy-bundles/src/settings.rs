@@ -167,19 +167,30 @@ pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     n.checked_mul(mult).ok_or_else(|| ValueError::SizeTooLarge(s.to_owned()))
 }
 
-/// A YAML document that could not be read into its type: the 1-based line (0 when the parser
-/// does not know it) and the parser's message, which names the key.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{line}: {message}")]
-pub struct YamlError {
-    pub line: usize,
-    pub message: String,
+/// A configuration file that could not be read, or whose YAML does not fit its schema.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// YAML that does not parse or does not fit the schema (unknown key, missing key, wrong
+    /// type); `line` is 1-based, 0 when the parser does not know it.
+    #[error("{path}:{line}: {message}")]
+    Syntax { path: String, line: usize, message: String },
 }
 
-/// Reads a YAML document (a config file, a bundle's data) into `T`.
-pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    yaml_serde::from_str(text)
-        .map_err(|e| YamlError { line: e.location().map(|l| l.line()).unwrap_or(0), message: e.to_string() })
+/// The text of a configuration file.
+pub fn read_text(path: &std::path::Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.display().to_string(), source })
+}
+
+/// Reads YAML `text` from the file `path` (named in errors) into `T`, whose serde structs
+/// should `deny_unknown_fields` so that a misspelt key is named with its line.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &std::path::Path) -> Result<T, FileError> {
+    yaml_serde::from_str(text).map_err(|e| FileError::Syntax {
+        path: path.display().to_string(),
+        line: e.location().map(|l| l.line()).unwrap_or(0),
+        message: e.to_string(),
+    })
 }
 
 #[derive(Deserialize)]
