@@ -90,3 +90,16 @@ fn hostile_source_prints_its_address_and_answers_as_scripted() {
     assert_eq!(v[1]["if_none_match"], "\"t\"");
     assert_eq!(v[1]["answered"], 429);
 }
+
+#[test]
+fn every_fixture_binary_answers_version() {
+    for (name, exe) in [
+        ("echo-upstream", env!("CARGO_BIN_EXE_echo-upstream")),
+        ("hostile-source", env!("CARGO_BIN_EXE_hostile-source")),
+        ("demo-token", env!("CARGO_BIN_EXE_demo-token")),
+    ] {
+        let out = Command::new(exe).arg("--version").output().expect("run");
+        assert!(out.status.success(), "{name}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{name} {}", env!("CARGO_PKG_VERSION")));
+    }
+}
