@@ -322,3 +322,24 @@ async fn postgres_finishing_a_rollout_waits_for_the_writer_holding_the_bundle() 
     assert!(!promote.await.unwrap(), "a rollout ended meanwhile cannot be promoted");
     assert_eq!(store.active("main").await.unwrap().unwrap().digest, d1);
 }
+
+/// A relative SQLite path through `..` (as `config/../run/control.db` from a config file given
+/// relative to the working directory) opens, is created and keeps what was published.
+#[tokio::test]
+async fn a_relative_sqlite_path_through_dot_dot_opens_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let target = dir.path().join("sub/../data/control.db");
+    let relative = std::path::PathBuf::from(format!("{up}{}", target.display().to_string().trim_start_matches('/')));
+    assert!(relative.is_relative(), "{}", relative.display());
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+    {
+        let store = SqlStore::sqlite(&relative).await.expect("opens a relative path");
+        let (c, d) = blob("one");
+        store.publish(&rev("main", "v1", &c, &d)).await.unwrap();
+    }
+    assert!(dir.path().join("data/control.db").exists());
+    let store = SqlStore::sqlite(&relative).await.expect("reopens");
+    assert_eq!(store.active("main").await.unwrap().map(|h| h.revision), Some("v1".to_owned()));
+}

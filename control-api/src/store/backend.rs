@@ -60,6 +60,10 @@ impl Backend {
             std::fs::create_dir_all(dir)
                 .map_err(|source| StoreError::CreateDir { path: path.display().to_string(), source })?;
         }
+        // Absolute: the options go through a URL for the `Any` driver, which does not keep a
+        // relative path such as `config/../run/control.db` intact.
+        let path = &std::path::absolute(path)
+            .map_err(|source| StoreError::CreateDir { path: path.display().to_string(), source })?;
         let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
         // WAL is a property of the file: set once here, every later connection finds it.
         options.clone().journal_mode(SqliteJournalMode::Wal).connect().await?.close().await?;
