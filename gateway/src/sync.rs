@@ -468,10 +468,18 @@ mod tests {
         assert_eq!(parse_retry_after(Some(&h("120")), now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after(Some(&h("Wed, 02 Dec 2026 20:01:30 GMT")), now), Some(Duration::from_secs(90)));
         assert_eq!(parse_retry_after(Some(&h("Wed, 02 Dec 2026 19:00:00 GMT")), now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after(Some(&h("Thu, 02 Dec 2027 20:00:00 GMT")), now), Some(RETRY_AFTER_MAX));
-        assert_eq!(parse_retry_after(Some(&h("99999999")), now), Some(RETRY_AFTER_MAX));
         assert_eq!(parse_retry_after(Some(&h("soon")), now), None);
         assert_eq!(parse_retry_after(None, now), None);
+    }
+
+    #[test]
+    fn a_hostile_source_cannot_park_a_gateway_for_more_than_an_hour_with_retry_after() {
+        let h = |v: &str| reqwest::header::HeaderValue::from_str(v).expect("header value");
+        let now = 1_796_241_600;
+        assert_eq!(parse_retry_after(Some(&h("Thu, 02 Dec 2027 20:00:00 GMT")), now), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse_retry_after(Some(&h("Fri, 31 Dec 9999 23:59:59 GMT")), now), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse_retry_after(Some(&h("99999999")), now), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse_retry_after(Some(&h("18446744073709551615")), now), Some(RETRY_AFTER_MAX));
     }
 
     #[test]
