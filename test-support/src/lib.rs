@@ -8,6 +8,7 @@
 //! * [`wait`]: `eventually`, the one way a test waits for something to become true;
 //! * [`tokens`] and [`bundles`]: demo JWTs and the example bundle, edited per test;
 //! * [`archives`]: hostile tarballs written by hand (raw names, links);
+//! * [`certs`]: a throwaway CA and the server and client certificates it signs;
 //! * [`serve`]: a fixture server's runtime and announced listener;
 //! * [`source`]: a scriptable bundle source (ETags, long polls, faults), in-process or as the
 //!   `hostile-source` binary.
@@ -17,6 +18,7 @@
 
 pub mod archives;
 pub mod bundles;
+pub mod certs;
 pub mod http;
 pub mod metrics;
 pub mod paths;
