@@ -11,7 +11,8 @@
 //! * [`certs`]: a throwaway CA and the server and client certificates it signs;
 //! * [`serve`]: a fixture server's runtime and announced listener;
 //! * [`source`]: a scriptable bundle source (ETags, long polls, faults), in-process or as the
-//!   `hostile-source` binary.
+//!   `hostile-source` binary;
+//! * [`ws`]: a blocking WebSocket client: one message out, its echo back, or the refusal.
 //!
 //! The crate also builds the fixture servers (`echo-upstream`, `hostile-source`) and
 //! `demo-token`, which the tests, the load tests and `scripts/run` start as processes.
@@ -27,3 +28,4 @@ pub mod serve;
 pub mod source;
 pub mod tokens;
 pub mod wait;
+pub mod ws;

@@ -1,10 +1,12 @@
-//! `echo-upstream`: a small HTTP/1.1 echo server on hyper.
+//! `echo-upstream`: a small HTTP echo server on hyper (HTTP/1.1; HTTP/2, TLS, mTLS and
+//! WebSocket when asked).
 //!
 //! Integration tests and load tests use it as the real upstream behind the
 //! gateway.
 //!
 //! ```text
-//! echo-upstream --listen 127.0.0.1:0 [--name NAME] [--threads N]
+//! echo-upstream --listen 127.0.0.1:0 [--name NAME] [--threads N] [--h2]
+//!               [--tls-cert FILE --tls-key FILE [--client-ca FILE]]
 //! ```
 //!
 //! Once bound it prints exactly one line, `listening on <addr>`, to stdout, so
@@ -12,8 +14,10 @@
 //!
 //! Behaviour:
 //! * Every request gets `200` with `content-type: application/json` and the body
-//!   `{"upstream":NAME,"method":M,"path":TARGET,"headers":{..},"body_len":N}`.
+//!   `{"upstream":NAME,"method":M,"path":TARGET,"headers":{..},"body_len":N,
+//!   "version":"HTTP/1.1"|"HTTP/2.0"|"HTTP/1.0","client_cert_cn":CN|null}`.
 //!   Header names are lower-cased and repeated headers are joined with `", "`.
+//!   `client_cert_cn` is the subject CN of the client certificate (mTLS), else null.
 //! * `GET /healthz` (or `HEAD`) answers `200` with the text body `ok`.
 //! * A path that contains `/status/NNN` (200..=599) answers with that status. The
 //!   body is the same JSON echo, except that 204 and 304 have no body.
@@ -27,11 +31,28 @@
 //!   broken chunked body gets 400 and a close; a malformed head gets hyper's
 //!   400, a head of more than 64 fields or 16 KiB its 431.
 //! * Every response carries `x-upstream: NAME`, which helps when the body is
-//!   empty (HEAD, 204, 304).
+//!   empty (HEAD, 204, 304, 101).
+//! * WebSocket: an HTTP/1.1 request with `Upgrade: websocket` and `Connection: upgrade`
+//!   gets `101` (with `x-upstream`, and the first `Sec-WebSocket-Protocol` offered), then
+//!   every text and binary message is sent back unchanged; pings get pongs, a close is
+//!   answered with a close. Without `Sec-WebSocket-Key` or version 13 it gets `400`.
+//! * `--tls-cert FILE --tls-key FILE`: TLS (rustls, ring) instead of plaintext; ALPN offers
+//!   `http/1.1`, and `h2` first with `--h2`.
+//! * `--client-ca FILE` (with TLS): a client certificate signed by that CA is required; a
+//!   client without one, or with another CA's, fails the handshake.
+//! * `--h2`: HTTP/2 as well, chosen by ALPN on TLS and by the connection preface (h2c with
+//!   prior knowledge) on plaintext. On HTTP/2 the `path` is the `:path` (the authority is not
+//!   echoed, and there is no `host` header unless the client sent one); a `HEAD` answer has
+//!   no body but the `content-length` of the JSON it would have had. Without `--h2` every
+//!   connection is HTTP/1.x exactly as before.
+
+mod tls;
+mod websocket;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,10 +61,12 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// Most header fields accepted in one request head (hyper answers 431 beyond).
 const MAX_HEADERS: usize = 64;
@@ -55,9 +78,15 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 const MAX_DRAIN_BYTES: usize = 4 * MAX_BODY_BYTES;
 /// Upper bound on `?sleep_ms=`.
 const MAX_SLEEP_MS: u64 = 30_000;
+/// How long a client may take over the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
-#[command(name = "echo-upstream", version, about = "HTTP/1.1 echo server for tests and load tests")]
+#[command(
+    name = "echo-upstream",
+    version,
+    about = "HTTP/1.1 and HTTP/2 echo server (TLS, mTLS, WebSocket) for tests and load tests"
+)]
 struct Args {
     /// Address to listen on; use port 0 for an ephemeral port.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -68,15 +97,34 @@ struct Args {
     /// Runtime worker threads (defaults to the number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// Serve TLS with this certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With TLS: require a client certificate signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Speak HTTP/2 too: by ALPN on TLS, by prior knowledge (h2c) on plaintext.
+    #[arg(long)]
+    h2: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let echo = Arc::new(Echo::new(&args.name)?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = tls::Files { cert, key, client_ca: args.client_ca.as_deref() };
+            Some(tls::acceptor(&files, args.h2)?)
+        }
+        _ => None,
+    };
+    let server = Arc::new(Server::new(Echo::new(&args.name)?, tls, args.h2));
 
     test_support::serve::runtime(args.threads)?.block_on(async move {
         let listener = test_support::serve::listen(args.listen).await?;
-        serve(listener, echo).await;
+        serve(listener, server).await;
         Ok(())
     })
 }
@@ -101,30 +149,104 @@ impl Echo {
     }
 }
 
+/// What every connection is served with.
+struct Server {
+    echo: Arc<Echo>,
+    /// `Some` for TLS.
+    tls: Option<TlsAcceptor>,
+    /// HTTP/1.x only (the default).
+    http1: hyper::server::conn::http1::Builder,
+    /// HTTP/1.x or h2c by the connection preface (`--h2` on plaintext).
+    auto: Option<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    /// HTTP/2 (TLS with ALPN `h2`).
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Server {
+    fn new(echo: Echo, tls: Option<TlsAcceptor>, h2: bool) -> Self {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        // Not `pipeline_flush`: with it hyper drops its own 400/431 answers to a bad head.
+        http1.max_headers(MAX_HEADERS).max_buf_size(MAX_HEAD_BYTES).writev(false);
+        let auto = h2.then(|| {
+            let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            auto.http1().max_headers(MAX_HEADERS).max_buf_size(MAX_HEAD_BYTES).writev(false);
+            auto
+        });
+        let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        Self { echo: Arc::new(echo), tls, http1, auto, http2 }
+    }
+}
+
+/// What the echo reports of the connection a request came on.
+#[derive(Debug, Default)]
+struct Peer {
+    /// The subject CN of the client certificate (mTLS).
+    client_cert_cn: Option<String>,
+}
+
+/// How a connection's bytes are read as HTTP.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// HTTP/1.x, or HTTP/2 when the client opens with its preface.
+    Sniff,
+}
+
 /// Accepts connections forever, one task per connection.
-async fn serve(listener: TcpListener, echo: Arc<Echo>) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // Not `pipeline_flush`: with it hyper drops its own 400/431 answers to a bad head.
-    http.max_headers(MAX_HEADERS).max_buf_size(MAX_HEAD_BYTES).writev(false);
+async fn serve(listener: TcpListener, server: Arc<Server>) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 // Responses are written in one go, so Nagle only adds latency.
                 let _ = stream.set_nodelay(true);
-                let echo = Arc::clone(&echo);
-                let service = hyper::service::service_fn(move |req| {
-                    let echo = Arc::clone(&echo);
-                    async move { Ok::<_, Infallible>(respond(req, &echo).await) }
-                });
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                // Errors here are the peer going away; nothing to report.
-                tokio::spawn(conn);
+                tokio::spawn(connection(stream, Arc::clone(&server)));
             }
             Err(err) => {
                 // Usually EMFILE under load: back off briefly instead of spinning.
                 eprintln!("echo-upstream: accept failed: {err}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+    }
+}
+
+/// Serves one connection: the TLS handshake if any, then HTTP in the protocol it chose.
+async fn connection(stream: TcpStream, server: Arc<Server>) {
+    let Some(acceptor) = &server.tls else {
+        let protocol = if server.auto.is_some() { Protocol::Sniff } else { Protocol::Http1 };
+        return serve_http(TokioIo::new(stream), &server, Peer::default(), protocol).await;
+    };
+    // A failed handshake (no or a bad client certificate, no common ALPN) ends the connection.
+    let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
+        return;
+    };
+    let session = tls.get_ref().1;
+    let protocol = if session.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
+    let peer = Peer { client_cert_cn: tls::client_cn(session.peer_certificates()) };
+    serve_http(TokioIo::new(tls), &server, peer, protocol).await;
+}
+
+/// Serves HTTP on `io` until the connection ends. Errors are the peer going away; nothing to
+/// report.
+async fn serve_http<I>(io: TokioIo<I>, server: &Server, peer: Peer, protocol: Protocol)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (echo, peer) = (Arc::clone(&server.echo), Arc::new(peer));
+    let service = hyper::service::service_fn(move |req| {
+        let (echo, peer) = (Arc::clone(&echo), Arc::clone(&peer));
+        async move { Ok::<_, Infallible>(respond(req, &echo, &peer).await) }
+    });
+    match (protocol, &server.auto) {
+        (Protocol::Sniff, Some(auto)) => {
+            let _ = auto.serve_connection_with_upgrades(io, service).await;
+        }
+        (Protocol::Http2, _) => {
+            let _ = server.http2.serve_connection(io, service).await;
+        }
+        _ => {
+            let _ = server.http1.serve_connection(io, service).with_upgrades().await;
         }
     }
 }
@@ -138,35 +260,59 @@ enum Route {
     Healthz,
 }
 
-/// Answers one request: reads (counts) the body, waits `sleep_ms`, echoes.
-async fn respond(req: Request<Incoming>, echo: &Echo) -> Response<Full<Bytes>> {
+/// Answers one request: a WebSocket upgrade, or reads (counts) the body, waits `sleep_ms` and
+/// echoes.
+async fn respond(req: Request<Incoming>, echo: &Echo, peer: &Peer) -> Response<Full<Bytes>> {
+    if websocket::is_upgrade(&req) {
+        return websocket::accept(req, echo.name_header.clone());
+    }
     let (head, body) = req.into_parts();
-    // The request target as sent: origin form as is, absolute form rebuilt.
-    let target = match (head.uri.scheme(), head.uri.path_and_query()) {
-        (None, Some(pq)) => Cow::Borrowed(pq.as_str()),
+    // The request target as sent: origin form as is, absolute form rebuilt; HTTP/2's `:path`.
+    let target = match (head.version, head.uri.scheme(), head.uri.path_and_query()) {
+        (Version::HTTP_2, _, Some(pq)) | (_, None, Some(pq)) => Cow::Borrowed(pq.as_str()),
         _ => Cow::Owned(head.uri.to_string()),
     };
     let (route, sleep_ms) = route_for(head.method.as_str(), &target);
-    let body_len = match read_body(body).await {
-        Ok(len) => len,
-        Err(refused) => return refusal(echo, refused),
-    };
-    if sleep_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
-    }
-    match route {
-        Route::Healthz => answer(echo, StatusCode::OK, "text/plain", "ok"),
-        Route::Echo(code) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-            // 204 and 304 never have a body; hyper leaves out the body of a HEAD answer.
-            let json = if code == 204 || code == 304 {
-                String::new()
-            } else {
-                echo_json(echo, &head.method, &target, &head.headers, body_len)
-            };
-            answer(echo, status, "application/json", json)
+    let resp = match read_body(body).await {
+        Err(refused) => refusal(echo, refused),
+        Ok(body_len) => {
+            if sleep_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+            }
+            match route {
+                Route::Healthz => answer(echo, StatusCode::OK, "text/plain", "ok"),
+                Route::Echo(code) => {
+                    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+                    // 204 and 304 never have a body; hyper leaves out the body of an HTTP/1 HEAD answer.
+                    let json = if code == 204 || code == 304 {
+                        String::new()
+                    } else {
+                        echo_json(echo, &head, &target, body_len, peer)
+                    };
+                    answer(echo, status, "application/json", json)
+                }
+            }
         }
+    };
+    if head.version == Version::HTTP_2 {
+        fit_to_http2(resp, head.method == Method::HEAD)
+    } else {
+        resp
     }
+}
+
+/// HTTP/2 has no `Connection` header, and hyper would send a HEAD answer's body: the answer
+/// to a HEAD keeps only the `content-length` of the body it would have had.
+fn fit_to_http2(resp: Response<Full<Bytes>>, head_request: bool) -> Response<Full<Bytes>> {
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(CONNECTION);
+    if !head_request {
+        return Response::from_parts(parts, body);
+    }
+    if let Some(len) = body.size_hint().exact().filter(|&len| len > 0) {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
 fn answer(
@@ -234,9 +380,10 @@ async fn drain(mut body: Incoming) {
     }
 }
 
-/// `{"upstream":..,"method":..,"path":..,"headers":{..},"body_len":N}`.
-fn echo_json(echo: &Echo, method: &Method, target: &str, headers: &HeaderMap, body_len: usize) -> String {
+/// `{"upstream":..,"method":..,"path":..,"headers":{..},"body_len":N,"version":..,"client_cert_cn":..}`.
+fn echo_json(echo: &Echo, head: &hyper::http::request::Parts, target: &str, body_len: usize, peer: &Peer) -> String {
     use std::fmt::Write as _;
+    let (method, headers) = (&head.method, &head.headers);
     let mut out = String::with_capacity(128 + target.len() + 64 * headers.len());
     out.push_str("{\"upstream\":");
     out.push_str(&echo.name_json);
@@ -260,7 +407,12 @@ fn echo_json(echo: &Echo, method: &Method, target: &str, headers: &HeaderMap, bo
         }
         out.push('"');
     }
-    let _ = write!(out, "}},\"body_len\":{body_len}}}");
+    let _ = write!(out, "}},\"body_len\":{body_len},\"version\":\"{:?}\",\"client_cert_cn\":", head.version);
+    match &peer.client_cert_cn {
+        Some(cn) => push_json_str(&mut out, cn),
+        None => out.push_str("null"),
+    }
+    out.push('}');
     out
 }
 
@@ -346,7 +498,7 @@ mod tests {
     async fn start_server() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(serve(listener, Arc::new(Echo::new("test-up").expect("valid name"))));
+        tokio::spawn(serve(listener, Arc::new(Server::new(Echo::new("test-up").expect("valid name"), None, false))));
         addr
     }
 
@@ -441,7 +593,9 @@ mod tests {
         assert_eq!(v["headers"]["x-quote"], "say \"hi\" \\o/");
         assert_eq!(v["headers"]["content-length"], "5");
         assert_eq!(v["body_len"], 5);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(5));
+        assert_eq!(v["version"], "HTTP/1.1");
+        assert_eq!(v["client_cert_cn"], Value::Null);
+        assert_eq!(v.as_object().map(|o| o.len()), Some(7));
     }
 
     #[tokio::test]
