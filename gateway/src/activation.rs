@@ -136,7 +136,9 @@ impl Gateway {
             _ => false,
         };
         drop(previous);
-        let pools = snapshot.upstreams.iter().map(|u| Pool::build(u).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+        let base = &self.config.base_dir;
+        let pools =
+            snapshot.upstreams.iter().map(|u| Pool::build(u, base).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         let counters = snapshot.routes.iter().map(|r| self.metrics.route_counters(&r.name)).collect();
         let info = BundleInfo {
             name: self.config.bundle.name.clone(),

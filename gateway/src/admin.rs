@@ -63,6 +63,7 @@ impl Admin {
             },
             "last_error": sync.last_error,
             "last_activation": gw.last_activation.lock().ok().and_then(|a| a.clone()),
+            "tls": gw.tls.lock().ok().and_then(|t| t.as_ref().map(|t| serde_json::json!({ "certificates": t.status() }))),
         })
     }
 }

@@ -41,6 +41,29 @@ struct RawConfig {
     path_with_escaped_slashes: Option<String>,
     #[serde(default)]
     headers_with_underscores: Option<String>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    plaintext_listen: Option<String>,
+    #[serde(default)]
+    h2c: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificates: Vec<RawCert>,
+    #[serde(default)]
+    min_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +150,42 @@ pub struct Config {
     pub bundle: BundleConfig,
     /// How client requests are made canonical and which forwarding headers are believed.
     pub requests: RequestRules,
+    /// TLS on `listen` (rustls; h2 and http/1.1 by ALPN). None: `listen` is plaintext.
+    pub tls: Option<TlsConfig>,
+    /// With `tls`: a plaintext listener beside the TLS one.
+    pub plaintext_listen: Option<SocketAddr>,
+    /// HTTP/2 by prior knowledge (h2c) on the plaintext listener; default off.
+    pub h2c: bool,
+    /// The config file's directory: relative paths in the config, and in a bundle's upstream
+    /// `tls` files, are read from here.
+    pub base_dir: PathBuf,
+}
+
+/// `tls`: the certificates served on `listen`, chosen by SNI.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Exact name, then wildcard, then the first (the default).
+    pub certificates: Vec<CertFiles>,
+    /// Default 1.2.
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// One certificate pair of `tls.certificates`; the files are re-read when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The `name` label of its metrics; default the certificate file's stem.
+    pub name: String,
+    /// PEM: the leaf first, then its intermediates.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
 }
 
 /// What the gateway accepts from clients (DESIGN.md, "What the backend receives").
@@ -254,6 +313,9 @@ impl Config {
             trusted_proxies,
             path_with_escaped_slashes,
             headers_with_underscores,
+            tls,
+            plaintext_listen,
+            h2c,
         } = raw;
         let mut c = Check { base: path.parent().unwrap_or(Path::new(".")).to_path_buf(), problems: Vec::new() };
         let listen = c.addr("listen", &listen);
@@ -262,6 +324,15 @@ impl Config {
         let threads = c.threads(threads);
         let limits = c.limits(limits.unwrap_or_default());
         let bundle = c.bundle(bundle);
+        let tls = tls.map(|t| c.tls(t));
+        let plaintext_listen = plaintext_listen.map(|a| c.addr("plaintext_listen", &a));
+        if plaintext_listen.is_some() && tls.is_none() {
+            c.problem("`plaintext_listen` is a plain listener beside a TLS one: it needs `tls`".into());
+        }
+        if plaintext_listen.is_some_and(|a| a == listen) {
+            c.problem("`plaintext_listen` must differ from `listen`".into());
+        }
+        let base_dir = c.base.clone();
         let requests =
             request_rules(&trusted_proxies, &path_with_escaped_slashes, &headers_with_underscores, &mut c.problems);
         if !c.problems.is_empty() {
@@ -278,6 +349,10 @@ impl Config {
                 .unwrap_or(policy_bundles::snapshot::DEFAULT_DECISION_CACHE_ENTRIES),
             bundle,
             requests,
+            tls,
+            plaintext_listen,
+            h2c,
+            base_dir,
         })
     }
 }
@@ -340,6 +415,33 @@ impl Check {
             Some(n) => n,
             None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         }
+    }
+
+    /// `tls`: at least one certificate, names unique; the files are read and checked at start
+    /// (and by `--check-config`) by `crate::tls`.
+    fn tls(&mut self, raw: RawTls) -> TlsConfig {
+        let RawTls { certificates, min_version } = raw;
+        if certificates.is_empty() {
+            self.problem("`tls.certificates`: at least one certificate is needed".into());
+        }
+        let min_version = match min_version.as_deref() {
+            None | Some("1.2") => TlsVersion::Tls12,
+            Some("1.3") => TlsVersion::Tls13,
+            Some(v) => {
+                self.problem(format!("`tls.min_version`: `{v}` is not \"1.2\" or \"1.3\""));
+                TlsVersion::Tls12
+            }
+        };
+        let mut out: Vec<CertFiles> = Vec::new();
+        for (i, RawCert { cert_file, key_file, name }) in certificates.into_iter().enumerate() {
+            let stem = cert_file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = name.unwrap_or(stem);
+            if name.is_empty() || out.iter().any(|c| c.name == name) {
+                self.problem(format!("`tls.certificates[{i}]`: name `{name}` is empty or not unique (set `name`)"));
+            }
+            out.push(CertFiles { name, cert_file: self.resolve(cert_file), key_file: self.resolve(key_file) });
+        }
+        TlsConfig { certificates: out, min_version }
     }
 
     fn limits(&mut self, raw: RawLimits) -> Limits {

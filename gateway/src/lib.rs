@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod served;
 pub mod state;
 pub mod sync;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -57,7 +58,11 @@ pub fn build(config: Config) -> Result<Server, StartError> {
 
     let mut proxy =
         pingora::proxy::http_proxy_service(&server.configuration, proxy::Proxy { gateway: gateway.clone() });
-    proxy.add_tcp(&config.listen.to_string());
+    let tls = listeners(&mut proxy, &config)?;
+    if let Some(tls) = &tls {
+        tls.export_expiry(&gateway.metrics);
+        *gateway.tls.lock().map_err(|_| StartError::Poisoned)? = Some(tls.clone());
+    }
 
     let mut admin = Service::new("admin".to_string(), admin::Admin { gateway: gateway.clone() });
     admin.add_tcp(&config.admin.to_string());
@@ -68,10 +73,44 @@ pub fn build(config: Config) -> Result<Server, StartError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
+    if let Some(tls) = tls {
+        let reloader = tls::Reloader { tls, gateway: gateway.clone() };
+        server.add_service(background_service("certificate reload", reloader));
+    }
     if let Some(poll) = poll {
         let (syncer, reporter) = sync::Syncer::new(gateway, poll, config.instance.clone())?;
         server.add_service(background_service("bundle sync", syncer));
         server.add_service(background_service("status reports", reporter));
     }
     Ok(server)
+}
+
+/// The proxy's listeners: `listen` (TLS when `tls` is set, with h2 and http/1.1 by ALPN),
+/// `plaintext_listen` beside it, and h2c on the plaintext one when `h2c` says so. Returns the
+/// TLS state, its certificates loaded and checked.
+fn listeners(
+    proxy: &mut Service<pingora::proxy::HttpProxy<proxy::Proxy>>,
+    config: &Config,
+) -> Result<Option<Arc<tls::Tls>>, StartError> {
+    if config.h2c {
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut options = app.server_options.take().unwrap_or_default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+    }
+    let Some(tls_config) = &config.tls else {
+        proxy.add_tcp(&config.listen.to_string());
+        return Ok(None);
+    };
+    let tls = Arc::new(tls::Tls::load(tls_config)?);
+    let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(tls::Handshake(tls.clone())))
+        .map_err(|e| StartError::Listener(e.to_string()))?;
+    settings.set_cert_resolver(Arc::new(tls::Resolver(tls.clone())));
+    settings.enable_h2();
+    proxy.add_tls_with_settings(&config.listen.to_string(), None, settings);
+    if let Some(plain) = config.plaintext_listen {
+        proxy.add_tcp(&plain.to_string());
+    }
+    Ok(Some(tls))
 }

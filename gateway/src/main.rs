@@ -58,6 +58,25 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> anyhow::Result<String> {
     let config = gateway::Config::load(path)?;
     let gw = gateway::Gateway::new(config.clone())?;
+    let tls = match &config.tls {
+        Some(t) => {
+            let loaded = gateway::tls::Tls::load(t).map_err(|e| anyhow::anyhow!("`tls.certificates`: {e}"))?;
+            let names: Vec<String> = loaded
+                .current()
+                .certificates()
+                .iter()
+                .map(|c| format!("{} ({})", c.name, c.dns_names.join(" ")))
+                .collect();
+            format!("; TLS: {}", names.join(", "))
+        }
+        None => String::new(),
+    };
+    let bundle = bundle_check(&gw, &config)?;
+    Ok(format!("{}: ok ({bundle}{tls})", path.display()))
+}
+
+/// What `--check-config` says of the bundle: a local file is activated (compiled, pools built).
+fn bundle_check(gw: &gateway::Gateway, config: &gateway::Config) -> anyhow::Result<String> {
     match &config.bundle.source {
         gateway::config::Source::File(file) => {
             let active = gw.activate_path(file)?;
@@ -65,19 +84,15 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
                 format!(", compiled {} in {} ms", policy_bundles::budget::human(f.compiled_bytes), f.compile_ms)
             });
             Ok(format!(
-                "{}: ok (bundle {} revision {:?}, {} routes{})",
-                path.display(),
+                "bundle {} revision {:?}, {} routes{}",
                 file.display(),
                 active.info.revision,
                 active.snapshot.routes.len(),
                 cost.unwrap_or_default()
             ))
         }
-        gateway::config::Source::Poll(poll) => Ok(format!(
-            "{}: ok (polls {} for bundle {:?})",
-            path.display(),
-            poll.sources.join(", "),
-            config.bundle.name
-        )),
+        gateway::config::Source::Poll(poll) => {
+            Ok(format!("polls {} for bundle {:?}", poll.sources.join(", "), config.bundle.name))
+        }
     }
 }

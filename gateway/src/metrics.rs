@@ -21,6 +21,9 @@ pub const BUNDLE_SYNC_TOTAL: &str = "gateway_bundle_sync_total";
 pub const ACTIVATION_FAILURES_TOTAL: &str = "gateway_bundle_activation_failures_total";
 pub const STATUS_REPORTS_DROPPED_TOTAL: &str = "gateway_status_reports_dropped_total";
 pub const REQUESTS_REFUSED_TOTAL: &str = "gateway_requests_refused_total";
+pub const TLS_CERT_EXPIRY: &str = "gateway_tls_certificate_expiry_timestamp_seconds";
+pub const TLS_RELOADS_TOTAL: &str = "gateway_tls_certificate_reloads_total";
+pub const UPSTREAM_TLS_ERRORS_TOTAL: &str = "gateway_upstream_tls_errors_total";
 
 /// The `decision` label values of `gateway_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +83,12 @@ pub struct Metrics {
     pub bundle_info: IntGaugeVec,
     pub bundle_activated: IntGauge,
     pub upstream_errors: IntCounter,
+    /// Upstream TLS handshakes that failed (verification, protocol), each also a 502.
+    pub upstream_tls_errors: IntCounter,
+    /// `gateway_tls_certificate_expiry_timestamp_seconds{name}`: the serving certificate's `notAfter`.
+    pub tls_expiry: IntGaugeVec,
+    /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
+    pub tls_reloads: IntCounterVec,
     /// Set when rendered, from the last confirmed sync.
     pub bundle_age: prometheus::Gauge,
     pub bundle_stale: IntGauge,
@@ -157,6 +166,24 @@ impl Metrics {
                 IntGauge::new(BUNDLE_ACTIVATED_TIMESTAMP, "Unix time the active bundle was activated")?,
             )?,
             upstream_errors: counter(&r, UPSTREAM_ERRORS_TOTAL, "Requests that failed to reach an upstream (502)")?,
+            upstream_tls_errors: counter(
+                &r,
+                UPSTREAM_TLS_ERRORS_TOTAL,
+                "TLS handshakes with an upstream that failed (verification or protocol); each is a 502",
+            )?,
+            tls_expiry: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(TLS_CERT_EXPIRY, "Unix time the serving TLS certificate expires (notAfter)"),
+                    &["name"],
+                )?,
+            )?,
+            tls_reloads: counter_vec(
+                &r,
+                TLS_RELOADS_TOTAL,
+                "Changed TLS certificate files loaded (ok) or refused, the old pair serving on (error)",
+                &["name", "result"],
+            )?,
             bundle_age: reg(&r, prometheus::Gauge::new(BUNDLE_AGE, age)?)?,
             bundle_stale: reg(&r, IntGauge::new(BUNDLE_STALE, "1 when the bundle age exceeds max_staleness")?)?,
             sync,

@@ -1,15 +1,22 @@
 //! Upstream pools: each upstream's targets resolved once per activation, balanced round robin,
-//! with the upstream's health check. A pool belongs to one active bundle and is dropped with it.
+//! with the upstream's health check, over the upstream's transport (plaintext or TLS, HTTP/1.1
+//! or HTTP/2). A pool belongs to one active bundle and is dropped with it.
 
 use std::net::ToSocketAddrs;
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
-use pingora::prelude::RequestHeader;
+use pingora::prelude::{HttpPeer, RequestHeader};
+use pingora::protocols::tls::CaType;
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::activation::ActivationError;
 
@@ -23,13 +30,123 @@ pub struct Pool {
     pub health_interval: Option<Duration>,
     /// Unix millis of the next due health check.
     pub next_check_ms: AtomicU64,
+    pub transport: Transport,
+}
+
+/// How the gateway speaks to an upstream's targets: requests and health checks alike.
+#[derive(Clone, Default)]
+pub struct Transport {
+    pub tls: Option<UpstreamTls>,
+    /// HTTP/2 only: by ALPN over TLS, by prior knowledge (h2c) without.
+    pub http2: bool,
+}
+
+/// `upstreams.<name>.tls`, its files read and checked at activation.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub verify: bool,
+    /// The CAs the upstream's chain must lead to; None: the system's roots.
+    pub ca: Option<Arc<CaType>>,
+    /// The client certificate presented for mTLS.
+    pub client: Option<Arc<CertKey>>,
+}
+
+impl Transport {
+    /// A peer for `addr` over this transport.
+    pub fn peer(&self, addr: &str) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, self.tls.is_some(), String::new());
+        self.apply(&mut peer);
+        peer
+    }
+
+    /// Sets TLS (SNI, verification, CAs, client certificate) and the HTTP version on `peer`.
+    fn apply(&self, peer: &mut HttpPeer) {
+        if let Some(tls) = &self.tls {
+            peer.sni = tls.sni.clone();
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+            peer.options.ca = tls.ca.clone();
+            peer.client_cert_key = tls.client.clone();
+        }
+        if self.http2 {
+            peer.options.set_http_version(2, 2);
+        } else {
+            peer.options.set_http_version(1, 1);
+        }
+    }
+
+    /// Reads and checks an upstream's TLS files (relative to `base`).
+    fn build(u: &policy_bundles::snapshot::Upstream, base: &Path) -> Result<Transport, String> {
+        let Some(t) = &u.spec.tls else { return Ok(Transport { tls: None, http2: u.spec.http2 }) };
+        let sni = match &t.sni {
+            Some(s) => s.clone(),
+            None => default_sni(u.spec.targets.first().map(String::as_str).unwrap_or_default()),
+        };
+        if sni.is_empty() {
+            return Err("tls: no `sni`, and the first target has no host to use".into());
+        }
+        let ca = match &t.ca_file {
+            None => None,
+            Some(f) => Some(read_cas(&base.join(f))?),
+        };
+        let client = match (&t.client_cert_file, &t.client_key_file) {
+            (Some(c), Some(k)) => Some(Arc::new(read_client(&base.join(c), &base.join(k))?)),
+            _ => None,
+        };
+        Ok(Transport { tls: Some(UpstreamTls { sni, verify: t.verify, ca, client }), http2: u.spec.http2 })
+    }
+}
+
+/// The host of a `host:port` target (brackets of an IPv6 literal removed).
+fn default_sni(target: &str) -> String {
+    let host = target.rsplit_once(':').map(|(h, _)| h).unwrap_or(target);
+    host.trim_start_matches('[').trim_end_matches(']').to_owned()
+}
+
+fn read_pem_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(file).map_err(|e| format!("tls: cannot read {}: {e}", file.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls: {}: {e}", file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("tls: {}: no PEM certificate in it", file.display()));
+    }
+    for c in &certs {
+        // Pingora's wrapper panics on a certificate that does not parse: check first.
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| format!("tls: {}: a certificate does not parse: {e}", file.display()))?;
+    }
+    Ok(certs)
+}
+
+fn read_cas(file: &Path) -> Result<Arc<CaType>, String> {
+    let certs = read_pem_certs(file)?;
+    let wrapped: Vec<WrappedX509> = certs.iter().map(|c| WrappedX509::new(c.as_ref().to_vec(), parse_x509)).collect();
+    Ok(Arc::from(wrapped.into_boxed_slice()))
+}
+
+/// A client certificate chain and its key, checked to match (Pingora unwraps the key later).
+fn read_client(cert_file: &Path, key_file: &Path) -> Result<CertKey, String> {
+    let chain = read_pem_certs(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("tls: {}: no usable PEM private key: {e}", key_file.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("tls: {}: {e}", key_file.display()))?;
+    rustls::sign::CertifiedKey::new(chain.clone(), signer)
+        .keys_match()
+        .map_err(|_| format!("tls: {} does not match {}", key_file.display(), cert_file.display()))?;
+    let der = key.secret_der().to_vec();
+    PrivateKeyDer::try_from(der.clone()).map_err(|e| format!("tls: {}: {e}", key_file.display()))?;
+    Ok(CertKey::new(chain.iter().map(|c| c.as_ref().to_vec()).collect(), der))
 }
 
 impl Pool {
     /// Resolves an upstream's targets and builds its round-robin pool with its health check.
     /// Blocking (name resolution): called at activation, off the request path.
-    pub fn build(u: &policy_bundles::snapshot::Upstream) -> Result<Pool, ActivationError> {
+    pub fn build(u: &policy_bundles::snapshot::Upstream, base: &Path) -> Result<Pool, ActivationError> {
         let err = |message: String| ActivationError::Upstream { upstream: u.name.clone(), message };
+        let transport = Transport::build(u, base).map_err(err)?;
         let mut backends = std::collections::BTreeSet::new();
         for t in &u.spec.targets {
             let addrs = t.to_socket_addrs().map_err(|e| err(format!("cannot resolve target `{t}`: {e}")))?;
@@ -46,14 +163,25 @@ impl Pool {
             Some(hc) => {
                 let check: Box<dyn HealthCheck + Send + Sync> = match &hc.path {
                     Some(path) => {
-                        let mut h = HttpHealthCheck::new("localhost", false);
+                        let mut h = HttpHealthCheck::new("localhost", transport.tls.is_some());
+                        transport.apply(&mut h.peer_template);
                         let mut req = RequestHeader::build("GET", path.as_bytes(), None)
                             .map_err(|e| err(format!("health check path `{path}`: {e}")))?;
                         req.append_header("Host", "localhost").map_err(|e| err(e.to_string()))?;
                         h.req = req;
                         Box::new(h)
                     }
-                    None => TcpHealthCheck::new(),
+                    // A connect (and, with TLS, a verified handshake) is the probe.
+                    None => match &transport.tls {
+                        Some(tls) if tls.client.is_none() => {
+                            let mut t = TcpHealthCheck::new_tls(&tls.sni);
+                            t.peer_template.options.verify_cert = tls.verify;
+                            t.peer_template.options.verify_hostname = tls.verify;
+                            t.peer_template.options.ca = tls.ca.clone();
+                            t
+                        }
+                        _ => TcpHealthCheck::new(),
+                    },
                 };
                 b.set_health_check(check);
                 Some(hc.interval.unwrap_or(Duration::from_secs(5)))
@@ -72,6 +200,7 @@ impl Pool {
             read_timeout: u.spec.read_timeout.unwrap_or(Duration::from_secs(30)),
             health_interval,
             next_check_ms: AtomicU64::new(0),
+            transport,
         })
     }
 }

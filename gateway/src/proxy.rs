@@ -46,6 +46,39 @@ pub struct Ctx {
     decision: Option<Arc<Decision>>,
     /// The client's IP as text (empty when not an IP socket): in the input.
     client_ip: String,
+    /// A gRPC request (`content-type: application/grpc*`): the gateway's own answers are gRPC
+    /// statuses, not JSON bodies.
+    grpc: bool,
+}
+
+/// What the connection under a request is: TLS (with the certificate its SNI chose) or not.
+struct Link {
+    /// The certificate the connection's SNI chose; None on plaintext.
+    tls: Option<Arc<crate::tls::Certificate>>,
+}
+
+impl Link {
+    fn of(session: &Session) -> Link {
+        let conn =
+            session.digest().and_then(|d| d.ssl_digest.as_ref()).and_then(|s| s.extension.get::<crate::tls::Conn>());
+        Link { tls: conn.map(|c| c.certificate.clone()) }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn default_port(&self) -> u16 {
+        if self.tls.is_some() {
+            443
+        } else {
+            80
+        }
+    }
 }
 
 /// Makes the request canonical in place (`crate::canon`), before routing: the path and host
@@ -58,6 +91,7 @@ fn canonicalize(
     removals: &[String],
     rules: &crate::config::RequestRules,
     peer: Option<(std::net::IpAddr, &str)>,
+    link: &Link,
 ) -> std::result::Result<String, Refusal> {
     let req = session.req_header_mut();
     let trusted = peer.is_some_and(|(ip, _)| rules.trusts(ip));
@@ -69,7 +103,14 @@ fn canonicalize(
     };
     let absolute_form = absolute.is_some();
     let http11 = req.version != http::Version::HTTP_10 && req.version != http::Version::HTTP_09;
-    let host = canon::host(seen.host.as_slice(), absolute, http11, 80)?;
+    let host = canon::host(seen.host.as_slice(), absolute, http11, link.default_port())?;
+    // On TLS the host must be one the connection's certificate covers: no fronting one
+    // tenant's name through a connection made (SNI) for another's.
+    if let (Some(cert), Some(h)) = (&link.tls, &host) {
+        if !cert.covers(&h.name) {
+            return Err(Refusal::Misdirected);
+        }
+    }
     let set_host = host.as_ref().filter(|h| !seen.host.is_some_and(|raw| h.is(raw))).map(canon::Host::authority);
     let (doomed_any, real_ip) = (seen.doomed, seen.real_ip);
     let path = canon::path(req.uri.path(), rules.escaped_slashes)?;
@@ -93,7 +134,7 @@ fn canonicalize(
         }
     }
     if let Some((_, ip)) = peer {
-        forwarding(req, ip, trusted, real_ip);
+        forwarding(req, ip, trusted, real_ip, link.scheme());
     }
     Ok(host.map(|h| h.name).unwrap_or_default())
 }
@@ -177,7 +218,7 @@ fn doomed(n: &str, removals: &[String], rules: &crate::config::RequestRules, tru
 /// proxy the peer is appended to `X-Forwarded-For` and `Forwarded` and the proxy's
 /// `X-Real-IP` and `X-Forwarded-Proto` are kept; from anyone else they are the gateway's own.
 /// A client's `X-Real-IP` is replaced with the peer; none is added where none was sent.
-fn forwarding(req: &mut RequestHeader, ip: &str, trusted: bool, real_ip: bool) {
+fn forwarding(req: &mut RequestHeader, ip: &str, trusted: bool, real_ip: bool, scheme: &str) {
     let append = |req: &RequestHeader, name: &str, node: &str| -> Option<String> {
         let mut all = req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).peekable();
         all.peek()?;
@@ -194,18 +235,22 @@ fn forwarding(req: &mut RequestHeader, ip: &str, trusted: bool, real_ip: bool) {
         let _ = req.insert_header("x-real-ip", ip);
     }
     if !trusted || !req.headers.contains_key("x-forwarded-proto") {
-        let _ = req.insert_header("x-forwarded-proto", "http");
+        let _ = req.insert_header("x-forwarded-proto", scheme);
     }
 }
 
-/// Writes a small JSON response and ends the request.
+/// Writes the gateway's own answer (a small JSON body; for gRPC, a gRPC status) and ends the request.
 async fn respond(
     session: &mut Session,
+    grpc: bool,
     status: u16,
     error: &str,
     reason: Option<&str>,
     extra: &[(String, String)],
 ) -> Result<()> {
+    if grpc {
+        return respond_grpc(session, status, reason.unwrap_or(error), extra).await;
+    }
     let body = match reason {
         Some(r) => serde_json::json!({ "error": error, "reason": r }),
         None => serde_json::json!({ "error": error }),
@@ -224,6 +269,50 @@ async fn respond(
     session.write_response_body(Some(body), true).await
 }
 
+/// Answers a gRPC call: a gRPC client reads `grpc-status`, not the HTTP status, so the answer
+/// is "trailers-only" (HTTP 200, one header block that ends the stream) with the status the
+/// HTTP one maps to and the reason as `grpc-message`.
+async fn respond_grpc(session: &mut Session, status: u16, message: &str, extra: &[(String, String)]) -> Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(4 + extra.len()))?;
+    resp.insert_header("content-type", "application/grpc")?;
+    resp.insert_header("grpc-status", grpc_status(status).to_string())?;
+    resp.insert_header("grpc-message", grpc_message(message))?;
+    for (k, v) in extra {
+        resp.insert_header(k.clone(), v.as_str())?;
+    }
+    if session.req_header().version != http::Version::HTTP_2 {
+        resp.insert_header("content-length", "0")?;
+    }
+    session.write_response_header(Box::new(resp), true).await
+}
+
+/// gRPC's mapping of HTTP statuses (doc/http-grpc-status-mapping.md), with 401 and 403 as the
+/// statuses they mean: UNAUTHENTICATED and PERMISSION_DENIED.
+fn grpc_status(http: u16) -> u8 {
+    match http {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        413 => 8,              // RESOURCE_EXHAUSTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%`.
+fn grpc_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Proxy {
     /// Answers what [`authorize`] made of the request (404, 401, a deny, a policy failure) or
     /// keeps the allowing decision for the later phases; `Ok(false)` to proxy the request.
@@ -237,14 +326,14 @@ impl Proxy {
         let (route_ix, verdict, took) = match outcome {
             authorize::Outcome::NoRoute => {
                 ctx.outcome = Some(Outcome::NoRoute);
-                respond(session, 404, "no route matches this request", None, &[]).await?;
+                respond(session, ctx.grpc, 404, "no route matches this request", None, &[]).await?;
                 return Ok(true);
             }
             authorize::Outcome::Unauthenticated { route, error } => {
                 ctx.route = Some(route);
                 ctx.outcome = Some(Outcome::Unauthenticated);
                 tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "bearer token refused");
-                respond(session, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
+                respond(session, ctx.grpc, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
                 ctx.active = Some(active);
                 return Ok(true);
             }
@@ -261,7 +350,7 @@ impl Proxy {
             Verdict::Deny(d, how) => {
                 self.gateway.metrics.count_decision(how);
                 ctx.outcome = Some(Outcome::Deny);
-                respond(session, d.status, "forbidden", d.reason.as_deref(), &d.response_headers).await?;
+                respond(session, ctx.grpc, d.status, "forbidden", d.reason.as_deref(), &d.response_headers).await?;
                 ctx.active = Some(active);
                 return Ok(true);
             }
@@ -272,7 +361,7 @@ impl Proxy {
             Verdict::Failed(e) => {
                 tracing::warn!(route = %route.name, error = %e, "policy failed; denying (fail closed)");
                 ctx.outcome = Some(Outcome::Error);
-                respond(session, 403, "forbidden", Some(authorize::error_reason(&e)), &[]).await?;
+                respond(session, ctx.grpc, 403, "forbidden", Some(authorize::error_reason(&e)), &[]).await?;
                 ctx.active = Some(active);
                 return Ok(true);
             }
@@ -301,36 +390,47 @@ impl ProxyHttp for Proxy {
             outcome: None,
             decision: None,
             client_ip: String::new(),
+            grpc: false,
         }
     }
 
     /// Routes, authenticates and authorizes ([`authorize`]). Returns `Ok(true)` when it has
     /// answered the request itself (404, 401, a deny, 503 with no bundle), `Ok(false)` to proxy it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.grpc = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         match self.gateway.admission.admit().await {
             Some(slot) => ctx.slot = Some(slot),
             None => {
                 ctx.outcome = Some(Outcome::Shed);
                 let retry = [("retry-after".to_string(), "1".to_string())];
-                respond(session, 503, "overloaded: the gateway is at its in-flight limit", None, &retry).await?;
+                respond(session, ctx.grpc, 503, "overloaded: the gateway is at its in-flight limit", None, &retry)
+                    .await?;
                 return Ok(true);
             }
         }
         let Some(active) = self.gateway.active.load_full() else {
             ctx.outcome = Some(Outcome::Unavailable);
-            respond(session, 503, "no policy bundle is active yet", None, &[]).await?;
+            respond(session, ctx.grpc, 503, "no policy bundle is active yet", None, &[]).await?;
             return Ok(true);
         };
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let peer = client_ip.map(|ip| (ip, ctx.client_ip.as_str()));
-        let host = match canonicalize(session, &active.snapshot.header_removals, &self.gateway.config.requests, peer) {
+        let link = Link::of(session);
+        let scheme = link.scheme();
+        let rules = &self.gateway.config.requests;
+        let host = match canonicalize(session, &active.snapshot.header_removals, rules, peer, &link) {
             Ok(h) => h,
             Err(r) => {
                 ctx.outcome = Some(Outcome::Refused);
                 self.gateway.metrics.count_refusal(r);
                 tracing::debug!(reason = r.reason(), "request refused before routing");
-                respond(session, 400, "bad request", Some(r.message()), &[]).await?;
+                let error = if r.status() == 421 { "misdirected request" } else { "bad request" };
+                respond(session, ctx.grpc, r.status(), error, Some(r.message()), &[]).await?;
                 return Ok(true);
             }
         };
@@ -341,7 +441,7 @@ impl ProxyHttp for Proxy {
                 path: req.uri.path(),
                 query: req.uri.query(),
                 host: &host,
-                scheme: "http",
+                scheme,
                 client_ip: &ctx.client_ip,
             },
             authorization: req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
@@ -365,7 +465,7 @@ impl ProxyHttp for Proxy {
                 format!("upstream `{}` has no healthy target", pool.name),
             );
         };
-        let mut peer = HttpPeer::new(backend, false, String::new());
+        let mut peer = pool.transport.peer(&backend.addr.to_string());
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.total_connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
@@ -410,7 +510,7 @@ impl ProxyHttp for Proxy {
     }
 
     /// Answers a failed proxy attempt: 502 (JSON) when the upstream could not be reached.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -427,10 +527,18 @@ impl ProxyHttp for Proxy {
         };
         if code == 502 {
             self.gateway.metrics.upstream_errors.inc();
+            if e.esource() == &ErrorSource::Upstream
+                && matches!(
+                    e.etype(),
+                    ErrorType::TLSHandshakeFailure | ErrorType::TLSHandshakeTimedout | ErrorType::InvalidCert
+                )
+            {
+                self.gateway.metrics.upstream_tls_errors.inc();
+            }
         }
         if code > 0 {
             let msg = if code == 502 { "upstream unavailable" } else { "request failed" };
-            if let Err(err) = respond(session, code, msg, None, &[]).await {
+            if let Err(err) = respond(session, ctx.grpc, code, msg, None, &[]).await {
                 tracing::debug!(error = %err, "cannot send the error response");
             }
         }

@@ -24,6 +24,12 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("HTTP client for bundle sources: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("`tls.certificates`: {0}")]
+    Certificate(#[from] crate::tls::CertError),
+    #[error("listener: {0}")]
+    Listener(String),
+    #[error("a lock was poisoned while starting")]
+    Poisoned,
     #[error("cannot activate {path}: {source}")]
     Activation { path: String, source: crate::activation::ActivationError },
 }
@@ -84,6 +90,8 @@ pub struct Gateway {
     pub(crate) retired: Mutex<Vec<Arc<Active>>>,
     started_ms: u64,
     pub(crate) signing_keys: Vec<VerificationKey>,
+    /// TLS on the proxy listener, once the listeners are built (for `/status`).
+    pub(crate) tls: Mutex<Option<Arc<crate::tls::Tls>>>,
 }
 
 pub fn unix_now() -> u64 {
@@ -116,6 +124,7 @@ impl Gateway {
             retired: Mutex::new(Vec::new()),
             started_ms: unix_now_ms(),
             signing_keys,
+            tls: Mutex::new(None),
         })
     }
 

@@ -55,10 +55,12 @@ pub enum Refusal {
     DuplicateAuthorization,
     Framing,
     UnderscoreHeader,
+    /// On TLS: the Host is not covered by the certificate the connection's SNI chose (421).
+    Misdirected,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 15] = [
         Refusal::EscapedSlash,
         Refusal::Backslash,
         Refusal::Nul,
@@ -73,6 +75,7 @@ impl Refusal {
         Refusal::DuplicateAuthorization,
         Refusal::Framing,
         Refusal::UnderscoreHeader,
+        Refusal::Misdirected,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -91,6 +94,7 @@ impl Refusal {
             Refusal::DuplicateAuthorization => "duplicate_authorization",
             Refusal::Framing => "framing",
             Refusal::UnderscoreHeader => "underscore_header",
+            Refusal::Misdirected => "misdirected",
         }
     }
 
@@ -111,6 +115,17 @@ impl Refusal {
             Refusal::DuplicateAuthorization => "the request has more than one Authorization header",
             Refusal::Framing => "the request's Content-Length / Transfer-Encoding are ambiguous",
             Refusal::UnderscoreHeader => "a header name contains `_`",
+            Refusal::Misdirected => "the certificate chosen for this connection (by SNI) does not cover this host",
+        }
+    }
+
+    /// The status the client gets: 421 Misdirected Request when the Host is not one the
+    /// connection's certificate covers (no fronting one tenant's name through another's
+    /// connection), 400 for the rest.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::Misdirected => 421,
+            _ => 400,
         }
     }
 }

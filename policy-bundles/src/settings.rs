@@ -43,6 +43,37 @@ pub struct UpstreamSpec {
     /// Default 30s.
     #[serde(default, deserialize_with = "opt_duration")]
     pub read_timeout: Option<Duration>,
+    /// TLS to the upstream (verified unless `verify: false` says otherwise).
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsSpec>,
+    /// HTTP/2 to the upstream (gRPC): by ALPN over TLS, by prior knowledge (h2c) without.
+    #[serde(default)]
+    pub http2: bool,
+}
+
+/// `upstreams.<name>.tls`. Files are on the gateway's disk, relative to its config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// The name sent as SNI and verified against the upstream's certificate; default the
+    /// host of the first target.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM CA certificates the upstream's chain must lead to; default the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Default true. `false` accepts any certificate: say it only for a test upstream.
+    #[serde(default = "verify_default")]
+    pub verify: bool,
+    /// A client certificate (PEM chain) and its key, for upstreams that require mTLS.
+    #[serde(default)]
+    pub client_cert_file: Option<String>,
+    #[serde(default)]
+    pub client_key_file: Option<String>,
+}
+
+fn verify_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

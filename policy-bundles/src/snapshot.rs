@@ -405,8 +405,25 @@ fn compile_upstreams(bundle: &Bundle, errors: &mut Vec<BundleError>) -> Vec<Upst
                 );
             }
         }
+        if let Some(Err(m)) = u.spec.tls.as_ref().map(check_upstream_tls) {
+            errors.push(
+                BundleError::new(ErrorKind::Settings, file.clone(), format!("upstream `{}`: tls: {m}", u.name))
+                    .at_line(line),
+            );
+        }
     }
     upstreams
+}
+
+/// What can be checked of an upstream's `tls` without the gateway's files.
+fn check_upstream_tls(t: &crate::settings::UpstreamTlsSpec) -> Result<(), String> {
+    if t.client_cert_file.is_some() != t.client_key_file.is_some() {
+        return Err("`client_cert_file` and `client_key_file` go together".into());
+    }
+    if t.sni.as_deref().is_some_and(|s| s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '/')) {
+        return Err("`sni` must be a host name".into());
+    }
+    Ok(())
 }
 
 /// The routes in order, what the route table matches them on, and the distinct rules they name
