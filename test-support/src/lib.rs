@@ -9,6 +9,7 @@
 //! * [`tokens`] and [`bundles`]: demo JWTs and the example bundle, edited per test;
 //! * [`archives`]: hostile tarballs written by hand (raw names, links);
 //! * [`certs`]: a throwaway CA and the server and client certificates it signs;
+//! * [`grpc`]: a Python gRPC upstream and a one-call gRPC client, on raw bytes;
 //! * [`serve`]: a fixture server's runtime and announced listener;
 //! * [`source`]: a scriptable bundle source (ETags, long polls, faults), in-process or as the
 //!   `hostile-source` binary;
@@ -20,6 +21,7 @@
 pub mod archives;
 pub mod bundles;
 pub mod certs;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod paths;
