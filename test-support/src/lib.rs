@@ -15,8 +15,9 @@
 //!   `hostile-source` binary;
 //! * [`ws`]: a blocking WebSocket client: one message out, its echo back, or the refusal.
 //!
-//! The crate also builds the fixture servers (`echo-upstream`, `hostile-source`) and
-//! `demo-token`, which the tests, the load tests and `scripts/run` start as processes.
+//! The crate also builds the fixture servers (`echo-upstream`, `hostile-source`),
+//! `demo-token` and `demo-certs` (behind `scripts/make-certs`), which the tests, the load
+//! tests and the scripts start as processes; `grpc/` holds the Python gRPC fixture.
 
 pub mod archives;
 pub mod bundles;
