@@ -20,6 +20,22 @@ fn check_config_accepts_every_shipped_config() {
 }
 
 #[test]
+fn check_config_accepts_the_shipped_tls_config_with_the_demo_certificates() {
+    // config/gateway-tls.yaml reads ../run/certs: lay out a copy with the demo certificates there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&repo_root().join("config"), &dir.path().join("config"));
+    let made = Command::new(repo_root().join("scripts/make-certs"))
+        .arg(dir.path().join("run/certs"))
+        .env("DEMO_CERTS", workspace_bin("demo-certs"))
+        .output()
+        .expect("make-certs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (ok, out) = check(&dir.path().join("config/gateway-tls.yaml"));
+    assert!(ok, "{out}");
+    assert!(out.contains("api.localhost") && out.contains("*.apps.localhost"), "{out}");
+}
+
+#[test]
 fn the_alert_rules_read_metrics_the_gateway_exports() {
     let rules: yaml_serde::Value =
         yaml_serde::from_str(&std::fs::read_to_string(repo_root().join("config/alerts.yaml")).expect("alerts.yaml"))
