@@ -283,7 +283,10 @@ async fn respond_grpc(session: &mut Session, status: u16, message: &str, extra: 
     if session.req_header().version != http::Version::HTTP_2 {
         resp.insert_header("content-length", "0")?;
     }
-    session.write_response_header(Box::new(resp), true).await
+    // Not `write_response_header`: on h2 it never ends the stream with the headers, and a
+    // gRPC client reads a status in headers only from a block that does.
+    let header = pingora::protocols::http::HttpTask::Header(Box::new(resp), true);
+    session.response_duplex_vec(vec![header]).await.map(|_| ())
 }
 
 /// gRPC's mapping of HTTP statuses (doc/http-grpc-status-mapping.md), with 401 and 403 as the

@@ -100,6 +100,50 @@ fn an_upstream_tls_file_that_is_missing_keeps_the_bundle_from_activating() {
     assert!(err.contains("nowhere.pem") && err.contains("secure"), "{err}");
 }
 
+const GRPC_POLICY: &str = r#"package http.grpc
+
+import rego.v1
+
+decision := {"allow": true} if {
+	input.request.path == "/demo.Echo/Say"
+	input.jwt.claims.sub == "alice"
+} else := {"allow": false, "status": 403, "reason": "only alice may say things"}
+"#;
+
+#[test]
+fn a_grpc_call_is_allowed_or_denied_with_a_grpc_status() {
+    let Some(_) = test_support::grpc::python() else {
+        panic!("python3 with grpcio is needed: run scripts/py-deps");
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = test_support::grpc::server();
+    let certs = crate::three_certs(dir.path());
+    let upstreams = format!("  grpc:\n    targets: [\"{}\"]\n    http2: true\n", server.1);
+    let route = "  - name: grpc\n    match: { path_prefix: /demo.Echo/ }\n    upstream: grpc\n    policy: data.http.grpc.decision\n";
+    let backend = echo_upstream("backend");
+    let bundle =
+        example_bundle(dir.path(), &backend.addr.to_string(), &upstreams, route, &[("http/grpc.rego", GRPC_POLICY)]);
+    let gw = crate::tls_gateway_on(dir.path(), &certs, &bundle, "");
+    let target = format!("127.0.0.1:{}", port_of(&gw.base));
+    let opts = |token: Option<String>| test_support::grpc::CallOpts {
+        ca: Some(certs.ca_file.clone()),
+        authority: Some("api.localhost".into()),
+        token,
+    };
+    let ok = test_support::grpc::call(&target, "/demo.Echo/Say", "hi", &opts(Some(token("alice", &["reader"]))));
+    assert_eq!(ok["code"], "OK", "{ok}");
+    assert_eq!(ok["reply"], "echo:hi", "{ok}");
+
+    let denied = test_support::grpc::call(&target, "/demo.Echo/Say", "hi", &opts(Some(token("bob", &["reader"]))));
+    assert_eq!(denied["code"], "PERMISSION_DENIED", "{denied}");
+    assert_eq!(denied["details"], "only alice may say things", "{denied}");
+
+    let forged = test_support::grpc::call(&target, "/demo.Echo/Say", "hi", &opts(Some("not.a.token".into())));
+    assert_eq!(forged["code"], "UNAUTHENTICATED", "{forged}");
+    let unrouted = test_support::grpc::call(&target, "/other.Service/Call", "hi", &opts(None));
+    assert_eq!(unrouted["code"], "UNIMPLEMENTED", "{unrouted}");
+}
+
 #[test]
 fn a_websocket_is_authorized_at_the_upgrade_then_echoed_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
