@@ -309,3 +309,21 @@ fn check_config_checks_certificates_and_names_the_bad_file() {
     assert_eq!(bad.status.code(), Some(2), "{err}");
     assert!(err.contains(&missing.display().to_string()), "{err}");
 }
+
+#[test]
+fn tls_12_is_the_default_minimum_and_min_version_13_refuses_a_tls_12_client() {
+    for (min, tls12_ok) in [("", true), ("  min_version: \"1.3\"\n", false)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = three_certs(dir.path());
+        // `extra` lands right after the certificate list, inside `tls:`.
+        let (gw, _up) = tls_gateway(dir.path(), &certs, min);
+        let port = port_of(&gw.base);
+        let url = format!("https://api.localhost:{port}/seen/x");
+        let resolve = format!("api.localhost:{port}:127.0.0.1");
+        let ca = certs.ca_file.display().to_string();
+        let old = curl(&["--tlsv1.2", "--tls-max", "1.2", "--cacert", &ca, "--resolve", &resolve, &url]);
+        assert_eq!(old.status == 200, tls12_ok, "TLS 1.2 client with {min:?}: {old:?}");
+        let new = curl(&["--tlsv1.3", "--cacert", &ca, "--resolve", &resolve, &url]);
+        assert_eq!(new.status, 200, "TLS 1.3 client with {min:?}: {new:?}");
+    }
+}
