@@ -48,6 +48,25 @@ fn an_upstream_over_tls_is_verified_against_its_ca() {
 }
 
 #[test]
+fn health_checks_speak_tls_to_a_tls_upstream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("upstream CA");
+    ca.write(dir.path(), "upstream-ca");
+    let good = tls_upstream(dir.path(), &ca, None);
+    // A target that answers plain HTTP where TLS is expected: its health check must fail.
+    let plain = echo_upstream("plain");
+    let targets = format!("{}\", \"{}", good.addr, plain.addr);
+    let (gw, _backend) = gateway_to(dir.path(), &targets, "{ sni: localhost, ca_file: upstream-ca.pem }");
+    // Were the checks not over TLS, both targets would fail them and requests would be spread
+    // over both (panic mode), half of them 502.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    for i in 0..20 {
+        let r = get(&format!("{}/secure/{i}", gw.base), &[]);
+        assert_eq!((r.status, r.json()["upstream"].clone()), (200, "secure".into()), "{r:?}");
+    }
+}
+
+#[test]
 fn an_upstream_certificate_from_another_ca_is_502_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("upstream CA");
