@@ -50,6 +50,11 @@ pub struct UpstreamTls {
     pub ca: Option<Arc<CaType>>,
     /// The client certificate presented for mTLS.
     pub client: Option<Arc<CertKey>>,
+    /// Pingora pools upstream connections by address, SNI, verification flags and client
+    /// certificate, but not by CA: without this, an upstream trusting one CA would reuse a
+    /// connection verified under another upstream's (or an older bundle's) CA. A hash of the
+    /// CA certificates, so only connections verified under the same roots are shared.
+    pub group_key: u64,
 }
 
 impl Transport {
@@ -68,6 +73,7 @@ impl Transport {
             peer.options.verify_hostname = tls.verify;
             peer.options.ca = tls.ca.clone();
             peer.client_cert_key = tls.client.clone();
+            peer.group_key = tls.group_key;
         }
         if self.http2 {
             peer.options.set_http_version(2, 2);
@@ -86,15 +92,18 @@ impl Transport {
         if sni.is_empty() {
             return Err("tls: no `sni`, and the first target has no host to use".into());
         }
-        let ca = match &t.ca_file {
-            None => None,
-            Some(f) => Some(read_cas(&base.join(f))?),
+        let (ca, group_key) = match &t.ca_file {
+            None => (None, 0),
+            Some(f) => {
+                let certs = read_pem_certs(&base.join(f))?;
+                (Some(wrap_cas(&certs)), roots_key(&certs))
+            }
         };
         let client = match (&t.client_cert_file, &t.client_key_file) {
             (Some(c), Some(k)) => Some(Arc::new(read_client(&base.join(c), &base.join(k))?)),
             _ => None,
         };
-        Ok(Transport { tls: Some(UpstreamTls { sni, verify: t.verify, ca, client }), http2: u.spec.http2 })
+        Ok(Transport { tls: Some(UpstreamTls { sni, verify: t.verify, ca, client, group_key }), http2: u.spec.http2 })
     }
 }
 
@@ -120,10 +129,19 @@ fn read_pem_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-fn read_cas(file: &Path) -> Result<Arc<CaType>, String> {
-    let certs = read_pem_certs(file)?;
+/// A stable hash of CA certificates (never 0, which stands for the system roots).
+fn roots_key(certs: &[CertificateDer<'_>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in certs {
+        c.as_ref().hash(&mut h);
+    }
+    h.finish().max(1)
+}
+
+fn wrap_cas(certs: &[CertificateDer<'_>]) -> Arc<CaType> {
     let wrapped: Vec<WrappedX509> = certs.iter().map(|c| WrappedX509::new(c.as_ref().to_vec(), parse_x509)).collect();
-    Ok(Arc::from(wrapped.into_boxed_slice()))
+    Arc::from(wrapped.into_boxed_slice())
 }
 
 /// A client certificate chain and its key, checked to match (Pingora unwraps the key later).

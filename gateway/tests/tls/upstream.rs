@@ -87,6 +87,31 @@ fn an_upstream_certificate_from_another_ca_is_502_and_counted() {
 }
 
 #[test]
+fn a_pooled_connection_verified_under_one_ca_is_not_reused_by_an_upstream_trusting_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("upstream CA");
+    ca.write(dir.path(), "upstream-ca");
+    Ca::new("a CA the second upstream trusts").write(dir.path(), "other-ca");
+    let up = tls_upstream(dir.path(), &ca, None);
+    let backend = echo_upstream("backend");
+    // Same address, same SNI, same verification flags: only the trusted roots differ.
+    let upstreams = format!(
+        "  secure:\n    targets: [\"{0}\"]\n    tls: {{ sni: localhost, ca_file: upstream-ca.pem }}\n  strict:\n    targets: [\"{0}\"]\n    tls: {{ sni: localhost, ca_file: other-ca.pem }}\n",
+        up.addr
+    );
+    let routes = format!(
+        "{SECURE_ROUTE}  - name: strict\n    match: {{ path_prefix: /strict }}\n    upstream: strict\n    policy: data.http.public.allow\n"
+    );
+    let bundle = example_bundle(dir.path(), &backend.addr.to_string(), &upstreams, &routes, &[]);
+    let gw = start_gateway(dir.path(), &bundle);
+    let r = get(&format!("{}/secure/x", gw.base), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    // The connection the first request left in the pool must not carry the second.
+    let r = get(&format!("{}/strict/x", gw.base), &[]);
+    assert_eq!(r.status, 502, "a connection verified under another CA was reused: {r:?}");
+}
+
+#[test]
 fn mtls_presents_the_client_certificate_the_upstream_requires() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("upstream CA");
