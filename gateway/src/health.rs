@@ -16,21 +16,13 @@ pub struct HealthChecks {
     pub gateway: Arc<Gateway>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
+        while crate::state::next_tick(&mut tick, &mut shutdown).await {
             let Some(active) = self.gateway.active.load_full() else { continue };
-            let now = now_ms();
+            let now = crate::state::unix_now_ms();
             for pool in &active.pools {
                 let Some(interval) = pool.health_interval else { continue };
                 if pool.next_check_ms.load(Ordering::Relaxed) > now {

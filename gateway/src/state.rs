@@ -98,6 +98,15 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Waits for `tick`'s next tick; false once the server is shutting down. The loop of every
+/// periodic background service: `while next_tick(&mut tick, &mut shutdown).await { .. }`.
+pub(crate) async fn next_tick(tick: &mut tokio::time::Interval, shutdown: &mut pingora::server::ShutdownWatch) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => false,
+        _ = tick.tick() => true,
+    }
+}
+
 pub fn unix_now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

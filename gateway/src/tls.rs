@@ -376,11 +376,7 @@ pub struct Reloader {
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
+        while crate::state::next_tick(&mut tick, &mut shutdown).await {
             let (tls, gw) = (self.tls.clone(), self.gateway.clone());
             // File reads and key parsing off the async workers.
             let _ = tokio::task::spawn_blocking(move || tls.reload_changed(&gw.metrics)).await;
