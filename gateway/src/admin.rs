@@ -63,6 +63,8 @@ impl Admin {
             },
             "last_error": sync.last_error,
             "last_activation": gw.last_activation.lock().ok().and_then(|a| a.clone()),
+            "phase": gw.phases.get().label(),
+            "pid": std::process::id(),
             "tls": gw.tls.lock().ok().and_then(|t| t.as_ref().map(|t| serde_json::json!({ "certificates": t.status() }))),
         })
     }
@@ -74,13 +76,15 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path().to_owned();
         match path.as_str() {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
-            "/readyz" => {
-                if self.gateway.active.load().is_some() {
-                    reply(200, "text/plain", b"ready\n".to_vec())
-                } else {
-                    reply(503, "text/plain", b"not ready: no policy bundle is active\n".to_vec())
-                }
-            }
+            "/readyz" => match (self.gateway.active.load().is_some(), self.gateway.phases.get()) {
+                (_, crate::upgrade::Phase::Draining) => reply(
+                    503,
+                    "text/plain",
+                    b"not ready: draining (handing over to a new process, or shutting down)\n".to_vec(),
+                ),
+                (true, _) => reply(200, "text/plain", b"ready\n".to_vec()),
+                (false, _) => reply(503, "text/plain", b"not ready: no policy bundle is active\n".to_vec()),
+            },
             "/status" => {
                 let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
                 reply(200, "application/json", body)

@@ -47,6 +47,10 @@ struct RawConfig {
     plaintext_listen: Option<String>,
     #[serde(default)]
     h2c: bool,
+    #[serde(default)]
+    upgrade_sock: Option<PathBuf>,
+    #[serde(default)]
+    pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +163,11 @@ pub struct Config {
     /// The config file's directory: relative paths in the config, and in a bundle's upstream
     /// `tls` files, are read from here.
     pub base_dir: PathBuf,
+    /// Where a new process (`--upgrade`) receives the listening sockets; default
+    /// `/tmp/gateway-<listen port>.upgrade.sock`.
+    pub upgrade_sock: PathBuf,
+    /// This process's PID, read by `--upgrade` to signal it; default `/tmp/gateway-<listen port>.pid`.
+    pub pid_file: PathBuf,
 }
 
 /// `tls`: the certificates served on `listen`, chosen by SNI.
@@ -316,6 +325,8 @@ impl Config {
             tls,
             plaintext_listen,
             h2c,
+            upgrade_sock,
+            pid_file,
         } = raw;
         let mut c = Check { base: path.parent().unwrap_or(Path::new(".")).to_path_buf(), problems: Vec::new() };
         let listen = c.addr("listen", &listen);
@@ -333,6 +344,12 @@ impl Config {
             c.problem("`plaintext_listen` must differ from `listen`".into());
         }
         let base_dir = c.base.clone();
+        let port = listen.port();
+        let upgrade_sock = upgrade_sock
+            .map(|p| c.resolve(p))
+            .unwrap_or_else(|| PathBuf::from(format!("/tmp/gateway-{port}.upgrade.sock")));
+        let pid_file =
+            pid_file.map(|p| c.resolve(p)).unwrap_or_else(|| PathBuf::from(format!("/tmp/gateway-{port}.pid")));
         let requests =
             request_rules(&trusted_proxies, &path_with_escaped_slashes, &headers_with_underscores, &mut c.problems);
         if !c.problems.is_empty() {
@@ -353,6 +370,8 @@ impl Config {
             plaintext_listen,
             h2c,
             base_dir,
+            upgrade_sock,
+            pid_file,
         })
     }
 }

@@ -16,10 +16,11 @@ pub mod served;
 pub mod state;
 pub mod sync;
 pub mod tls;
+pub mod upgrade;
 
 use std::sync::Arc;
 
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
@@ -28,9 +29,19 @@ pub use activation::boot_from_cache;
 pub use config::Config;
 pub use state::{Gateway, StartError};
 
+/// How the process starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Binds its listeners.
+    Fresh,
+    /// Takes the listeners of the running gateway (`--upgrade`, see [`upgrade`]).
+    Upgrade,
+}
+
 /// Builds the Pingora server: proxy listener, admin listener and health checks, with the
-/// configured bundle already active. Fails if the bundle cannot be activated.
-pub fn build(config: Config) -> Result<Server, StartError> {
+/// configured bundle already active. Fails if the bundle cannot be activated, and, taking over
+/// from a running gateway, before that gateway is touched if there is nothing to serve.
+pub fn build(config: Config, start: Start) -> Result<Server, StartError> {
     // Every policy evaluation is bounded in wall-clock time; past the bound it errors (deny).
     policy_bundles::set_evaluation_time_limit(config.policy_timeout);
     policy_bundles::snapshot::set_decision_cache_entries(config.decision_cache_entries);
@@ -47,14 +58,18 @@ pub fn build(config: Config) -> Result<Server, StartError> {
             Some(poll.clone())
         }
     };
+    if start == Start::Upgrade && gateway.active().is_none() {
+        return Err(upgrade::UpgradeError::NothingToServe.into());
+    }
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),
+        upgrade_sock: config.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let opt = Opt { upgrade: start == Start::Upgrade, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
 
     let mut proxy =
         pingora::proxy::http_proxy_service(&server.configuration, proxy::Proxy { gateway: gateway.clone() });
@@ -78,10 +93,23 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         server.add_service(background_service("certificate reload", reloader));
     }
     if let Some(poll) = poll {
-        let (syncer, reporter) = sync::Syncer::new(gateway, poll, config.instance.clone())?;
+        let (syncer, reporter) = sync::Syncer::new(gateway.clone(), poll, config.instance.clone())?;
         server.add_service(background_service("bundle sync", syncer));
         server.add_service(background_service("status reports", reporter));
     }
+    let phases = upgrade::PhaseWatch {
+        phases: gateway.phases.clone(),
+        watch: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+    };
+    server.add_service(background_service("execution phase", phases));
+    // Everything is checked and the bundle active: only now is a running gateway asked to hand over.
+    if start == Start::Upgrade {
+        let pid = upgrade::ask_to_hand_over(&config.pid_file)?;
+        tracing::info!(pid, sock = %config.upgrade_sock.display(), "asked the running gateway to hand over its listeners");
+    }
+    server.bootstrap();
+    upgrade::write_pid(&config.pid_file)?;
+    upgrade::notify_systemd();
     Ok(server)
 }
 

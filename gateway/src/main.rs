@@ -17,6 +17,10 @@ struct Cli {
     /// Run with this configuration file.
     #[arg(long, value_name = "FILE", conflicts_with = "check_config", required_unless_present = "check_config")]
     config: Option<PathBuf>,
+    /// Take over the listening sockets of the gateway running with this config (its PID is in
+    /// `pid_file`), once this process has activated its bundle; that gateway then drains and exits.
+    #[arg(long, requires = "config")]
+    upgrade: bool,
     /// Validate this configuration file and the bundle it names, then exit.
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
@@ -45,13 +49,15 @@ fn main() -> ExitCode {
         };
     }
     let Some(path) = cli.config else { return ExitCode::from(2) };
-    let server = match gateway::Config::load(&path).map_err(anyhow::Error::from).and_then(|c| Ok(gateway::build(c)?)) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("gateway: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
+    let start = if cli.upgrade { gateway::Start::Upgrade } else { gateway::Start::Fresh };
+    let server =
+        match gateway::Config::load(&path).map_err(anyhow::Error::from).and_then(|c| Ok(gateway::build(c, start)?)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("gateway: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
     server.run_forever()
 }
 

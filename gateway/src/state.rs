@@ -28,6 +28,8 @@ pub enum StartError {
     Certificate(#[from] crate::tls::CertError),
     #[error("listener: {0}")]
     Listener(String),
+    #[error("upgrade: {0}")]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error("a lock was poisoned while starting")]
     Poisoned,
     #[error("cannot activate {path}: {source}")]
@@ -92,6 +94,8 @@ pub struct Gateway {
     pub(crate) signing_keys: Vec<VerificationKey>,
     /// TLS on the proxy listener, once the listeners are built (for `/status`).
     pub(crate) tls: Mutex<Option<Arc<crate::tls::Tls>>>,
+    /// Starting, running, or draining (handing over / shutting down): `/readyz`.
+    pub(crate) phases: Arc<crate::upgrade::Phases>,
 }
 
 pub fn unix_now() -> u64 {
@@ -134,6 +138,7 @@ impl Gateway {
             started_ms: unix_now_ms(),
             signing_keys,
             tls: Mutex::new(None),
+            phases: Arc::default(),
         })
     }
 
