@@ -48,9 +48,19 @@ struct RawConfig {
     #[serde(default)]
     h2c: bool,
     #[serde(default)]
+    access_log: Option<RawAccessLog>,
+    #[serde(default)]
     upgrade_sock: Option<PathBuf>,
     #[serde(default)]
     pid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: PathBuf,
+    #[serde(default)]
+    queue: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,11 +173,22 @@ pub struct Config {
     /// The config file's directory: relative paths in the config, and in a bundle's upstream
     /// `tls` files, are read from here.
     pub base_dir: PathBuf,
+    /// One JSON line per request, off the request path; None: no access log.
+    pub access_log: Option<AccessLogConfig>,
     /// Where a new process (`--upgrade`) receives the listening sockets; default
     /// `/tmp/gateway-<listen port>.upgrade.sock`.
     pub upgrade_sock: PathBuf,
     /// This process's PID, read by `--upgrade` to signal it; default `/tmp/gateway-<listen port>.pid`.
     pub pid_file: PathBuf,
+}
+
+/// `access_log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// `stdout`, or a file (appended to; reopened on SIGUSR1).
+    pub sink: crate::access_log::Sink,
+    /// Lines that may wait for the writer; past it lines are dropped and counted. Default 16384.
+    pub queue: usize,
 }
 
 /// `tls`: the certificates served on `listen`, chosen by SNI.
@@ -325,6 +346,7 @@ impl Config {
             tls,
             plaintext_listen,
             h2c,
+            access_log,
             upgrade_sock,
             pid_file,
         } = raw;
@@ -343,6 +365,7 @@ impl Config {
         if plaintext_listen.is_some_and(|a| a == listen) {
             c.problem("`plaintext_listen` must differ from `listen`".into());
         }
+        let access_log = access_log.map(|a| c.access_log(a));
         let base_dir = c.base.clone();
         let port = listen.port();
         let upgrade_sock = upgrade_sock
@@ -370,6 +393,7 @@ impl Config {
             plaintext_listen,
             h2c,
             base_dir,
+            access_log,
             upgrade_sock,
             pid_file,
         })
@@ -461,6 +485,19 @@ impl Check {
             out.push(CertFiles { name, cert_file: self.resolve(cert_file), key_file: self.resolve(key_file) });
         }
         TlsConfig { certificates: out, min_version }
+    }
+
+    fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {
+        let RawAccessLog { path, queue } = raw;
+        if queue == Some(0) {
+            self.problem("`access_log.queue` must be at least 1".into());
+        }
+        let sink = if path.as_os_str() == "stdout" {
+            crate::access_log::Sink::Stdout
+        } else {
+            crate::access_log::Sink::File(self.resolve(path))
+        };
+        AccessLogConfig { sink, queue: queue.unwrap_or(16_384) }
     }
 
     fn limits(&mut self, raw: RawLimits) -> Limits {

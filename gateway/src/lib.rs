@@ -1,6 +1,7 @@
 //! The data plane: a Pingora reverse proxy that routes and authorizes every request from a
 //! locally compiled policy bundle, and never waits on the control plane.
 
+pub mod access_log;
 pub mod activation;
 pub mod admin;
 pub mod admission;
@@ -16,6 +17,7 @@ pub mod served;
 pub mod state;
 pub mod sync;
 pub mod tls;
+pub mod trace;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -96,6 +98,13 @@ pub fn build(config: Config, start: Start) -> Result<Server, StartError> {
         let (syncer, reporter) = sync::Syncer::new(gateway.clone(), poll, config.instance.clone())?;
         server.add_service(background_service("bundle sync", syncer));
         server.add_service(background_service("status reports", reporter));
+    }
+    if let Some(a) = &config.access_log {
+        let log = access_log::AccessLog::start(a.sink.clone(), a.queue, gateway.metrics.access_log_dropped.clone())
+            .map_err(StartError::AccessLog)?;
+        let reopen = access_log::Reopen { flag: log.reopen_flag() };
+        server.add_service(background_service("access log reopen", reopen));
+        let _ = gateway.access_log.set(log);
     }
     let phases = upgrade::PhaseWatch {
         phases: gateway.phases.clone(),

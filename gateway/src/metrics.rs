@@ -23,6 +23,7 @@ pub const STATUS_REPORTS_DROPPED_TOTAL: &str = "gateway_status_reports_dropped_t
 pub const REQUESTS_REFUSED_TOTAL: &str = "gateway_requests_refused_total";
 pub const TLS_CERT_EXPIRY: &str = "gateway_tls_certificate_expiry_timestamp_seconds";
 pub const TLS_RELOADS_TOTAL: &str = "gateway_tls_certificate_reloads_total";
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "gateway_access_log_dropped_total";
 pub const UPSTREAM_TLS_ERRORS_TOTAL: &str = "gateway_upstream_tls_errors_total";
 
 /// The `decision` label values of `gateway_requests_total`.
@@ -87,6 +88,8 @@ pub struct Metrics {
     pub upstream_tls_errors: IntCounter,
     /// `gateway_tls_certificate_expiry_timestamp_seconds{name}`: the serving certificate's `notAfter`.
     pub tls_expiry: IntGaugeVec,
+    /// Access-log lines dropped because the writer's queue was full.
+    pub access_log_dropped: IntCounter,
     /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
     pub tls_reloads: IntCounterVec,
     /// Set when rendered, from the last confirmed sync.
@@ -177,6 +180,11 @@ impl Metrics {
                     Opts::new(TLS_CERT_EXPIRY, "Unix time the serving TLS certificate expires (notAfter)"),
                     &["name"],
                 )?,
+            )?,
+            access_log_dropped: counter(
+                &r,
+                ACCESS_LOG_DROPPED_TOTAL,
+                "Access-log lines dropped (the writer's queue was full); requests never wait for the log",
             )?,
             tls_reloads: counter_vec(
                 &r,

@@ -49,6 +49,16 @@ pub struct Ctx {
     /// A gRPC request (`content-type: application/grpc*`): the gateway's own answers are gRPC
     /// statuses, not JSON bodies.
     grpc: bool,
+    /// The request's id (its trace id) and the `traceparent` the upstream gets.
+    id: Option<crate::trace::RequestId>,
+    /// For the access log: why the gateway answered as it did, the canonical host, the chosen
+    /// target and what it answered.
+    reason: Option<String>,
+    host: String,
+    upstream: Option<pingora::protocols::l4::socket::SocketAddr>,
+    upstream_status: Option<u16>,
+    /// The revision of the bundle that handled the request (with an access log only).
+    revision: Option<String>,
 }
 
 /// What the connection under a request is: TLS (with the certificate its SNI chose) or not.
@@ -242,23 +252,26 @@ fn forwarding(req: &mut RequestHeader, ip: &str, trusted: bool, real_ip: bool, s
 /// Writes the gateway's own answer (a small JSON body; for gRPC, a gRPC status) and ends the request.
 async fn respond(
     session: &mut Session,
-    grpc: bool,
+    ctx: &mut Ctx,
     status: u16,
     error: &str,
     reason: Option<&str>,
     extra: &[(String, String)],
 ) -> Result<()> {
-    if grpc {
-        return respond_grpc(session, status, reason.unwrap_or(error), extra).await;
+    ctx.reason = reason.map(str::to_owned);
+    let id = ctx.id.as_ref().map(|i| i.id.as_str()).unwrap_or_default();
+    if ctx.grpc {
+        return respond_grpc(session, status, reason.unwrap_or(error), id, extra).await;
     }
     let body = match reason {
         Some(r) => serde_json::json!({ "error": error, "reason": r }),
         None => serde_json::json!({ "error": error }),
     };
     let body = Bytes::from(body.to_string());
-    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    let mut resp = ResponseHeader::build(status, Some(5 + extra.len()))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("x-request-id", id)?;
     if status == 401 {
         resp.insert_header("www-authenticate", "Bearer")?;
     }
@@ -272,8 +285,15 @@ async fn respond(
 /// Answers a gRPC call: a gRPC client reads `grpc-status`, not the HTTP status, so the answer
 /// is "trailers-only" (HTTP 200, one header block that ends the stream) with the status the
 /// HTTP one maps to and the reason as `grpc-message`.
-async fn respond_grpc(session: &mut Session, status: u16, message: &str, extra: &[(String, String)]) -> Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(4 + extra.len()))?;
+async fn respond_grpc(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+    id: &str,
+    extra: &[(String, String)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(5 + extra.len()))?;
+    resp.insert_header("x-request-id", id)?;
     resp.insert_header("content-type", "application/grpc")?;
     resp.insert_header("grpc-status", grpc_status(status).to_string())?;
     resp.insert_header("grpc-message", grpc_message(message))?;
@@ -329,14 +349,14 @@ impl Proxy {
         let (route_ix, verdict, took) = match outcome {
             authorize::Outcome::NoRoute => {
                 ctx.outcome = Some(Outcome::NoRoute);
-                respond(session, ctx.grpc, 404, "no route matches this request", None, &[]).await?;
+                respond(session, ctx, 404, "no route matches this request", None, &[]).await?;
                 return Ok(true);
             }
             authorize::Outcome::Unauthenticated { route, error } => {
                 ctx.route = Some(route);
                 ctx.outcome = Some(Outcome::Unauthenticated);
                 tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "bearer token refused");
-                respond(session, ctx.grpc, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
+                respond(session, ctx, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
                 ctx.active = Some(active);
                 return Ok(true);
             }
@@ -353,7 +373,7 @@ impl Proxy {
             Verdict::Deny(d, how) => {
                 self.gateway.metrics.count_decision(how);
                 ctx.outcome = Some(Outcome::Deny);
-                respond(session, ctx.grpc, d.status, "forbidden", d.reason.as_deref(), &d.response_headers).await?;
+                respond(session, ctx, d.status, "forbidden", d.reason.as_deref(), &d.response_headers).await?;
                 ctx.active = Some(active);
                 return Ok(true);
             }
@@ -364,7 +384,7 @@ impl Proxy {
             Verdict::Failed(e) => {
                 tracing::warn!(route = %route.name, error = %e, "policy failed; denying (fail closed)");
                 ctx.outcome = Some(Outcome::Error);
-                respond(session, ctx.grpc, 403, "forbidden", Some(authorize::error_reason(&e)), &[]).await?;
+                respond(session, ctx, 403, "forbidden", Some(authorize::error_reason(&e)), &[]).await?;
                 ctx.active = Some(active);
                 return Ok(true);
             }
@@ -373,6 +393,36 @@ impl Proxy {
         ctx.decision = Some(decision);
         ctx.active = Some(active);
         Ok(false)
+    }
+}
+
+/// The access-log line of a request that has been answered.
+fn access_entry(
+    session: &Session,
+    ctx: &mut Ctx,
+    outcome: Outcome,
+    status: u16,
+    took: std::time::Duration,
+) -> crate::access_log::Entry {
+    let req = session.req_header();
+    let route = ctx.active.as_ref().zip(ctx.route).map(|(a, ix)| a.snapshot.routes[ix].name.clone());
+    crate::access_log::Entry {
+        at: std::time::SystemTime::now() - took,
+        request_id: ctx.id.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+        client_ip: std::mem::take(&mut ctx.client_ip),
+        method: req.method.as_str().to_owned(),
+        path: req.uri.path().to_owned(),
+        host: std::mem::take(&mut ctx.host),
+        route,
+        status,
+        decision: outcome.label(),
+        reason: ctx.reason.take(),
+        upstream: ctx.upstream.as_ref().map(|a| a.to_string()),
+        upstream_status: ctx.upstream_status,
+        duration_ms: took.as_secs_f64() * 1000.0,
+        bytes_in: session.body_bytes_read(),
+        bytes_out: session.body_bytes_sent(),
+        bundle_revision: ctx.revision.take(),
     }
 }
 
@@ -394,35 +444,42 @@ impl ProxyHttp for Proxy {
             decision: None,
             client_ip: String::new(),
             grpc: false,
+            id: None,
+            reason: None,
+            host: String::new(),
+            upstream: None,
+            upstream_status: None,
+            revision: None,
         }
     }
 
     /// Routes, authenticates and authorizes ([`authorize`]). Returns `Ok(true)` when it has
     /// answered the request itself (404, 401, a deny, 503 with no bundle), `Ok(false)` to proxy it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.grpc = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let headers = &session.req_header().headers;
+        ctx.grpc =
+            headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        ctx.id = Some(crate::trace::RequestId::of(headers.get("traceparent").map(|v| v.as_bytes())));
         match self.gateway.admission.admit().await {
             Some(slot) => ctx.slot = Some(slot),
             None => {
                 ctx.outcome = Some(Outcome::Shed);
                 let retry = [("retry-after".to_string(), "1".to_string())];
-                respond(session, ctx.grpc, 503, "overloaded: the gateway is at its in-flight limit", None, &retry)
-                    .await?;
+                respond(session, ctx, 503, "overloaded: the gateway is at its in-flight limit", None, &retry).await?;
                 return Ok(true);
             }
         }
         let Some(active) = self.gateway.active.load_full() else {
             ctx.outcome = Some(Outcome::Unavailable);
-            respond(session, ctx.grpc, 503, "no policy bundle is active yet", None, &[]).await?;
+            respond(session, ctx, 503, "no policy bundle is active yet", None, &[]).await?;
             return Ok(true);
         };
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let peer = client_ip.map(|ip| (ip, ctx.client_ip.as_str()));
+        if self.gateway.access_log.get().is_some() {
+            ctx.revision = Some(active.info.revision.clone());
+        }
         let link = Link::of(session);
         let scheme = link.scheme();
         let rules = &self.gateway.config.requests;
@@ -433,10 +490,13 @@ impl ProxyHttp for Proxy {
                 self.gateway.metrics.count_refusal(r);
                 tracing::debug!(reason = r.reason(), "request refused before routing");
                 let error = if r.status() == 421 { "misdirected request" } else { "bad request" };
-                respond(session, ctx.grpc, r.status(), error, Some(r.message()), &[]).await?;
+                respond(session, ctx, r.status(), error, Some(r.message()), &[]).await?;
                 return Ok(true);
             }
         };
+        if self.gateway.access_log.get().is_some() {
+            ctx.host.clone_from(&host);
+        }
         let req = session.req_header();
         let view = RequestView {
             parts: Request {
@@ -469,6 +529,7 @@ impl ProxyHttp for Proxy {
             );
         };
         let mut peer = pool.transport.peer(&backend.addr.to_string());
+        ctx.upstream = Some(backend.addr.clone());
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.total_connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
@@ -500,10 +561,18 @@ impl ProxyHttp for Proxy {
                 upstream_request.insert_header(k.clone(), v.as_str())?;
             }
         }
+        if let Some(id) = &ctx.id {
+            upstream_request.insert_header("traceparent", id.traceparent.as_str())?;
+            upstream_request.insert_header("x-request-id", id.id.as_str())?;
+        }
         Ok(())
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        ctx.upstream_status = Some(resp.status.as_u16());
+        if let Some(id) = &ctx.id {
+            resp.insert_header("x-request-id", id.id.as_str())?;
+        }
         if let Some(d) = &ctx.decision {
             for (k, v) in &d.response_headers {
                 resp.insert_header(k.clone(), v.as_str())?;
@@ -541,7 +610,7 @@ impl ProxyHttp for Proxy {
         }
         if code > 0 {
             let msg = if code == 502 { "upstream unavailable" } else { "request failed" };
-            if let Err(err) = respond(session, ctx.grpc, code, msg, None, &[]).await {
+            if let Err(err) = respond(session, ctx, code, msg, None, &[]).await {
                 tracing::debug!(error = %err, "cannot send the error response");
             }
         }
@@ -561,6 +630,9 @@ impl ProxyHttp for Proxy {
         }
         if let Some(active) = &ctx.active {
             active.served.observe(outcome, status, took);
+        }
+        if let Some(log) = self.gateway.access_log.get() {
+            log.log(access_entry(session, ctx, outcome, status, took));
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(

@@ -28,6 +28,8 @@ pub enum StartError {
     Certificate(#[from] crate::tls::CertError),
     #[error("listener: {0}")]
     Listener(String),
+    #[error("`access_log`: {0}")]
+    AccessLog(std::io::Error),
     #[error("upgrade: {0}")]
     Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error("a lock was poisoned while starting")]
@@ -96,6 +98,8 @@ pub struct Gateway {
     pub(crate) tls: Mutex<Option<Arc<crate::tls::Tls>>>,
     /// Starting, running, or draining (handing over / shutting down): `/readyz`.
     pub(crate) phases: Arc<crate::upgrade::Phases>,
+    /// Set when the server is built with `access_log`.
+    pub(crate) access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
 }
 
 pub fn unix_now() -> u64 {
@@ -139,6 +143,7 @@ impl Gateway {
             signing_keys,
             tls: Mutex::new(None),
             phases: Arc::default(),
+            access_log: std::sync::OnceLock::new(),
         })
     }
 

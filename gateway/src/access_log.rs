@@ -1,0 +1,159 @@
+//! The access log: one JSON line per request, written off the request path.
+//!
+//! A request hands its [`Entry`] to a bounded queue with `try_send` and goes on: a full queue
+//! drops the line and counts it in `gateway_access_log_dropped_total`, never waits. One writer
+//! thread serializes and writes the lines (to stdout or a file, buffered, flushed when the queue
+//! runs dry and at least every 200 ms) and reopens the file on `SIGUSR1`, for logrotate.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use prometheus::IntCounter;
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    Stdout,
+    File(PathBuf),
+}
+
+/// One request, as the access log records it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    /// RFC 3339, set by the writer from `at`.
+    #[serde(skip)]
+    pub at: SystemTime,
+    pub request_id: String,
+    pub client_ip: String,
+    pub method: String,
+    /// The canonical path: what was matched, decided and forwarded (before `strip_prefix`).
+    pub path: String,
+    pub host: String,
+    pub route: Option<String>,
+    pub status: u16,
+    /// `allow`, `deny`, `unauthenticated`, `error`, `no_route`, `unavailable`, `shed`, `refused`.
+    pub decision: &'static str,
+    pub reason: Option<String>,
+    pub upstream: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub duration_ms: f64,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub bundle_revision: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    entry: &'a Entry,
+}
+
+/// The request path's end of the queue.
+pub struct AccessLog {
+    tx: SyncSender<Entry>,
+    dropped: IntCounter,
+    reopen: Arc<AtomicBool>,
+}
+
+impl AccessLog {
+    /// Opens the sink and starts the writer thread with a queue of `capacity` lines.
+    pub fn start(sink: Sink, capacity: usize, dropped: IntCounter) -> std::io::Result<AccessLog> {
+        let out = open(&sink)?;
+        let (tx, rx) = sync_channel(capacity.max(1));
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
+        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(rx, out, sink, flag))?;
+        Ok(AccessLog { tx, dropped, reopen })
+    }
+
+    /// Queues a line; drops and counts it when the queue is full. Never blocks.
+    pub fn log(&self, entry: Entry) {
+        match self.tx.try_send(entry) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+
+    /// The flag the `SIGUSR1` watcher sets.
+    pub fn reopen_flag(&self) -> Arc<AtomicBool> {
+        self.reopen.clone()
+    }
+}
+
+fn open(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match sink {
+        Sink::Stdout => Box::new(std::io::stdout()),
+        Sink::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+    })
+}
+
+/// The writer thread: until every sender is gone.
+fn write_lines(rx: Receiver<Entry>, out: Box<dyn Write + Send>, sink: Sink, reopen: Arc<AtomicBool>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        if reopen.swap(false, Ordering::Relaxed) {
+            let _ = out.flush();
+            match open(&sink) {
+                Ok(fresh) => out = std::io::BufWriter::with_capacity(64 * 1024, fresh),
+                Err(e) => tracing::warn!(error = %e, "access log: cannot reopen; writing to the old file"),
+            }
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(entry) => {
+                write_one(&mut out, &entry);
+                // Drain what is queued before flushing: one write per burst.
+                while let Ok(more) = rx.try_recv() {
+                    write_one(&mut out, &more);
+                }
+                let _ = out.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        }
+    }
+}
+
+fn write_one(out: &mut impl Write, entry: &Entry) {
+    let time =
+        time::OffsetDateTime::from(entry.at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    if serde_json::to_writer(&mut *out, &Line { time, entry }).is_ok() {
+        let _ = out.write_all(b"\n");
+    }
+}
+
+/// Sets the reopen flag on `SIGUSR1`.
+pub struct Reopen {
+    pub flag: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl BackgroundService for Reopen {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut usr1) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) else {
+            tracing::warn!("access log: cannot watch SIGUSR1; the file will not be reopened");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = usr1.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    self.flag.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
