@@ -68,7 +68,13 @@ mod tests {
     use std::time::Duration;
 
     fn admission(max_in_flight: usize, max_queue: usize) -> Admission {
-        let limits = Limits { max_in_flight, max_queue, queue_timeout: Duration::from_millis(50) };
+        let limits = Limits {
+            max_connections: 100,
+            max_body: 1 << 20,
+            max_in_flight,
+            max_queue,
+            queue_timeout: Duration::from_millis(50),
+        };
         Admission::new(limits, IntGauge::new("t", "t").unwrap())
     }
 

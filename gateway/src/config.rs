@@ -84,6 +84,10 @@ struct RawCert {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_body: Option<String>,
+    #[serde(default)]
     max_in_flight: Option<usize>,
     #[serde(default)]
     max_queue: Option<usize>,
@@ -251,6 +255,10 @@ impl RequestRules {
 /// Load shedding on the data plane's own terms: past these, requests get 503 at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Downstream connections held at once; past it a new one is closed at once. Default 10000.
+    pub max_connections: usize,
+    /// Largest request body, in bytes; past it 413. Default 10MiB.
+    pub max_body: u64,
     /// Requests handled at once (routing to the end of the response); default 10000.
     pub max_in_flight: usize,
     /// Requests allowed to wait for a slot; beyond it they are shed at once. Default 1000.
@@ -501,12 +509,28 @@ impl Check {
     }
 
     fn limits(&mut self, raw: RawLimits) -> Limits {
-        let RawLimits { max_in_flight, max_queue, queue_timeout } = raw;
+        let RawLimits { max_connections, max_body, max_in_flight, max_queue, queue_timeout } = raw;
         if max_in_flight == Some(0) {
             self.problem("`limits.max_in_flight` must be at least 1 (0 would refuse every request)".into());
         }
+        if max_connections == Some(0) {
+            self.problem("`limits.max_connections` must be at least 1 (0 would refuse every connection)".into());
+        }
+        let max_body = match &max_body {
+            None => 10 << 20,
+            Some(s) => parse_size(s).unwrap_or_else(|m| {
+                self.problem(format!("`limits.max_body`: {m}"));
+                0
+            }),
+        };
         let queue_timeout = self.dur("limits.queue_timeout", &queue_timeout, Duration::from_millis(50));
-        Limits { max_in_flight: max_in_flight.unwrap_or(10_000), max_queue: max_queue.unwrap_or(1_000), queue_timeout }
+        Limits {
+            max_connections: max_connections.unwrap_or(10_000),
+            max_body,
+            max_in_flight: max_in_flight.unwrap_or(10_000),
+            max_queue: max_queue.unwrap_or(1_000),
+            queue_timeout,
+        }
     }
 
     fn bundle(&mut self, b: RawBundle) -> BundleConfig {

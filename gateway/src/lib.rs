@@ -9,6 +9,7 @@ pub mod cache;
 /// Request canonicalization lives beside the input it feeds, shared with the load tests' policy service.
 pub use policy_bundles::canon;
 pub mod config;
+pub mod connections;
 pub mod health;
 pub mod metrics;
 pub mod pool;
@@ -73,8 +74,22 @@ pub fn build(config: Config, start: Start) -> Result<Server, StartError> {
     let opt = Opt { upgrade: start == Start::Upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
 
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, proxy::Proxy { gateway: gateway.clone() });
+    let mut app =
+        pingora::proxy::HttpProxy::new(proxy::Proxy { gateway: gateway.clone() }, server.configuration.clone());
+    app.handle_init_modules();
+    if config.h2c {
+        let mut options = app.server_options.take().unwrap_or_default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
+    let m = &gateway.metrics;
+    let bounded = connections::Bounded::new(
+        app,
+        config.limits.max_connections,
+        m.connections.clone(),
+        m.connections_refused.clone(),
+    );
+    let mut proxy = Service::new("proxy".to_string(), bounded);
     let tls = listeners(&mut proxy, &config)?;
     if let Some(tls) = &tls {
         tls.export_expiry(&gateway.metrics);
@@ -122,20 +137,12 @@ pub fn build(config: Config, start: Start) -> Result<Server, StartError> {
     Ok(server)
 }
 
-/// The proxy's listeners: `listen` (TLS when `tls` is set, with h2 and http/1.1 by ALPN),
-/// `plaintext_listen` beside it, and h2c on the plaintext one when `h2c` says so. Returns the
-/// TLS state, its certificates loaded and checked.
-fn listeners(
-    proxy: &mut Service<pingora::proxy::HttpProxy<proxy::Proxy>>,
+/// The proxy's listeners: `listen` (TLS when `tls` is set, with h2 and http/1.1 by ALPN) and
+/// `plaintext_listen` beside it. Returns the TLS state, its certificates loaded and checked.
+fn listeners<A: pingora::apps::ServerApp + Send + Sync + 'static>(
+    proxy: &mut Service<A>,
     config: &Config,
 ) -> Result<Option<Arc<tls::Tls>>, StartError> {
-    if config.h2c {
-        if let Some(app) = proxy.app_logic_mut() {
-            let mut options = app.server_options.take().unwrap_or_default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
-    }
     let Some(tls_config) = &config.tls else {
         proxy.add_tcp(&config.listen.to_string());
         return Ok(None);

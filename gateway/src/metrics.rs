@@ -23,6 +23,8 @@ pub const STATUS_REPORTS_DROPPED_TOTAL: &str = "gateway_status_reports_dropped_t
 pub const REQUESTS_REFUSED_TOTAL: &str = "gateway_requests_refused_total";
 pub const TLS_CERT_EXPIRY: &str = "gateway_tls_certificate_expiry_timestamp_seconds";
 pub const TLS_RELOADS_TOTAL: &str = "gateway_tls_certificate_reloads_total";
+pub const CONNECTIONS: &str = "gateway_connections";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "gateway_connections_refused_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "gateway_access_log_dropped_total";
 pub const UPSTREAM_TLS_ERRORS_TOTAL: &str = "gateway_upstream_tls_errors_total";
 
@@ -88,6 +90,10 @@ pub struct Metrics {
     pub upstream_tls_errors: IntCounter,
     /// `gateway_tls_certificate_expiry_timestamp_seconds{name}`: the serving certificate's `notAfter`.
     pub tls_expiry: IntGaugeVec,
+    /// Downstream connections held now.
+    pub connections: IntGauge,
+    /// Connections closed at once because `limits.max_connections` were held.
+    pub connections_refused: IntCounter,
     /// Access-log lines dropped because the writer's queue was full.
     pub access_log_dropped: IntCounter,
     /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
@@ -180,6 +186,12 @@ impl Metrics {
                     Opts::new(TLS_CERT_EXPIRY, "Unix time the serving TLS certificate expires (notAfter)"),
                     &["name"],
                 )?,
+            )?,
+            connections: reg(&r, IntGauge::new(CONNECTIONS, "Downstream connections held now")?)?,
+            connections_refused: counter(
+                &r,
+                CONNECTIONS_REFUSED_TOTAL,
+                "Downstream connections closed at once: limits.max_connections were held",
             )?,
             access_log_dropped: counter(
                 &r,

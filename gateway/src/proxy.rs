@@ -59,6 +59,8 @@ pub struct Ctx {
     upstream_status: Option<u16>,
     /// The revision of the bundle that handled the request (with an access log only).
     revision: Option<String>,
+    /// Request body bytes passed on so far (`limits.max_body`).
+    body_bytes: u64,
 }
 
 /// What the connection under a request is: TLS (with the certificate its SNI chose) or not.
@@ -450,6 +452,7 @@ impl ProxyHttp for Proxy {
             upstream: None,
             upstream_status: None,
             revision: None,
+            body_bytes: 0,
         }
     }
 
@@ -468,6 +471,14 @@ impl ProxyHttp for Proxy {
                 respond(session, ctx, 503, "overloaded: the gateway is at its in-flight limit", None, &retry).await?;
                 return Ok(true);
             }
+        }
+        let max_body = self.gateway.config.limits.max_body;
+        let declared = session.req_header().headers.get(http::header::CONTENT_LENGTH);
+        if declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > max_body) {
+            ctx.outcome = Some(Outcome::Refused);
+            let why = format!("the request body is larger than {max_body} bytes (limits.max_body)");
+            respond(session, ctx, 413, "payload too large", Some(&why), &[]).await?;
+            return Ok(true);
         }
         let Some(active) = self.gateway.active.load_full() else {
             ctx.outcome = Some(Outcome::Unavailable);
@@ -534,6 +545,25 @@ impl ProxyHttp for Proxy {
         peer.options.total_connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
         Ok(Box::new(peer))
+    }
+
+    /// Counts the request body as it goes upstream; past `limits.max_body` (a chunked body
+    /// that did not say its length) the request fails with 413.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            let max = self.gateway.config.limits.max_body;
+            if ctx.body_bytes > max {
+                return Error::e_explain(ErrorType::HTTPStatus(413), format!("request body past {max} bytes"));
+            }
+        }
+        Ok(())
     }
 
     /// Rewrites the request for the upstream: prefix stripping and the decision's headers.
