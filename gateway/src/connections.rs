@@ -3,9 +3,8 @@
 //! gateway's memory or file descriptors. Wraps Pingora's HTTP app, which then handles the
 //! connection as usual.
 //!
-//! Pingora hands a kept-alive HTTP/1.1 connection back between requests, so a connection is
-//! counted while one of its requests (or its wait for the next) is being handled; one that
-//! returns while the gateway is over its bound is closed at that request boundary.
+//! Pingora serves a whole connection (every kept-alive HTTP/1.1 request, every h2 stream) within
+//! one `process_new`, so a connection is counted from accept to close.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
