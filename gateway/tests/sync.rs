@@ -20,7 +20,7 @@ fn public_ok(gw: &Gateway) -> bool {
 }
 
 #[test]
-fn activates_a_new_revision_from_a_long_poll_within_a_second() {
+fn activates_a_new_revision_from_a_long_poll_long_before_the_next_poll_would() {
     let up = echo_upstream("u");
     let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -32,7 +32,10 @@ fn activates_a_new_revision_from_a_long_poll_within_a_second() {
     src.set(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r2", &[])));
     let took = eventually(Duration::from_secs(5), "r2 active", || revision(&gw) == "r2");
     println!("publish to activation under long poll: {took:?}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // The next poll would come 5-10 s after the last answer (min_delay, max_delay): the held
+    // long poll answers at once. Activation itself (a child process checks the budget, then a
+    // compile) takes ~0.3 s idle; the bound leaves room for a loaded machine, not a timing claim.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
     assert!(public_ok(&gw));
     let st = status(&gw);
     assert_eq!(st["sync"]["source"], src.url());
