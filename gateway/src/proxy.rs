@@ -410,6 +410,7 @@ fn access_entry(
     let route = ctx.active.as_ref().zip(ctx.route).map(|(a, ix)| a.snapshot.routes[ix].name.clone());
     crate::access_log::Entry {
         at: std::time::SystemTime::now() - took,
+        time: String::new(),
         request_id: ctx.id.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
         client_ip: std::mem::take(&mut ctx.client_ip),
         method: req.method.as_str().to_owned(),
