@@ -6,6 +6,7 @@
 #             (no routing, no JWT, no policy, no metrics; the gateway's allocator), the floor
 #   public    the gateway, /public/x: route + trivial rule, a bearer token verified (cached)
 #   orders    the gateway, /orders/7 with a reader JWT: the example bundle's orders rule
+#   logged    the same with `access_log` to a file (the writer thread counted too)
 # Each gets REQUESTS requests (oha -c 8) after 500 of warm-up; counters are zeroed in between.
 # Writes loadtest/reports/instructions.md.
 # Usage: loadtest/instructions.sh [REQUESTS]   (default 4000; about 3 minutes; cleans up after itself)
@@ -63,9 +64,11 @@ EOF
 export GATEWAY_LOG=warn
 measure public "http://127.0.0.1:$port/public/x" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"
 measure orders "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"
+sed "s|^threads: 1|threads: 1\naccess_log: { path: $work/access.log }|" "$work/gateway.yaml" > "$work/logged.yaml"
+measure logged "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/logged.yaml"
 
 get() { awk -v l="$1" '$1 == l { print $2 }' "$work/results"; }
-bare=$(get bare); public=$(get public); orders=$(get orders)
+bare=$(get bare); public=$(get public); orders=$(get orders); logged=$(get logged)
 # Inclusive instructions per request of the gateway's own phases, from the orders run.
 phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp>::[a-z_]+::\{\{closure\}\} \[|policy_bundles::(input::build|input::headers|snapshot::Snapshot::decide_cached|jwt::TrustRoots::verify_cached|router::RouteTable::lookup) \[" "$work/orders.incl.txt" \
   | awk -v n="$N" '{gsub(",","",$1); name=$0; sub(/.*(ProxyHttp>::|policy_bundles::)/,"",name); sub(/ \[.*/,"",name); sub(/::\{\{closure\}\}/,"",name); printf "| `%s` | %d |\n", name, $1/n}')
@@ -88,6 +91,9 @@ phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp
   echo "| bare Pingora proxy (\`gateway/examples/bare_proxy.rs\`) | $bare | 1.00 |"
   echo "| gateway, \`/public/x\` (route, cached JWT, trivial rule) | $public | $(python3 -c "print(f'{$public/$bare:.2f}')") |"
   echo "| gateway, \`/orders/7\` (route, cached JWT, orders rule) | $orders | $(python3 -c "print(f'{$orders/$bare:.2f}')") |"
+  echo "| gateway, \`/orders/7\`, access log on (writer thread included) | $logged | $(python3 -c "print(f'{$logged/$bare:.2f}')") |"
+  echo
+  echo "The access log costs $((logged - orders)) instructions per request ($(python3 -c "print(f'{($logged-$orders)/$orders*100:.1f}')")% of the orders request)."
   echo
   echo "The gateway's own phases in the orders run (inclusive instructions per request):"
   echo

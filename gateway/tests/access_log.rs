@@ -14,19 +14,8 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 fn gateway_logging_to(dir: &Path, log: &Path, queue: usize) -> (Gateway, Upstream) {
     let up = echo_upstream("backend");
     let bundle = example_bundle(dir, &up.addr.to_string(), "", "", &[]);
-    let (listen, admin) = (free_port(), free_port());
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 2\naccess_log: {{ path: {}, queue: {queue} }}\nbundle:\n  name: main\n  file: {}\n",
-            log.display(),
-            bundle.display()
-        ),
-    )
-    .expect("config");
-    let gw = spawn_gateway(&config, listen, admin);
-    wait_ready(&gw);
+    let extra = format!("access_log: {{ path: {}, queue: {queue} }}\n", log.display());
+    let gw = start_gateway_with(dir, &bundle, &extra);
     (gw, up)
 }
 

@@ -18,18 +18,7 @@ const UPLOAD_ROUTE: &str =
 fn gateway_with_limits(dir: &Path, limits: &str) -> (Gateway, Upstream) {
     let up = echo_upstream("backend");
     let bundle = example_bundle(dir, &up.addr.to_string(), "", UPLOAD_ROUTE, &[("http/upload.rego", UPLOAD)]);
-    let (listen, admin) = (free_port(), free_port());
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 2\nlimits: {{ {limits} }}\nbundle:\n  name: main\n  file: {}\n",
-            bundle.display()
-        ),
-    )
-    .expect("config");
-    let gw = spawn_gateway(&config, listen, admin);
-    wait_ready(&gw);
+    let gw = start_gateway_with(dir, &bundle, &format!("limits: {{ {limits} }}\n"));
     (gw, up)
 }
 

@@ -51,6 +51,24 @@ pub fn write_config(dir: &Path, bundle: &Path, listen: u16, admin: u16) -> PathB
     config
 }
 
+/// Starts a gateway on the bundle folder or file `bundle` with `extra` config lines (top-level
+/// keys, each ending in a newline) and waits until it is ready.
+pub fn start_gateway_with(dir: &Path, bundle: &Path, extra: &str) -> Gateway {
+    let (listen, admin) = (free_port(), free_port());
+    let config = dir.join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 2\n{extra}bundle:\n  name: main\n  file: {}\n",
+            bundle.display()
+        ),
+    )
+    .expect("write config");
+    let gw = spawn_gateway(&config, listen, admin);
+    wait_ready(&gw);
+    gw
+}
+
 /// Starts the gateway on `bundle` and waits until `/readyz` answers 200.
 pub fn start_gateway(dir: &Path, bundle: &Path) -> Gateway {
     let (listen, admin) = (free_port(), free_port());
