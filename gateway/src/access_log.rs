@@ -54,11 +54,23 @@ pub struct Entry {
     pub bundle_revision: Option<String>,
 }
 
-/// The request path's end of the queue.
+/// The request path's end of the queue. Dropped when the server is done (after its in-flight
+/// requests), it closes the queue and waits for the writer to write and flush what is queued,
+/// so a shutdown or an upgrade loses no line.
 pub struct AccessLog {
-    tx: SyncSender<Entry>,
+    tx: Option<SyncSender<Entry>>,
     dropped: IntCounter,
     reopen: Arc<AtomicBool>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl AccessLog {
@@ -68,15 +80,16 @@ impl AccessLog {
         let (tx, rx) = sync_channel(capacity.max(1));
         let reopen = Arc::new(AtomicBool::new(false));
         let flag = reopen.clone();
-        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(rx, out, sink, flag))?;
-        Ok(AccessLog { tx, dropped, reopen })
+        let writer =
+            std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(rx, out, sink, flag))?;
+        Ok(AccessLog { tx: Some(tx), dropped, reopen, writer: Some(writer) })
     }
 
     /// Queues a line; drops and counts it when the queue is full. Never blocks.
     pub fn log(&self, entry: Entry) {
-        match self.tx.try_send(entry) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        match self.tx.as_ref().map(|tx| tx.try_send(entry)) {
+            Some(Ok(())) => {}
+            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => self.dropped.inc(),
         }
     }
 

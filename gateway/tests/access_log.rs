@@ -143,3 +143,20 @@ fn a_sink_that_stops_reading_drops_counted_lines_and_never_holds_a_request() {
     let dropped = metric_settled(&gw.admin, "gateway_access_log_dropped_total", 1.0);
     assert!(dropped.is_some_and(|d| d >= 1.0), "lines that did not fit are counted: {dropped:?}");
 }
+
+#[test]
+fn a_graceful_shutdown_writes_every_queued_line_before_the_process_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let (mut gw, _up) = gateway_logging_to(dir.path(), &log, 100_000);
+    let n = 300;
+    for i in 0..n {
+        assert_eq!(get(&format!("{}/public/{i}", gw.base), &[]).status, 200);
+    }
+    // At once, before the writer's next 50 ms drain: the lines are still queued.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gw.proc.pid() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    eventually(Duration::from_secs(20), "the gateway to exit", || gw.proc.exited().is_some());
+    let written = lines(&log).iter().filter(|l| l["path"].as_str().is_some_and(|p| p.starts_with("/public/"))).count();
+    assert_eq!(written, n, "every answered request has its line after the exit");
+}
