@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -87,9 +87,12 @@ impl AccessLog {
 
     /// Queues a line; drops and counts it when the queue is full. Never blocks.
     pub fn log(&self, entry: Entry) {
-        match self.tx.as_ref().map(|tx| tx.try_send(entry)) {
-            Some(Ok(())) => {}
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => self.dropped.inc(),
+        let queued = match &self.tx {
+            Some(tx) => tx.try_send(entry).is_ok(),
+            None => false,
+        };
+        if !queued {
+            self.dropped.inc();
         }
     }
 
