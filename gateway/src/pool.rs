@@ -59,8 +59,8 @@ pub struct UpstreamTls {
 
 impl Transport {
     /// A peer for `addr` over this transport.
-    pub fn peer(&self, addr: &str) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, self.tls.is_some(), String::new());
+    pub fn peer(&self, target: &Backend) -> HttpPeer {
+        let mut peer = HttpPeer::new(target, self.tls.is_some(), String::new());
         self.apply(&mut peer);
         peer
     }

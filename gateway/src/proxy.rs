@@ -540,7 +540,7 @@ impl ProxyHttp for Proxy {
                 format!("upstream `{}` has no healthy target", pool.name),
             );
         };
-        let mut peer = pool.transport.peer(&backend.addr.to_string());
+        let mut peer = pool.transport.peer(&backend);
         ctx.upstream = Some(backend.addr.clone());
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.total_connection_timeout = Some(pool.connect_timeout);
