@@ -95,16 +95,28 @@ impl Transport {
         let (ca, group_key) = match &t.ca_file {
             None => (None, 0),
             Some(f) => {
-                let certs = read_pem_certs(&base.join(f))?;
+                let certs = read_pem_certs(&local_file(base, f)?)?;
                 (Some(wrap_cas(&certs)), roots_key(&certs))
             }
         };
         let client = match (&t.client_cert_file, &t.client_key_file) {
-            (Some(c), Some(k)) => Some(Arc::new(read_client(&base.join(c), &base.join(k))?)),
+            (Some(c), Some(k)) => Some(Arc::new(read_client(&local_file(base, c)?, &local_file(base, k)?)?)),
             _ => None,
         };
         Ok(Transport { tls: Some(UpstreamTls { sni, verify: t.verify, ca, client, group_key }), http2: u.spec.http2 })
     }
+}
+
+/// A file a bundle names on the gateway's disk: relative to the gateway's config directory and
+/// inside it. A bundle comes from the control plane; it must not point the gateway at any file
+/// it can read (`/etc/...`, another tenant's key) by an absolute path or `..`.
+fn local_file(base: &Path, name: &str) -> Result<std::path::PathBuf, String> {
+    let p = Path::new(name);
+    let inside = p.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if name.is_empty() || !inside {
+        return Err(format!("tls: `{name}` must be a path relative to the gateway's config directory, without `..`"));
+    }
+    Ok(base.join(p))
 }
 
 /// The host of a `host:port` target (brackets of an IPv6 literal removed).

@@ -144,6 +144,27 @@ fn an_upstream_tls_file_that_is_missing_keeps_the_bundle_from_activating() {
     assert!(err.contains("nowhere.pem") && err.contains("secure"), "{err}");
 }
 
+#[test]
+fn a_bundle_cannot_point_the_gateway_at_files_outside_its_config_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = echo_upstream("backend");
+    for (tls, file) in [
+        ("{ ca_file: /etc/passwd }", "/etc/passwd"),
+        ("{ ca_file: ../../etc/ssl/private/key.pem }", "../../etc/ssl/private/key.pem"),
+        ("{ client_cert_file: c.pem, client_key_file: /root/.ssh/id_ed25519 }", "/root/.ssh/id_ed25519"),
+    ] {
+        let sub = dir.path().join(format!("case{}", file.len()));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let upstreams = format!("  secure:\n    targets: [\"127.0.0.1:9\"]\n    tls: {tls}\n");
+        let bundle = example_bundle(&sub, &backend.addr.to_string(), &upstreams, SECURE_ROUTE, &[]);
+        let config = write_config(&sub, &bundle, free_port(), free_port());
+        let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--check-config").arg(&config).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{tls}: {err}");
+        assert!(err.contains(file) && err.contains("relative to the gateway's config directory"), "{tls}: {err}");
+    }
+}
+
 const GRPC_POLICY: &str = r#"package http.grpc
 
 import rego.v1
