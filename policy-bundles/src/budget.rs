@@ -415,6 +415,9 @@ pub fn serve_child_if_asked() {
 
 fn child(args: &ChildArgs) -> i32 {
     use rustix::process::{setrlimit, Resource, Rlimit};
+    // The validator is background work beside a serving gateway: at nice 10 the scheduler gives
+    // the request path the CPU first (the budget is CPU seconds, which nice does not change).
+    let _ = rustix::process::nice(10);
     let b = &args.budget;
     let limited = setrlimit(Resource::As, Rlimit { current: Some(b.max_memory), maximum: Some(b.max_memory) })
         .and_then(|()| {
