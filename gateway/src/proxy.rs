@@ -61,6 +61,8 @@ pub struct Ctx {
     revision: Option<String>,
     /// Request body bytes passed on so far (`limits.max_body`).
     body_bytes: u64,
+    /// An access log is on: only then are the fields above that only it reads filled in.
+    logging: bool,
 }
 
 /// What the connection under a request is: TLS (with the certificate its SNI chose) or not.
@@ -260,7 +262,9 @@ async fn respond(
     reason: Option<&str>,
     extra: &[(String, String)],
 ) -> Result<()> {
-    ctx.reason = reason.map(str::to_owned);
+    if ctx.logging {
+        ctx.reason = reason.map(str::to_owned);
+    }
     let id = ctx.id.as_ref().map(|i| i.id.as_str()).unwrap_or_default();
     if ctx.grpc {
         return respond_grpc(session, status, reason.unwrap_or(error), id, extra).await;
@@ -454,6 +458,7 @@ impl ProxyHttp for Proxy {
             upstream_status: None,
             revision: None,
             body_bytes: 0,
+            logging: false,
         }
     }
 
@@ -464,6 +469,7 @@ impl ProxyHttp for Proxy {
         ctx.grpc =
             headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         ctx.id = Some(crate::trace::RequestId::of(headers.get("traceparent").map(|v| v.as_bytes())));
+        ctx.logging = self.gateway.access_log.get().is_some();
         match self.gateway.admission.admit().await {
             Some(slot) => ctx.slot = Some(slot),
             None => {
@@ -489,7 +495,7 @@ impl ProxyHttp for Proxy {
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let peer = client_ip.map(|ip| (ip, ctx.client_ip.as_str()));
-        if self.gateway.access_log.get().is_some() {
+        if ctx.logging {
             ctx.revision = Some(active.info.revision.clone());
         }
         let link = Link::of(session);
@@ -506,7 +512,7 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
         };
-        if self.gateway.access_log.get().is_some() {
+        if ctx.logging {
             ctx.host.clone_from(&host);
         }
         let req = session.req_header();
