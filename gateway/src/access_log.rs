@@ -27,31 +27,75 @@ pub enum Sink {
     File(PathBuf),
 }
 
-/// One request, as the access log records it.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One request, as the access log records it. What is cheap to take on the request path is
+/// taken as is (the bundle by reference, the upstream as an address); the writer thread formats
+/// the time and the address and looks up the route's name and the bundle's revision.
 pub struct Entry {
-    /// When the request started; written as `time` (RFC 3339) by the writer.
-    #[serde(skip)]
+    /// When the request started; written as `time` (RFC 3339).
     pub at: SystemTime,
-    /// Empty until the writer formats `at`.
-    pub time: String,
     pub request_id: String,
     pub client_ip: String,
-    pub method: String,
+    pub method: http::Method,
     /// The canonical path: what was matched, decided and forwarded (before `strip_prefix`).
     pub path: String,
     pub host: String,
-    pub route: Option<String>,
+    /// The bundle that handled the request (its revision is logged), and the route it matched.
+    pub bundle: Option<Arc<crate::state::Active>>,
+    pub route: Option<usize>,
     pub status: u16,
     /// `allow`, `deny`, `unauthenticated`, `error`, `no_route`, `unavailable`, `shed`, `refused`.
     pub decision: &'static str,
     pub reason: Option<String>,
-    pub upstream: Option<String>,
+    pub upstream: Option<std::net::SocketAddr>,
     pub upstream_status: Option<u16>,
-    pub duration_ms: f64,
+    pub duration: Duration,
     pub bytes_in: usize,
     pub bytes_out: usize,
-    pub bundle_revision: Option<String>,
+}
+
+/// The line an [`Entry`] is written as.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    time: &'a str,
+    request_id: &'a str,
+    client_ip: &'a str,
+    method: &'a str,
+    path: &'a str,
+    host: &'a str,
+    route: Option<&'a str>,
+    status: u16,
+    decision: &'a str,
+    reason: Option<&'a str>,
+    upstream: Option<std::net::SocketAddr>,
+    upstream_status: Option<u16>,
+    duration_ms: f64,
+    bytes_in: usize,
+    bytes_out: usize,
+    bundle_revision: Option<&'a str>,
+}
+
+impl Entry {
+    fn line<'a>(&'a self, time: &'a str) -> Line<'a> {
+        let bundle = self.bundle.as_deref();
+        Line {
+            time,
+            request_id: &self.request_id,
+            client_ip: &self.client_ip,
+            method: self.method.as_str(),
+            path: &self.path,
+            host: &self.host,
+            route: bundle.zip(self.route).and_then(|(b, ix)| b.snapshot.routes.get(ix)).map(|r| r.name.as_str()),
+            status: self.status,
+            decision: self.decision,
+            reason: self.reason.as_deref(),
+            upstream: self.upstream,
+            upstream_status: self.upstream_status,
+            duration_ms: self.duration.as_secs_f64() * 1000.0,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            bundle_revision: bundle.map(|b| b.info.revision.as_str()),
+        }
+    }
 }
 
 /// The request path's end of the queue. Dropped when the server is done (after its in-flight
@@ -124,8 +168,8 @@ fn write_lines(rx: Receiver<Entry>, out: Box<dyn Write + Send>, sink: Sink, reop
         let mut wrote = false;
         loop {
             match rx.try_recv() {
-                Ok(mut entry) => {
-                    write_one(&mut out, &mut entry);
+                Ok(entry) => {
+                    write_one(&mut out, &entry);
                     wrote = true;
                 }
                 Err(TryRecvError::Empty) => break,
@@ -141,10 +185,10 @@ fn write_lines(rx: Receiver<Entry>, out: Box<dyn Write + Send>, sink: Sink, reop
     }
 }
 
-fn write_one(out: &mut impl Write, entry: &mut Entry) {
-    entry.time =
+fn write_one(out: &mut impl Write, entry: &Entry) {
+    let time =
         time::OffsetDateTime::from(entry.at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    if serde_json::to_writer(&mut *out, &*entry).is_ok() {
+    if serde_json::to_writer(&mut *out, &entry.line(&time)).is_ok() {
         let _ = out.write_all(b"\n");
     }
 }

@@ -74,6 +74,9 @@ mod tests {
             max_in_flight,
             max_queue,
             queue_timeout: Duration::from_millis(50),
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 << 10,
         };
         Admission::new(limits, IntGauge::new("t", "t").unwrap())
     }

@@ -93,6 +93,12 @@ struct RawLimits {
     max_queue: Option<usize>,
     #[serde(default)]
     queue_timeout: Option<String>,
+    #[serde(default)]
+    header_timeout: Option<String>,
+    #[serde(default)]
+    keepalive_timeout: Option<String>,
+    #[serde(default)]
+    max_header_bytes: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +271,13 @@ pub struct Limits {
     pub max_queue: usize,
     /// How long a queued request waits for a slot before it is shed; default 50ms.
     pub queue_timeout: Duration,
+    /// A request head must arrive whole within this of its first byte (of the accept, for a
+    /// connection's first request); past it the connection is closed (408). Default 10s.
+    pub header_timeout: Duration,
+    /// How long a connection may sit idle between requests; 0 turns keep-alive off. Default 60s.
+    pub keepalive_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; past it 431. Default 64KiB.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -509,7 +522,16 @@ impl Check {
     }
 
     fn limits(&mut self, raw: RawLimits) -> Limits {
-        let RawLimits { max_connections, max_body, max_in_flight, max_queue, queue_timeout } = raw;
+        let RawLimits {
+            max_connections,
+            max_body,
+            max_in_flight,
+            max_queue,
+            queue_timeout,
+            header_timeout,
+            keepalive_timeout,
+            max_header_bytes,
+        } = raw;
         if max_in_flight == Some(0) {
             self.problem("`limits.max_in_flight` must be at least 1 (0 would refuse every request)".into());
         }
@@ -524,12 +546,34 @@ impl Check {
             }),
         };
         let queue_timeout = self.dur("limits.queue_timeout", &queue_timeout, Duration::from_millis(50));
+        let header_timeout = self.dur("limits.header_timeout", &header_timeout, Duration::from_secs(10));
+        if header_timeout.is_zero() {
+            self.problem("`limits.header_timeout` must be more than 0 (0 would close every connection)".into());
+        }
+        let keepalive_timeout = self.dur("limits.keepalive_timeout", &keepalive_timeout, Duration::from_secs(60));
+        let max_header_bytes = match &max_header_bytes {
+            None => 64 << 10,
+            Some(s) => match parse_size(s) {
+                Ok(n) if (1024..=1 << 20).contains(&n) => n as usize,
+                Ok(n) => {
+                    self.problem(format!("`limits.max_header_bytes` is {n}: it must be between 1KiB and 1MiB"));
+                    0
+                }
+                Err(m) => {
+                    self.problem(format!("`limits.max_header_bytes`: {m}"));
+                    0
+                }
+            },
+        };
         Limits {
             max_connections: max_connections.unwrap_or(10_000),
             max_body,
             max_in_flight: max_in_flight.unwrap_or(10_000),
             max_queue: max_queue.unwrap_or(1_000),
             queue_timeout,
+            header_timeout,
+            keepalive_timeout,
+            max_header_bytes,
         }
     }
 

@@ -25,6 +25,7 @@ pub const TLS_CERT_EXPIRY: &str = "gateway_tls_certificate_expiry_timestamp_seco
 pub const TLS_RELOADS_TOTAL: &str = "gateway_tls_certificate_reloads_total";
 pub const CONNECTIONS: &str = "gateway_connections";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "gateway_connections_refused_total";
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "gateway_connections_closed_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "gateway_access_log_dropped_total";
 pub const UPSTREAM_TLS_ERRORS_TOTAL: &str = "gateway_upstream_tls_errors_total";
 
@@ -94,6 +95,9 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Connections closed at once because `limits.max_connections` were held.
     pub connections_refused: IntCounter,
+    /// `gateway_connections_closed_total{reason="header_timeout|header_too_large"}`: connections
+    /// closed because a request head did not arrive in time or was too large.
+    pub connections_closed: IntCounterVec,
     /// Access-log lines dropped because the writer's queue was full.
     pub access_log_dropped: IntCounter,
     /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
@@ -192,6 +196,12 @@ impl Metrics {
                 &r,
                 CONNECTIONS_REFUSED_TOTAL,
                 "Downstream connections closed at once: limits.max_connections were held",
+            )?,
+            connections_closed: counter_vec(
+                &r,
+                CONNECTIONS_CLOSED_TOTAL,
+                "Downstream connections closed for a slow (limits.header_timeout) or large (limits.max_header_bytes) request head",
+                &["reason"],
             )?,
             access_log_dropped: counter(
                 &r,

@@ -57,8 +57,9 @@ pub struct Ctx {
     host: String,
     upstream: Option<pingora::protocols::l4::socket::SocketAddr>,
     upstream_status: Option<u16>,
-    /// The revision of the bundle that handled the request (with an access log only).
-    revision: Option<String>,
+    /// The bundle that handled the request, whatever its outcome (its revision is logged;
+    /// `active` is set for a routed request only).
+    bundle: Option<Arc<Active>>,
     /// Request body bytes passed on so far (`limits.max_body`).
     body_bytes: u64,
     /// An access log is on: only then are the fields above that only it reads filled in.
@@ -411,25 +412,23 @@ fn access_entry(
     took: std::time::Duration,
 ) -> crate::access_log::Entry {
     let req = session.req_header();
-    let route = ctx.active.as_ref().zip(ctx.route).map(|(a, ix)| a.snapshot.routes[ix].name.clone());
     crate::access_log::Entry {
         at: std::time::SystemTime::now() - took,
-        time: String::new(),
-        request_id: ctx.id.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+        request_id: ctx.id.take().map(|i| i.id).unwrap_or_default(),
         client_ip: std::mem::take(&mut ctx.client_ip),
-        method: req.method.as_str().to_owned(),
+        method: req.method.clone(),
         path: req.uri.path().to_owned(),
         host: std::mem::take(&mut ctx.host),
-        route,
+        bundle: ctx.bundle.take(),
+        route: ctx.route,
         status,
         decision: outcome.label(),
         reason: ctx.reason.take(),
-        upstream: ctx.upstream.as_ref().map(|a| a.to_string()),
+        upstream: ctx.upstream.as_ref().and_then(|a| a.as_inet()).copied(),
         upstream_status: ctx.upstream_status,
-        duration_ms: took.as_secs_f64() * 1000.0,
+        duration: took,
         bytes_in: session.body_bytes_read(),
         bytes_out: session.body_bytes_sent(),
-        bundle_revision: ctx.revision.take(),
     }
 }
 
@@ -456,7 +455,7 @@ impl ProxyHttp for Proxy {
             host: String::new(),
             upstream: None,
             upstream_status: None,
-            revision: None,
+            bundle: None,
             body_bytes: 0,
             logging: false,
         }
@@ -492,12 +491,12 @@ impl ProxyHttp for Proxy {
             respond(session, ctx, 503, "no policy bundle is active yet", None, &[]).await?;
             return Ok(true);
         };
+        if ctx.logging {
+            ctx.bundle = Some(active.clone());
+        }
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let peer = client_ip.map(|ip| (ip, ctx.client_ip.as_str()));
-        if ctx.logging {
-            ctx.revision = Some(active.info.revision.clone());
-        }
         let link = Link::of(session);
         let scheme = link.scheme();
         let rules = &self.gateway.config.requests;
@@ -671,6 +670,7 @@ impl ProxyHttp for Proxy {
         if let Some(log) = self.gateway.access_log.get() {
             log.log(access_entry(session, ctx, outcome, status, took));
         }
+        end_of_response(session, self.gateway.config.limits.keepalive_timeout);
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(
                 method = %session.req_header().method,
@@ -681,5 +681,25 @@ impl ProxyHttp for Proxy {
                 "request"
             );
         }
+    }
+}
+
+/// Keep-alive after a response: a connection whose request body was not read to its end is
+/// closed (what is left of the body must not be read as the next request's head), and the
+/// guard of an HTTP/1 connection starts its `keepalive_timeout` wait for the next head.
+fn end_of_response(session: &mut Session, keepalive: std::time::Duration) {
+    if session.as_downstream().get_keepalive().is_none() {
+        return;
+    }
+    if keepalive.is_zero() || !session.as_downstream_mut().is_body_done() {
+        session.as_downstream_mut().set_keepalive(None);
+        return;
+    }
+    if keepalive.as_secs() != 60 {
+        // Pingora's own bound on each idle read (60 s unless told), kept at ours or beyond.
+        session.as_downstream_mut().set_keepalive(Some(keepalive.as_secs().max(1)));
+    }
+    if let Some(guard) = session.as_downstream().stream().and_then(crate::connections::Guarded::of) {
+        guard.response_done();
     }
 }

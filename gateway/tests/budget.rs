@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use test_support::process::peak_rss;
 use test_support::source::{Answer, Source};
 
 const FAST: &str = "  min_delay: 100ms\n  max_delay: 200ms\n  backoff_max: 500ms\n  timeout: 20s\n  long_poll: 0s\n";
@@ -51,16 +52,6 @@ fn inflating_bundle(upstream: &str) -> Vec<u8> {
         add(&format!("http/blob{n}/data.json"), &json);
     }
     tar.into_inner().and_then(|gz| gz.finish()).expect("gzip")
-}
-
-/// Peak resident memory of a process (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Public GETs every few milliseconds until stopped: (sent, failed).

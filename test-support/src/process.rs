@@ -5,6 +5,26 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
+/// A line of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`...), as bytes; 0 if the process is gone.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim_start_matches(':').trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident memory of a process now (`VmRSS`), in bytes.
+pub fn rss(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS")
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM")
+}
+
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 
