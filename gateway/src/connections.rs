@@ -56,8 +56,9 @@ struct Held<'a, A>(&'a Bounded<A>);
 
 impl<A> Drop for Held<'_, A> {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        let before = self.0.open.fetch_sub(1, Ordering::Relaxed);
         self.0.gauge.dec();
+        crate::memory::connection_closed(before);
     }
 }
 
@@ -311,10 +312,14 @@ fn head_end(tail: [u8; 2], new: &[u8]) -> Option<usize> {
 impl AsyncRead for Guarded {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.done.swap(false, Ordering::Relaxed) && matches!(this.phase, Phase::Request) {
-            this.phase = Phase::Idle;
-            let keepalive = this.limits.keepalive_timeout;
-            this.set_deadline(Some(Instant::now() + keepalive));
+        if this.done.load(Ordering::Relaxed) {
+            // Only this connection's task reads and writes it: a plain load and store suffice.
+            this.done.store(false, Ordering::Relaxed);
+            if matches!(this.phase, Phase::Request) {
+                this.phase = Phase::Idle;
+                let keepalive = this.limits.keepalive_timeout;
+                this.set_deadline(Some(Instant::now() + keepalive));
+            }
         }
         loop {
             if matches!(this.phase, Phase::Closing { .. }) {

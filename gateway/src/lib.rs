@@ -11,6 +11,7 @@ pub use policy_bundles::canon;
 pub mod config;
 pub mod connections;
 pub mod health;
+pub mod memory;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
@@ -118,6 +119,7 @@ pub fn build(config: Config, start: Start) -> Result<Server, StartError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
+    server.add_service(background_service("memory purge", memory::Purge));
     if let Some(tls) = tls {
         let reloader = tls::Reloader { tls, gateway: gateway.clone() };
         server.add_service(background_service("certificate reload", reloader));

@@ -114,7 +114,7 @@ fn a_flood_of_half_open_connections_is_capped_timed_out_and_its_memory_given_bac
     let t = Instant::now();
     let mut buf = [0u8; 16];
     assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "closed without an answer");
-    assert!(t.elapsed() < Duration::from_millis(500), "closed at once: {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(1), "closed at once: {:?}", t.elapsed());
 
     let held = rss(pid);
     // The held ones are closed after header_timeout (3 s) from their accept.
