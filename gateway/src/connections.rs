@@ -73,12 +73,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
             // Dropping the stream closes it.
             return None;
         }
-        let session: Stream = if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
-            session
-        } else {
-            Box::new(Guarded::new(session, self.heads.clone()))
-        };
-        self.inner.process_new(session, shutdown).await
+        if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.inner.process_new(session, shutdown).await;
+        }
+        let mut guarded = Guarded::new(session, self.heads.clone());
+        // Pingora drops a connection whose request has not arrived when a graceful shutdown
+        // (an upgrade's hand-over) begins, even one it accepted a moment before: the client
+        // sees its request cut. So the first request's first byte is waited for here, within
+        // `header_timeout`, before Pingora's session starts (plaintext; a TLS stream cannot
+        // peek). Closed or silent: nothing to answer.
+        if guarded.get_ssl_digest().is_none() && guarded.try_peek(&mut [0u8; 1]).await.is_err() {
+            return None;
+        }
+        self.inner.process_new(Box::new(guarded), shutdown).await
     }
 
     async fn cleanup(&self) {
