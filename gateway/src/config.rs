@@ -50,6 +50,8 @@ struct RawConfig {
     #[serde(default)]
     access_log: Option<RawAccessLog>,
     #[serde(default)]
+    decision_logs: Option<RawDecisionLogs>,
+    #[serde(default)]
     upgrade_sock: Option<PathBuf>,
     #[serde(default)]
     pid_file: Option<PathBuf>,
@@ -61,6 +63,24 @@ struct RawAccessLog {
     path: PathBuf,
     #[serde(default)]
     queue: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecisionLogs {
+    sinks: Vec<String>,
+    #[serde(default)]
+    buffer: Option<String>,
+    #[serde(default)]
+    sample: Option<f64>,
+    #[serde(default)]
+    upload_size_limit: Option<String>,
+    #[serde(default)]
+    flush_interval: Option<String>,
+    #[serde(default)]
+    spool: Option<PathBuf>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,11 +205,32 @@ pub struct Config {
     pub base_dir: PathBuf,
     /// One JSON line per request, off the request path; None: no access log.
     pub access_log: Option<AccessLogConfig>,
+    /// `decision_logs`: OPA-compatible decision events shipped to sinks.
+    pub decision_logs: Option<DecisionLogsConfig>,
     /// Where a new process (`--upgrade`) receives the listening sockets; default
     /// `/tmp/gateway-<listen port>.upgrade.sock`.
     pub upgrade_sock: PathBuf,
     /// This process's PID, read by `--upgrade` to signal it; default `/tmp/gateway-<listen port>.pid`.
     pub pid_file: PathBuf,
+}
+
+/// `decision_logs`.
+#[derive(Debug, Clone)]
+pub struct DecisionLogsConfig {
+    /// URLs events are POSTed to (gzip JSON arrays), tried in order.
+    pub sinks: Vec<String>,
+    /// Bound of the buffered events, in bytes (serialized); past it the oldest are dropped.
+    pub buffer: usize,
+    /// Fraction of allowed decisions logged; denies and errors always are.
+    pub sample: f64,
+    /// Largest batch, uncompressed.
+    pub upload_size_limit: usize,
+    /// How often a batch is sent (sooner when the buffer holds a full batch).
+    pub flush_interval: Duration,
+    /// Where the buffer is kept across restarts, if anywhere.
+    pub spool: Option<PathBuf>,
+    /// Bearer token for the sinks (the bundle's `token_file` unless set).
+    pub token: Option<String>,
 }
 
 /// `access_log`.
@@ -368,6 +409,7 @@ impl Config {
             plaintext_listen,
             h2c,
             access_log,
+            decision_logs,
             upgrade_sock,
             pid_file,
         } = raw;
@@ -387,6 +429,11 @@ impl Config {
             c.problem("`plaintext_listen` must differ from `listen`".into());
         }
         let access_log = access_log.map(|a| c.access_log(a));
+        let bundle_token = match &bundle.source {
+            Source::Poll(p) => p.token.clone(),
+            Source::File(_) => None,
+        };
+        let decision_logs = decision_logs.map(|d| c.decision_logs(d, bundle_token));
         let base_dir = c.base.clone();
         let port = listen.port();
         let upgrade_sock = upgrade_sock
@@ -415,6 +462,7 @@ impl Config {
             h2c,
             base_dir,
             access_log,
+            decision_logs,
             upgrade_sock,
             pid_file,
         })
@@ -506,6 +554,61 @@ impl Check {
             out.push(CertFiles { name, cert_file: self.resolve(cert_file), key_file: self.resolve(key_file) });
         }
         TlsConfig { certificates: out, min_version }
+    }
+
+    fn decision_logs(&mut self, raw: RawDecisionLogs, bundle_token: Option<String>) -> DecisionLogsConfig {
+        let RawDecisionLogs { sinks, buffer, sample, upload_size_limit, flush_interval, spool, token_file } = raw;
+        if sinks.is_empty() {
+            self.problem("`decision_logs.sinks` needs at least one URL".into());
+        }
+        for s in &sinks {
+            if reqwest::Url::parse(s).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+                self.problem(format!("`decision_logs.sinks`: `{s}` is not an http(s) URL"));
+            }
+        }
+        let sample = sample.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample) {
+            self.problem(format!("`decision_logs.sample` is {sample}: it must be between 0 and 1"));
+        }
+        let mut size = |key: &str, v: &Option<String>, default: usize| match v {
+            None => default,
+            Some(s) => match parse_size(s) {
+                Ok(n) if n >= 1024 => usize::try_from(n).unwrap_or(usize::MAX),
+                Ok(_) => {
+                    self.problem(format!("`{key}` must be at least 1KiB"));
+                    default
+                }
+                Err(m) => {
+                    self.problem(format!("`{key}`: {m}"));
+                    default
+                }
+            },
+        };
+        let buffer = size("decision_logs.buffer", &buffer, 32 << 20);
+        let upload_size_limit = size("decision_logs.upload_size_limit", &upload_size_limit, 1 << 20);
+        let flush_interval = self.dur("decision_logs.flush_interval", &flush_interval, Duration::from_secs(1));
+        let token = match token_file {
+            Some(f) => {
+                let f = self.resolve(f);
+                match std::fs::read_to_string(&f) {
+                    Ok(t) => Some(t.trim().to_owned()),
+                    Err(e) => {
+                        self.problem(format!("`decision_logs.token_file` {}: {e}", f.display()));
+                        None
+                    }
+                }
+            }
+            None => bundle_token,
+        };
+        DecisionLogsConfig {
+            sinks,
+            buffer,
+            sample,
+            upload_size_limit,
+            flush_interval,
+            spool: spool.map(|p| self.resolve(p)),
+            token,
+        }
     }
 
     fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {

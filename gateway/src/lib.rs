@@ -10,6 +10,7 @@ pub mod cache;
 pub use policy_bundles::canon;
 pub mod config;
 pub mod connections;
+pub mod decision_log;
 pub mod health;
 pub mod memory;
 pub mod metrics;
@@ -135,6 +136,15 @@ pub fn build(config: Config, start: Start) -> Result<Server, StartError> {
         let reopen = access_log::Reopen { flag: log.reopen_flag() };
         server.add_service(background_service("access log reopen", reopen));
         let _ = gateway.access_log.set(log);
+    }
+    if let Some(d) = &config.decision_logs {
+        let logs = decision_log::DecisionLogs::start(
+            d.clone(),
+            config.instance.clone(),
+            gateway.metrics.decision_logs.clone(),
+        )
+        .map_err(StartError::DecisionLogs)?;
+        let _ = gateway.decision_logs.set(logs);
     }
     let phases = upgrade::PhaseWatch {
         phases: gateway.phases.clone(),

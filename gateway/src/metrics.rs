@@ -27,6 +27,10 @@ pub const CONNECTIONS: &str = "gateway_connections";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "gateway_connections_refused_total";
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "gateway_connections_closed_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "gateway_access_log_dropped_total";
+pub const DECISION_LOGS_TOTAL: &str = "gateway_decision_logs_total";
+pub const DECISION_LOGS_DROPPED_TOTAL: &str = "gateway_decision_logs_dropped_total";
+pub const DECISION_LOGS_BUFFER_BYTES: &str = "gateway_decision_logs_buffer_bytes";
+pub const SHADOW_DECISIONS_TOTAL: &str = "gateway_shadow_decisions_total";
 pub const UPSTREAM_TLS_ERRORS_TOTAL: &str = "gateway_upstream_tls_errors_total";
 
 /// The `decision` label values of `gateway_requests_total`.
@@ -100,6 +104,10 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// Access-log lines dropped because the writer's queue was full.
     pub access_log_dropped: IntCounter,
+    /// `gateway_decision_logs_total{result}`, `gateway_decision_logs_dropped_total{reason}`.
+    pub decision_logs: crate::decision_log::Counters,
+    /// `gateway_shadow_decisions_total{route,agreement="same|differ|error"}`.
+    pub shadow: IntCounterVec,
     /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
     pub tls_reloads: IntCounterVec,
     /// Set when rendered, from the last confirmed sync.
@@ -114,6 +122,36 @@ pub struct Metrics {
     pub decision_cache: [IntCounter; 3],
     /// `gateway_requests_refused_total{reason}`, by [`Refusal`] in the order of `Refusal::ALL`.
     refused: [IntCounter; Refusal::ALL.len()],
+}
+
+fn decision_log_counters(r: &Registry) -> Result<crate::decision_log::Counters, prometheus::Error> {
+    let total = counter_vec(
+        r,
+        DECISION_LOGS_TOTAL,
+        "Decision-log events: buffered, shipped, dropped by the bundle's drop rule",
+        &["result"],
+    )?;
+    let dropped = counter_vec(
+        r,
+        DECISION_LOGS_DROPPED_TOTAL,
+        "Decision-log events lost: the queue or the buffer was full, or a sink refused the batch",
+        &["reason"],
+    )?;
+    Ok(crate::decision_log::Counters {
+        buffered: total.with_label_values(&["buffered"]),
+        shipped: total.with_label_values(&["shipped"]),
+        dropped_by_policy: total.with_label_values(&["dropped_by_policy"]),
+        queue_full: dropped.with_label_values(&["queue_full"]),
+        buffer_full: dropped.with_label_values(&["buffer_full"]),
+        rejected: dropped.with_label_values(&["rejected"]),
+        buffer_bytes: reg(
+            r,
+            IntGauge::new(
+                DECISION_LOGS_BUFFER_BYTES,
+                "Serialized decision-log events waiting to be shipped, in bytes",
+            )?,
+        )?,
+    })
 }
 
 /// Registers a collector and hands it back (collectors are handles onto shared values).
@@ -207,6 +245,13 @@ impl Metrics {
                 &r,
                 ACCESS_LOG_DROPPED_TOTAL,
                 "Access-log lines dropped (the writer's queue was full); requests never wait for the log",
+            )?,
+            decision_logs: decision_log_counters(&r)?,
+            shadow: counter_vec(
+                &r,
+                SHADOW_DECISIONS_TOTAL,
+                "Shadow rules evaluated beside the enforced one: whether they agreed (same, differ) or failed (error)",
+                &["route", "agreement"],
             )?,
             tls_reloads: counter_vec(
                 &r,

@@ -57,6 +57,8 @@ pub struct Ctx {
     host: String,
     upstream: Option<pingora::protocols::l4::socket::SocketAddr>,
     upstream_status: Option<u16>,
+    /// The decision, when it is logged (`decision_logs`): handed to the log as the request ends.
+    decision_log: Option<crate::decision_log::Pending>,
     /// The bundle that handled the request, whatever its outcome (its revision is logged;
     /// `active` is set for a routed request only).
     bundle: Option<Arc<Active>>,
@@ -267,8 +269,9 @@ async fn respond(
         ctx.reason = reason.map(str::to_owned);
     }
     let id = ctx.id.as_ref().map(|i| i.id.as_str()).unwrap_or_default();
+    let decision_id = ctx.decision_log.as_ref().map(|p| p.decision_id.as_str());
     if ctx.grpc {
-        return respond_grpc(session, status, reason.unwrap_or(error), id, extra).await;
+        return respond_grpc(session, status, reason.unwrap_or(error), id, decision_id, extra).await;
     }
     let body = match reason {
         Some(r) => serde_json::json!({ "error": error, "reason": r }),
@@ -279,6 +282,9 @@ async fn respond(
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("x-request-id", id)?;
+    if let Some(d) = decision_id {
+        resp.insert_header("x-decision-id", d)?;
+    }
     if status == 401 {
         resp.insert_header("www-authenticate", "Bearer")?;
     }
@@ -297,10 +303,14 @@ async fn respond_grpc(
     status: u16,
     message: &str,
     id: &str,
+    decision_id: Option<&str>,
     extra: &[(String, String)],
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(5 + extra.len()))?;
+    let mut resp = ResponseHeader::build(200, Some(6 + extra.len()))?;
     resp.insert_header("x-request-id", id)?;
+    if let Some(d) = decision_id {
+        resp.insert_header("x-decision-id", d)?;
+    }
     resp.insert_header("content-type", "application/grpc")?;
     resp.insert_header("grpc-status", grpc_status(status).to_string())?;
     resp.insert_header("grpc-message", grpc_message(message))?;
@@ -343,6 +353,40 @@ fn grpc_message(message: &str) -> String {
     out
 }
 
+/// What the decision log will need of this decision (the event is built off the request path).
+fn pending(
+    session: &Session,
+    ctx: &Ctx,
+    active: &Arc<Active>,
+    route: usize,
+    verdict: &Verdict,
+    took: std::time::Duration,
+    jwt: Option<Arc<policy_bundles::jwt::Verified>>,
+) -> crate::decision_log::Pending {
+    use crate::decision_log::Answer;
+    let answer = match verdict {
+        Verdict::Allow(d, how) | Verdict::Deny(d, how) => {
+            Answer::Decided { decision: d.clone(), cached: matches!(how, policy_bundles::snapshot::CacheOutcome::Hit) }
+        }
+        Verdict::FailedOpen(e) | Verdict::Failed(e) => Answer::Failed(e.to_string()),
+    };
+    crate::decision_log::Pending {
+        decision_id: crate::decision_log::decision_id(),
+        trace_id: ctx.id.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+        at: std::time::SystemTime::now(),
+        bundle: active.clone(),
+        route,
+        request: Box::new(session.req_header().clone()),
+        host: ctx.host.clone(),
+        scheme: Link::of(session).scheme(),
+        client_ip: ctx.client_ip.clone(),
+        jwt,
+        answer,
+        eval: took,
+        status: 0,
+    }
+}
+
 impl Proxy {
     /// Answers what [`authorize`] made of the request (404, 401, a deny, a policy failure) or
     /// keeps the allowing decision for the later phases; `Ok(false)` to proxy the request.
@@ -353,7 +397,7 @@ impl Proxy {
         active: Arc<Active>,
         outcome: authorize::Outcome,
     ) -> Result<bool> {
-        let (route_ix, verdict, took) = match outcome {
+        let (route_ix, verdict, took, jwt) = match outcome {
             authorize::Outcome::NoRoute => {
                 ctx.outcome = Some(Outcome::NoRoute);
                 respond(session, ctx, 404, "no route matches this request", None, &[]).await?;
@@ -367,10 +411,15 @@ impl Proxy {
                 ctx.active = Some(active);
                 return Ok(true);
             }
-            authorize::Outcome::Evaluated { route, verdict, took } => (route, verdict, took),
+            authorize::Outcome::Evaluated { route, verdict, took, jwt } => (route, verdict, took, jwt),
         };
         ctx.route = Some(route_ix);
         self.gateway.metrics.policy_eval_duration.observe(took.as_secs_f64());
+        if let Some(logs) = self.gateway.decision_logs.get() {
+            if logs.wants(matches!(verdict, Verdict::Allow(..))) {
+                ctx.decision_log = Some(pending(session, ctx, &active, route_ix, &verdict, took, jwt));
+            }
+        }
         let route = &active.snapshot.routes[route_ix];
         let decision = match verdict {
             Verdict::Allow(d, how) => {
@@ -456,6 +505,7 @@ impl ProxyHttp for Proxy {
             upstream: None,
             upstream_status: None,
             bundle: None,
+            decision_log: None,
             body_bytes: 0,
             logging: false,
         }
@@ -511,7 +561,7 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
         };
-        if ctx.logging {
+        if ctx.logging || self.gateway.decision_logs.get().is_some() {
             ctx.host.clone_from(&host);
         }
         let req = session.req_header();
@@ -601,6 +651,9 @@ impl ProxyHttp for Proxy {
             upstream_request.insert_header("traceparent", id.traceparent.as_str())?;
             upstream_request.insert_header("x-request-id", id.id.as_str())?;
         }
+        if let Some(p) = &ctx.decision_log {
+            upstream_request.insert_header("x-decision-id", p.decision_id.as_str())?;
+        }
         Ok(())
     }
 
@@ -608,6 +661,9 @@ impl ProxyHttp for Proxy {
         ctx.upstream_status = Some(resp.status.as_u16());
         if let Some(id) = &ctx.id {
             resp.insert_header("x-request-id", id.id.as_str())?;
+        }
+        if let Some(p) = &ctx.decision_log {
+            resp.insert_header("x-decision-id", p.decision_id.as_str())?;
         }
         if let Some(d) = &ctx.decision {
             for (k, v) in &d.response_headers {
@@ -666,6 +722,10 @@ impl ProxyHttp for Proxy {
         }
         if let Some(active) = &ctx.active {
             active.served.observe(outcome, status, took);
+        }
+        if let (Some(logs), Some(mut pending)) = (self.gateway.decision_logs.get(), ctx.decision_log.take()) {
+            pending.status = status;
+            logs.submit(pending);
         }
         if let Some(log) = self.gateway.access_log.get() {
             log.log(access_entry(session, ctx, outcome, status, took));

@@ -30,6 +30,8 @@ pub enum StartError {
     Listener(String),
     #[error("`access_log`: {0}")]
     AccessLog(std::io::Error),
+    #[error("`decision_logs`: cannot start the shipper: {0}")]
+    DecisionLogs(std::io::Error),
     #[error("upgrade: {0}")]
     Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error("a lock was poisoned while starting")]
@@ -100,6 +102,8 @@ pub struct Gateway {
     pub(crate) phases: Arc<crate::upgrade::Phases>,
     /// Set when the server is built with `access_log`.
     pub(crate) access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
+    /// Set when the server is built with `decision_logs`.
+    pub(crate) decision_logs: std::sync::OnceLock<crate::decision_log::DecisionLogs>,
 }
 
 pub fn unix_now() -> u64 {
@@ -144,6 +148,7 @@ impl Gateway {
             tls: Mutex::new(None),
             phases: Arc::default(),
             access_log: std::sync::OnceLock::new(),
+            decision_logs: std::sync::OnceLock::new(),
         })
     }
 

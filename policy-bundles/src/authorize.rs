@@ -33,8 +33,9 @@ pub enum Outcome {
     NoRoute,
     /// The request sent a bearer token that does not verify; no policy ran.
     Unauthenticated { route: usize, error: JwtError },
-    /// The route's rule was asked (or its cached decision used), in `took`.
-    Evaluated { route: usize, verdict: Verdict, took: Duration },
+    /// The route's rule was asked (or its cached decision used), in `took`; `jwt` is the
+    /// verified bearer token the input held, if any (decision logs rebuild the input from it).
+    Evaluated { route: usize, verdict: Verdict, took: Duration, jwt: Option<Arc<Verified>> },
 }
 
 /// The route's rule's answer, with the route's `fail_open` applied.
@@ -114,5 +115,5 @@ where
         Err(e) if route.fail_open => Verdict::FailedOpen(e),
         Err(e) => Verdict::Failed(e),
     };
-    Outcome::Evaluated { route: route_ix, verdict, took }
+    Outcome::Evaluated { route: route_ix, verdict, took, jwt: verified }
 }

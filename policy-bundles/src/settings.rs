@@ -101,6 +101,10 @@ pub struct RouteSpec {
     /// When true an evaluation error or undefined result allows instead of denying.
     #[serde(default)]
     pub fail_open: bool,
+    /// A rule evaluated beside `policy` on the same input and never enforced: its agreement
+    /// with the enforced one is counted, and every disagreement logged.
+    #[serde(default)]
+    pub shadow: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

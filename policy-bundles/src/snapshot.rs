@@ -31,6 +31,8 @@ pub struct Route {
     /// The prefix removed from the path before proxying, when `strip_prefix` is set.
     pub strip: Option<String>,
     pub fail_open: bool,
+    /// The route's shadow rule (index into the snapshot's policies): evaluated, never enforced.
+    pub shadow: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,7 +133,14 @@ pub struct Snapshot {
     needs: Vec<crate::input::Needs>,
     /// `request_headers.remove`, lower case: removed from every client request.
     pub header_removals: Vec<String>,
+    /// `data.system.log.drop` and `data.system.log.mask` (indexes into the policies), when the
+    /// bundle defines them: OPA's decision-log drop and mask rules, with the event as input.
+    pub log_drop: Option<usize>,
+    pub log_mask: Option<usize>,
 }
+
+/// The decision-log rules a bundle may define, as in OPA.
+const LOG_RULES: [&str; 2] = ["data.system.log.drop", "data.system.log.mask"];
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,7 +203,7 @@ impl Snapshot {
         let upstreams = compile_upstreams(bundle, &mut errors);
         let routes = compile_routes(bundle, &upstreams, &mut errors);
         let jwt = compile_jwt(bundle, &mut errors);
-        let (policies, reads) = compile_policies(bundle, &routes.rules, &mut errors);
+        let (policies, reads, log_rules) = compile_policies(bundle, &routes.rules, &LOG_RULES, &mut errors);
         if !errors.is_empty() {
             return Err(BundleErrors(errors));
         }
@@ -210,6 +219,8 @@ impl Snapshot {
             needs: reads.iter().map(crate::input::Needs::from_reads).collect(),
             reads,
             header_removals,
+            log_drop: log_rules.first().copied().flatten(),
+            log_mask: log_rules.get(1).copied().flatten(),
         })
     }
 
@@ -458,14 +469,14 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
         if crate::reads::rule_path(&r.policy).is_none() {
             report(format!("policy `{}` must be a rule path such as data.http.orders.decision", r.policy));
         }
-        let (matcher, strip) = route_match(r, &mut report);
-        let policy = match out.rules.iter().position(|x| *x == r.policy) {
-            Some(i) => i,
-            None => {
-                out.rules.push(r.policy.clone());
-                out.rules.len() - 1
+        if let Some(shadow) = &r.shadow {
+            if crate::reads::rule_path(shadow).is_none() {
+                report(format!("shadow `{shadow}` must be a rule path such as data.http.orders_v2.decision"));
             }
-        };
+        }
+        let (matcher, strip) = route_match(r, &mut report);
+        let policy = rule_index(&mut out.rules, &r.policy);
+        let shadow = r.shadow.as_ref().map(|rule| rule_index(&mut out.rules, rule));
         out.matches.push(matcher);
         out.routes.push(Route {
             name: r.name.clone(),
@@ -473,9 +484,21 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
             policy,
             strip,
             fail_open: r.fail_open,
+            shadow,
         });
     }
     out
+}
+
+/// The index of `rule` in `rules`, added if new.
+fn rule_index(rules: &mut Vec<String>, rule: &str) -> usize {
+    match rules.iter().position(|x| x == rule) {
+        Some(i) => i,
+        None => {
+            rules.push(rule.to_owned());
+            rules.len() - 1
+        }
+    }
 }
 
 /// What a route matches (path, methods, host) and the prefix it strips; problems go to `report`.
@@ -526,41 +549,57 @@ fn compile_jwt(bundle: &Bundle, errors: &mut Vec<BundleError>) -> Option<TrustRo
 fn compile_policies(
     bundle: &Bundle,
     rules: &[String],
+    optional: &[&str],
     errors: &mut Vec<BundleError>,
-) -> (Vec<Policy>, Vec<InputReads>) {
+) -> (Vec<Policy>, Vec<InputReads>, Vec<Option<usize>>) {
     let mut engine = match engine_for(bundle, false) {
         Ok(engine) => engine,
         Err(mut e) => {
             errors.append(&mut e.0);
-            return (Vec::new(), Vec::new());
+            return (Vec::new(), Vec::new(), vec![None; optional.len()]);
         }
     };
+    // Optional rules (the decision log's `data.system.log.drop` and `mask`) are compiled
+    // after the routes' rules when a module defines them.
+    let mut rules = rules.to_vec();
+    let extra: Vec<Option<usize>> = optional
+        .iter()
+        .map(|rule| {
+            declared(bundle, &mut engine, rule).then(|| {
+                rules.push((*rule).to_owned());
+                rules.len() - 1
+            })
+        })
+        .collect();
     let entrypoints: Vec<&str> = rules.iter().map(String::as_str).collect();
     let reads = crate::reads::analyze(&mut engine, &entrypoints);
     for c in crate::calls::unknown_calls(&mut engine) {
         errors.push(BundleError::new(ErrorKind::Rego, Some(c.file.clone()), c.message()).at_line(Some(c.line)));
     }
     let mut policies = Vec::new();
-    for rule in rules {
+    for rule in &rules {
         match compile_rule(bundle, &mut engine, rule) {
             Ok(p) => policies.push(p),
             Err(e) => errors.push(e),
         }
     }
-    (policies, reads)
+    (policies, reads, extra)
+}
+
+/// Whether a (non-test) module defines `rule` (`data.pkg.name`). Asked of the parsed modules,
+/// so that indented heads and ref heads (`package http` + `orders.decision := ...`) count.
+fn declared(bundle: &Bundle, engine: &mut Engine, rule: &str) -> bool {
+    bundle.modules.iter().filter(|m| !m.path.starts_with(TESTS_DIR)).any(|m| {
+        rule.strip_prefix(m.package.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+            .is_some_and(|name| engine.has_declared_rule_rooted_at(&m.path, name).unwrap_or(false))
+    })
 }
 
 /// One decision rule, for the VM where it compiles for it; refused when no module defines it.
 fn compile_rule(bundle: &Bundle, engine: &mut Engine, rule: &str) -> Result<Policy, BundleError> {
     let (file, line) = bundle.settings_line(&format!("policy: {rule}"));
-    // Asked of the parsed modules, so that indented heads and ref heads
-    // (`package http` + `orders.decision := ...`) count.
-    let defined = bundle.modules.iter().filter(|m| !m.path.starts_with(TESTS_DIR)).any(|m| {
-        rule.strip_prefix(m.package.as_str())
-            .and_then(|r| r.strip_prefix('.'))
-            .is_some_and(|name| engine.has_declared_rule_rooted_at(&m.path, name).unwrap_or(false))
-    });
-    if !defined {
+    if !declared(bundle, engine, rule) {
         return Err(BundleError::new(
             ErrorKind::Settings,
             file,
