@@ -9,7 +9,11 @@
 //! | `POST /v1/bundles/{name}/rollback` | publish | 200; 404 unknown revision |
 //! | `POST /v1/status` | read | 202; 400 |
 //! | `GET /v1/fleet` | read | 200 |
+//! | `POST /v1/logs` | read | 200 `{accepted, stored, duplicates}`; 400, 403, 413, 415 ([`crate::logs`]) |
+//! | `GET /v1/logs` | logs | 200 events, newest first; 400, 403 |
 //! | `GET /healthz`, `GET /metrics` | none | 200 |
+//!
+//! A token limited to some bundles (`tokens[].bundles`) gets 403 for any other bundle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +65,10 @@ pub struct Shared {
     pub tokens: Tokens,
     /// Bounds how many bundles are validated at once (each may hold a decompressed bundle).
     pub validations: Arc<Semaphore>,
+    /// Bounds how many decision-log batches are inflated and parsed at once.
+    pub ingests: Arc<Semaphore>,
+    /// When decision-log retention checks the count.
+    pub retention: crate::logs::Retention,
 }
 
 /// The router's state: cheap to clone.
@@ -75,6 +83,8 @@ impl AppState {
             tokens: Tokens::new(config.tokens.clone()),
             metrics: Metrics::new()?,
             validations: Arc::new(Semaphore::new(permits)),
+            ingests: Arc::new(Semaphore::new(permits)),
+            retention: crate::logs::Retention::default(),
             config,
             store,
         })))
@@ -94,6 +104,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/bundles/{name}/rollout", get(rollout_status))
         .route("/v1/status", post(status))
         .route("/v1/fleet", get(fleet))
+        .route("/v1/logs", get(crate::logs::list).post(crate::logs::ingest))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -118,6 +129,13 @@ pub enum ApiError {
     Growth(Vec<crate::guard::Moved>),
     #[error("the bundle is larger than max_bundle_size ({limit} bytes)")]
     TooLarge { limit: u64 },
+    /// A body past a bound other than `max_bundle_size` (the message names it).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("the bundle was refused: {0}")]
     Rejected(Rejection),
     #[error("the store is unavailable: {0}")]
@@ -138,10 +156,13 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) | ApiError::Growth(_) => StatusCode::CONFLICT,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } | ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::ValidationsClosed(_) | ApiError::ValidationTask(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ValidationsClosed(_) | ApiError::ValidationTask(_) | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
@@ -200,13 +221,27 @@ impl FromRequestParts<AppState> for Publisher {
     }
 }
 
-/// Bundle names appear in URLs, the store and logs: letters, digits, `-`, `_`, `.`.
-fn check_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
+/// Whether `name` can be a bundle's: letters, digits, `-`, `_`, `.` (not first), at most 128
+/// characters. Bundle names appear in URLs, the store and logs.
+pub fn is_bundle_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// A token limited to some bundles (`tokens[].bundles`) touches those only.
+fn check_access(who: &Principal, name: &str) -> Result<(), ApiError> {
+    if who.may_touch(name) {
+        return Ok(());
+    }
+    let allowed = who.bundles.as_deref().unwrap_or_default().join(", ");
+    Err(ApiError::Forbidden(format!("token `{}` may touch bundles [{allowed}] only, not `{name}`", who.name)))
+}
+
+/// 400 unless `name` is a bundle name ([`is_bundle_name`]).
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if is_bundle_name(name) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
@@ -216,14 +251,14 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// Why a body could not be read.
-enum BodyError {
+pub(crate) enum BodyError {
     TooLarge,
     Read(axum::Error),
 }
 
 /// Reads a request body, refusing it as soon as it is known to exceed `limit`: from its
 /// `Content-Length` before reading anything, else while the bytes arrive.
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, BodyError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge);
@@ -268,6 +303,7 @@ async fn put_bundle(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
+    check_access(&who, &name)?;
     let s = &state.0;
     let bytes = read_bundle(s, &headers, body).await?;
     let digest = policy_bundles::digest(&bytes);
@@ -442,6 +478,7 @@ async fn get_bundle(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
+    check_access(&who, &name)?;
     let s = &state.0;
     let instance = headers.get(INSTANCE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let instance = speaks_for(&who, instance)?;
@@ -578,10 +615,11 @@ struct RevisionView {
 /// `GET /v1/bundles/{name}/revisions`: the history, newest first.
 async fn revisions(
     State(state): State<AppState>,
-    Reader(_): Reader,
+    Reader(who): Reader,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<RevisionView>>, ApiError> {
     check_name(&name)?;
+    check_access(&who, &name)?;
     let list = state.0.store.revisions(&name).await?;
     if list.is_empty() {
         return Err(ApiError::NotFound(format!("no bundle named `{name}` has been published")));
@@ -612,10 +650,11 @@ struct RollbackRequest {
 /// cohort is served.
 async fn rollout_status(
     State(state): State<AppState>,
-    Reader(_): Reader,
+    Reader(who): Reader,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_name(&name)?;
+    check_access(&who, &name)?;
     let s = &state.0;
     let (_, heads) = s.hub.current(&name).await?;
     let Some(heads) = heads else {
@@ -653,6 +692,7 @@ async fn rollback(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
+    check_access(&who, &name)?;
     let req: RollbackRequest = read_json(&headers, body).await?;
     let s = &state.0;
     let info = match s.store.rollback(&name, &req.revision).await? {
@@ -779,6 +819,7 @@ async fn status(
     let req: StatusRequest = read_json(&headers, body).await?;
     let report = req.into_report(store::now_ms())?;
     speaks_for(&who, Some(report.instance.clone()))?;
+    check_access(&who, &report.bundle)?;
     state.0.store.report(&report).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
 }
@@ -870,6 +911,7 @@ mod tests {
             scope,
             sha256: Sha256::digest(secret.as_bytes()).into(),
             instance: None,
+            bundles: None,
         };
         Config {
             listen: ([127, 0, 0, 1], 0).into(),
@@ -882,6 +924,7 @@ mod tests {
             validator: policy_bundles::budget::Validator::InProcess,
             growth_guard: Some(crate::config::GrowthGuard::default()),
             rollout: None,
+            logs: crate::config::LogsConfig::default(),
         }
     }
 
@@ -997,6 +1040,15 @@ mod tests {
             Err(StoreError::Corrupt("down".into()))
         }
         async fn finish_rollout(&self, _: i64, _: &str, _: Option<&str>, _: i64) -> Result<bool, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn store_events(&self, _: &[crate::store::DecisionEvent]) -> Result<u64, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn events(&self, _: &crate::store::EventQuery) -> Result<Vec<String>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn prune_events(&self, _: i64, _: Option<u64>) -> Result<u64, StoreError> {
             Err(StoreError::Corrupt("down".into()))
         }
         async fn changes(&self) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<Change>>, StoreError> {

@@ -1,5 +1,6 @@
-//! Bearer tokens: known only by their SHA-256, compared in constant time; `publish` and `read`
-//! scopes (a publish token may also read).
+//! Bearer tokens: known only by their SHA-256, compared in constant time; `publish`, `read` and
+//! `logs` scopes (a publish token may also read; a logs token may only query decision logs), and
+//! the bundles a token may touch.
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -13,6 +14,9 @@ pub enum Scope {
     Read,
     /// Everything `Read` may, plus publish and roll back.
     Publish,
+    /// Query decision logs (`GET /v1/logs`), and nothing else: no bundle, no fleet. Neither a
+    /// read nor a publish token may query them (they hold requests' inputs).
+    Logs,
 }
 
 impl Scope {
@@ -20,12 +24,16 @@ impl Scope {
         match self {
             Scope::Read => "read",
             Scope::Publish => "publish",
+            Scope::Logs => "logs",
         }
     }
 
     /// Whether a token of this scope may do what `needed` requires.
     pub fn allows(self, needed: Scope) -> bool {
-        self == Scope::Publish || needed == Scope::Read
+        matches!(
+            (self, needed),
+            (Scope::Publish, Scope::Publish | Scope::Read) | (Scope::Read, Scope::Read) | (Scope::Logs, Scope::Logs)
+        )
     }
 }
 
@@ -37,6 +45,15 @@ pub struct Principal {
     pub scope: Scope,
     /// The only gateway instance the token may speak for, when bound to one.
     pub instance: Option<String>,
+    /// The only bundles the token may touch, when limited to some.
+    pub bundles: Option<Vec<String>>,
+}
+
+impl Principal {
+    /// Whether the token may touch `bundle` (fetch, publish, report on, log or query it).
+    pub fn may_touch(&self, bundle: &str) -> bool {
+        self.bundles.as_ref().is_none_or(|list| list.iter().any(|b| b == bundle))
+    }
 }
 
 /// Why a request is not authorized.
@@ -100,7 +117,7 @@ impl Tokens {
         if !t.scope.allows(needs) {
             return Err(AuthError::Forbidden { name: t.name.clone(), has: t.scope, needs });
         }
-        Ok(Principal { name: t.name.clone(), scope: t.scope, instance: t.instance.clone() })
+        Ok(Principal { name: t.name.clone(), scope: t.scope, instance: t.instance.clone(), bundles: t.bundles.clone() })
     }
 }
 
@@ -121,8 +138,27 @@ mod tests {
     fn tokens() -> Tokens {
         let hash = |t: &str| <[u8; 32]>::from(Sha256::digest(t.as_bytes()));
         Tokens::new(vec![
-            TokenConfig { name: "ci".into(), scope: Scope::Publish, sha256: hash("pub-secret"), instance: None },
-            TokenConfig { name: "gw".into(), scope: Scope::Read, sha256: hash("read-secret"), instance: None },
+            TokenConfig {
+                name: "ci".into(),
+                scope: Scope::Publish,
+                sha256: hash("pub-secret"),
+                instance: None,
+                bundles: None,
+            },
+            TokenConfig {
+                name: "gw".into(),
+                scope: Scope::Read,
+                sha256: hash("read-secret"),
+                instance: None,
+                bundles: None,
+            },
+            TokenConfig {
+                name: "authors".into(),
+                scope: Scope::Logs,
+                sha256: hash("logs-secret"),
+                instance: None,
+                bundles: Some(vec!["main".into()]),
+            },
         ])
     }
 
@@ -153,6 +189,31 @@ mod tests {
         assert!(t.authorize(Some(b"Bearer read-secret"), Scope::Read).is_ok());
         let e = t.authorize(Some(b"Bearer read-secret"), Scope::Publish).unwrap_err();
         assert_eq!(e, AuthError::Forbidden { name: "gw".into(), has: Scope::Read, needs: Scope::Publish });
+    }
+
+    #[test]
+    fn only_a_logs_token_may_query_logs_and_it_may_do_nothing_else() {
+        let t = tokens();
+        let p = t.authorize(Some(b"Bearer logs-secret"), Scope::Logs).unwrap();
+        assert_eq!((p.name.as_str(), p.scope), ("authors", Scope::Logs));
+        for needs in [Scope::Read, Scope::Publish] {
+            let e = t.authorize(Some(b"Bearer logs-secret"), needs).unwrap_err();
+            assert_eq!(e, AuthError::Forbidden { name: "authors".into(), has: Scope::Logs, needs });
+        }
+        for (secret, has) in [("pub-secret", Scope::Publish), ("read-secret", Scope::Read)] {
+            let header = format!("Bearer {secret}");
+            let e = t.authorize(Some(header.as_bytes()), Scope::Logs).unwrap_err();
+            assert!(matches!(e, AuthError::Forbidden { has: h, needs: Scope::Logs, .. } if h == has), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_limited_to_bundles_may_touch_those_only() {
+        let t = tokens();
+        let limited = t.authorize(Some(b"Bearer logs-secret"), Scope::Logs).unwrap();
+        assert!(limited.may_touch("main") && !limited.may_touch("other"));
+        let any = t.authorize(Some(b"Bearer read-secret"), Scope::Read).unwrap();
+        assert!(any.may_touch("main") && any.may_touch("other"));
     }
 
     #[test]

@@ -25,11 +25,18 @@
 //!   max_error_rate: 0.05           #   errors / requests since activation; default 0.05
 //!   min_requests: 20               #   before the error rate counts; default 20
 //!   max_p99: 1s                    #   optional
+//! logs:                            # decision logs (POST/GET /v1/logs)
+//!   max_upload: 8MiB               #   largest batch body as sent (gzip); default 8MiB
+//!   max_decompressed: 64MiB        #   largest batch once decompressed; default 8x max_upload
+//!   max_age: 7d                    #   events older than this (by their timestamp) go; default 7d
+//!   max_count: 1000000             #   beyond this many, the oldest go; default 1000000
 //! tokens:
 //!   - name: ci                     # shown as `published_by`
-//!     scope: publish               # publish | read (publish tokens may also read)
+//!     scope: publish               # publish | read | logs (publish tokens may also read; logs
+//!                                  #   tokens may only query decision logs)
 //!     sha256: 9f86d0...            # `control-api hash-token` (token on stdin); the token itself is never stored
 //!     instance: gw-a               # optional: the only gateway this token may speak for
+//!     bundles: [main]              # optional: the only bundles this token may touch
 //! ```
 
 use std::collections::BTreeSet;
@@ -91,6 +98,21 @@ struct RawConfig {
     growth_guard: Option<RawGrowthGuard>,
     #[serde(default)]
     rollout: Option<RawRollout>,
+    #[serde(default)]
+    logs: Option<RawLogs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    #[serde(default)]
+    max_upload: Option<String>,
+    #[serde(default)]
+    max_decompressed: Option<String>,
+    #[serde(default)]
+    max_age: Option<String>,
+    #[serde(default)]
+    max_count: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +155,8 @@ struct RawToken {
     sha256: String,
     #[serde(default)]
     instance: Option<String>,
+    #[serde(default)]
+    bundles: Option<Vec<String>>,
 }
 
 /// Where bundles, revisions and fleet reports are kept.
@@ -175,6 +199,38 @@ pub struct TokenConfig {
     pub sha256: [u8; 32],
     /// The only gateway instance this token may speak for (bundle GETs, status reports).
     pub instance: Option<String>,
+    /// The only bundles this token may touch (fetch, publish, report on, log, query the logs
+    /// of); `None`: any.
+    pub bundles: Option<Vec<String>>,
+}
+
+/// Decision logs (`logs`): how large a batch may be, and how long and how many events are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogsConfig {
+    /// Largest `POST /v1/logs` body as sent (compressed), in bytes; default 8 MiB.
+    pub max_upload: u64,
+    /// Largest batch once decompressed, in bytes; default 8 times `max_upload`. A gzip body
+    /// that inflates past it (a bomb) is refused with 413.
+    pub max_decompressed: u64,
+    /// Events whose `timestamp` is older are deleted (and never listed); default 7 days.
+    pub max_age: Duration,
+    /// Beyond this many stored events the oldest are deleted; default 1,000,000.
+    pub max_count: u64,
+}
+
+pub const DEFAULT_MAX_UPLOAD: u64 = 8 << 20;
+pub const DEFAULT_LOGS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_LOGS_MAX_COUNT: u64 = 1_000_000;
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_upload: DEFAULT_MAX_UPLOAD,
+            max_decompressed: 8 * DEFAULT_MAX_UPLOAD,
+            max_age: DEFAULT_LOGS_MAX_AGE,
+            max_count: DEFAULT_LOGS_MAX_COUNT,
+        }
+    }
 }
 
 /// Validated configuration.
@@ -198,6 +254,8 @@ pub struct Config {
     pub growth_guard: Option<GrowthGuard>,
     /// Staged rollout; `None`: every gateway is served a publish at once.
     pub rollout: Option<RolloutConfig>,
+    /// Decision-log ingest bounds and retention.
+    pub logs: LogsConfig,
 }
 
 /// Which gateways take a new revision first.
@@ -284,6 +342,7 @@ impl Config {
             budget: raw_budget,
             growth_guard: raw_guard,
             rollout: raw_rollout,
+            logs: raw_logs,
         } = raw;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut problems = Problems { lines: Lines(text), list: Vec::new() };
@@ -304,6 +363,7 @@ impl Config {
         let (budget, validator) = parse_budget(raw_budget.unwrap_or_default(), &mut problems);
         let growth_guard = parse_growth_guard(raw_guard.unwrap_or_default(), &mut problems);
         let rollout = raw_rollout.map(|r| parse_rollout(&r, &mut problems));
+        let logs = parse_logs(raw_logs.unwrap_or_default(), &mut problems);
 
         if !problems.list.is_empty() {
             return Err(ConfigError::Invalid { path: p, problems: problems.list });
@@ -319,6 +379,7 @@ impl Config {
             validator,
             growth_guard,
             rollout,
+            logs,
         })
     }
 }
@@ -400,11 +461,17 @@ fn parse_tokens(raw: &[RawToken], problems: &mut Problems<'_>) -> Vec<TokenConfi
         let scope = match t.scope.as_str() {
             "publish" => Scope::Publish,
             "read" => Scope::Read,
+            "logs" => Scope::Logs,
             other => {
-                problems.add(&key("scope"), scope_line, format!("`{other}` is not a scope: use publish or read"));
+                let m = format!("`{other}` is not a scope: use publish, read or logs");
+                problems.add(&key("scope"), scope_line, m);
                 Scope::Read
             }
         };
+        if let Some(list) = &t.bundles {
+            let line = problems.lines.list_item_field("tokens", i, "bundles");
+            check_token_bundles(list, &key("bundles"), line, problems);
+        }
         let mut sha256 = [0u8; 32];
         match hex::decode_to_slice(t.sha256.trim(), &mut sha256) {
             Ok(()) if !hashes.insert(sha256) => {
@@ -417,9 +484,71 @@ fn parse_tokens(raw: &[RawToken], problems: &mut Problems<'_>) -> Vec<TokenConfi
                 "must be 64 hex digits: the SHA-256 of the token (`control-api hash-token` prints it)".into(),
             ),
         }
-        tokens.push(TokenConfig { name: t.name.clone(), scope, sha256, instance: t.instance.clone() });
+        tokens.push(TokenConfig {
+            name: t.name.clone(),
+            scope,
+            sha256,
+            instance: t.instance.clone(),
+            bundles: t.bundles.clone(),
+        });
     }
     tokens
+}
+
+/// `tokens[i].bundles`: at least one name (leave the key out for any bundle), each a bundle name.
+fn check_token_bundles(list: &[String], key: &str, line: Option<usize>, problems: &mut Problems<'_>) {
+    if list.is_empty() {
+        problems.add(key, line, "give at least one bundle name, or leave `bundles` out for any bundle".into());
+    }
+    for b in list.iter().filter(|b| !crate::api::is_bundle_name(b)) {
+        let m = format!("`{b}` is not a bundle name: letters, digits, `-`, `_` and `.` (not first)");
+        problems.add(key, line, m);
+    }
+}
+
+/// `logs`: sizes and counts above 0, a decompressed bound no smaller than the upload bound, an
+/// age such as `7d` or `12h`.
+fn parse_logs(raw: RawLogs, problems: &mut Problems<'_>) -> LogsConfig {
+    let line = problems.lines.top("logs");
+    let d = LogsConfig::default();
+    let mut size = |key: &str, v: &Option<String>, default: u64| match v.as_deref().map(parse_size) {
+        None => default,
+        Some(Ok(n)) if n > 0 => n,
+        Some(Ok(_)) => {
+            problems.add(key, line, "must be more than 0".into());
+            default
+        }
+        Some(Err(m)) => {
+            problems.add(key, line, m.to_string());
+            default
+        }
+    };
+    let max_upload = size("logs.max_upload", &raw.max_upload, d.max_upload);
+    let max_decompressed = size("logs.max_decompressed", &raw.max_decompressed, max_upload.saturating_mul(8));
+    if max_decompressed < max_upload {
+        problems.add("logs.max_decompressed", line, format!("must be at least logs.max_upload ({max_upload} bytes)"));
+    }
+    let max_age = match raw.max_age.as_deref().map(crate::logs::parse_span) {
+        None => d.max_age,
+        Some(Ok(a)) if !a.is_zero() => a,
+        Some(Ok(_)) => {
+            problems.add("logs.max_age", line, "must be more than 0 (such as 7d or 12h)".into());
+            d.max_age
+        }
+        Some(Err(m)) => {
+            problems.add("logs.max_age", line, m);
+            d.max_age
+        }
+    };
+    let max_count = match raw.max_count {
+        Some(0) => {
+            problems.add("logs.max_count", line, "must be more than 0".into());
+            d.max_count
+        }
+        Some(n) => n,
+        None => d.max_count,
+    };
+    LogsConfig { max_upload, max_decompressed, max_age, max_count }
 }
 
 /// `budget`, and where it is checked: in a child process unless the budget says otherwise.
@@ -601,6 +730,46 @@ mod tests {
             ("tokens[1].name", 9),
             ("tokens[1].scope", 10),
             ("tokens[1].sha256", 11),
+        ];
+        for (k, l) in want {
+            assert!(got.contains(&(k.to_string(), Some(l))), "missing {k} at line {l} in {got:?}");
+        }
+        assert_eq!(got.len(), want.len(), "{got:?}");
+    }
+
+    #[test]
+    fn reads_the_logs_scope_token_bundles_and_logs_with_defaults() {
+        let c = parse(&format!(
+            "listen: 127.0.0.1:8181\nstore: \"sqlite::memory:\"\nlogs: {{ max_upload: 1MiB, max_age: 2d }}\ntokens:\n  - name: authors\n    scope: logs\n    bundles: [main, shop]\n    sha256: {HASH}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.tokens[0].scope, Scope::Logs);
+        assert_eq!(c.tokens[0].bundles, Some(vec!["main".to_owned(), "shop".to_owned()]));
+        let l = c.logs;
+        assert_eq!((l.max_upload, l.max_decompressed, l.max_count), (1 << 20, 8 << 20, 1_000_000));
+        assert_eq!(l.max_age, Duration::from_secs(2 * 86400));
+        let d = parse(&format!(
+            "listen: 127.0.0.1:8181\nstore: \"sqlite::memory:\"\ntokens:\n  - name: ci\n    scope: publish\n    sha256: {HASH}\n"
+        ))
+        .unwrap();
+        assert_eq!(d.logs, LogsConfig::default());
+        assert_eq!(d.tokens[0].bundles, None);
+    }
+
+    #[test]
+    fn bad_logs_values_and_token_bundles_are_reported_with_key_and_line() {
+        let text = format!(
+            "listen: 127.0.0.1:8181\nstore: \"sqlite::memory:\"\nlogs: {{ max_upload: 2MiB, max_decompressed: 1MiB, max_age: soon, max_count: 0 }}\ntokens:\n  - name: ci\n    scope: logs\n    bundles: [\"../etc\"]\n    sha256: {HASH}\n  - name: gw\n    scope: read\n    bundles: []\n    sha256: {}\n",
+            "0".repeat(64)
+        );
+        let ConfigError::Invalid { problems, .. } = parse(&text).unwrap_err() else { panic!("expected Invalid") };
+        let got: Vec<(String, Option<usize>)> = problems.iter().map(|p| (p.key.clone(), p.line)).collect();
+        let want = [
+            ("logs.max_decompressed", 3),
+            ("logs.max_age", 3),
+            ("logs.max_count", 3),
+            ("tokens[0].bundles", 7),
+            ("tokens[1].bundles", 11),
         ];
         for (k, l) in want {
             assert!(got.contains(&(k.to_string(), Some(l))), "missing {k} at line {l} in {got:?}");

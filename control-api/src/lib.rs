@@ -1,14 +1,16 @@
 //! `control-api`: the control plane. It validates policy bundles by compiling them exactly as
 //! the gateway does (and running their own tests), keeps every revision, serves the active one
-//! with a strong ETag and long polls, rolls back, and collects gateways' status reports.
+//! with a strong ETag and long polls, rolls back, collects gateways' status reports, and takes
+//! and serves their decision logs.
 //!
 //! * [`config`]: the YAML config, strictly parsed and validated.
 //! * [`api`]: the HTTP API ([`app`] builds the router) and its one error type.
-//! * [`auth`]: bearer tokens by SHA-256, publish and read scopes.
+//! * [`auth`]: bearer tokens by SHA-256, publish, read and logs scopes, bundles a token may touch.
 //! * [`store`]: one store over SQLite or PostgreSQL behind one trait, with versioned migrations.
 //! * [`guard`]: the growth guard, comparing a publish with the active revision.
 //! * [`hub`]: the active revision of each bundle in memory, and the channels long polls wait on.
 //! * [`validate`]: the gateway's own loading and compiling code, plus the bundle's tests.
+//! * [`logs`]: decision-log ingest (`POST /v1/logs`), query (`GET /v1/logs`) and retention.
 //! * [`rollout`]: staged rollout to a canary cohort, judged from status reports, promoted or rolled back.
 //! * [`metrics`]: every exported metric.
 
@@ -17,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod guard;
 pub mod hub;
+pub mod logs;
 pub mod metrics;
 pub mod rollout;
 pub mod store;
@@ -108,6 +111,7 @@ impl App {
             }
         });
         let supervisor = tokio::spawn(rollout::supervise(state.clone(), state.0.hub.shutdown_signal()));
+        let retention = tokio::spawn(logs::prune_periodically(state.clone()));
         let hub_state = state.clone();
         let result = axum::serve(listener, app(state))
             .with_graceful_shutdown(async move {
@@ -121,6 +125,7 @@ impl App {
             task.abort();
         }
         supervisor.abort();
+        retention.abort();
         result
     }
 }

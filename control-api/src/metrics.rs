@@ -1,7 +1,7 @@
 //! Every metric control-api exports, named in one place.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub const PUBLISHES_TOTAL: &str = "control_api_publishes_total";
@@ -13,6 +13,22 @@ pub const ROLLBACKS_TOTAL: &str = "control_api_rollbacks_total";
 pub const ROLLOUT_DURATION: &str = "control_api_rollout_duration_seconds";
 pub const ROLLOUT_PROPAGATION: &str = "control_api_rollout_propagation_seconds";
 pub const SERVED_REVISION: &str = "control_api_served_revision";
+pub const DECISION_LOGS_EVENTS: &str = "control_api_decision_logs_events_total";
+pub const DECISION_LOGS_REFUSED: &str = "control_api_decision_logs_refused_total";
+pub const DECISION_LOGS_PRUNED: &str = "control_api_decision_logs_pruned_total";
+
+/// The `reason` label values of `control_api_decision_logs_refused_total`, exported from the start.
+pub const REFUSED_REASONS: [&str; 9] = [
+    "token",
+    "forbidden",
+    "too_large",
+    "decompressed_too_large",
+    "encoding",
+    "malformed",
+    "store",
+    "internal",
+    "unknown",
+];
 
 /// The `result` label of `control_api_publishes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +68,12 @@ pub struct Metrics {
     pub propagation: Histogram,
     /// 1 for the revision each cohort is served: `{bundle, cohort="canary|stable", revision}`.
     pub served_revision: IntGaugeVec,
+    /// Decision events received, by `result` (`stored`, `duplicate`: already stored, not again).
+    decision_events: IntCounterVec,
+    /// Refused `POST /v1/logs` batches by `reason`.
+    decision_refused: IntCounterVec,
+    /// Events deleted by retention.
+    decision_pruned: IntCounter,
 }
 
 impl Metrics {
@@ -99,6 +121,7 @@ impl Metrics {
         registry.register(Box::new(rollout_duration.clone()))?;
         registry.register(Box::new(propagation.clone()))?;
         registry.register(Box::new(served_revision.clone()))?;
+        let (decision_events, decision_refused, decision_pruned) = decision_log_metrics(&registry)?;
         // Label values known in advance are exported at 0 from the start.
         for r in [PublishResult::Created, PublishResult::Identical, PublishResult::Rejected] {
             publishes.with_label_values(&[r.label()]);
@@ -117,7 +140,27 @@ impl Metrics {
             rollout_duration,
             propagation,
             served_revision,
+            decision_events,
+            decision_refused,
+            decision_pruned,
         })
+    }
+
+    /// Counts a decision-log batch taken: `stored` new events, `duplicates` already stored.
+    pub fn ingested(&self, stored: u64, duplicates: u64) {
+        self.decision_events.with_label_values(&["stored"]).inc_by(stored);
+        self.decision_events.with_label_values(&["duplicate"]).inc_by(duplicates);
+    }
+
+    /// Counts a refused decision-log batch (`reason` one of [`REFUSED_REASONS`]).
+    pub fn refuse_batch(&self, reason: &str) {
+        let reason = if REFUSED_REASONS.contains(&reason) { reason } else { "unknown" };
+        self.decision_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts events deleted by retention.
+    pub fn pruned_events(&self, n: u64) {
+        self.decision_pruned.inc_by(n);
     }
 
     pub fn publish(&self, result: PublishResult) {
@@ -143,4 +186,27 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// The decision-log counters, registered, with their known labels at 0.
+fn decision_log_metrics(registry: &Registry) -> Result<(IntCounterVec, IntCounterVec, IntCounter), prometheus::Error> {
+    let events = IntCounterVec::new(
+        Opts::new(DECISION_LOGS_EVENTS, "Decision events received by POST /v1/logs, by result (stored, duplicate)"),
+        &["result"],
+    )?;
+    let refused = IntCounterVec::new(
+        Opts::new(DECISION_LOGS_REFUSED, "Refused POST /v1/logs batches by reason (nothing of them is stored)"),
+        &["reason"],
+    )?;
+    let pruned = IntCounter::new(DECISION_LOGS_PRUNED, "Decision events deleted by retention (max_age, max_count)")?;
+    registry.register(Box::new(events.clone()))?;
+    registry.register(Box::new(refused.clone()))?;
+    registry.register(Box::new(pruned.clone()))?;
+    for r in ["stored", "duplicate"] {
+        events.with_label_values(&[r]);
+    }
+    for r in REFUSED_REASONS {
+        refused.with_label_values(&[r]);
+    }
+    Ok((events, refused, pruned))
 }

@@ -6,7 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use control_api::store::{Change, GatewayReport, NewRevision, PublishOutcome, RollbackOutcome, SqlStore, Store};
+use control_api::store::{
+    Change, DecisionEvent, EventQuery, GatewayReport, NewRevision, PublishOutcome, RollbackOutcome, SqlStore, Store,
+};
 
 fn rev<'a>(bundle: &'a str, revision: &'a str, content: &'a [u8], digest: &'a str) -> NewRevision<'a> {
     NewRevision {
@@ -208,6 +210,102 @@ async fn a_staged_publish_is_a_canary_until_promoted_or_rolled_back_once(store: 
     assert_eq!(store.active("main").await.unwrap().unwrap().digest, d3);
 }
 
+/// A decision event of `bundle` at `at_ms`, with the columns given.
+fn decision(id: &str, bundle: &str, decision: &str, route: Option<&str>, at_ms: i64) -> DecisionEvent {
+    DecisionEvent {
+        decision_id: id.into(),
+        bundle: bundle.into(),
+        revision: Some("r1".into()),
+        route: route.map(str::to_owned),
+        decision: decision.into(),
+        timestamp_ms: at_ms,
+        event: format!("{{\"decision_id\":\"{id}\",\"at\":{at_ms}}}"),
+    }
+}
+
+fn all(limit: u32) -> EventQuery {
+    EventQuery { limit, ..EventQuery::default() }
+}
+
+fn ids_of(events: &[String]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["decision_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn decision_events_are_stored_once_by_decision_id(store: Arc<dyn Store>) {
+    let a = decision("a", "main", "deny", Some("orders"), 1_000);
+    let b = decision("b", "main", "allow", Some("orders"), 2_000);
+    assert_eq!(store.store_events(&[a.clone(), b.clone()]).await.unwrap(), 2);
+    assert_eq!(store.store_events(&[a.clone(), b.clone()]).await.unwrap(), 0, "a retried batch adds nothing");
+    let changed = DecisionEvent { event: "{\"decision_id\":\"a\",\"again\":true}".into(), ..a.clone() };
+    let c = decision("c", "main", "error", None, 3_000);
+    assert_eq!(store.store_events(&[changed, c]).await.unwrap(), 1);
+    let listed = store.events(&all(10)).await.unwrap();
+    assert_eq!(ids_of(&listed), ["c", "b", "a"]);
+    assert_eq!(listed[2], a.event, "the first copy of an event is the one kept");
+    assert_eq!(store.store_events(&[]).await.unwrap(), 0);
+    let twice = decision("t", "main", "deny", None, 4_000);
+    assert_eq!(store.store_events(&[twice.clone(), twice]).await.unwrap(), 1, "twice in one statement: once");
+}
+
+async fn a_batch_larger_than_one_insert_statement_is_stored_whole(store: Arc<dyn Store>) {
+    let batch: Vec<DecisionEvent> = (0..300).map(|i| decision(&format!("e{i}"), "main", "deny", None, i)).collect();
+    assert_eq!(store.store_events(&batch).await.unwrap(), 300);
+    assert_eq!(store.events(&all(1000)).await.unwrap().len(), 300);
+}
+
+async fn decision_events_are_queried_by_each_filter_newest_first(store: Arc<dyn Store>) {
+    let mut r2 = decision("d", "main", "deny", Some("orders"), 4_000);
+    r2.revision = Some("r2".into());
+    store
+        .store_events(&[
+            decision("a", "main", "deny", Some("orders"), 1_000),
+            decision("b", "main", "allow", Some("public"), 2_000),
+            decision("c", "shop", "deny", Some("orders"), 3_000),
+            r2,
+            decision("e", "other", "error", None, 5_000),
+        ])
+        .await
+        .unwrap();
+    let q = |edit: fn(&mut EventQuery)| {
+        let mut q = all(100);
+        edit(&mut q);
+        let store = store.clone();
+        async move { ids_of(&store.events(&q).await.unwrap()) }
+    };
+    assert_eq!(q(|_| {}).await, ["e", "d", "c", "b", "a"]);
+    assert_eq!(q(|q| q.bundles = vec!["main".into()]).await, ["d", "b", "a"]);
+    assert_eq!(q(|q| q.bundles = vec!["main".into(), "shop".into()]).await, ["d", "c", "b", "a"]);
+    assert_eq!(q(|q| q.route = Some("orders".into())).await, ["d", "c", "a"]);
+    assert_eq!(q(|q| q.decision = Some("error".into())).await, ["e"]);
+    assert_eq!(q(|q| q.revision = Some("r2".into())).await, ["d"]);
+    assert_eq!(q(|q| q.since_ms = Some(3_000)).await, ["e", "d", "c"]);
+    assert_eq!(q(|q| q.until_ms = Some(2_000)).await, ["b", "a"]);
+    assert_eq!(q(|q| q.limit = 2).await, ["e", "d"]);
+    let both = |q: &mut EventQuery| {
+        q.bundles = vec!["main".into()];
+        q.decision = Some("deny".into());
+        q.since_ms = Some(1_500);
+    };
+    assert_eq!(q(both).await, ["d"]);
+}
+
+async fn pruning_drops_old_events_then_the_oldest_beyond_the_count(store: Arc<dyn Store>) {
+    let batch: Vec<DecisionEvent> =
+        (1..=6).map(|i| decision(&format!("e{i}"), "main", "deny", None, i * 1_000)).collect();
+    store.store_events(&batch).await.unwrap();
+    assert_eq!(store.prune_events(2_000, None).await.unwrap(), 1, "before 2000: e1");
+    assert_eq!(store.prune_events(0, Some(10)).await.unwrap(), 0);
+    assert_eq!(store.prune_events(0, Some(3)).await.unwrap(), 2, "e2 and e3 are the oldest beyond 3");
+    assert_eq!(ids_of(&store.events(&all(10)).await.unwrap()), ["e6", "e5", "e4"]);
+    // Equal timestamps: the later arrival counts as newer.
+    store.store_events(&[decision("x", "main", "deny", None, 6_000)]).await.unwrap();
+    assert_eq!(store.prune_events(0, Some(2)).await.unwrap(), 2);
+    assert_eq!(ids_of(&store.events(&all(10)).await.unwrap()), ["x", "e6"]);
+}
+
 fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))
 }
@@ -251,6 +349,10 @@ store_suite!(
     concurrent_publishes_of_one_bundle_all_land_and_one_is_active,
     reports_are_upserted_per_instance_and_listed_by_instance,
     a_staged_publish_is_a_canary_until_promoted_or_rolled_back_once,
+    decision_events_are_stored_once_by_decision_id,
+    a_batch_larger_than_one_insert_statement_is_stored_whole,
+    decision_events_are_queried_by_each_filter_newest_first,
+    pruning_drops_old_events_then_the_oldest_beyond_the_count,
 );
 
 #[tokio::test]

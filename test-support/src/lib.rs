@@ -22,6 +22,7 @@
 pub mod archives;
 pub mod bundles;
 pub mod certs;
+pub mod decision_logs;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

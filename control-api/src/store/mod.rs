@@ -1,5 +1,5 @@
-//! Storage of bundles, their revisions, which one is active, and gateways' status reports,
-//! behind one async [`Store`] trait with one implementation, [`SqlStore`], over two databases:
+//! Storage of bundles, their revisions, which one is active, gateways' status reports and their
+//! decision-log events, behind one async [`Store`] trait with one implementation, [`SqlStore`], over two databases:
 //! SQLite (the embedded default, created with its schema on first start) and PostgreSQL (several
 //! replicas share it and hear each other's changes through `LISTEN/NOTIFY`). What differs
 //! between them is in `backend`. Schemas are versioned migrations under
@@ -8,6 +8,7 @@
 //! Times are stored as Unix milliseconds (UTC) in both backends.
 
 mod backend;
+mod logs;
 mod sql;
 
 use std::sync::Arc;
@@ -147,6 +148,41 @@ pub const PROMOTED: &str = "promoted";
 pub const ROLLED_BACK: &str = "rolled_back";
 pub const SUPERSEDED: &str = "superseded";
 
+/// A decision-log event to store: the whole event as JSON text, and what queries filter on,
+/// taken from it (see [`crate::logs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionEvent {
+    /// Unique across the store: a second event with the same id is not stored.
+    pub decision_id: String,
+    /// The single key of the event's `bundles` object.
+    pub bundle: String,
+    /// `bundles.<bundle>.revision`.
+    pub revision: Option<String>,
+    pub route: Option<String>,
+    /// `allow`, `deny` or `error`.
+    pub decision: String,
+    /// The event's `timestamp` as Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// The event, as the gateway sent it.
+    pub event: String,
+}
+
+/// Which stored events to list: every given field must match. Newest first (by `timestamp`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Events of any of these bundles; empty: of any bundle.
+    pub bundles: Vec<String>,
+    pub route: Option<String>,
+    pub decision: Option<String>,
+    pub revision: Option<String>,
+    /// Only events at or after this time (Unix milliseconds).
+    pub since_ms: Option<i64>,
+    /// Only events at or before this time (Unix milliseconds).
+    pub until_ms: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
+}
+
 /// A change of a bundle's active revision committed by another process sharing the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -194,6 +230,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest report of every gateway, ordered by instance.
     async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError>;
+
+    /// Stores decision-log events in one transaction, skipping any whose `decision_id` is
+    /// already stored (a retried batch); returns how many were new.
+    async fn store_events(&self, events: &[DecisionEvent]) -> Result<u64, StoreError>;
+
+    /// The stored events (their JSON text) that match, newest first.
+    async fn events(&self, query: &EventQuery) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes events older than `before_ms`, then (when `keep` is given) all but the newest
+    /// `keep`, oldest first; returns how many were deleted.
+    async fn prune_events(&self, before_ms: i64, keep: Option<u64>) -> Result<u64, StoreError>;
 
     /// Changes made through other processes, for a store that can be shared; `None` for one that
     /// cannot (SQLite). Called once, at start; the feed runs until the store is dropped.

@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 
 use super::backend::Backend;
 use super::{
-    decide, ActiveHead, Change, Decision, GatewayReport, NewRevision, PublishOutcome, RevisionInfo, RollbackOutcome,
-    Rollout, Store, StoreError, PROMOTED,
+    decide, ActiveHead, Change, Decision, DecisionEvent, EventQuery, GatewayReport, NewRevision, PublishOutcome,
+    RevisionInfo, RollbackOutcome, Rollout, Store, StoreError, PROMOTED,
 };
 
 /// A store on a SQL database: SQLite (one process per file) or PostgreSQL (shared by replicas).
@@ -310,6 +310,18 @@ impl Store for SqlStore {
     async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError> {
         let rows: Vec<GatewayRow> = sqlx::query_as(FLEET).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(gateway).collect())
+    }
+
+    async fn store_events(&self, events: &[DecisionEvent]) -> Result<u64, StoreError> {
+        super::logs::store(&self.pool, &self.backend, events).await
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<String>, StoreError> {
+        super::logs::query(&self.pool, query).await
+    }
+
+    async fn prune_events(&self, before_ms: i64, keep: Option<u64>) -> Result<u64, StoreError> {
+        super::logs::prune(&self.pool, &self.backend, before_ms, keep).await
     }
 
     async fn changes(&self) -> Result<Option<mpsc::UnboundedReceiver<Change>>, StoreError> {

@@ -19,6 +19,10 @@ pub use test_support::wait::eventually;
 
 pub const PUBLISH_TOKEN: &str = "publish-token-for-tests";
 pub const READ_TOKEN: &str = "read-token-for-tests";
+/// Scope `logs`: may query decision logs, nothing else.
+pub const LOGS_TOKEN: &str = "logs-token-for-tests";
+/// Scope `read`, limited to bundle `main` (`bundles: [main]`).
+pub const MAIN_READ_TOKEN: &str = "main-read-token-for-tests";
 /// A PostgreSQL URL whose role may create databases (`scripts/pg-up` prints one).
 pub const PG_ENV: &str = "CONTROL_API_TEST_POSTGRES";
 
@@ -73,9 +77,25 @@ pub fn call(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str
 
 /// Writes `control-api.yaml` in `dir` with the test tokens and `extra` top-level keys.
 pub fn write_config(dir: &Path, store: &str, extra: &str) -> PathBuf {
+    write_config_with_tokens(dir, store, extra, "")
+}
+
+/// [`write_config`] plus the decision-log tokens: `authors` ([`LOGS_TOKEN`]) and `gw-main`
+/// ([`MAIN_READ_TOKEN`]).
+pub fn write_logs_config(dir: &Path, store: &str, extra: &str) -> PathBuf {
+    let tokens = format!(
+        "  - name: authors\n    scope: logs\n    sha256: {}\n  - name: gw-main\n    scope: read\n    bundles: [main]\n    sha256: {}\n",
+        hash(LOGS_TOKEN),
+        hash(MAIN_READ_TOKEN)
+    );
+    write_config_with_tokens(dir, store, extra, &tokens)
+}
+
+/// [`write_config`] with more token entries (YAML list items under `tokens:`).
+pub fn write_config_with_tokens(dir: &Path, store: &str, extra: &str, more_tokens: &str) -> PathBuf {
     let path = dir.join("control-api.yaml");
     let text = format!(
-        "listen: 127.0.0.1:0\nstore: {store}\n{extra}\ntokens:\n  - name: ci\n    scope: publish\n    sha256: {}\n  - name: gateways\n    scope: read\n    sha256: {}\n",
+        "listen: 127.0.0.1:0\nstore: {store}\n{extra}\ntokens:\n  - name: ci\n    scope: publish\n    sha256: {}\n  - name: gateways\n    scope: read\n    sha256: {}\n{more_tokens}",
         hash(PUBLISH_TOKEN),
         hash(READ_TOKEN)
     );

@@ -1,7 +1,8 @@
 //! `bundlectl`: the policy authors' tool. Local commands (`build`, `check`, `test`, `sign`) use
 //! the same `policy-bundles` code as the gateway; remote commands (`push`, `revisions`,
-//! `rollback`, `fleet`) talk to `control-api` and print its message when it refuses.
+//! `rollback`, `fleet`, `logs`) talk to `control-api` and print its message when it refuses.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,7 +45,8 @@ struct Remote {
     /// The control-api base URL.
     #[arg(long, env = "BUNDLECTL_SERVER", default_value = "http://127.0.0.1:8181")]
     server: String,
-    /// Bearer token (publish scope to push or roll back, read scope for the rest).
+    /// Bearer token (publish scope to push or roll back, logs scope for `logs`, read scope for
+    /// the rest).
     #[arg(long, env = "BUNDLECTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
@@ -137,6 +139,41 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// A bundle's decision-log events, newest first, one line each (timestamp, decision, status,
+    /// route, method, path, decision id, reason); needs a token of scope `logs`.
+    Logs {
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        #[command(flatten)]
+        filter: LogFilter,
+        /// Print the events as control-api sent them (a JSON array), not one line each.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct LogFilter {
+    /// Only events of this route.
+    #[arg(long)]
+    route: Option<String>,
+    /// Only these decisions.
+    #[arg(long, value_parser = ["allow", "deny", "error"])]
+    decision: Option<String>,
+    /// Only events decided by this bundle revision.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Only events at or after this time: RFC 3339, or a span ago (30m, 1h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events at or before this time: RFC 3339, or a span ago.
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many events (control-api's default 1000, at most 10000).
+    #[arg(long)]
+    limit: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -196,12 +233,22 @@ fn sign_files(files: &mut Files, signer: &Signer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The largest answer read from control-api.
+const MAX_ANSWER: u64 = 512 << 20;
+
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
 }
 
 /// Sends a request; an error status becomes an error carrying the server's message.
 fn call(req: ureq::Request, remote: &Remote, body: Option<&[u8]>) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (code, text) = send(req, remote, body)?;
+    let json = if text.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text)? };
+    Ok((code, json))
+}
+
+/// [`call`], answering the body as text.
+fn send(req: ureq::Request, remote: &Remote, body: Option<&[u8]>) -> anyhow::Result<(u16, String)> {
     let req = match &remote.token {
         Some(t) => req.set("authorization", &format!("Bearer {t}")),
         None => req,
@@ -220,9 +267,13 @@ fn call(req: ureq::Request, remote: &Remote, body: Option<&[u8]>) -> anyhow::Res
         Err(e) => bail!("{url}: {e}"),
     };
     let code = resp.status();
-    let text = resp.into_string().unwrap_or_default();
-    let json = if text.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text)? };
-    Ok((code, json))
+    // Not `into_string`, which stops at 10 MiB: 10,000 logged events can be more.
+    let mut text = String::new();
+    resp.into_reader()
+        .take(MAX_ANSWER)
+        .read_to_string(&mut text)
+        .with_context(|| format!("{url}: reading the answer"))?;
+    Ok((code, text))
 }
 
 /// The server's explanation: its `errors` list (file:line: message), `error`, or the raw body.
@@ -272,6 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<Ran> {
         Cmd::Rollout { what: RolloutCmd::Status { name, remote } } => rollout_status(&name, &remote)?,
         Cmd::Rollback { name, to, remote } => rollback(&name, &to, &remote)?,
         Cmd::Fleet { remote } => fleet(&remote)?,
+        Cmd::Logs { name, filter, json, remote } => logs(&name, &filter, json, &remote)?,
     }
     Ok(Ran::Clean)
 }
@@ -446,4 +498,85 @@ fn fleet(remote: &Remote) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `bundlectl logs`: the bundle's decision events, newest first.
+fn logs(name: &str, f: &LogFilter, json: bool, remote: &Remote) -> anyhow::Result<()> {
+    let mut req = agent().get(&format!("{}/v1/logs", remote.server.trim_end_matches('/'))).query("bundle", name);
+    let limit = f.limit.map(|n| n.to_string());
+    let params = [
+        ("route", &f.route),
+        ("decision", &f.decision),
+        ("revision", &f.revision),
+        ("since", &f.since),
+        ("until", &f.until),
+        ("limit", &limit),
+    ];
+    for (k, v) in params {
+        if let Some(v) = v {
+            req = req.query(k, v);
+        }
+    }
+    let (_, text) = send(req, remote, None)?;
+    if json {
+        println!("{}", text.trim_end());
+        return Ok(());
+    }
+    let events: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .context("control-api answered GET /v1/logs with something other than a JSON array")?;
+    if events.is_empty() {
+        eprintln!("no decision events of bundle {name} match");
+    }
+    for e in &events {
+        println!("{}", log_line(e));
+    }
+    Ok(())
+}
+
+/// One event as a line: timestamp, decision, status, route, method, path, decision id, and the
+/// reason (the decision's, or the evaluation error) when there is one.
+fn log_line(e: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let route = if e["route"].is_null() { &e["input"]["route"] } else { &e["route"] };
+    let request = &e["input"]["request"];
+    let reason = e["result"]["reason"].as_str().or(e["error"].as_str()).unwrap_or("");
+    let line = format!(
+        "{} {:<5} {:>3} {} {} {} {}",
+        text(&e["timestamp"]),
+        text(&e["decision"]),
+        text(&e["status"]),
+        text(route),
+        text(&request["method"]),
+        text(&request["path"]),
+        text(&e["decision_id"])
+    );
+    if reason.is_empty() {
+        line
+    } else {
+        format!("{line} {reason}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_line_has_every_column_and_the_reason_or_error() {
+        let deny = serde_json::json!({
+            "decision_id": "6f1c", "timestamp": "2026-12-03T09:01:02.123Z", "decision": "deny", "status": 403,
+            "route": "orders", "input": { "request": { "method": "GET", "path": "/orders/7" } },
+            "result": { "allow": false, "reason": "not your order" }
+        });
+        assert_eq!(log_line(&deny), "2026-12-03T09:01:02.123Z deny  403 orders GET /orders/7 6f1c not your order");
+        let error = serde_json::json!({
+            "decision_id": "e1", "timestamp": "t", "decision": "error", "status": 403,
+            "input": { "route": "orders" }, "error": "undefined function"
+        });
+        assert_eq!(log_line(&error), "t error 403 orders - - e1 undefined function");
+    }
 }

@@ -1,0 +1,143 @@
+//! `bundlectl logs` end to end: a real `control-api` on loopback (its binary, built beside this
+//! one by `cargo build --workspace --bins`), decision events shipped to it as a gateway ships
+//! them, then read back through the real `bundlectl`.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use test_support::decision_logs::{decision_id, error_event, event, gzip_batch, timestamp_ago};
+use test_support::process::Proc;
+
+const READ: &str = "gateways-token-for-bundlectl-tests";
+const LOGS: &str = "authors-token-for-bundlectl-tests";
+
+/// The hash control-api expects for a token, from `control-api hash-token` itself.
+fn hash(token: &str) -> String {
+    let mut child = Command::new(test_support::paths::bin("control-api"))
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run control-api hash-token");
+    child.stdin.take().expect("stdin").write_all(token.as_bytes()).expect("write the token");
+    let out = child.wait_with_output().expect("hash-token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("hex").trim().to_owned()
+}
+
+/// A control-api on an in-memory store with a read and a logs token, holding `events`.
+fn control_api(dir: &std::path::Path, events: &[Value]) -> (Proc, String) {
+    let config = dir.join("control-api.yaml");
+    let text = format!(
+        "listen: 127.0.0.1:0\nstore: \"sqlite::memory:\"\ntokens:\n  - name: gateways\n    scope: read\n    sha256: {}\n  - name: authors\n    scope: logs\n    sha256: {}\n",
+        hash(READ),
+        hash(LOGS)
+    );
+    std::fs::write(&config, text).expect("write config");
+    let (proc, addr) = Proc::spawn_listening(
+        Command::new(test_support::paths::bin("control-api"))
+            .arg("--config")
+            .arg(&config)
+            .env("CONTROL_API_LOG", "warn"),
+    );
+    let base = format!("http://{addr}");
+    let auth = test_support::http::bearer(READ);
+    let headers = [("authorization", auth.as_str()), ("content-encoding", "gzip")];
+    let r = test_support::http::request("POST", &format!("{base}/v1/logs"), &headers, Some(&gzip_batch(events)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    (proc, base)
+}
+
+fn bundlectl(args: &[&str], token: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bundlectl"));
+    cmd.args(args).env_remove("BUNDLECTL_TOKEN").env_remove("BUNDLECTL_SERVER").env_remove("BUNDLECTL_NAME");
+    if let Some(t) = token {
+        cmd.env("BUNDLECTL_TOKEN", t);
+    }
+    cmd.output().expect("run bundlectl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Three events of `main` (a deny 3 minutes ago, an allow of `public` 2 minutes ago, an
+/// evaluation error 1 minute ago) and one of `shop`.
+fn events() -> Vec<Value> {
+    let mut deny = event(&decision_id(1), "main");
+    deny["timestamp"] = json!(timestamp_ago(Duration::from_secs(180)));
+    let mut allow = event(&decision_id(2), "main");
+    allow["timestamp"] = json!(timestamp_ago(Duration::from_secs(120)));
+    allow["decision"] = json!("allow");
+    allow["status"] = json!(200);
+    allow["route"] = json!("public");
+    allow["result"] = json!(true);
+    allow["input"]["request"]["path"] = json!("/public/hello");
+    let mut error = error_event(&decision_id(3), "main");
+    error["timestamp"] = json!(timestamp_ago(Duration::from_secs(60)));
+    let shop = event(&decision_id(4), "shop");
+    vec![deny, allow, error, shop]
+}
+
+#[test]
+fn logs_prints_one_line_per_event_of_the_bundle_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let evs = events();
+    let (_server, base) = control_api(dir.path(), &evs);
+    let o = bundlectl(&["logs", "--server", &base, "--name", "main", "--token", LOGS], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "main's events only: {out}");
+    let ts = |i: usize| evs[i]["timestamp"].as_str().unwrap().to_owned();
+    assert_eq!(
+        lines[0],
+        format!("{} error 403 orders GET /orders/7 {} rego_type_error: undefined function", ts(2), decision_id(3))
+    );
+    assert_eq!(lines[1], format!("{} allow 200 public GET /public/hello {}", ts(1), decision_id(2)));
+    assert_eq!(lines[2], format!("{} deny  403 orders GET /orders/7 {} not your order", ts(0), decision_id(1)));
+}
+
+#[test]
+fn logs_filters_and_prints_raw_json_with_the_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let evs = events();
+    let (_server, base) = control_api(dir.path(), &evs);
+    let args = ["logs", "--server", &base, "--decision", "deny", "--route", "orders", "--since", "1h", "--json"];
+    let o = bundlectl(&args, Some(LOGS));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Value = serde_json::from_str(&stdout(&o)).expect("a JSON array");
+    assert_eq!(got, json!([evs[0]]), "the event exactly as shipped");
+
+    let o = bundlectl(&["logs", "--server", &base, "--name", "main", "--limit", "1"], Some(LOGS));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1);
+    assert!(stdout(&o).contains(&decision_id(3)), "{}", stdout(&o));
+
+    let o = bundlectl(&["logs", "--server", &base, "--name", "main", "--revision", "r9"], Some(LOGS));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+    assert!(stderr(&o).contains("no decision events"), "{}", stderr(&o));
+}
+
+#[test]
+fn logs_errors_exit_2_with_the_servers_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, base) = control_api(dir.path(), &events());
+    let o = bundlectl(&["logs", "--server", &base], Some(READ));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("HTTP 403") && stderr(&o).contains("`logs`"), "{}", stderr(&o));
+
+    let o = bundlectl(&["logs", "--server", &base, "--since", "3600"], Some(LOGS));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("HTTP 400") && stderr(&o).contains("`since`"), "{}", stderr(&o));
+
+    let o = bundlectl(&["logs", "--server", &base, "--decision", "maybe"], Some(LOGS));
+    assert_eq!(o.status.code(), Some(2), "clap refuses it before any call: {}", stderr(&o));
+}
