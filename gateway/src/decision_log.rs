@@ -270,7 +270,9 @@ impl Shipper {
             }
             match req.send().await {
                 Ok(r) if r.status().is_success() => return Delivery::Taken,
-                Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 401 | 403 | 408 | 429) => {
+                // A 403 is about the batch (an event of a bundle the token may not log): sent
+                // again it is refused again, and would hold back every batch behind it.
+                Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 401 | 408 | 429) => {
                     tracing::warn!(sink = %sink, status = %r.status(), "decision-log sink refused a batch");
                     refused = true;
                 }
