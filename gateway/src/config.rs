@@ -52,6 +52,8 @@ struct RawConfig {
     #[serde(default)]
     decision_logs: Option<RawDecisionLogs>,
     #[serde(default)]
+    shadow_sample: Option<f64>,
+    #[serde(default)]
     upgrade_sock: Option<PathBuf>,
     #[serde(default)]
     pid_file: Option<PathBuf>,
@@ -207,6 +209,9 @@ pub struct Config {
     pub access_log: Option<AccessLogConfig>,
     /// `decision_logs`: OPA-compatible decision events shipped to sinks.
     pub decision_logs: Option<DecisionLogsConfig>,
+    /// `shadow_sample`: the fraction of requests on a route with a `shadow` rule whose shadow
+    /// rule is evaluated too (default 1.0: every one).
+    pub shadow_sample: f64,
     /// Where a new process (`--upgrade`) receives the listening sockets; default
     /// `/tmp/gateway-<listen port>.upgrade.sock`.
     pub upgrade_sock: PathBuf,
@@ -410,6 +415,7 @@ impl Config {
             h2c,
             access_log,
             decision_logs,
+            shadow_sample,
             upgrade_sock,
             pid_file,
         } = raw;
@@ -434,6 +440,7 @@ impl Config {
             Source::File(_) => None,
         };
         let decision_logs = decision_logs.map(|d| c.decision_logs(d, bundle_token));
+        let shadow_sample = c.fraction("shadow_sample", shadow_sample);
         let base_dir = c.base.clone();
         let port = listen.port();
         let upgrade_sock = upgrade_sock
@@ -463,6 +470,7 @@ impl Config {
             base_dir,
             access_log,
             decision_logs,
+            shadow_sample,
             upgrade_sock,
             pid_file,
         })
@@ -556,6 +564,15 @@ impl Check {
         TlsConfig { certificates: out, min_version }
     }
 
+    /// A fraction between 0 and 1, 1 when unset.
+    fn fraction(&mut self, key: &str, v: Option<f64>) -> f64 {
+        let v = v.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&v) {
+            self.problem(format!("`{key}` is {v}: it must be between 0 and 1"));
+        }
+        v
+    }
+
     fn decision_logs(&mut self, raw: RawDecisionLogs, bundle_token: Option<String>) -> DecisionLogsConfig {
         let RawDecisionLogs { sinks, buffer, sample, upload_size_limit, flush_interval, spool, token_file } = raw;
         if sinks.is_empty() {
@@ -566,10 +583,7 @@ impl Check {
                 self.problem(format!("`decision_logs.sinks`: `{s}` is not an http(s) URL"));
             }
         }
-        let sample = sample.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&sample) {
-            self.problem(format!("`decision_logs.sample` is {sample}: it must be between 0 and 1"));
-        }
+        let sample = self.fraction("decision_logs.sample", sample);
         let mut size = |key: &str, v: &Option<String>, default: usize| match v {
             None => default,
             Some(s) => match parse_size(s) {

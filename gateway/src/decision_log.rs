@@ -11,16 +11,20 @@
 //! buffer bounded in bytes (full: the oldest go, counted). Batches up to
 //! `upload_size_limit` are sent as gzip JSON arrays to the first sink that takes them, with
 //! exponential backoff while none does. When the server is done (its in-flight requests
-//! answered) the queue closes; the shipper tries one last send, writes what is left to the
-//! spool file if one is set (and every 5 s while no sink takes a batch), and is joined: a
-//! restart sends the spool first. Sinks dedupe by `decision_id`, so a batch sent twice is not
-//! logged twice.
+//! answered, its runtimes shut down: [`DecisionLogs::finish`], called after Pingora's `run`
+//! returns) the shipper takes what is still queued, tries one last send, writes what is left to
+//! the spool file if one is set (it also does every 5 s while no sink takes a batch), and is
+//! joined: a restart sends the spool first. On a binary upgrade the new process has read the
+//! spool before the old one finished: it takes in the events of a spool that another process
+//! wrote since (checked every second). Sinks dedupe by `decision_id`, so an event sent twice is
+//! not logged twice.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use pingora::http::RequestHeader;
@@ -47,6 +51,39 @@ pub enum Answer {
     Failed(String),
 }
 
+impl Answer {
+    /// What a verdict (or a shadow rule's result) answered.
+    pub fn of(result: Result<(&Arc<Decision>, bool), &policy_bundles::snapshot::EvalError>) -> Answer {
+        match result {
+            Ok((decision, cached)) => Answer::Decided { decision: decision.clone(), cached },
+            Err(e) => Answer::Failed(e.to_string()),
+        }
+    }
+
+    /// `decision` (allow, deny or error), with `result` (the decision's object form) or `error`.
+    fn fields(&self, into: &mut Map<String, Json>) {
+        match self {
+            Answer::Decided { decision, .. } => {
+                into.insert("decision".into(), Json::from(if decision.allow { "allow" } else { "deny" }));
+                into.insert("result".into(), decision_json(decision));
+            }
+            Answer::Failed(e) => {
+                into.insert("decision".into(), Json::from("error"));
+                into.insert("error".into(), Json::from(e.as_str()));
+            }
+        }
+    }
+}
+
+/// A route's shadow rule's answer for the same input, logged beside the enforced one.
+pub struct ShadowAnswer {
+    /// The shadow rule (index into the snapshot's policies).
+    pub rule: usize,
+    pub answer: Answer,
+    /// `same`, `differ` or `error` ([`policy_bundles::authorize::Agreement`]).
+    pub agreement: &'static str,
+}
+
 /// One logged decision, as the request path hands it over.
 pub struct Pending {
     pub decision_id: String,
@@ -61,6 +98,8 @@ pub struct Pending {
     pub client_ip: String,
     pub jwt: Option<Arc<Verified>>,
     pub answer: Answer,
+    /// The shadow rule's answer, when the route has one and it was asked.
+    pub shadow: Option<ShadowAnswer>,
     pub eval: Duration,
     /// The status the client got; set when the request ends.
     pub status: u16,
@@ -88,21 +127,19 @@ pub struct Counters {
     pub buffer_bytes: IntGauge,
 }
 
-/// The request path's end: decides what is logged and queues it. Dropped when the server is
-/// done, it closes the queue and joins the shipper (which spools what it could not send).
+/// The request path's end: decides what is logged and queues it. Finished (or dropped) when
+/// the server is done: the shipper sends or spools what it holds and is joined.
 pub struct DecisionLogs {
-    tx: Option<SyncSender<Pending>>,
+    tx: SyncSender<Pending>,
     sample: f64,
     counters: Counters,
-    shipper: Option<std::thread::JoinHandle<()>>,
+    closing: Arc<AtomicBool>,
+    shipper: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for DecisionLogs {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(s) = self.shipper.take() {
-            let _ = s.join();
-        }
+        self.finish();
     }
 }
 
@@ -111,9 +148,21 @@ impl DecisionLogs {
     pub fn start(config: DecisionLogsConfig, instance: String, counters: Counters) -> std::io::Result<DecisionLogs> {
         let (tx, rx) = sync_channel(QUEUE);
         let sample = config.sample;
-        let shipper = Shipper { config, instance, counters: counters.clone() };
+        let closing = Arc::new(AtomicBool::new(false));
+        let shipper = Shipper { config, instance, counters: counters.clone(), closing: closing.clone() };
         let handle = std::thread::Builder::new().name("decision-logs".into()).spawn(move || shipper.run(rx))?;
-        Ok(DecisionLogs { tx: Some(tx), sample, counters, shipper: Some(handle) })
+        Ok(DecisionLogs { tx, sample, counters, closing, shipper: Mutex::new(Some(handle)) })
+    }
+
+    /// Once no request is left to log: the shipper takes what is queued, sends it if a sink
+    /// takes it within 2 s, spools the rest, and is joined. Decisions submitted after it are
+    /// dropped (`queue_full`).
+    pub fn finish(&self) {
+        self.closing.store(true, Ordering::Release);
+        let handle = self.shipper.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 
     /// Whether a decision is logged: denies and errors always, allows by `sample`.
@@ -123,7 +172,7 @@ impl DecisionLogs {
 
     /// Queues a decision; drops and counts it when the queue is full. Never waits.
     pub fn submit(&self, pending: Pending) {
-        if self.tx.as_ref().is_none_or(|tx| tx.try_send(pending).is_err()) {
+        if self.tx.try_send(pending).is_err() {
             self.counters.queue_full.inc();
         }
     }
@@ -134,6 +183,7 @@ struct Shipper {
     config: DecisionLogsConfig,
     instance: String,
     counters: Counters,
+    closing: Arc<AtomicBool>,
 }
 
 /// Serialized events, oldest first, bounded in bytes.
@@ -188,17 +238,24 @@ impl Shipper {
             return;
         };
         let mut buffer = Buffer { events: VecDeque::new(), bytes: 0, max: self.config.buffer };
-        if let Some(spool) = &self.config.spool {
-            for event in read_spool(spool, self.config.buffer) {
-                buffer.push(event, &self.counters);
-            }
+        let mut spool = self.config.spool.as_deref().map(Spool::new);
+        if let Some(s) = &mut spool {
+            s.take_in(&mut buffer, &self.counters);
         }
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
         let (mut next_send, mut backoff, mut last_spool) = (Instant::now(), Duration::ZERO, Instant::now());
+        let mut last_look = Instant::now();
         let mut open = true;
         while open {
             std::thread::sleep(Duration::from_millis(100));
-            open = self.drain(&rx, &mut buffer);
+            open = self.drain(&rx, &mut buffer) && !self.closing.load(Ordering::Acquire);
+            if let Some(s) = spool.as_mut().filter(|_| last_look.elapsed() >= Duration::from_secs(1)) {
+                last_look = Instant::now();
+                if s.changed() {
+                    s.take_in(&mut buffer, &self.counters);
+                    s.write(&buffer);
+                }
+            }
             let full_batch = buffer.bytes >= self.config.upload_size_limit;
             let due = Instant::now() >= next_send || (full_batch && backoff.is_zero());
             if buffer.events.is_empty() || !due || !open {
@@ -210,18 +267,24 @@ impl Shipper {
             } else {
                 backoff = (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
                 next_send = Instant::now() + backoff;
-                if last_spool.elapsed() > Duration::from_secs(5) {
-                    self.spool(&buffer);
+                if let Some(s) = spool.as_mut().filter(|_| last_spool.elapsed() > Duration::from_secs(5)) {
+                    s.write(&buffer);
                     last_spool = Instant::now();
                 }
             }
         }
-        // The server is done: one last, short try; what is left goes to the spool.
+        // The server is done: what is still queued, one last short try; the rest is spooled.
+        self.drain(&rx, &mut buffer);
         if !buffer.events.is_empty() {
             let quick = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap_or_default();
             rt.block_on(self.ship(&quick, &mut buffer));
         }
-        self.spool(&buffer);
+        if let Some(s) = &mut spool {
+            if s.changed() {
+                s.take_in(&mut buffer, &self.counters);
+            }
+            s.write(&buffer);
+        }
     }
 
     /// Moves what the queue holds into the buffer; false once the queue is closed and empty.
@@ -286,11 +349,42 @@ impl Shipper {
             Delivery::Failed
         }
     }
+}
 
-    fn spool(&self, buffer: &Buffer) {
-        let Some(path) = &self.config.spool else { return };
-        if let Err(e) = write_spool(path, &buffer.events) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write the decision-log spool");
+/// The spool file, and what this process last made of it.
+struct Spool {
+    path: PathBuf,
+    /// The modification time of the spool as this process last wrote or read it.
+    seen: Option<SystemTime>,
+}
+
+impl Spool {
+    fn new(path: &Path) -> Spool {
+        Spool { path: path.to_owned(), seen: None }
+    }
+
+    fn mtime(&self) -> Option<SystemTime> {
+        std::fs::metadata(&self.path).and_then(|m| m.modified()).ok()
+    }
+
+    /// Whether another process (the one this one took over from) wrote the spool since.
+    fn changed(&self) -> bool {
+        self.mtime().is_some_and(|m| Some(m) != self.seen)
+    }
+
+    /// Adds the spool's events to the buffer (it holds what the buffer did not ship).
+    fn take_in(&mut self, buffer: &mut Buffer, c: &Counters) {
+        self.seen = self.mtime();
+        for event in read_spool(&self.path, buffer.max) {
+            buffer.push(event, c);
+        }
+    }
+
+    /// Replaces the spool with the buffer's events.
+    fn write(&mut self, buffer: &Buffer) {
+        match write_spool(&self.path, &buffer.events) {
+            Ok(()) => self.seen = self.mtime(),
+            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot write the decision-log spool"),
         }
     }
 }
@@ -360,33 +454,27 @@ fn event(p: &Pending, instance: &str) -> Option<Vec<u8>> {
             }
         }
     }
-    let rule = snap.rule(route.policy).unwrap_or_default();
-    let (decision, result, error) = match &p.answer {
-        Answer::Decided { decision, .. } => {
-            (if decision.allow { "allow" } else { "deny" }, Some(decision_json(decision)), None)
-        }
-        Answer::Failed(e) => ("error", None, Some(e.as_str())),
-    };
     let mut ev = json!({
         "decision_id": p.decision_id,
         "labels": { "id": instance, "version": env!("CARGO_PKG_VERSION") },
-        "bundles": { p.bundle.info.name.clone(): { "revision": snap.revision } },
-        "path": rule.strip_prefix("data.").unwrap_or(rule).replace('.', "/"),
+        "bundles": { p.bundle.info.name.clone(): { "revision": p.bundle.info.revision } },
+        "path": rule_path(snap, route.policy),
         "input": input,
         "timestamp": rfc3339(p.at),
         "metrics": { "timer_rego_query_eval_ns": u64::try_from(p.eval.as_nanos()).unwrap_or(u64::MAX) },
         "route": route.name,
         "status": p.status,
-        "decision": decision,
         "cached": matches!(p.answer, Answer::Decided { cached: true, .. }),
         "trace_id": p.trace_id,
     });
     let obj = ev.as_object_mut()?;
-    if let Some(r) = result {
-        obj.insert("result".into(), r);
-    }
-    if let Some(e) = error {
-        obj.insert("error".into(), Json::from(e));
+    p.answer.fields(obj);
+    if let Some(s) = &p.shadow {
+        let mut shadow = Map::new();
+        shadow.insert("path".into(), Json::from(rule_path(snap, s.rule)));
+        s.answer.fields(&mut shadow);
+        shadow.insert("agreement".into(), Json::from(s.agreement));
+        obj.insert("shadow".into(), Json::Object(shadow));
     }
     if let Some(drop) = snap.log_drop {
         if matches!(snap.evaluate(drop, rego_value(&ev)), Ok(regorus::Value::Bool(true))) {
@@ -407,6 +495,12 @@ fn event(p: &Pending, instance: &str) -> Option<Vec<u8>> {
         obj.insert("masked".into(), Json::from(masked));
     }
     serde_json::to_vec(&ev).ok()
+}
+
+/// A rule's path in OPA's form: `http/orders/decision` for `data.http.orders.decision`.
+fn rule_path(snap: &policy_bundles::Snapshot, policy: usize) -> String {
+    let rule = snap.rule(policy).unwrap_or_default();
+    rule.strip_prefix("data.").unwrap_or(rule).replace('.', "/")
 }
 
 /// The rule's input, rebuilt whole as the gateway builds it (every header, the query).
@@ -476,6 +570,19 @@ fn apply_mask(ev: &mut Json, ops: &regorus::Value, erased: &mut Vec<String>, mas
             ("remove", _) if remove(ev, path) => erased.push(path.to_owned()),
             ("upsert", Some(v)) if upsert(ev, path, v.clone()) => masked.push(path.to_owned()),
             _ => {}
+        }
+        // A shadow rule's result is masked as the enforced one's is (not listed twice).
+        if path.starts_with("/result") && ev.get("shadow").is_some_and(|s| s.get("result").is_some()) {
+            let shadowed = format!("/shadow{path}");
+            match (kind, value) {
+                ("remove", _) => {
+                    remove(ev, &shadowed);
+                }
+                ("upsert", Some(v)) => {
+                    upsert(ev, &shadowed, v.clone());
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -45,10 +45,29 @@ pub enum Start {
     Upgrade,
 }
 
+/// A built gateway: its Pingora server, and what is finished once the server is done.
+pub struct Built {
+    pub server: Server,
+    gateway: Arc<Gateway>,
+}
+
+impl Built {
+    /// Serves until told to stop (`SIGTERM`, `SIGINT`, or `SIGQUIT` once a new process took
+    /// the listeners), in-flight requests drained; then finishes the decision log (a last send,
+    /// the spool) before returning.
+    pub fn run(self) {
+        let Built { server, gateway } = self;
+        server.run(pingora::server::RunArgs::default());
+        if let Some(logs) = gateway.decision_logs.get() {
+            logs.finish();
+        }
+    }
+}
+
 /// Builds the Pingora server: proxy listener, admin listener and health checks, with the
 /// configured bundle already active. Fails if the bundle cannot be activated, and, taking over
 /// from a running gateway, before that gateway is touched if there is nothing to serve.
-pub fn build(config: Config, start: Start) -> Result<Server, StartError> {
+pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
     // Every policy evaluation is bounded in wall-clock time; past the bound it errors (deny).
     policy_bundles::set_evaluation_time_limit(config.policy_timeout);
     policy_bundles::snapshot::set_decision_cache_entries(config.decision_cache_entries);
@@ -162,7 +181,7 @@ pub fn build(config: Config, start: Start) -> Result<Server, StartError> {
     server.bootstrap();
     upgrade::write_pid(&config.pid_file)?;
     upgrade::notify_systemd();
-    Ok(server)
+    Ok(Built { server, gateway })
 }
 
 /// The proxy's listeners: `listen` (TLS when `tls` is set, with h2 and http/1.1 by ALPN) and

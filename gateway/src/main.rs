@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     }
     let Some(path) = cli.config else { return ExitCode::from(2) };
     let start = if cli.upgrade { gateway::Start::Upgrade } else { gateway::Start::Fresh };
-    let server =
+    let built =
         match gateway::Config::load(&path).map_err(anyhow::Error::from).and_then(|c| Ok(gateway::build(c, start)?)) {
             Ok(s) => s,
             Err(e) => {
@@ -58,7 +58,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-    server.run_forever()
+    built.run();
+    ExitCode::SUCCESS
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<String> {

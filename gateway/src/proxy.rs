@@ -22,8 +22,8 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
-use policy_bundles::authorize::{self, authorize, RequestView, Verdict};
-use policy_bundles::snapshot::Request;
+use policy_bundles::authorize::{self, authorize, Agreement, RequestView, Verdict};
+use policy_bundles::snapshot::{EvalError, Request};
 use policy_bundles::Decision;
 
 use crate::canon::{self, Refusal};
@@ -366,9 +366,9 @@ fn pending(
     use crate::decision_log::Answer;
     let answer = match verdict {
         Verdict::Allow(d, how) | Verdict::Deny(d, how) => {
-            Answer::Decided { decision: d.clone(), cached: matches!(how, policy_bundles::snapshot::CacheOutcome::Hit) }
+            Answer::of(Ok((d, matches!(how, policy_bundles::snapshot::CacheOutcome::Hit))))
         }
-        Verdict::FailedOpen(e) | Verdict::Failed(e) => Answer::Failed(e.to_string()),
+        Verdict::FailedOpen(e) | Verdict::Failed(e) => Answer::of(Err(e)),
     };
     crate::decision_log::Pending {
         decision_id: crate::decision_log::decision_id(),
@@ -382,12 +382,20 @@ fn pending(
         client_ip: ctx.client_ip.clone(),
         jwt,
         answer,
+        shadow: None,
         eval: took,
         status: 0,
     }
 }
 
 impl Proxy {
+    /// Whether this request's route has a shadow rule that is asked this time (`shadow_sample`).
+    fn shadows(&self, active: &Active, route: usize) -> bool {
+        let sample = self.gateway.config.shadow_sample;
+        active.snapshot.routes.get(route).is_some_and(|r| r.shadow.is_some())
+            && (sample >= 1.0 || (sample > 0.0 && rand::random::<f64>() < sample))
+    }
+
     /// Answers what [`authorize`] made of the request (404, 401, a deny, a policy failure) or
     /// keeps the allowing decision for the later phases; `Ok(false)` to proxy the request.
     async fn carry_out(
@@ -396,6 +404,7 @@ impl Proxy {
         ctx: &mut Ctx,
         active: Arc<Active>,
         outcome: authorize::Outcome,
+        shadow: Option<Result<Arc<Decision>, EvalError>>,
     ) -> Result<bool> {
         let (route_ix, verdict, took, jwt) = match outcome {
             authorize::Outcome::NoRoute => {
@@ -415,12 +424,26 @@ impl Proxy {
         };
         ctx.route = Some(route_ix);
         self.gateway.metrics.policy_eval_duration.observe(took.as_secs_f64());
+        let route = &active.snapshot.routes[route_ix];
+        let shadow = shadow.map(|s| {
+            let agreement = Agreement::of(&verdict, &s);
+            self.gateway.metrics.shadow.with_label_values(&[route.name.as_str(), agreement.label()]).inc();
+            (s, agreement)
+        });
         if let Some(logs) = self.gateway.decision_logs.get() {
-            if logs.wants(matches!(verdict, Verdict::Allow(..))) {
-                ctx.decision_log = Some(pending(session, ctx, &active, route_ix, &verdict, took, jwt));
+            // A shadow rule's disagreement is always logged, with both answers.
+            let disagrees = shadow.as_ref().is_some_and(|(_, a)| *a != Agreement::Same);
+            if disagrees || logs.wants(matches!(verdict, Verdict::Allow(..))) {
+                let shadow = shadow.zip(route.shadow).map(|((s, a), rule)| crate::decision_log::ShadowAnswer {
+                    rule,
+                    answer: crate::decision_log::Answer::of(s.as_ref().map(|d| (d, false))),
+                    agreement: a.label(),
+                });
+                let mut p = pending(session, ctx, &active, route_ix, &verdict, took, jwt);
+                p.shadow = shadow;
+                ctx.decision_log = Some(p);
             }
         }
-        let route = &active.snapshot.routes[route_ix];
         let decision = match verdict {
             Verdict::Allow(d, how) => {
                 self.gateway.metrics.count_decision(how);
@@ -565,20 +588,29 @@ impl ProxyHttp for Proxy {
             ctx.host.clone_from(&host);
         }
         let req = session.req_header();
-        let view = RequestView {
+        let client_ip = ctx.client_ip.as_str();
+        let view = || RequestView {
             parts: Request {
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 query: req.uri.query(),
                 host: &host,
                 scheme,
-                client_ip: &ctx.client_ip,
+                client_ip,
             },
             authorization: req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
             headers: req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
         };
-        let outcome = authorize(&active.snapshot, view);
-        self.carry_out(session, ctx, active, outcome).await
+        let outcome = authorize(&active.snapshot, view());
+        // The route's shadow rule, on the same request, before anything is answered (sampled by
+        // `shadow_sample`); its answer is counted and logged, never enforced.
+        let shadow = match &outcome {
+            authorize::Outcome::Evaluated { route, jwt, .. } if self.shadows(&active, *route) => {
+                authorize::shadow(&active.snapshot, *route, view(), jwt.as_deref())
+            }
+            _ => None,
+        };
+        self.carry_out(session, ctx, active, outcome, shadow).await
     }
 
     /// Picks a healthy target of the route's upstream, round robin.

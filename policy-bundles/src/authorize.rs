@@ -61,6 +61,47 @@ impl Outcome {
     }
 }
 
+/// How a route's shadow rule's answer compares with its enforced rule's, for the same request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agreement {
+    /// The same effect: both allow with the same headers, or both deny with the same status.
+    Same,
+    /// A different effect (or the enforced rule failed where the shadow decided).
+    Differ,
+    /// The shadow rule failed.
+    Error,
+}
+
+impl Agreement {
+    /// The `agreement` label of `gateway_shadow_decisions_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Agreement::Same => "same",
+            Agreement::Differ => "differ",
+            Agreement::Error => "error",
+        }
+    }
+
+    /// Compares a shadow rule's answer with the enforced verdict.
+    pub fn of(enforced: &Verdict, shadow: &Result<Arc<Decision>, EvalError>) -> Agreement {
+        match (enforced, shadow) {
+            (_, Err(_)) => Agreement::Error,
+            (Verdict::Allow(d, _) | Verdict::Deny(d, _), Ok(s)) if same_effect(d, s) => Agreement::Same,
+            _ => Agreement::Differ,
+        }
+    }
+}
+
+/// Whether two decisions do the same to a request: both allow with the same upstream and
+/// response headers, or both deny with the same status and response headers. The `reason` text
+/// is not compared.
+pub fn same_effect(a: &Decision, b: &Decision) -> bool {
+    a.allow == b.allow
+        && (a.allow || a.status == b.status)
+        && a.headers == b.headers
+        && a.response_headers == b.response_headers
+}
+
 /// A short, fixed description of why a rule gave no decision: what a client may be told.
 pub fn error_reason(e: &EvalError) -> &'static str {
     match e {
@@ -95,19 +136,7 @@ where
     let start = Instant::now();
     let jwt = verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
     let headers = req.headers;
-    let result = snap.decide_request(
-        route.policy,
-        &route.name,
-        parts,
-        |needs| {
-            if needs.any_header() {
-                crate::input::headers(headers.into_iter().filter(|(name, _)| needs.header(name)))
-            } else {
-                crate::input::headers([])
-            }
-        },
-        jwt,
-    );
+    let result = snap.decide_request(route.policy, &route.name, parts, |needs| input_headers(headers, needs), jwt);
     let took = start.elapsed();
     let verdict = match result {
         Ok((d, how)) if d.allow => Verdict::Allow(d, how),
@@ -116,4 +145,37 @@ where
         Err(e) => Verdict::Failed(e),
     };
     Outcome::Evaluated { route: route_ix, verdict, took, jwt: verified }
+}
+
+/// The input's headers object: the headers the rule reads, none when it reads none.
+fn input_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    needs: &crate::input::Needs,
+) -> regorus::Value {
+    if needs.any_header() {
+        crate::input::headers(headers.into_iter().filter(|(name, _)| needs.header(name)))
+    } else {
+        crate::input::headers([])
+    }
+}
+
+/// Asks route `route`'s shadow rule (`shadow:` in the bundle) about the same request that
+/// [`authorize`] decided: the same input (built the same way, holding what the shadow rule
+/// reads), the same evaluation bounds, its own cache entries. `jwt` is the token `authorize`
+/// verified. `None` when the route has no shadow rule.
+pub fn shadow<'a, H>(
+    snap: &Snapshot,
+    route: usize,
+    req: RequestView<'a, H>,
+    jwt: Option<&Verified>,
+) -> Option<Result<Arc<Decision>, EvalError>>
+where
+    H: IntoIterator<Item = (&'a str, &'a [u8])>,
+{
+    let r = snap.routes.get(route)?;
+    let rule = r.shadow?;
+    let jwt = jwt.map(|v| (v.issuer.as_str(), &v.claims_value));
+    let headers = req.headers;
+    let result = snap.decide_request(rule, &r.name, req.parts, |needs| input_headers(headers, needs), jwt);
+    Some(result.map(|(d, _)| d))
 }

@@ -9,6 +9,7 @@
 //! * [`tokens`] and [`bundles`]: demo JWTs and the example bundle, edited per test;
 //! * [`archives`]: hostile tarballs written by hand (raw names, links);
 //! * [`certs`]: a throwaway CA and the server and client certificates it signs;
+//! * [`control_api`]: a real `control-api` on an in-memory store with the tokens a test names;
 //! * [`grpc`]: a Python gRPC upstream and a one-call gRPC client, on raw bytes;
 //! * [`serve`]: a fixture server's runtime and announced listener;
 //! * [`source`]: a scriptable bundle source (ETags, long polls, faults), in-process or as the
@@ -22,6 +23,7 @@
 pub mod archives;
 pub mod bundles;
 pub mod certs;
+pub mod control_api;
 pub mod decision_logs;
 pub mod grpc;
 pub mod http;

@@ -1,0 +1,362 @@
+//! Decision logs through the real binaries: the gateway ships OPA-schema events to a real
+//! `control-api`, read back through its `GET /v1/logs`. Masking and dropping by the bundle's
+//! own rules, credentials never logged, sampling, a sink that is down for a minute under load
+//! (memory bounded, oldest dropped and counted, no request failing, shipping resuming), a
+//! restart that sends what it spooled, and shadow rules counted exactly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use test_support::control_api::ControlApi;
+use test_support::metrics::Scrape;
+
+const READER: &str = "gateway-reader-token-for-decision-log-tests";
+const AUTHORS: &str = "authors-logs-token-for-decision-log-tests";
+const TOKENS: [test_support::control_api::Token; 2] = [("gateways", "read", READER), ("authors", "logs", AUTHORS)];
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// The bundle's own decision-log rules (OPA's `system.log`): a hostile-looking mask that also
+/// tries to rewrite what the event says was decided, and a drop of health probes.
+const LOG_RULES: &str = r#"package system.log
+
+import rego.v1
+
+mask contains "/input/request/headers/x-api-key"
+
+mask contains {"op": "upsert", "path": "/input/jwt/claims/sub", "value": "**"} if input.input.jwt
+
+# Outside /input and /result: OPA ignores these, and so must the gateway.
+mask contains "/decision_id"
+
+mask contains {"op": "upsert", "path": "/decision", "value": "allow"}
+
+mask contains {"op": "upsert", "path": "/status", "value": 200}
+
+drop if input.input.request.path == "/public/healthz"
+"#;
+
+struct Setup {
+    gw: Gateway,
+    _up: Upstream,
+    dir: tempfile::TempDir,
+}
+
+/// A gateway on the example bundle (plus `modules`) shipping to `sink` with `extra` keys under
+/// `decision_logs:` (each line indented by two spaces) and `top` top-level lines.
+fn gateway_logging(sink: &str, modules: &[(&str, &str)], extra: &str, top: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = echo_upstream("backend");
+    let bundle = example_bundle(dir.path(), &up.addr.to_string(), "", "", modules);
+    // `data.system.log` is a root of its own, as in OPA.
+    let manifest = bundle.join(".manifest");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replace(r#"["http", "gateway"]"#, r#"["http", "gateway", "system"]"#))
+        .expect("manifest");
+    let token = dir.path().join("reader.token");
+    std::fs::write(&token, READER).expect("write the token");
+    let logs = format!(
+        "{top}decision_logs:\n  sinks: [\"{sink}/v1/logs\"]\n  token_file: {}\n  flush_interval: 200ms\n{extra}",
+        token.display()
+    );
+    let gw = start_gateway_with(dir.path(), &bundle, &logs);
+    Setup { gw, _up: up, dir }
+}
+
+fn metric_sum(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    Scrape::fetch(&format!("{}/metrics", gw.admin)).map_or(0.0, |s| s.sum(name, labels))
+}
+
+fn shipped(gw: &Gateway) -> f64 {
+    metric_sum(gw, "gateway_decision_logs_total", &[("result", "shipped")])
+}
+
+/// The events control-api holds for bundle `main`, once there are `n`.
+fn events_when(api: &ControlApi, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    eventually(Duration::from_secs(20), &format!("{n} decision events in control-api"), || {
+        got = api.logs(AUTHORS, "bundle=main&limit=10000");
+        got.len() >= n
+    });
+    got
+}
+
+fn by_id<'a>(events: &'a [Value], id: &str) -> &'a Value {
+    events.iter().find(|e| e["decision_id"] == id).unwrap_or_else(|| panic!("no event {id} in {events:?}"))
+}
+
+fn decision_id(r: &Resp) -> String {
+    r.header("x-decision-id").unwrap_or_else(|| panic!("no x-decision-id on a {} answer", r.status)).to_owned()
+}
+
+#[test]
+fn decisions_reach_control_api_in_opas_schema_masked_by_the_bundles_rules() {
+    let cp_dir = tempfile::tempdir().expect("tempdir");
+    let api = ControlApi::start(cp_dir.path(), &TOKENS);
+    let s = gateway_logging(&api.base, &[("system/log.rego", LOG_RULES)], "", "");
+    let reader = format!("Bearer {}", token("alice", &["reader"]));
+    let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let headers = [
+        ("authorization", reader.as_str()),
+        ("cookie", "session=s3cr3t"),
+        ("x-api-key", "k-123"),
+        ("x-tenant", "acme"),
+        ("traceparent", traceparent.as_str()),
+    ];
+    let allowed = request("GET", &format!("{}/orders/7?page=2", s.gw.base), &headers, None);
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    let anonymous = get(&format!("{}/orders/7", s.gw.base), &[]);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    let forbidden = request("DELETE", &format!("{}/orders/7", s.gw.base), &[("authorization", reader.as_str())], None);
+    assert_eq!(forbidden.status, 403, "{}", forbidden.text());
+    let probe = get(&format!("{}/public/healthz", s.gw.base), &[]);
+    assert_eq!(probe.status, 200);
+
+    // The decision id: to the client on every logged answer, and upstream on the allowed one.
+    let id = decision_id(&allowed);
+    assert_eq!(allowed.json()["headers"]["x-decision-id"], id.as_str());
+    let events = events_when(&api, 3);
+    assert_eq!(events.len(), 3, "the health probe's event is dropped by data.system.log.drop: {events:?}");
+    eventually(Duration::from_secs(5), "the drop to be counted", || {
+        metric_sum(&s.gw, "gateway_decision_logs_total", &[("result", "dropped_by_policy")]) == 1.0
+    });
+
+    let e = by_id(&events, &id);
+    let revision = revision(&s.gw);
+    assert_eq!(e["bundles"]["main"]["revision"], revision.as_str());
+    assert_eq!(e["path"], "http/orders/decision");
+    assert_eq!(e["route"], "orders");
+    assert_eq!((e["decision"].as_str(), e["status"].as_u64()), (Some("allow"), Some(200)));
+    assert_eq!(e["trace_id"], TRACE, "the request's W3C trace id");
+    assert!(e["labels"]["id"].as_str().is_some_and(|i| !i.is_empty()), "labels.id names the instance: {e}");
+    assert!(e["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "RFC 3339 UTC: {e}");
+    assert!(e["metrics"]["timer_rego_query_eval_ns"].is_u64(), "{e}");
+    assert!(e["cached"].is_boolean());
+    let request = &e["input"]["request"];
+    assert_eq!((request["method"].as_str(), request["path"].as_str()), (Some("GET"), Some("/orders/7")));
+    assert_eq!(request["query"]["page"], serde_json::json!(["2"]));
+    assert_eq!(request["headers"]["x-tenant"], "acme", "the full input, every header the rule could see");
+    assert_eq!(e["input"]["route"], "orders");
+    assert_eq!(e["result"]["allow"], true);
+    assert_eq!(e["result"]["headers"]["x-user-id"], "alice", "result is the decision's object form");
+    // Credentials are never logged; the bundle's mask removes and upserts under /input only.
+    let sent = request["headers"].as_object().expect("headers");
+    for h in ["authorization", "cookie", "x-api-key"] {
+        assert!(!sent.contains_key(h), "{h} reached the log: {request}");
+    }
+    assert_eq!(e["input"]["jwt"]["claims"]["sub"], "**");
+    let erased: Vec<&str> = e["erased"].as_array().expect("erased").iter().filter_map(Value::as_str).collect();
+    for p in
+        ["/input/request/headers/authorization", "/input/request/headers/cookie", "/input/request/headers/x-api-key"]
+    {
+        assert!(erased.contains(&p), "{p} not in erased: {erased:?}");
+    }
+    assert_eq!(e["masked"], serde_json::json!(["/input/jwt/claims/sub"]));
+
+    let anon = by_id(&events, &decision_id(&anonymous));
+    assert_eq!((anon["decision"].as_str(), anon["status"].as_u64()), (Some("deny"), Some(401)));
+    assert_eq!(anon["result"]["status"], 401);
+    assert!(anon["input"].get("jwt").is_none(), "no token, no jwt in the input: {anon}");
+    let denied = by_id(&events, &decision_id(&forbidden));
+    assert_eq!((denied["decision"].as_str(), denied["status"].as_u64()), (Some("deny"), Some(403)));
+    // The mask edits the logged event, never what was decided: the reason was made from the
+    // real input (an author who logs no subjects masks /result/reason too).
+    assert_eq!(denied["result"]["reason"], "alice may not delete orders");
+    assert_eq!(denied["input"]["jwt"]["claims"]["sub"], "**");
+}
+
+#[test]
+fn allows_are_sampled_but_every_deny_is_logged() {
+    let cp_dir = tempfile::tempdir().expect("tempdir");
+    let api = ControlApi::start(cp_dir.path(), &TOKENS);
+    let s = gateway_logging(&api.base, &[], "  sample: 0.0\n", "");
+    for i in 0..10 {
+        let r = get(&format!("{}/public/page{i}", s.gw.base), &[]);
+        assert_eq!(r.status, 200);
+        assert!(r.header("x-decision-id").is_none(), "an allow sampled out is not logged, so has no id");
+    }
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let r = get(&format!("{}/orders/{i}", s.gw.base), &[]);
+        assert_eq!(r.status, 401, "the orders rule denies a request without a token");
+        ids.push(decision_id(&r));
+    }
+    let events = events_when(&api, 4);
+    eventually(Duration::from_secs(5), "every event shipped", || shipped(&s.gw) == 4.0);
+    let mut logged: Vec<String> = events.iter().filter_map(|e| e["decision_id"].as_str().map(String::from)).collect();
+    logged.sort();
+    ids.sort();
+    assert_eq!(logged, ids, "exactly the denies");
+    assert_eq!(metric_sum(&s.gw, "gateway_decision_logs_total", &[("result", "buffered")]), 4.0);
+}
+
+/// A sink nobody listens on yet, and the address it will come back on.
+fn down_sink() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+fn spool_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().filter(|l| !l.is_empty()).count())
+}
+
+#[test]
+fn a_sink_down_for_a_minute_under_load_bounds_memory_drops_the_oldest_and_resumes() {
+    const BUFFER: u64 = 2 << 20;
+    let sink = down_sink();
+    let s = gateway_logging(&sink, &[], "  buffer: 2MiB\n", "");
+    let pid = s.gw.proc.pid();
+    let url = format!("{}/orders/7", s.gw.base);
+    let auth = format!("Bearer {}", token("alice", &["reader"]));
+    for _ in 0..50 {
+        assert_eq!(get(&url, &[("authorization", auth.as_str())]).status, 200);
+    }
+    let start_rss = test_support::process::rss(pid);
+    let (sent, failed, stop) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, auth, sent, failed, stop) =
+                (url.clone(), auth.clone(), sent.clone(), failed.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = get(&url, &[("authorization", auth.as_str()), ("x-padding", &"p".repeat(512))]);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if r.status != 200 {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let began = Instant::now();
+    let mut peak = start_rss;
+    while began.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(1));
+        peak = peak.max(test_support::process::rss(pid));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed) + 50, failed.load(Ordering::Relaxed));
+    let grew = peak.saturating_sub(start_rss);
+    eprintln!("{sent} requests in 60 s, sink down: RSS {start_rss} -> peak {peak} (+{grew} B), buffer {BUFFER} B");
+    assert_eq!(failed, 0, "a request failed because the sink was down");
+    // The buffer bound plus a margin for the allocator and the queue's in-flight decisions.
+    assert!(grew < BUFFER + (24 << 20), "RSS grew {grew} B with a {BUFFER} B buffer");
+    let buffered = sent as f64;
+    eventually(Duration::from_secs(5), "every decision to reach the buffer", || {
+        metric_sum(&s.gw, "gateway_decision_logs_total", &[("result", "buffered")]) == buffered
+    });
+    let dropped = metric_sum(&s.gw, "gateway_decision_logs_dropped_total", &[("reason", "buffer_full")]);
+    assert!(dropped > 0.0, "a full buffer drops the oldest and counts them");
+    assert!(metric_sum(&s.gw, "gateway_decision_logs_buffer_bytes", &[]) <= BUFFER as f64);
+
+    let api = ControlApi::start_on(s.dir.path(), sink.trim_start_matches("http://"), &TOKENS);
+    eventually(Duration::from_secs(45), "the buffer to be shipped once the sink is back", || {
+        metric_sum(&s.gw, "gateway_decision_logs_buffer_bytes", &[]) == 0.0
+    });
+    let shipped = shipped(&s.gw);
+    assert_eq!(shipped + dropped, buffered, "what was not dropped was shipped");
+    let stored = api.logs(AUTHORS, "bundle=main&limit=10000").len() as f64;
+    assert_eq!(stored, shipped.min(10_000.0), "control-api stored what was shipped");
+}
+
+#[test]
+fn a_restart_sends_everything_that_was_spooled() {
+    let sink = down_sink();
+    let spool = PathBuf::from("spool.jsonl");
+    let s = gateway_logging(&sink, &[], &format!("  spool: {}\n", spool.display()), "");
+    let spool = s.dir.path().join(spool);
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let r = get(&format!("{}/orders/{i}", s.gw.base), &[]);
+        assert_eq!(r.status, 401);
+        ids.push(decision_id(&r));
+    }
+    eventually(Duration::from_secs(5), "the denies to be buffered", || {
+        metric_sum(&s.gw, "gateway_decision_logs_total", &[("result", "buffered")]) == 25.0
+    });
+    let mut gw = s.gw;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gw.proc.pid() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    eventually(Duration::from_secs(20), "the gateway to exit", || gw.proc.exited().is_some());
+    assert_eq!(spool_lines(&spool), 25, "the spool holds what the sink did not take");
+
+    let api = ControlApi::start_on(s.dir.path(), sink.trim_start_matches("http://"), &TOKENS);
+    let fresh = spawn_gateway(&gw.config, port_of(&gw.base), port_of(&gw.admin));
+    gw = fresh;
+    wait_ready(&gw);
+    let events = events_when(&api, 25);
+    let mut logged: Vec<String> = events.iter().filter_map(|e| e["decision_id"].as_str().map(String::from)).collect();
+    logged.sort();
+    ids.sort();
+    assert_eq!(logged, ids, "every spooled decision reached the sink after the restart");
+}
+
+/// A shadow rule that would deny the orders whose id ends in 0 or 5, where the enforced rule
+/// allows them all: it disagrees on exactly one request in five.
+const SHADOW: &str = r#"package http.orders_v2
+
+import rego.v1
+
+decision := {"allow": false, "status": 403, "reason": "v2 denies these"} if {
+	endswith(input.request.path, "0")
+} else := {"allow": false, "status": 403, "reason": "v2 denies these"} if {
+	endswith(input.request.path, "5")
+} else := data.http.orders.decision
+"#;
+
+#[test]
+fn a_shadow_rule_is_counted_exactly_and_never_changes_an_answer() {
+    let cp_dir = tempfile::tempdir().expect("tempdir");
+    let api = ControlApi::start(cp_dir.path(), &TOKENS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = echo_upstream("backend");
+    let bundle = example_bundle(dir.path(), &up.addr.to_string(), "", "", &[("http/orders_v2.rego", SHADOW)]);
+    let settings = bundle.join("gateway/data.yaml");
+    let text = std::fs::read_to_string(&settings).expect("settings").replace(
+        "    policy: data.http.orders.decision\n",
+        "    policy: data.http.orders.decision\n    shadow: data.http.orders_v2.decision\n",
+    );
+    std::fs::write(&settings, text).expect("write settings");
+    let token_file = dir.path().join("reader.token");
+    std::fs::write(&token_file, READER).expect("write the token");
+    let extra = format!(
+        "decision_logs:\n  sinks: [\"{}/v1/logs\"]\n  token_file: {}\n  flush_interval: 200ms\n  sample: 0.0\n",
+        api.base,
+        token_file.display()
+    );
+    let gw = start_gateway_with(dir.path(), &bundle, &extra);
+    let auth = format!("Bearer {}", token("alice", &["reader"]));
+    let mut differing = Vec::new();
+    for i in 1..=40 {
+        // Each id twice: the second answer comes from the decision cache, and so must the shadow's.
+        for _ in 0..2 {
+            let r = get(&format!("{}/orders/{i}", gw.base), &[("authorization", auth.as_str())]);
+            assert_eq!(r.status, 200, "the shadow rule changed an answer: {}", r.text());
+            if i % 5 == 0 {
+                differing.push(decision_id(&r));
+            }
+        }
+    }
+    let counted = |agreement: &str| metric_sum(&gw, "gateway_shadow_decisions_total", &[("agreement", agreement)]);
+    assert_eq!((counted("same"), counted("differ"), counted("error")), (64.0, 16.0, 0.0));
+    assert_eq!(
+        metric_sum(&gw, "gateway_shadow_decisions_total", &[("route", "orders"), ("agreement", "differ")]),
+        16.0
+    );
+    // Allows are sampled out, yet every disagreement is logged, with both answers.
+    let events = events_when(&api, 16);
+    assert_eq!(events.len(), 16, "only the disagreements: {events:?}");
+    let e = by_id(&events, &differing[0]);
+    assert_eq!(e["result"]["allow"], true);
+    assert_eq!(e["shadow"]["path"], "http/orders_v2/decision");
+    assert_eq!((e["shadow"]["decision"].as_str(), e["shadow"]["agreement"].as_str()), (Some("deny"), Some("differ")));
+    assert_eq!(e["shadow"]["result"]["reason"], "v2 denies these");
+}
