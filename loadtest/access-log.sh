@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# What the access log costs under the side-by-side runner's load: two gateways on the same
-# bundle and echo upstream, one with `access_log` to a file and one without, measured in turn
-# (oha -c 64 for DURATION, ROUNDS rounds, the order alternating) on the orders GET with a token.
-# Reports throughput per round, the ratio logged/unlogged, lines written against requests
-# answered, and gateway_access_log_dropped_total, into reports/access-log.md.
+# What a log costs under the side-by-side runner's load: two gateways on the same bundle and
+# echo upstream, one logging and one not, measured in turn (oha -c 64 for DURATION, ROUNDS
+# rounds, the order alternating) on the orders GET with a token. Reports throughput per round,
+# the ratio logging/not, what was logged against requests answered, and what was dropped.
 #
-#   loadtest/access-log.sh [ROUNDS] [DURATION]      # default 5 rounds of 8s
+#   loadtest/access-log.sh [ROUNDS] [DURATION]          # default 5 rounds of 8s
+#       the access log to a file                          -> reports/access-log.md
+#   loadtest/access-log.sh --decisions [ROUNDS] [DURATION]
+#       every decision logged (`decision_logs`, sample 1.0), shipped as gzip batches to a sink
+#       (the echo upstream answers the POSTs, as cheaply as a sink can) -> reports/decision-logs.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
+what=access
+if [ "${1:-}" = --decisions ]; then what=decisions; shift; fi
 rounds=${1:-5}
 duration=${2:-8s}
 cargo build --release -q -p gateway -p test-support --bins
@@ -32,7 +37,11 @@ gateway() {
 # cpu_ticks PID: utime + stime of the process (all its threads), in clock ticks.
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 gateway off ""
-gateway on "access_log: { path: $work/access.log }\n"
+if [ "$what" = access ]; then
+  gateway on "access_log: { path: $work/access.log }\n"
+else
+  gateway on "decision_logs: { sinks: [\"http://$up/v1/logs\"], sample: 1.0 }\n"
+fi
 
 url() { echo "http://127.0.0.1:$1/orders/7"; }
 measure() { # PORT -> requests per second and successful requests
@@ -55,22 +64,32 @@ for r in $(seq "$rounds"); do
   done
 done
 
-sleep 1 # the writer flushes at least every 200 ms
-lines=$(wc -l < "$work/access.log")
-answered=$(curl -fs "http://127.0.0.1:$on_admin/metrics" | awk '/^gateway_requests_total/ {s+=$2} END {print s}')
-dropped=$(curl -fs "http://127.0.0.1:$on_admin/metrics" | awk '/^gateway_access_log_dropped_total/ {print $2}')
+sleep 2 # the access-log writer flushes every 200 ms; the decision-log shipper every second
+metrics=$(curl -fs "http://127.0.0.1:$on_admin/metrics")
+answered=$(awk '/^gateway_requests_total/ {s+=$2} END {print s}' <<< "$metrics")
+if [ "$what" = access ]; then
+  title="Access log"; report=access-log.md
+  logged="Lines in the access log: $(wc -l < "$work/access.log")"
+  dropped="gateway_access_log_dropped_total: $(awk '/^gateway_access_log_dropped_total/ {print $2}' <<< "$metrics")"
+  on_means="writes the access log to a file"
+else
+  title="Decision logs"; report=decision-logs.md
+  logged="Decision events shipped (gateway_decision_logs_total{result=\"shipped\"}): $(awk '/^gateway_decision_logs_total\{result="shipped"\}/ {print $2}' <<< "$metrics")"
+  dropped="gateway_decision_logs_dropped_total (all reasons): $(awk '/^gateway_decision_logs_dropped_total/ {s+=$2} END {print s}' <<< "$metrics")"
+  on_means="logs every decision (\`decision_logs\`, sample 1.0) and ships gzip batches to a sink that answers 200"
+fi
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway || echo "+changes")
 
 {
-  echo "# Access log: what it costs under load"
+  echo "# $title: what it costs under load"
   echo
-  echo "\`loadtest/access-log.sh $rounds $duration\` at $commit, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs;"
+  echo "\`loadtest/access-log.sh $([ "$what" = decisions ] && echo '--decisions ')$rounds $duration\` at $commit, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs;"
   echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg). Two gateways (2 threads each) on the example bundle"
   echo "and one echo upstream (2 threads); \`oha -c 64 -z $duration\` on GET /orders/7 with a bearer token,"
-  echo "one gateway at a time, the order alternating per round. \`on\` writes the access log to a file."
+  echo "one gateway at a time, the order alternating per round. \`on\` $on_means."
   echo
   echo "Throughput on this shared 2-core machine moves by ±20% between runs; the gateway's own CPU time"
-  echo "per 10k requests (utime + stime of its process, the writer thread included) is the steadier figure."
+  echo "per 10k requests (utime + stime of its process, its log thread included) is the steadier figure."
   echo
   echo "| round | off req/s | on req/s | on / off | off CPU-s / 10k | on CPU-s / 10k | on / off CPU |"
   echo "|---|---|---|---|---|---|---|"
@@ -91,7 +110,7 @@ med = statistics.median
 print(f"| **median** | {med(v['off'][0] for v in rows.values()):.0f} | {med(v['on'][0] for v in rows.values()):.0f} | **{med(tput):.3f}** ({min(tput):.3f}–{max(tput):.3f}) | {med(v['off'][1] for v in rows.values()):.3f} | {med(v['on'][1] for v in rows.values()):.3f} | **{med(cpu):.3f}** ({min(cpu):.3f}–{max(cpu):.3f}) |")
 PY
   echo
-  echo "Lines in the access log: $lines; requests the logging gateway answered (gateway_requests_total): $answered;"
-  echo "gateway_access_log_dropped_total: ${dropped:-absent}."
-} > loadtest/reports/access-log.md
-cat loadtest/reports/access-log.md
+  echo "$logged; requests the logging gateway answered (gateway_requests_total): $answered;"
+  echo "$dropped."
+} > "loadtest/reports/$report"
+cat "loadtest/reports/$report"

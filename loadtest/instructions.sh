@@ -7,6 +7,8 @@
 #   public    the gateway, /public/x: route + trivial rule, a bearer token verified (cached)
 #   orders    the gateway, /orders/7 with a reader JWT: the example bundle's orders rule
 #   logged    the same with `access_log` to a file (the writer thread counted too)
+#   decisions the same with every decision logged (`decision_logs`, sample 1.0) and shipped to a
+#             sink (the echo upstream answers the POSTs; the shipper thread counted too)
 # Each gets REQUESTS requests (oha -c 8) after 500 of warm-up; counters are zeroed in between.
 # Writes loadtest/reports/instructions.md.
 # Usage: loadtest/instructions.sh [REQUESTS]   (default 4000; about 3 minutes; cleans up after itself)
@@ -66,9 +68,11 @@ measure public "http://127.0.0.1:$port/public/x" "http://127.0.0.1:$admin/readyz
 measure orders "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"
 sed "s|^threads: 1|threads: 1\naccess_log: { path: $work/access.log }|" "$work/gateway.yaml" > "$work/logged.yaml"
 measure logged "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/logged.yaml"
+sed "s|^threads: 1|threads: 1\ndecision_logs: { sinks: [\"http://$up/v1/logs\"], sample: 1.0 }|" "$work/gateway.yaml" > "$work/decisions.yaml"
+measure decisions "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/decisions.yaml"
 
 get() { awk -v l="$1" '$1 == l { print $2 }' "$work/results"; }
-bare=$(get bare); public=$(get public); orders=$(get orders); logged=$(get logged)
+bare=$(get bare); public=$(get public); orders=$(get orders); logged=$(get logged); decisions=$(get decisions)
 # Inclusive instructions per request of the gateway's own phases, from the orders run.
 phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp>::[a-z_]+::\{\{closure\}\} \[|policy_bundles::(input::build|input::headers|snapshot::Snapshot::decide_cached|jwt::TrustRoots::verify_cached|router::RouteTable::lookup) \[" "$work/orders.incl.txt" \
   | awk -v n="$N" '{gsub(",","",$1); name=$0; sub(/.*(ProxyHttp>::|policy_bundles::)/,"",name); sub(/ \[.*/,"",name); sub(/::\{\{closure\}\}/,"",name); printf "| `%s` | %d |\n", name, $1/n}')
@@ -93,7 +97,10 @@ phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp
   echo "| gateway, \`/orders/7\` (route, cached JWT, orders rule) | $orders | $(python3 -c "print(f'{$orders/$bare:.2f}')") |"
   echo "| gateway, \`/orders/7\`, access log on (writer thread included) | $logged | $(python3 -c "print(f'{$logged/$bare:.2f}')") |"
   echo
+  echo "| gateway, \`/orders/7\`, every decision logged and shipped (shipper thread included) | $decisions | $(python3 -c "print(f'{$decisions/$bare:.2f}')") |"
+  echo
   echo "The access log costs $((logged - orders)) instructions per request ($(python3 -c "print(f'{($logged-$orders)/$orders*100:.1f}')")% of the orders request)."
+  echo "Logging every decision costs $((decisions - orders)) instructions per request ($(python3 -c "print(f'{($decisions-$orders)/$orders*100:.1f}')")% of the orders request)."
   echo
   echo "The gateway's own phases in the orders run (inclusive instructions per request):"
   echo

@@ -360,3 +360,34 @@ fn a_shadow_rule_is_counted_exactly_and_never_changes_an_answer() {
     assert_eq!((e["shadow"]["decision"].as_str(), e["shadow"]["agreement"].as_str()), (Some("deny"), Some("differ")));
     assert_eq!(e["shadow"]["result"]["reason"], "v2 denies these");
 }
+
+#[test]
+fn an_upgrade_hands_over_what_the_old_process_had_not_shipped() {
+    let sink = down_sink();
+    let s = gateway_logging(&sink, &[], "  spool: spool.jsonl\n", "");
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let r = get(&format!("{}/orders/{i}", s.gw.base), &[]);
+        assert_eq!(r.status, 401);
+        ids.push(decision_id(&r));
+    }
+    eventually(Duration::from_secs(5), "the denies to be buffered", || {
+        metric_sum(&s.gw, "gateway_decision_logs_total", &[("result", "buffered")]) == 10.0
+    });
+    let mut old = s.gw.proc;
+    let _new = Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("--upgrade")
+            .arg("--config")
+            .arg(&s.gw.config)
+            .env("GATEWAY_LOG", "error")
+            .stdout(std::process::Stdio::null()),
+    );
+    eventually(Duration::from_secs(30), "the old gateway to hand over and exit", || old.exited().is_some());
+    let api = ControlApi::start_on(s.dir.path(), sink.trim_start_matches("http://"), &TOKENS);
+    let events = events_when(&api, 10);
+    let mut logged: Vec<String> = events.iter().filter_map(|e| e["decision_id"].as_str().map(String::from)).collect();
+    logged.sort();
+    ids.sort();
+    assert_eq!(logged, ids, "the new process shipped what the old one spooled as it left");
+}
