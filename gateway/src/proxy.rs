@@ -370,16 +370,19 @@ fn pending(
         }
         Verdict::FailedOpen(e) | Verdict::Failed(e) => Answer::of(Err(e)),
     };
+    let req = session.req_header();
     crate::decision_log::Pending {
         decision_id: crate::decision_log::decision_id(),
-        trace_id: ctx.id.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+        trace_id: crate::decision_log::ShortId::new(ctx.id.as_ref().map_or("", |i| i.id.as_str())),
         at: std::time::SystemTime::now(),
         bundle: active.clone(),
         route,
-        request: Box::new(session.req_header().clone()),
+        method: req.method.clone(),
+        uri: req.uri.clone(),
+        headers: req.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
         host: ctx.host.clone(),
         scheme: Link::of(session).scheme(),
-        client_ip: ctx.client_ip.clone(),
+        client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
         jwt,
         answer,
         shadow: None,

@@ -27,90 +27,17 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use pingora::http::RequestHeader;
-use policy_bundles::decision::Decision;
-use policy_bundles::jwt::Verified;
 use prometheus::{IntCounter, IntGauge};
-use serde_json::{json, Map, Value as Json};
+use serde_json::Value as Json;
 
 use crate::config::DecisionLogsConfig;
-use crate::state::Active;
 
-/// Headers never logged: credentials. Listed in each event's `erased`.
-const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+mod event;
+pub use event::{decision_id, Answer, Pending, ShadowAnswer, ShortId};
+use event::{event, Scratch};
+
 /// Decisions waiting for the shipper; past it they are dropped (`reason="queue_full"`).
 const QUEUE: usize = 16_384;
-
-/// What the rule answered.
-pub enum Answer {
-    Decided {
-        decision: Arc<Decision>,
-        cached: bool,
-    },
-    /// The rule failed (the request was denied, or allowed on a `fail_open` route).
-    Failed(String),
-}
-
-impl Answer {
-    /// What a verdict (or a shadow rule's result) answered.
-    pub fn of(result: Result<(&Arc<Decision>, bool), &policy_bundles::snapshot::EvalError>) -> Answer {
-        match result {
-            Ok((decision, cached)) => Answer::Decided { decision: decision.clone(), cached },
-            Err(e) => Answer::Failed(e.to_string()),
-        }
-    }
-
-    /// `decision` (allow, deny or error), with `result` (the decision's object form) or `error`.
-    fn fields(&self, into: &mut Map<String, Json>) {
-        match self {
-            Answer::Decided { decision, .. } => {
-                into.insert("decision".into(), Json::from(if decision.allow { "allow" } else { "deny" }));
-                into.insert("result".into(), decision_json(decision));
-            }
-            Answer::Failed(e) => {
-                into.insert("decision".into(), Json::from("error"));
-                into.insert("error".into(), Json::from(e.as_str()));
-            }
-        }
-    }
-}
-
-/// A route's shadow rule's answer for the same input, logged beside the enforced one.
-pub struct ShadowAnswer {
-    /// The shadow rule (index into the snapshot's policies).
-    pub rule: usize,
-    pub answer: Answer,
-    /// `same`, `differ` or `error` ([`policy_bundles::authorize::Agreement`]).
-    pub agreement: &'static str,
-}
-
-/// One logged decision, as the request path hands it over.
-pub struct Pending {
-    pub decision_id: String,
-    pub trace_id: String,
-    pub at: SystemTime,
-    pub bundle: Arc<Active>,
-    pub route: usize,
-    /// The canonical request head, as the policy saw it.
-    pub request: Box<RequestHeader>,
-    pub host: String,
-    pub scheme: &'static str,
-    pub client_ip: String,
-    pub jwt: Option<Arc<Verified>>,
-    pub answer: Answer,
-    /// The shadow rule's answer, when the route has one and it was asked.
-    pub shadow: Option<ShadowAnswer>,
-    pub eval: Duration,
-    /// The status the client got; set when the request ends.
-    pub status: u16,
-}
-
-/// A new decision id: a random UUID (version 4), as OPA's.
-pub fn decision_id() -> String {
-    let b: u128 = (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let h = format!("{b:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
 
 /// The metrics of the decision log.
 #[derive(Clone)]
@@ -244,11 +171,11 @@ impl Shipper {
         }
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
         let (mut next_send, mut backoff, mut last_spool) = (Instant::now(), Duration::ZERO, Instant::now());
-        let mut last_look = Instant::now();
+        let (mut last_look, mut scratch) = (Instant::now(), Scratch::default());
         let mut open = true;
         while open {
             std::thread::sleep(Duration::from_millis(100));
-            open = self.drain(&rx, &mut buffer) && !self.closing.load(Ordering::Acquire);
+            open = self.drain(&rx, &mut buffer, &mut scratch) && !self.closing.load(Ordering::Acquire);
             if let Some(s) = spool.as_mut().filter(|_| last_look.elapsed() >= Duration::from_secs(1)) {
                 last_look = Instant::now();
                 if s.changed() {
@@ -274,7 +201,7 @@ impl Shipper {
             }
         }
         // The server is done: what is still queued, one last short try; the rest is spooled.
-        self.drain(&rx, &mut buffer);
+        self.drain(&rx, &mut buffer, &mut scratch);
         if !buffer.events.is_empty() {
             let quick = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap_or_default();
             rt.block_on(self.ship(&quick, &mut buffer));
@@ -288,21 +215,25 @@ impl Shipper {
     }
 
     /// Moves what the queue holds into the buffer; false once the queue is closed and empty.
-    fn drain(&self, rx: &Receiver<Pending>, buffer: &mut Buffer) -> bool {
-        loop {
+    fn drain(&self, rx: &Receiver<Pending>, buffer: &mut Buffer, scratch: &mut Scratch) -> bool {
+        let (mut buffered, mut dropped) = (0, 0);
+        let open = loop {
             let p = match rx.try_recv() {
                 Ok(p) => p,
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => break true,
+                Err(TryRecvError::Disconnected) => break false,
             };
-            match event(&p, &self.instance) {
+            match event(&p, &self.instance, scratch) {
                 Some(e) => {
-                    self.counters.buffered.inc();
+                    buffered += 1;
                     buffer.push(e, &self.counters);
                 }
-                None => self.counters.dropped_by_policy.inc(),
+                None => dropped += 1,
             }
-        }
+        };
+        self.counters.buffered.inc_by(buffered);
+        self.counters.dropped_by_policy.inc_by(dropped);
+        open
     }
 
     /// Sends batches until the buffer is empty or no sink takes one; false on failure.
@@ -440,216 +371,9 @@ fn read_spool(path: &Path, max: usize) -> Vec<Vec<u8>> {
     events
 }
 
-/// Builds the event, applies the bundle's drop and mask rules, serializes it; `None` when the
-/// drop rule dropped it.
-fn event(p: &Pending, instance: &str) -> Option<Vec<u8>> {
-    let snap = &p.bundle.snapshot;
-    let route = snap.routes.get(p.route)?;
-    let mut erased: Vec<String> = Vec::new();
-    let mut input = serde_json::to_value(full_input(p, &route.name)).unwrap_or(Json::Null);
-    if let Some(headers) = input.pointer_mut("/request/headers").and_then(Json::as_object_mut) {
-        for h in CREDENTIALS {
-            if headers.remove(h).is_some() {
-                erased.push(format!("/input/request/headers/{h}"));
-            }
-        }
-    }
-    let mut ev = json!({
-        "decision_id": p.decision_id,
-        "labels": { "id": instance, "version": env!("CARGO_PKG_VERSION") },
-        "bundles": { p.bundle.info.name.clone(): { "revision": p.bundle.info.revision } },
-        "path": rule_path(snap, route.policy),
-        "input": input,
-        "timestamp": rfc3339(p.at),
-        "metrics": { "timer_rego_query_eval_ns": u64::try_from(p.eval.as_nanos()).unwrap_or(u64::MAX) },
-        "route": route.name,
-        "status": p.status,
-        "cached": matches!(p.answer, Answer::Decided { cached: true, .. }),
-        "trace_id": p.trace_id,
-    });
-    let obj = ev.as_object_mut()?;
-    p.answer.fields(obj);
-    if let Some(s) = &p.shadow {
-        let mut shadow = Map::new();
-        shadow.insert("path".into(), Json::from(rule_path(snap, s.rule)));
-        s.answer.fields(&mut shadow);
-        shadow.insert("agreement".into(), Json::from(s.agreement));
-        obj.insert("shadow".into(), Json::Object(shadow));
-    }
-    if let Some(drop) = snap.log_drop {
-        if matches!(snap.evaluate(drop, rego_value(&ev)), Ok(regorus::Value::Bool(true))) {
-            return None;
-        }
-    }
-    let mut masked = Vec::new();
-    if let Some(mask) = snap.log_mask {
-        if let Ok(ops) = snap.evaluate(mask, rego_value(&ev)) {
-            apply_mask(&mut ev, &ops, &mut erased, &mut masked);
-        }
-    }
-    let obj = ev.as_object_mut()?;
-    if !erased.is_empty() {
-        obj.insert("erased".into(), Json::from(erased));
-    }
-    if !masked.is_empty() {
-        obj.insert("masked".into(), Json::from(masked));
-    }
-    serde_json::to_vec(&ev).ok()
-}
-
-/// A rule's path in OPA's form: `http/orders/decision` for `data.http.orders.decision`.
-fn rule_path(snap: &policy_bundles::Snapshot, policy: usize) -> String {
-    let rule = snap.rule(policy).unwrap_or_default();
-    rule.strip_prefix("data.").unwrap_or(rule).replace('.', "/")
-}
-
-/// The rule's input, rebuilt whole as the gateway builds it (every header, the query).
-fn full_input(p: &Pending, route: &str) -> regorus::Value {
-    let req = &p.request;
-    let headers = policy_bundles::input::headers(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
-    let parts = policy_bundles::input::RequestParts {
-        method: req.method.as_str(),
-        path: req.uri.path(),
-        query: req.uri.query(),
-        headers,
-        host: &p.host,
-        scheme: p.scheme,
-        client_ip: &p.client_ip,
-    };
-    let jwt = p.jwt.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
-    policy_bundles::input::build(parts, route, jwt)
-}
-
-/// A decision as its rule's object form: what `result` holds.
-fn decision_json(d: &Decision) -> Json {
-    let pairs =
-        |h: &[(String, String)]| Json::Object(h.iter().map(|(k, v)| (k.clone(), Json::from(v.as_str()))).collect());
-    let mut m = Map::new();
-    m.insert("allow".into(), Json::from(d.allow));
-    if !d.allow {
-        m.insert("status".into(), Json::from(d.status));
-    }
-    if !d.headers.is_empty() {
-        m.insert("headers".into(), pairs(&d.headers));
-    }
-    if !d.response_headers.is_empty() {
-        m.insert("response_headers".into(), pairs(&d.response_headers));
-    }
-    if let Some(r) = &d.reason {
-        m.insert("reason".into(), Json::from(r.as_str()));
-    }
-    Json::Object(m)
-}
-
-fn rego_value(v: &Json) -> regorus::Value {
-    serde_json::to_string(v)
-        .ok()
-        .and_then(|s| regorus::Value::from_json_str(&s).ok())
-        .unwrap_or(regorus::Value::Undefined)
-}
-
-/// OPA's mask semantics: each element of the `mask` set is a JSON pointer under `/input` or
-/// `/result` to remove (listed in `erased`), or `{"op": "remove" | "upsert", "path", "value"}`
-/// (an upsert is listed in `masked`). Anything else is ignored.
-fn apply_mask(ev: &mut Json, ops: &regorus::Value, erased: &mut Vec<String>, masked: &mut Vec<String>) {
-    let Ok(ops) = serde_json::to_value(ops) else { return };
-    let Some(ops) = ops.as_array() else { return };
-    for op in ops {
-        let (kind, path, value) = match op {
-            Json::String(p) => ("remove", p.as_str(), None),
-            Json::Object(o) => match (o.get("op").and_then(Json::as_str), o.get("path").and_then(Json::as_str)) {
-                (Some(kind), Some(path)) => (kind, path, o.get("value")),
-                _ => continue,
-            },
-            _ => continue,
-        };
-        if !(path.starts_with("/input/") || path.starts_with("/result/") || path == "/result") {
-            continue;
-        }
-        match (kind, value) {
-            ("remove", _) if remove(ev, path) => erased.push(path.to_owned()),
-            ("upsert", Some(v)) if upsert(ev, path, v.clone()) => masked.push(path.to_owned()),
-            _ => {}
-        }
-        // A shadow rule's result is masked as the enforced one's is (not listed twice).
-        if path.starts_with("/result") && ev.get("shadow").is_some_and(|s| s.get("result").is_some()) {
-            let shadowed = format!("/shadow{path}");
-            match (kind, value) {
-                ("remove", _) => {
-                    remove(ev, &shadowed);
-                }
-                ("upsert", Some(v)) => {
-                    upsert(ev, &shadowed, v.clone());
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// A JSON pointer's parent and last segment (`~1` is `/`, `~0` is `~`).
-fn split_pointer(path: &str) -> Option<(&str, String)> {
-    let (parent, last) = path.rsplit_once('/')?;
-    Some((parent, last.replace("~1", "/").replace("~0", "~")))
-}
-
-fn remove(ev: &mut Json, path: &str) -> bool {
-    let Some((parent, key)) = split_pointer(path) else { return false };
-    match ev.pointer_mut(parent) {
-        Some(Json::Object(o)) => o.remove(&key).is_some(),
-        _ => false,
-    }
-}
-
-/// Sets the value at `path`, creating the objects on the way.
-fn upsert(ev: &mut Json, path: &str, value: Json) -> bool {
-    let mut at = ev;
-    let segments: Vec<String> = path.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect();
-    let Some((last, within)) = segments.split_last() else { return false };
-    for s in within {
-        let Some(o) = at.as_object_mut() else { return false };
-        at = o.entry(s.clone()).or_insert_with(|| Json::Object(Map::new()));
-    }
-    match at.as_object_mut() {
-        Some(o) => {
-            o.insert(last.clone(), value);
-            true
-        }
-        None => false,
-    }
-}
-
-fn rfc3339(at: SystemTime) -> String {
-    time::OffsetDateTime::from(at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_decision_id_is_a_version_4_uuid() {
-        let id = decision_id();
-        let parts: Vec<&str> = id.split('-').collect();
-        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
-        assert!(parts[2].starts_with('4') && "89ab".contains(&parts[3][..1]), "{id}");
-        assert_ne!(id, decision_id());
-    }
-
-    #[test]
-    fn mask_removes_and_upserts_only_under_input_and_result() {
-        let mut ev = json!({"decision_id": "d", "input": {"a": {"b": 1, "c/d": 2}}, "result": {"allow": true}});
-        let ops = regorus::Value::from_json_str(
-            r#"["/input/a/b", "/decision_id", {"op": "upsert", "path": "/input/x/y", "value": "**"},
-                {"op": "remove", "path": "/input/a/c~1d"}, {"op": "remove", "path": "/input/missing"}]"#,
-        )
-        .unwrap();
-        let (mut erased, mut masked) = (Vec::new(), Vec::new());
-        apply_mask(&mut ev, &ops, &mut erased, &mut masked);
-        assert_eq!(ev, json!({"decision_id": "d", "input": {"a": {}, "x": {"y": "**"}}, "result": {"allow": true}}));
-        assert_eq!(erased, ["/input/a/b", "/input/a/c~1d"]);
-        assert_eq!(masked, ["/input/x/y"]);
-    }
 
     #[test]
     fn a_full_buffer_drops_the_oldest_and_counts_them() {

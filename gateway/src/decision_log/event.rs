@@ -1,0 +1,603 @@
+//! One decision-log event: what the request path hands over ([`Pending`]) and the OPA-schema
+//! JSON the shipper makes of it ([`event`]).
+//!
+//! The event is written straight into bytes: the policy's full input (every header, the query,
+//! the verified token's claims: the input the gateway builds, `policy_bundles::input::build`),
+//! the decision in its object form, the shadow rule's answer. Only a bundle that defines
+//! `data.system.log.drop` or `data.system.log.mask` pays for a parsed event: the rules read it
+//! as their `input`, with OPA's semantics (JSON pointers under `/input` and `/result`; `remove`
+//! and `upsert`). Credentials (`authorization`, `cookie`, `proxy-authorization`) are never
+//! written, whatever the bundle says; they are listed in `erased`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{HeaderName, HeaderValue};
+use policy_bundles::decision::Decision;
+use policy_bundles::jwt::Verified;
+use serde_json::{Map, Value as Json};
+
+use crate::state::Active;
+
+/// Headers never logged: credentials. Listed in each event's `erased`.
+pub const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// What the rule answered.
+pub enum Answer {
+    Decided {
+        decision: Arc<Decision>,
+        cached: bool,
+    },
+    /// The rule failed (the request was denied, or allowed on a `fail_open` route).
+    Failed(String),
+}
+
+impl Answer {
+    /// What a verdict (or a shadow rule's result) answered.
+    pub fn of(result: Result<(&Arc<Decision>, bool), &policy_bundles::snapshot::EvalError>) -> Answer {
+        match result {
+            Ok((decision, cached)) => Answer::Decided { decision: decision.clone(), cached },
+            Err(e) => Answer::Failed(e.to_string()),
+        }
+    }
+
+    /// `"decision":…` (allow, deny or error), with `"result":…` (the decision's object form)
+    /// or `"error":…`, each followed by a comma.
+    fn write(&self, w: &mut Writer) {
+        match self {
+            Answer::Decided { decision, .. } => {
+                w.field_str("decision", if decision.allow { "allow" } else { "deny" });
+                w.key("result");
+                w.decision(decision);
+                w.comma();
+            }
+            Answer::Failed(e) => {
+                w.field_str("decision", "error");
+                w.field_str("error", e);
+            }
+        }
+    }
+}
+
+/// A route's shadow rule's answer for the same input, logged beside the enforced one.
+pub struct ShadowAnswer {
+    /// The shadow rule (index into the snapshot's policies).
+    pub rule: usize,
+    pub answer: Answer,
+    /// `same`, `differ` or `error` ([`policy_bundles::authorize::Agreement`]).
+    pub agreement: &'static str,
+}
+
+/// An id of at most 36 ASCII bytes, kept inline (no allocation on the request path, no free on
+/// the shipper's): a decision id or a trace id.
+#[derive(Clone, Copy)]
+pub struct ShortId {
+    len: u8,
+    bytes: [u8; 36],
+}
+
+impl ShortId {
+    /// `s`, cut to 36 bytes (ids are ASCII).
+    pub fn new(s: &str) -> ShortId {
+        let mut id = ShortId { len: 0, bytes: [0; 36] };
+        for (i, b) in s.bytes().take(36).enumerate() {
+            id.bytes[i] = b;
+            id.len = i as u8 + 1;
+        }
+        id
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// One logged decision, as the request path hands it over: references and cheap copies only
+/// (header names and values share the request's bytes).
+pub struct Pending {
+    pub decision_id: ShortId,
+    pub trace_id: ShortId,
+    pub at: SystemTime,
+    pub bundle: Arc<Active>,
+    pub route: usize,
+    /// The canonical request, as the policy saw it: method, path and query, headers in order.
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub host: String,
+    pub scheme: &'static str,
+    /// The client's address; the input's `client_ip` is its text, empty when there is none.
+    pub client_ip: Option<std::net::IpAddr>,
+    pub jwt: Option<Arc<Verified>>,
+    pub answer: Answer,
+    /// The shadow rule's answer, when the route has one and it was asked.
+    pub shadow: Option<ShadowAnswer>,
+    pub eval: Duration,
+    /// The status the client got; set when the request ends.
+    pub status: u16,
+}
+
+/// A new decision id: a random UUID (version 4), as OPA's.
+pub fn decision_id() -> ShortId {
+    let b: u128 = (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let mut id = ShortId { len: 36, bytes: [b'-'; 36] };
+    let mut at = 0;
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            at += 1;
+        }
+        let nibble = ((b >> (124 - 4 * i)) & 0xf) as u8;
+        id.bytes[at] = if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 };
+        at += 1;
+    }
+    id
+}
+
+/// What the shipper keeps between events: the buffer an event is written into, the timestamp's
+/// text for the current second, the last rule paths made.
+#[derive(Default)]
+pub struct Scratch {
+    buf: Vec<u8>,
+    second: Option<(u64, String)>,
+    paths: Vec<(usize, usize, String)>,
+}
+
+impl Scratch {
+    /// RFC 3339 UTC with nanoseconds: the date and time formatted once a second.
+    fn timestamp(&mut self, at: SystemTime, out: &mut Vec<u8>) {
+        let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        if self.second.as_ref().is_none_or(|(s, _)| *s != secs) {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let text = time::OffsetDateTime::from(whole)
+                .format(&time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"))
+                .unwrap_or_default();
+            self.second = Some((secs, text));
+        }
+        let prefix = self.second.as_ref().map_or("", |(_, t)| t.as_str());
+        let _ = write!(out, "\"{prefix}.{:09}Z\"", since.subsec_nanos());
+    }
+
+    /// A rule's path in OPA's form (`http/orders/decision` for `data.http.orders.decision`),
+    /// remembered for the last few (snapshot, rule) pairs.
+    fn rule_path(&mut self, snap: &policy_bundles::Snapshot, policy: usize) -> &str {
+        let key = std::ptr::from_ref(snap) as usize;
+        let at = match self.paths.iter().position(|(k, p, _)| *k == key && *p == policy) {
+            Some(at) => at,
+            None => {
+                let rule = snap.rule(policy).unwrap_or_default();
+                let path = rule.strip_prefix("data.").unwrap_or(rule).replace('.', "/");
+                if self.paths.len() >= 8 {
+                    self.paths.remove(0);
+                }
+                self.paths.push((key, policy, path));
+                self.paths.len() - 1
+            }
+        };
+        &self.paths[at].2
+    }
+}
+
+/// JSON written by hand into bytes; strings escaped by serde_json. Writing to a `Vec` cannot
+/// fail, so the writes' results are ignored.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn raw(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn comma(&mut self) {
+        self.0.push(b',');
+    }
+
+    fn str(&mut self, s: &str) {
+        let _ = serde_json::to_writer(&mut self.0, s);
+    }
+
+    fn key(&mut self, k: &str) {
+        self.str(k);
+        self.0.push(b':');
+    }
+
+    fn field_str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.str(v);
+        self.comma();
+    }
+
+    fn field_u64(&mut self, k: &str, v: u64) {
+        self.key(k);
+        let _ = write!(self.0, "{v}");
+        self.comma();
+    }
+
+    /// Replaces a trailing comma by `close`.
+    fn close(&mut self, close: u8) {
+        match self.0.last_mut() {
+            Some(last) if *last == b',' => *last = close,
+            _ => self.0.push(close),
+        }
+    }
+
+    fn pairs(&mut self, pairs: &[(String, String)]) {
+        self.0.push(b'{');
+        for (k, v) in pairs {
+            self.field_str(k, v);
+        }
+        self.close(b'}');
+    }
+
+    /// A decision as its rule's object form: what `result` holds.
+    fn decision(&mut self, d: &Decision) {
+        self.0.push(b'{');
+        self.raw(if d.allow { "\"allow\":true," } else { "\"allow\":false," });
+        if !d.allow {
+            self.field_u64("status", u64::from(d.status));
+        }
+        if !d.headers.is_empty() {
+            self.key("headers");
+            self.pairs(&d.headers);
+            self.comma();
+        }
+        if !d.response_headers.is_empty() {
+            self.key("response_headers");
+            self.pairs(&d.response_headers);
+            self.comma();
+        }
+        if let Some(r) = &d.reason {
+            self.field_str("reason", r);
+        }
+        self.close(b'}');
+    }
+
+    /// The input's `headers`: names lower case, repeated names joined with ", " in order (as
+    /// `policy_bundles::input::headers`), credentials left out and named in `erased`. A
+    /// request's repeated names are next to each other (`HeaderMap` iterates them so).
+    fn headers(&mut self, headers: &[(HeaderName, HeaderValue)], erased: &mut Vec<&'static str>) {
+        self.0.push(b'{');
+        let mut i = 0;
+        while i < headers.len() {
+            let name = &headers[i].0;
+            let end = i + headers[i..].iter().take_while(|(n, _)| n == name).count();
+            if let Some(c) = CREDENTIALS.iter().find(|c| **c == name.as_str()) {
+                if !erased.contains(c) {
+                    erased.push(c);
+                }
+            } else if end == i + 1 {
+                self.field_str(name.as_str(), &String::from_utf8_lossy(headers[i].1.as_bytes()));
+            } else {
+                let values: Vec<_> =
+                    headers[i..end].iter().map(|(_, v)| String::from_utf8_lossy(v.as_bytes())).collect();
+                self.field_str(name.as_str(), &values.join(", "));
+            }
+            i = end;
+        }
+        self.close(b'}');
+    }
+
+    /// The input's `query`: `{name: [values]}`, percent-decoded (as `policy_bundles::input::query`).
+    fn query(&mut self, q: Option<&str>) {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            map.entry(policy_bundles::input::decode(k)).or_default().push(policy_bundles::input::decode(v));
+        }
+        self.0.push(b'{');
+        for (k, values) in &map {
+            self.key(k);
+            let _ = serde_json::to_writer(&mut self.0, values);
+            self.comma();
+        }
+        self.close(b'}');
+    }
+
+    /// The rule's input, whole, as the gateway builds it.
+    fn input(&mut self, p: &Pending, route: &str, erased: &mut Vec<&'static str>) {
+        self.raw("{\"request\":{");
+        self.field_str("method", p.method.as_str());
+        self.field_str("path", p.uri.path());
+        self.key("query");
+        self.query(p.uri.query());
+        self.comma();
+        self.key("headers");
+        self.headers(&p.headers, erased);
+        self.comma();
+        self.field_str("host", &p.host);
+        self.field_str("scheme", p.scheme);
+        match p.client_ip {
+            Some(ip) => {
+                let _ = write!(self.0, "\"client_ip\":\"{ip}\",");
+            }
+            None => self.raw("\"client_ip\":\"\","),
+        }
+        self.close(b'}');
+        self.comma();
+        self.field_str("route", route);
+        if let Some(v) = &p.jwt {
+            self.raw("\"jwt\":{");
+            self.field_str("issuer", &v.issuer);
+            self.key("claims");
+            let _ = serde_json::to_writer(&mut self.0, &v.claims);
+            self.raw("},");
+        }
+        self.close(b'}');
+    }
+}
+
+/// The event's bytes, after the bundle's drop and mask rules; `None` when the drop rule
+/// dropped it.
+pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u8>> {
+    let snap = &p.bundle.snapshot;
+    let route = snap.routes.get(p.route)?;
+    let mut w = Writer(std::mem::take(&mut scratch.buf));
+    w.0.clear();
+    let mut erased = Vec::new();
+    w.0.push(b'{');
+    w.field_str("decision_id", p.decision_id.as_str());
+    w.raw("\"labels\":{");
+    w.field_str("id", instance);
+    w.field_str("version", env!("CARGO_PKG_VERSION"));
+    w.close(b'}');
+    w.raw(",\"bundles\":{");
+    w.key(&p.bundle.info.name);
+    w.raw("{");
+    w.field_str("revision", &p.bundle.info.revision);
+    w.close(b'}');
+    w.raw("},");
+    w.field_str("path", scratch.rule_path(snap, route.policy));
+    w.key("input");
+    w.input(p, &route.name, &mut erased);
+    w.comma();
+    w.key("timestamp");
+    scratch.timestamp(p.at, &mut w.0);
+    w.comma();
+    w.raw("\"metrics\":{");
+    w.field_u64("timer_rego_query_eval_ns", u64::try_from(p.eval.as_nanos()).unwrap_or(u64::MAX));
+    w.close(b'}');
+    w.comma();
+    w.field_str("route", &route.name);
+    w.field_u64("status", u64::from(p.status));
+    w.raw(if matches!(p.answer, Answer::Decided { cached: true, .. }) {
+        "\"cached\":true,"
+    } else {
+        "\"cached\":false,"
+    });
+    w.field_str("trace_id", p.trace_id.as_str());
+    p.answer.write(&mut w);
+    if let Some(s) = &p.shadow {
+        w.raw("\"shadow\":{");
+        w.field_str("path", scratch.rule_path(snap, s.rule));
+        s.answer.write(&mut w);
+        w.field_str("agreement", s.agreement);
+        w.close(b'}');
+        w.comma();
+    }
+    let ruled = snap.log_drop.is_some() || snap.log_mask.is_some();
+    if !erased.is_empty() && !ruled {
+        w.raw("\"erased\":[");
+        for h in &erased {
+            w.str(&format!("/input/request/headers/{h}"));
+            w.comma();
+        }
+        w.close(b']');
+    }
+    w.close(b'}');
+    let out = if ruled {
+        let erased = erased.iter().map(|h| format!("/input/request/headers/{h}")).collect();
+        apply_rules(p, &w.0, erased)
+    } else {
+        Some(w.0.clone())
+    };
+    scratch.buf = w.0;
+    out
+}
+
+/// The bundle's `data.system.log.drop` and `mask` rules, with the event as their input.
+fn apply_rules(p: &Pending, bytes: &[u8], mut erased: Vec<String>) -> Option<Vec<u8>> {
+    let snap = &p.bundle.snapshot;
+    let text = std::str::from_utf8(bytes).ok()?;
+    let as_input = regorus::Value::from_json_str(text).ok()?;
+    if let Some(drop) = snap.log_drop {
+        if matches!(snap.evaluate(drop, as_input.clone()), Ok(regorus::Value::Bool(true))) {
+            return None;
+        }
+    }
+    let mut ev: Json = serde_json::from_slice(bytes).ok()?;
+    let mut masked = Vec::new();
+    if let Some(mask) = snap.log_mask {
+        if let Ok(ops) = snap.evaluate(mask, as_input) {
+            apply_mask(&mut ev, &ops, &mut erased, &mut masked);
+        }
+    }
+    let obj = ev.as_object_mut()?;
+    if !erased.is_empty() {
+        obj.insert("erased".into(), Json::from(erased));
+    }
+    if !masked.is_empty() {
+        obj.insert("masked".into(), Json::from(masked));
+    }
+    serde_json::to_vec(&ev).ok()
+}
+
+/// OPA's mask semantics: each element of the `mask` set is a JSON pointer under `/input` or
+/// `/result` to remove (listed in `erased`), or `{"op": "remove" | "upsert", "path", "value"}`
+/// (an upsert is listed in `masked`). Anything else is ignored. A shadow rule's result is
+/// masked as the enforced one's is.
+fn apply_mask(ev: &mut Json, ops: &regorus::Value, erased: &mut Vec<String>, masked: &mut Vec<String>) {
+    let Ok(ops) = serde_json::to_value(ops) else { return };
+    let Some(ops) = ops.as_array() else { return };
+    for op in ops {
+        let (kind, path, value) = match op {
+            Json::String(p) => ("remove", p.as_str(), None),
+            Json::Object(o) => match (o.get("op").and_then(Json::as_str), o.get("path").and_then(Json::as_str)) {
+                (Some(kind), Some(path)) => (kind, path, o.get("value")),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        if !(path.starts_with("/input/") || path.starts_with("/result/") || path == "/result") {
+            continue;
+        }
+        let shadowed = path.starts_with("/result") && ev.pointer("/shadow/result").is_some();
+        match (kind, value) {
+            ("remove", _) => {
+                if remove(ev, path) {
+                    erased.push(path.to_owned());
+                }
+                if shadowed {
+                    remove(ev, &format!("/shadow{path}"));
+                }
+            }
+            ("upsert", Some(v)) => {
+                if upsert(ev, path, v.clone()) {
+                    masked.push(path.to_owned());
+                }
+                if shadowed {
+                    upsert(ev, &format!("/shadow{path}"), v.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A JSON pointer's parent and last segment (`~1` is `/`, `~0` is `~`).
+fn split_pointer(path: &str) -> Option<(&str, String)> {
+    let (parent, last) = path.rsplit_once('/')?;
+    Some((parent, last.replace("~1", "/").replace("~0", "~")))
+}
+
+fn remove(ev: &mut Json, path: &str) -> bool {
+    let Some((parent, key)) = split_pointer(path) else { return false };
+    match ev.pointer_mut(parent) {
+        Some(Json::Object(o)) => o.remove(&key).is_some(),
+        _ => false,
+    }
+}
+
+/// Sets the value at `path`, creating the objects on the way.
+fn upsert(ev: &mut Json, path: &str, value: Json) -> bool {
+    let mut at = ev;
+    let segments: Vec<String> = path.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect();
+    let Some((last, within)) = segments.split_last() else { return false };
+    for s in within {
+        let Some(o) = at.as_object_mut() else { return false };
+        at = o.entry(s.clone()).or_insert_with(|| Json::Object(Map::new()));
+    }
+    match at.as_object_mut() {
+        Some(o) => {
+            o.insert(last.clone(), value);
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_decision_id_is_a_version_4_uuid() {
+        let id = decision_id().as_str().to_owned();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
+        assert!(parts[2].starts_with('4') && "89ab".contains(&parts[3][..1]), "{id}");
+        assert!(id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()), "{id}");
+        assert_ne!(id, decision_id().as_str());
+        assert_eq!(ShortId::new("0af7651916cd43dd8448eb211c80319c").as_str(), "0af7651916cd43dd8448eb211c80319c");
+    }
+
+    #[test]
+    fn mask_removes_and_upserts_only_under_input_and_result() {
+        let mut ev = json!({"decision_id": "d", "input": {"a": {"b": 1, "c/d": 2}}, "result": {"allow": true}});
+        let ops = regorus::Value::from_json_str(
+            r#"["/input/a/b", "/decision_id", {"op": "upsert", "path": "/input/x/y", "value": "**"},
+                {"op": "remove", "path": "/input/a/c~1d"}, {"op": "remove", "path": "/input/missing"}]"#,
+        )
+        .unwrap();
+        let (mut erased, mut masked) = (Vec::new(), Vec::new());
+        apply_mask(&mut ev, &ops, &mut erased, &mut masked);
+        assert_eq!(ev, json!({"decision_id": "d", "input": {"a": {}, "x": {"y": "**"}}, "result": {"allow": true}}));
+        assert_eq!(erased, ["/input/a/b", "/input/a/c~1d"]);
+        assert_eq!(masked, ["/input/x/y"]);
+    }
+
+    #[test]
+    fn a_result_mask_masks_the_shadow_rules_result_too() {
+        let mut ev = json!({"result": {"reason": "alice"}, "shadow": {"result": {"reason": "alice"}}});
+        let ops =
+            regorus::Value::from_json_str(r#"[{"op": "upsert", "path": "/result/reason", "value": "**"}]"#).unwrap();
+        let (mut erased, mut masked) = (Vec::new(), Vec::new());
+        apply_mask(&mut ev, &ops, &mut erased, &mut masked);
+        assert_eq!(ev, json!({"result": {"reason": "**"}, "shadow": {"result": {"reason": "**"}}}));
+        assert_eq!(masked, ["/result/reason"], "listed once");
+    }
+
+    fn written(f: impl FnOnce(&mut Writer)) -> Json {
+        let mut w = Writer(Vec::new());
+        f(&mut w);
+        serde_json::from_slice(&w.0).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&w.0)))
+    }
+
+    #[test]
+    fn logged_headers_are_the_policys_headers_without_credentials() {
+        let mut map = http::HeaderMap::new();
+        for (n, v) in [
+            ("x-tenant", &b"acme"[..]),
+            ("accept", b"text/html"),
+            ("authorization", b"Bearer secret"),
+            ("accept", b"application/json"),
+            ("cookie", b"a=1"),
+            ("x-quote", b"say \"hi\"\t\\"),
+            ("x-latin1", b"caf\xe9"),
+        ] {
+            map.append(HeaderName::from_static(n), HeaderValue::from_bytes(v).unwrap());
+        }
+        // As the request path takes them: in the map's order.
+        let pairs: Vec<(HeaderName, HeaderValue)> = map.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        let mut erased = Vec::new();
+        let got = written(|w| w.headers(&pairs, &mut erased));
+        let kept: Vec<(&str, &[u8])> = pairs
+            .iter()
+            .filter(|(n, _)| !CREDENTIALS.contains(&n.as_str()))
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        let policy = serde_json::to_value(policy_bundles::input::headers(kept)).unwrap();
+        assert_eq!(got, policy, "the same headers object the policy was given");
+        assert_eq!(got["accept"], "text/html, application/json");
+        assert_eq!(erased, ["authorization", "cookie"]);
+    }
+
+    #[test]
+    fn the_logged_query_is_the_policys_query() {
+        for q in ["", "page=2", "a=1&b=%20x&a=2&flag&c=+y+", "%zz=1&&=v"] {
+            let got = written(|w| w.query(Some(q)));
+            let policy = serde_json::to_value(policy_bundles::input::query(q)).unwrap();
+            assert_eq!(got, policy, "query {q:?}");
+        }
+    }
+
+    #[test]
+    fn a_decision_is_written_in_its_object_form() {
+        let d = Decision {
+            allow: false,
+            status: 451,
+            headers: vec![],
+            response_headers: vec![("x-why".into(), "law".into())],
+            reason: Some("blocked \"here\"".into()),
+        };
+        let got = written(|w| w.decision(&d));
+        assert_eq!(
+            got,
+            json!({"allow": false, "status": 451, "response_headers": {"x-why": "law"}, "reason": "blocked \"here\""})
+        );
+        let allow =
+            Decision { allow: true, headers: vec![("x-user-id".into(), "alice".into())], ..Decision::default() };
+        assert_eq!(written(|w| w.decision(&allow)), json!({"allow": true, "headers": {"x-user-id": "alice"}}));
+    }
+}
