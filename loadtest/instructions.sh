@@ -72,6 +72,9 @@ sed "s|^threads: 1|threads: 1\ndecision_logs: { sinks: [\"http://$up/v1/logs\"],
 measure decisions "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/decisions.yaml"
 
 get() { awk -v l="$1" '$1 == l { print $2 }' "$work/results"; }
+# The decision-log shipper's thread, inclusive (the thread's entry, in gateway/src/decision_log/).
+shipper=$(grep -m1 -E "decision_log/mod.rs:std::sys::backtrace::__rust_begin_short_backtrace" "$work/decisions.incl.txt" \
+  | awk -v n="$N" '{gsub(",","",$1); print int($1/n)}')
 bare=$(get bare); public=$(get public); orders=$(get orders); logged=$(get logged); decisions=$(get decisions)
 # Inclusive instructions per request of the gateway's own phases, from the orders run.
 phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp>::[a-z_]+::\{\{closure\}\} \[|policy_bundles::(input::build|input::headers|snapshot::Snapshot::decide_cached|jwt::TrustRoots::verify_cached|router::RouteTable::lookup) \[" "$work/orders.incl.txt" \
@@ -96,11 +99,12 @@ phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp
   echo "| gateway, \`/public/x\` (route, cached JWT, trivial rule) | $public | $(python3 -c "print(f'{$public/$bare:.2f}')") |"
   echo "| gateway, \`/orders/7\` (route, cached JWT, orders rule) | $orders | $(python3 -c "print(f'{$orders/$bare:.2f}')") |"
   echo "| gateway, \`/orders/7\`, access log on (writer thread included) | $logged | $(python3 -c "print(f'{$logged/$bare:.2f}')") |"
-  echo
   echo "| gateway, \`/orders/7\`, every decision logged and shipped (shipper thread included) | $decisions | $(python3 -c "print(f'{$decisions/$bare:.2f}')") |"
   echo
   echo "The access log costs $((logged - orders)) instructions per request ($(python3 -c "print(f'{($logged-$orders)/$orders*100:.1f}')")% of the orders request)."
-  echo "Logging every decision costs $((decisions - orders)) instructions per request ($(python3 -c "print(f'{($decisions-$orders)/$orders*100:.1f}')")% of the orders request)."
+  echo "Logging every decision costs $((decisions - orders)) instructions per request ($(python3 -c "print(f'{($decisions-$orders)/$orders*100:.1f}')")% of the orders request):"
+  echo "$((decisions - shipper - orders)) on the request path ($(python3 -c "print(f'{($decisions-$shipper-$orders)/$orders*100:.1f}')")%: the decision id, the request's parts taken, \`x-decision-id\` to the"
+  echo "upstream and the client, the queue) and $shipper on the shipper's thread (the event written, gzip, the POSTs)."
   echo
   echo "The gateway's own phases in the orders run (inclusive instructions per request):"
   echo

@@ -391,3 +391,89 @@ fn an_upgrade_hands_over_what_the_old_process_had_not_shipped() {
     ids.sort();
     assert_eq!(logged, ids, "the new process shipped what the old one spooled as it left");
 }
+
+fn ids_of(events: &[Value], kind: &str) -> Vec<String> {
+    let mut ids: Vec<String> = events
+        .iter()
+        .filter(|c| c["kind"] == kind)
+        .filter_map(|c| c["decision_id"].as_str().map(String::from))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn replay_reports_exactly_the_logged_requests_a_candidate_would_flip() {
+    let cp_dir = tempfile::tempdir().expect("tempdir");
+    let api = ControlApi::start(cp_dir.path(), &TOKENS);
+    let s = gateway_logging(&api.base, &[], "", "");
+    let (reader, writer) =
+        (format!("Bearer {}", token("alice", &["reader"])), format!("Bearer {}", token("bob", &["writer"])));
+    let mut flipped = Vec::new();
+    let mut total = 0;
+    let mut send = |method: &str, path: &str, auth: Option<&str>, want: u16| {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let r = request(method, &format!("{}{path}", s.gw.base), &headers, None);
+        assert_eq!(r.status, want, "{method} {path}: {}", r.text());
+        total += 1;
+        decision_id(&r)
+    };
+    for i in 1..=10 {
+        send("GET", &format!("/orders/{i}"), Some(&reader), 200);
+    }
+    for i in 1..=5 {
+        flipped.push(send("DELETE", &format!("/orders/{i}"), Some(&writer), 200));
+    }
+    for i in 6..=8 {
+        send("DELETE", &format!("/orders/{i}"), Some(&reader), 403);
+    }
+    send("GET", "/orders/9", None, 401);
+    send("GET", "/public/a", None, 200);
+    send("POST", "/orders", Some(&writer), 200);
+    events_when(&api, total);
+
+    // The candidate changes one rule: writers may no longer delete orders.
+    let candidate = s.dir.path().join("candidate");
+    copy_dir(&s.dir.path().join("bundle"), &candidate);
+    let rules = candidate.join("http/orders.rego");
+    let text = std::fs::read_to_string(&rules).expect("rules");
+    let narrowed = text.replace(r#"{"POST", "PUT", "PATCH", "DELETE"}"#, r#"{"POST", "PUT", "PATCH"}"#);
+    assert_ne!(narrowed, text, "the candidate's edit applies");
+    std::fs::write(&rules, narrowed).expect("write the candidate");
+
+    let replay = |extra: &[&str]| {
+        let out = std::process::Command::new(workspace_bin("bundlectl"))
+            .args(["replay", candidate.to_str().expect("utf-8 path"), "--server", &api.base, "--since", "1h"])
+            .args(extra)
+            .env("BUNDLECTL_TOKEN", AUTHORS)
+            .output()
+            .expect("run bundlectl replay");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = replay(&["--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["replayed"], total);
+    assert_eq!(report["changed"], 5, "{report:#}");
+    assert_eq!(report["not_replayable"], 0, "credentials are erased, but the rules do not read them: {report:#}");
+    flipped.sort();
+    let changes = report["changes"].as_array().expect("changes");
+    assert_eq!(ids_of(changes, "allow→deny"), flipped, "exactly bob's deletes flip, nothing else");
+    assert_eq!(report["routes"]["orders"]["allow→deny"], 5);
+    assert!(changes.iter().all(|c| c["after"] == "deny 403" && c["reason_after"] == "bob may not delete orders"));
+
+    let (code, text, _) = replay(&[]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("5 would change") && text.contains("route orders: allow→deny 5"), "{text}");
+    assert_eq!(replay(&["--max-changed", "5"]).0, Some(0));
+    let (code, _, stderr) = replay(&["--max-changed", "4"]);
+    assert_eq!(code, Some(1), "past --max-changed: {stderr}");
+    let (code, stdout, stderr) = replay(&["--route", "public", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let public: Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!((public["replayed"].as_u64(), public["changed"].as_u64()), (Some(1), Some(0)), "{public:#}");
+}

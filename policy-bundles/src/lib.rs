@@ -15,6 +15,7 @@ pub mod error;
 pub mod input;
 pub mod jwt;
 pub mod reads;
+pub mod replay;
 pub mod router;
 pub mod settings;
 pub mod signing;

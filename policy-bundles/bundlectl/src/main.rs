@@ -1,6 +1,6 @@
 //! `bundlectl`: the policy authors' tool. Local commands (`build`, `check`, `test`, `sign`) use
 //! the same `policy-bundles` code as the gateway; remote commands (`push`, `revisions`,
-//! `rollback`, `fleet`, `logs`) talk to `control-api` and print its message when it refuses.
+//! `rollback`, `fleet`, `logs`, `replay`) talk to `control-api` and print its message when it refuses.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,8 @@ use policy_bundles::{signing, testing, Bundle, Limits, Snapshot};
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
-  1  `bundlectl test` ran and a test or decision case failed
+  1  `bundlectl test` ran and a test or decision case failed, or `bundlectl replay` found more
+     changed decisions than --max-changed
   2  usage error (bad or missing arguments), I/O error (a file that cannot be read or written),
      invalid bundle (does not compile, over budget), or an error from or reaching the server";
 
@@ -147,6 +148,34 @@ enum Cmd {
         #[command(flatten)]
         filter: LogFilter,
         /// Print the events as control-api sent them (a JSON array), not one line each.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Re-decide logged requests with a candidate bundle (directory or .tar.gz) exactly as a
+    /// gateway would, and list what would change: allow→deny, deny→allow, deny status, headers,
+    /// rule errors, routing; counts per route and examples. Needs a token of scope `logs`.
+    /// Events whose masked or erased input the candidate's rule may read are reported as not
+    /// replayable. The logged token claims are used as they are: the candidate's trust roots
+    /// cannot check them again.
+    Replay {
+        candidate: PathBuf,
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        /// Logged decisions at or after this time: RFC 3339, or a span ago (30m, 1h, 7d).
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Only the decisions logged on this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Exit with status 1 when more than this many decisions would change.
+        #[arg(long)]
+        max_changed: Option<usize>,
+        /// At most this many logged decisions, newest first.
+        #[arg(long, default_value_t = 100_000)]
+        limit: usize,
+        /// Print the whole report as JSON (every change and every event not replayable).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -324,6 +353,21 @@ fn run(cli: Cli) -> anyhow::Result<Ran> {
         Cmd::Rollback { name, to, remote } => rollback(&name, &to, &remote)?,
         Cmd::Fleet { remote } => fleet(&remote)?,
         Cmd::Logs { name, filter, json, remote } => logs(&name, &filter, json, &remote)?,
+        Cmd::Replay { candidate, name, since, route, max_changed, limit, json, remote } => {
+            let snap = Snapshot::compile(&Bundle::from_path(&candidate, &Limits::default())?)?;
+            let filter = LogFilter { route, since: Some(since), ..LogFilter::default() };
+            let events = logged(&name, &filter, limit, &remote)?;
+            let report = policy_bundles::replay::Report::of(&snap, &events);
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text(3));
+            }
+            if max_changed.is_some_and(|m| report.changed() > m) {
+                eprintln!("bundlectl: {} decisions would change, more than --max-changed", report.changed());
+                return Ok(Ran::Failures);
+            }
+        }
     }
     Ok(Ran::Clean)
 }
@@ -500,8 +544,8 @@ fn fleet(remote: &Remote) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bundlectl logs`: the bundle's decision events, newest first.
-fn logs(name: &str, f: &LogFilter, json: bool, remote: &Remote) -> anyhow::Result<()> {
+/// `GET /v1/logs` for bundle `name` with `f`'s filters, as text.
+fn fetch_logs(name: &str, f: &LogFilter, remote: &Remote) -> anyhow::Result<String> {
     let mut req = agent().get(&format!("{}/v1/logs", remote.server.trim_end_matches('/'))).query("bundle", name);
     let limit = f.limit.map(|n| n.to_string());
     let params = [
@@ -517,13 +561,47 @@ fn logs(name: &str, f: &LogFilter, json: bool, remote: &Remote) -> anyhow::Resul
             req = req.query(k, v);
         }
     }
-    let (_, text) = send(req, remote, None)?;
+    Ok(send(req, remote, None)?.1)
+}
+
+fn parse_events(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    serde_json::from_str(text).context("control-api answered GET /v1/logs with something other than a JSON array")
+}
+
+/// Up to `limit` events matching `f`, newest first: pages of at most 10,000 (control-api's
+/// bound), each ending where the last one's oldest event was; events seen twice at a page's
+/// edge are kept once.
+fn logged(name: &str, f: &LogFilter, limit: usize, remote: &Remote) -> anyhow::Result<Vec<serde_json::Value>> {
+    let (mut events, mut seen) = (Vec::new(), std::collections::HashSet::new());
+    let mut page = f.clone();
+    while events.len() < limit {
+        let want = (limit - events.len()).min(10_000);
+        page.limit = u32::try_from(want).ok();
+        let batch = parse_events(&fetch_logs(name, &page, remote)?)?;
+        let (got, oldest) = (batch.len(), batch.last().and_then(|e| e["timestamp"].as_str()).map(str::to_owned));
+        let mut added = 0;
+        for e in batch {
+            if seen.insert(e["decision_id"].as_str().unwrap_or_default().to_owned()) {
+                events.push(e);
+                added += 1;
+            }
+        }
+        if got < want || added == 0 || oldest.is_none() {
+            break;
+        }
+        page.until = oldest;
+    }
+    Ok(events)
+}
+
+/// `bundlectl logs`: the bundle's decision events, newest first.
+fn logs(name: &str, f: &LogFilter, json: bool, remote: &Remote) -> anyhow::Result<()> {
+    let text = fetch_logs(name, f, remote)?;
     if json {
         println!("{}", text.trim_end());
         return Ok(());
     }
-    let events: Vec<serde_json::Value> = serde_json::from_str(&text)
-        .context("control-api answered GET /v1/logs with something other than a JSON array")?;
+    let events = parse_events(&text)?;
     if events.is_empty() {
         eprintln!("no decision events of bundle {name} match");
     }
