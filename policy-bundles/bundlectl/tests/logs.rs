@@ -1,53 +1,27 @@
-//! `bundlectl logs` end to end: a real `control-api` on loopback (its binary, built beside this
-//! one by `cargo build --workspace --bins`), decision events shipped to it as a gateway ships
-//! them, then read back through the real `bundlectl`.
+//! `bundlectl logs` and `bundlectl replay` end to end: a real `control-api` on loopback (its
+//! binary, built beside this one by `cargo build --workspace --bins`), decision events shipped to
+//! it as a gateway ships them, then read back (and replayed) through the real `bundlectl`. The
+//! replay of real gateway traffic is in gateway/tests/decision_logs.rs.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use test_support::control_api::ControlApi;
 use test_support::decision_logs::{decision_id, error_event, event, gzip_batch, timestamp_ago};
-use test_support::process::Proc;
 
 const READ: &str = "gateways-token-for-bundlectl-tests";
 const LOGS: &str = "authors-token-for-bundlectl-tests";
 
-/// The hash control-api expects for a token, from `control-api hash-token` itself.
-fn hash(token: &str) -> String {
-    let mut child = Command::new(test_support::paths::bin("control-api"))
-        .arg("hash-token")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run control-api hash-token");
-    child.stdin.take().expect("stdin").write_all(token.as_bytes()).expect("write the token");
-    let out = child.wait_with_output().expect("hash-token");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("hex").trim().to_owned()
-}
-
 /// A control-api on an in-memory store with a read and a logs token, holding `events`.
-fn control_api(dir: &std::path::Path, events: &[Value]) -> (Proc, String) {
-    let config = dir.join("control-api.yaml");
-    let text = format!(
-        "listen: 127.0.0.1:0\nstore: \"sqlite::memory:\"\ntokens:\n  - name: gateways\n    scope: read\n    sha256: {}\n  - name: authors\n    scope: logs\n    sha256: {}\n",
-        hash(READ),
-        hash(LOGS)
-    );
-    std::fs::write(&config, text).expect("write config");
-    let (proc, addr) = Proc::spawn_listening(
-        Command::new(test_support::paths::bin("control-api"))
-            .arg("--config")
-            .arg(&config)
-            .env("CONTROL_API_LOG", "warn"),
-    );
-    let base = format!("http://{addr}");
+fn control_api(dir: &std::path::Path, events: &[Value]) -> (ControlApi, String) {
+    let api = ControlApi::start(dir, &[("gateways", "read", READ), ("authors", "logs", LOGS)]);
+    let base = api.base.clone();
     let auth = test_support::http::bearer(READ);
     let headers = [("authorization", auth.as_str()), ("content-encoding", "gzip")];
     let r = test_support::http::request("POST", &format!("{base}/v1/logs"), &headers, Some(&gzip_batch(events)));
     assert_eq!(r.status, 200, "{}", r.text());
-    (proc, base)
+    (api, base)
 }
 
 fn bundlectl(args: &[&str], token: Option<&str>) -> Output {
@@ -140,4 +114,46 @@ fn logs_errors_exit_2_with_the_servers_message() {
 
     let o = bundlectl(&["logs", "--server", &base, "--decision", "maybe"], Some(LOGS));
     assert_eq!(o.status.code(), Some(2), "clap refuses it before any call: {}", stderr(&o));
+}
+
+#[test]
+fn replay_reports_masked_inputs_as_not_replayable_rather_than_guessing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut evs = events();
+    evs[1].as_object_mut().unwrap().remove("masked");
+    let (_server, base) = control_api(dir.path(), &evs);
+    let example = test_support::bundles::example_dir();
+    let args = ["replay", example.to_str().unwrap(), "--server", &base, "--since", "1h", "--json"];
+    let o = bundlectl(&args, Some(LOGS));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).expect("a JSON report");
+    // main's three events: the public allow replays unchanged; the other two masked /input/token/sub.
+    assert_eq!(
+        (r["replayed"].as_u64(), r["unchanged"].as_u64(), r["changed"].as_u64()),
+        (Some(3), Some(1), Some(0)),
+        "{r:#}"
+    );
+    assert_eq!(r["not_replayable"], 2, "{r:#}");
+    assert!(r["not_replayable_events"][0]["why"].as_str().is_some_and(|w| w.contains("/input/token/sub")), "{r:#}");
+}
+
+#[test]
+fn replay_errors_exit_2_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, base) = control_api(dir.path(), &events());
+    let example = test_support::bundles::example_dir();
+    let candidate = example.to_str().unwrap();
+    let o = bundlectl(&["replay", candidate, "--server", &base], Some(READ));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("HTTP 403"), "a read token may not read logs: {}", stderr(&o));
+
+    let nowhere = format!("http://127.0.0.1:{}", test_support::process::free_port());
+    let o = bundlectl(&["replay", candidate, "--server", &nowhere], Some(LOGS));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&nowhere), "names the server it could not reach: {}", stderr(&o));
+
+    let missing = dir.path().join("no-such-bundle");
+    let o = bundlectl(&["replay", missing.to_str().unwrap(), "--server", &base], Some(LOGS));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no-such-bundle"), "names the candidate: {}", stderr(&o));
 }
