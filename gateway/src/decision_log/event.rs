@@ -45,12 +45,12 @@ impl Answer {
 
     /// `"decision":…` (allow, deny or error), with `"result":…` (the decision's object form)
     /// or `"error":…`, each followed by a comma.
-    fn write(&self, w: &mut Writer) {
+    fn write(&self, w: &mut Writer, scratch: &mut Scratch) {
         match self {
             Answer::Decided { decision, .. } => {
                 w.field_str("decision", if decision.allow { "allow" } else { "deny" });
                 w.key("result");
-                w.decision(decision);
+                scratch.decision(w, decision);
                 w.comma();
             }
             Answer::Failed(e) => {
@@ -142,9 +142,45 @@ pub struct Scratch {
     buf: Vec<u8>,
     second: Option<(u64, String)>,
     paths: Vec<(usize, usize, String)>,
+    /// The JSON of the last few verified tokens' claims and of the last few decisions: the
+    /// same `Arc` comes back for every request of a cached token or a cached decision. Holding
+    /// the `Arc` keeps its address from being reused for another.
+    claims: Vec<(Arc<Verified>, Vec<u8>)>,
+    decisions: Vec<(Arc<Decision>, Vec<u8>)>,
+}
+
+/// How many claims and decisions [`Scratch`] remembers.
+const REMEMBERED: usize = 16;
+
+/// The bytes `write` makes of `key`, from `cache` when it has them.
+fn remembered<'a, T>(cache: &'a mut Vec<(Arc<T>, Vec<u8>)>, key: &Arc<T>, write: impl FnOnce(&mut Writer)) -> &'a [u8] {
+    let at = match cache.iter().position(|(k, _)| Arc::ptr_eq(k, key)) {
+        Some(at) => at,
+        None => {
+            let mut w = Writer(Vec::new());
+            write(&mut w);
+            if cache.len() >= REMEMBERED {
+                cache.remove(0);
+            }
+            cache.push((key.clone(), w.0));
+            cache.len() - 1
+        }
+    };
+    &cache[at].1
 }
 
 impl Scratch {
+    fn claims(&mut self, w: &mut Writer, v: &Arc<Verified>) {
+        let bytes = remembered(&mut self.claims, v, |w| {
+            let _ = serde_json::to_writer(&mut w.0, &v.claims);
+        });
+        w.0.extend_from_slice(bytes);
+    }
+
+    fn decision(&mut self, w: &mut Writer, d: &Arc<Decision>) {
+        w.0.extend_from_slice(remembered(&mut self.decisions, d, |w| w.decision(d)));
+    }
+
     /// RFC 3339 UTC with nanoseconds: the date and time formatted once a second.
     fn timestamp(&mut self, at: SystemTime, out: &mut Vec<u8>) {
         let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -303,7 +339,7 @@ impl Writer {
     }
 
     /// The rule's input, whole, as the gateway builds it.
-    fn input(&mut self, p: &Pending, route: &str, erased: &mut Vec<&'static str>) {
+    fn input(&mut self, p: &Pending, route: &str, erased: &mut Vec<&'static str>, scratch: &mut Scratch) {
         self.raw("{\"request\":{");
         self.field_str("method", p.method.as_str());
         self.field_str("path", p.uri.path());
@@ -328,7 +364,7 @@ impl Writer {
             self.raw("\"jwt\":{");
             self.field_str("issuer", &v.issuer);
             self.key("claims");
-            let _ = serde_json::to_writer(&mut self.0, &v.claims);
+            scratch.claims(self, v);
             self.raw("},");
         }
         self.close(b'}');
@@ -376,7 +412,7 @@ pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u
     w.raw("},");
     w.field_str("path", scratch.rule_path(snap, route.policy));
     w.key("input");
-    w.input(p, &route.name, &mut erased);
+    w.input(p, &route.name, &mut erased, scratch);
     w.comma();
     w.key("timestamp");
     scratch.timestamp(p.at, &mut w.0);
@@ -393,11 +429,11 @@ pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u
         "\"cached\":false,"
     });
     w.field_str("trace_id", p.trace_id.as_str());
-    p.answer.write(&mut w);
+    p.answer.write(&mut w, scratch);
     if let Some(s) = &p.shadow {
         w.raw("\"shadow\":{");
         w.field_str("path", scratch.rule_path(snap, s.rule));
-        s.answer.write(&mut w);
+        s.answer.write(&mut w, scratch);
         w.field_str("agreement", s.agreement);
         w.close(b'}');
         w.comma();
@@ -569,6 +605,22 @@ mod tests {
         let mut w = Writer(Vec::new());
         f(&mut w);
         serde_json::from_slice(&w.0).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&w.0)))
+    }
+
+    #[test]
+    fn a_remembered_decision_or_claims_is_what_writing_it_gives() {
+        let mut scratch = Scratch::default();
+        let decisions: Vec<Arc<Decision>> =
+            (0..40).map(|i| Arc::new(Decision::deny(400 + i, format!("reason {i}")))).collect();
+        for round in 0..2 {
+            for (i, d) in decisions.iter().enumerate() {
+                let got = written(|w| scratch.decision(w, d));
+                assert_eq!(got, written(|w| w.decision(d)), "decision {i}, round {round}");
+            }
+        }
+        assert!(scratch.decisions.len() <= REMEMBERED);
+        let same = decisions[39].clone();
+        assert_eq!(written(|w| scratch.decision(w, &same))["status"], 439, "found by the Arc, not rewritten");
     }
 
     #[test]
