@@ -188,10 +188,7 @@ fn allows_are_sampled_but_every_deny_is_logged() {
     }
     let events = events_when(&api, 4);
     eventually(Duration::from_secs(5), "every event shipped", || shipped(&s.gw) == 4.0);
-    let mut logged: Vec<String> = events.iter().filter_map(|e| e["decision_id"].as_str().map(String::from)).collect();
-    logged.sort();
-    ids.sort();
-    assert_eq!(logged, ids, "exactly the denies");
+    assert_logged(&events, ids, "exactly the denies");
     assert_eq!(metric_sum(&s.gw, "gateway_decision_logs_total", &[("result", "buffered")]), 4.0);
 }
 
@@ -267,21 +264,37 @@ fn a_sink_down_for_a_minute_under_load_bounds_memory_drops_the_oldest_and_resume
     assert_eq!(stored, shipped.min(10_000.0), "control-api stored what was shipped");
 }
 
+/// Sends `n` requests without a token (the orders rule denies them: always logged), and waits
+/// until they are buffered; their decision ids.
+fn denied_and_buffered(gw: &Gateway, n: usize) -> Vec<String> {
+    let ids = (0..n)
+        .map(|i| {
+            let r = get(&format!("{}/orders/{i}", gw.base), &[]);
+            assert_eq!(r.status, 401);
+            decision_id(&r)
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "the denies to be buffered", || {
+        metric_sum(gw, "gateway_decision_logs_total", &[("result", "buffered")]) == n as f64
+    });
+    ids
+}
+
+/// The events' decision ids are exactly `ids`.
+fn assert_logged(events: &[Value], mut ids: Vec<String>, why: &str) {
+    let mut logged: Vec<String> = events.iter().filter_map(|e| e["decision_id"].as_str().map(String::from)).collect();
+    logged.sort();
+    ids.sort();
+    assert_eq!(logged, ids, "{why}");
+}
+
 #[test]
 fn a_restart_sends_everything_that_was_spooled() {
     let sink = down_sink();
     let spool = PathBuf::from("spool.jsonl");
     let s = gateway_logging(&sink, &[], &format!("  spool: {}\n", spool.display()), "");
     let spool = s.dir.path().join(spool);
-    let mut ids = Vec::new();
-    for i in 0..25 {
-        let r = get(&format!("{}/orders/{i}", s.gw.base), &[]);
-        assert_eq!(r.status, 401);
-        ids.push(decision_id(&r));
-    }
-    eventually(Duration::from_secs(5), "the denies to be buffered", || {
-        metric_sum(&s.gw, "gateway_decision_logs_total", &[("result", "buffered")]) == 25.0
-    });
+    let ids = denied_and_buffered(&s.gw, 25);
     let mut gw = s.gw;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(gw.proc.pid() as i32), nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM");
@@ -292,11 +305,7 @@ fn a_restart_sends_everything_that_was_spooled() {
     let fresh = spawn_gateway(&gw.config, port_of(&gw.base), port_of(&gw.admin));
     gw = fresh;
     wait_ready(&gw);
-    let events = events_when(&api, 25);
-    let mut logged: Vec<String> = events.iter().filter_map(|e| e["decision_id"].as_str().map(String::from)).collect();
-    logged.sort();
-    ids.sort();
-    assert_eq!(logged, ids, "every spooled decision reached the sink after the restart");
+    assert_logged(&events_when(&api, 25), ids, "every spooled decision reached the sink after the restart");
 }
 
 /// A shadow rule that would deny the orders whose id ends in 0 or 5, where the enforced rule
@@ -365,15 +374,7 @@ fn a_shadow_rule_is_counted_exactly_and_never_changes_an_answer() {
 fn an_upgrade_hands_over_what_the_old_process_had_not_shipped() {
     let sink = down_sink();
     let s = gateway_logging(&sink, &[], "  spool: spool.jsonl\n", "");
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        let r = get(&format!("{}/orders/{i}", s.gw.base), &[]);
-        assert_eq!(r.status, 401);
-        ids.push(decision_id(&r));
-    }
-    eventually(Duration::from_secs(5), "the denies to be buffered", || {
-        metric_sum(&s.gw, "gateway_decision_logs_total", &[("result", "buffered")]) == 10.0
-    });
+    let ids = denied_and_buffered(&s.gw, 10);
     let mut old = s.gw.proc;
     let _new = Proc::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -385,11 +386,7 @@ fn an_upgrade_hands_over_what_the_old_process_had_not_shipped() {
     );
     eventually(Duration::from_secs(30), "the old gateway to hand over and exit", || old.exited().is_some());
     let api = ControlApi::start_on(s.dir.path(), sink.trim_start_matches("http://"), &TOKENS);
-    let events = events_when(&api, 10);
-    let mut logged: Vec<String> = events.iter().filter_map(|e| e["decision_id"].as_str().map(String::from)).collect();
-    logged.sort();
-    ids.sort();
-    assert_eq!(logged, ids, "the new process shipped what the old one spooled as it left");
+    assert_logged(&events_when(&api, 10), ids, "the new process shipped what the old one spooled as it left");
 }
 
 fn ids_of(events: &[Value], kind: &str) -> Vec<String> {
