@@ -896,6 +896,29 @@ mod tests {
     }
 
     #[test]
+    fn decision_log_and_shadow_settings_get_defaults_and_bad_ones_are_all_named() {
+        let base = "listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\n";
+        let c = parse(&format!("{base}decision_logs: {{ sinks: [\"http://127.0.0.1:8181/v1/logs\"] }}\n")).unwrap();
+        let d = c.decision_logs.expect("decision_logs");
+        assert_eq!((d.buffer, d.upload_size_limit, d.sample), (32 << 20, 1 << 20, 1.0));
+        assert_eq!((d.flush_interval, d.spool, d.token), (Duration::from_secs(1), None, None));
+        assert_eq!(c.shadow_sample, 1.0);
+        let bad = "decision_logs: { sinks: [\"ftp://x\"], sample: 1.5, buffer: 10, flush_interval: soon }\nshadow_sample: -1\n";
+        let e = parse(&format!("{base}{bad}")).unwrap_err().to_string();
+        for key in [
+            "`decision_logs.sinks`",
+            "`decision_logs.sample`",
+            "`decision_logs.buffer`",
+            "decision_logs.flush_interval",
+            "`shadow_sample`",
+        ] {
+            assert!(e.contains(key), "{key} not named in: {e}");
+        }
+        let e = parse(&format!("{base}decision_logs: {{ sinks: [] }}\n")).unwrap_err().to_string();
+        assert!(e.contains("at least one URL"), "{e}");
+    }
+
+    #[test]
     fn request_rules_are_read_and_bad_ones_named() {
         let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\ntrusted_proxies: [10.0.0.0/8, \"::1\"]\npath_with_escaped_slashes: unescape\nheaders_with_underscores: allow\n").unwrap();
         assert!(c.requests.trusts("10.1.2.3".parse().unwrap()));
