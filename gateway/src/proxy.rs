@@ -686,8 +686,13 @@ impl ProxyHttp for Proxy {
             upstream_request.insert_header("traceparent", id.traceparent.as_str())?;
             upstream_request.insert_header("x-request-id", id.id.as_str())?;
         }
-        if let Some(p) = &ctx.decision_log {
-            upstream_request.insert_header("x-decision-id", p.decision_id.as_str())?;
+        // The decision id is the gateway's: a client's own is replaced, or removed when this
+        // decision is not logged, so the backend never records a forged one.
+        match &ctx.decision_log {
+            Some(p) => upstream_request.insert_header("x-decision-id", p.decision_id.as_str())?,
+            None => {
+                upstream_request.remove_header("x-decision-id");
+            }
         }
         Ok(())
     }

@@ -474,3 +474,24 @@ fn replay_reports_exactly_the_logged_requests_a_candidate_would_flip() {
     let public: Value = serde_json::from_str(&stdout).expect("a JSON report");
     assert_eq!((public["replayed"].as_u64(), public["changed"].as_u64()), (Some(1), Some(0)), "{public:#}");
 }
+
+#[test]
+fn a_client_cannot_forge_the_decision_id_the_backend_records() {
+    let cp_dir = tempfile::tempdir().expect("tempdir");
+    let api = ControlApi::start(cp_dir.path(), &TOKENS);
+    let s = gateway_logging(&api.base, &[], "  sample: 0.0\n", "");
+    let forged = [("x-decision-id", "00000000-0000-4000-8000-000000000000")];
+    // Sampled out: not logged, so the backend gets no decision id at all.
+    let r = get(&format!("{}/public/x", s.gw.base), &forged);
+    assert_eq!(r.status, 200);
+    assert!(r.json()["headers"].get("x-decision-id").is_none(), "the forged id reached the backend: {}", r.text());
+    // Logged (sample 1.0, the default): the client's id is replaced by the gateway's.
+    let all = gateway_logging(&api.base, &[], "", "");
+    let auth = format!("Bearer {}", token("bob", &["writer"]));
+    let r =
+        request("DELETE", &format!("{}/orders/3", all.gw.base), &[forged[0], ("authorization", auth.as_str())], None);
+    assert_eq!(r.status, 200);
+    let id = decision_id(&r);
+    assert_ne!(id, forged[0].1);
+    assert_eq!(r.json()["headers"]["x-decision-id"], id.as_str(), "the backend got the gateway's id, not the client's");
+}

@@ -355,12 +355,19 @@ fn write_spool(path: &Path, events: &VecDeque<Vec<u8>>) -> std::io::Result<()> {
 
 /// What a spool holds (at most `max` bytes of it, the newest); unreadable lines are skipped.
 fn read_spool(path: &Path, max: usize) -> Vec<Vec<u8>> {
-    let Ok(text) = std::fs::read(path) else { return Vec::new() };
-    let mut events: Vec<Vec<u8>> = text
-        .split(|b| *b == b'\n')
-        .filter(|l| serde_json::from_slice::<Json>(l).is_ok_and(|v| v.is_object()))
-        .map(<[u8]>::to_vec)
-        .collect();
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+    // Only the newest `max` bytes can be kept: a spool grown past them (written by hand, or by a
+    // process with a larger buffer) is read from there on, its first partial line skipped.
+    let len = file.metadata().map_or(0, |m| m.len());
+    let from = len.saturating_sub(max as u64);
+    let mut text = Vec::new();
+    if file.seek(SeekFrom::Start(from)).is_err() || file.take(max as u64).read_to_end(&mut text).is_err() {
+        return Vec::new();
+    }
+    let lines = text.split(|b| *b == b'\n').skip(usize::from(from > 0));
+    let mut events: Vec<Vec<u8>> =
+        lines.filter(|l| serde_json::from_slice::<Json>(l).is_ok_and(|v| v.is_object())).map(<[u8]>::to_vec).collect();
     let mut total = 0;
     let keep = events.iter().rev().take_while(|e| {
         total += e.len();
@@ -374,6 +381,26 @@ fn read_spool(path: &Path, max: usize) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spool_larger_than_the_buffer_is_read_from_its_newest_bytes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let mut text = String::new();
+        for i in 0..1000 {
+            text.push_str(&format!("{{\"decision_id\":\"{i:04}\"}}\n"));
+        }
+        text.push_str("not json\n[1]\n");
+        std::fs::write(&path, &text).unwrap();
+        let events = read_spool(&path, 200);
+        assert!(!events.is_empty() && events.iter().map(Vec::len).sum::<usize>() <= 200);
+        assert_eq!(
+            events.last().map(|e| String::from_utf8_lossy(e).into_owned()),
+            Some("{\"decision_id\":\"0999\"}".into())
+        );
+        assert!(events.iter().all(|e| e.starts_with(b"{\"decision_id\":\"")), "no partial line, nothing but objects");
+        assert_eq!(read_spool(&dir.path().join("missing"), 200), Vec::<Vec<u8>>::new());
+    }
 
     #[test]
     fn a_full_buffer_drops_the_oldest_and_counts_them() {
