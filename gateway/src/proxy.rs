@@ -702,9 +702,6 @@ impl ProxyHttp for Proxy {
         if let Some(id) = &ctx.id {
             resp.insert_header("x-request-id", id.id.as_str())?;
         }
-        if let Some(p) = &ctx.decision_log {
-            resp.insert_header("x-decision-id", p.decision_id.as_str())?;
-        }
         if let Some(d) = &ctx.decision {
             for (k, v) in &d.response_headers {
                 resp.insert_header(k.clone(), v.as_str())?;
