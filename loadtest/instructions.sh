@@ -104,7 +104,7 @@ phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp
   echo "The access log costs $((logged - orders)) instructions per request ($(python3 -c "print(f'{($logged-$orders)/$orders*100:.1f}')")% of the orders request)."
   echo "Logging every decision costs $((decisions - orders)) instructions per request ($(python3 -c "print(f'{($decisions-$orders)/$orders*100:.1f}')")% of the orders request):"
   echo "$((decisions - shipper - orders)) on the request path ($(python3 -c "print(f'{($decisions-$shipper-$orders)/$orders*100:.1f}')")%: the decision id, the request's parts taken, \`x-decision-id\` to the"
-  echo "upstream and the client, the queue) and $shipper on the shipper's thread (the event written, gzip, the POSTs)."
+  echo "upstream, the queue) and $shipper on the shipper's thread (the event written, gzip, the POSTs)."
   echo
   echo "The gateway's own phases in the orders run (inclusive instructions per request):"
   echo
