@@ -5,7 +5,7 @@
 //! the verified token, the decision: by reference or a plain copy) and hands a [`Pending`] to a
 //! bounded channel with `try_send`: a full channel drops it and counts it, never waits. The
 //! shipper, a thread of its own that wakes every 100 ms (so a `try_send` never has a thread to
-//! wake), writes each event ([`event`]: the policy's full input as the gateway builds it, the
+//! wake), writes each event (`event::event`: the policy's full input as the gateway builds it, the
 //! bundle's own `data.system.log.drop` and `data.system.log.mask` rules with OPA's semantics)
 //! and keeps the serialized events in a buffer bounded in bytes (full: the oldest go, counted). Batches up to
 //! `upload_size_limit` are sent as gzip JSON arrays to the first sink that takes them, with
