@@ -49,7 +49,7 @@ impl Answer {
         match self {
             Answer::Decided { decision, .. } => {
                 w.field_str("decision", if decision.allow { "allow" } else { "deny" });
-                w.key("result");
+                w.lit_key("result");
                 scratch.decision(w, decision);
                 w.comma();
             }
@@ -136,17 +136,19 @@ pub fn decision_id() -> ShortId {
 }
 
 /// What the shipper keeps between events: the buffer an event is written into, the timestamp's
-/// text for the current second, the last rule paths made.
+/// text for the current second, and the JSON of what repeats from event to event.
 #[derive(Default)]
 pub struct Scratch {
     buf: Vec<u8>,
     second: Option<(u64, String)>,
-    paths: Vec<(usize, usize, String)>,
     /// The JSON of the last few verified tokens' claims and of the last few decisions: the
     /// same `Arc` comes back for every request of a cached token or a cached decision. Holding
     /// the `Arc` keeps its address from being reused for another.
     claims: Vec<(Arc<Verified>, Vec<u8>)>,
     decisions: Vec<(Arc<Decision>, Vec<u8>)>,
+    /// Per (active bundle, route): the event's fields that only they decide. A `Weak`, so that
+    /// a bundle swapped out is freed (its address stays taken while the entry lives: no reuse).
+    routes: Vec<(std::sync::Weak<Active>, usize, Vec<u8>)>,
 }
 
 /// How many claims and decisions [`Scratch`] remembers.
@@ -170,6 +172,39 @@ fn remembered<'a, T>(cache: &'a mut Vec<(Arc<T>, Vec<u8>)>, key: &Arc<T>, write:
 }
 
 impl Scratch {
+    /// `"labels":…,"bundles":…,"path":…,`: the same for every event of one route of one
+    /// active bundle, written once.
+    fn route_fields(&mut self, w: &mut Writer, p: &Pending, instance: &str) {
+        let found =
+            self.routes.iter().position(|(a, r, _)| std::ptr::eq(a.as_ptr(), Arc::as_ptr(&p.bundle)) && *r == p.route);
+        let at = match found {
+            Some(at) => at,
+            None => {
+                let snap = &p.bundle.snapshot;
+                let policy = snap.routes.get(p.route).map_or(usize::MAX, |r| r.policy);
+                let path = rule_path(snap, policy);
+                let mut f = Writer(Vec::new());
+                f.raw("\"labels\":{");
+                f.field_str("id", instance);
+                f.field_str("version", env!("CARGO_PKG_VERSION"));
+                f.close(b'}');
+                f.raw(",\"bundles\":{");
+                f.key(&p.bundle.info.name);
+                f.raw("{");
+                f.field_str("revision", &p.bundle.info.revision);
+                f.close(b'}');
+                f.raw("},");
+                f.field_str("path", &path);
+                if self.routes.len() >= REMEMBERED {
+                    self.routes.remove(0);
+                }
+                self.routes.push((Arc::downgrade(&p.bundle), p.route, f.0));
+                self.routes.len() - 1
+            }
+        };
+        w.0.extend_from_slice(&self.routes[at].2);
+    }
+
     fn claims(&mut self, w: &mut Writer, v: &Arc<Verified>) {
         let bytes = remembered(&mut self.claims, v, |w| {
             let _ = serde_json::to_writer(&mut w.0, &v.claims);
@@ -194,25 +229,6 @@ impl Scratch {
         }
         let prefix = self.second.as_ref().map_or("", |(_, t)| t.as_str());
         let _ = write!(out, "\"{prefix}.{:09}Z\"", since.subsec_nanos());
-    }
-
-    /// A rule's path in OPA's form (`http/orders/decision` for `data.http.orders.decision`),
-    /// remembered for the last few (snapshot, rule) pairs.
-    fn rule_path(&mut self, snap: &policy_bundles::Snapshot, policy: usize) -> &str {
-        let key = std::ptr::from_ref(snap) as usize;
-        let at = match self.paths.iter().position(|(k, p, _)| *k == key && *p == policy) {
-            Some(at) => at,
-            None => {
-                let rule = snap.rule(policy).unwrap_or_default();
-                let path = rule.strip_prefix("data.").unwrap_or(rule).replace('.', "/");
-                if self.paths.len() >= 8 {
-                    self.paths.remove(0);
-                }
-                self.paths.push((key, policy, path));
-                self.paths.len() - 1
-            }
-        };
-        &self.paths[at].2
     }
 }
 
@@ -246,14 +262,30 @@ impl Writer {
         self.0.push(b':');
     }
 
-    fn field_str(&mut self, k: &str, v: &str) {
+    /// One of the schema's own keys: a literal that needs no escaping.
+    fn lit_key(&mut self, k: &'static str) {
+        self.0.reserve(k.len() + 3);
+        self.0.push(b'"');
+        self.0.extend_from_slice(k.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    /// `"k":"v",` for one of the schema's keys.
+    fn field_str(&mut self, k: &'static str, v: &str) {
+        self.lit_key(k);
+        self.str(v);
+        self.comma();
+    }
+
+    /// `"k":"v",` for a key from the request, the policy or the config.
+    fn pair(&mut self, k: &str, v: &str) {
         self.key(k);
         self.str(v);
         self.comma();
     }
 
-    fn field_u64(&mut self, k: &str, v: u64) {
-        self.key(k);
+    fn field_u64(&mut self, k: &'static str, v: u64) {
+        self.lit_key(k);
         let _ = serde_json::to_writer(&mut self.0, &v);
         self.comma();
     }
@@ -269,7 +301,7 @@ impl Writer {
     fn pairs(&mut self, pairs: &[(String, String)]) {
         self.0.push(b'{');
         for (k, v) in pairs {
-            self.field_str(k, v);
+            self.pair(k, v);
         }
         self.close(b'}');
     }
@@ -282,12 +314,12 @@ impl Writer {
             self.field_u64("status", u64::from(d.status));
         }
         if !d.headers.is_empty() {
-            self.key("headers");
+            self.lit_key("headers");
             self.pairs(&d.headers);
             self.comma();
         }
         if !d.response_headers.is_empty() {
-            self.key("response_headers");
+            self.lit_key("response_headers");
             self.pairs(&d.response_headers);
             self.comma();
         }
@@ -311,11 +343,11 @@ impl Writer {
                     erased.push(c);
                 }
             } else if end == i + 1 {
-                self.field_str(name.as_str(), &String::from_utf8_lossy(headers[i].1.as_bytes()));
+                self.pair(name.as_str(), &String::from_utf8_lossy(headers[i].1.as_bytes()));
             } else {
                 let values: Vec<_> =
                     headers[i..end].iter().map(|(_, v)| String::from_utf8_lossy(v.as_bytes())).collect();
-                self.field_str(name.as_str(), &values.join(", "));
+                self.pair(name.as_str(), &values.join(", "));
             }
             i = end;
         }
@@ -343,10 +375,10 @@ impl Writer {
         self.raw("{\"request\":{");
         self.field_str("method", p.method.as_str());
         self.field_str("path", p.uri.path());
-        self.key("query");
+        self.lit_key("query");
         self.query(p.uri.query());
         self.comma();
-        self.key("headers");
+        self.lit_key("headers");
         self.headers(&p.headers, erased);
         self.comma();
         self.field_str("host", &p.host);
@@ -363,12 +395,18 @@ impl Writer {
         if let Some(v) = &p.jwt {
             self.raw("\"jwt\":{");
             self.field_str("issuer", &v.issuer);
-            self.key("claims");
+            self.lit_key("claims");
             scratch.claims(self, v);
             self.raw("},");
         }
         self.close(b'}');
     }
+}
+
+/// A rule's path in OPA's form: `http/orders/decision` for `data.http.orders.decision`.
+fn rule_path(snap: &policy_bundles::Snapshot, policy: usize) -> String {
+    let rule = snap.rule(policy).unwrap_or_default();
+    rule.strip_prefix("data.").unwrap_or(rule).replace('.', "/")
 }
 
 /// Whether a JSON string of these bytes needs an escape: a control character, `"` or `\`.
@@ -400,21 +438,11 @@ pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u
     let mut erased = Vec::new();
     w.0.push(b'{');
     w.field_str("decision_id", p.decision_id.as_str());
-    w.raw("\"labels\":{");
-    w.field_str("id", instance);
-    w.field_str("version", env!("CARGO_PKG_VERSION"));
-    w.close(b'}');
-    w.raw(",\"bundles\":{");
-    w.key(&p.bundle.info.name);
-    w.raw("{");
-    w.field_str("revision", &p.bundle.info.revision);
-    w.close(b'}');
-    w.raw("},");
-    w.field_str("path", scratch.rule_path(snap, route.policy));
-    w.key("input");
+    scratch.route_fields(&mut w, p, instance);
+    w.lit_key("input");
     w.input(p, &route.name, &mut erased, scratch);
     w.comma();
-    w.key("timestamp");
+    w.lit_key("timestamp");
     scratch.timestamp(p.at, &mut w.0);
     w.comma();
     w.raw("\"metrics\":{");
@@ -432,7 +460,7 @@ pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u
     p.answer.write(&mut w, scratch);
     if let Some(s) = &p.shadow {
         w.raw("\"shadow\":{");
-        w.field_str("path", scratch.rule_path(snap, s.rule));
+        w.field_str("path", &rule_path(snap, s.rule));
         s.answer.write(&mut w, scratch);
         w.field_str("agreement", s.agreement);
         w.close(b'}');
