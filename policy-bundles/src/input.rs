@@ -224,12 +224,19 @@ fn request(parts: &RequestParts<'_>, k: &Keys) -> Value {
     Value::from(request)
 }
 
+/// A query string's (name, value) pairs in order, percent-decoded; empty pairs skipped.
+pub fn query_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    q.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k), decode(v))
+    })
+}
+
 /// Parses a query string into `{name: [values...]}`, percent-decoding names and values.
 pub fn query(q: &str) -> Value {
     let mut map: BTreeMap<Value, Vec<Value>> = BTreeMap::new();
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        map.entry(Value::from(decode(k))).or_default().push(Value::from(decode(v)));
+    for (k, v) in query_pairs(q) {
+        map.entry(Value::from(k)).or_default().push(Value::from(v));
     }
     Value::from(map.into_iter().map(|(k, v)| (k, Value::from(v))).collect::<BTreeMap<_, _>>())
 }

@@ -357,9 +357,8 @@ impl Writer {
     /// The input's `query`: `{name: [values]}`, percent-decoded (as `policy_bundles::input::query`).
     fn query(&mut self, q: Option<&str>) {
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            map.entry(policy_bundles::input::decode(k)).or_default().push(policy_bundles::input::decode(v));
+        for (k, v) in policy_bundles::input::query_pairs(q.unwrap_or("")) {
+            map.entry(k).or_default().push(v);
         }
         self.0.push(b'{');
         for (k, values) in &map {
