@@ -26,6 +26,48 @@ pub struct Manifest {
     pub roots: Option<Vec<String>>,
     #[serde(default)]
     pub metadata: Option<Json>,
+    /// The Rego version of the bundle's modules, as OPA writes it: 0 (`allow { ... }`) or 1 (the
+    /// default: `if` and `contains` required).
+    #[serde(default)]
+    pub rego_version: Option<u8>,
+    /// Per-file Rego versions over `rego_version`: a path (from the bundle's root, with or
+    /// without a leading `/`) or a glob of one (`*` within a folder, `**` across folders).
+    #[serde(default)]
+    pub file_rego_versions: Option<std::collections::BTreeMap<String, u8>>,
+    /// Wasm modules (`opa build -t wasm`): the gateway has no Wasm engine, so a bundle listing any
+    /// is refused; an empty list is accepted.
+    #[serde(default)]
+    pub wasm: Option<Vec<Json>>,
+}
+
+impl Manifest {
+    /// Whether a module is Rego v0: its `file_rego_versions` entry (the longest matching pattern
+    /// wins), else the manifest's `rego_version`, else v1.
+    pub fn rego_v0(&self, path: &str) -> bool {
+        let per_file = self.file_rego_versions.iter().flatten().filter(|(pattern, _)| {
+            glob_match(pattern.trim_start_matches('/').as_bytes(), path.trim_start_matches('/').as_bytes())
+        });
+        match per_file.max_by_key(|(pattern, _)| pattern.len()) {
+            Some((_, v)) => *v == 0,
+            None => self.rego_version == Some(0),
+        }
+    }
+}
+
+/// `*` matches within one path segment, `**` across segments, anything else itself.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern {
+        [] => text.is_empty(),
+        [b'*', b'*', rest @ ..] => {
+            let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+            (0..=text.len()).any(|i| glob_match(rest, &text[i..]))
+        }
+        [b'*', rest @ ..] => {
+            let seg = text.iter().position(|&c| c == b'/').unwrap_or(text.len());
+            (0..=seg).any(|i| glob_match(rest, &text[i..]))
+        }
+        [c, rest @ ..] => text.first() == Some(c) && glob_match(rest, &text[1..]),
+    }
 }
 
 /// A Rego module of the bundle.
@@ -35,6 +77,8 @@ pub struct Module {
     pub source: String,
     /// `data.x.y` from the module's `package x.y` line.
     pub package: String,
+    /// Parsed as Rego v0 ([`Manifest::rego_v0`]).
+    pub rego_v0: bool,
 }
 
 /// A bundle read and checked for everything that does not need the Rego compiler.
@@ -151,13 +195,28 @@ impl Bundle {
 /// `.manifest`, or the default one when there is none (or, with an error, when it is invalid).
 fn read_manifest(files: &Files, errors: &mut Vec<BundleError>) -> Manifest {
     let Some(bytes) = files.get(MANIFEST) else { return Manifest::default() };
-    serde_json::from_slice::<Manifest>(bytes).unwrap_or_else(|e| {
+    let manifest = serde_json::from_slice::<Manifest>(bytes).unwrap_or_else(|e| {
         errors.push(
             BundleError::new(ErrorKind::Syntax, Some(MANIFEST.into()), format!("invalid manifest: {e}"))
                 .at_line(Some(e.line())),
         );
         Manifest::default()
-    })
+    });
+    let mut refuse = |msg: String| errors.push(BundleError::new(ErrorKind::Syntax, Some(MANIFEST.into()), msg));
+    let versions = manifest.rego_version.iter().map(|v| ("rego_version".to_owned(), *v));
+    let per_file =
+        manifest.file_rego_versions.iter().flatten().map(|(k, v)| (format!("file_rego_versions[{k:?}]"), *v));
+    for (what, v) in versions.chain(per_file) {
+        if v > 1 {
+            refuse(format!("{what} is {v}: Rego versions are 0 and 1"));
+        }
+    }
+    if manifest.wasm.as_ref().is_some_and(|w| !w.is_empty()) {
+        refuse(
+            "the manifest lists `wasm` modules: this gateway evaluates Rego, not Wasm; build without `-t wasm`".into(),
+        );
+    }
+    manifest
 }
 
 /// A Rego module and, beside it, the error of a package outside the manifest's roots (the
@@ -185,7 +244,8 @@ fn read_module(
         )
         .at_line(Some(line))
     });
-    Ok((Module { path: path.to_owned(), source, package: format!("data.{package}") }, outside))
+    let rego_v0 = manifest.rego_v0(path);
+    Ok((Module { path: path.to_owned(), source, package: format!("data.{package}"), rego_v0 }, outside))
 }
 
 /// A data document to be merged at `base` (its folder), every leaf of it under a root.

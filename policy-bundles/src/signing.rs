@@ -52,8 +52,8 @@ pub enum KeyError {
 pub enum SignError {
     #[error("unsupported algorithm {0}")]
     UnsupportedAlgorithm(String),
-    #[error("not a {algorithm} private key in PEM: {message}")]
-    NotAPrivateKey { algorithm: String, message: String },
+    #[error("not a {algorithm} private key in PEM ({message}); expected {expected}")]
+    NotAPrivateKey { algorithm: String, message: String, expected: &'static str },
     #[error(transparent)]
     Jwt(#[from] jsonwebtoken::errors::Error),
     #[error(transparent)]
@@ -140,12 +140,23 @@ fn sorted(v: serde_json::Value) -> serde_json::Value {
 /// Signs every file (but `.signatures.json`) and returns the `.signatures.json` content.
 pub fn sign(files: &Files, key_pem: &[u8], algorithm: &str, key_id: &str) -> Result<Vec<u8>, SignError> {
     let alg = parse_algorithm(algorithm).ok_or_else(|| SignError::UnsupportedAlgorithm(algorithm.to_owned()))?;
+    let expected = match alg {
+        Algorithm::RS256 => "`BEGIN PRIVATE KEY` (PKCS#8) or `BEGIN RSA PRIVATE KEY` (PKCS#1, as `openssl genrsa` writes)",
+        Algorithm::ES256 => {
+            "a P-256 key as `BEGIN PRIVATE KEY` (PKCS#8) or `BEGIN EC PRIVATE KEY` (SEC1, as `openssl ecparam -genkey` writes)"
+        }
+        _ => "an Ed25519 key as `BEGIN PRIVATE KEY` (PKCS#8, as `openssl genpkey -algorithm ed25519` writes)",
+    };
+    let not_a_key = |message: String| SignError::NotAPrivateKey { algorithm: algorithm.to_owned(), message, expected };
     let key = match alg {
         Algorithm::RS256 => EncodingKey::from_rsa_pem(key_pem),
-        Algorithm::ES256 => EncodingKey::from_ec_pem(key_pem),
+        Algorithm::ES256 => match sec1_der(key_pem) {
+            Some(sec1) => Ok(EncodingKey::from_ec_der(&sec1_to_pkcs8(&sec1))),
+            None => EncodingKey::from_ec_pem(key_pem),
+        },
         _ => EncodingKey::from_ed_pem(key_pem),
     }
-    .map_err(|e| SignError::NotAPrivateKey { algorithm: algorithm.to_owned(), message: e.to_string() })?;
+    .map_err(|e| not_a_key(e.to_string()))?;
     let payload = Payload {
         files: files
             .iter()
@@ -158,6 +169,40 @@ pub fn sign(files: &Files, key_pem: &[u8], algorithm: &str, key_id: &str) -> Res
     header.kid = Some(key_id.to_owned());
     let jwt = jsonwebtoken::encode(&header, &payload, &key)?;
     Ok(serde_json::to_vec_pretty(&SignaturesFile { signatures: vec![jwt] })?)
+}
+
+/// The DER of a SEC1 `EC PRIVATE KEY` PEM block (`openssl ecparam -genkey` writes one, after an
+/// `EC PARAMETERS` block), when the PEM holds one.
+fn sec1_der(pem: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(pem).ok()?;
+    let body = text.split("-----BEGIN EC PRIVATE KEY-----").nth(1)?.split("-----END EC PRIVATE KEY-----").next()?;
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+/// A SEC1 P-256 private key wrapped as PKCS#8 (RFC 5208 `PrivateKeyInfo`), the form ring reads.
+/// A key of another curve still fails there, with ring's message.
+fn sec1_to_pkcs8(sec1: &[u8]) -> Vec<u8> {
+    fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match body.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n <= 0xff => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(body);
+        out
+    }
+    // AlgorithmIdentifier { id-ecPublicKey, prime256v1 }
+    const ALG: &[u8] = &[
+        0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d,
+        0x03, 0x01, 0x07,
+    ];
+    let mut info = vec![0x02, 0x01, 0x00];
+    info.extend_from_slice(ALG);
+    info.extend(der(0x04, sec1));
+    der(0x30, &info)
 }
 
 /// Verifies a bundle's files against `keys`. With `required`, an unsigned bundle is refused;
@@ -273,5 +318,25 @@ mod tests {
         let mut f = files();
         f.insert(SIGNATURES.into(), b"{not json".to_vec());
         assert!(matches!(verify(&f, &keys, true), Err(SignatureError::Malformed(_))));
+    }
+
+    #[test]
+    fn keys_in_the_forms_openssl_writes_sign_and_others_are_named() {
+        for (private, public, alg) in [
+            ("demo-es256.sec1.pem", "demo-es256.pem", "ES256"),
+            ("demo-rs256.pkcs1.pem", "demo-rs256.pem", "RS256"),
+            ("demo-rs256.pem", "demo-rs256.pem", "RS256"),
+        ] {
+            let keys = [VerificationKey::from_pem("k1", alg, &public_pem(public)).unwrap()];
+            let mut f = files();
+            let sig = sign(&f, &key(private), alg, "k1").unwrap_or_else(|e| panic!("{private}: {e}"));
+            f.insert(SIGNATURES.into(), sig);
+            verify(&f, &keys, true).unwrap_or_else(|e| panic!("{private}: {e}"));
+        }
+        // An RSA key given for ES256: the message names the forms that would do.
+        let e = sign(&files(), &key("demo-rs256.pkcs1.pem"), "ES256", "k1").unwrap_err().to_string();
+        assert!(e.contains("BEGIN EC PRIVATE KEY") && e.contains("PKCS#8"), "{e}");
+        let e = sign(&files(), b"garbage", "EdDSA", "k1").unwrap_err().to_string();
+        assert!(e.contains("Ed25519"), "{e}");
     }
 }

@@ -173,6 +173,7 @@ pub fn engine_for(bundle: &Bundle, with_tests: bool) -> Result<Engine, BundleErr
         if !with_tests && m.path.starts_with(TESTS_DIR) {
             continue;
         }
+        engine.set_rego_v0(m.rego_v0);
         if let Err(e) = engine.add_policy(m.path.clone(), m.source.clone()) {
             let msg = e.to_string();
             let line = rego_line(&msg, &m.path);
@@ -571,14 +572,23 @@ fn compile_policies(
             })
         })
         .collect();
-    let entrypoints: Vec<&str> = rules.iter().map(String::as_str).collect();
+    // The path each rule is compiled and analysed at ([`entrypoint`]); a rule no module
+    // defines is refused by `compile_rule` below, so it keeps its own path here.
+    let entries: Vec<String> = rules
+        .iter()
+        .map(|rule| match declared(bundle, &mut engine, rule) {
+            true => entrypoint(&mut engine, rule).unwrap_or_else(|_| rule.clone()),
+            false => rule.clone(),
+        })
+        .collect();
+    let entrypoints: Vec<&str> = entries.iter().map(String::as_str).collect();
     let reads = crate::reads::analyze(&mut engine, &entrypoints);
     for c in crate::calls::unknown_calls(&mut engine) {
         errors.push(BundleError::new(ErrorKind::Rego, Some(c.file.clone()), c.message()).at_line(Some(c.line)));
     }
     let mut policies = Vec::new();
-    for rule in &rules {
-        match compile_rule(bundle, &mut engine, rule) {
+    for (rule, entry) in rules.iter().zip(&entries) {
+        match compile_rule(bundle, &mut engine, rule, entry) {
             Ok(p) => policies.push(p),
             Err(e) => errors.push(e),
         }
@@ -586,18 +596,64 @@ fn compile_policies(
     (policies, reads, extra)
 }
 
+/// The package of the rules [`entrypoint`] adds.
+const ENTRY_PACKAGE: &str = "data.__gateway_entrypoints";
+
+/// The rule path to compile for `rule`. OPA can query any path, regorus only a rule's own: a
+/// route may name `data.envoy.authz.result` where the bundle defines `result.allowed` and
+/// `result.headers` (ref-head rules), or a package. For such a path this adds one rule,
+/// `data.__gateway_entrypoints.eN := <rule>`, and returns its path: the same value, by
+/// reference, that OPA's query would give. A rule defined by its exact path is returned as is.
+pub fn entrypoint(engine: &mut Engine, rule: &str) -> Result<String, String> {
+    if exact_rule_paths(engine).contains(rule) {
+        return Ok(rule.to_owned());
+    }
+    let pkg = ENTRY_PACKAGE.trim_start_matches("data.");
+    let taken = engine.get_modules().iter().filter(|m| m.package.span.source.file().starts_with("__gateway")).count();
+    let name = format!("e{taken}");
+    engine.set_rego_v0(false);
+    engine
+        .add_policy(format!("__gateway_entrypoint_{taken}.rego"), format!("package {pkg}\n{name} := {rule}\n"))
+        .map_err(|e| format!("`{rule}` is not a path a rule can be read at: {}", e.to_string().trim()))?;
+    Ok(format!("{ENTRY_PACKAGE}.{name}"))
+}
+
+/// The full paths of the rules whose heads are a constant path (`data.pkg.a.b`).
+fn exact_rule_paths(engine: &mut Engine) -> std::collections::BTreeSet<String> {
+    use regorus::unstable::{Rule, RuleHead};
+    let mut out = std::collections::BTreeSet::new();
+    for m in engine.get_modules().iter() {
+        let Ok(pkg) = regorus::utils::get_path_string(&m.package.refr, Some("data")) else { continue };
+        for rule in &m.policy {
+            let refr = match rule.as_ref() {
+                Rule::Spec { head: RuleHead::Compr { refr, .. } | RuleHead::Set { refr, .. }, .. } => refr,
+                Rule::Default { refr, args, .. } if args.is_empty() => refr,
+                _ => continue,
+            };
+            if let Ok(path) = regorus::utils::get_path_string(refr, Some(&pkg)) {
+                out.insert(path);
+            }
+        }
+    }
+    out
+}
+
 /// Whether a (non-test) module defines `rule` (`data.pkg.name`). Asked of the parsed modules,
 /// so that indented heads and ref heads (`package http` + `orders.decision := ...`) count.
+/// A package (or a prefix of one) counts too: OPA can query it as an object of its rules.
 fn declared(bundle: &Bundle, engine: &mut Engine, rule: &str) -> bool {
     bundle.modules.iter().filter(|m| !m.path.starts_with(TESTS_DIR)).any(|m| {
-        rule.strip_prefix(m.package.as_str())
-            .and_then(|r| r.strip_prefix('.'))
-            .is_some_and(|name| engine.has_declared_rule_rooted_at(&m.path, name).unwrap_or(false))
+        let package_under = m.package.strip_prefix(rule).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
+        package_under
+            || rule
+                .strip_prefix(m.package.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(|name| engine.has_declared_rule_rooted_at(&m.path, name).unwrap_or(false))
     })
 }
 
 /// One decision rule, for the VM where it compiles for it; refused when no module defines it.
-fn compile_rule(bundle: &Bundle, engine: &mut Engine, rule: &str) -> Result<Policy, BundleError> {
+fn compile_rule(bundle: &Bundle, engine: &mut Engine, rule: &str, entry: &str) -> Result<Policy, BundleError> {
     let (file, line) = bundle.settings_line(&format!("policy: {rule}"));
     if !declared(bundle, engine, rule) {
         return Err(BundleError::new(
@@ -607,9 +663,14 @@ fn compile_rule(bundle: &Bundle, engine: &mut Engine, rule: &str) -> Result<Poli
         )
         .at_line(line));
     }
-    match engine.compile_with_entrypoint(&rule.into()) {
+    match engine.compile_with_entrypoint(&entry.into()) {
         Ok(compiled) => {
-            let program = Compiler::compile_from_policy(&compiled, &[rule]).ok();
+            // regorus' VM reads a path above ref-head rules as undefined (0.14.1): such a rule
+            // ([`entrypoint`]'s alias) runs on the interpreter, which reads it as OPA does.
+            let program = match entry == rule {
+                true => Compiler::compile_from_policy(&compiled, &[entry]).ok(),
+                false => None,
+            };
             Ok(Policy { rule: rule.to_owned(), compiled, program })
         }
         Err(e) => {

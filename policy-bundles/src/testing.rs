@@ -430,8 +430,9 @@ fn compile_rule(
 ) -> Result<CompiledPolicy, String> {
     let engine = engine.get_or_insert_with(|| snapshot::engine_for(bundle, false).map_err(|e| e.to_string()));
     let engine = engine.as_mut().map_err(|e| e.clone())?;
+    let entry = snapshot::entrypoint(engine, rule)?;
     engine
-        .compile_with_entrypoint(&rule.into())
+        .compile_with_entrypoint(&entry.into())
         .map_err(|e| format!("policy `{rule}` does not compile: {}", e.to_string().trim()))
 }
 

@@ -72,7 +72,8 @@ enum Cmd {
         dir: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
-        /// Revision written into `.manifest`; default: the first 12 hex digits of the content hash.
+        /// Revision written into `.manifest`; default: the one the manifest names, else the first
+        /// 12 hex digits of the content hash.
         #[arg(long)]
         revision: Option<String>,
         #[command(flatten)]
@@ -98,7 +99,7 @@ enum Cmd {
         path: PathBuf,
         #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
         name: String,
-        /// Revision when building a directory (default: content hash).
+        /// Revision when building a directory (default: the manifest's, else the content hash).
         #[arg(long)]
         revision: Option<String>,
         /// Publish past the growth guard (a bundle much larger than the active one, or one that
@@ -226,7 +227,7 @@ enum Ran {
     Failures,
 }
 
-/// Reads a directory, sets its manifest revision, checks it compiles, signs it if asked, and
+/// Reads a directory, sets its manifest revision (unless the manifest names one), checks it compiles, signs it if asked, and
 /// returns the tarball bytes and the revision.
 fn build(dir: &Path, revision: Option<String>, signer: &Signer) -> anyhow::Result<(Vec<u8>, String)> {
     let limits = Limits::default();
@@ -236,7 +237,10 @@ fn build(dir: &Path, revision: Option<String>, signer: &Signer) -> anyhow::Resul
         Some(b) => serde_json::from_slice(b).map_err(|e| anyhow!("{MANIFEST}: {e}"))?,
         None => serde_json::json!({}),
     };
-    let rev = match revision {
+    // As `opa build`: --revision, else the revision the manifest was written with, else the
+    // content hash.
+    let written = manifest.get("revision").and_then(|r| r.as_str()).filter(|r| !r.is_empty()).map(str::to_owned);
+    let rev = match revision.or(written) {
         Some(r) => r,
         None => {
             let mut content = files.clone();

@@ -157,3 +157,43 @@ fn replay_errors_exit_2_naming_the_problem() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("no-such-bundle"), "names the candidate: {}", stderr(&o));
 }
+
+/// An author who writes `"revision": "r1"` in `.manifest` gets r1 from `build` and `push`, as
+/// with `opa build`, and can roll back to it by that name.
+#[test]
+fn the_manifest_revision_is_kept_and_rollback_to_it_works() {
+    let dir = tempfile::tempdir().unwrap();
+    const PUBLISH: &str = "publishers-token-for-bundlectl-tests";
+    let api = ControlApi::start(dir.path(), &[("gateways", "read", READ), ("authors", "publish", PUBLISH)]);
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/api-gateway");
+    for rev in ["r1", "r2"] {
+        let src = dir.path().join(rev);
+        let mut files = policy_bundles::archive::read_dir(&example, &policy_bundles::Limits::default()).unwrap();
+        files.insert(".manifest".into(), format!(r#"{{"revision": "{rev}"}}"#).into_bytes());
+        // r2 differs in content, so that it is a new revision.
+        files.insert("extra/data.json".into(), format!(r#"{{"built": "{rev}"}}"#).into_bytes());
+        for (path, bytes) in &files {
+            let p = src.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        let out_file = dir.path().join(format!("{rev}.tar.gz"));
+        let o = bundlectl(&["build", src.to_str().unwrap(), "-o", out_file.to_str().unwrap()], None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains(&format!("revision {rev},")), "{}", stdout(&o));
+        let o = bundlectl(&["push", out_file.to_str().unwrap(), "--server", &api.base], Some(PUBLISH));
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains(&format!("revision {rev}")), "{}", stdout(&o));
+    }
+    let o = bundlectl(&["rollback", "--to", "r1", "--server", &api.base], Some(PUBLISH));
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let r = test_support::http::request(
+        "GET",
+        &format!("{}/v1/bundles/main", api.base),
+        &[("authorization", test_support::http::bearer(READ).as_str())],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let bundle = policy_bundles::Bundle::from_tar_gz(&r.body, &policy_bundles::Limits::default()).unwrap();
+    assert_eq!(bundle.manifest.revision, "r1");
+}
