@@ -64,6 +64,9 @@ pub struct Ctx {
     bundle: Option<Arc<Active>>,
     /// Request body bytes passed on so far (`limits.max_body`).
     body_bytes: u64,
+    /// The request body, read before the decision on a route with `body` (the rule reads it;
+    /// Pingora sends it upstream from its retry buffer).
+    body: Option<Bytes>,
     /// An access log is on: only then are the fields above that only it reads filled in.
     logging: bool,
 }
@@ -295,6 +298,34 @@ async fn respond(
     session.write_response_body(Some(body), true).await
 }
 
+/// Answers with a deny's own body (OPA-Envoy's `body`): `text/plain` unless the decision's
+/// headers say otherwise.
+async fn respond_body(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    body: &str,
+    extra: &[(String, String)],
+) -> Result<()> {
+    let id = ctx.id.as_ref().map(|i| i.id.as_str()).unwrap_or_default();
+    let decision_id = ctx.decision_log.as_ref().map(|p| p.decision_id.as_str());
+    let body = Bytes::from(body.to_owned());
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    }
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("x-request-id", id)?;
+    if let Some(d) = decision_id {
+        resp.insert_header("x-decision-id", d)?;
+    }
+    for (k, v) in extra {
+        resp.append_header(k.clone(), v.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
 /// Answers a gRPC call: a gRPC client reads `grpc-status`, not the HTTP status, so the answer
 /// is "trailers-only" (HTTP 200, one header block that ends the stream) with the status the
 /// HTTP one maps to and the reason as `grpc-message`.
@@ -392,6 +423,43 @@ fn pending(
 }
 
 impl Proxy {
+    /// On a route with `body`, reads the request body before the decision, up to the route's
+    /// `max_bytes` (413 past it, or when `Content-Length` says so). Pingora keeps what was read
+    /// in its retry buffer and sends it upstream from there. `Some(true)` when it answered.
+    async fn read_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        active: &Active,
+        host: &str,
+    ) -> Result<Option<bool>> {
+        let req = session.req_header();
+        let route = active.snapshot.table.lookup(host, req.uri.path(), req.method.as_str());
+        let Some(max) = route.and_then(|r| active.snapshot.routes[r].body) else { return Ok(None) };
+        let too_large = |ctx: &mut Ctx| {
+            ctx.outcome = Some(Outcome::Refused);
+            format!("the request body is larger than {max} bytes (the route's body.max_bytes)")
+        };
+        let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+        if declared.and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > max) {
+            let why = too_large(ctx);
+            respond(session, ctx, 413, "payload too large", Some(&why), &[]).await?;
+            return Ok(Some(true));
+        }
+        session.enable_retry_buffering();
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > max as usize {
+                let why = too_large(ctx);
+                respond(session, ctx, 413, "payload too large", Some(&why), &[]).await?;
+                return Ok(Some(true));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        ctx.body = Some(Bytes::from(body));
+        Ok(None)
+    }
+
     /// Whether this request's route has a shadow rule that is asked this time (`shadow_sample`).
     fn shadows(&self, active: &Active, route: usize) -> bool {
         let sample = self.gateway.config.shadow_sample;
@@ -455,7 +523,10 @@ impl Proxy {
             Verdict::Deny(d, how) => {
                 self.gateway.metrics.count_decision(how);
                 ctx.outcome = Some(Outcome::Deny);
-                respond(session, ctx, d.status, "forbidden", d.reason.as_deref(), &d.response_headers).await?;
+                match &d.body {
+                    Some(body) if !ctx.grpc => respond_body(session, ctx, d.status, body, &d.response_headers).await?,
+                    _ => respond(session, ctx, d.status, "forbidden", d.reason.as_deref(), &d.response_headers).await?,
+                }
                 ctx.active = Some(active);
                 return Ok(true);
             }
@@ -533,6 +604,7 @@ impl ProxyHttp for Proxy {
             bundle: None,
             decision_log: None,
             body_bytes: 0,
+            body: None,
             logging: false,
         }
     }
@@ -590,8 +662,24 @@ impl ProxyHttp for Proxy {
         if ctx.logging || self.gateway.decision_logs.get().is_some() {
             ctx.host.clone_from(&host);
         }
+        if active.snapshot.reads_bodies() {
+            if let Some(answered) = self.read_body(session, ctx, &active, &host).await? {
+                return Ok(answered);
+            }
+        }
+        let client_port = session.client_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port());
+        let local = session.server_addr().and_then(|a| a.as_inet()).map(|a| (a.ip().to_string(), a.port()));
+        let protocol = if session.is_http2() {
+            "HTTP/2"
+        } else if session.req_header().version == http::Version::HTTP_10 {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        };
         let req = session.req_header();
         let client_ip = ctx.client_ip.as_str();
+        let request_id = ctx.id.as_ref().map_or("", |i| i.id.as_str());
+        let body = ctx.body.as_deref();
         let view = || RequestView {
             parts: Request {
                 method: req.method.as_str(),
@@ -600,6 +688,14 @@ impl ProxyHttp for Proxy {
                 host: &host,
                 scheme,
                 client_ip,
+                body,
+                content_type: req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                conn: policy_bundles::input::Connection {
+                    client_port,
+                    destination: local.as_ref().map(|(ip, port)| (ip.as_str(), *port)),
+                    id: request_id,
+                    protocol,
+                },
             },
             authorization: req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
             headers: req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
@@ -678,8 +774,16 @@ impl ProxyHttp for Proxy {
             }
         }
         if let Some(d) = &ctx.decision {
+            for name in &d.remove_headers {
+                upstream_request.remove_header(name.as_str());
+            }
             for (k, v) in &d.headers {
                 upstream_request.insert_header(k.clone(), v.as_str())?;
+            }
+            if !d.query_set.is_empty() || !d.query_remove.is_empty() {
+                let uri = with_query(&upstream_request.uri, &d.query_set, &d.query_remove)
+                    .or_err(ErrorType::InternalError, "rewriting the query")?;
+                upstream_request.set_uri(uri);
             }
         }
         if let Some(id) = &ctx.id {
@@ -779,6 +883,49 @@ impl ProxyHttp for Proxy {
             );
         }
     }
+}
+
+/// The URI with the decision's query changes: parameters named in `remove` dropped, those in
+/// `set` replaced (every earlier value of the name goes) and appended, percent-encoded.
+fn with_query(
+    uri: &http::Uri,
+    set: &[(String, Vec<String>)],
+    remove: &[String],
+) -> std::result::Result<http::Uri, http::uri::InvalidUri> {
+    let replaced = |name: &str| remove.iter().any(|r| r == name) || set.iter().any(|(k, _)| k == name);
+    let mut out = uri.path().to_owned();
+    let mut sep = '?';
+    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if !replaced(&policy_bundles::input::decode(name)) {
+            out.push(sep);
+            out.push_str(pair);
+            sep = '&';
+        }
+    }
+    for (k, values) in set {
+        for v in values {
+            out.push(sep);
+            out.push_str(&query_escape(k));
+            out.push('=');
+            out.push_str(&query_escape(v));
+            sep = '&';
+        }
+    }
+    out.parse()
+}
+
+/// Percent-encodes everything but the unreserved characters.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Keep-alive after a response: a connection whose request body was not read to its end is

@@ -188,6 +188,9 @@ fn authorize(c: &mut Criterion) {
         host: REQUEST.host,
         scheme: REQUEST.scheme,
         client_ip: REQUEST.client_ip,
+        body: None,
+        content_type: None,
+        conn: policy_bundles::input::Connection::NONE,
     };
     let headers = || REQUEST.headers.iter().map(|(n, v)| (*n, v.as_bytes()));
     let view = || RequestView { parts, authorization: Some(auth.as_str()), headers: headers() };

@@ -100,6 +100,10 @@ pub fn same_effect(a: &Decision, b: &Decision) -> bool {
         && (a.allow || a.status == b.status)
         && a.headers == b.headers
         && a.response_headers == b.response_headers
+        && a.remove_headers == b.remove_headers
+        && (a.allow || a.body == b.body)
+        && a.query_set == b.query_set
+        && a.query_remove == b.query_remove
 }
 
 /// A short, fixed description of why a rule gave no decision: what a client may be told.
@@ -136,7 +140,8 @@ where
     let start = Instant::now();
     let jwt = verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
     let headers = req.headers;
-    let result = snap.decide_request(route.policy, &route.name, parts, |needs| input_headers(headers, needs), jwt);
+    let sep = separator(snap, route.policy);
+    let result = snap.decide_request(route.policy, &route.name, parts, |needs| input_headers(headers, needs, sep), jwt);
     let took = start.elapsed();
     let verdict = match result {
         Ok((d, how)) if d.allow => Verdict::Allow(d, how),
@@ -147,13 +152,22 @@ where
     Outcome::Evaluated { route: route_ix, verdict, took, jwt: verified }
 }
 
+/// How repeated headers are joined in a policy's input: `, ` in the gateway's, `,` in Envoy's.
+fn separator(snap: &Snapshot, policy: usize) -> &'static str {
+    match snap.format(policy) {
+        crate::input::InputFormat::Gateway => ", ",
+        crate::input::InputFormat::Envoy => ",",
+    }
+}
+
 /// The input's headers object: the headers the rule reads, none when it reads none.
 fn input_headers<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     needs: &crate::input::Needs,
+    separator: &str,
 ) -> regorus::Value {
     if needs.any_header() {
-        crate::input::headers(headers.into_iter().filter(|(name, _)| needs.header(name)))
+        crate::input::headers_joined(headers.into_iter().filter(|(name, _)| needs.header(name)), separator)
     } else {
         crate::input::headers([])
     }
@@ -176,6 +190,7 @@ where
     let rule = r.shadow?;
     let jwt = jwt.map(|v| (v.issuer.as_str(), &v.claims_value));
     let headers = req.headers;
-    let result = snap.decide_request(rule, &r.name, req.parts, |needs| input_headers(headers, needs), jwt);
+    let sep = separator(snap, rule);
+    let result = snap.decide_request(rule, &r.name, req.parts, |needs| input_headers(headers, needs, sep), jwt);
     Some(result.map(|(d, _)| d))
 }

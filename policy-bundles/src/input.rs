@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use regorus::Value;
 
 use crate::reads::InputReads;
+pub use crate::settings::InputFormat;
 
 /// The parts of a request the input is made of.
 pub struct RequestParts<'a> {
@@ -18,6 +19,10 @@ pub struct RequestParts<'a> {
     pub host: &'a str,
     pub scheme: &'a str,
     pub client_ip: &'a str,
+    /// The buffered request body, on a route with `body` whose rule reads it.
+    pub body: Option<&'a [u8]>,
+    /// `Content-Type`, for `parsed_body`.
+    pub content_type: Option<&'a str>,
 }
 
 fn s(v: &str) -> Value {
@@ -38,6 +43,8 @@ struct Keys {
     jwt: Value,
     issuer: Value,
     claims: Value,
+    body: Value,
+    parsed_body: Value,
 }
 
 static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
@@ -53,6 +60,8 @@ static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
     jwt: s("jwt"),
     issuer: s("issuer"),
     claims: s("claims"),
+    body: s("body"),
+    parsed_body: s("parsed_body"),
 });
 
 /// The parts of the input a rule can read, from [`InputReads`]: what it cannot read is left out
@@ -63,6 +72,7 @@ static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
 pub struct Needs {
     headers: HeaderNeeds,
     query: bool,
+    body: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,11 +85,19 @@ enum HeaderNeeds {
 
 impl Needs {
     /// Everything: for rules whose reads are not known.
-    pub const ALL: Needs = Needs { headers: HeaderNeeds::All, query: true };
+    pub const ALL: Needs = Needs { headers: HeaderNeeds::All, query: true, body: true };
+
+    /// What a rule reading the input in `format` needs.
+    pub fn of(reads: &InputReads, format: InputFormat) -> Needs {
+        match format {
+            InputFormat::Gateway => Needs::from_reads(reads),
+            InputFormat::Envoy => Needs::from_envoy_reads(reads),
+        }
+    }
 
     pub fn from_reads(reads: &InputReads) -> Needs {
         let InputReads::Paths(paths) = reads else { return Needs::ALL };
-        let mut needs = Needs { headers: HeaderNeeds::None, query: false };
+        let mut needs = Needs { headers: HeaderNeeds::None, query: false, body: false };
         for p in paths {
             let key = |i: usize| p.get(i).and_then(|k| k.as_string().ok()).map(|s| s.to_string());
             if key(0).as_deref() != Some("request") {
@@ -88,17 +106,72 @@ impl Needs {
             match (key(1).as_deref(), p.len()) {
                 (_, 1) => return Needs::ALL,
                 (Some("query"), _) => needs.query = true,
+                (Some("body" | "parsed_body"), _) => needs.body = true,
                 (Some("headers"), 2) => needs.headers = HeaderNeeds::All,
-                (Some("headers"), _) => match (&mut needs.headers, key(2)) {
-                    (HeaderNeeds::All, _) => {}
-                    (_, None) => needs.headers = HeaderNeeds::All,
-                    (HeaderNeeds::Named(names), Some(name)) => names.push(name),
-                    (HeaderNeeds::None, Some(name)) => needs.headers = HeaderNeeds::Named(vec![name]),
-                },
+                (Some("headers"), _) => needs.add_header(key(2)),
                 _ => {}
             }
         }
         needs
+    }
+
+    /// [`Needs::from_reads`] for the OPA-Envoy input ([`envoy`]): headers under
+    /// `attributes.request.http.headers`, the query under `parsed_query` and in the `path`
+    /// (and `:path`), the body under `attributes.request.http.body`, `parsed_body` and
+    /// `truncated_body`.
+    fn from_envoy_reads(reads: &InputReads) -> Needs {
+        let InputReads::Paths(paths) = reads else { return Needs::ALL };
+        let mut needs = Needs { headers: HeaderNeeds::None, query: false, body: false };
+        const HTTP: [&str; 3] = ["attributes", "request", "http"];
+        for p in paths {
+            let key = |i: usize| p.get(i).and_then(|k| k.as_string().ok()).map(|s| s.to_string());
+            let keys: Vec<Option<String>> = (0..p.len().min(5)).map(key).collect();
+            let at = |i: usize| keys.get(i).cloned().flatten();
+            match at(0).as_deref() {
+                None => return Needs::ALL,
+                Some("parsed_query") => needs.query = true,
+                Some("parsed_body" | "truncated_body") => needs.body = true,
+                Some("attributes") => {
+                    // A prefix of `attributes.request.http`: the rule may read all of it.
+                    if p.len() <= 3 && (0..p.len()).all(|i| at(i).as_deref() == Some(HTTP[i])) {
+                        return Needs::ALL;
+                    }
+                    if (0..3).any(|i| at(i).as_deref() != Some(HTTP[i])) {
+                        continue;
+                    }
+                    match at(3).as_deref() {
+                        Some("path") => needs.query = true,
+                        Some("body" | "raw_body" | "size") => needs.body = true,
+                        Some("headers") if p.len() == 4 => {
+                            needs.headers = HeaderNeeds::All;
+                            needs.query = true;
+                        }
+                        Some("headers") => {
+                            let name = at(4);
+                            needs.query |= name.is_none() || name.as_deref() == Some(":path");
+                            needs.add_header(name);
+                        }
+                        _ => {}
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        needs
+    }
+
+    fn add_header(&mut self, name: Option<String>) {
+        match (&mut self.headers, name) {
+            (HeaderNeeds::All, _) => {}
+            (_, None) => self.headers = HeaderNeeds::All,
+            (HeaderNeeds::Named(names), Some(name)) => names.push(name),
+            (HeaderNeeds::None, Some(name)) => self.headers = HeaderNeeds::Named(vec![name]),
+        }
+    }
+
+    /// Whether the body goes into the input (on a route that buffers it).
+    pub fn body(&self) -> bool {
+        self.body
     }
 
     /// Whether the header (its name in lower case) goes into the input.
@@ -124,12 +197,17 @@ impl Needs {
 /// The `headers` object from (name, value) pairs, names already lower case: repeated headers
 /// are joined with ", " in the order given.
 pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Value {
+    headers_joined(pairs, ", ")
+}
+
+/// [`headers`] with repeated headers joined by `separator` (Envoy joins them with `,`).
+pub fn headers_joined<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>, separator: &str) -> Value {
     let mut map: BTreeMap<Value, Value> = BTreeMap::new();
     for (name, value) in pairs {
         let value = String::from_utf8_lossy(value);
         let key = s(name);
         match map.get_mut(&key) {
-            Some(Value::String(prev)) => *prev = format!("{prev}, {value}").into(),
+            Some(Value::String(prev)) => *prev = format!("{prev}{separator}{value}").into(),
             _ => {
                 map.insert(key, s(&value));
             }
@@ -201,6 +279,10 @@ pub fn key(parts: &RequestParts<'_>, route: &str, jwt: Option<(&str, &Value)>, p
                     s(parts.scheme)
                 } else if *field == k.client_ip {
                     s(parts.client_ip)
+                } else if *field == k.body {
+                    parts.body.map_or(Value::Undefined, |b| s(&String::from_utf8_lossy(b)))
+                } else if *field == k.parsed_body {
+                    parsed_body(parts.body, parts.content_type)
                 } else {
                     Value::Undefined
                 };
@@ -221,7 +303,123 @@ fn request(parts: &RequestParts<'_>, k: &Keys) -> Value {
     request.insert(k.host.clone(), s(parts.host));
     request.insert(k.scheme.clone(), s(parts.scheme));
     request.insert(k.client_ip.clone(), s(parts.client_ip));
+    if let Some(body) = parts.body {
+        request.insert(k.body.clone(), s(&String::from_utf8_lossy(body)));
+        let parsed = parsed_body(Some(body), parts.content_type);
+        if parsed != Value::Undefined {
+            request.insert(k.parsed_body.clone(), parsed);
+        }
+    }
     Value::from(request)
+}
+
+/// The body as the policy reads it in `parsed_body`, as the OPA-Envoy plugin parses it: JSON
+/// for a JSON content type (`application/json`, `application/*+json`), an object of value
+/// lists for `application/x-www-form-urlencoded`; undefined otherwise, or when it does not
+/// parse.
+pub fn parsed_body(body: Option<&[u8]>, content_type: Option<&str>) -> Value {
+    let (Some(body), Some(ct)) = (body, content_type) else { return Value::Undefined };
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        std::str::from_utf8(body).ok().and_then(|t| Value::from_json_str(t).ok()).unwrap_or(Value::Undefined)
+    } else if mime == "application/x-www-form-urlencoded" {
+        std::str::from_utf8(body).map(query).unwrap_or(Value::Undefined)
+    } else {
+        Value::Undefined
+    }
+}
+
+/// What the OPA-Envoy input holds beyond a [`RequestParts`]: where the request came from and
+/// went to, its id and protocol.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connection<'a> {
+    pub client_port: u16,
+    /// The gateway's own address and port the request came in on, when known.
+    pub destination: Option<(&'a str, u16)>,
+    /// The request id (`x-request-id` as the gateway sends it upstream).
+    pub id: &'a str,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'a str,
+}
+
+impl Connection<'static> {
+    pub const NONE: Connection<'static> =
+        Connection { client_port: 0, destination: None, id: "", protocol: "HTTP/1.1" };
+}
+
+/// The input the OPA-Envoy plugin builds from Envoy's `CheckRequest` (ext_authz v3, protojson),
+/// made of the same canonical request the gateway routes and proxies. `headers` is the headers
+/// object ([`headers_joined`] with `,`, as Envoy joins repeated headers), without the pseudo
+/// headers, which are added here when `needs` says so. Fields the gateway has no value for
+/// (TLS client certificates, Envoy's metadata, the request's `time`) are absent.
+pub fn envoy(req: &RequestParts<'_>, conn: &Connection<'_>, needs: &Needs) -> Value {
+    let obj = |pairs: Vec<(&str, Value)>| {
+        Value::from(pairs.into_iter().map(|(k, v)| (s(k), v)).collect::<BTreeMap<Value, Value>>())
+    };
+    let socket = |addr: &str, port: u16| {
+        obj(vec![(
+            "address",
+            obj(vec![("socketAddress", obj(vec![("address", s(addr)), ("portValue", Value::from(u64::from(port)))]))]),
+        )])
+    };
+    let full_path = match req.query {
+        Some(q) if !q.is_empty() => format!("{}?{q}", req.path),
+        _ => req.path.to_owned(),
+    };
+    let mut headers = req.headers.clone();
+    if let Ok(map) = headers.as_object_mut() {
+        for (name, value) in
+            [(":authority", req.host), (":method", req.method), (":path", &full_path), (":scheme", req.scheme)]
+        {
+            if needs.header(name) {
+                map.insert(s(name), s(value));
+            }
+        }
+    }
+    let mut http = vec![
+        ("id", s(conn.id)),
+        ("method", s(req.method)),
+        ("headers", headers),
+        ("path", s(&full_path)),
+        ("host", s(req.host)),
+        ("scheme", s(req.scheme)),
+        ("protocol", s(conn.protocol)),
+    ];
+    let mut top = vec![
+        ("parsed_path", parsed_path(req.path)),
+        ("parsed_query", query(req.query.unwrap_or(""))),
+        ("version", obj(vec![("encoding", s("protojson")), ("ext_authz", s("v3"))])),
+    ];
+    if let Some(body) = req.body {
+        http.push(("body", s(&String::from_utf8_lossy(body))));
+        http.push(("size", Value::from(body.len() as u64)));
+        top.push(("truncated_body", Value::from(false)));
+        let parsed = parsed_body(Some(body), req.content_type);
+        if parsed != Value::Undefined {
+            top.push(("parsed_body", parsed));
+        }
+    }
+    let mut attributes =
+        vec![("source", socket(req.client_ip, conn.client_port)), ("request", obj(vec![("http", obj(http))]))];
+    if let Some((addr, port)) = conn.destination {
+        attributes.push(("destination", socket(addr, port)));
+    }
+    top.push(("attributes", obj(attributes)));
+    obj(top)
+}
+
+/// `parsed_path` as the OPA-Envoy plugin makes it: the path without its leading `/`, split at
+/// `/`, each segment percent-decoded (`/` → `[""]`, `/a/b/` → `["a", "b", ""]`).
+pub fn parsed_path(path: &str) -> Value {
+    Value::from(path.trim_start_matches('/').split('/').map(|seg| s(&decode_path(seg))).collect::<Vec<_>>())
+}
+
+/// Percent-decoding of a path segment (`+` stays `+`); invalid escapes are kept as written.
+fn decode_path(seg: &str) -> String {
+    if !seg.contains('%') {
+        return seg.to_owned();
+    }
+    decode(&seg.replace('+', "%2B"))
 }
 
 /// A query string's (name, value) pairs in order, percent-decoded; empty pairs skipped.
@@ -328,6 +526,8 @@ mod tests {
                 host: "api.example.com",
                 scheme: "http",
                 client_ip: "10.0.0.1",
+                body: None,
+                content_type: None,
             };
             let built = build(parts(), "orders", jwt);
             let reads = InputReads::Paths(paths.clone());
@@ -366,11 +566,70 @@ mod tests {
             host: "h",
             scheme: "http",
             client_ip: "127.0.0.1",
+            body: None,
+            content_type: None,
         };
         let v = build(parts, "r", None);
         assert_eq!(v["request"]["headers"]["x-b"], Value::from("z"));
         assert_eq!(v["request"]["headers"]["x-a"], Value::from("1, 2"));
         assert_eq!(v["route"], Value::from("r"));
         assert_eq!(v["jwt"], Value::Undefined);
+    }
+
+    #[test]
+    fn the_envoy_input_has_the_plugins_shape() {
+        let parts = RequestParts {
+            method: "POST",
+            path: "/people/a%20b/",
+            query: Some("tag=a&tag=b&q=x+y"),
+            headers: headers_joined([("x-a", &b"1"[..]), ("x-a", b"2"), ("content-type", b"application/json")], ","),
+            host: "api.example.test",
+            scheme: "https",
+            client_ip: "10.0.0.1",
+            body: Some(br#"{"n": 1}"#),
+            content_type: Some("application/json; charset=utf-8"),
+        };
+        let conn =
+            Connection { client_port: 41000, destination: Some(("127.0.0.1", 8443)), id: "r-1", protocol: "HTTP/2" };
+        let v = envoy(&parts, &conn, &Needs::ALL);
+        let http = &v["attributes"]["request"]["http"];
+        assert_eq!(http["method"], Value::from("POST"));
+        assert_eq!(http["path"], Value::from("/people/a%20b/?tag=a&tag=b&q=x+y"));
+        assert_eq!(http["headers"]["x-a"], Value::from("1,2"));
+        assert_eq!(http["headers"][":authority"], Value::from("api.example.test"));
+        assert_eq!(http["headers"][":path"], http["path"]);
+        assert_eq!(http["headers"][":method"], Value::from("POST"));
+        assert_eq!(http["headers"][":scheme"], Value::from("https"));
+        assert_eq!((http["id"].clone(), http["protocol"].clone()), (Value::from("r-1"), Value::from("HTTP/2")));
+        assert_eq!(http["body"], Value::from(r#"{"n": 1}"#));
+        assert_eq!(http["size"], Value::from(8u64));
+        let src = &v["attributes"]["source"]["address"]["socketAddress"];
+        assert_eq!(
+            (src["address"].clone(), src["portValue"].clone()),
+            (Value::from("10.0.0.1"), Value::from(41000u64))
+        );
+        assert_eq!(v["attributes"]["destination"]["address"]["socketAddress"]["portValue"], Value::from(8443u64));
+        assert_eq!(v["parsed_path"], Value::from(vec![Value::from("people"), Value::from("a b"), Value::from("")]));
+        assert_eq!(v["parsed_query"]["tag"], Value::from(vec![Value::from("a"), Value::from("b")]));
+        assert_eq!(v["parsed_query"]["q"], Value::from(vec![Value::from("x y")]));
+        assert_eq!(v["parsed_body"]["n"], Value::from(1u64));
+        assert_eq!(v["truncated_body"], Value::from(false));
+        assert_eq!(v["version"]["ext_authz"], Value::from("v3"));
+        // Without a body, no body fields; `/` is `[""]`.
+        let parts = RequestParts { path: "/", query: None, body: None, ..parts };
+        let v = envoy(&parts, &Connection::NONE, &Needs::ALL);
+        assert_eq!(v["parsed_path"], Value::from(vec![Value::from("")]));
+        assert_eq!(v["attributes"]["request"]["http"]["body"], Value::Undefined);
+        assert_eq!(v["parsed_body"], Value::Undefined);
+        assert_eq!(v["attributes"]["destination"], Value::Undefined);
+    }
+
+    #[test]
+    fn parsed_body_follows_the_content_type() {
+        assert_eq!(parsed_body(Some(b"[1]"), Some("application/vnd.api+json"))[0], Value::from(1u64));
+        assert_eq!(parsed_body(Some(b"a=1&a=2"), Some("application/x-www-form-urlencoded"))["a"][1], Value::from("2"));
+        assert_eq!(parsed_body(Some(b"{}"), Some("text/plain")), Value::Undefined);
+        assert_eq!(parsed_body(Some(b"{not json"), Some("application/json")), Value::Undefined);
+        assert_eq!(parsed_body(None, Some("application/json")), Value::Undefined);
     }
 }

@@ -104,7 +104,18 @@ fn decision_of(result: &Json) -> Decision {
         headers: pairs(&result["headers"]),
         response_headers: pairs(&result["response_headers"]),
         reason: result["reason"].as_str().map(str::to_owned),
+        remove_headers: strings(&result["request_headers_to_remove"]),
+        body: result["body"].as_str().map(str::to_owned),
+        query_set: result["query_parameters_to_set"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), strings(v))).collect())
+            .unwrap_or_default(),
+        query_remove: strings(&result["query_parameters_to_remove"]),
     }
+}
+
+fn strings(v: &Json) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
 }
 
 /// Why an event cannot be replayed against route `policy` of `snap`, if it cannot.

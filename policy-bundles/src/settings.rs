@@ -18,6 +18,28 @@ pub struct GatewaySettings {
     pub jwt: Option<JwtSpec>,
     #[serde(default)]
     pub request_headers: RequestHeadersSpec,
+    /// The input document every route's rule reads unless the route says otherwise.
+    #[serde(default)]
+    pub input_format: Option<InputFormat>,
+}
+
+/// The shape of the input document a route's rule reads, and of the result it gives.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// The gateway's own input (`input.request`, `input.jwt`) and decision (`allow`, `status`...).
+    #[default]
+    Gateway,
+    /// The input the OPA-Envoy plugin builds for an Envoy `CheckRequest` (v3), and its result
+    /// forms (`allowed`, `http_status`, `headers`, `body`...).
+    Envoy,
+}
+
+/// `body` on a route: the request body is buffered, up to `max_bytes`, before the rule runs.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BodySpec {
+    pub max_bytes: u64,
 }
 
 /// What happens to client request headers on every route, before any decision adds its own.
@@ -105,6 +127,12 @@ pub struct RouteSpec {
     /// with the enforced one is counted, and every disagreement logged.
     #[serde(default)]
     pub shadow: Option<String>,
+    /// `gateway` (the default, or the bundle's `input_format`) or `envoy`.
+    #[serde(default)]
+    pub input_format: Option<InputFormat>,
+    /// Buffer the request body for the rule (413 past `max_bytes`); other routes stream it.
+    #[serde(default)]
+    pub body: Option<BodySpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -15,6 +15,7 @@ use regorus::{CompiledPolicy, Engine, Value};
 use crate::bundle::{Bundle, TESTS_DIR};
 use crate::decision::{Decision, DecisionError};
 use crate::error::{BundleError, BundleErrors, ErrorKind};
+use crate::input::{Connection, InputFormat};
 use crate::jwt::TrustRoots;
 use crate::reads::InputReads;
 use crate::router::{Methods, PathMatch, RouteMatch, RouteTable};
@@ -33,6 +34,11 @@ pub struct Route {
     pub fail_open: bool,
     /// The route's shadow rule (index into the snapshot's policies): evaluated, never enforced.
     pub shadow: Option<usize>,
+    /// The input document its rules read (and the result form they give).
+    pub format: InputFormat,
+    /// `body.max_bytes`: the request body is buffered up to this many bytes before the rule
+    /// runs (413 past it) and is part of the input.
+    pub body: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +52,7 @@ pub struct Upstream {
 /// for any rule the VM compiler does not support.
 struct Policy {
     rule: String,
+    format: InputFormat,
     compiled: CompiledPolicy,
     program: Option<Arc<Program>>,
 }
@@ -114,6 +121,12 @@ pub struct Request<'a> {
     pub host: &'a str,
     pub scheme: &'a str,
     pub client_ip: &'a str,
+    /// The buffered body, on a route with `body` ([`Route::body`]); `None` elsewhere.
+    pub body: Option<&'a [u8]>,
+    /// `Content-Type`, for `parsed_body`.
+    pub content_type: Option<&'a str>,
+    /// What the Envoy input format adds: ports, the request id, the protocol.
+    pub conn: Connection<'a>,
 }
 
 /// The compiled, immutable form of a bundle.
@@ -205,6 +218,7 @@ impl Snapshot {
         let routes = compile_routes(bundle, &upstreams, &mut errors);
         let jwt = compile_jwt(bundle, &mut errors);
         let (policies, reads, log_rules) = compile_policies(bundle, &routes.rules, &LOG_RULES, &mut errors);
+        let needs = reads.iter().zip(&policies).map(|(r, p)| crate::input::Needs::of(r, p.format)).collect();
         if !errors.is_empty() {
             return Err(BundleErrors(errors));
         }
@@ -217,7 +231,7 @@ impl Snapshot {
             upstreams,
             jwt,
             policies,
-            needs: reads.iter().map(crate::input::Needs::from_reads).collect(),
+            needs,
             reads,
             header_removals,
             log_drop: log_rules.first().copied().flatten(),
@@ -228,7 +242,15 @@ impl Snapshot {
     /// Evaluates a route's rule with `input` and reads the decision from its result.
     pub fn decide(&self, policy: usize, input: Value) -> Result<Decision, EvalError> {
         let v = self.evaluate(policy, input)?;
-        Ok(Decision::from_value(&v)?)
+        match self.format(policy) {
+            InputFormat::Gateway => Ok(Decision::from_value(&v)?),
+            InputFormat::Envoy => Ok(Decision::from_envoy(&v)?),
+        }
+    }
+
+    /// The input format (and result form) of a policy.
+    pub fn format(&self, policy: usize) -> InputFormat {
+        self.policies.get(policy).map_or(InputFormat::Gateway, |p| p.format)
     }
 
     /// [`decide`](Self::decide) through this thread's decision cache: when the bundle's
@@ -308,7 +330,15 @@ impl Snapshot {
             host: req.host,
             scheme: req.scheme,
             client_ip: req.client_ip,
+            body: req.body.filter(|_| needs.body()),
+            content_type: req.content_type,
         };
+        if self.format(policy) == InputFormat::Envoy {
+            // The input is built (holding only what the rule can read) and keyed as a whole.
+            let input = crate::input::envoy(&parts, &req.conn, needs);
+            let key = self.reads.get(policy).and_then(|r| r.key(&input));
+            return self.decide_keyed(policy, key, || input);
+        }
         let key = self.reads.get(policy).and_then(|r| r.paths()).map(|p| crate::input::key(&parts, route, jwt, p));
         self.decide_keyed(policy, key, || crate::input::build(parts, route, jwt))
     }
@@ -345,6 +375,12 @@ impl Snapshot {
     pub fn interpret(&self, policy: usize, input: Value) -> Result<Value, EvalError> {
         let p = self.policies.get(policy).ok_or_else(|| EvalError::Eval("no such policy".into()))?;
         p.compiled.eval_with_input(input).map_err(|e| EvalError::Eval(e.to_string()))
+    }
+
+    /// Whether a route buffers request bodies (`body`): only then does the gateway look the
+    /// route up before deciding, to read the body first.
+    pub fn reads_bodies(&self) -> bool {
+        self.routes.iter().any(|r| r.body.is_some())
     }
 
     /// Whether a rule runs on the VM (false: the interpreter).
@@ -443,7 +479,7 @@ fn check_upstream_tls(t: &crate::settings::UpstreamTlsSpec) -> Result<(), String
 struct CompiledRoutes {
     routes: Vec<Route>,
     matches: Vec<RouteMatch>,
-    rules: Vec<String>,
+    rules: Vec<(String, InputFormat)>,
 }
 
 fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<BundleError>) -> CompiledRoutes {
@@ -476,8 +512,14 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
             }
         }
         let (matcher, strip) = route_match(r, &mut report);
-        let policy = rule_index(&mut out.rules, &r.policy);
-        let shadow = r.shadow.as_ref().map(|rule| rule_index(&mut out.rules, rule));
+        let format = r.input_format.or(bundle.settings.input_format).unwrap_or_default();
+        if let Some(b) = r.body {
+            if b.max_bytes == 0 || b.max_bytes > MAX_BODY_BYTES {
+                report(format!("`body.max_bytes` must be 1 to {MAX_BODY_BYTES} (bodies are held in memory)"));
+            }
+        }
+        let policy = rule_index(&mut out.rules, &r.policy, format);
+        let shadow = r.shadow.as_ref().map(|rule| rule_index(&mut out.rules, rule, format));
         out.matches.push(matcher);
         out.routes.push(Route {
             name: r.name.clone(),
@@ -486,21 +528,29 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
             strip,
             fail_open: r.fail_open,
             shadow,
+            format,
+            body: r.body.map(|b| b.max_bytes),
         });
     }
     out
 }
 
-/// The index of `rule` in `rules`, added if new.
-fn rule_index(rules: &mut Vec<String>, rule: &str) -> usize {
-    match rules.iter().position(|x| x == rule) {
+/// The index of `rule` read in `format` in `rules`, added if new: one rule read in two formats
+/// is two policies, whose decisions are read and cached apart.
+fn rule_index(rules: &mut Vec<(String, InputFormat)>, rule: &str, format: InputFormat) -> usize {
+    match rules.iter().position(|(x, f)| x == rule && *f == format) {
         Some(i) => i,
         None => {
-            rules.push(rule.to_owned());
+            rules.push((rule.to_owned(), format));
             rules.len() - 1
         }
     }
 }
+
+/// The largest `body.max_bytes` a route may ask for.
+/// 64 KiB: the gateway holds a read body in Pingora's retry buffer, which sends it upstream
+/// after the decision and holds at most that much (`BODY_BUF_LIMIT` in pingora-core 0.9).
+pub const MAX_BODY_BYTES: u64 = 64 << 10;
 
 /// What a route matches (path, methods, host) and the prefix it strips; problems go to `report`.
 fn route_match(r: &RouteSpec, report: &mut impl FnMut(String)) -> (RouteMatch, Option<String>) {
@@ -549,7 +599,7 @@ fn compile_jwt(bundle: &Bundle, errors: &mut Vec<BundleError>) -> Option<TrustRo
 /// calls of functions the gateway does not provide.
 fn compile_policies(
     bundle: &Bundle,
-    rules: &[String],
+    rules: &[(String, InputFormat)],
     optional: &[&str],
     errors: &mut Vec<BundleError>,
 ) -> (Vec<Policy>, Vec<InputReads>, Vec<Option<usize>>) {
@@ -567,7 +617,7 @@ fn compile_policies(
         .iter()
         .map(|rule| {
             declared(bundle, &mut engine, rule).then(|| {
-                rules.push((*rule).to_owned());
+                rules.push(((*rule).to_owned(), InputFormat::Gateway));
                 rules.len() - 1
             })
         })
@@ -576,7 +626,7 @@ fn compile_policies(
     // defines is refused by `compile_rule` below, so it keeps its own path here.
     let entries: Vec<String> = rules
         .iter()
-        .map(|rule| match declared(bundle, &mut engine, rule) {
+        .map(|(rule, _)| match declared(bundle, &mut engine, rule) {
             true => entrypoint(&mut engine, rule).unwrap_or_else(|_| rule.clone()),
             false => rule.clone(),
         })
@@ -587,8 +637,8 @@ fn compile_policies(
         errors.push(BundleError::new(ErrorKind::Rego, Some(c.file.clone()), c.message()).at_line(Some(c.line)));
     }
     let mut policies = Vec::new();
-    for (rule, entry) in rules.iter().zip(&entries) {
-        match compile_rule(bundle, &mut engine, rule, entry) {
+    for ((rule, format), entry) in rules.iter().zip(&entries) {
+        match compile_rule(bundle, &mut engine, rule, entry, *format) {
             Ok(p) => policies.push(p),
             Err(e) => errors.push(e),
         }
@@ -653,7 +703,13 @@ fn declared(bundle: &Bundle, engine: &mut Engine, rule: &str) -> bool {
 }
 
 /// One decision rule, for the VM where it compiles for it; refused when no module defines it.
-fn compile_rule(bundle: &Bundle, engine: &mut Engine, rule: &str, entry: &str) -> Result<Policy, BundleError> {
+fn compile_rule(
+    bundle: &Bundle,
+    engine: &mut Engine,
+    rule: &str,
+    entry: &str,
+    format: InputFormat,
+) -> Result<Policy, BundleError> {
     let (file, line) = bundle.settings_line(&format!("policy: {rule}"));
     if !declared(bundle, engine, rule) {
         return Err(BundleError::new(
@@ -671,7 +727,7 @@ fn compile_rule(bundle: &Bundle, engine: &mut Engine, rule: &str, entry: &str) -
                 true => Compiler::compile_from_policy(&compiled, &[entry]).ok(),
                 false => None,
             };
-            Ok(Policy { rule: rule.to_owned(), compiled, program })
+            Ok(Policy { rule: rule.to_owned(), format, compiled, program })
         }
         Err(e) => {
             let msg = e.to_string();

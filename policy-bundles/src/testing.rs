@@ -567,6 +567,7 @@ mod tests {
             headers: vec![("X-User-Id".into(), "alice".into())],
             response_headers: vec![],
             reason: None,
+            ..Decision::default()
         };
         let ok = Expect {
             allow: true,

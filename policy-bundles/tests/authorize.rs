@@ -30,7 +30,17 @@ fn token(roles: &[&str]) -> String {
 }
 
 fn parts<'a>(method: &'a str, path: &'a str) -> Request<'a> {
-    Request { method, path, query: None, host: "api.example.test", scheme: "http", client_ip: "127.0.0.1" }
+    Request {
+        method,
+        path,
+        query: None,
+        host: "api.example.test",
+        scheme: "http",
+        client_ip: "127.0.0.1",
+        body: None,
+        content_type: None,
+        conn: policy_bundles::input::Connection::NONE,
+    }
 }
 
 /// Asks with no headers beyond `Authorization`.

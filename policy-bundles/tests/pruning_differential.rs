@@ -52,6 +52,27 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("p34", "allow", "allow if { x := input.request.headers; y := x; not y[\"x-banned\"] }"),
 ];
 
+/// Policies written against the OPA-Envoy input (routes with `input_format: envoy`, and a
+/// buffered `body`): headers, pseudo-headers, `parsed_path`, `parsed_query`, `path` with its
+/// query, the source address, `parsed_body`, whole sub-objects, and result objects.
+const ENVOY_CORPUS: &[(&str, &str, &str)] = &[
+    ("e01", "allow", "allow if input.attributes.request.http.method == \"GET\""),
+    ("e02", "allow", "allow if not input.attributes.request.http.headers[\"x-banned\"]"),
+    ("e03", "allow", "allow if input.attributes.request.http.headers[\":path\"] == \"/r00?page=2\""),
+    ("e04", "allow", "allow if input.parsed_path[0] == \"r00\"\nallow if input.parsed_query.page == [\"3\"]"),
+    ("e05", "allow", "allow if count(input.parsed_query) == 1"),
+    ("e06", "allow", "allow if input.attributes.request.http.path == \"/r00\""),
+    ("e07", "allow", "import input.attributes.request.http as http_request\nallow if http_request.headers[\"x-role\"] == \"admin\""),
+    ("e08", "allow", "allow if { some k, _ in input.attributes.request.http.headers; k == \"x-tenant\" }"),
+    ("e09", "allow", "allow if input.attributes.source.address.socketAddress.address == \"10.0.0.1\""),
+    ("e10", "allow", "allow if input.parsed_body.amount < 100"),
+    ("e11", "allow", "allow if { b := input.attributes.request.http.body; contains(b, \"admin\") }"),
+    ("e12", "allow", "allow if count(input.attributes.request) == 1\nallow if input.attributes.request.http.headers[\":authority\"] == \"admin.example.test\""),
+    ("e13", "result", "result := {\"allowed\": true, \"headers\": {\"x-path\": input.attributes.request.http.path}} if input.attributes.request.http.method != \"DELETE\"\nelse := {\"allowed\": false, \"http_status\": 405, \"body\": input.parsed_path[0]}"),
+    ("e14", "allow", "allow if not input.truncated_body\nallow if input.attributes.request.http.size > 10"),
+    ("e15", "allow", "allow if { h := input.attributes.request.http.headers; not h[\"x-banned\"]; input.parsed_query.debug }"),
+];
+
 const LIB: &str = "package lib.helpers\nimport rego.v1\n\
     is_admin(h) if h[\"x-role\"] == \"admin\"\n\
     clean if not input.request.headers[\"x-banned\"]\n";
@@ -65,6 +86,12 @@ fn snapshot() -> Snapshot {
         let policy = format!("data.{pkg}.{rule}");
         routes.push_str(&format!(
             "  - name: r{i:02}\n    match: {{ path_prefix: /r{i:02} }}\n    upstream: backend\n    policy: '{policy}'\n"
+        ));
+    }
+    for (i, (pkg, rule, body)) in ENVOY_CORPUS.iter().enumerate() {
+        files.insert(format!("envoy/m{i:02}.rego"), format!("package {pkg}\nimport rego.v1\n{body}\n").into_bytes());
+        routes.push_str(&format!(
+            "  - name: e{i:02}\n    match: {{ path_prefix: /e{i:02} }}\n    upstream: backend\n    policy: 'data.{pkg}.{rule}'\n    input_format: envoy\n    body: {{ max_bytes: 1024 }}\n"
         ));
     }
     files.insert("lib/helpers.rego".into(), LIB.as_bytes().to_vec());
@@ -86,6 +113,7 @@ struct Req {
     client_ip: &'static str,
     headers: Vec<(&'static str, &'static str)>,
     jwt: Option<(&'static str, Vec<&'static str>)>,
+    body: Option<&'static str>,
 }
 
 fn request() -> impl Strategy<Value = Req> {
@@ -108,8 +136,14 @@ fn request() -> impl Strategy<Value = Req> {
             prop_oneof![Just("alice"), Just("bob")],
             proptest::collection::vec(prop_oneof![Just("admin"), Just("reader")], 0..3),
         )),
+        prop_oneof![
+            Just(None),
+            Just(Some(r#"{"amount": 50}"#)),
+            Just(Some(r#"{"amount": 500, "who": "admin"}"#)),
+            Just(Some("not json"))
+        ],
     )
-        .prop_map(|(method, path, query, host, client_ip, headers, jwt)| Req {
+        .prop_map(|(method, path, query, host, client_ip, headers, jwt, body)| Req {
             method,
             path,
             query,
@@ -117,6 +151,7 @@ fn request() -> impl Strategy<Value = Req> {
             client_ip,
             headers,
             jwt,
+            body,
         })
 }
 
@@ -133,19 +168,29 @@ fn check(snap: &Snapshot, policy: usize, route: &str, r: &Req) -> Result<(), Tes
     });
     let jwt = claims.as_ref().map(|c| ("https://id.example.test", c));
     let pairs: Vec<(&str, &[u8])> = r.headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-    let full = input::build(
-        input::RequestParts {
-            method: r.method,
-            path: r.path,
-            query: r.query,
-            headers: input::headers(pairs.iter().copied()),
-            host: r.host,
-            scheme: "http",
-            client_ip: r.client_ip,
-        },
-        route,
-        jwt,
-    );
+    let envoy = snap.format(policy) == input::InputFormat::Envoy;
+    let sep = if envoy { "," } else { ", " };
+    // Bodies reach routes that buffer them, and only those.
+    let body = r.body.filter(|_| snap.routes.iter().any(|x| x.name == route && x.body.is_some())).map(str::as_bytes);
+    let content_type = Some("application/json");
+    let conn = input::Connection {
+        client_port: 40000,
+        destination: Some(("127.0.0.1", 8080)),
+        id: "req-1",
+        protocol: "HTTP/1.1",
+    };
+    let parts = input::RequestParts {
+        method: r.method,
+        path: r.path,
+        query: r.query,
+        headers: input::headers_joined(pairs.iter().copied(), sep),
+        host: r.host,
+        scheme: "http",
+        client_ip: r.client_ip,
+        body,
+        content_type,
+    };
+    let full = if envoy { input::envoy(&parts, &conn, &input::Needs::ALL) } else { input::build(parts, route, jwt) };
     let want = outcome(snap.decide(policy, full));
     let req = Request {
         method: r.method,
@@ -154,13 +199,16 @@ fn check(snap: &Snapshot, policy: usize, route: &str, r: &Req) -> Result<(), Tes
         host: r.host,
         scheme: "http",
         client_ip: r.client_ip,
+        body,
+        content_type,
+        conn,
     };
     for attempt in ["first", "second"] {
         let got = snap.decide_request(
             policy,
             route,
             req,
-            |needs| input::headers(pairs.iter().copied().filter(|(n, _)| needs.header(n))),
+            |needs| input::headers_joined(pairs.iter().copied().filter(|(n, _)| needs.header(n)), sep),
             jwt,
         );
         let got = outcome(got.map(|(d, _)| (*d).clone()));
@@ -183,7 +231,7 @@ fn pruned_and_cached_decisions_equal_full_uncached_ones() {
     let snap = snapshot();
     assert!(CORPUS.len() >= 30);
     let config = ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() };
-    proptest!(config, |(r in request(), which in 0..CORPUS.len())| {
+    proptest!(config, |(r in request(), which in 0..CORPUS.len() + ENVOY_CORPUS.len())| {
         let route = &snap.routes[which];
         check(&snap, route.policy, &route.name, &r)?;
     });
@@ -212,6 +260,7 @@ fn every_policy_of_the_corpus_is_tried_on_every_request_shape() {
                         client_ip: "10.0.0.1",
                         headers: headers.clone(),
                         jwt: jwt.clone(),
+                        body: Some(r#"{"amount": 50, "who": "admin"}"#),
                     };
                     if let Err(e) = check(&snap, route.policy, &route.name, &r) {
                         panic!("{e}");

@@ -326,7 +326,41 @@ impl Writer {
         if let Some(r) = &d.reason {
             self.field_str("reason", r);
         }
+        if !d.remove_headers.is_empty() {
+            self.lit_key("request_headers_to_remove");
+            self.strings(&d.remove_headers);
+            self.comma();
+        }
+        if let Some(b) = &d.body {
+            self.field_str("body", b);
+        }
+        if !d.query_set.is_empty() {
+            self.lit_key("query_parameters_to_set");
+            self.0.push(b'{');
+            for (k, vs) in &d.query_set {
+                self.str(k);
+                self.0.push(b':');
+                self.strings(vs);
+                self.comma();
+            }
+            self.close(b'}');
+            self.comma();
+        }
+        if !d.query_remove.is_empty() {
+            self.lit_key("query_parameters_to_remove");
+            self.strings(&d.query_remove);
+            self.comma();
+        }
         self.close(b'}');
+    }
+
+    fn strings(&mut self, items: &[String]) {
+        self.0.push(b'[');
+        for i in items {
+            self.str(i);
+            self.comma();
+        }
+        self.close(b']');
     }
 
     /// The input's `headers`: names lower case, repeated names joined with ", " in order (as
