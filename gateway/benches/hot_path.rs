@@ -43,6 +43,8 @@ fn bench(c: &mut Criterion) {
         host: "api.example.com",
         scheme: "http",
         client_ip: "127.0.0.1",
+        body: None,
+        content_type: None,
     };
     let route = snap.route_for("api.example.com", "/orders/7", "GET").expect("route").clone();
 

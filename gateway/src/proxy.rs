@@ -419,6 +419,28 @@ fn pending(
         shadow: None,
         eval: took,
         status: 0,
+        extra: {
+            let r = &active.snapshot.routes[route];
+            (r.format == policy_bundles::input::InputFormat::Envoy || r.body.is_some()).then(|| {
+                Box::new(crate::decision_log::Extra {
+                    client_port: session.client_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port()),
+                    local: session.server_addr().and_then(|a| a.as_inet()).copied(),
+                    protocol: protocol(session),
+                    body: ctx.body.clone(),
+                })
+            })
+        },
+    }
+}
+
+/// The request's protocol as Envoy names it in `attributes.request.http.protocol`.
+fn protocol(session: &Session) -> &'static str {
+    if session.is_http2() {
+        "HTTP/2"
+    } else if session.req_header().version == http::Version::HTTP_10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
     }
 }
 
@@ -669,13 +691,7 @@ impl ProxyHttp for Proxy {
         }
         let client_port = session.client_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port());
         let local = session.server_addr().and_then(|a| a.as_inet()).map(|a| (a.ip().to_string(), a.port()));
-        let protocol = if session.is_http2() {
-            "HTTP/2"
-        } else if session.req_header().version == http::Version::HTTP_10 {
-            "HTTP/1.0"
-        } else {
-            "HTTP/1.1"
-        };
+        let protocol = protocol(session);
         let req = session.req_header();
         let client_ip = ctx.client_ip.as_str();
         let request_id = ctx.id.as_ref().map_or("", |i| i.id.as_str());

@@ -54,6 +54,8 @@ fn build_input(req: &Request<'_>, route: &str, issuer: &str, claims: &Value) -> 
         host: req.host,
         scheme: req.scheme,
         client_ip: req.client_ip,
+        body: None,
+        content_type: None,
     };
     input::build(parts, route, Some((issuer, claims)))
 }

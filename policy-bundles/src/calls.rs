@@ -100,7 +100,10 @@ impl Checker<'_> {
         if path.starts_with("data.") {
             return self.functions.contains(path);
         }
-        self.functions.contains(&format!("{}.{path}", self.pkg)) || path == "print" || BUILTINS.get(path).is_some()
+        self.functions.contains(&format!("{}.{path}", self.pkg))
+            || path == "print"
+            || BUILTINS.get(path).is_some()
+            || crate::jwt_rego::BUILTINS.iter().any(|(name, _)| *name == path)
     }
 }
 

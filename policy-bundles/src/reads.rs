@@ -20,8 +20,17 @@ use regorus::utils::get_path_string;
 use regorus::{Engine, Value};
 
 /// Builtins whose result differs between two calls with the same arguments.
-const NONDETERMINISTIC: &[&str] =
-    &["time.now_ns", "rand.intn", "uuid.rfc4122", "opa.runtime", "http.send", "net.lookup_ip_addr"];
+/// `io.jwt.decode_verify` is one: without a `time` constraint it checks `exp` and `nbf` against
+/// the clock.
+const NONDETERMINISTIC: &[&str] = &[
+    "time.now_ns",
+    "rand.intn",
+    "uuid.rfc4122",
+    "opa.runtime",
+    "http.send",
+    "net.lookup_ip_addr",
+    "io.jwt.decode_verify",
+];
 
 /// The input paths a bundle reads, or why its decisions cannot be cached.
 #[derive(Debug, Clone, PartialEq)]

@@ -71,8 +71,10 @@ impl Kind {
     }
 }
 
-/// One event, replayed.
+/// One event, replayed. (Made and consumed one at a time by `bundlectl replay`: its size does
+/// not matter.)
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Replayed {
     Unchanged,
     Changed { kind: Kind, before: Effect, after: Effect, route_after: Option<String> },
@@ -126,7 +128,8 @@ fn unreplayable(event: &Json, snap: &Snapshot, policy: usize) -> Option<String> 
     let needs = snap.needs(policy);
     let hidden = ["erased", "masked"].into_iter().flat_map(|k| event[k].as_array().into_iter().flatten());
     for path in hidden.filter_map(Json::as_str).filter(|p| p.starts_with("/input")) {
-        let readable = match path.strip_prefix("/input/request/headers/") {
+        let header = path.strip_prefix("/input/request/headers/");
+        let readable = match header.or_else(|| path.strip_prefix("/input/attributes/request/http/headers/")) {
             Some(header) => needs.header(&header.replace("~1", "/").replace("~0", "~")),
             None => true,
         };
@@ -139,11 +142,14 @@ fn unreplayable(event: &Json, snap: &Snapshot, policy: usize) -> Option<String> 
 
 /// Decides one logged event again with `snap`.
 pub fn replay(snap: &Snapshot, event: &Json) -> Replayed {
-    let request = &event["input"]["request"];
+    // The request as it was routed, from the input in either format.
+    let envoy = event["input"]["attributes"].is_object();
+    let request = if envoy { &event["input"]["attributes"]["request"]["http"] } else { &event["input"]["request"] };
     let text = |k: &str| request[k].as_str().unwrap_or_default();
+    let path = if envoy { text("path").split('?').next().unwrap_or_default() } else { text("path") };
     let before = logged_effect(event);
     let logged_route = event["route"].as_str().or(event["input"]["route"].as_str()).unwrap_or_default();
-    let Some(route_ix) = snap.table.lookup(text("host"), text("path"), text("method")) else {
+    let Some(route_ix) = snap.table.lookup(text("host"), path, text("method")) else {
         if !event["input"].is_object() {
             return Replayed::NotReplayable("the event has no input".into());
         }
@@ -153,8 +159,17 @@ pub fn replay(snap: &Snapshot, event: &Json) -> Replayed {
     if let Some(why) = unreplayable(event, snap, route.policy) {
         return Replayed::NotReplayable(why);
     }
+    if envoy != (route.format == crate::input::InputFormat::Envoy) {
+        return Replayed::NotReplayable(format!(
+            "the logged input is in the {} format and route `{}` now reads the other",
+            if envoy { "envoy" } else { "gateway" },
+            route.name
+        ));
+    }
     let mut input = event["input"].clone();
-    input["route"] = Json::from(route.name.as_str());
+    if !envoy {
+        input["route"] = Json::from(route.name.as_str());
+    }
     let after = match regorus::Value::from_json_str(&input.to_string()).map(|v| snap.decide(route.policy, v)) {
         Ok(Ok(mut d)) => {
             d.headers.sort();

@@ -352,7 +352,8 @@ fn run_case(
                 .iter()
                 .find(|r| r.name == *route)
                 .ok_or_else(|| format!("route `{route}` is not defined in the bundle"))?;
-            if let Some(obj) = input.as_object_mut() {
+            // The gateway's input names the route; the OPA-Envoy input has no such field.
+            if let (Some(obj), crate::input::InputFormat::Gateway) = (input.as_object_mut(), r.format) {
                 obj.entry("route").or_insert_with(|| Json::String(route.clone()));
             }
             (Some(r.policy), r.fail_open)

@@ -117,6 +117,17 @@ pub struct Pending {
     pub eval: Duration,
     /// The status the client got; set when the request ends.
     pub status: u16,
+    /// What only an Envoy-format input or a route with `body` holds.
+    pub extra: Option<Box<Extra>>,
+}
+
+/// The parts of a request that the Envoy-format input (or a buffered body) adds.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub client_port: u16,
+    pub local: Option<std::net::SocketAddr>,
+    pub protocol: &'static str,
+    pub body: Option<bytes::Bytes>,
 }
 
 /// A new decision id: a random UUID (version 4), as OPA's.
@@ -436,6 +447,58 @@ impl Writer {
     }
 }
 
+/// Where the input's headers are, as a JSON pointer prefix.
+fn headers_at(envoy: bool) -> &'static str {
+    if envoy {
+        "/input/attributes/request/http/headers/"
+    } else {
+        "/input/request/headers/"
+    }
+}
+
+/// The input of a route that reads the Envoy format or a body, built as the gateway built it
+/// (`policy_bundles::input`), whole, with credentials left out and named in `erased`.
+fn built_input(p: &Pending, route: &str, envoy: bool, erased: &mut Vec<&'static str>) -> regorus::Value {
+    use policy_bundles::input;
+    let pairs = p.headers.iter().filter(|(n, _)| match CREDENTIALS.iter().find(|c| **c == n.as_str()) {
+        Some(c) => {
+            if !erased.contains(c) {
+                erased.push(c);
+            }
+            false
+        }
+        None => true,
+    });
+    let headers = input::headers_joined(pairs.map(|(n, v)| (n.as_str(), v.as_bytes())), if envoy { "," } else { ", " });
+    let extra = p.extra.as_deref().cloned().unwrap_or_default();
+    let ip = p.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let content_type =
+        p.headers.iter().find(|(n, _)| n == http::header::CONTENT_TYPE).and_then(|(_, v)| v.to_str().ok());
+    let parts = input::RequestParts {
+        method: p.method.as_str(),
+        path: p.uri.path(),
+        query: p.uri.query(),
+        headers,
+        host: &p.host,
+        scheme: p.scheme,
+        client_ip: &ip,
+        body: extra.body.as_deref(),
+        content_type,
+    };
+    if !envoy {
+        let jwt = p.jwt.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
+        return input::build(parts, route, jwt);
+    }
+    let local = extra.local.map(|a| (a.ip().to_string(), a.port()));
+    let conn = input::Connection {
+        client_port: extra.client_port,
+        destination: local.as_ref().map(|(ip, port)| (ip.as_str(), *port)),
+        id: p.trace_id.as_str(),
+        protocol: extra.protocol,
+    };
+    input::envoy(&parts, &conn, &input::Needs::ALL)
+}
+
 /// A rule's path in OPA's form: `http/orders/decision` for `data.http.orders.decision`.
 fn rule_path(snap: &policy_bundles::Snapshot, policy: usize) -> String {
     let rule = snap.rule(policy).unwrap_or_default();
@@ -473,7 +536,12 @@ pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u
     w.field_str("decision_id", p.decision_id.as_str());
     scratch.route_fields(&mut w, p, instance);
     w.lit_key("input");
-    w.input(p, &route.name, &mut erased, scratch);
+    let envoy = route.format == policy_bundles::input::InputFormat::Envoy;
+    if envoy || route.body.is_some() {
+        w.raw(&built_input(p, &route.name, envoy, &mut erased).to_json_str().unwrap_or_else(|_| "{}".into()));
+    } else {
+        w.input(p, &route.name, &mut erased, scratch);
+    }
     w.comma();
     w.lit_key("timestamp");
     scratch.timestamp(p.at, &mut w.0);
@@ -503,14 +571,14 @@ pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u
     if !erased.is_empty() && !ruled {
         w.raw("\"erased\":[");
         for h in &erased {
-            w.str(&format!("/input/request/headers/{h}"));
+            w.str(&format!("{}{h}", headers_at(envoy)));
             w.comma();
         }
         w.close(b']');
     }
     w.close(b'}');
     let out = if ruled {
-        let erased = erased.iter().map(|h| format!("/input/request/headers/{h}")).collect();
+        let erased = erased.iter().map(|h| format!("{}{h}", headers_at(envoy))).collect();
         apply_rules(p, &w.0, erased)
     } else {
         Some(w.0.clone())
@@ -754,6 +822,7 @@ mod tests {
             headers: vec![],
             response_headers: vec![("x-why".into(), "law".into())],
             reason: Some("blocked \"here\"".into()),
+            ..Decision::default()
         };
         let got = written(|w| w.decision(&d));
         assert_eq!(

@@ -32,7 +32,7 @@ use serde_json::Value as Json;
 use crate::config::DecisionLogsConfig;
 
 mod event;
-pub use event::{decision_id, Answer, Pending, ShadowAnswer, ShortId};
+pub use event::{decision_id, Answer, Extra, Pending, ShadowAnswer, ShortId};
 use event::{event, Scratch};
 
 /// Decisions waiting for the shipper; past it they are dropped (`reason="queue_full"`).
