@@ -9,12 +9,17 @@ use common::*;
 use serde_json::json;
 
 struct Env {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _up: Upstream,
     gw: Gateway,
 }
 
 fn env() -> Env {
+    env_with("")
+}
+
+/// The example bundle behind a gateway with `extra` top-level config lines.
+fn env_with(extra: &str) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let up = echo_upstream("backend");
     let b = dir.path().join("bundle");
@@ -22,8 +27,8 @@ fn env() -> Env {
     let settings = b.join("gateway/data.yaml");
     let text = std::fs::read_to_string(&settings).expect("settings").replace("127.0.0.1:9100", &up.addr.to_string());
     std::fs::write(&settings, text).expect("write settings");
-    let gw = start_gateway(dir.path(), &b);
-    Env { _dir: dir, _up: up, gw }
+    let gw = start_gateway_with(dir.path(), &b, extra);
+    Env { dir, _up: up, gw }
 }
 
 /// A token for the example's audience (`people-api`), valid for ten minutes unless `exp` says.
@@ -156,4 +161,98 @@ fn a_v0_policy_rewrites_headers_and_query_on_the_way_upstream() {
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let r = request("DELETE", &format!("{}/legacy/items", e.gw.base), &[], None);
     assert_eq!((r.status, r.text()), (405, "only GET under /legacy".to_string()));
+}
+
+const READER: &str = "gateway-reader-token-for-opa-envoy-tests";
+const AUTHORS: &str = "authors-logs-token-for-opa-envoy-tests";
+
+/// Decision events of Envoy-format routes carry the input the policy saw, in the plugin's
+/// shape, with the bearer token erased at its place there; replaying them against a candidate
+/// that lowers the transfer limit flips exactly the transfers over the new limit, and reports
+/// the JWT route's events (whose rule reads the erased token) as not replayable.
+#[test]
+fn envoy_decisions_are_logged_in_the_plugins_shape_and_replay_exactly() {
+    let cp = tempfile::tempdir().expect("tempdir");
+    let api = test_support::control_api::ControlApi::start(
+        cp.path(),
+        &[("gateways", "read", READER), ("authors", "logs", AUTHORS)],
+    );
+    let token_file = cp.path().join("reader.token");
+    std::fs::write(&token_file, READER).expect("token");
+    let e = env_with(&format!(
+        "decision_logs:\n  sinks: [\"{}/v1/logs\"]\n  token_file: {}\n  flush_interval: 200ms\n",
+        api.base,
+        token_file.display()
+    ));
+    let url = format!("{}/transfers", e.gw.base);
+    let json_ct = [("content-type", "application/json")];
+    let mut over_100 = Vec::new();
+    for amount in [50, 250, 999, 20, 5000] {
+        let body = format!(r#"{{"amount": {amount}, "to": "acct-{amount}"}}"#);
+        let r = request("POST", &url, &json_ct, Some(body.as_bytes()));
+        let id = match r.header("x-decision-id") {
+            Some(id) => id.to_owned(),
+            None => r.json()["headers"]["x-decision-id"].as_str().expect("decision id upstream").to_owned(),
+        };
+        if (101..=1000).contains(&amount) {
+            over_100.push(id);
+        }
+    }
+    let alice = people_token("alice", &["reader"], "people-api", now() + 600);
+    assert_eq!(get(&format!("{}/people", e.gw.base), &[("authorization", &auth(&alice))]).status, 200);
+    let mut events = Vec::new();
+    eventually(std::time::Duration::from_secs(20), "6 events in control-api", || {
+        events = api.logs(AUTHORS, "bundle=main&limit=100");
+        events.len() >= 6
+    });
+    let people = events.iter().find(|e| e["route"] == "people").expect("the people event");
+    let http = &people["input"]["attributes"]["request"]["http"];
+    assert_eq!(http["method"], "GET");
+    assert_eq!(http["headers"][":path"], "/people");
+    assert!(http["headers"].get("authorization").is_none(), "{people:#}");
+    assert!(
+        people["erased"]
+            .as_array()
+            .expect("erased")
+            .iter()
+            .any(|p| p == "/input/attributes/request/http/headers/authorization"),
+        "{people:#}"
+    );
+    assert_eq!(people["input"]["parsed_path"], json!(["people"]));
+    assert_eq!(people["result"]["allow"], true);
+    let big = events.iter().find(|e| e["input"]["parsed_body"]["amount"] == 5000).expect("the 5000 transfer");
+    assert_eq!(big["status"], 422);
+    assert_eq!(big["result"]["status"], 422);
+    assert!(big["result"]["body"].as_str().expect("the deny body").contains("over limit"), "{big:#}");
+
+    let candidate = e.dir.path().join("candidate");
+    copy_dir(&e.dir.path().join("bundle"), &candidate);
+    let rules = candidate.join("envoy/transfers.rego");
+    let text = std::fs::read_to_string(&rules).expect("rules");
+    std::fs::write(&rules, text.replace("limit := 1000", "limit := 100")).expect("candidate");
+    let out = std::process::Command::new(workspace_bin("bundlectl"))
+        .args(["replay", candidate.to_str().expect("utf-8"), "--server", &api.base, "--since", "1h", "--json"])
+        .env("BUNDLECTL_TOKEN", AUTHORS)
+        .output()
+        .expect("run bundlectl replay");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["replayed"], 6, "{report:#}");
+    assert_eq!(report["changed"], 3, "{report:#}");
+    assert_eq!(report["not_replayable"], 1, "the people rule reads the erased token: {report:#}");
+    let ids = |kind: &str| {
+        let mut ids: Vec<String> = report["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .filter(|c| c["kind"] == kind)
+            .filter_map(|c| c["decision_id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    over_100.sort();
+    assert_eq!(ids("allow→deny"), over_100, "{report:#}");
+    // The 5000 transfer stays a 422, but its body names the new limit.
+    assert_eq!(ids("body"), vec![big["decision_id"].as_str().expect("id").to_owned()], "{report:#}");
 }

@@ -14,6 +14,14 @@
 //!   [`policy_bundles::authorize::authorize`] and through the same steps written out: the two
 //!   must cost the same.
 //!
+//! * `opa_envoy/*`: whole requests (the `authorize` pipeline) side by side: the api-gateway
+//!   example's orders request (`gateway_orders`: token verified in Rust before the rule, rule on
+//!   the VM, decision cached), and the opa-envoy example's `/people` (`envoy_people_same_token`:
+//!   the token verified in Rego with `io.jwt.decode_verify`, on the interpreter, uncacheable;
+//!   the signature check remembered per thread) and with a new token each time
+//!   (`envoy_people_new_tokens`: the signature checked every time), and its `/healthz`
+//!   (`envoy_health`: a boolean rule on the Envoy input, on the VM, cached).
+//!
 //! Run: `cargo bench -p policy-bundles --bench policy -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
@@ -221,5 +229,70 @@ fn authorize(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decision, route_lookup, compile, authorize);
+fn es256_token(aud: &str, sub: &str, roles: &[&str]) -> String {
+    let pem = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test-support/keys/demo-es256.pem"))
+        .expect("demo key");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("demo-es256".into());
+    let claims = serde_json::json!({
+        "iss": "https://id.example.test", "aud": aud, "sub": sub, "roles": roles,
+        "iat": 1_700_000_000, "nbf": 1_700_000_000, "exp": 4_000_000_000u64
+    });
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("key")).expect("sign")
+}
+
+fn opa_envoy(c: &mut Criterion) {
+    use policy_bundles::authorize::{self, Outcome, RequestView, Verdict};
+    let gateway = Snapshot::compile(&Bundle::from_files(example_files()).expect("bundle")).expect("compiles");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/opa-envoy");
+    let envoy = Snapshot::compile(&Bundle::from_path(&dir, &Limits::default()).expect("bundle")).expect("compiles");
+    let parts = |path: &'static str| snapshot::Request {
+        method: "GET",
+        path,
+        query: None,
+        host: REQUEST.host,
+        scheme: "http",
+        client_ip: "127.0.0.1",
+        body: None,
+        content_type: None,
+        conn: policy_bundles::input::Connection {
+            client_port: 40000,
+            destination: Some(("127.0.0.1", 8080)),
+            id: "0f8e2c4a1b3d4e5f",
+            protocol: "HTTP/1.1",
+        },
+    };
+    let orders_auth = format!("Bearer {}", demo_token());
+    let people_auth = format!("Bearer {}", es256_token("people-api", "alice", &["reader"]));
+    // Distinct tokens, more than a thread's signature-check memory holds.
+    let fresh: Vec<String> =
+        (0..3000).map(|i| format!("Bearer {}", es256_token("people-api", &format!("user{i}"), &["reader"]))).collect();
+    let headers = [("accept", "application/json"), ("user-agent", "bench/1.0")];
+    let ask = |snap: &Snapshot, path: &'static str, auth: &str| {
+        let pairs = headers.iter().map(|(n, v)| (*n, v.as_bytes())).chain([("authorization", auth.as_bytes())]);
+        authorize::authorize(snap, RequestView { parts: parts(path), authorization: Some(auth), headers: pairs })
+    };
+    for (snap, path, auth) in [(&gateway, "/orders/7", &orders_auth), (&envoy, "/people", &people_auth)] {
+        let Outcome::Evaluated { verdict: Verdict::Allow(..), .. } = ask(snap, path, auth) else {
+            panic!("{path} is not allowed")
+        };
+    }
+    let Outcome::Evaluated { verdict: Verdict::Allow(..), .. } = ask(&envoy, "/people", &fresh[0]) else {
+        panic!("a fresh token is not allowed")
+    };
+    let mut g = c.benchmark_group("opa_envoy");
+    g.bench_function("gateway_orders", |b| b.iter(|| ask(&gateway, "/orders/7", black_box(&orders_auth))));
+    g.bench_function("envoy_people_same_token", |b| b.iter(|| ask(&envoy, "/people", black_box(&people_auth))));
+    let mut i = 0;
+    g.bench_function("envoy_people_new_tokens", |b| {
+        b.iter(|| {
+            i = (i + 1) % fresh.len();
+            ask(&envoy, "/people", black_box(&fresh[i]))
+        })
+    });
+    g.bench_function("envoy_health", |b| b.iter(|| ask(&envoy, "/healthz", black_box(""))));
+    g.finish();
+}
+
+criterion_group!(benches, decision, route_lookup, compile, authorize, opa_envoy);
 criterion_main!(benches);

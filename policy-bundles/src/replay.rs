@@ -50,8 +50,11 @@ pub enum Kind {
     DenyToAllow,
     /// Both deny, with another status.
     Status,
-    /// The same allow or deny, with other upstream or response headers.
+    /// The same allow or deny, with other upstream or response headers (or, from an
+    /// OPA-Envoy result, other header removals or query rewrites).
     Headers,
+    /// The same deny and headers, with another body (an OPA-Envoy result's `body`).
+    Body,
     /// The rule fails where it decided, or decides where it failed.
     Error,
     /// The candidate routes the request to another route, or to none.
@@ -65,6 +68,7 @@ impl Kind {
             Kind::DenyToAllow => "deny→allow",
             Kind::Status => "status",
             Kind::Headers => "headers",
+            Kind::Body => "body",
             Kind::Error => "error",
             Kind::Route => "route",
         }
@@ -191,6 +195,10 @@ fn compare(before: &Effect, after: &Effect) -> Option<Kind> {
         (Effect::Decided(a), Effect::Decided(b)) if a.allow && !b.allow => Some(Kind::AllowToDeny),
         (Effect::Decided(a), Effect::Decided(b)) if !a.allow && b.allow => Some(Kind::DenyToAllow),
         (Effect::Decided(a), Effect::Decided(b)) if !a.allow && a.status != b.status => Some(Kind::Status),
+        (Effect::Decided(a), Effect::Decided(b)) if !a.allow && a.body != b.body => {
+            let rest = |d: &Decision| Decision { body: None, reason: None, ..d.clone() };
+            Some(if crate::authorize::same_effect(&rest(a), &rest(b)) { Kind::Body } else { Kind::Headers })
+        }
         (Effect::Decided(_), Effect::Decided(_)) => Some(Kind::Headers),
         (Effect::Error, Effect::Error) | (Effect::NoRoute, Effect::NoRoute) => None,
         _ => Some(Kind::Error),
