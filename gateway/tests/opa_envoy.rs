@@ -97,6 +97,7 @@ fn a_missing_forged_expired_or_foreign_token_gets_the_policys_401_and_body() {
         ("expired", Some(auth(&expired))),
         ("another audience", Some(auth(&foreign))),
         ("alg none", Some(auth(&alg_none))),
+        ("not a JWT at all", Some("Bearer garbage".to_owned())),
     ] {
         let headers: Vec<(&str, &str)> = header.iter().map(|h| ("authorization", h.as_str())).collect();
         let r = get(&url, &headers);

@@ -19,9 +19,20 @@
 //! key or certificate, or a JWK / JWKS) never verifies. OPA would compute the HMAC with it,
 //! which is exactly the algorithm-confusion forgery: anyone holding the public key could sign.
 //!
+//! Where ring (jsonwebtoken's backend) is narrower than Go, the result is `false`: RSA keys of
+//! fewer than 2048 bits, and ECDSA with a curve other than the algorithm's own (Go would check
+//! an ES256 signature made with a P-384 key).
+//!
 //! Pure functions: keys come only from the arguments, never from the network or the disk.
-//! Extensions run on regorus' interpreter (not its VM), and an error from one fails the
-//! evaluation, as regorus' own builtins do in their default (strict) mode.
+//! Extensions run on regorus' interpreter (not its VM). A call that errors (a malformed token,
+//! say, sent by a client) is undefined, as in OPA's default (non-strict) evaluation: the rule
+//! built on it is undefined or takes its default, so a policy's "no valid token" answer (a 401
+//! with its body) holds for garbage too, rather than the evaluation failing.
+//!
+//! Two per-thread caches keep repeated calls cheap, neither changing an answer (each is a
+//! function of its key): the keys parsed from a `cert` argument, by its text, and the outcome of
+//! each signature check, by the token's signed part and signature, the key text and the
+//! algorithm.
 
 use std::cmp::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -71,11 +82,61 @@ pub fn register(engine: &mut regorus::Engine) -> Result<(), String> {
                 }
             }
         };
-        engine
-            .add_extension(name.to_owned(), nargs, extension)
-            .map_err(|e| format!("{name}: {e}"))?;
+        engine.add_extension(name.to_owned(), nargs, non_strict(extension)).map_err(|e| format!("{name}: {e}"))?;
     }
     Ok(())
+}
+
+/// A builtin whose errors are undefined, as OPA's are outside strict mode.
+fn non_strict(mut f: Box<dyn regorus::Extension>) -> Box<dyn regorus::Extension> {
+    Box::new(move |args: Vec<Value>| Ok(f(args).unwrap_or(Value::Undefined)))
+}
+
+/// Bound of each per-thread cache, in entries; a full cache is emptied.
+const CACHE_ENTRIES: usize = 1024;
+
+/// Parsed keys by the text they came from.
+type KeyCache = std::collections::HashMap<String, std::sync::Arc<Vec<Key>>>;
+/// Signature checks: (signed part and signature, key text, algorithm) → verified.
+type CheckCache = std::collections::HashMap<(String, String, &'static str), bool>;
+
+thread_local! {
+    static KEYS: std::cell::RefCell<KeyCache> = std::cell::RefCell::new(KeyCache::new());
+    static CHECKS: std::cell::RefCell<CheckCache> = std::cell::RefCell::new(CheckCache::new());
+}
+
+/// [`parse_keys`] through this thread's key cache (errors are not kept).
+fn cached_keys(text: &str) -> Result<std::sync::Arc<Vec<Key>>> {
+    if let Some(k) = KEYS.with(|c| c.borrow().get(text).cloned()) {
+        return Ok(k);
+    }
+    let keys = std::sync::Arc::new(parse_keys(text)?);
+    KEYS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(text.to_owned(), keys.clone());
+    });
+    Ok(keys)
+}
+
+/// `check()` through this thread's signature-check cache, keyed by the token's signed part and
+/// signature (`token`), the key's text and the algorithm's name.
+fn cached_check(token: &str, key_text: &str, alg: &'static str, check: impl FnOnce() -> bool) -> bool {
+    let key = (token.to_owned(), key_text.to_owned(), alg);
+    if let Some(done) = CHECKS.with(|c| c.borrow().get(&key).copied()) {
+        return done;
+    }
+    let ok = check();
+    CHECKS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(key, ok);
+    });
+    ok
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -383,9 +444,15 @@ impl Curve {
 #[derive(Debug, Clone)]
 enum Material {
     /// Modulus and exponent, big-endian without leading zeros.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// An uncompressed SEC1 point.
-    Ec { curve: Curve, point: Vec<u8> },
+    Ec {
+        curve: Curve,
+        point: Vec<u8>,
+    },
     Ed25519(Vec<u8>),
     /// A symmetric key (a JWK of `kty: oct`, or an HMAC secret).
     Oct(Vec<u8>),
@@ -432,8 +499,8 @@ fn parse_keys(text: &str) -> Result<Vec<Key>> {
                 if !rest.is_empty() {
                     bail!("failed to parse a PEM public key: trailing data after ASN.1 of public-key");
                 }
-                let material = spki_material(&spki, false)
-                    .map_err(|e| anyhow!("failed to parse a PEM public key: {e}"))?;
+                let material =
+                    spki_material(&spki, false).map_err(|e| anyhow!("failed to parse a PEM public key: {e}"))?;
                 Ok(vec![Key::bare(material)])
             }
             _ => bail!("failed to extract a Key from the PEM certificate"),
@@ -458,8 +525,7 @@ fn spki_material(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>, in_certific
             let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() else {
                 bail!("invalid RSA public key");
             };
-            if rsa.modulus.first().is_some_and(|b| b & 0x80 != 0)
-                || rsa.exponent.first().is_some_and(|b| b & 0x80 != 0)
+            if rsa.modulus.first().is_some_and(|b| b & 0x80 != 0) || rsa.exponent.first().is_some_and(|b| b & 0x80 != 0)
             {
                 bail!("RSA modulus or exponent is not a positive number");
             }
@@ -518,8 +584,15 @@ fn jwk_bytes(jwk: &serde_json::Map<String, serde_json::Value>, field: &str) -> R
         Some(_) => bail!("field {field:?} must be a string"),
         None => bail!("required field {field:?} is missing"),
     };
-    let normalized: String =
-        text.trim_end_matches('=').chars().map(|c| match c { '+' => '-', '/' => '_', c => c }).collect();
+    let normalized: String = text
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
     LENIENT.decode(normalized).map_err(|e| anyhow!("field {field:?}: {e}"))
 }
 
@@ -758,9 +831,8 @@ fn verify_signature(material: &Material, alg: Alg, message: &[u8], signature: &[
         (Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512, Material::Rsa { n, e }) => {
             DecodingKey::from_rsa_raw_components(n, e)
         }
-        (Alg::Es256, Material::Ec { curve: Curve::P256, point }) | (Alg::Es384, Material::Ec { curve: Curve::P384, point }) => {
-            DecodingKey::from_ec_der(point)
-        }
+        (Alg::Es256, Material::Ec { curve: Curve::P256, point })
+        | (Alg::Es384, Material::Ec { curve: Curve::P384, point }) => DecodingKey::from_ec_der(point),
         (Alg::Es512, Material::Ec { curve: Curve::P521, point }) => return verify_p521(point, message, signature),
         (Alg::EdDsa, Material::Ed25519(x)) => DecodingKey::from_ed_der(x),
         _ => return false,
@@ -807,8 +879,10 @@ fn jwt_verify_hmac(alg: Alg, args: &[Value]) -> Result<Value> {
     if is_public_key_text(secret) {
         return Ok(Value::from(false));
     }
-    let material = Material::Oct(secret.as_bytes().to_vec());
-    Ok(Value::from(verify_signature(&material, alg, parts.signing_input.as_bytes(), &signature)))
+    let ok = cached_check(jwt, secret, alg.name(), || {
+        verify_signature(&Material::Oct(secret.as_bytes().to_vec()), alg, parts.signing_input.as_bytes(), &signature)
+    });
+    Ok(Value::from(ok))
 }
 
 /// `io.jwt.verify_rs*/ps*/es*/eddsa(jwt, certificate)`: the signature checked with the
@@ -816,10 +890,14 @@ fn jwt_verify_hmac(alg: Alg, args: &[Value]) -> Result<Value> {
 fn jwt_verify_asymmetric(alg: Alg, args: &[Value]) -> Result<Value> {
     let jwt = string_operand(args, 0)?;
     let parts = split_token(jwt)?;
-    let keys = parse_keys(string_operand(args, 1)?)?;
+    let key_text = string_operand(args, 1)?;
+    let keys = cached_keys(key_text)?;
     let signature = decode_signature(parts.signature)?;
     let header = Header::parse(&decode_header(parts.header)?)?;
-    Ok(Value::from(verify_with_keys(&keys, &header, alg, parts.signing_input.as_bytes(), &signature)))
+    let ok = cached_check(jwt, key_text, alg.name(), || {
+        verify_with_keys(&keys, &header, alg, parts.signing_input.as_bytes(), &signature)
+    });
+    Ok(Value::from(ok))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -827,7 +905,9 @@ fn jwt_verify_asymmetric(alg: Alg, args: &[Value]) -> Result<Value> {
 
 /// The constraints of `io.jwt.decode_verify`; an empty string is a constraint not given.
 struct Constraints {
-    keys: Option<Vec<Key>>,
+    keys: Option<std::sync::Arc<Vec<Key>>>,
+    /// The `cert` or `secret` text: the signature-check cache's key.
+    key_text: String,
     secret: String,
     alg: String,
     iss: String,
@@ -862,6 +942,7 @@ impl Constraints {
         };
         let mut c = Constraints {
             keys: None,
+            key_text: String::new(),
             secret: String::new(),
             alg: String::new(),
             iss: String::new(),
@@ -879,9 +960,13 @@ impl Constraints {
             match name.as_ref() {
                 "cert" => {
                     let Value::String(s) = v else { bail!("cert constraint: must be a string") };
-                    c.keys = Some(parse_keys(s)?);
+                    c.keys = Some(cached_keys(s)?);
+                    c.key_text = s.to_string();
                 }
-                "secret" => c.secret = text()?,
+                "secret" => {
+                    c.secret = text()?;
+                    c.key_text.clone_from(&c.secret);
+                }
                 "alg" => c.alg = text()?,
                 "iss" => c.iss = text()?,
                 "aud" => c.aud = text()?,
@@ -951,7 +1036,11 @@ fn jwt_decode_verify(args: &[Value]) -> Result<Value> {
             return Ok(unverified());
         }
         let signature = decode_signature(parts.signature)?;
-        if !constraints.verify(&header, parts.signing_input.as_bytes(), &signature) {
+        let alg = Alg::of_name(&header.alg).map_or("", Alg::name);
+        let verified = cached_check(&token, &constraints.key_text, alg, || {
+            constraints.verify(&header, parts.signing_input.as_bytes(), &signature)
+        });
+        if !verified {
             return Ok(unverified());
         }
         let payload = decode_payload_bytes(parts.payload)?;
@@ -1003,4 +1092,818 @@ fn jwt_decode_verify(args: &[Value]) -> Result<Value> {
         _ => bail!("nbf value must be a number"),
     }
     Ok(Value::from(vec![Value::from(true), header, payload]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::EncodingKey;
+    use serde_json::{json, Value as Json};
+
+    // Test keys generated once with `openssl genpkey` / `openssl req -x509` for these tests
+    // alone (RSA 2048, P-256, P-384, P-521, Ed25519; self-signed certificates for two of them).
+    const RSA_PRIV: &str = "-----BEGIN PRIVATE KEY-----
+MIIEvwIBADANBgkqhkiG9w0BAQEFAASCBKkwggSlAgEAAoIBAQC+0d2BYDhMm0ii
+ugUHJef56Q3J+rQuOJSBXBpukzmhcopSezTzvhM+L8IXxM7LroLTjYUzSSH/T8nw
+416hRX4bD+bLunxrvJjai4SpJe0Lrw0ZEP0rB9oyotPZj9u9t6mZK/ScHrJqHwLC
+IlmXLm5nOJOjTfuB/MhK9j+AZb39J2Te6WTH17YaZqlkxY+TRVL18AqX7kzqh9it
+ylo+rMxHjpxiyUPU4vWHTnmjoHVbk/T2HsrZZLyeonhruHpDtmiRQF2/M/G73fIc
+t5YIjV6IHt6moi9otfOy2qxpjOQJScF/ufiZNAnAOt3vYc7t9cbRROtN+0OwFHo1
+S6o/XJjtAgMBAAECggEAEJ9diWClZt78E9jaiUXfEGEh519khMY/AYnRb6J5mbvN
+muPKuBTtvjQQ11s4nHumP+GLIe2T/Zaow8g6vRe9pYPcGhEzt3rlYdxXgRihrqvg
+GzfkpfP4KQMQK1qhzMQMDSDMHTF7X002Q00Uutu7mFhQXCB18Vvg4s7St0+lnkDC
+toQLDGWFtcVhCVv0+7TSIXB3brXhPaDielVb7dPCZ88mY3S5gm5QJ6nDgGqZiU6J
+pMLs3hKGmgRgVOa0hlYRlddUVblX4CKYw2cCKT94N9zSya5H8SQvR8xP2E8IRXA0
+zAdBl9SPxgwUqswpTGcxsp8NBlZ3EgESvo++8UK04QKBgQDn5gEv1GamsYZ+IoT9
+6G39pDWzDH/9SqP0T4/Qgsfy66OuGPfGZ2O2AGOBWaKdVnXtiujC4DuU8i5Uoa0g
+w/CeMPmhlhRCVvTghj2PJNJ6llifAR8J4TvA1VDAWyovxBdXeNcJ1Yy8HH+o1HrW
+GvD3gzXbWBCNRYDSnySdFDOF1QKBgQDSpucmcoqo7wmQ+JP1dGmRkxR6pcifu8am
+kRYR9DqTVgTAKgVIjXocJe3sCgsHguTysElI52LKd/15PqFqOR7k4aXV/KfMBsRZ
+HCjLMa5b1e0NW0vrN2KA4+yt1U7QOvOgI9oGtKtm0Cz7qyo62bkRaNcpMF5AMXE6
+R4YAysRauQKBgQCDLjBDr0J2T3xGRB65R09ZKRgbdhm83glLPeqbyC91smjAJm2b
+dYcJQMUJOfxsRqmlO2waOSBbTHh69Y5rN4wY4JmGF9DUCj6x+B5AqFLMd9of8FFv
+lFLp7YGlnqyJosKVf80dSgk3rGNmzPPDxC/FxBqmPvX2BHgwLUhX90KCFQKBgQCA
+Qt+7qUKEWgeZHcH5Ukh1OvjdNNRTbiImiXDGvc5sp5N87hkJdBtFyFJ1xiexCyIc
+Ivp8SWb9oNHVYS0nYGBPPJWdFZmVwQkMuPidwEJJ6JfN6ijvr2lq0Vzq+1Zhs4Nj
+nnDCZH94uoipNC8iZi8pSoy3p5u7ul8W/TW6hbvJAQKBgQDMIOlKiiyGYjITNUBp
+A5XgQOZuO/pBnntpCmcmpgrVFjMMg2R8SDvjoD6xKJFNELOht4nkBl5Kou7L64Gh
+krG+8xrn1QEseTROWDGRAY9aCDKAf8BvCZWJyzfaPAj5Nzkdr6832ckb57BhgwWu
+U0Iz7XGM0/y0oFM5qASYqWbjXw==
+-----END PRIVATE KEY-----
+";
+    const RSA_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAvtHdgWA4TJtIoroFByXn
++ekNyfq0LjiUgVwabpM5oXKKUns0874TPi/CF8TOy66C042FM0kh/0/J8ONeoUV+
+Gw/my7p8a7yY2ouEqSXtC68NGRD9KwfaMqLT2Y/bvbepmSv0nB6yah8CwiJZly5u
+ZziTo037gfzISvY/gGW9/Sdk3ulkx9e2GmapZMWPk0VS9fAKl+5M6ofYrcpaPqzM
+R46cYslD1OL1h055o6B1W5P09h7K2WS8nqJ4a7h6Q7ZokUBdvzPxu93yHLeWCI1e
+iB7epqIvaLXzstqsaYzkCUnBf7n4mTQJwDrd72HO7fXG0UTrTftDsBR6NUuqP1yY
+7QIDAQAB
+-----END PUBLIC KEY-----
+";
+    const RSA_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIDETCCAfmgAwIBAgIUPbEr5jY0JZ3NGvU83ASOujVQOD0wDQYJKoZIhvcNAQEL
+BQAwFzEVMBMGA1UEAwwMand0LXRlc3QtcnNhMCAXDTI2MTIwMzE2NDgwNloYDzIx
+MjYxMTA5MTY0ODA2WjAXMRUwEwYDVQQDDAxqd3QtdGVzdC1yc2EwggEiMA0GCSqG
+SIb3DQEBAQUAA4IBDwAwggEKAoIBAQC+0d2BYDhMm0iiugUHJef56Q3J+rQuOJSB
+XBpukzmhcopSezTzvhM+L8IXxM7LroLTjYUzSSH/T8nw416hRX4bD+bLunxrvJja
+i4SpJe0Lrw0ZEP0rB9oyotPZj9u9t6mZK/ScHrJqHwLCIlmXLm5nOJOjTfuB/MhK
+9j+AZb39J2Te6WTH17YaZqlkxY+TRVL18AqX7kzqh9itylo+rMxHjpxiyUPU4vWH
+TnmjoHVbk/T2HsrZZLyeonhruHpDtmiRQF2/M/G73fIct5YIjV6IHt6moi9otfOy
+2qxpjOQJScF/ufiZNAnAOt3vYc7t9cbRROtN+0OwFHo1S6o/XJjtAgMBAAGjUzBR
+MB0GA1UdDgQWBBSobWmy2Z098nkmgDtb1wLqU1mB7jAfBgNVHSMEGDAWgBSobWmy
+2Z098nkmgDtb1wLqU1mB7jAPBgNVHRMBAf8EBTADAQH/MA0GCSqGSIb3DQEBCwUA
+A4IBAQBIypXKu0BFluGhvMHt/qLuj3itFsma3CvUBJ9brp5xLmLQrw4d7mmAzipr
+AfhR+pCyDgZZbNaEyomVNoVQejJ83Aj2fiz+4qxGu1LJ0wmhw+u7YXveefoIVmZH
+JJ3SUgQGVWCf03zyYfqqX81IVirJryDsFJtxypJPhRALGCdhclHp79ovAYTPTmiu
+OkCvxFd/BN1oVTehDPvky3mNA2J/AGS6pT30Lvrl7br8K9DSVJULRuy/ruPsNzXZ
+1uXI+121kc+2NLCJkKbI1PXjj5t/HWXqMNuSV29AqrCsjZVu+E6xrz/K8oEKk9Ou
+ffh/1Yqht+GDkGpWJbE580wwDjK8
+-----END CERTIFICATE-----
+";
+    const RSA2_PRIV: &str = "-----BEGIN PRIVATE KEY-----
+MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQDl5wmMecTgl6mP
+bIluO1wrFLAez4AGp1CPIAKsxvSMr03rqyy/HEX7OJ5uG2TqVRtQvRxw4h+6esHl
+/oJLuesXtRa/Z1S03pLMgAss0KdZMDN5Z/Xe4RoJZ1mOJ9/xaqw/BhNQRbOmtWPk
+lKCI74MCzJieuBM7EfCBDqFN/9mRrjVgLSilzeoGOzO/hmaLbE65oyTLSgmcFrSh
+b/D2oWeMl6Xd4hT5niNe5JbXEjGnE3M1dTxMw0fwTZAN7CV6vbAx5PhuuhopIAC4
+NfNpXIjQ6IvJOdt7x4Bk403VKMA4gd3SDnqKDzZbziyX4BUNP1kR3aBtas6eezXC
+0S8M7DwNAgMBAAECggEAQk11swYhMdZ7Z6oZHmnPJHuEaXZVSVXyhTxpmRONzo72
+LWvB7WHFivSiuEV9PpmJ1aicba/BD8I8bkyOnjFBrCYlJ9EwnDL+aizZTDTmtnGQ
+vsgtH/iSTjj4mmdEjfbCMzDY3BMmAwOYCgGVJLjSczm3IDsdDLGZR1cFTR3mzLzB
+nvjinDaEuk7YOQwaI8hq7e0oesdckzU02at4Re/tMsO9A9wZGvz0oAB5xxMQheEc
+bUijA9wIIwX4hUr7eAK11bZMzQowWnplXdDnXIqq5akJNfFKd2XakqlGnJz/vv5P
+Rq9h1o2VEgwb2ERK/kHikrtzinQJTlG3B6/wuXoLTwKBgQD4RZS9ronF6klese2N
+vHf2/+GKqdWyNthneSPvseC0LTuB4Kl8FS6L1I+MHOggmCSDBYbEgTv2Pj25DWT8
+31qU1x62MVfPt6l/4O9blQpQcOw5MzSrgoU/1Fu+wbttQ8DnQlx7BnFyTLdseVMX
+xJpxjS6mlPp1VpPkB2puNLeGpwKBgQDtDxNauzidifrp2jKW3HpdIBB3hK189CmO
+mZKsvOXFPDnecWe/G3eDlvfMB0vYeD2s+vNtkaNlrFFHsktSXXjm+Mp21DQQgP0J
+iznRb3Q7SFgrnlK2E4toNZ7AFq0e/8BQ7J2xxNdo+favX4P/v4paOd6WnnCVD96G
+KiEG3VQyKwKBgQDhO0awOiqVGXIMbYCkaAmxU/wKLv9GGUmDvbujVY0UCEEHF4jK
+n/DFPEYqB4NzJnNhRd84YEHEqDyYqBUo73wesXYUNXmDYQxtjeO4AuMDjR5Q2ip7
+OgKmoIHG8byWaLQVWPfLSFIdLons57hBRMQUJc/foiIB11R9t1iPuFWS2wKBgQCj
+ii7z/Q0FwdbT1a/o25me/SvfCC0XcunocpH5kSeCdhYGG35THQPKSDATFUWBxRHn
+cAjXog1zavl32MyVud5amXAzohl4+UOXffEZRyaMb1BEZyjwa3NVJQirw/kS1aU7
+LsFrjjx9M1S3j9FkciNkM2AX0J4id5wwOogmUDJxmQKBgDdIu2qopV/Zj6DbIZWR
+LNzXBhomI2qgx1jVY5qMajJun4u+VWnRo3oUw9pUbTndOouZGi57DVC9bhRAgHob
+cCqus0G/5lxJsK8ivc6HOqRMu0wKxD4qmT5+ZMtKUvEYyfr7rRv7bXiCgRsq9c/D
+Xfppfb4JnIHG+Bf6h26J/Q64
+-----END PRIVATE KEY-----
+";
+    const RSA2_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA5ecJjHnE4Jepj2yJbjtc
+KxSwHs+ABqdQjyACrMb0jK9N66ssvxxF+ziebhtk6lUbUL0ccOIfunrB5f6CS7nr
+F7UWv2dUtN6SzIALLNCnWTAzeWf13uEaCWdZjiff8WqsPwYTUEWzprVj5JSgiO+D
+AsyYnrgTOxHwgQ6hTf/Zka41YC0opc3qBjszv4Zmi2xOuaMky0oJnBa0oW/w9qFn
+jJel3eIU+Z4jXuSW1xIxpxNzNXU8TMNH8E2QDewler2wMeT4broaKSAAuDXzaVyI
+0OiLyTnbe8eAZONN1SjAOIHd0g56ig82W84sl+AVDT9ZEd2gbWrOnns1wtEvDOw8
+DQIDAQAB
+-----END PUBLIC KEY-----
+";
+    const P256_PRIV: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg82XLc3h1P/UQgcMS
+07YOexk0de8f2CVP0DVDy6CzUOKhRANCAAQ91Rtt7PEXpZIOh/cbFrjlmzMbuMHS
+uiUHgIzpP0mxM640vExAp9+y/AgGveWMehWZjwlRr44PaiKZmb0DOp4V
+-----END PRIVATE KEY-----
+";
+    const P256_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEPdUbbezxF6WSDof3Gxa45ZszG7jB
+0rolB4CM6T9JsTOuNLxMQKffsvwIBr3ljHoVmY8JUa+OD2oimZm9AzqeFQ==
+-----END PUBLIC KEY-----
+";
+    const P256_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBhzCCAS2gAwIBAgIUTeUZuAn9B/RJuK5GdDPxh0CWMd4wCgYIKoZIzj0EAwIw
+GDEWMBQGA1UEAwwNand0LXRlc3QtcDI1NjAgFw0yNjEyMDMxNjQ4MDZaGA8yMTI2
+MTEwOTE2NDgwNlowGDEWMBQGA1UEAwwNand0LXRlc3QtcDI1NjBZMBMGByqGSM49
+AgEGCCqGSM49AwEHA0IABD3VG23s8Relkg6H9xsWuOWbMxu4wdK6JQeAjOk/SbEz
+rjS8TECn37L8CAa95Yx6FZmPCVGvjg9qIpmZvQM6nhWjUzBRMB0GA1UdDgQWBBTU
+h0XnBDlQbCpsZBUv++JNkwTX+DAfBgNVHSMEGDAWgBTUh0XnBDlQbCpsZBUv++JN
+kwTX+DAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIBQRHXfiBHno
+jSAMPBlX8qV5s4PSks9f0TqnjpY+PJpFAiEA7bj/tkegDJ3B4BLbh2ECNlKNr+aX
+SRb96LJNlevfolQ=
+-----END CERTIFICATE-----
+";
+    const P384_PRIV: &str = "-----BEGIN PRIVATE KEY-----
+MIG2AgEAMBAGByqGSM49AgEGBSuBBAAiBIGeMIGbAgEBBDDRxd+GTdRavFaEGA1h
+0YMuyGx1ZkTXR9VxImq/kW506bFtE8KtjUwWbWLD4s8V6OqhZANiAATHK8uxLryI
+0HWuOZ2bkeIOTK3/O89QdhDe7VYkPq0dCI6tKSn5Ok7jUdJE+DuhChrBOpKIUIaZ
+EnX/1CEigv0w1iLcifCVstEui20DXOHuQBkTFMRd/LdRiP91WMGEXn8=
+-----END PRIVATE KEY-----
+";
+    const P384_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAExyvLsS68iNB1rjmdm5HiDkyt/zvPUHYQ
+3u1WJD6tHQiOrSkp+TpO41HSRPg7oQoawTqSiFCGmRJ1/9QhIoL9MNYi3InwlbLR
+LottA1zh7kAZExTEXfy3UYj/dVjBhF5/
+-----END PUBLIC KEY-----
+";
+    const P521_PRIV: &str = "-----BEGIN PRIVATE KEY-----
+MIHuAgEAMBAGByqGSM49AgEGBSuBBAAjBIHWMIHTAgEBBEIARUpwa9XbsuPGdzcQ
+/jPOLqEMCil+6oa/ssPOFO4r3/YH6OhPbkkO9lx1DdJC7w2sh617aJVJ7xGwjwuj
+GG8FeOShgYkDgYYABAAJlNLVlgzhsB8G2SM7MfXu/nN6eZSFXPs+UKfYFtnUR6CX
+kpyhJmY/UFOD5W8U6E620FDasxCo6qI49deZGZidpwAswFs/STsB7dK7T0d7oZb8
+I6+ULIF/6xEd24kjKr8U2hey584XGQ/30mS4KgPwcU81LHDfynRyjDy7E7k5cG8F
+tA==
+-----END PRIVATE KEY-----
+";
+    const P521_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MIGbMBAGByqGSM49AgEGBSuBBAAjA4GGAAQACZTS1ZYM4bAfBtkjOzH17v5zenmU
+hVz7PlCn2BbZ1Eegl5KcoSZmP1BTg+VvFOhOttBQ2rMQqOqiOPXXmRmYnacALMBb
+P0k7Ae3Su09He6GW/COvlCyBf+sRHduJIyq/FNoXsufOFxkP99JkuCoD8HFPNSxw
+38p0cow8uxO5OXBvBbQ=
+-----END PUBLIC KEY-----
+";
+    const ED_PRIV: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIEyJvjVUE5uLvO/7uVvO5VE8KeXqLCAm7qFk/YopZSvi
+-----END PRIVATE KEY-----
+";
+    const ED_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAmfv0svIgC9+4X2iIsE1kUH2046Ux3WH/gpCh7WClkWg=
+-----END PUBLIC KEY-----
+";
+
+    // The same public keys as JWK fields.
+    const RSA_N: &str = "vtHdgWA4TJtIoroFByXn-ekNyfq0LjiUgVwabpM5oXKKUns0874TPi_CF8TOy66C042FM0kh_0_J8ONeoUV-Gw_my7p8a7yY2ouEqSXtC68NGRD9KwfaMqLT2Y_bvbepmSv0nB6yah8CwiJZly5uZziTo037gfzISvY_gGW9_Sdk3ulkx9e2GmapZMWPk0VS9fAKl-5M6ofYrcpaPqzMR46cYslD1OL1h055o6B1W5P09h7K2WS8nqJ4a7h6Q7ZokUBdvzPxu93yHLeWCI1eiB7epqIvaLXzstqsaYzkCUnBf7n4mTQJwDrd72HO7fXG0UTrTftDsBR6NUuqP1yY7Q";
+    const RSA2_N: &str = "5ecJjHnE4Jepj2yJbjtcKxSwHs-ABqdQjyACrMb0jK9N66ssvxxF-ziebhtk6lUbUL0ccOIfunrB5f6CS7nrF7UWv2dUtN6SzIALLNCnWTAzeWf13uEaCWdZjiff8WqsPwYTUEWzprVj5JSgiO-DAsyYnrgTOxHwgQ6hTf_Zka41YC0opc3qBjszv4Zmi2xOuaMky0oJnBa0oW_w9qFnjJel3eIU-Z4jXuSW1xIxpxNzNXU8TMNH8E2QDewler2wMeT4broaKSAAuDXzaVyI0OiLyTnbe8eAZONN1SjAOIHd0g56ig82W84sl-AVDT9ZEd2gbWrOnns1wtEvDOw8DQ";
+    const P256_X: &str = "PdUbbezxF6WSDof3Gxa45ZszG7jB0rolB4CM6T9JsTM";
+    const P256_Y: &str = "rjS8TECn37L8CAa95Yx6FZmPCVGvjg9qIpmZvQM6nhU";
+    const P384_X: &str = "xyvLsS68iNB1rjmdm5HiDkyt_zvPUHYQ3u1WJD6tHQiOrSkp-TpO41HSRPg7oQoa";
+    const P384_Y: &str = "wTqSiFCGmRJ1_9QhIoL9MNYi3InwlbLRLottA1zh7kAZExTEXfy3UYj_dVjBhF5_";
+    const P521_X: &str = "AAmU0tWWDOGwHwbZIzsx9e7-c3p5lIVc-z5Qp9gW2dRHoJeSnKEmZj9QU4PlbxToTrbQUNqzEKjqojj115kZmJ2n";
+    const P521_Y: &str = "ACzAWz9JOwHt0rtPR3uhlvwjr5QsgX_rER3biSMqvxTaF7LnzhcZD_fSZLgqA_BxTzUscN_KdHKMPLsTuTlwbwW0";
+    const ED_X: &str = "mfv0svIgC9-4X2iIsE1kUH2046Ux3WH_gpCh7WClkWg";
+
+    const SECRET: &str = "correct horse battery staple";
+    /// 2001-09-09T01:46:40Z, in nanoseconds.
+    const T0: u64 = 1_000_000_000_000_000_000;
+
+    fn b64(bytes: &[u8]) -> String {
+        b64url_encode(bytes)
+    }
+
+    fn s(text: &str) -> Value {
+        Value::from(text)
+    }
+
+    fn jwk_rsa(n: &str) -> Json {
+        json!({"kty": "RSA", "n": n, "e": "AQAB"})
+    }
+
+    fn jwk_for(alg: Alg) -> Json {
+        match alg {
+            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => json!({"kty": "oct", "k": b64(SECRET.as_bytes())}),
+            Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512 => jwk_rsa(RSA_N),
+            Alg::Es256 => json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y}),
+            Alg::Es384 => json!({"kty": "EC", "crv": "P-384", "x": P384_X, "y": P384_Y}),
+            Alg::Es512 => json!({"kty": "EC", "crv": "P-521", "x": P521_X, "y": P521_Y}),
+            Alg::EdDsa => json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X}),
+        }
+    }
+
+    /// The key a builtin for `alg` takes: the secret, or the public key as PEM.
+    fn verification_text(alg: Alg) -> &'static str {
+        match alg {
+            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => SECRET,
+            Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512 => RSA_PUB,
+            Alg::Es256 => P256_PUB,
+            Alg::Es384 => P384_PUB,
+            Alg::Es512 => P521_PUB,
+            Alg::EdDsa => ED_PUB,
+        }
+    }
+
+    /// A key that did not sign: another RSA key or secret, another curve, another key type.
+    fn wrong_text(alg: Alg) -> &'static str {
+        match alg {
+            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => "another secret",
+            Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512 => RSA2_PUB,
+            Alg::Es256 => P384_PUB,
+            Alg::Es384 => P256_PUB,
+            Alg::Es512 => P384_PUB,
+            Alg::EdDsa => RSA_PUB,
+        }
+    }
+
+    fn sign_input(alg: Alg, input: &str, rsa_private: &str) -> String {
+        if alg == Alg::Es512 {
+            use p521::ecdsa::signature::Signer as _;
+            use p521::pkcs8::DecodePrivateKey as _;
+            let secret = p521::SecretKey::from_pkcs8_pem(P521_PRIV).unwrap();
+            let key = p521::ecdsa::SigningKey::from_bytes(&secret.to_bytes()).unwrap();
+            let signature: p521::ecdsa::Signature = key.sign(input.as_bytes());
+            return b64(&signature.to_bytes());
+        }
+        let key = match alg {
+            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => EncodingKey::from_secret(SECRET.as_bytes()),
+            Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512 => {
+                EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap()
+            }
+            Alg::Es256 => EncodingKey::from_ec_pem(P256_PRIV.as_bytes()).unwrap(),
+            Alg::Es384 => EncodingKey::from_ec_pem(P384_PRIV.as_bytes()).unwrap(),
+            Alg::EdDsa => EncodingKey::from_ed_pem(ED_PRIV.as_bytes()).unwrap(),
+            Alg::Es512 => unreachable!(),
+        };
+        jsonwebtoken::crypto::sign(input.as_bytes(), &key, alg.jsonwebtoken().unwrap()).unwrap()
+    }
+
+    /// A token with this exact header and payload, signed with `alg` by the test keys.
+    fn sign_raw(alg: Alg, header: &Json, payload: &str) -> String {
+        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(payload.as_bytes()));
+        let signature = sign_input(alg, &input, RSA_PRIV);
+        format!("{input}.{signature}")
+    }
+
+    fn token(alg: Alg, claims: &Json) -> String {
+        sign_raw(alg, &json!({"alg": alg.name(), "typ": "JWT"}), &claims.to_string())
+    }
+
+    fn token_with_kid(alg: Alg, kid: &str, rsa_private: &str, claims: &Json) -> String {
+        let header = json!({"alg": alg.name(), "kid": kid});
+        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let signature = sign_input(alg, &input, rsa_private);
+        format!("{input}.{signature}")
+    }
+
+    fn claims() -> Json {
+        json!({"iss": "https://issuer.example", "aud": "api", "sub": "alice", "nbf": 1_000_000_000, "exp": 1_000_003_600})
+    }
+
+    /// The signature with one character in its middle changed (a middle character carries six
+    /// bits of the signature; the last one may carry only padding bits).
+    fn tamper(t: &str) -> String {
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let mut chars: Vec<char> = sig.chars().collect();
+        let i = chars.len() / 2;
+        chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+        format!("{head}.{}", chars.into_iter().collect::<String>())
+    }
+
+    fn builtin(alg: Alg) -> fn(Alg, &[Value]) -> Result<Value> {
+        if alg.is_hmac() {
+            jwt_verify_hmac
+        } else {
+            jwt_verify_asymmetric
+        }
+    }
+
+    fn verify(alg: Alg, jwt: &str, key: &str) -> Result<bool> {
+        Ok(*builtin(alg)(alg, &[s(jwt), s(key)])?.as_bool()?)
+    }
+
+    fn dv(jwt: &str, constraints: Json) -> Result<(bool, Value, Value)> {
+        let v = jwt_decode_verify(&[s(jwt), Value::from(constraints)])?;
+        Ok((*v[0].as_bool()?, v[1].clone(), v[2].clone()))
+    }
+
+    fn valid(jwt: &str, constraints: Json) -> bool {
+        dv(jwt, constraints).unwrap().0
+    }
+
+    fn decode(jwt: &str) -> Result<Value> {
+        jwt_decode(&[s(jwt)])
+    }
+
+    fn key_constraint(alg: Alg) -> Json {
+        if alg.is_hmac() {
+            json!({"secret": SECRET, "aud": "api", "time": T0})
+        } else {
+            json!({"cert": verification_text(alg), "aud": "api", "time": T0})
+        }
+    }
+
+    #[test]
+    fn every_algorithm_verifies_and_a_tampered_token_does_not() {
+        for alg in Alg::ALL {
+            let name = alg.name();
+            let t = token(alg, &claims());
+            let key = verification_text(alg);
+            assert!(verify(alg, &t, key).unwrap(), "{name} verifies");
+            assert!(!verify(alg, &tamper(&t), key).unwrap(), "{name}: tampered signature");
+            let (head, sig) = t.rsplit_once('.').unwrap();
+            let (header, _) = head.split_once('.').unwrap();
+            let other_payload = format!("{header}.{}.{sig}", b64(br#"{"sub":"mallory"}"#));
+            assert!(!verify(alg, &other_payload, key).unwrap(), "{name}: payload swapped");
+            assert!(!verify(alg, &t, wrong_text(alg)).unwrap(), "{name}: another key");
+            // The same through decode_verify, and with the key as a JWK and as a JWKS.
+            assert!(valid(&t, key_constraint(alg)), "{name}: decode_verify");
+            assert!(!valid(&tamper(&t), key_constraint(alg)), "{name}: decode_verify tampered");
+            let jwk = jwk_for(alg).to_string();
+            let jwks = json!({"keys": [jwk_for(alg)]}).to_string();
+            if !alg.is_hmac() {
+                assert!(verify(alg, &t, &jwk).unwrap(), "{name}: JWK");
+                assert!(verify(alg, &t, &jwks).unwrap(), "{name}: JWKS");
+                assert!(!verify(alg, &tamper(&t), &jwks).unwrap(), "{name}: JWKS tampered");
+            }
+            // An `oct` JWK is a `cert` for HMAC tokens in decode_verify, as in OPA.
+            assert!(valid(&t, json!({"cert": jwks, "aud": "api", "time": T0})), "{name}: decode_verify JWKS");
+        }
+    }
+
+    #[test]
+    fn each_builtin_uses_its_own_algorithm() {
+        let rs = token(Alg::Rs256, &claims());
+        assert!(!verify(Alg::Ps256, &rs, RSA_PUB).unwrap());
+        assert!(!verify(Alg::Rs384, &rs, RSA_PUB).unwrap());
+        let es = token(Alg::Es256, &claims());
+        assert!(!verify(Alg::Es384, &es, P256_PUB).unwrap(), "P-256 key, SHA-384");
+        assert!(!verify(Alg::Rs256, &es, P256_PUB).unwrap(), "an EC key for RSA");
+        assert!(!verify(Alg::EdDsa, &es, P256_PUB).unwrap());
+        let hs = token(Alg::Hs256, &claims());
+        assert!(!verify(Alg::Hs512, &hs, SECRET).unwrap());
+        // As in OPA, verify_<alg> does not look at the header's alg; decode_verify does.
+        let mislabelled = {
+            let header = json!({"alg": "PS256"});
+            let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims().to_string().as_bytes()));
+            format!("{input}.{}", sign_input(Alg::Rs256, &input, RSA_PRIV))
+        };
+        assert!(verify(Alg::Rs256, &mislabelled, RSA_PUB).unwrap());
+        assert!(!valid(&mislabelled, json!({"cert": RSA_PUB, "aud": "api", "time": T0})));
+    }
+
+    #[test]
+    fn certificates_give_their_public_key() {
+        let rs = token(Alg::Rs256, &claims());
+        assert!(verify(Alg::Rs256, &rs, RSA_CERT).unwrap());
+        assert!(!verify(Alg::Rs256, &tamper(&rs), RSA_CERT).unwrap());
+        assert!(valid(&rs, json!({"cert": RSA_CERT, "aud": "api", "time": T0})));
+        let es = token(Alg::Es256, &claims());
+        assert!(verify(Alg::Es256, &es, P256_CERT).unwrap());
+        assert!(!verify(Alg::Es256, &es, RSA_CERT).unwrap(), "a certificate of another key type");
+        assert!(valid(&es, json!({"cert": P256_CERT, "aud": "api", "time": T0})));
+        // Go's PEM reader: a block may follow other text, and its final newline is optional,
+        // but nothing may follow it.
+        assert!(verify(Alg::Es256, &es, &format!("my key:\n{P256_CERT}")).unwrap());
+        assert!(verify(Alg::Es256, &es, P256_CERT.trim_end()).unwrap());
+        assert!(verify(Alg::Es256, &es, &P256_CERT.replace('\n', "\r\n")).unwrap());
+        assert!(verify(Alg::Es256, &es, &format!("{P256_CERT}\n")).is_err());
+        assert!(verify(Alg::Es256, &es, &format!("{P256_CERT}{RSA_CERT}")).is_err(), "a chain");
+    }
+
+    #[test]
+    fn a_jwks_selects_by_kid_and_by_each_keys_alg() {
+        let jwks = json!({"keys": [
+            {"kty": "RSA", "kid": "a", "n": RSA_N, "e": "AQAB"},
+            {"kty": "RSA", "kid": "b", "n": RSA2_N, "e": "AQAB"},
+            {"kty": "EC", "kid": "c", "crv": "P-256", "x": P256_X, "y": P256_Y},
+            {"kty": "OKP", "kid": "d", "crv": "X25519", "x": ED_X},
+        ]})
+        .to_string();
+        let at = json!({"cert": jwks, "aud": "api", "time": T0});
+        let by_b = token_with_kid(Alg::Rs256, "b", RSA2_PRIV, &claims());
+        assert!(verify(Alg::Rs256, &by_b, &jwks).unwrap());
+        let (ok, header, payload) = dv(&by_b, at.clone()).unwrap();
+        assert!(ok);
+        assert_eq!(header["kid"], s("b"));
+        assert_eq!(payload["sub"], s("alice"));
+        // Signed by key a but naming key b: only b is tried.
+        let a_naming_b = token_with_kid(Alg::Rs256, "b", RSA_PRIV, &claims());
+        assert!(!verify(Alg::Rs256, &a_naming_b, &jwks).unwrap());
+        assert!(!valid(&a_naming_b, at.clone()));
+        // A kid no key has, or none at all: every key is tried.
+        let unknown_kid = token_with_kid(Alg::Rs256, "zzz", RSA_PRIV, &claims());
+        assert!(verify(Alg::Rs256, &unknown_kid, &jwks).unwrap());
+        assert!(valid(&unknown_kid, at.clone()));
+        let es = token_with_kid(Alg::Es256, "c", RSA_PRIV, &claims());
+        assert!(verify(Alg::Es256, &es, &jwks).unwrap());
+        assert!(valid(&es, at.clone()));
+        assert!(!valid(&token_with_kid(Alg::Es256, "a", RSA_PRIV, &claims()), at.clone()), "kid of an RSA key");
+        // A key's own alg: without a kid match, a key for another algorithm is skipped ...
+        let pinned = json!({"keys": [{"kty": "RSA", "kid": "a", "alg": "RS384", "n": RSA_N, "e": "AQAB"}]}).to_string();
+        assert!(!verify(Alg::Rs256, &token(Alg::Rs256, &claims()), &pinned).unwrap());
+        assert!(verify(Alg::Rs384, &token(Alg::Rs384, &claims()), &pinned).unwrap());
+        // ... and one whose alg is no JWS algorithm is left out of the set.
+        let enc_only = json!({"keys": [{"kty": "RSA", "alg": "RSA-OAEP", "n": RSA_N, "e": "AQAB"}]}).to_string();
+        assert!(!verify(Alg::Rs256, &token(Alg::Rs256, &claims()), &enc_only).unwrap());
+        // An empty set verifies nothing, and is no error.
+        assert!(!verify(Alg::Rs256, &by_b, r#"{"keys": []}"#).unwrap());
+        assert!(!valid(&by_b, json!({"cert": r#"{"keys": []}"#, "aud": "api", "time": T0})));
+    }
+
+    fn at(seconds: f64) -> Json {
+        json!({"secret": SECRET, "iss": "https://issuer.example", "aud": "api", "time": seconds * 1e9})
+    }
+
+    #[test]
+    fn decode_verify_checks_the_time_issuer_audience_and_algorithm() {
+        let t = token(Alg::Hs256, &claims());
+        let (ok, header, payload) = dv(&t, at(1_000_000_500.0)).unwrap();
+        assert!(ok);
+        assert_eq!(header, Value::from(json!({"alg": "HS256", "typ": "JWT"})));
+        assert_eq!(payload, Value::from(claims()));
+        // exp: valid strictly before it; nbf: valid from it on.
+        assert!(!valid(&t, at(1_000_003_600.0)), "at exp");
+        assert!(!valid(&t, at(1_000_009_999.0)), "expired");
+        assert!(valid(&t, at(1_000_003_599.5)), "just before exp");
+        assert!(valid(&t, at(1_000_000_000.0)), "at nbf");
+        assert!(!valid(&t, at(999_999_999.5)), "not yet valid");
+        assert_eq!(dv(&t, at(1_000_009_999.0)).unwrap().1, Value::new_object());
+        assert_eq!(dv(&t, at(1_000_009_999.0)).unwrap().2, Value::new_object());
+        // The default time is now, and this token expired in 2001.
+        assert!(!valid(&t, json!({"secret": SECRET, "aud": "api"})));
+        let later = json!({"exp": 32_503_680_000u64, "nbf": 1_000_000_000});
+        assert!(valid(&token(Alg::Hs256, &later), json!({"secret": SECRET})));
+
+        let with = |k: &str, v: Json| {
+            let mut c = at(1_000_000_500.0);
+            c[k] = v;
+            c
+        };
+        assert!(!valid(&t, with("iss", json!("https://other.example"))), "wrong iss");
+        assert!(!valid(&token(Alg::Hs256, &json!({"aud": "api"})), at(1.0)), "iss asked, token has none");
+        assert!(!valid(&t, with("aud", json!("other"))), "wrong aud");
+        let mut no_aud = at(1_000_000_500.0);
+        no_aud.as_object_mut().unwrap().remove("aud");
+        assert!(!valid(&t, no_aud), "the token has an aud, the constraints none");
+        let tokens_without_aud = token(Alg::Hs256, &json!({"iss": "https://issuer.example"}));
+        assert!(!valid(&tokens_without_aud, at(1.0)), "aud asked, the token has none");
+        assert!(valid(&tokens_without_aud, json!({"secret": SECRET, "iss": "https://issuer.example"})));
+        let many = token(Alg::Hs256, &json!({"iss": "https://issuer.example", "aud": ["x", "api"]}));
+        assert!(valid(&many, at(1.0)));
+        assert!(!valid(&many, with("aud", json!("y"))));
+        let numeric_aud = token(Alg::Hs256, &json!({"iss": "https://issuer.example", "aud": 7}));
+        assert!(!valid(&numeric_aud, at(1.0)));
+        assert!(!valid(&t, with("alg", json!("HS512"))), "wrong alg");
+        assert!(!valid(&t, with("alg", json!("hs256"))), "alg is case-sensitive");
+        assert!(valid(&t, with("alg", json!("HS256"))));
+        // The time constraint is a number of nanoseconds; floats and big integers both work.
+        assert!(valid(&t, with("time", json!(1_000_000_500_000_000_000u64))));
+        assert!(!valid(&t, with("time", json!(1_000_003_600_000_000_000u64))));
+        // Fractional claims are compared exactly.
+        let fractional = token(Alg::Hs256, &json!({"exp": 1_000_000_000.25}));
+        assert!(valid(&fractional, json!({"secret": SECRET, "time": 1_000_000_000_200_000_000u64})));
+        assert!(!valid(&fractional, json!({"secret": SECRET, "time": 1_000_000_000_250_000_000u64})));
+        // Claims of the wrong type are errors, as in OPA.
+        assert!(dv(&token(Alg::Hs256, &json!({"exp": "soon"})), json!({"secret": SECRET})).is_err());
+        assert!(dv(&token(Alg::Hs256, &json!({"nbf": null})), json!({"secret": SECRET})).is_err());
+    }
+
+    #[test]
+    fn decode_verify_refuses_malformed_constraints() {
+        let t = token(Alg::Hs256, &claims());
+        for bad in [
+            json!({"secret": SECRET, "leeway": 5}),
+            json!({"secret": SECRET, "cert": RSA_PUB}),
+            json!({}),
+            json!({"secret": ""}),
+            json!({"iss": "x"}),
+            json!({"cert": "not a key"}),
+            json!({"cert": ""}),
+            json!({"cert": 5}),
+            json!({"secret": SECRET, "time": -1}),
+            json!({"secret": SECRET, "time": "now"}),
+            json!({"secret": SECRET, "iss": 5}),
+            json!({"secret": SECRET, "aud": ["api"]}),
+            json!("secret"),
+        ] {
+            assert!(dv(&t, bad.clone()).is_err(), "{bad}");
+        }
+        // An empty secret next to a cert is no secret.
+        assert!(valid(&token(Alg::Rs256, &claims()), json!({"cert": RSA_PUB, "secret": "", "aud": "api", "time": T0})));
+    }
+
+    #[test]
+    fn decode_returns_header_payload_and_signature_and_refuses_malformed_tokens() {
+        let t = token(Alg::Hs256, &claims());
+        let v = decode(&t).unwrap();
+        assert_eq!(v[0], Value::from(json!({"alg": "HS256", "typ": "JWT"})));
+        assert_eq!(v[1], Value::from(claims()));
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.rsplit_once('.').unwrap().1).unwrap();
+        assert_eq!(v[2], s(&hex::encode(sig)));
+        // Nothing is verified: a tampered token decodes, and so does one without a signature.
+        assert!(decode(&tamper(&t)).is_ok());
+        let unsigned = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(br#"{"sub":"x"}"#));
+        assert_eq!(decode(&unsigned).unwrap()[2], s(""));
+        // Padded base64url is read too.
+        let pad = |text: String| {
+            let n = (4 - text.len() % 4) % 4;
+            text + &"=".repeat(n)
+        };
+        let padded = format!("{}.{}.", pad(b64(br#"{"alg":"none"}"#)), pad(b64(br#"{"a":12}"#)));
+        assert!(padded.contains('='));
+        assert!(decode(&padded).is_ok(), "{padded}");
+
+        let obj = b64(b"{}");
+        for bad in [
+            String::new(),
+            "no periods".to_owned(),
+            format!("{obj}.{obj}"),
+            format!("{obj}.{obj}.sig.more"),
+            format!("!!.{obj}.sig"),
+            format!("{obj}.!!.sig"),
+            format!("{obj}.{obj}.!!"),
+            format!("{obj}.{obj}.abcde"),
+            format!("{}.{obj}.", b64(b"[1]")),
+            format!("{}.{obj}.", b64(b"not json")),
+            format!("{obj}.{}.", b64(b"\"a string\"")),
+            format!("{obj}.{}.", b64(b"{\"a\":1} trailing")),
+            format!("{}.{obj}.", b64(br#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#)),
+            format!("{}.{obj}.", b64(br#"{"alg":"HS256","cty":5}"#)),
+            format!("{}==.{obj}.", b64(b"{}")), // wrong padding
+        ] {
+            assert!(decode(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nested_tokens_are_decoded_and_verified_through() {
+        let inner = token(Alg::Hs256, &json!({"sub": "inner", "aud": "api"}));
+        let outer_header = json!({"alg": "HS256", "cty": "JWT"});
+        // decode takes off the quotes a nested token may carry.
+        let quoted = sign_raw(Alg::Hs256, &outer_header, &format!("\"{inner}\""));
+        assert_eq!(decode(&quoted).unwrap()[1]["sub"], s("inner"));
+        let outer = sign_raw(Alg::Hs256, &json!({"alg": "HS256", "cty": "jwt"}), &inner);
+        let (ok, header, payload) = dv(&outer, json!({"secret": SECRET, "aud": "api"})).unwrap();
+        assert!(ok);
+        assert_eq!(header, Value::from(json!({"alg": "HS256", "typ": "JWT"})));
+        assert_eq!(payload["sub"], s("inner"));
+        // Every level must verify.
+        let forged_inner = sign_raw(Alg::Hs256, &json!({"alg": "HS256", "cty": "JWT"}), &tamper(&inner));
+        assert!(!valid(&forged_inner, json!({"secret": SECRET, "aud": "api"})));
+        // Deep nesting is fine: each level is shorter than the one around it.
+        let mut t = inner.clone();
+        for _ in 0..12 {
+            t = sign_raw(Alg::Hs256, &outer_header, &t);
+        }
+        assert!(valid(&t, json!({"secret": SECRET, "aud": "api"})));
+        assert_eq!(decode(&t).unwrap()[1]["sub"], s("inner"));
+    }
+
+    #[test]
+    fn header_parameters_are_checked_as_opa_does() {
+        let payload = claims().to_string();
+        let c = json!({"secret": SECRET, "time": T0, "aud": "api"});
+        let crit_unknown = sign_raw(Alg::Hs256, &json!({"alg": "HS256", "crit": ["b64"], "b64": false}), &payload);
+        assert!(!valid(&crit_unknown, c.clone()), "a critical parameter not understood");
+        let crit_absent = sign_raw(Alg::Hs256, &json!({"alg": "HS256", "crit": ["b64"]}), &payload);
+        assert!(valid(&crit_absent, c.clone()));
+        let crit_empty = sign_raw(Alg::Hs256, &json!({"alg": "HS256", "crit": []}), &payload);
+        assert!(dv(&crit_empty, c.clone()).is_err());
+        let alg_number = sign_raw(Alg::Hs256, &json!({"alg": 256}), &payload);
+        assert!(dv(&alg_number, c.clone()).is_err());
+        assert!(verify(Alg::Rs256, &alg_number, RSA_PUB).is_err());
+        // verify_hs* reads no header at all, as in OPA.
+        assert!(verify(Alg::Hs256, &alg_number, SECRET).unwrap());
+        let no_alg = sign_raw(Alg::Hs256, &json!({"typ": "JWT"}), &payload);
+        assert!(!valid(&no_alg, c.clone()));
+        let kid_number = sign_raw(Alg::Hs256, &json!({"alg": "HS256", "kid": 1}), &payload);
+        assert!(dv(&kid_number, c).is_err());
+    }
+
+    #[test]
+    fn alg_none_and_algorithm_confusion_never_verify() {
+        let unsigned = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(claims().to_string().as_bytes()));
+        assert!(!valid(&unsigned, json!({"secret": SECRET, "time": T0})));
+        assert!(!valid(&unsigned, json!({"cert": RSA_PUB, "time": T0})));
+        assert!(!valid(&unsigned, json!({"cert": json!({"keys": [jwk_rsa(RSA_N)]}).to_string(), "time": T0})));
+        for alg in Alg::ALL {
+            assert!(!verify(alg, &unsigned, if alg.is_hmac() { "" } else { verification_text(alg) }).unwrap());
+        }
+        let unsigned_hs = format!("{}.{}.", b64(br#"{"alg":"HS256"}"#), b64(claims().to_string().as_bytes()));
+        assert!(!valid(&unsigned_hs, json!({"secret": SECRET, "time": T0})));
+
+        // The classic confusion: HS256 "signed" with the RSA public key's text as HMAC secret.
+        let input = format!("{}.{}", b64(br#"{"alg":"HS256"}"#), b64(br#"{"sub":"root"}"#));
+        let forge = |secret: &str| {
+            let key = EncodingKey::from_secret(secret.as_bytes());
+            format!("{input}.{}", jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256).unwrap())
+        };
+        let forged = forge(RSA_PUB);
+        assert!(!verify(Alg::Rs256, &forged, RSA_PUB).unwrap());
+        assert!(!verify(Alg::Ps256, &forged, RSA_CERT).unwrap());
+        assert!(!valid(&forged, json!({"cert": RSA_PUB})));
+        assert!(!valid(&forged, json!({"cert": json!({"keys": [jwk_rsa(RSA_N)]}).to_string()})));
+        // Given as the secret itself, public key material is refused too.
+        assert!(!valid(&forged, json!({"secret": RSA_PUB})));
+        assert!(!verify(Alg::Hs256, &forged, RSA_PUB).unwrap());
+        let forged_cert = forge(RSA_CERT);
+        assert!(!valid(&forged_cert, json!({"secret": RSA_CERT})));
+        assert!(!verify(Alg::Hs256, &forged_cert, RSA_CERT).unwrap());
+        let jwk_text = jwk_rsa(RSA_N).to_string();
+        assert!(!verify(Alg::Hs256, &forge(&jwk_text), &jwk_text).unwrap());
+        // A kid pointing at an RSA key does not make an HMAC token verify.
+        let with_kid = format!("{}.{}", b64(br#"{"alg":"HS256","kid":"a"}"#), b64(br#"{"sub":"root"}"#));
+        let key = EncodingKey::from_secret(RSA_PUB.as_bytes());
+        let with_kid =
+            format!("{with_kid}.{}", jsonwebtoken::crypto::sign(with_kid.as_bytes(), &key, Algorithm::HS256).unwrap());
+        let jwks = json!({"keys": [{"kty": "RSA", "kid": "a", "n": RSA_N, "e": "AQAB"}]}).to_string();
+        assert!(!valid(&with_kid, json!({"cert": jwks})));
+    }
+
+    #[test]
+    fn malformed_keys_are_errors_and_unusable_keys_false() {
+        let t = token(Alg::Rs256, &claims());
+        let pem_body = RSA_PUB.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
+        for bad in [
+            String::new(),
+            "garbage".to_owned(),
+            "{".to_owned(),
+            "[]".to_owned(),
+            "{}".to_owned(),
+            r#"{"keys": {}}"#.to_owned(),
+            r#"{"keys": [5]}"#.to_owned(),
+            r#"{"kty": "RSA", "n": "!!", "e": "AQAB"}"#.to_owned(),
+            r#"{"kty": "RSA", "e": "AQAB"}"#.to_owned(),
+            r#"{"kty": "XYZ"}"#.to_owned(),
+            r#"{"kty": "EC", "crv": "P-999", "x": "AA", "y": "AA"}"#.to_owned(),
+            r#"{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}"#.to_owned(),
+            format!(r#"{{"keys": [{{"kty": "RSA", "n": "{RSA_N}", "e": "AQAB"}}, {{"kty": "nope"}}]}}"#),
+            format!("-----BEGIN RSA PUBLIC KEY-----\n{pem_body}\n-----END RSA PUBLIC KEY-----\n"),
+            format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", &pem_body[..40]),
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_owned(),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_owned(),
+            format!("{RSA_PUB}trailing"),
+            RSA_PRIV.to_owned(),
+        ] {
+            assert!(verify(Alg::Rs256, &t, &bad).is_err(), "{bad:?}");
+            assert!(dv(&t, json!({"cert": bad})).is_err());
+        }
+        // A PEM block without its end is no PEM at all, and not JSON either.
+        assert!(verify(Alg::Rs256, &t, "-----BEGIN PUBLIC KEY-----\nMIIB").is_err());
+        // Keys that parse but cannot verify this: false.
+        let off_curve = json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_X}).to_string();
+        assert!(!verify(Alg::Es256, &token(Alg::Es256, &claims()), &off_curve).unwrap());
+        let off_curve_521 = json!({"kty": "EC", "crv": "P-521", "x": P521_X, "y": P521_X}).to_string();
+        assert!(!verify(Alg::Es512, &token(Alg::Es512, &claims()), &off_curve_521).unwrap());
+        let x25519 = json!({"kty": "OKP", "crv": "X25519", "x": ED_X}).to_string();
+        assert!(!verify(Alg::EdDsa, &token(Alg::EdDsa, &claims()), &x25519).unwrap());
+        let tiny_rsa = json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"}).to_string();
+        assert!(!verify(Alg::Rs256, &t, &tiny_rsa).unwrap());
+    }
+
+    #[test]
+    fn operands_of_the_wrong_type_are_errors() {
+        let t = token(Alg::Hs256, &claims());
+        assert!(jwt_decode(&[Value::from(5u64)]).is_err());
+        assert!(jwt_verify_hmac(Alg::Hs256, &[s(&t), Value::Null]).is_err());
+        assert!(jwt_verify_asymmetric(Alg::Rs256, &[Value::new_object(), s(RSA_PUB)]).is_err());
+        assert!(jwt_decode_verify(&[Value::from(true), Value::from(json!({"secret": SECRET}))]).is_err());
+        assert!(jwt_decode_verify(&[s(&t)]).is_err());
+        assert!(jwt_decode(&[]).is_err());
+    }
+
+    #[test]
+    fn hostile_input_is_an_error_or_false_and_never_a_panic() {
+        let huge = "a".repeat(100_000);
+        let dots = ".".repeat(100_000);
+        let three_huge = format!("{huge}.{huge}.{huge}");
+        for jwt in [huge.as_str(), dots.as_str(), three_huge.as_str(), "..", ".", "...."] {
+            assert!(decode(jwt).is_err());
+            assert!(dv(jwt, json!({"secret": SECRET})).is_err());
+            assert!(verify(Alg::Rs256, jwt, RSA_PUB).is_err());
+            // verify_hs* reads no header: three parts whose signature is base64 are just false.
+            assert!(!matches!(verify(Alg::Hs256, jwt, SECRET), Ok(true)));
+        }
+        assert!(verify(Alg::Rs256, &token(Alg::Rs256, &claims()), &huge).is_err());
+        assert!(verify(Alg::Hs256, "", "").is_err());
+        assert!(!verify(Alg::Hs256, &token(Alg::Hs256, &claims()), "").unwrap());
+        // A large, well-formed token is fine.
+        let big_claims = json!({"sub": "alice", "blob": "x".repeat(100_000), "aud": "api"});
+        for alg in [Alg::Hs256, Alg::Rs256, Alg::Es512] {
+            let big = token(alg, &big_claims);
+            assert!(big.len() > 130_000);
+            assert!(verify(alg, &big, verification_text(alg)).unwrap());
+            assert_eq!(decode(&big).unwrap()[1]["sub"], s("alice"));
+            let mut c = key_constraint(alg);
+            c["aud"] = json!("api");
+            assert!(valid(&big, c));
+        }
+        // Deeply nested JSON is refused by the parser's depth limit, not by the stack.
+        let deep =
+            format!("{}.{}.", b64(br#"{"alg":"HS256"}"#), b64(format!("{{\"a\":{}", "[".repeat(50_000)).as_bytes()));
+        assert!(decode(&deep).is_err());
+        // Random mutations of valid tokens and keys.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet: Vec<char> = "AZaz09-_.=+/{}\"\\: \n\u{e9}".chars().collect();
+        let mutate = |text: &str, next: &mut dyn FnMut() -> u64| {
+            let mut chars: Vec<char> = text.chars().collect();
+            for _ in 0..1 + next() % 4 {
+                if chars.is_empty() {
+                    break;
+                }
+                let i = (next() % chars.len() as u64) as usize;
+                match next() % 3 {
+                    0 => chars[i] = alphabet[(next() % alphabet.len() as u64) as usize],
+                    1 => {
+                        chars.remove(i);
+                    }
+                    _ => chars.truncate(i),
+                }
+            }
+            chars.into_iter().collect::<String>()
+        };
+        let jwks = json!({"keys": [jwk_rsa(RSA_N), jwk_for(Alg::Es256), jwk_for(Alg::Es512), jwk_for(Alg::EdDsa)]})
+            .to_string();
+        let tokens: Vec<String> = Alg::ALL.iter().map(|&a| token(a, &claims())).collect();
+        for round in 0..600 {
+            let t = mutate(&tokens[round % tokens.len()], &mut next);
+            let key = match round % 4 {
+                0 => mutate(RSA_PUB, &mut next),
+                1 => mutate(&jwks, &mut next),
+                2 => mutate(P256_CERT, &mut next),
+                _ => jwks.clone(),
+            };
+            let _ = decode(&t);
+            for alg in Alg::ALL {
+                let _ = verify(alg, &t, &key);
+            }
+            let _ = dv(&t, json!({"cert": key, "time": T0}));
+            let _ = dv(&t, json!({"secret": key}));
+        }
+    }
+
+    #[test]
+    fn ecdsa_signatures_are_read_as_two_numbers() {
+        assert_eq!(ecdsa_fixed(&[1, 2], 2), Some(vec![0, 1, 0, 2]));
+        assert_eq!(ecdsa_fixed(&[0, 0, 1, 0, 0, 2], 2), Some(vec![0, 1, 0, 2]));
+        assert_eq!(ecdsa_fixed(&[1, 1, 1, 2, 2, 2], 2), None);
+        assert_eq!(ecdsa_fixed(&[], 2), Some(vec![0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn rules_call_the_builtins_through_regorus() {
+        let mut engine = regorus::Engine::new();
+        register(&mut engine).unwrap();
+        assert!(register(&mut engine).is_err(), "registering twice is refused by regorus");
+        assert_eq!(BUILTINS.len(), 15);
+        engine
+            .add_policy(
+                "x.rego".into(),
+                r#"package x
+
+import rego.v1
+
+constraints := {"cert": input.cert, "iss": "https://issuer.example", "aud": "api", "time": input.time}
+
+allow if {
+	[valid, header, payload] := io.jwt.decode_verify(input.token, constraints)
+	valid
+	header.alg == "RS256"
+	payload.sub == "alice"
+	[_, claims, _] := io.jwt.decode(input.token)
+	claims.iss == "https://issuer.example"
+	io.jwt.verify_rs256(input.token, input.cert)
+	not io.jwt.verify_ps256(input.token, input.cert)
+}
+"#
+                .into(),
+            )
+            .unwrap();
+        let t = token(Alg::Rs256, &claims());
+        let mut run = |token: &str, time: u64| {
+            engine.set_input(Value::from(json!({"token": token, "cert": RSA_CERT, "time": time})));
+            engine.eval_rule("data.x.allow".into()).unwrap()
+        };
+        assert_eq!(run(&t, T0), Value::from(true));
+        assert_eq!(run(&tamper(&t), T0), Value::Undefined);
+        assert_eq!(run(&t, T0 + 7_200_000_000_000), Value::Undefined, "expired");
+        // A malformed token makes the call undefined, as outside OPA's strict mode: the rule is
+        // undefined, not the evaluation failed.
+        engine.set_input(Value::from(json!({"token": "garbage", "cert": RSA_CERT, "time": T0})));
+        assert_eq!(engine.eval_rule("data.x.allow".into()).unwrap(), Value::Undefined);
+    }
 }

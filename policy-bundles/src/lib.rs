@@ -14,7 +14,7 @@ pub mod decision;
 pub mod error;
 pub mod input;
 pub mod jwt;
-pub mod jwt_rego;
+pub mod jwt_builtins;
 pub mod reads;
 pub mod replay;
 pub mod router;

@@ -182,7 +182,7 @@ fn rego_line(message: &str, file: &str) -> Option<usize> {
 pub fn engine_for(bundle: &Bundle, with_tests: bool) -> Result<Engine, BundleErrors> {
     let mut engine = Engine::new();
     let mut errors = Vec::new();
-    if let Err(e) = crate::jwt_rego::register(&mut engine) {
+    if let Err(e) = crate::jwt_builtins::register(&mut engine) {
         errors.push(BundleError::new(ErrorKind::Rego, None, format!("cannot add the io.jwt builtins: {e}")));
     }
     for m in &bundle.modules {
