@@ -71,6 +71,11 @@ fn a_jwt_checked_in_rego_with_path_rbac_decides_people() {
     assert_eq!(request("PUT", &url("/people/bob"), &[("authorization", &auth(&alice))], Some(b"{}")).status, 403);
     let admin = people_token("bob", &["admin"], "people-api", now() + 600);
     assert_eq!(request("DELETE", &url("/people/alice"), &[("authorization", &auth(&admin))], None).status, 200);
+    // /admin: a boolean rule on parsed_path and the method, with the same token check.
+    assert_eq!(get(&url("/admin/status"), &[("authorization", &auth(&alice))]).status, 200);
+    assert_eq!(get(&url("/admin/users"), &[("authorization", &auth(&alice))]).status, 403);
+    assert_eq!(get(&url("/admin/users"), &[("authorization", &auth(&admin))]).status, 200);
+    assert_eq!(get(&url("/admin/status"), &[]).status, 403);
 }
 
 #[test]

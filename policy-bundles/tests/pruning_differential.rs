@@ -50,6 +50,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("p32", "allow", "allow if input.route == \"r32\"\nallow if input.request.client_ip == \"10.0.0.1\""),
     ("p33", "allow", "allow if { parts := split(input.request.path, \"/\"); parts[1] != \"admin\" }"),
     ("p34", "allow", "allow if { x := input.request.headers; y := x; not y[\"x-banned\"] }"),
+    ("p35", "allow", "allow if input.request.parsed_body.amount < 100\nallow if contains(input.request.body, \"admin\")"),
 ];
 
 /// Policies written against the OPA-Envoy input (routes with `input_format: envoy`, and a
@@ -85,7 +86,7 @@ fn snapshot() -> Snapshot {
         files.insert(format!("corpus/m{i:02}.rego"), format!("package {pkg}\nimport rego.v1\n{body}\n").into_bytes());
         let policy = format!("data.{pkg}.{rule}");
         routes.push_str(&format!(
-            "  - name: r{i:02}\n    match: {{ path_prefix: /r{i:02} }}\n    upstream: backend\n    policy: '{policy}'\n"
+            "  - name: r{i:02}\n    match: {{ path_prefix: /r{i:02} }}\n    upstream: backend\n    policy: '{policy}'\n    body: {{ max_bytes: 1024 }}\n"
         ));
     }
     for (i, (pkg, rule, body)) in ENVOY_CORPUS.iter().enumerate() {
