@@ -144,6 +144,8 @@ struct RawBundle {
     #[serde(default)]
     timeout: Option<String>,
     #[serde(default)]
+    follow_redirects: bool,
+    #[serde(default)]
     max_size: Option<String>,
     #[serde(default)]
     cache_dir: Option<PathBuf>,
@@ -369,6 +371,8 @@ pub struct Poll {
     pub backoff_max: Duration,
     /// Bound on one request (beyond the long-poll wait); default 10s.
     pub timeout: Duration,
+    /// Follow a source's redirects (up to 3, never from https to http); default false.
+    pub follow_redirects: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -705,6 +709,7 @@ impl Check {
             long_poll,
             backoff_max,
             timeout,
+            follow_redirects,
             max_size,
             cache_dir,
             max_staleness,
@@ -721,7 +726,8 @@ impl Check {
                 0
             }),
         };
-        let raw_poll = RawPoll { sources, token_file, min_delay, max_delay, long_poll, backoff_max, timeout };
+        let raw_poll =
+            RawPoll { sources, token_file, min_delay, max_delay, long_poll, backoff_max, timeout, follow_redirects };
         let (source, poll_window) = self.source(file, raw_poll);
         let max_staleness = self.dur("bundle.max_staleness", &max_staleness, Duration::from_secs(300));
         if let Some(window) = poll_window.filter(|w| max_staleness <= *w) {
@@ -764,7 +770,8 @@ impl Check {
     }
 
     fn poll(&mut self, raw: RawPoll) -> Poll {
-        let RawPoll { sources, token_file, min_delay, max_delay, long_poll, backoff_max, timeout } = raw;
+        let RawPoll { sources, token_file, min_delay, max_delay, long_poll, backoff_max, timeout, follow_redirects } =
+            raw;
         for (i, u) in sources.iter().enumerate() {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 self.problem(format!("`bundle.sources[{i}]`: `{u}` must be an http:// or https:// URL"));
@@ -787,6 +794,7 @@ impl Check {
             long_poll: self.dur("bundle.long_poll", &long_poll, Duration::from_secs(30)),
             backoff_max: self.dur("bundle.backoff_max", &backoff_max, Duration::from_secs(60)),
             timeout,
+            follow_redirects,
         }
     }
 
@@ -838,6 +846,7 @@ struct RawPoll {
     long_poll: Option<String>,
     backoff_max: Option<String>,
     timeout: Option<String>,
+    follow_redirects: bool,
 }
 
 fn request_rules(

@@ -42,6 +42,10 @@ pub enum SyncError {
     TooLarge { url: String, limit: u64 },
     #[error("{url}: {message}")]
     Activation { url: String, message: String },
+    /// A redirect the gateway does not follow: any, unless `bundle.follow_redirects` says so;
+    /// from https to http, never.
+    #[error("{url}: {message}")]
+    Redirect { url: String, message: String },
 }
 
 impl SyncError {
@@ -144,6 +148,31 @@ fn causes(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// How bundle fetches treat redirects: not at all (the default: a source that moved is a
+/// configuration to change, not something to follow silently), or, with
+/// `bundle.follow_redirects`, up to 3 hops, none of them from https to http.
+fn redirect_policy(follow: bool) -> reqwest::redirect::Policy {
+    if !follow {
+        return reqwest::redirect::Policy::none();
+    }
+    reqwest::redirect::Policy::custom(|attempt| match follow_redirect(attempt.previous(), attempt.url()) {
+        Ok(()) => attempt.follow(),
+        Err(why) => attempt.error(why),
+    })
+}
+
+/// Whether a redirect to `next` is followed after visiting `previous` (the first URL included):
+/// at most 3 redirects, and once a fetch is on https it stays on https.
+fn follow_redirect(previous: &[reqwest::Url], next: &reqwest::Url) -> Result<(), String> {
+    if previous.iter().any(|p| p.scheme() == "https") && next.scheme() != "https" {
+        return Err(format!("a redirect from https to {next} is never followed"));
+    }
+    if previous.len() > 3 {
+        return Err("more than 3 redirects".into());
+    }
+    Ok(())
+}
+
 /// An ETag that names a SHA-256 digest (`"<64 hex>"`), as the control plane sends.
 fn etag_digest(etag: &str) -> Option<&str> {
     let inner = etag.trim().trim_start_matches("W/").trim_matches('"');
@@ -158,7 +187,7 @@ impl Syncer {
     ) -> Result<(Syncer, StatusReporter), crate::StartError> {
         let client = reqwest::Client::builder()
             .connect_timeout(poll.timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirect_policy(poll.follow_redirects))
             .user_agent(concat!("gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
         // One slot: a report that cannot be queued at once is dropped, never waited for.
@@ -180,6 +209,13 @@ impl Syncer {
                 return Ok(Polled::NotModified);
             }
             200 => {}
+            status @ 300..=399 => {
+                let to = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                return Err(self.redirect_refused(
+                    &url,
+                    format!("HTTP {status} to {to}: not followed (`bundle.follow_redirects` is off)"),
+                ));
+            }
             status => {
                 let retry_after = parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER), unix_now());
                 return Err(SyncError::Status { url, status, retry_after });
@@ -214,10 +250,18 @@ impl Syncer {
         if let Some(t) = &self.poll.token {
             req = req.bearer_auth(t);
         }
-        tokio::time::timeout(wait + self.poll.timeout, req.send())
-            .await
-            .map_err(|_| terr(format!("no response within {:?}", wait + self.poll.timeout)))?
-            .map_err(|e| terr(format!("request failed: {}", causes(&e))))
+        match tokio::time::timeout(wait + self.poll.timeout, req.send()).await {
+            Err(_) => Err(terr(format!("no response within {:?}", wait + self.poll.timeout))),
+            Ok(Err(e)) if e.is_redirect() => Err(self.redirect_refused(url, causes(&e))),
+            Ok(Err(e)) => Err(terr(format!("request failed: {}", causes(&e)))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// A redirect not followed: counted as `gateway_bundle_activation_failures_total{reason="redirect"}`.
+    fn redirect_refused(&self, url: &str, message: String) -> SyncError {
+        self.gateway.metrics.activation_failures.with_label_values(&["redirect"]).inc();
+        SyncError::Redirect { url: url.to_owned(), message }
     }
 
     /// Reads the body of a 200 within `max_size`, and within `timeout` of the headers however
@@ -440,6 +484,21 @@ impl BackgroundService for StatusReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_never_leave_https_and_stop_after_three() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(follow_redirect(&[u("http://a/x")], &u("http://b/y")).is_ok());
+        assert!(follow_redirect(&[u("http://a/x")], &u("https://b/y")).is_ok());
+        assert!(follow_redirect(&[u("https://a/x")], &u("https://b/y")).is_ok());
+        let e = follow_redirect(&[u("https://a/x")], &u("http://b/y")).unwrap_err();
+        assert!(e.contains("from https"), "{e}");
+        // Back down after an upgrade: still refused.
+        assert!(follow_redirect(&[u("http://a/x"), u("https://b/y")], &u("http://c/z")).is_err());
+        let four: Vec<_> = (0..4).map(|i| u(&format!("http://h{i}/"))).collect();
+        assert!(follow_redirect(&four[..3], &u("http://h/")).is_ok());
+        assert!(follow_redirect(&four, &u("http://h/")).is_err());
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {

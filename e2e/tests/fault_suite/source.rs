@@ -53,7 +53,10 @@ impl PhaseA {
         let hs_sig = Hostile::start();
         hs_sig.set(&hostile::bundle(&good_sig));
         // Both start together; each is ready before any fault begins.
-        let mut gw = Gateway::spawn(dir, "gw-h", &[&hs.url], &format!("{POLL}  max_size: 1MiB\n"));
+        // gw-h follows redirects (`bundle.follow_redirects`, off by default) so that a redirect
+        // to an unresolvable host can stand for a DNS failure of its source.
+        let mut gw =
+            Gateway::spawn(dir, "gw-h", &[&hs.url], &format!("{POLL}  max_size: 1MiB\n  follow_redirects: true\n"));
         let mut gw_sig = Gateway::spawn(dir, "gw-s", &[&hs_sig.url], &format!("{POLL}{}", signing_config()));
         gw.wait_ready();
         gw_sig.wait_ready();
