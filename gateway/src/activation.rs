@@ -22,6 +22,8 @@ pub enum ActivationError {
     Bundle(#[from] BundleErrors),
     #[error("signature refused: {0}")]
     Signature(#[from] SignatureError),
+    #[error("signature refused: {0}")]
+    Freshness(#[from] signing::FreshnessError),
     #[error("digest mismatch: {0}")]
     Digest(String),
     #[error("upstream `{upstream}`: {message}")]
@@ -33,6 +35,7 @@ impl ActivationError {
         match self {
             ActivationError::Bundle(e) => e.kind().as_str(),
             ActivationError::Signature(_) => "signature",
+            ActivationError::Freshness(e) => e.reason(),
             ActivationError::Digest(_) => "digest",
             ActivationError::Upstream { .. } => "upstream",
         }
@@ -110,11 +113,32 @@ impl Gateway {
         let b = &self.config.bundle;
         let figures = budget::check(bytes, &self.limits(), &b.budget, &b.validator)?;
         let files = archive::read_tar_gz(bytes, &self.limits()).map_err(|e| ActivationError::Bundle(e.into()))?;
+        let mut identity = None;
         if let Some(sg) = &b.signing {
             signing::verify(&files, &self.signing_keys, sg.required)?;
+            if sg.required {
+                // The persisted last-known-good boots even past its `expires` (an alert, not an
+                // outage); anything fetched must be current.
+                // The persisted copy is this gateway's own: at boot it is trusted for freshness
+                // (a lower sequence than the persisted highest can only mean its newer copy was
+                // not written), so that a restart with the sources down always serves.
+                let at_boot = source == CACHE_SOURCE;
+                let highest = if at_boot { 0 } else { self.highest_sequence.load(Ordering::Relaxed) };
+                identity = Some(signing::check_identity(&files, &b.name, highest, unix_now(), at_boot)?);
+            }
         }
         let bundle = Bundle::from_files(files)?;
-        self.activate(&bundle, digest, source, etag, Some(figures))
+        let active = self.activate_identified(&bundle, digest, source, etag, Some(figures), identity)?;
+        if let Some(sequence) = active.info.identity.as_ref().map(|i| i.sequence) {
+            if self.highest_sequence.fetch_max(sequence, Ordering::Relaxed) < sequence {
+                if let Err(e) = cache::store_sequence(&b, sequence) {
+                    tracing::error!(error = %e, "the highest signed sequence is not persisted; a restart would forget it");
+                    self.metrics.activation_failures.with_label_values(&["persist"]).inc();
+                    self.record_error(format!("cannot persist the signed sequence: {e}"));
+                }
+            }
+        }
+        Ok(active)
     }
 
     /// Compiles a bundle and swaps it in; on any error the active bundle is left untouched.
@@ -127,6 +151,19 @@ impl Gateway {
         source: String,
         etag: Option<String>,
         figures: Option<Figures>,
+    ) -> Result<Arc<Active>, ActivationError> {
+        self.activate_identified(bundle, digest, source, etag, figures, None)
+    }
+
+    /// [`Gateway::activate`] of a bundle whose signed identity was checked.
+    fn activate_identified(
+        &self,
+        bundle: &Bundle,
+        digest: String,
+        source: String,
+        etag: Option<String>,
+        figures: Option<Figures>,
+        identity: Option<signing::Identity>,
     ) -> Result<Arc<Active>, ActivationError> {
         let mut snapshot = Snapshot::compile(bundle)?;
         // Same trust settings as the serving bundle: keep its verified tokens.
@@ -152,6 +189,7 @@ impl Gateway {
             activated_at: unix_now(),
             source,
             figures,
+            identity,
         };
         let active = Arc::new(Active { snapshot, pools, counters, info, served: Default::default() });
         self.metrics.bundle_info.reset();
@@ -182,6 +220,9 @@ impl Gateway {
     }
 }
 
+/// The `source` of a bundle booted from the persisted copy.
+pub const CACHE_SOURCE: &str = "cache";
+
 /// Activates the persisted last-known-good bundle, verified as if it were fetched, before any
 /// network call. A missing, corrupt or refused cache is logged and skipped, never fatal.
 pub fn boot_from_cache(gateway: &Gateway) {
@@ -196,7 +237,7 @@ pub fn boot_from_cache(gateway: &Gateway) {
         Ok(Some(cached)) => match gateway.activate_bytes(
             &cached.bytes,
             Some(&cached.meta.digest),
-            "cache".into(),
+            CACHE_SOURCE.into(),
             cached.meta.etag.clone().or_else(|| Some(format!("\"{}\"", cached.meta.digest))),
         ) {
             Ok(active) => {

@@ -44,6 +44,11 @@ impl Admin {
                 "routes": a.snapshot.routes.len(),
                 "upstreams": a.snapshot.upstreams.len(),
                 "figures": a.info.figures,
+                "signature": a.info.identity.as_ref().map(|i| serde_json::json!({
+                    "sequence": i.sequence,
+                    "expires": i.expires,
+                    "expired": gw.signature_expired(),
+                })),
                 "served": a.served.report(),
             }),
             None => serde_json::json!({ "name": gw.config.bundle.name }),

@@ -17,6 +17,7 @@ pub const DECISION_CACHE_TOTAL: &str = "gateway_decision_cache_total";
 pub const IN_FLIGHT: &str = "gateway_requests_in_flight";
 pub const BUNDLE_AGE: &str = "gateway_bundle_age_seconds";
 pub const BUNDLE_STALE: &str = "gateway_bundle_stale";
+pub const SIGNATURE_EXPIRED: &str = "gateway_bundle_signature_expired";
 pub const BUNDLE_SYNC_TOTAL: &str = "gateway_bundle_sync_total";
 pub const ACTIVATION_FAILURES_TOTAL: &str = "gateway_bundle_activation_failures_total";
 pub const STATUS_REPORTS_DROPPED_TOTAL: &str = "gateway_status_reports_dropped_total";
@@ -113,6 +114,8 @@ pub struct Metrics {
     /// Set when rendered, from the last confirmed sync.
     pub bundle_age: prometheus::Gauge,
     pub bundle_stale: IntGauge,
+    /// `gateway_bundle_signature_expired`: 1 when the serving bundle's signature is past `expires`.
+    pub signature_expired: IntGauge,
     pub sync: IntCounterVec,
     pub activation_failures: IntCounterVec,
     pub status_reports_dropped: IntCounter,
@@ -261,6 +264,10 @@ impl Metrics {
             )?,
             bundle_age: reg(&r, prometheus::Gauge::new(BUNDLE_AGE, age)?)?,
             bundle_stale: reg(&r, IntGauge::new(BUNDLE_STALE, "1 when the bundle age exceeds max_staleness")?)?,
+            signature_expired: reg(
+                &r,
+                IntGauge::new(SIGNATURE_EXPIRED, "1 when the serving bundle's signature is past its expires (it keeps serving)")?,
+            )?,
             sync,
             activation_failures: counter_vec(
                 &r,

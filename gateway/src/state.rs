@@ -51,6 +51,8 @@ pub struct BundleInfo {
     pub source: String,
     /// What the bundle cost when it was checked against `bundle.budget`.
     pub figures: Option<Figures>,
+    /// Its signed identity (`metadata.gateway`), checked when `signing.required`.
+    pub identity: Option<policy_bundles::signing::Identity>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -104,6 +106,9 @@ pub struct Gateway {
     pub(crate) access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
     /// Set when the server is built with `decision_logs`.
     pub(crate) decision_logs: std::sync::OnceLock<crate::decision_log::DecisionLogs>,
+    /// The highest signed sequence activated (`metadata.gateway.sequence`), persisted in
+    /// `cache_dir` so that a restart does not forget it.
+    pub(crate) highest_sequence: AtomicU64,
 }
 
 pub fn unix_now() -> u64 {
@@ -134,7 +139,9 @@ impl Gateway {
             }
         }
         let metrics = Metrics::new()?;
+        let highest_sequence = AtomicU64::new(crate::cache::load_sequence(&config.bundle));
         Ok(Gateway {
+            highest_sequence,
             admission: crate::admission::Admission::new(config.limits, metrics.in_flight.clone()),
             config,
             active: ArcSwapOption::empty(),
@@ -174,6 +181,13 @@ impl Gateway {
         unix_now_ms().saturating_sub(since) as f64 / 1000.0
     }
 
+    /// Whether the serving bundle's signature is past its `expires`: an alert; it keeps serving.
+    pub fn signature_expired(&self) -> bool {
+        let active = self.active.load();
+        let expires = active.as_ref().and_then(|a| a.info.identity.as_ref()).and_then(|i| i.expires);
+        expires.is_some_and(|e| unix_now() >= e)
+    }
+
     pub fn is_stale(&self) -> bool {
         self.age_seconds() > self.config.bundle.max_staleness.as_secs_f64()
     }
@@ -182,6 +196,7 @@ impl Gateway {
     pub fn render_metrics(&self) -> Vec<u8> {
         self.metrics.bundle_age.set(self.age_seconds());
         self.metrics.bundle_stale.set(i64::from(self.is_stale()));
+        self.metrics.signature_expired.set(i64::from(self.signature_expired()));
         self.metrics.render()
     }
 

@@ -314,9 +314,13 @@ fn an_unwritable_cache_dir_keeps_serving_and_reports_the_error() {
 fn requires_signed_bundles_when_signing_is_configured() {
     let up = echo_upstream("u");
     let keys = repo_root().join("test-support/keys");
+    let sequence = std::sync::atomic::AtomicU64::new(1);
     let sign = |revision: &str, key: &str, alg: &str| {
         let bytes = bundle_tarball(&up.addr.to_string(), revision, &[]);
         let mut files = policy_bundles::archive::read_tar_gz(&bytes, &policy_bundles::Limits::default()).expect("read");
+        let seq = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = policy_bundles::signing::Identity { bundle: "main".into(), sequence: seq, expires: None };
+        policy_bundles::signing::bind(&mut files, &id).expect("bind");
         let pem = std::fs::read(keys.join(key)).expect("key");
         let sig = policy_bundles::signing::sign(&files, &pem, alg, "k1").expect("sign");
         files.insert(".signatures.json".into(), sig);

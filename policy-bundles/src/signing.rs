@@ -58,6 +58,8 @@ pub enum SignError {
     Jwt(#[from] jsonwebtoken::errors::Error),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Manifest(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +79,99 @@ struct Payload {
     files: Vec<FileHash>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     keyid: Option<String>,
+}
+
+/// What a signature binds a bundle to beyond its files: `metadata.gateway` in the signed
+/// `.manifest` (TUF's lessons, in OPA's signature format). A gateway with `signing.required`
+/// refuses a bundle signed for another `bundle` name, one whose `sequence` is lower than the
+/// highest it has activated (an older signed revision served again), and a new one past
+/// `expires` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub bundle: String,
+    pub sequence: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+}
+
+/// Why a bundle's signed identity was refused; [`FreshnessError::reason`] is a metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FreshnessError {
+    #[error("signed for bundle `{got}`, not `{want}`")]
+    Foreign { want: String, got: String },
+    #[error("signed without `metadata.gateway` in its .manifest: not bound to a bundle name or a sequence (sign it with `bundlectl sign`)")]
+    Unbound,
+    #[error("signed sequence {sequence} is lower than {highest}, the highest this gateway has activated: an older signed bundle served again")]
+    Replay { sequence: u64, highest: u64 },
+    #[error("its signature expired at {expires} (Unix seconds; now {now})")]
+    Expired { expires: u64, now: u64 },
+    #[error(".manifest `metadata.gateway`: {0}")]
+    Malformed(String),
+}
+
+impl FreshnessError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FreshnessError::Foreign { .. } | FreshnessError::Unbound => "foreign",
+            FreshnessError::Replay { .. } => "replay",
+            FreshnessError::Expired { .. } => "expired",
+            FreshnessError::Malformed(_) => "signature",
+        }
+    }
+}
+
+/// Writes `identity` into the `.manifest` of `files` as `metadata.gateway` (creating the
+/// manifest, keeping its other fields). Call it before [`sign`], so that the signature covers it.
+pub fn bind(files: &mut Files, identity: &Identity) -> Result<(), SignError> {
+    let mut manifest: serde_json::Value = match files.get(crate::bundle::MANIFEST) {
+        Some(b) => serde_json::from_slice(b)?,
+        None => serde_json::json!({}),
+    };
+    let Some(obj) = manifest.as_object_mut() else {
+        return Err(SignError::Manifest("the .manifest is not a JSON object".into()));
+    };
+    let metadata = obj.entry("metadata").or_insert_with(|| serde_json::json!({}));
+    let Some(metadata) = metadata.as_object_mut() else {
+        return Err(SignError::Manifest("the .manifest's `metadata` is not an object".into()));
+    };
+    metadata.insert("gateway".into(), serde_json::to_value(identity)?);
+    files.insert(crate::bundle::MANIFEST.into(), serde_json::to_vec_pretty(&manifest)?);
+    Ok(())
+}
+
+/// The signed identity of a bundle's files, if its `.manifest` has one.
+pub fn identity(files: &Files) -> Result<Option<Identity>, FreshnessError> {
+    let Some(bytes) = files.get(crate::bundle::MANIFEST) else { return Ok(None) };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| FreshnessError::Malformed(e.to_string()))?;
+    match manifest.get("metadata").and_then(|m| m.get("gateway")) {
+        None => Ok(None),
+        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| FreshnessError::Malformed(e.to_string())),
+    }
+}
+
+/// Checks a verified bundle's identity for gateway `bundle`: bound to that name, a sequence of
+/// at least `highest`, and (unless `allow_expired`: the persisted last-known-good at boot, which
+/// keeps serving and raises an alert instead) not past `expires` at `now`.
+pub fn check_identity(
+    files: &Files,
+    bundle: &str,
+    highest: u64,
+    now: u64,
+    allow_expired: bool,
+) -> Result<Identity, FreshnessError> {
+    let id = identity(files)?.ok_or(FreshnessError::Unbound)?;
+    if id.bundle != bundle {
+        return Err(FreshnessError::Foreign { want: bundle.to_owned(), got: id.bundle });
+    }
+    if id.sequence < highest {
+        return Err(FreshnessError::Replay { sequence: id.sequence, highest });
+    }
+    match id.expires {
+        Some(expires) if now >= expires && !allow_expired => Err(FreshnessError::Expired { expires, now }),
+        _ => Ok(id),
+    }
 }
 
 /// Parses an algorithm name as configured (`RS256`, `ES256`, `EdDSA`).
@@ -338,5 +433,36 @@ mod tests {
         assert!(e.contains("BEGIN EC PRIVATE KEY") && e.contains("PKCS#8"), "{e}");
         let e = sign(&files(), b"garbage", "EdDSA", "k1").unwrap_err().to_string();
         assert!(e.contains("Ed25519"), "{e}");
+    }
+
+    #[test]
+    fn a_bound_identity_is_signed_and_checked_for_name_sequence_and_expiry() {
+        let keys = [VerificationKey::from_pem("k1", "ES256", &public_pem("demo-es256.pem")).unwrap()];
+        let mut f = files();
+        bind(&mut f, &Identity { bundle: "main".into(), sequence: 7, expires: Some(2000) }).unwrap();
+        f.insert(SIGNATURES.into(), sign(&f, &key("demo-es256.pem"), "ES256", "k1").unwrap());
+        verify(&f, &keys, true).unwrap();
+        let id = check_identity(&f, "main", 7, 1000, false).unwrap();
+        assert_eq!((id.sequence, id.expires), (7, Some(2000)));
+        let e = check_identity(&f, "staging", 0, 1000, false).unwrap_err();
+        assert_eq!(e.reason(), "foreign");
+        assert_eq!(check_identity(&f, "main", 8, 1000, false).unwrap_err().reason(), "replay");
+        assert_eq!(check_identity(&f, "main", 7, 2000, false).unwrap_err().reason(), "expired");
+        assert!(check_identity(&f, "main", 7, 2000, true).is_ok(), "the last-known-good at boot");
+        // The identity is inside the signed manifest: editing it breaks the signature.
+        let mut edited = f.clone();
+        bind(&mut edited, &Identity { bundle: "main".into(), sequence: 99, expires: None }).unwrap();
+        assert!(matches!(verify(&edited, &keys, true), Err(SignatureError::File(n, _)) if n == ".manifest"));
+        // A signed bundle without one is bound to nothing.
+        let mut plain = files();
+        plain.insert(SIGNATURES.into(), sign(&plain, &key("demo-es256.pem"), "ES256", "k1").unwrap());
+        assert_eq!(check_identity(&plain, "main", 0, 0, false).unwrap_err(), FreshnessError::Unbound);
+        // Other manifest fields are kept.
+        let mut m = files();
+        m.insert(".manifest".into(), br#"{"revision": "r1", "metadata": {"owner": "a"}}"#.to_vec());
+        bind(&mut m, &Identity { bundle: "main".into(), sequence: 1, expires: None }).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m[".manifest"]).unwrap();
+        assert_eq!((v["revision"].as_str(), v["metadata"]["owner"].as_str()), (Some("r1"), Some("a")));
+        assert_eq!(v["metadata"]["gateway"]["sequence"], 1);
     }
 }

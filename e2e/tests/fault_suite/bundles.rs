@@ -27,8 +27,13 @@ pub fn settings_replace(mut files: Files, from: &str, to: &str) -> Files {
     files
 }
 
-/// `files` signed with a demo key (`test-support/keys/KEY`) as key id `k1`.
+/// `files` signed with a demo key (`test-support/keys/KEY`) as key id `k1`, bound to bundle
+/// `main` with a sequence higher than every earlier call's (made later, served later).
 pub fn signed(mut files: Files, key: &str, alg: &str) -> Vec<u8> {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let identity = policy_bundles::signing::Identity { bundle: "main".into(), sequence, expires: None };
+    policy_bundles::signing::bind(&mut files, &identity).expect("bind");
     let pem = std::fs::read(test_support::paths::repo_root().join("test-support/keys").join(key)).expect("demo key");
     let sig = policy_bundles::signing::sign(&files, &pem, alg, "k1").expect("sign");
     files.insert(".signatures.json".into(), sig);

@@ -63,6 +63,19 @@ struct Signer {
     /// The key id gateways know the public key by (`bundle.signing.keys[].id`).
     #[arg(long = "sign-kid", default_value = "default")]
     kid: String,
+    /// The bundle name the signature binds to (`metadata.gateway.bundle`): gateways with
+    /// `signing.required` refuse it under any other name. Default: `push`'s `--name`, else `main`.
+    #[arg(long = "sign-bundle")]
+    bundle: Option<String>,
+    /// The signed sequence (`metadata.gateway.sequence`); gateways refuse one lower than the
+    /// highest they have activated. Default: the Unix time of signing, so that every later
+    /// signature (a rollback's included) is higher.
+    #[arg(long = "sign-sequence")]
+    sequence: Option<u64>,
+    /// How long the signature is good for (`30d`, `12h`): `metadata.gateway.expires`. Past it,
+    /// gateways refuse the bundle as new and alert while it serves. Default: no expiry.
+    #[arg(long = "sign-expires", value_name = "DURATION")]
+    expires: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +272,17 @@ fn sign_files(files: &mut Files, signer: &Signer) -> anyhow::Result<()> {
     if let Some(key) = &signer.key {
         let pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
         files.remove(SIGNATURES);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let expires = match &signer.expires {
+            None => None,
+            Some(d) => {
+                let d = policy_bundles::settings::parse_duration(d).map_err(|e| anyhow!("--sign-expires: {e}"))?;
+                Some(now + d.as_secs())
+            }
+        };
+        let bundle = signer.bundle.clone().unwrap_or_else(|| std::env::var("BUNDLECTL_NAME").unwrap_or("main".into()));
+        let identity = signing::Identity { bundle, sequence: signer.sequence.unwrap_or(now), expires };
+        signing::bind(files, &identity)?;
         let sig =
             signing::sign(files, &pem, &signer.alg, &signer.kid).map_err(|e| anyhow!("{}: {e}", key.display()))?;
         files.insert(SIGNATURES.into(), sig);
@@ -436,6 +460,8 @@ fn push(
     remote: &Remote,
     signer: &Signer,
 ) -> anyhow::Result<()> {
+    // A signature made here binds the bundle to the name it is published under.
+    let signer = &Signer { bundle: signer.bundle.clone().or_else(|| Some(name.to_owned())), ..signer.clone() };
     let bytes = if path.is_dir() {
         build(path, revision, signer)?.0
     } else {
