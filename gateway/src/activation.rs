@@ -131,7 +131,7 @@ impl Gateway {
         let active = self.activate_identified(&bundle, digest, source, etag, Some(figures), identity)?;
         if let Some(sequence) = active.info.identity.as_ref().map(|i| i.sequence) {
             if self.highest_sequence.fetch_max(sequence, Ordering::Relaxed) < sequence {
-                if let Err(e) = cache::store_sequence(&b, sequence) {
+                if let Err(e) = cache::store_sequence(b, sequence) {
                     tracing::error!(error = %e, "the highest signed sequence is not persisted; a restart would forget it");
                     self.metrics.activation_failures.with_label_values(&["persist"]).inc();
                     self.record_error(format!("cannot persist the signed sequence: {e}"));
