@@ -93,6 +93,36 @@ pub fn load(dir: &Path, name: &str) -> Result<Option<Cached>, String> {
     Ok(Some(Cached { bytes, meta }))
 }
 
+/// `cache_dir/NAME.sequence`: the highest signed sequence activated (decimal), beside the cache.
+fn sequence_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.sequence"))
+}
+
+/// The highest signed sequence persisted for this bundle; 0 when none is (no `cache_dir`, or
+/// never written). An unreadable file is 0 too, logged: a lower floor weakens replay protection
+/// for one activation, it never stops serving.
+pub fn load_sequence(bundle: &crate::config::BundleConfig) -> u64 {
+    let Some(dir) = &bundle.cache_dir else { return 0 };
+    match fs::read_to_string(sequence_path(dir, &bundle.name)) {
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(file = %sequence_path(dir, &bundle.name).display(), "unreadable signed sequence; starting from 0");
+            0
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the signed sequence; starting from 0");
+            0
+        }
+    }
+}
+
+/// Persists the highest signed sequence (crash-safely); a no-op without `cache_dir`.
+pub fn store_sequence(bundle: &crate::config::BundleConfig, sequence: u64) -> std::io::Result<()> {
+    let Some(dir) = &bundle.cache_dir else { return Ok(()) };
+    fs::create_dir_all(dir)?;
+    write_durably(dir, &sequence_path(dir, &bundle.name), sequence.to_string().as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,34 +162,4 @@ mod tests {
         fs::write(meta_path(dir.path(), "main"), b"{").unwrap();
         assert!(load(dir.path(), "main").unwrap_err().contains("corrupt metadata"));
     }
-}
-
-/// `cache_dir/NAME.sequence`: the highest signed sequence activated (decimal), beside the cache.
-fn sequence_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.sequence"))
-}
-
-/// The highest signed sequence persisted for this bundle; 0 when none is (no `cache_dir`, or
-/// never written). An unreadable file is 0 too, logged: a lower floor weakens replay protection
-/// for one activation, it never stops serving.
-pub fn load_sequence(bundle: &crate::config::BundleConfig) -> u64 {
-    let Some(dir) = &bundle.cache_dir else { return 0 };
-    match fs::read_to_string(sequence_path(dir, &bundle.name)) {
-        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
-            tracing::warn!(file = %sequence_path(dir, &bundle.name).display(), "unreadable signed sequence; starting from 0");
-            0
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the signed sequence; starting from 0");
-            0
-        }
-    }
-}
-
-/// Persists the highest signed sequence (crash-safely); a no-op without `cache_dir`.
-pub fn store_sequence(bundle: &crate::config::BundleConfig, sequence: u64) -> std::io::Result<()> {
-    let Some(dir) = &bundle.cache_dir else { return Ok(()) };
-    fs::create_dir_all(dir)?;
-    write_durably(dir, &sequence_path(dir, &bundle.name), sequence.to_string().as_bytes())
 }
