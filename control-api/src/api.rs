@@ -6,6 +6,7 @@
 //! | `PUT /v1/bundles/{name}` | publish | 201 new active revision, 200 identical, 400, 409, 413, 422 |
 //! | `GET /v1/bundles/{name}` | read | 200 tarball + `ETag`, 304, 404; long poll with `Prefer: wait=N` |
 //! | `GET /v1/bundles/{name}/revisions` | read | 200 history, newest first; 404 |
+//! | `GET /v1/bundles/{name}/revisions/{revision}` | read | 200 that revision's tarball; 404 |
 //! | `POST /v1/bundles/{name}/rollback` | publish | 200; 404 unknown revision |
 //! | `POST /v1/status` | read | 202; 400 |
 //! | `GET /v1/fleet` | read | 200 |
@@ -100,6 +101,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/bundles/{name}", get(get_bundle).put(put_bundle))
         .route("/v1/bundles/{name}/revisions", get(revisions))
+        .route("/v1/bundles/{name}/revisions/{revision}", get(revision_tarball))
         .route("/v1/bundles/{name}/rollback", post(rollback))
         .route("/v1/bundles/{name}/rollout", get(rollout_status))
         .route("/v1/status", post(status))
@@ -638,6 +640,28 @@ async fn revisions(
             })
             .collect(),
     ))
+}
+
+/// `GET /v1/bundles/{name}/revisions/{revision}`: that revision's tarball, active or not (what
+/// `bundlectl rollback --sign` signs again).
+async fn revision_tarball(
+    State(state): State<AppState>,
+    Reader(who): Reader,
+    Path((name, revision)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    check_access(&who, &name)?;
+    let store = &state.0.store;
+    let info = store.revisions(&name).await?.into_iter().find(|r| r.revision == revision);
+    let Some(info) = info else {
+        return Err(ApiError::NotFound(format!("bundle `{name}` has no revision `{revision}`")));
+    };
+    let Some(bytes) = store.content(&name, &info.digest).await? else {
+        return Err(ApiError::NotFound(format!("bundle `{name}` revision `{revision}` has no stored content")));
+    };
+    let etag = HeaderValue::from_str(&format!("\"{}\"", info.digest)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((StatusCode::OK, [(CONTENT_TYPE, HeaderValue::from_static("application/gzip")), (ETAG, etag)], bytes)
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -140,7 +140,9 @@ enum Cmd {
         #[command(subcommand)]
         what: RolloutCmd,
     },
-    /// Make an earlier revision active again.
+    /// Make an earlier revision active again. With `--sign-key` (for gateways that require
+    /// signatures), the revision's content is signed again with a higher sequence and published
+    /// as revision `<to>-resigned-<sequence>`: gateways refuse the old signature as a replay.
     Rollback {
         #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
         name: String,
@@ -148,6 +150,8 @@ enum Cmd {
         to: String,
         #[command(flatten)]
         remote: Remote,
+        #[command(flatten)]
+        signer: Signer,
     },
     /// Every gateway that reported: its revision, staleness and last report.
     Fleet {
@@ -378,7 +382,10 @@ fn run(cli: Cli) -> anyhow::Result<Ran> {
         }
         Cmd::Revisions { name, remote } => revisions(&name, &remote)?,
         Cmd::Rollout { what: RolloutCmd::Status { name, remote } } => rollout_status(&name, &remote)?,
-        Cmd::Rollback { name, to, remote } => rollback(&name, &to, &remote)?,
+        Cmd::Rollback { name, to, remote, signer } if signer.key.is_some() => {
+            signed_rollback(&name, &to, &remote, &signer)?
+        }
+        Cmd::Rollback { name, to, remote, .. } => rollback(&name, &to, &remote)?,
         Cmd::Fleet { remote } => fleet(&remote)?,
         Cmd::Logs { name, filter, json, remote } => logs(&name, &filter, json, &remote)?,
         Cmd::Replay { candidate, name, since, route, max_changed, limit, json, remote } => {
@@ -548,6 +555,52 @@ fn rollback(name: &str, to: &str, remote: &Remote) -> anyhow::Result<()> {
         }
         Err(e) => bail!("{url}: {e}"),
     }
+    Ok(())
+}
+
+/// `bundlectl rollback --sign-key`: revision `to`'s content, signed again with a higher
+/// sequence, published as a new revision.
+fn signed_rollback(name: &str, to: &str, remote: &Remote, signer: &Signer) -> anyhow::Result<()> {
+    let url = format!("{}/revisions/{to}", bundle_url(remote, name));
+    let mut req = agent().get(&url);
+    if let Some(t) = &remote.token {
+        req = req.set("authorization", &format!("Bearer {t}"));
+    }
+    let bytes = match req.call() {
+        Ok(r) => {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut r.into_reader().take(MAX_ANSWER), &mut b)?;
+            b
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            bail!("{url}: HTTP {code}: {}", server_message(&r.into_string().unwrap_or_default()))
+        }
+        Err(e) => bail!("{url}: {e}"),
+    };
+    let mut files = archive::read_tar_gz(&bytes, &Limits::default())?;
+    files.remove(SIGNATURES);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let sequence = signer.sequence.unwrap_or(now);
+    let revision = format!("{to}-resigned-{sequence}");
+    let mut manifest: serde_json::Value = match files.get(MANIFEST) {
+        Some(b) => serde_json::from_slice(b).map_err(|e| anyhow!("{MANIFEST}: {e}"))?,
+        None => serde_json::json!({}),
+    };
+    manifest["revision"] = serde_json::Value::String(revision.clone());
+    files.insert(MANIFEST.into(), serde_json::to_vec_pretty(&manifest)?);
+    let signer = Signer {
+        bundle: signer.bundle.clone().or_else(|| Some(name.to_owned())),
+        sequence: Some(sequence),
+        ..signer.clone()
+    };
+    sign_files(&mut files, &signer)?;
+    let out = archive::write_tar_gz(&files)?;
+    let (_, v) = call(agent().put(&bundle_url(remote, name)), remote, Some(&out))?;
+    println!(
+        "{name} rolled back to {to}'s content as revision {} (signed, sequence {sequence}, sha256 {})",
+        v.get("revision").and_then(|r| r.as_str()).unwrap_or(&revision),
+        policy_bundles::digest(&out)
+    );
     Ok(())
 }
 

@@ -197,3 +197,51 @@ fn the_manifest_revision_is_kept_and_rollback_to_it_works() {
     let bundle = policy_bundles::Bundle::from_tar_gz(&r.body, &policy_bundles::Limits::default()).unwrap();
     assert_eq!(bundle.manifest.revision, "r1");
 }
+
+/// `rollback --sign-key`: the old revision's content, signed again for the same bundle with a
+/// sequence above every earlier one, published as a new revision and active.
+#[test]
+fn a_signed_rollback_re_signs_the_old_content_with_a_higher_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    const PUBLISH: &str = "publishers-token-for-signed-rollback";
+    let api = ControlApi::start(dir.path(), &[("gateways", "read", READ), ("authors", "publish", PUBLISH)]);
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/api-gateway");
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test-support/keys/demo-es256.pem");
+    let sign = ["--sign-key", key.to_str().unwrap(), "--sign-kid", "k1"];
+    for (rev, seq) in [("r1", "100"), ("r2", "200")] {
+        let src = dir.path().join(rev);
+        let mut files = policy_bundles::archive::read_dir(&example, &policy_bundles::Limits::default()).unwrap();
+        files.insert(".manifest".into(), format!(r#"{{"revision": "{rev}"}}"#).into_bytes());
+        files.insert("extra/data.json".into(), format!(r#"{{"built": "{rev}"}}"#).into_bytes());
+        for (path, bytes) in &files {
+            let p = src.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        let mut args = vec!["push", src.to_str().unwrap(), "--server", &api.base, "--sign-sequence", seq];
+        args.extend(sign);
+        let o = bundlectl(&args, Some(PUBLISH));
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    }
+    let mut args = vec!["rollback", "--to", "r1", "--server", &api.base];
+    args.extend(sign);
+    let o = bundlectl(&args, Some(PUBLISH));
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("r1-resigned-"), "{}", stdout(&o));
+    let r = test_support::http::request(
+        "GET",
+        &format!("{}/v1/bundles/main", api.base),
+        &[("authorization", test_support::http::bearer(READ).as_str())],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let files = policy_bundles::archive::read_tar_gz(&r.body, &policy_bundles::Limits::default()).unwrap();
+    let public = std::fs::read(key.with_file_name("demo-es256.pub.pem")).unwrap();
+    let keys = [policy_bundles::signing::VerificationKey::from_pem("k1", "ES256", &public).unwrap()];
+    policy_bundles::signing::verify(&files, &keys, true).unwrap();
+    let id = policy_bundles::signing::check_identity(&files, "main", 201, 0, false).unwrap();
+    assert!(id.sequence > 200, "{id:?}");
+    assert_eq!(files["extra/data.json"], br#"{"built": "r1"}"#.to_vec(), "r1's content");
+    let bundle = policy_bundles::Bundle::from_files(files).unwrap();
+    assert!(bundle.manifest.revision.starts_with("r1-resigned-"), "{}", bundle.manifest.revision);
+}
