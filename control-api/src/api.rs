@@ -829,6 +829,7 @@ impl StatusRequest {
             last_sync: last_sync_ms.map(store::rfc3339),
             staleness_seconds: self.staleness_seconds,
             last_report_ms: now_ms,
+            token: String::new(),
         })
     }
 }
@@ -840,11 +841,30 @@ async fn status(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let s = &state.0;
     let req: StatusRequest = read_json(&headers, body).await?;
-    let report = req.into_report(store::now_ms())?;
-    speaks_for(&who, Some(report.instance.clone()))?;
-    check_access(&who, &report.bundle)?;
-    state.0.store.report(&report).await?;
+    let now = store::now_ms();
+    let mut report = req.into_report(now)?;
+    if let Err(e) = speaks_for(&who, Some(report.instance.clone())) {
+        s.metrics.refuse_status("token_instance");
+        return Err(e);
+    }
+    if let Err(e) = check_access(&who, &report.bundle) {
+        s.metrics.refuse_status("bundle");
+        return Err(e);
+    }
+    // Rows not heard from within the retention go, and with them their binding to a token.
+    let retention = i64::try_from(s.config.fleet_retention.as_millis()).unwrap_or(i64::MAX);
+    s.store.prune_fleet(now.saturating_sub(retention)).await?;
+    report.token.clone_from(&who.name);
+    if !s.store.report(&report).await? {
+        s.metrics.refuse_status("instance_bound");
+        tracing::warn!(instance = %report.instance, token = %who.name, "status report for an instance another token reports for: refused");
+        return Err(ApiError::Forbidden(format!(
+            "instance `{}` reports with another token; token `{}` may not report for it",
+            report.instance, who.name
+        )));
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
 }
 
@@ -868,13 +888,17 @@ struct FleetMember {
     cohort: Option<&'static str>,
     /// The revision its cohort is served.
     target_revision: Option<String>,
+    /// The name of the token its reports come with.
+    token: String,
 }
 
 /// `GET /v1/fleet`: every gateway that reported, and how far it is from the active revision.
 async fn fleet(State(state): State<AppState>, Reader(_): Reader) -> Result<Json<Vec<FleetMember>>, ApiError> {
     let s = &state.0;
-    let reports = s.store.fleet().await?;
     let now = store::now_ms();
+    let retention = i64::try_from(s.config.fleet_retention.as_millis()).unwrap_or(i64::MAX);
+    s.store.prune_fleet(now.saturating_sub(retention)).await?;
+    let reports = s.store.fleet().await?;
     let silent_after = i64::try_from(s.config.fleet_silent_after.as_millis()).unwrap_or(i64::MAX);
     let mut active: std::collections::HashMap<String, Option<Arc<crate::hub::Heads>>> =
         std::collections::HashMap::new();
@@ -896,6 +920,7 @@ async fn fleet(State(state): State<AppState>, Reader(_): Reader) -> Result<Json<
             target_revision: target.map(|t| t.revision.clone()),
             last_report: store::rfc3339(r.last_report_ms),
             silent: now.saturating_sub(r.last_report_ms) > silent_after,
+            token: r.token.clone(),
             current,
             instance: r.instance,
             bundle: r.bundle,
@@ -943,6 +968,7 @@ mod tests {
             max_bundle_size: 1024,
             max_long_poll: Duration::from_secs(5),
             fleet_silent_after: Duration::from_secs(60),
+            fleet_retention: Duration::from_secs(3600),
             tokens: vec![token("ci", Scope::Publish, PUBLISH), token("gw", Scope::Read, READ)],
             budget: policy_bundles::budget::Budget::default(),
             validator: policy_bundles::budget::Validator::InProcess,
@@ -1051,7 +1077,10 @@ mod tests {
         async fn rollback(&self, _: &str, _: &str) -> Result<RollbackOutcome, StoreError> {
             Err(StoreError::Corrupt("down".into()))
         }
-        async fn report(&self, _: &GatewayReport) -> Result<(), StoreError> {
+        async fn report(&self, _: &GatewayReport) -> Result<bool, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn prune_fleet(&self, _: i64) -> Result<u64, StoreError> {
             Err(StoreError::Corrupt("down".into()))
         }
         async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError> {

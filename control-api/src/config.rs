@@ -8,6 +8,7 @@
 //! max_bundle_size: 64MiB           # largest tarball accepted by PUT; default 64MiB
 //! max_long_poll: 300s              # cap on `Prefer: wait=N`; default 300s
 //! fleet_silent_after: 60s          # a gateway without a report for longer is `silent`; default 60s
+//! fleet_retention: 24h             # a gateway's row (and its binding to a token) goes after this long without a report; default 24h
 //! budget:                          # what one bundle may cost, checked in a child process
 //!   max_uncompressed: 64MiB        #   every file, uncompressed; default 64MiB
 //!   max_compiled: 256MiB           #   estimated compiled size (data values, rules); default 256MiB
@@ -90,6 +91,8 @@ struct RawConfig {
     max_long_poll: Option<String>,
     #[serde(default)]
     fleet_silent_after: Option<String>,
+    #[serde(default)]
+    fleet_retention: Option<String>,
     #[serde(default)]
     tokens: Vec<RawToken>,
     #[serde(default)]
@@ -245,6 +248,9 @@ pub struct Config {
     pub max_long_poll: Duration,
     /// A gateway whose last report is older than this is `silent` in `/v1/fleet`; default 60 s.
     pub fleet_silent_after: Duration,
+    /// A gateway's row, and the binding of its instance to a token, is deleted after this long
+    /// without a report; default 24 h.
+    pub fleet_retention: Duration,
     pub tokens: Vec<TokenConfig>,
     /// What one bundle may cost (`budget`), checked in a child process at every publish.
     pub budget: policy_bundles::budget::Budget,
@@ -320,6 +326,7 @@ impl Default for GrowthGuard {
 pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 64 << 20;
 pub const DEFAULT_MAX_LONG_POLL: Duration = Duration::from_secs(300);
 pub const DEFAULT_FLEET_SILENT_AFTER: Duration = Duration::from_secs(60);
+pub const DEFAULT_FLEET_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 impl Config {
     /// Reads and validates a config file.
@@ -338,6 +345,7 @@ impl Config {
             max_bundle_size: raw_bundle_size,
             max_long_poll: raw_long_poll,
             fleet_silent_after: raw_silent_after,
+            fleet_retention: raw_retention,
             tokens: raw_tokens,
             budget: raw_budget,
             growth_guard: raw_guard,
@@ -359,6 +367,7 @@ impl Config {
         let max_long_poll = problems.top_duration("max_long_poll", &raw_long_poll, DEFAULT_MAX_LONG_POLL);
         let fleet_silent_after =
             problems.top_duration("fleet_silent_after", &raw_silent_after, DEFAULT_FLEET_SILENT_AFTER);
+        let fleet_retention = problems.top_duration("fleet_retention", &raw_retention, DEFAULT_FLEET_RETENTION);
         let tokens = parse_tokens(&raw_tokens, &mut problems);
         let (budget, validator) = parse_budget(raw_budget.unwrap_or_default(), &mut problems);
         let growth_guard = parse_growth_guard(raw_guard.unwrap_or_default(), &mut problems);
@@ -374,6 +383,7 @@ impl Config {
             max_bundle_size,
             max_long_poll,
             fleet_silent_after,
+            fleet_retention,
             tokens,
             budget,
             validator,

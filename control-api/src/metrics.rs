@@ -4,6 +4,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+pub const STATUS_REFUSED_TOTAL: &str = "control_api_status_refused_total";
 pub const PUBLISHES_TOTAL: &str = "control_api_publishes_total";
 pub const REJECTIONS_TOTAL: &str = "control_api_rejections_total";
 pub const BUNDLE_DOWNLOADS_TOTAL: &str = "control_api_bundle_downloads_total";
@@ -74,6 +75,8 @@ pub struct Metrics {
     decision_refused: IntCounterVec,
     /// Events deleted by retention.
     decision_pruned: IntCounter,
+    /// Refused `POST /v1/status` reports by `reason`.
+    status_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -122,6 +125,18 @@ impl Metrics {
         registry.register(Box::new(propagation.clone()))?;
         registry.register(Box::new(served_revision.clone()))?;
         let (decision_events, decision_refused, decision_pruned) = decision_log_metrics(&registry)?;
+        let status_refused = IntCounterVec::new(
+            Opts::new(
+                STATUS_REFUSED_TOTAL,
+                "Refused status reports by reason: instance_bound (the instance reports with another token), \
+                 token_instance (the token is bound to another instance), bundle (a bundle the token may not touch)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(status_refused.clone()))?;
+        for reason in ["instance_bound", "token_instance", "bundle"] {
+            status_refused.with_label_values(&[reason]);
+        }
         // Label values known in advance are exported at 0 from the start.
         for r in [PublishResult::Created, PublishResult::Identical, PublishResult::Rejected] {
             publishes.with_label_values(&[r.label()]);
@@ -143,7 +158,13 @@ impl Metrics {
             decision_events,
             decision_refused,
             decision_pruned,
+            status_refused,
         })
+    }
+
+    /// Counts a refused status report.
+    pub fn refuse_status(&self, reason: &str) {
+        self.status_refused.with_label_values(&[reason]).inc();
     }
 
     /// Counts a decision-log batch taken: `stored` new events, `duplicates` already stored.

@@ -312,6 +312,7 @@ mod tests {
             staleness_seconds: None,
             last_report_ms: at_ms,
             health: Some(health.to_string()),
+            token: "gateways".into(),
         }
     }
 

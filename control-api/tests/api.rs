@@ -620,3 +620,65 @@ fn sigterm_answers_held_long_polls_at_once_and_exits_cleanly() {
     });
     assert!(status.is_some_and(|st| st.success()), "{status:?}");
 }
+
+/// One gateway's read token cannot forge another gateway's fleet row: the first report binds an
+/// instance to its token's name, another token's report for it is 403 and counted, the row shows
+/// its token, and a token limited to some bundles cannot report on others.
+#[test]
+fn a_status_report_for_an_instance_another_token_reports_for_is_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    const OTHER: &str = "another-gateways-read-token";
+    let tokens = format!(
+        "  - name: gw-other\n    scope: read\n    sha256: {}\n  - name: gw-main\n    scope: read\n    bundles: [main]\n    sha256: {}\n",
+        hash(OTHER),
+        hash(MAIN_READ_TOKEN)
+    );
+    let s = Server::start(&write_config_with_tokens(dir.path(), "sqlite://./data/control.db", "", &tokens));
+    let v1 = bundle("v1");
+    assert_eq!(s.publish("main", &v1).status, 201);
+    let report = |token: &str, instance: &str, bundle: &str, staleness: f64| {
+        let body = serde_json::json!({"instance": instance, "bundle": bundle, "revision": "v1", "digest": digest(&v1),
+            "last_sync": "2026-11-25T12:00:00Z", "staleness_seconds": staleness});
+        call("POST", &s.url("/v1/status"), Some(token), &[], Some(body.to_string().as_bytes()))
+    };
+    assert_eq!(report(READ_TOKEN, "gw-a", "main", 900.0).status, 202);
+    // gw-other tries to make gw-a look fresh.
+    let r = report(OTHER, "gw-a", "main", 0.0);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("another token"), "{}", r.text());
+    assert_eq!(report(OTHER, "gw-b", "main", 1.0).status, 202, "its own instance is fine");
+    assert_eq!(report(MAIN_READ_TOKEN, "gw-c", "other-bundle", 1.0).status, 403);
+    let fleet = call("GET", &s.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
+    assert_eq!(fleet[0]["instance"], "gw-a");
+    assert_eq!(fleet[0]["staleness_seconds"], 900.0, "the forged report changed nothing");
+    assert_eq!(fleet[0]["token"], "gateways");
+    assert_eq!(fleet[1]["token"], "gw-other");
+    let metrics = call("GET", &s.url("/metrics"), None, &[], None).text();
+    assert!(metrics.contains("control_api_status_refused_total{reason=\"instance_bound\"} 1"), "{metrics}");
+    assert!(metrics.contains("control_api_status_refused_total{reason=\"bundle\"} 1"), "{metrics}");
+}
+
+/// Rows expire after `fleet_retention`, and with them their binding: a gateway that moved to a
+/// new token can report again once its old row is gone.
+#[test]
+fn fleet_rows_expire_after_the_retention_and_release_their_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    const OTHER: &str = "another-gateways-read-token";
+    let tokens = format!("  - name: gw-other\n    scope: read\n    sha256: {}\n", hash(OTHER));
+    let s = Server::start(&write_config_with_tokens(
+        dir.path(),
+        "sqlite://./data/control.db",
+        "fleet_retention: 1s",
+        &tokens,
+    ));
+    let report = |token: &str| {
+        let body = serde_json::json!({"instance": "gw-a", "bundle": "main", "revision": "", "digest": ""});
+        call("POST", &s.url("/v1/status"), Some(token), &[], Some(body.to_string().as_bytes())).status
+    };
+    assert_eq!(report(READ_TOKEN), 202);
+    assert_eq!(report(OTHER), 403);
+    std::thread::sleep(Duration::from_millis(1300));
+    let fleet = call("GET", &s.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
+    assert_eq!(fleet.as_array().map(Vec::len), Some(0), "expired: {fleet}");
+    assert_eq!(report(OTHER), 202);
+}

@@ -155,10 +155,11 @@ async fn reports_are_upserted_per_instance_and_listed_by_instance(store: Arc<dyn
         staleness_seconds: Some(2.5),
         last_report_ms: at,
         health: Some(format!("{{\"served\":{{\"requests\":{at}}}}}")),
+        token: "gateways".into(),
     };
-    store.report(&report("gw-b", "v1", 10)).await.unwrap();
-    store.report(&report("gw-a", "v1", 11)).await.unwrap();
-    store.report(&report("gw-b", "v2", 12)).await.unwrap();
+    assert!(store.report(&report("gw-b", "v1", 10)).await.unwrap());
+    assert!(store.report(&report("gw-a", "v1", 11)).await.unwrap());
+    assert!(store.report(&report("gw-b", "v2", 12)).await.unwrap());
     let partial = GatewayReport {
         revision: None,
         digest: None,
@@ -172,6 +173,13 @@ async fn reports_are_upserted_per_instance_and_listed_by_instance(store: Arc<dyn
     assert_eq!(fleet[0], report("gw-a", "v1", 11));
     assert_eq!(fleet[1], report("gw-b", "v2", 12));
     assert_eq!(fleet[2], partial);
+    // Another token's report for gw-a changes nothing; once gw-a's row expires, it binds anew.
+    let forged = GatewayReport { token: "other".into(), staleness_seconds: Some(0.0), ..report("gw-a", "v9", 20) };
+    assert!(!store.report(&forged).await.unwrap(), "bound to the token of its first report");
+    assert_eq!(store.fleet().await.unwrap()[0], report("gw-a", "v1", 11));
+    assert_eq!(store.prune_fleet(12).await.unwrap(), 1, "gw-a (11) is older than 12");
+    assert!(store.report(&forged).await.unwrap());
+    assert_eq!(store.fleet().await.unwrap()[0].token, "other");
 }
 
 async fn a_staged_publish_is_a_canary_until_promoted_or_rolled_back_once(store: Arc<dyn Store>) {

@@ -121,6 +121,9 @@ pub struct GatewayReport {
     pub last_report_ms: i64,
     /// What the gateway said about its health (JSON: `activation`, `served`, `activated_at`).
     pub health: Option<String>,
+    /// The name of the token the instance's first report came with: only that token may report
+    /// for it until the row expires (`fleet_retention`).
+    pub token: String,
 }
 
 /// A staged rollout of one revision.
@@ -225,8 +228,12 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_rollout(&self, id: i64, state: &str, reason: Option<&str>, now_ms: i64)
         -> Result<bool, StoreError>;
 
-    /// Records a gateway's report, replacing its previous one.
-    async fn report(&self, report: &GatewayReport) -> Result<(), StoreError>;
+    /// Records a gateway's report, replacing its previous one, unless the instance's row came
+    /// from another token (`false`: nothing written). A row with no token yet is bound by it.
+    async fn report(&self, report: &GatewayReport) -> Result<bool, StoreError>;
+
+    /// Deletes the rows of gateways not heard from since `before_ms`; how many.
+    async fn prune_fleet(&self, before_ms: i64) -> Result<u64, StoreError>;
 
     /// The latest report of every gateway, ordered by instance.
     async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError>;

@@ -55,7 +55,7 @@ macro_rules! rollout_columns {
 }
 macro_rules! gateway_columns {
     () => {
-        "instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms, health"
+        "instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms, health, token"
     };
 }
 
@@ -67,10 +67,11 @@ const FLEET: &str = concat!("SELECT ", gateway_columns!(), " FROM gateways ORDER
 const UPSERT_REPORT: &str = concat!(
     "INSERT INTO gateways (",
     gateway_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
      ON CONFLICT (instance) DO UPDATE SET bundle = excluded.bundle, revision = excluded.revision, \
      digest = excluded.digest, last_sync = excluded.last_sync, staleness_seconds = excluded.staleness_seconds, \
-     last_report_ms = excluded.last_report_ms, health = excluded.health"
+     last_report_ms = excluded.last_report_ms, health = excluded.health, token = excluded.token \
+     WHERE gateways.token = excluded.token OR gateways.token = ''"
 );
 
 type RevisionRow = (String, String, i64, i64, String, Option<String>, Option<String>);
@@ -88,11 +89,12 @@ fn rollout(r: RolloutRow) -> Rollout {
     Rollout { id, bundle, revision, previous, state, started_at_ms, ended_at_ms, reason }
 }
 
-type GatewayRow = (String, String, Option<String>, Option<String>, Option<String>, Option<f64>, i64, Option<String>);
+type GatewayRow =
+    (String, String, Option<String>, Option<String>, Option<String>, Option<f64>, i64, Option<String>, String);
 
 fn gateway(r: GatewayRow) -> GatewayReport {
-    let (instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms, health) = r;
-    GatewayReport { instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms, health }
+    let (instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms, health, token) = r;
+    GatewayReport { instance, bundle, revision, digest, last_sync, staleness_seconds, last_report_ms, health, token }
 }
 
 const SUPERSEDE: &str = "UPDATE rollouts SET state = 'superseded', ended_at_ms = $2, reason = $3 \
@@ -292,8 +294,8 @@ impl Store for SqlStore {
         Ok(true)
     }
 
-    async fn report(&self, r: &GatewayReport) -> Result<(), StoreError> {
-        sqlx::query(UPSERT_REPORT)
+    async fn report(&self, r: &GatewayReport) -> Result<bool, StoreError> {
+        let done = sqlx::query(UPSERT_REPORT)
             .bind(&r.instance)
             .bind(&r.bundle)
             .bind(&r.revision)
@@ -302,9 +304,16 @@ impl Store for SqlStore {
             .bind(r.staleness_seconds)
             .bind(r.last_report_ms)
             .bind(&r.health)
+            .bind(&r.token)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn prune_fleet(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM gateways WHERE last_report_ms < $1").bind(before_ms).execute(&self.pool).await?;
+        Ok(done.rows_affected())
     }
 
     async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError> {
