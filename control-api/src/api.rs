@@ -70,6 +70,10 @@ pub struct Shared {
     pub ingests: Arc<Semaphore>,
     /// When decision-log retention checks the count.
     pub retention: crate::logs::Retention,
+    /// Long polls held per token name (`max_long_polls_per_token`).
+    pub long_polls: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Bounds how many PUT bodies are read at once: each may be `max_bundle_size` in memory.
+    pub uploads: Arc<Semaphore>,
 }
 
 /// The router's state: cheap to clone.
@@ -83,6 +87,8 @@ impl AppState {
             hub: Hub::new(store.clone()),
             tokens: Tokens::new(config.tokens.clone()),
             metrics: Metrics::new()?,
+            uploads: Arc::new(Semaphore::new(permits * 2)),
+            long_polls: std::sync::Mutex::new(std::collections::HashMap::new()),
             validations: Arc::new(Semaphore::new(permits)),
             ingests: Arc::new(Semaphore::new(permits)),
             retention: crate::logs::Retention::default(),
@@ -307,6 +313,14 @@ async fn put_bundle(
     check_name(&name)?;
     check_access(&who, &name)?;
     let s = &state.0;
+    // A slot before the body is read: bodies in memory at once are bounded, whoever sends them.
+    let _upload = match s.uploads.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            s.metrics.limited("uploads");
+            s.uploads.clone().acquire_owned().await?
+        }
+    };
     let bytes = read_bundle(s, &headers, body).await?;
     let digest = policy_bundles::digest(&bytes);
     let size = bytes.len() as u64;
@@ -508,7 +522,11 @@ async fn get_bundle(
     let mut rx = entry.subscribe();
     let mut shutdown = s.hub.shutdown_signal();
     let held = active.digest.clone();
-    let _waiting = Waiting::new(s);
+    let Some(_waiting) = Waiting::new(s, &who.name) else {
+        // Past the token's share of held long polls: answered now, held nowhere.
+        s.metrics.limited("long_polls");
+        return Ok(not_modified(s, &active, None));
+    };
     let changed = async {
         loop {
             let now = rx.borrow_and_update().as_ref().map(|h| h.for_cohort(canary).clone());
@@ -530,19 +548,36 @@ async fn get_bundle(
     })
 }
 
-/// Counts a held long poll for as long as it is held (also when the client goes away).
-struct Waiting<'a>(&'a Shared);
+/// Counts a held long poll, in all and for its token, for as long as it is held (also when the
+/// client goes away).
+struct Waiting<'a>(&'a Shared, String);
 
 impl<'a> Waiting<'a> {
-    fn new(s: &'a Shared) -> Self {
+    /// `None` when the token already has `max_long_polls_per_token` held.
+    fn new(s: &'a Shared, token: &str) -> Option<Self> {
+        let mut held = s.long_polls.lock().ok()?;
+        let n = held.entry(token.to_owned()).or_default();
+        if *n >= s.config.max_long_polls_per_token {
+            return None;
+        }
+        *n += 1;
+        drop(held);
         s.metrics.waiters.inc();
-        Waiting(s)
+        Some(Waiting(s, token.to_owned()))
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.metrics.waiters.dec();
+        if let Ok(mut held) = self.0.long_polls.lock() {
+            if let Some(n) = held.get_mut(&self.1) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&self.1);
+                }
+            }
+        }
     }
 }
 
@@ -969,6 +1004,9 @@ mod tests {
             max_long_poll: Duration::from_secs(5),
             fleet_silent_after: Duration::from_secs(60),
             fleet_retention: Duration::from_secs(3600),
+            max_connections: 100,
+            header_timeout: Duration::from_secs(10),
+            max_long_polls_per_token: 100,
             tokens: vec![token("ci", Scope::Publish, PUBLISH), token("gw", Scope::Read, READ)],
             budget: policy_bundles::budget::Budget::default(),
             validator: policy_bundles::budget::Validator::InProcess,

@@ -8,6 +8,9 @@
 //! max_bundle_size: 64MiB           # largest tarball accepted by PUT; default 64MiB
 //! max_long_poll: 300s              # cap on `Prefer: wait=N`; default 300s
 //! fleet_silent_after: 60s          # a gateway without a report for longer is `silent`; default 60s
+//! max_connections: 10000          # open connections at once; past it a new one is closed at once; default 10000
+//! header_timeout: 10s              # a request head must arrive within this; default 10s
+//! max_long_polls_per_token: 1000   # long polls one token may have held; past it answered at once; default 1000
 //! fleet_retention: 24h             # a gateway's row (and its binding to a token) goes after this long without a report; default 24h
 //! budget:                          # what one bundle may cost, checked in a child process
 //!   max_uncompressed: 64MiB        #   every file, uncompressed; default 64MiB
@@ -93,6 +96,12 @@ struct RawConfig {
     fleet_silent_after: Option<String>,
     #[serde(default)]
     fleet_retention: Option<String>,
+    #[serde(default)]
+    max_connections: Option<u64>,
+    #[serde(default)]
+    header_timeout: Option<String>,
+    #[serde(default)]
+    max_long_polls_per_token: Option<u64>,
     #[serde(default)]
     tokens: Vec<RawToken>,
     #[serde(default)]
@@ -251,6 +260,14 @@ pub struct Config {
     /// A gateway's row, and the binding of its instance to a token, is deleted after this long
     /// without a report; default 24 h.
     pub fleet_retention: Duration,
+    /// Connections open at once; past it a new connection is closed at once and counted.
+    pub max_connections: usize,
+    /// A request head (line and headers) must arrive within this of the connection's last
+    /// request, or the connection is closed and counted.
+    pub header_timeout: Duration,
+    /// Long polls one token may have held at once; past it a long poll is answered at once
+    /// (304 without waiting) and counted.
+    pub max_long_polls_per_token: usize,
     pub tokens: Vec<TokenConfig>,
     /// What one bundle may cost (`budget`), checked in a child process at every publish.
     pub budget: policy_bundles::budget::Budget,
@@ -327,6 +344,9 @@ pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 64 << 20;
 pub const DEFAULT_MAX_LONG_POLL: Duration = Duration::from_secs(300);
 pub const DEFAULT_FLEET_SILENT_AFTER: Duration = Duration::from_secs(60);
 pub const DEFAULT_FLEET_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_LONG_POLLS_PER_TOKEN: usize = 1000;
 
 impl Config {
     /// Reads and validates a config file.
@@ -346,6 +366,9 @@ impl Config {
             max_long_poll: raw_long_poll,
             fleet_silent_after: raw_silent_after,
             fleet_retention: raw_retention,
+            max_connections: raw_max_connections,
+            header_timeout: raw_header_timeout,
+            max_long_polls_per_token: raw_long_polls_per_token,
             tokens: raw_tokens,
             budget: raw_budget,
             growth_guard: raw_guard,
@@ -368,6 +391,21 @@ impl Config {
         let fleet_silent_after =
             problems.top_duration("fleet_silent_after", &raw_silent_after, DEFAULT_FLEET_SILENT_AFTER);
         let fleet_retention = problems.top_duration("fleet_retention", &raw_retention, DEFAULT_FLEET_RETENTION);
+        let header_timeout = problems.top_duration("header_timeout", &raw_header_timeout, DEFAULT_HEADER_TIMEOUT);
+        if header_timeout.is_zero() {
+            problems.top("header_timeout", "must be more than 0s".into());
+        }
+        let mut at_least_one = |key: &str, v: Option<u64>, default: usize| match v {
+            None => default,
+            Some(0) => {
+                problems.top(key, "must be at least 1".into());
+                default
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let max_connections = at_least_one("max_connections", raw_max_connections, DEFAULT_MAX_CONNECTIONS);
+        let max_long_polls_per_token =
+            at_least_one("max_long_polls_per_token", raw_long_polls_per_token, DEFAULT_MAX_LONG_POLLS_PER_TOKEN);
         let tokens = parse_tokens(&raw_tokens, &mut problems);
         let (budget, validator) = parse_budget(raw_budget.unwrap_or_default(), &mut problems);
         let growth_guard = parse_growth_guard(raw_guard.unwrap_or_default(), &mut problems);
@@ -384,6 +422,9 @@ impl Config {
             max_long_poll,
             fleet_silent_after,
             fleet_retention,
+            max_connections,
+            header_timeout,
+            max_long_polls_per_token,
             tokens,
             budget,
             validator,

@@ -28,7 +28,6 @@ pub mod validate;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use axum::serve::ListenerExt;
 use tokio::sync::mpsc;
 
 pub use api::{app, ApiError, AppState};
@@ -67,11 +66,19 @@ pub async fn build(config: Config) -> Result<App, Error> {
     let store =
         store::open(&config.store).await.map_err(|source| Error::Store { location: location.clone(), source })?;
     let changes = store.changes().await.map_err(|source| Error::Store { location, source })?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Listen { addr: config.listen, source })?;
+    let listener = listen(config.listen).map_err(|source| Error::Listen { addr: config.listen, source })?;
     let state = AppState::new(config, store)?;
     Ok(App { state, listener, changes })
+}
+
+/// Binds the listener with a deep accept queue (4096, capped by the kernel's `somaxconn`): a burst
+/// of connections (a fleet reconnecting at once) waits in the queue rather than having its SYNs
+/// dropped and retried a second later.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 impl App {
@@ -104,28 +111,75 @@ impl App {
                 }
             })
         });
-        // Answers are small and latency matters (a woken long poll): no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
         let supervisor = tokio::spawn(rollout::supervise(state.clone(), state.0.hub.shutdown_signal()));
         let retention = tokio::spawn(logs::prune_periodically(state.clone()));
-        let hub_state = state.clone();
-        let result = axum::serve(listener, app(state))
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: releasing long polls, draining requests");
-                hub_state.0.hub.shut_down();
-            })
-            .await
-            .map_err(Error::Serve);
+        serve(listener, state, shutdown).await;
         if let Some(task) = feed {
             task.abort();
         }
         supervisor.abort();
         retention.abort();
-        result
+        Ok(())
     }
+}
+
+/// The accept loop: at most `max_connections` open at once (past it a new connection is closed
+/// at once, counted as `control_api_limited_total{limit="connections"}`), each request head
+/// within `header_timeout` (else the connection is closed, counted as `header_timeout`). On
+/// `shutdown`: no new connection, held long polls answered at once, requests in flight drained.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use tower::ServiceExt as _;
+    let config = &state.0.config;
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let header_timeout = config.header_timeout;
+    let router = app(state.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            state.0.metrics.limited("connections");
+            drop(tcp);
+            continue;
+        };
+        // Answers are small and latency matters (a woken long poll): no Nagle delay.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+        let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service));
+        let metrics_state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    metrics_state.0.metrics.limited("header_timeout");
+                }
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down: releasing long polls, draining requests");
+    state.0.hub.shut_down();
+    graceful.shutdown().await;
 }

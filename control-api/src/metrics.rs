@@ -5,6 +5,7 @@ use prometheus::{
 };
 
 pub const STATUS_REFUSED_TOTAL: &str = "control_api_status_refused_total";
+pub const LIMITED_TOTAL: &str = "control_api_limited_total";
 pub const PUBLISHES_TOTAL: &str = "control_api_publishes_total";
 pub const REJECTIONS_TOTAL: &str = "control_api_rejections_total";
 pub const BUNDLE_DOWNLOADS_TOTAL: &str = "control_api_bundle_downloads_total";
@@ -77,6 +78,8 @@ pub struct Metrics {
     decision_pruned: IntCounter,
     /// Refused `POST /v1/status` reports by `reason`.
     status_refused: IntCounterVec,
+    /// What the abuse limits cut, by `limit`.
+    limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -134,6 +137,19 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(status_refused.clone()))?;
+        let limited = IntCounterVec::new(
+            Opts::new(
+                LIMITED_TOTAL,
+                "What the abuse limits cut, by limit: connections (closed at once past max_connections), \
+                 header_timeout (no request head in time), long_polls (answered at once past \
+                 max_long_polls_per_token), uploads (a PUT that waited for an upload slot before its body was read)",
+            ),
+            &["limit"],
+        )?;
+        registry.register(Box::new(limited.clone()))?;
+        for l in ["connections", "header_timeout", "long_polls", "uploads"] {
+            limited.with_label_values(&[l]);
+        }
         for reason in ["instance_bound", "token_instance", "bundle"] {
             status_refused.with_label_values(&[reason]);
         }
@@ -159,7 +175,13 @@ impl Metrics {
             decision_refused,
             decision_pruned,
             status_refused,
+            limited,
         })
+    }
+
+    /// Counts what a limit cut (`connections`, `header_timeout`, `long_polls`, `uploads`).
+    pub fn limited(&self, limit: &str) {
+        self.limited.with_label_values(&[limit]).inc();
     }
 
     /// Counts a refused status report.
