@@ -682,3 +682,47 @@ fn fleet_rows_expire_after_the_retention_and_release_their_instance() {
     assert_eq!(fleet.as_array().map(Vec::len), Some(0), "expired: {fleet}");
     assert_eq!(report(OTHER), 202);
 }
+
+/// A token limited to some bundles (`bundles: [...]`) is 403 on every call for any other:
+/// publish, rollback, download (active or a revision), history, status.
+#[test]
+fn bundle_scoped_tokens_are_refused_outside_their_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    const CI_MAIN: &str = "ci-main-only-token";
+    let tokens = format!(
+        "  - name: ci-main\n    scope: publish\n    bundles: [main]\n    sha256: {}\n  - name: gw-main\n    scope: read\n    bundles: [main]\n    sha256: {}\n",
+        hash(CI_MAIN),
+        hash(MAIN_READ_TOKEN)
+    );
+    let s = Server::start(&write_config_with_tokens(dir.path(), "sqlite://./data/control.db", "", &tokens));
+    let put = |name: &str, token: &str, b: &[u8]| {
+        call("PUT", &s.url(&format!("/v1/bundles/{name}")), Some(token), &[], Some(b))
+    };
+    assert_eq!(put("main", CI_MAIN, &bundle("m1")).status, 201);
+    assert_eq!(put("staging", PUBLISH_TOKEN, &bundle("s1")).status, 201, "an unscoped token may");
+    assert_eq!(put("staging", PUBLISH_TOKEN, &bundle("s2")).status, 201);
+    let r = put("staging", CI_MAIN, &bundle("s3"));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("may touch bundles [main] only"), "{}", r.text());
+    let rollback = |token: &str| {
+        call(
+            "POST",
+            &s.url("/v1/bundles/staging/rollback"),
+            Some(token),
+            &[("content-type", "application/json")],
+            Some(br#"{"revision": "s1"}"#),
+        )
+        .status
+    };
+    assert_eq!(rollback(CI_MAIN), 403);
+    for path in ["/v1/bundles/staging", "/v1/bundles/staging/revisions", "/v1/bundles/staging/revisions/s1"] {
+        assert_eq!(call("GET", &s.url(path), Some(MAIN_READ_TOKEN), &[], None).status, 403, "{path}");
+        assert_eq!(call("GET", &s.url(path), Some(READ_TOKEN), &[], None).status, 200, "{path} for an unscoped token");
+    }
+    assert_eq!(call("GET", &s.url("/v1/bundles/main/revisions/m1"), Some(MAIN_READ_TOKEN), &[], None).status, 200);
+    let status = serde_json::json!({"instance": "gw-x", "bundle": "staging", "revision": "s2", "digest": ""});
+    let r = call("POST", &s.url("/v1/status"), Some(MAIN_READ_TOKEN), &[], Some(status.to_string().as_bytes()));
+    assert_eq!(r.status, 403);
+    assert_eq!(s.revisions("staging").as_array().map(Vec::len), Some(2), "nothing changed");
+    assert_eq!(rollback(PUBLISH_TOKEN), 200);
+}
