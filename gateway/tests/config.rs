@@ -47,6 +47,7 @@ fn the_alert_rules_read_metrics_the_gateway_exports() {
         gateway::metrics::ACTIVATION_FAILURES_TOTAL,
         gateway::metrics::TLS_CERT_EXPIRY,
         gateway::metrics::TLS_RELOADS_TOTAL,
+        gateway::metrics::SIGNATURE_EXPIRED,
     ];
     let mut exprs = 0;
     for group in rules["groups"].as_sequence().expect("groups") {
