@@ -158,6 +158,31 @@ fn replay_errors_exit_2_naming_the_problem() {
     assert!(stderr(&o).contains("no-such-bundle"), "names the candidate: {}", stderr(&o));
 }
 
+/// The example bundle written to `dir/REV` with `"revision": REV` in its manifest and one data
+/// file naming it (so that each revision has its own content).
+fn example_at(dir: &std::path::Path, rev: &str) -> std::path::PathBuf {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/api-gateway");
+    let src = dir.join(rev);
+    let mut files = policy_bundles::archive::read_dir(&example, &policy_bundles::Limits::default()).unwrap();
+    files.insert(".manifest".into(), format!(r#"{{"revision": "{rev}"}}"#).into_bytes());
+    files.insert("extra/data.json".into(), format!(r#"{{"built": "{rev}"}}"#).into_bytes());
+    for (path, bytes) in &files {
+        let p = src.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    src
+}
+
+/// The active tarball of bundle `main`.
+fn active_tarball(api: &ControlApi) -> Vec<u8> {
+    let auth = test_support::http::bearer(READ);
+    let r =
+        test_support::http::request("GET", &format!("{}/v1/bundles/main", api.base), &[("authorization", &auth)], None);
+    assert_eq!(r.status, 200);
+    r.body
+}
+
 /// An author who writes `"revision": "r1"` in `.manifest` gets r1 from `build` and `push`, as
 /// with `opa build`, and can roll back to it by that name.
 #[test]
@@ -165,18 +190,8 @@ fn the_manifest_revision_is_kept_and_rollback_to_it_works() {
     let dir = tempfile::tempdir().unwrap();
     const PUBLISH: &str = "publishers-token-for-bundlectl-tests";
     let api = ControlApi::start(dir.path(), &[("gateways", "read", READ), ("authors", "publish", PUBLISH)]);
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/api-gateway");
     for rev in ["r1", "r2"] {
-        let src = dir.path().join(rev);
-        let mut files = policy_bundles::archive::read_dir(&example, &policy_bundles::Limits::default()).unwrap();
-        files.insert(".manifest".into(), format!(r#"{{"revision": "{rev}"}}"#).into_bytes());
-        // r2 differs in content, so that it is a new revision.
-        files.insert("extra/data.json".into(), format!(r#"{{"built": "{rev}"}}"#).into_bytes());
-        for (path, bytes) in &files {
-            let p = src.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, bytes).unwrap();
-        }
+        let src = example_at(dir.path(), rev);
         let out_file = dir.path().join(format!("{rev}.tar.gz"));
         let o = bundlectl(&["build", src.to_str().unwrap(), "-o", out_file.to_str().unwrap()], None);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -187,14 +202,8 @@ fn the_manifest_revision_is_kept_and_rollback_to_it_works() {
     }
     let o = bundlectl(&["rollback", "--to", "r1", "--server", &api.base], Some(PUBLISH));
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    let r = test_support::http::request(
-        "GET",
-        &format!("{}/v1/bundles/main", api.base),
-        &[("authorization", test_support::http::bearer(READ).as_str())],
-        None,
-    );
-    assert_eq!(r.status, 200);
-    let bundle = policy_bundles::Bundle::from_tar_gz(&r.body, &policy_bundles::Limits::default()).unwrap();
+    let active = active_tarball(&api);
+    let bundle = policy_bundles::Bundle::from_tar_gz(&active, &policy_bundles::Limits::default()).unwrap();
     assert_eq!(bundle.manifest.revision, "r1");
 }
 
@@ -205,19 +214,10 @@ fn a_signed_rollback_re_signs_the_old_content_with_a_higher_sequence() {
     let dir = tempfile::tempdir().unwrap();
     const PUBLISH: &str = "publishers-token-for-signed-rollback";
     let api = ControlApi::start(dir.path(), &[("gateways", "read", READ), ("authors", "publish", PUBLISH)]);
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/api-gateway");
     let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test-support/keys/demo-es256.pem");
     let sign = ["--sign-key", key.to_str().unwrap(), "--sign-kid", "k1"];
     for (rev, seq) in [("r1", "100"), ("r2", "200")] {
-        let src = dir.path().join(rev);
-        let mut files = policy_bundles::archive::read_dir(&example, &policy_bundles::Limits::default()).unwrap();
-        files.insert(".manifest".into(), format!(r#"{{"revision": "{rev}"}}"#).into_bytes());
-        files.insert("extra/data.json".into(), format!(r#"{{"built": "{rev}"}}"#).into_bytes());
-        for (path, bytes) in &files {
-            let p = src.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, bytes).unwrap();
-        }
+        let src = example_at(dir.path(), rev);
         let mut args = vec!["push", src.to_str().unwrap(), "--server", &api.base, "--sign-sequence", seq];
         args.extend(sign);
         let o = bundlectl(&args, Some(PUBLISH));
@@ -228,14 +228,8 @@ fn a_signed_rollback_re_signs_the_old_content_with_a_higher_sequence() {
     let o = bundlectl(&args, Some(PUBLISH));
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("r1-resigned-"), "{}", stdout(&o));
-    let r = test_support::http::request(
-        "GET",
-        &format!("{}/v1/bundles/main", api.base),
-        &[("authorization", test_support::http::bearer(READ).as_str())],
-        None,
-    );
-    assert_eq!(r.status, 200);
-    let files = policy_bundles::archive::read_tar_gz(&r.body, &policy_bundles::Limits::default()).unwrap();
+    let active = active_tarball(&api);
+    let files = policy_bundles::archive::read_tar_gz(&active, &policy_bundles::Limits::default()).unwrap();
     let public = std::fs::read(key.with_file_name("demo-es256.pub.pem")).unwrap();
     let keys = [policy_bundles::signing::VerificationKey::from_pem("k1", "ES256", &public).unwrap()];
     policy_bundles::signing::verify(&files, &keys, true).unwrap();
