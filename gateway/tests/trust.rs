@@ -130,10 +130,13 @@ const ED: (&str, &str, &str) = ("k2", "EdDSA", "demo-ed25519.pub.pem");
 fn refused(gw: &Gateway, src: &Source, bytes: Vec<u8>, reason: &str, serving: &str) {
     let before = failures(gw, reason);
     src.set(Answer::Bundle(bytes));
-    eventually(Duration::from_secs(10), &format!("a {reason} refusal counted"), || failures(gw, reason) > before);
-    assert_eq!(revision(gw), serving, "{reason}: the last-known-good keeps serving");
-    let err = status(gw)["sync"]["last_error"].as_str().unwrap_or("").to_owned();
-    assert!(err.contains("signature refused"), "{reason}: {err}");
+    // The failure is counted, then recorded for /status: wait for both.
+    let mut err = String::new();
+    eventually(Duration::from_secs(10), &format!("a {reason} refusal counted and shown"), || {
+        err = status(gw)["sync"]["last_error"].as_str().unwrap_or("").to_owned();
+        failures(gw, reason) > before && err.contains("signature refused")
+    });
+    assert_eq!(revision(gw), serving, "{reason}: the last-known-good keeps serving: {err}");
 }
 
 #[test]
@@ -183,7 +186,10 @@ fn older_foreign_expired_and_unbound_signed_bundles_are_refused_and_a_restart_re
     // A rollback: s5's content signed again with a higher sequence activates.
     src.set(Answer::Bundle(signed(&u, "s5", "demo-es256.pem", "ES256", "k1", id("main", 11, None))));
     eventually(Duration::from_secs(10), "the signed rollback", || revision(&gw) == "s5");
-    assert_eq!(std::fs::read_to_string(cache.join("main.sequence")).expect("persisted").trim(), "11");
+    // Persisted right after the swap.
+    eventually(Duration::from_secs(5), "sequence 11 persisted", || {
+        std::fs::read_to_string(cache.join("main.sequence")).is_ok_and(|t| t.trim() == "11")
+    });
 }
 
 #[test]
