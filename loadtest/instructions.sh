@@ -54,15 +54,7 @@ measure() {
 bp=$(free_port)
 measure bare "http://127.0.0.1:$bp/orders/7" "http://127.0.0.1:$bp/orders/7" \
   "$bin/examples/bare_proxy" "127.0.0.1:$bp" "$up" 1
-port=$(free_port); admin=$(free_port)
-cat > "$work/gateway.yaml" <<EOF
-listen: 127.0.0.1:$port
-admin: 127.0.0.1:$admin
-threads: 1
-bundle:
-  name: main
-  file: $work/bundle
-EOF
+one_thread_gateway_config
 export GATEWAY_LOG=warn
 measure public "http://127.0.0.1:$port/public/x" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"
 measure orders "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"

@@ -44,6 +44,20 @@ start_upstream_and_bundle() {
   sed -i "s/127.0.0.1:9100/$up/" "$work/bundle/gateway/data.yaml"
 }
 
+# one_thread_gateway_config: $work/gateway.yaml, a gateway with one worker thread on the example
+# bundle in $work/bundle, on fresh ports (`port`, `admin`).
+one_thread_gateway_config() {
+  port=$(free_port); admin=$(free_port)
+  cat > "$work/gateway.yaml" <<EOF
+listen: 127.0.0.1:$port
+admin: 127.0.0.1:$admin
+threads: 1
+bundle:
+  name: main
+  file: $work/bundle
+EOF
+}
+
 # ---- The TLS rows of compare.sh (`--tls`): certificates, the two TLS peers, probes, measuring ----
 # Certificates, keys and h2load's per-request logs stay in `work` (removed on exit); configs,
 # server logs and the samples go to `logs` (target/loadtest/tls-STAMP), kept like loadbench's.

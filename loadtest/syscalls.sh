@@ -65,15 +65,7 @@ pids+=($!)
 wait_for "http://127.0.0.1:$bp/orders/7"
 measure bare "http://127.0.0.1:$bp/orders/7" "${pids[-1]}"
 
-port=$(free_port); admin=$(free_port)
-cat > "$work/gateway.yaml" <<EOF
-listen: 127.0.0.1:$port
-admin: 127.0.0.1:$admin
-threads: 1
-bundle:
-  name: main
-  file: $work/bundle
-EOF
+one_thread_gateway_config
 GATEWAY_LOG=warn "$bin/gateway" --config "$work/gateway.yaml" > "$work/gateway.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:$admin/readyz"

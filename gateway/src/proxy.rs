@@ -689,9 +689,15 @@ impl ProxyHttp for Proxy {
                 return Ok(answered);
             }
         }
-        let client_port = session.client_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port());
-        let local = session.server_addr().and_then(|a| a.as_inet()).map(|a| (a.ip().to_string(), a.port()));
-        let protocol = protocol(session);
+        let envoy = active.snapshot.has_envoy_routes();
+        let client_port =
+            if envoy { session.client_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port()) } else { 0 };
+        let local = if envoy {
+            session.server_addr().and_then(|a| a.as_inet()).map(|a| (a.ip().to_string(), a.port()))
+        } else {
+            None
+        };
+        let protocol = if envoy { protocol(session) } else { "" };
         let req = session.req_header();
         let client_ip = ctx.client_ip.as_str();
         let request_id = ctx.id.as_ref().map_or("", |i| i.id.as_str());

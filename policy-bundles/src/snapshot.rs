@@ -150,6 +150,9 @@ pub struct Snapshot {
     /// bundle defines them: OPA's decision-log drop and mask rules, with the event as input.
     pub log_drop: Option<usize>,
     pub log_mask: Option<usize>,
+    /// Some route buffers bodies / reads the Envoy input: decided once here, not per request.
+    reads_bodies: bool,
+    envoy_routes: bool,
 }
 
 /// The decision-log rules a bundle may define, as in OPA.
@@ -222,6 +225,8 @@ impl Snapshot {
         let jwt = compile_jwt(bundle, &mut errors);
         let (policies, reads, log_rules) = compile_policies(bundle, &routes.rules, &LOG_RULES, &mut errors);
         let needs = reads.iter().zip(&policies).map(|(r, p)| crate::input::Needs::of(r, p.format)).collect();
+        let reads_bodies = routes.routes.iter().any(|r| r.body.is_some());
+        let envoy_routes = routes.routes.iter().any(|r| r.format == InputFormat::Envoy);
         if !errors.is_empty() {
             return Err(BundleErrors(errors));
         }
@@ -237,6 +242,8 @@ impl Snapshot {
             needs,
             reads,
             header_removals,
+            reads_bodies,
+            envoy_routes,
             log_drop: log_rules.first().copied().flatten(),
             log_mask: log_rules.get(1).copied().flatten(),
         })
@@ -383,7 +390,13 @@ impl Snapshot {
     /// Whether a route buffers request bodies (`body`): only then does the gateway look the
     /// route up before deciding, to read the body first.
     pub fn reads_bodies(&self) -> bool {
-        self.routes.iter().any(|r| r.body.is_some())
+        self.reads_bodies
+    }
+
+    /// Whether a route reads the OPA-Envoy input: only then does the gateway gather what it adds
+    /// (ports, the local address, the protocol) for a request.
+    pub fn has_envoy_routes(&self) -> bool {
+        self.envoy_routes
     }
 
     /// Whether a rule runs on the VM (false: the interpreter).
