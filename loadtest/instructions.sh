@@ -12,7 +12,8 @@
 # Each gets REQUESTS requests (oha -c 8) after 500 of warm-up; counters are zeroed in between.
 # Writes loadtest/reports/instructions.md.
 # Usage: loadtest/instructions.sh [REQUESTS]   (default 4000; about 3 minutes; cleans up after itself)
-# INSTRUCTIONS_KEEP=DIR keeps each run's callgrind_annotate output (self and inclusive) in DIR.
+# INSTRUCTIONS_KEEP=DIR keeps each run's callgrind_annotate output (self and inclusive) and its raw
+# callgrind file (LABEL.callgrind) in DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-4000}
@@ -44,13 +45,25 @@ measure() {
   f=$(ls "$work"/cg-"$label".*.1 | head -1)
   callgrind_annotate --auto=no "$f" > "$work/$label.txt" 2>/dev/null
   callgrind_annotate --auto=no --inclusive=yes "$f" > "$work/$label.incl.txt" 2>/dev/null
-  if [ -n "${INSTRUCTIONS_KEEP:-}" ]; then mkdir -p "$INSTRUCTIONS_KEEP"; cp "$work/$label.txt" "$work/$label.incl.txt" "$INSTRUCTIONS_KEEP/"; fi
+  if [ -n "${INSTRUCTIONS_KEEP:-}" ]; then mkdir -p "$INSTRUCTIONS_KEEP"; cp "$work/$label.txt" "$work/$label.incl.txt" "$INSTRUCTIONS_KEEP/"; cp "$f" "$INSTRUCTIONS_KEEP/$label.callgrind"; fi
   local total
   total=$(grep "PROGRAM TOTALS" "$work/$label.txt" | awk '{gsub(",","",$1); print $1}')
   echo "$label $((total / N))" >> "$work/results"
   echo "$label: $((total / N)) instructions per request" >&2
 }
 
+# nginx, one process (no master) with one worker's work, the proxy.conf.tmpl of the side-by-side
+# runner: the same proxy_pass and forwarding headers.
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+np=$(free_port)
+mkdir -p "$work/nginx/tmp"/{body,proxy,fastcgi,uwsgi,scgi}
+conf=$(< loadtest/nginx/proxy.conf.tmpl)
+conf=${conf//'{{DIR}}'/$work/nginx}
+conf=${conf//'{{LISTEN}}'/127.0.0.1:$np}
+conf=${conf//'{{UPSTREAM}}'/$up}
+printf '%s\n' "${conf/worker_processes 2;/worker_processes 1;}" > "$work/nginx/nginx.conf"
+measure nginx "http://127.0.0.1:$np/orders/7" "http://127.0.0.1:$np/orders/7" \
+  "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" -g 'daemon off; master_process off; user root;'
 bp=$(free_port)
 measure bare "http://127.0.0.1:$bp/orders/7" "http://127.0.0.1:$bp/orders/7" \
   "$bin/examples/bare_proxy" "127.0.0.1:$bp" "$up" 1
@@ -67,7 +80,7 @@ get() { awk -v l="$1" '$1 == l { print $2 }' "$work/results"; }
 # The decision-log shipper's thread, inclusive (the thread's entry, in gateway/src/decision_log/).
 shipper=$(grep -m1 -E "decision_log/mod.rs:std::sys::backtrace::__rust_begin_short_backtrace" "$work/decisions.incl.txt" \
   | awk -v n="$N" '{gsub(",","",$1); print int($1/n)}')
-bare=$(get bare); public=$(get public); orders=$(get orders); logged=$(get logged); decisions=$(get decisions)
+nginx=$(get nginx); bare=$(get bare); public=$(get public); orders=$(get orders); logged=$(get logged); decisions=$(get decisions)
 # Inclusive instructions per request of the gateway's own phases, from the orders run.
 phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp>::[a-z_]+::\{\{closure\}\} \[|policy_bundles::(input::build|input::headers|snapshot::Snapshot::decide_cached|jwt::TrustRoots::verify_cached|router::RouteTable::lookup) \[" "$work/orders.incl.txt" \
   | awk -v n="$N" '{gsub(",","",$1); name=$0; sub(/.*(ProxyHttp>::|policy_bundles::)/,"",name); sub(/ \[.*/,"",name); sub(/::\{\{closure\}\}/,"",name); printf "| `%s` | %d |\n", name, $1/n}')
@@ -87,6 +100,7 @@ phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp
   echo
   echo "| server | instructions / request | vs bare Pingora |"
   echo "|---|---|---|"
+  echo "| nginx \`proxy_pass\` (\`loadtest/nginx/proxy.conf.tmpl\`, one process) | $nginx | $(python3 -c "print(f'{$nginx/$bare:.2f}')") |"
   echo "| bare Pingora proxy (\`gateway/examples/bare_proxy.rs\`) | $bare | 1.00 |"
   echo "| gateway, \`/public/x\` (route, cached JWT, trivial rule) | $public | $(python3 -c "print(f'{$public/$bare:.2f}')") |"
   echo "| gateway, \`/orders/7\` (route, cached JWT, orders rule) | $orders | $(python3 -c "print(f'{$orders/$bare:.2f}')") |"

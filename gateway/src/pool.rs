@@ -4,7 +4,7 @@
 
 use std::net::ToSocketAddrs;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,35 @@ pub struct Pool {
     /// Unix millis of the next due health check.
     pub next_check_ms: AtomicU64,
     pub transport: Transport,
+    /// Every target with its peer, built once here (transport, timeouts) and cloned per
+    /// request; in the order the round robin visits them.
+    targets: Vec<Target>,
+    next: AtomicUsize,
+}
+
+/// One target of a pool: its backend (for its health) and the peer a request to it uses.
+pub struct Target {
+    pub backend: Backend,
+    pub peer: HttpPeer,
+}
+
+impl Pool {
+    /// The next target round robin, skipping those whose health check fails; when every
+    /// target fails, the next one anyway (as Envoy's panic mode does: a false negative must
+    /// not turn into an outage, and a truly dead target is a 502). With one target its health
+    /// cannot change the choice, so it is not looked up.
+    pub fn select(&self) -> Option<&Target> {
+        let n = self.targets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        if n <= 1 {
+            return self.targets.first();
+        }
+        let backends = self.lb.backends();
+        (0..n)
+            .map(|i| &self.targets[(start + i) % n])
+            .find(|t| backends.ready(&t.backend))
+            .or_else(|| self.targets.get(start % n))
+    }
 }
 
 /// How the gateway speaks to an upstream's targets: requests and health checks alike.
@@ -223,14 +252,30 @@ impl Pool {
             .now_or_never()
             .ok_or_else(|| err("static discovery did not complete".into()))?
             .map_err(|e| err(format!("cannot build the pool: {e}")))?;
+        let connect_timeout = u.spec.connect_timeout.unwrap_or(Duration::from_secs(1));
+        let read_timeout = u.spec.read_timeout.unwrap_or(Duration::from_secs(30));
+        let targets = lb
+            .backends()
+            .get_backend()
+            .iter()
+            .map(|b| {
+                let mut peer = transport.peer(b);
+                peer.options.connection_timeout = Some(connect_timeout);
+                peer.options.total_connection_timeout = Some(connect_timeout);
+                peer.options.read_timeout = Some(read_timeout);
+                Target { backend: b.clone(), peer }
+            })
+            .collect();
         Ok(Pool {
             name: u.name.clone(),
             lb,
-            connect_timeout: u.spec.connect_timeout.unwrap_or(Duration::from_secs(1)),
-            read_timeout: u.spec.read_timeout.unwrap_or(Duration::from_secs(30)),
+            connect_timeout,
+            read_timeout,
             health_interval,
             next_check_ms: AtomicU64::new(0),
             transport,
+            targets,
+            next: AtomicUsize::new(0),
         })
     }
 }
