@@ -53,10 +53,15 @@ pub struct TrustRoots {
 /// new bundle with other trust settings (keys revoked, say) starts with an empty cache; one with
 /// the same settings shares it ([`TrustRoots::inherit_cache`]).
 struct TokenCache {
-    shards: Vec<Mutex<HashMap<Arc<str>, Arc<Verified>>>>,
+    shards: Vec<Mutex<TokenMap>>,
     per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
+    /// Picks the shard; seeded apart from the maps' own hasher, so a shard's keys do not all
+    /// share their low hash bits. Keyed (ahash): a client cannot aim tokens at one bucket, and
+    /// a 300-byte token hashes in about a tenth of SipHash's instructions.
+    hasher: ahash::RandomState,
 }
+
+type TokenMap = HashMap<Arc<str>, Arc<Verified>, ahash::RandomState>;
 
 /// Most tokens cached per bundle.
 pub const TOKEN_CACHE_CAPACITY: usize = 16_384;
@@ -69,14 +74,13 @@ fn now_secs() -> u64 {
 impl TokenCache {
     fn new(capacity: usize) -> TokenCache {
         TokenCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::with_hasher(ahash::RandomState::new()))).collect(),
             per_shard: (capacity / SHARDS).max(1),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: ahash::RandomState::new(),
         }
     }
 
-    fn shard(&self, token: &str) -> &Mutex<HashMap<Arc<str>, Arc<Verified>>> {
-        use std::hash::BuildHasher;
+    fn shard(&self, token: &str) -> &Mutex<TokenMap> {
         &self.shards[(self.hasher.hash_one(token) as usize) % SHARDS]
     }
 

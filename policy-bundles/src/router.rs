@@ -52,10 +52,13 @@ pub struct RouteMatch {
     pub methods: Methods,
 }
 
+/// Keyed and fast (ahash): the lookups hash a client's path and host once per segment.
+type Map<V> = HashMap<String, V, ahash::RandomState>;
+
 #[derive(Default, Debug)]
 struct PathIndex {
-    exact: HashMap<String, Vec<u32>>,
-    prefix: HashMap<String, Vec<u32>>,
+    exact: Map<Vec<u32>>,
+    prefix: Map<Vec<u32>>,
 }
 
 impl PathIndex {
@@ -105,9 +108,9 @@ impl PathIndex {
 pub struct RouteTable {
     methods: Vec<Methods>,
     any_host: PathIndex,
-    exact_host: HashMap<String, PathIndex>,
+    exact_host: Map<PathIndex>,
     /// Keyed by the suffix including its dot: `.example.com`.
-    wildcard_host: HashMap<String, PathIndex>,
+    wildcard_host: Map<PathIndex>,
 }
 
 impl RouteTable {
