@@ -57,13 +57,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| snap.jwt.as_ref().map(|j| j.verify_cached(black_box(&token))))
     });
     g.bench_function("input_build", |b| {
-        b.iter(|| input::build(parts(), &route.name, Some((verified.issuer.as_str(), &verified.claims_value))))
+        b.iter(|| input::build(parts(), &route.name, Some(&verified.input)))
     });
     g.bench_function("decide", |b| {
         b.iter(|| {
             snap.decide(
                 route.policy,
-                input::build(parts(), &route.name, Some((verified.issuer.as_str(), &verified.claims_value))),
+                input::build(parts(), &route.name, Some(&verified.input)),
             )
             .expect("decides")
         })
@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
             let ix = snap.table.lookup("api.example.com", "/orders/7", "GET").expect("route");
             let r = &snap.routes[ix];
             let v = snap.jwt.as_ref().expect("issuers").verify_cached(&token).expect("verifies");
-            snap.decide(r.policy, input::build(parts(), &r.name, Some((v.issuer.as_str(), &v.claims_value))))
+            snap.decide(r.policy, input::build(parts(), &r.name, Some(&v.input)))
                 .expect("decides")
         })
     });
@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
             let ix = snap.table.lookup("api.example.com", "/orders/7", "GET").expect("route");
             let r = &snap.routes[ix];
             let v = snap.jwt.as_ref().expect("issuers").verify_cached(&token).expect("verifies");
-            snap.decide_cached(r.policy, input::build(parts(), &r.name, Some((v.issuer.as_str(), &v.claims_value))))
+            snap.decide_cached(r.policy, input::build(parts(), &r.name, Some(&v.input)))
                 .expect("decides")
         })
     });
@@ -96,7 +96,7 @@ fn bench(c: &mut Criterion) {
     let rule = "data.http.orders.decision";
     let mut engine = policy_bundles::snapshot::engine_for(&bundle, false).expect("engine");
     let compiled = engine.compile_with_entrypoint(&rule.into()).expect("compiles");
-    let doc = input::build(parts(), &route.name, Some((verified.issuer.as_str(), &verified.claims_value)));
+    let doc = input::build(parts(), &route.name, Some(&verified.input));
     g.bench_function("regorus_compiled_policy_eval", |b| {
         b.iter(|| compiled.eval_with_input(doc.clone()).expect("eval"))
     });

@@ -65,7 +65,7 @@ fn build_input(req: &Request<'_>, route: &str, issuer: &str, claims: &Value) -> 
         body: None,
         content_type: None,
     };
-    input::build(parts, route, Some((issuer, claims)))
+    input::build(parts, route, Some(&input::jwt_object(issuer, claims)))
 }
 
 const REQUEST: Request<'static> = Request {
@@ -215,7 +215,7 @@ fn authorize(c: &mut Criterion) {
             let route = &snap.routes[ix];
             let token = authorize::bearer(black_box(&auth)).expect("bearer");
             let v = snap.jwt.as_ref().expect("issuers").verify_cached(token).expect("verifies");
-            let jwt = Some((v.issuer.as_str(), &v.claims_value));
+            let jwt = Some(&v.input);
             snap.decide_request(
                 route.policy,
                 &route.name,

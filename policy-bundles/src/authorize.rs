@@ -141,7 +141,7 @@ where
         },
     };
     let start = Instant::now();
-    let jwt = verified.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
+    let jwt = verified.as_deref().map(|v| &v.input);
     let headers = req.headers;
     let sep = separator(snap, route.policy);
     let result = snap.decide_request(route.policy, &route.name, parts, |needs| input_headers(headers, needs, sep), jwt);
@@ -191,7 +191,7 @@ where
 {
     let r = snap.routes.get(route)?;
     let rule = r.shadow?;
-    let jwt = jwt.map(|v| (v.issuer.as_str(), &v.claims_value));
+    let jwt = jwt.map(|v| &v.input);
     let headers = req.headers;
     let sep = separator(snap, rule);
     let result = snap.decide_request(rule, &r.name, req.parts, |needs| input_headers(headers, needs, sep), jwt);

@@ -117,8 +117,9 @@ impl std::fmt::Debug for TrustRoots {
 pub struct Verified {
     pub issuer: String,
     pub claims: Json,
-    /// The claims as a policy value, converted once per verification.
-    pub claims_value: regorus::Value,
+    /// `input.jwt` (`{"issuer", "claims"}`) as a policy value, made once per verification:
+    /// every request with this token shares it (and the decision cache compares it by address).
+    pub input: regorus::Value,
     /// `exp`, seconds since the epoch: how long a cached verdict may live.
     pub expires_at: u64,
 }
@@ -262,8 +263,8 @@ impl TrustRoots {
             match jsonwebtoken::decode::<Json>(token, &key.key, &key.validation) {
                 Ok(data) => {
                     let expires_at = data.claims.get("exp").and_then(Json::as_u64).unwrap_or(0);
-                    let claims_value = regorus::Value::from(data.claims.clone());
-                    return Ok(Verified { issuer: issuer_name, claims: data.claims, claims_value, expires_at });
+                    let input = crate::input::jwt_object(&issuer_name, &regorus::Value::from(data.claims.clone()));
+                    return Ok(Verified { issuer: issuer_name, claims: data.claims, input, expires_at });
                 }
                 Err(e) => last = JwtError::Invalid(e.to_string()),
             }

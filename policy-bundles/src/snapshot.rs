@@ -76,7 +76,41 @@ struct DecisionCache {
     id: u64,
     len: usize,
     /// Per policy: the values the bundle reads from the input → the decision they gave.
-    maps: Vec<BTreeMap<Vec<Value>, Arc<Decision>>>,
+    maps: Vec<BTreeMap<CacheKey, Arc<Decision>>>,
+}
+
+/// A decision cache key: the values the rule reads. Compared element by element, with values
+/// that share their allocation taken as equal without walking them: a cached token's
+/// `input.jwt` is the same object on every request, and comparing it field by field cost about
+/// 1,500 instructions a hit. (Shared means equal, so the order is `Value`'s own.)
+#[derive(PartialEq, Eq)]
+struct CacheKey(Vec<Value>);
+
+impl Ord for CacheKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let shared = |a: &Value, b: &Value| match (a, b) {
+            (Value::Object(x), Value::Object(y)) => std::ptr::eq(&**x, &**y),
+            (Value::Array(x), Value::Array(y)) => std::ptr::eq(&**x, &**y),
+            (Value::Set(x), Value::Set(y)) => std::ptr::eq(&**x, &**y),
+            (Value::String(x), Value::String(y)) => std::ptr::eq(&**x, &**y),
+            _ => false,
+        };
+        for (a, b) in self.0.iter().zip(&other.0) {
+            if !shared(a, b) {
+                match a.cmp(b) {
+                    std::cmp::Ordering::Equal => {}
+                    o => return o,
+                }
+            }
+        }
+        self.0.len().cmp(&other.0.len())
+    }
+}
+
+impl PartialOrd for CacheKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Default bound of each worker thread's decision cache, in entries; see
@@ -283,7 +317,7 @@ impl Snapshot {
     ) -> Result<(Arc<Decision>, CacheOutcome), EvalError> {
         let max = DECISION_CACHE_ENTRIES.load(Ordering::Relaxed);
         let key = match key {
-            Some(key) if max > 0 && policy < self.policies.len() => key,
+            Some(key) if max > 0 && policy < self.policies.len() => CacheKey(key),
             _ => return Ok((Arc::new(self.decide(policy, input())?), CacheOutcome::Bypass)),
         };
         let hit = DECISIONS.with(|cell| {
@@ -329,7 +363,7 @@ impl Snapshot {
         route: &str,
         req: Request<'_>,
         headers: impl FnOnce(&crate::input::Needs) -> Value,
-        jwt: Option<(&str, &Value)>,
+        jwt: Option<&Value>,
     ) -> Result<(Arc<Decision>, CacheOutcome), EvalError> {
         let needs = self.needs(policy);
         let parts = crate::input::RequestParts {
@@ -810,4 +844,41 @@ fn check_target(t: &str) -> Result<(), String> {
         return Err(format!("target `{t}` has an invalid host"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cache_key_tests {
+    use super::CacheKey;
+    use regorus::Value;
+
+    fn v(json: &str) -> Value {
+        Value::from_json_str(json).expect("json")
+    }
+
+    #[test]
+    fn a_cache_key_orders_as_its_values_do_whether_or_not_they_share_an_allocation() {
+        let values = [
+            v(r#"{"issuer": "a", "claims": {"sub": "alice", "roles": ["reader"]}}"#),
+            v(r#"{"issuer": "a", "claims": {"sub": "bob", "roles": ["reader"]}}"#),
+            v(r#"{"issuer": "b", "claims": {}}"#),
+            v(r#"["GET", "/orders/7"]"#),
+            v(r#""GET""#),
+            v("null"),
+            Value::Undefined,
+        ];
+        for a in &values {
+            for b in &values {
+                for c in &values {
+                    let (x, y) = (vec![a.clone(), c.clone()], vec![b.clone(), c.clone()]);
+                    // Clones share their allocation; values parsed again do not.
+                    let reparsed: Vec<Value> = y.iter().map(|w| v(&w.to_string())).collect();
+                    assert_eq!(CacheKey(x.clone()).cmp(&CacheKey(y.clone())), x.cmp(&y), "{x:?} vs {y:?}");
+                    if !y.contains(&Value::Undefined) {
+                        assert_eq!(CacheKey(x.clone()).cmp(&CacheKey(reparsed.clone())), x.cmp(&reparsed));
+                    }
+                }
+            }
+        }
+        assert_eq!(CacheKey(vec![values[0].clone()]).cmp(&CacheKey(vec![values[0].clone(), Value::Null])), std::cmp::Ordering::Less);
+    }
 }

@@ -167,7 +167,8 @@ fn check(snap: &Snapshot, policy: usize, route: &str, r: &Req) -> Result<(), Tes
     let claims = r.jwt.as_ref().map(|(sub, roles)| {
         Value::from_json_str(&serde_json::json!({"sub": sub, "roles": roles}).to_string()).expect("claims")
     });
-    let jwt = claims.as_ref().map(|c| ("https://id.example.test", c));
+    let jwt = claims.as_ref().map(|c| input::jwt_object("https://id.example.test", c));
+    let jwt = jwt.as_ref();
     let pairs: Vec<(&str, &[u8])> = r.headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
     let envoy = snap.format(policy) == input::InputFormat::Envoy;
     let sep = if envoy { "," } else { ", " };

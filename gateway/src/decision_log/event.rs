@@ -486,7 +486,7 @@ fn built_input(p: &Pending, route: &str, envoy: bool, erased: &mut Vec<&'static 
         content_type,
     };
     if !envoy {
-        let jwt = p.jwt.as_deref().map(|v| (v.issuer.as_str(), &v.claims_value));
+        let jwt = p.jwt.as_deref().map(|v| &v.input);
         return input::build(parts, route, jwt);
     }
     let local = extra.local.map(|a| (a.ip().to_string(), a.port()));
