@@ -6,6 +6,8 @@
 #   loadtest/reports/profile.txt        top functions, self and inclusive
 #   loadtest/reports/gateway-flame.svg  flamegraph (if inferno is installed: install.sh --flamegraph)
 # Usage: loadtest/profile.sh [SECONDS]      (default 8; bounded; cleans up after itself)
+#        PROFILE_TARGET=bare loadtest/profile.sh   the same for the bare Pingora proxy
+#        (gateway/examples/bare_proxy.rs, 2 threads): reports/profile-bare.txt, bare-pingora-flame.svg
 set -euo pipefail
 # (report pipelines below end in `head`: their SIGPIPE is not an error)
 cd "$(dirname "$0")/.."
@@ -13,7 +15,10 @@ SECS=${1:-8}
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v perf >/dev/null || { echo "perf missing: loadtest/install.sh" >&2; exit 1; }
 command -v oha >/dev/null || { echo "oha missing: loadtest/install.sh" >&2; exit 1; }
+TARGET=${PROFILE_TARGET:-gateway}
+case $TARGET in gateway | bare) ;; *) echo "PROFILE_TARGET is gateway or bare (got $TARGET)" >&2; exit 2 ;; esac
 cargo build --release -p gateway -p test-support -p fixtures >&2
+[ "$TARGET" = bare ] && cargo build --release -p gateway --example bare_proxy >&2
 . loadtest/lib.sh   # bin, work, pids; all stopped and removed on exit
 start_upstream_and_bundle 2
 port=$(free_port)
@@ -26,10 +31,16 @@ bundle:
   name: main
   file: $work/bundle
 YAML
-GATEWAY_LOG=warn "$bin/gateway" --config "$work/gateway.yaml" 2> "$work/gateway.log" &
+if [ "$TARGET" = bare ]; then
+  "$bin/examples/bare_proxy" "127.0.0.1:$port" "$up" 2 2> "$work/gateway.log" &
+  ready="http://127.0.0.1:$port/healthz"
+else
+  GATEWAY_LOG=warn "$bin/gateway" --config "$work/gateway.yaml" 2> "$work/gateway.log" &
+  ready="http://127.0.0.1:$admin/healthz"
+fi
 gw=$!
 pids+=($gw)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf "$ready" >/dev/null && break; sleep 0.1; done
 token=$("$bin/demo-token" --sub alice --role reader)
 test "$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "http://127.0.0.1:$port/orders/7")" = 200
 
@@ -41,9 +52,14 @@ perf record -q -e cpu-clock -F 1999 --call-graph dwarf,32768 -p "$gw" -o "$work/
 wait "${pids[-1]}" || true
 out=loadtest/reports
 mkdir -p "$out"
+if [ "$TARGET" = bare ]; then
+  report=profile-bare.txt flame=bare-pingora-flame.svg title="bare Pingora proxy under oha -c 64 (orders GET)"
+else
+  report=profile.txt flame=gateway-flame.svg title="gateway under oha -c 64 (orders GET, reader JWT)"
+fi
 set +o pipefail
 {
-  echo "# gateway profile: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD), $(nproc) CPUs, $(uname -r)"
+  echo "# $TARGET profile: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD), $(nproc) CPUs, $(uname -r)"
   python3 -c "import json;d=json.load(open('$work/oha.json'));print('# load: oha -c 64, %.0f req/s, statuses %s' % (d['summary']['requestsPerSec'], d['statusCodeDistribution']))"
   echo "## by shared object"
   perf report -i "$work/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
@@ -52,10 +68,10 @@ set +o pipefail
   echo "## inclusive time of the gateway's own phases and what they call"
   perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | cut -c1-160 \
     | grep -E 'gateway::|policy_bundles::|regorus::rvm::vm::machine::RegoVM::set_input|RegoVM>::execute$|request_filter|upstream_request_filter|response_filter|logging|verify_cached|input::build|Decision::from_value|prometheus|LoadBalancer|sendto|recvfrom|epoll_wait|futex|malloc|free' | head -40
-} > "$out/profile.txt"
+} > "$out/$report"
 if command -v inferno-collapse-perf >/dev/null; then
-  perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph --title "gateway under oha -c 64 (orders GET, reader JWT)" > "$out/gateway-flame.svg"
-  echo "wrote $out/profile.txt and $out/gateway-flame.svg"
+  perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph --title "$title" > "$out/$flame"
+  echo "wrote $out/$report and $out/$flame"
 else
-  echo "wrote $out/profile.txt (install inferno for the flamegraph: loadtest/install.sh --flamegraph)"
+  echo "wrote $out/$report (install inferno for the flamegraph: loadtest/install.sh --flamegraph)"
 fi
