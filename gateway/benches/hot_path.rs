@@ -56,16 +56,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("jwt_verify_es256_cached", |b| {
         b.iter(|| snap.jwt.as_ref().map(|j| j.verify_cached(black_box(&token))))
     });
-    g.bench_function("input_build", |b| {
-        b.iter(|| input::build(parts(), &route.name, Some(&verified.input)))
-    });
+    g.bench_function("input_build", |b| b.iter(|| input::build(parts(), &route.name, Some(&verified.input))));
     g.bench_function("decide", |b| {
         b.iter(|| {
-            snap.decide(
-                route.policy,
-                input::build(parts(), &route.name, Some(&verified.input)),
-            )
-            .expect("decides")
+            snap.decide(route.policy, input::build(parts(), &route.name, Some(&verified.input))).expect("decides")
         })
     });
     g.bench_function("whole_request_decision", |b| {
@@ -73,8 +67,7 @@ fn bench(c: &mut Criterion) {
             let ix = snap.table.lookup("api.example.com", "/orders/7", "GET").expect("route");
             let r = &snap.routes[ix];
             let v = snap.jwt.as_ref().expect("issuers").verify_cached(&token).expect("verifies");
-            snap.decide(r.policy, input::build(parts(), &r.name, Some(&v.input)))
-                .expect("decides")
+            snap.decide(r.policy, input::build(parts(), &r.name, Some(&v.input))).expect("decides")
         })
     });
     // What the gateway runs: the same, through the decision cache (a repeated user and method).
@@ -83,8 +76,7 @@ fn bench(c: &mut Criterion) {
             let ix = snap.table.lookup("api.example.com", "/orders/7", "GET").expect("route");
             let r = &snap.routes[ix];
             let v = snap.jwt.as_ref().expect("issuers").verify_cached(&token).expect("verifies");
-            snap.decide_cached(r.policy, input::build(parts(), &r.name, Some(&v.input)))
-                .expect("decides")
+            snap.decide_cached(r.policy, input::build(parts(), &r.name, Some(&v.input))).expect("decides")
         })
     });
     // The alternatives for evaluating a rule with regorus, side by side in one run.

@@ -988,8 +988,16 @@ mod tests {
 
     #[test]
     fn ip_text_writes_what_display_writes() {
-        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.0.100.9", "192.168.1.100", "::1", "2001:db8::7"]
-        {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.0.100.9",
+            "192.168.1.100",
+            "::1",
+            "2001:db8::7",
+        ] {
             let ip: std::net::IpAddr = ip.parse().expect("an IP");
             assert_eq!(ip_text(ip), ip.to_string());
         }

@@ -879,6 +879,9 @@ mod cache_key_tests {
                 }
             }
         }
-        assert_eq!(CacheKey(vec![values[0].clone()]).cmp(&CacheKey(vec![values[0].clone(), Value::Null])), std::cmp::Ordering::Less);
+        assert_eq!(
+            CacheKey(vec![values[0].clone()]).cmp(&CacheKey(vec![values[0].clone(), Value::Null])),
+            std::cmp::Ordering::Less
+        );
     }
 }

@@ -38,7 +38,8 @@ impl Scrape {
             .iter()
             .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
             .filter_map(|s| scalar(&s.value))
-            .sum()
+            // `f64`'s empty sum is -0.0, which prints as "-0": start from +0.0.
+            .fold(0.0, |a, b| a + b)
     }
 
     /// Every label set of `name`, with its value.
