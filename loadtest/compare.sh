@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The side-by-side runner, one command, on 127.0.0.1 only, bounded in time (about 20 minutes):
 #   compare   (a) upstream direct, (b) nginx proxy_pass, (c) nginx + auth_request + policy service,
+#             (n) the same with the policy service one hop away (latency-relay, --hop-us 250),
 #             (d) the gateway: identical load, 5 alternating rounds      -> loadtest/reports/compare.{md,svg,json}
 #             --floor adds (p), a bare Pingora proxy; --variant BIN adds (e)
 #             --tls adds the HTTPS rows, after the others: nginx and the gateway terminating TLS 1.3
