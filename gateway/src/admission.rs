@@ -1,36 +1,17 @@
 //! Load shedding on the data plane's own terms: at most `max_in_flight` requests are handled at
 //! once; up to `max_queue` more may wait `queue_timeout` for a slot; the rest are answered 503
 //! with `Retry-After` at once. The admin listener and the sync loop are outside these limits.
-//!
-//! A slot is one atomic compare-and-swap to take and one to give back while no request waits:
-//! the lock and the queue are touched only at the limit. A request that finds every slot held
-//! queues in arrival order, and a released slot is handed to the first live waiter rather than
-//! freed, so newcomers cannot overtake the queue (the same fairness as a FIFO semaphore).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use prometheus::IntGauge;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Limits;
 
-/// Set in [`Inner::state`] while the queue holds a waiter (perhaps one that gave up). While it
-/// is set, the state changes only under the queue's lock: the fast paths leave it alone.
-const WAITERS: usize = 1 << (usize::BITS - 1);
-
 pub struct Admission {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    /// Slots held, with [`WAITERS`]. Never more than `max_in_flight` slots.
-    state: AtomicUsize,
-    /// Waiters in arrival order; each is handed a slot by a send. The [`WAITERS`] bit is set
-    /// exactly while this is not empty.
-    queue: Mutex<VecDeque<oneshot::Sender<()>>>,
-    /// Requests waiting now (bounded by `max_queue`).
+    slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     limits: Limits,
     in_flight: IntGauge,
@@ -38,158 +19,63 @@ struct Inner {
 
 /// A request's slot; released when the request's context is dropped.
 pub struct Slot {
-    inner: Arc<Inner>,
+    _permit: OwnedSemaphorePermit,
+    in_flight: IntGauge,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.inner.in_flight.dec();
-        self.inner.release();
-    }
-}
-
-/// A place in the queue. Dropped without its slot (timed out, or the request cancelled while
-/// it waited), it gives back a slot that was handed to it in the meantime.
-struct Waiter<'a> {
-    inner: &'a Inner,
-    rx: oneshot::Receiver<()>,
-    served: bool,
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
-        if !self.served {
-            // After `close`, no send can succeed: a slot was handed over exactly when it is here.
-            self.rx.close();
-            if self.rx.try_recv().is_ok() {
-                self.inner.release();
-            }
-        }
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<oneshot::Sender<()>>> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Takes a slot without waiting, unless every slot is held or someone queues already.
-    fn try_take(&self) -> bool {
-        let max = self.limits.max_in_flight;
-        let mut s = self.state.load(Ordering::Acquire);
-        while s < max {
-            match self.state.compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(now) => s = now,
-            }
-        }
-        false
-    }
-
-    /// Gives a slot back, or hands it to the first waiter still waiting.
-    fn release(&self) {
-        let mut s = self.state.load(Ordering::Acquire);
-        while s & WAITERS == 0 {
-            match self.state.compare_exchange_weak(s, s - 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(now) => s = now,
-            }
-        }
-        let mut queue = self.lock();
-        while let Some(tx) = queue.pop_front() {
-            if tx.send(()).is_ok() {
-                if queue.is_empty() {
-                    self.state.fetch_and(!WAITERS, Ordering::AcqRel);
-                }
-                return;
-            }
-        }
-        // Nobody left to hand it to. Another release may have emptied the queue first.
-        if self.state.load(Ordering::Acquire) & WAITERS != 0 {
-            self.state.fetch_sub(WAITERS + 1, Ordering::AcqRel);
-        } else {
-            self.state.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Under the queue's lock: a slot freed since [`Inner::try_take`] looked (`Ok(())`), or a
-    /// place at the end of the queue.
-    fn enqueue(&self) -> Result<(), oneshot::Receiver<()>> {
-        let mut queue = self.lock();
-        let max = self.limits.max_in_flight;
-        let mut s = self.state.load(Ordering::Acquire);
-        while s & WAITERS == 0 {
-            let (new, took) = if s < max { (s + 1, true) } else { (s | WAITERS, false) };
-            match self.state.compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) if took => return Ok(()),
-                Ok(_) => break,
-                Err(now) => s = now,
-            }
-        }
-        // Waiters that gave up stay queued until a release passes them; keep them bounded.
-        if queue.len() > self.limits.max_queue {
-            queue.retain(|tx| !tx.is_closed());
-        }
-        let (tx, rx) = oneshot::channel();
-        queue.push_back(tx);
-        Err(rx)
+        self.in_flight.dec();
     }
 }
 
 impl Admission {
     pub fn new(limits: Limits, in_flight: IntGauge) -> Admission {
-        let inner = Inner {
-            state: AtomicUsize::new(0),
-            queue: Mutex::new(VecDeque::new()),
+        Admission {
+            slots: Arc::new(Semaphore::new(limits.max_in_flight)),
             waiting: AtomicUsize::new(0),
             limits,
             in_flight,
-        };
-        Admission { inner: Arc::new(inner) }
+        }
     }
 
-    fn slot(&self) -> Slot {
-        self.inner.in_flight.inc();
-        Slot { inner: self.inner.clone() }
-    }
-
-    /// A slot, or `None` when the request must be shed.
-    pub async fn admit(&self) -> Option<Slot> {
-        let inner = &*self.inner;
-        if inner.try_take() {
-            return Some(self.slot());
-        }
-        if inner.waiting.fetch_add(1, Ordering::Relaxed) >= inner.limits.max_queue {
-            inner.waiting.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        let rx = match inner.enqueue() {
-            Ok(()) => {
-                inner.waiting.fetch_sub(1, Ordering::Relaxed);
-                return Some(self.slot());
-            }
-            Err(rx) => rx,
-        };
-        let mut waiter = Waiter { inner, rx, served: false };
-        let got = tokio::time::timeout(inner.limits.queue_timeout, &mut waiter.rx).await;
-        if matches!(got, Ok(Ok(()))) {
-            waiter.served = true;
-            return Some(self.slot());
-        }
-        // Timed out; a slot handed over in the same instant is still this request's.
-        waiter.rx.close();
-        if waiter.rx.try_recv().is_ok() {
-            waiter.served = true;
-            return Some(self.slot());
-        }
-        None
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
+        self.in_flight.inc();
+        Slot { _permit: permit, in_flight: self.in_flight.clone() }
     }
 
     /// Slots held now (tests).
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.inner.state.load(Ordering::Acquire) & !WAITERS
+        self.limits.max_in_flight - self.slots.available_permits()
+    }
+
+    /// A slot, or `None` when the request must be shed.
+    pub async fn admit(&self) -> Option<Slot> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(self.slot(p));
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.limits.max_queue {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        // Counted out when the wait ends however it ends: also when the request is cancelled
+        // while it waits (its client hung up), or each such request would keep a place.
+        let _place = Place(&self.waiting);
+        let got = tokio::time::timeout(self.limits.queue_timeout, self.slots.clone().acquire_owned()).await;
+        match got {
+            Ok(Ok(p)) => Some(self.slot(p)),
+            _ => None,
+        }
+    }
+}
+
+/// A place in the queue, given back when dropped.
+struct Place<'a>(&'a AtomicUsize);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -218,9 +104,9 @@ mod tests {
         let s1 = a.admit().await.unwrap();
         let _s2 = a.admit().await.unwrap();
         assert!(a.admit().await.is_none(), "no queue: the third is shed at once");
-        assert_eq!(a.inner.in_flight.get(), 2);
+        assert_eq!(a.in_flight.get(), 2);
         drop(s1);
-        assert_eq!(a.inner.in_flight.get(), 1);
+        assert_eq!(a.in_flight.get(), 1);
         assert!(a.admit().await.is_some(), "a released slot is reused");
     }
 
@@ -256,6 +142,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn clients_hanging_up_while_queued_do_not_fill_the_queue_for_good() {
+        let a = Arc::new(admission(1, 2));
+        let s1 = a.admit().await.unwrap();
+        for _ in 0..5 {
+            let a2 = a.clone();
+            let waiter = tokio::spawn(async move { a2.admit().await.map(|_| ()) });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            waiter.abort();
+            let _ = waiter.await;
+        }
+        assert_eq!(a.waiting.load(Ordering::SeqCst), 0, "every cancelled waiter gave its place back");
+        let a2 = a.clone();
+        let waiter = tokio::spawn(async move { a2.admit().await.is_some() });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(s1);
+        assert!(waiter.await.unwrap(), "the queue still takes a request and serves it");
+    }
+
+    #[tokio::test]
     async fn a_request_cancelled_while_queued_gives_back_a_slot_handed_to_it() {
         let a = Arc::new(admission(1, 2));
         let s1 = a.admit().await.unwrap();
@@ -276,7 +181,7 @@ mod tests {
     async fn a_storm_of_waiters_timing_out_and_cancelled_never_exceeds_the_limit_or_leaks_a_slot() {
         const MAX: usize = 3;
         let a = Arc::new(Admission::new(
-            Limits { queue_timeout: Duration::from_millis(2), ..admission(MAX, 8).inner.limits },
+            Limits { queue_timeout: Duration::from_millis(2), ..admission(MAX, 8).limits },
             IntGauge::new("t", "t").unwrap(),
         ));
         let holding = Arc::new(AtomicUsize::new(0));
@@ -314,7 +219,7 @@ mod tests {
         assert!(served > 0 && served < 64 * 200, "some served, some shed: {served}");
         assert!(most.load(Ordering::SeqCst) <= MAX, "at most {MAX} at once, saw {}", most.load(Ordering::SeqCst));
         assert_eq!(a.held(), 0, "every slot came back");
-        assert_eq!(a.inner.waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(a.waiting.load(Ordering::SeqCst), 0);
         let mut all = Vec::new();
         for _ in 0..MAX {
             all.extend(a.admit().await);
