@@ -272,7 +272,7 @@ async fn respond(
     if ctx.logging {
         ctx.reason = reason.map(str::to_owned);
     }
-    let id = ctx.id.as_ref().map(|i| i.id.as_str()).unwrap_or_default();
+    let id = ctx.id.as_ref().map(crate::trace::RequestId::id).unwrap_or_default();
     let decision_id = ctx.decision_log.as_ref().map(|p| p.decision_id.as_str());
     if ctx.grpc {
         return respond_grpc(session, status, reason.unwrap_or(error), id, decision_id, extra).await;
@@ -308,7 +308,7 @@ async fn respond_body(
     body: &str,
     extra: &[(String, String)],
 ) -> Result<()> {
-    let id = ctx.id.as_ref().map(|i| i.id.as_str()).unwrap_or_default();
+    let id = ctx.id.as_ref().map(crate::trace::RequestId::id).unwrap_or_default();
     let decision_id = ctx.decision_log.as_ref().map(|p| p.decision_id.as_str());
     let body = Bytes::from(body.to_owned());
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
@@ -425,7 +425,7 @@ fn pending(
     let req = session.req_header();
     crate::decision_log::Pending {
         decision_id: crate::decision_log::decision_id(),
-        trace_id: crate::decision_log::ShortId::new(ctx.id.as_ref().map_or("", |i| i.id.as_str())),
+        trace_id: crate::decision_log::ShortId::new(ctx.id.as_ref().map_or("", crate::trace::RequestId::id)),
         at: std::time::SystemTime::now(),
         bundle: active.clone(),
         route,
@@ -603,7 +603,7 @@ fn access_entry(
     let req = session.req_header();
     crate::access_log::Entry {
         at: std::time::SystemTime::now() - took,
-        request_id: ctx.id.take().map(|i| i.id).unwrap_or_default(),
+        request_id: ctx.id.take().map(crate::trace::RequestId::into_id).unwrap_or_default(),
         client_ip: std::mem::take(&mut ctx.client_ip),
         method: req.method.clone(),
         path: req.uri.path().to_owned(),
@@ -623,14 +623,14 @@ fn access_entry(
 
 #[async_trait]
 impl ProxyHttp for Proxy {
-    type CTX = Ctx;
+    type CTX = Box<Ctx>;
 
     /// No downstream modules. Pingora's default adds a response-compression module, disabled,
     /// that still costs a context per request; the gateway does not compress.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx {
             start: Instant::now(),
             slot: None,
             active: None,
@@ -649,12 +649,12 @@ impl ProxyHttp for Proxy {
             body_bytes: 0,
             body: None,
             logging: false,
-        }
+        })
     }
 
     /// Routes, authenticates and authorizes ([`authorize`]). Returns `Ok(true)` when it has
     /// answered the request itself (404, 401, a deny, 503 with no bundle), `Ok(false)` to proxy it.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         let headers = &session.req_header().headers;
         ctx.grpc =
             headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
@@ -721,7 +721,7 @@ impl ProxyHttp for Proxy {
         let protocol = if envoy { protocol(session) } else { "" };
         let req = session.req_header();
         let client_ip = ctx.client_ip.as_str();
-        let request_id = ctx.id.as_ref().map_or("", |i| i.id.as_str());
+        let request_id = ctx.id.as_ref().map_or("", crate::trace::RequestId::id);
         let body = ctx.body.as_deref();
         let view = || RequestView {
             parts: Request {
@@ -756,7 +756,7 @@ impl ProxyHttp for Proxy {
     }
 
     /// Picks a healthy target of the route's upstream, round robin.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<Ctx>) -> Result<Box<HttpPeer>> {
         let (Some(active), Some(route_ix)) = (&ctx.active, ctx.route) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen before upstream_peer");
         };
@@ -775,7 +775,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
@@ -792,7 +792,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let (Some(active), Some(route_ix)) = (&ctx.active, ctx.route) {
             if let Some(prefix) = &active.snapshot.routes[route_ix].strip {
@@ -822,7 +822,7 @@ impl ProxyHttp for Proxy {
         }
         if let Some(id) = &ctx.id {
             upstream_request.insert_header("traceparent", id.traceparent.as_str())?;
-            upstream_request.insert_header("x-request-id", id.id.as_str())?;
+            upstream_request.insert_header("x-request-id", id.id())?;
         }
         // The decision id is the gateway's: a client's own is replaced, or removed when this
         // decision is not logged, so the backend never records a forged one.
@@ -835,10 +835,15 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
         ctx.upstream_status = Some(resp.status.as_u16());
         if let Some(id) = &ctx.id {
-            resp.insert_header("x-request-id", id.id.as_str())?;
+            resp.insert_header("x-request-id", id.id())?;
         }
         if let Some(d) = &ctx.decision {
             for (k, v) in &d.response_headers {
@@ -849,7 +854,7 @@ impl ProxyHttp for Proxy {
     }
 
     /// Answers a failed proxy attempt: 502 (JSON) when the upstream could not be reached.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -885,7 +890,7 @@ impl ProxyHttp for Proxy {
     }
 
     /// Counts the request; runs once for every request, answered here or proxied.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         let m = &self.gateway.metrics;
         let took = ctx.start.elapsed();
         m.request_duration.observe(took.as_secs_f64());

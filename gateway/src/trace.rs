@@ -6,51 +6,68 @@
 /// One request's trace identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId {
-    /// 32 lower-case hex digits: the trace id, also the request id.
-    pub id: String,
-    /// What the upstream receives: `00-<trace id>-<the gateway's span id>-<flags>`.
+    /// What the upstream receives: `00-<trace id>-<the gateway's span id>-<flags>`; the trace
+    /// id in it is the request id.
     pub traceparent: String,
 }
 
+/// Where the trace id sits in a `traceparent` the gateway wrote.
+const TRACE_ID: std::ops::Range<usize> = 3..35;
+
 impl RequestId {
-    /// Keeps the trace id (and flags) of a valid `traceparent`, or makes a new trace id.
+    /// The id of the request carrying `traceparent` (its raw value), or a new one.
     pub fn of(traceparent: Option<&[u8]>) -> RequestId {
-        // Written by hand: `format!` with `{:032x}` cost about 2,000 instructions a request.
-        let mut tp = String::with_capacity(55);
-        tp.push_str("00-");
+        // Written in place and made a string once: one allocation, no formatting machinery.
+        let mut tp = *b"00-................................-................-..";
         let flags = match traceparent.and_then(parse) {
             Some((trace, flags)) => {
-                tp.push_str(trace);
-                flags
+                tp[TRACE_ID].copy_from_slice(trace.as_bytes());
+                flags.as_bytes()
             }
             None => {
-                push_hex(&mut tp, nonzero_u128(), 32);
-                "00"
+                hex_into(&mut tp[TRACE_ID], &nonzero::<16>());
+                b"00"
             }
         };
-        let id = tp[3..].to_owned();
-        tp.push('-');
-        push_hex(&mut tp, u128::from(nonzero_u64()), 16);
-        tp.push('-');
-        tp.push_str(flags);
-        RequestId { id, traceparent: tp }
+        hex_into(&mut tp[36..52], &nonzero::<8>());
+        tp[53..].copy_from_slice(flags);
+        // Only ASCII is written (`parse` takes hex digits alone), so this never fails; the
+        // check is the fast ASCII one (`from_utf8_lossy` cost four times as much).
+        let traceparent = String::from_utf8(tp.to_vec()).unwrap_or_default();
+        RequestId { traceparent }
+    }
+
+    /// 32 lower-case hex digits: the trace id, also the request id.
+    pub fn id(&self) -> &str {
+        &self.traceparent[TRACE_ID]
+    }
+
+    /// The request id alone, reusing the string.
+    pub fn into_id(self) -> String {
+        let mut s = self.traceparent;
+        s.truncate(TRACE_ID.end);
+        s.drain(..TRACE_ID.start);
+        s
     }
 }
 
-/// Appends the low `digits` hex digits of `v`, lower case, zero-padded.
-fn push_hex(out: &mut String, v: u128, digits: u32) {
+/// Two lower-case hex digits per byte of `bytes`, into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
-fn nonzero_u128() -> u128 {
-    rand::random::<u128>().max(1)
-}
-
-fn nonzero_u64() -> u64 {
-    rand::random::<u64>().max(1)
+/// `N` random bytes, not all zero (an all-zero trace or span id is invalid).
+fn nonzero<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+    if b.iter().all(|&x| x == 0) {
+        b[N - 1] = 1;
+    }
+    b
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
@@ -87,11 +104,11 @@ mod tests {
     #[test]
     fn a_valid_traceparent_keeps_its_trace_id_and_flags_with_a_new_span() {
         let r = RequestId::of(Some(GOOD.as_bytes()));
-        assert_eq!(r.id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(r.id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(r.traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{}", r.traceparent);
         assert!(r.traceparent.ends_with("-01"));
         assert!(!r.traceparent.contains("00f067aa0ba902b7"), "the gateway's own span id: {}", r.traceparent);
-        assert_eq!(parse(r.traceparent.as_bytes()).map(|p| p.0), Some(r.id.as_str()));
+        assert_eq!(parse(r.traceparent.as_bytes()).map(|p| p.0), Some(r.id()));
     }
 
     #[test]
@@ -107,29 +124,32 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx-evil: 1",
         ] {
             let r = RequestId::of(Some(bad.as_bytes()));
-            assert_ne!(r.id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad:?}");
-            assert!(is_hex(&r.id, 32) && r.id != "0".repeat(32), "{bad:?}: {}", r.id);
+            assert_ne!(r.id(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad:?}");
+            assert!(is_hex(r.id(), 32) && r.id() != "0".repeat(32), "{bad:?}: {}", r.id());
             assert!(parse(r.traceparent.as_bytes()).is_some(), "{}", r.traceparent);
         }
         // A later version is read by its first four fields.
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next";
-        assert_eq!(RequestId::of(Some(later.as_bytes())).id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(RequestId::of(None).id, RequestId::of(None).id);
+        assert_eq!(RequestId::of(Some(later.as_bytes())).id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(RequestId::of(None).id(), RequestId::of(None).id());
     }
 
     #[test]
     fn hex_is_zero_padded_lower_case_and_as_long_as_asked() {
-        let mut s = String::new();
-        push_hex(&mut s, 0xab, 4);
-        assert_eq!(s, "00ab");
-        s.clear();
-        push_hex(&mut s, u128::MAX, 32);
-        assert_eq!(s, "f".repeat(32));
-        s.clear();
-        push_hex(&mut s, 0x0123_4567_89ab_cdef, 16);
-        assert_eq!(s, format!("{:016x}", 0x0123_4567_89ab_cdef_u64));
+        let hex = |bytes: &[u8]| {
+            let mut b = vec![0u8; bytes.len() * 2];
+            hex_into(&mut b, bytes);
+            String::from_utf8(b).unwrap()
+        };
+        assert_eq!(hex(&[0x00, 0xab]), "00ab");
+        assert_eq!(hex(&[0xff; 16]), "f".repeat(32));
+        let v = 0x0123_4567_89ab_cdef_u64;
+        assert_eq!(hex(&v.to_be_bytes()), format!("{v:016x}"));
         let r = RequestId::of(None);
         assert_eq!(r.traceparent.len(), 55, "{}", r.traceparent);
-        assert!(r.traceparent.starts_with(&format!("00-{}-", r.id)) && r.traceparent.ends_with("-00"));
+        assert!(r.traceparent.starts_with(&format!("00-{}-", r.id())) && r.traceparent.ends_with("-00"));
+        assert!(!r.traceparent.contains('.'), "every placeholder written: {}", r.traceparent);
+        let id = r.id().to_owned();
+        assert_eq!(r.into_id(), id);
     }
 }
