@@ -821,7 +821,7 @@ impl ProxyHttp for Proxy {
             }
         }
         if let Some(id) = &ctx.id {
-            upstream_request.insert_header("traceparent", id.traceparent.as_str())?;
+            upstream_request.insert_header("traceparent", id.traceparent())?;
             upstream_request.insert_header("x-request-id", id.id())?;
         }
         // The decision id is the gateway's: a client's own is replaced, or removed when this

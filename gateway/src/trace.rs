@@ -7,8 +7,8 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId {
     /// What the upstream receives: `00-<trace id>-<the gateway's span id>-<flags>`; the trace
-    /// id in it is the request id.
-    pub traceparent: String,
+    /// id in it is the request id. Private: only [`RequestId::of`] writes it, all ASCII.
+    traceparent: String,
 }
 
 /// Where the trace id sits in a `traceparent` the gateway wrote.
@@ -37,14 +37,22 @@ impl RequestId {
         RequestId { traceparent }
     }
 
+    /// What the upstream receives as `traceparent`.
+    pub fn traceparent(&self) -> &str {
+        &self.traceparent
+    }
+
     /// 32 lower-case hex digits: the trace id, also the request id.
     pub fn id(&self) -> &str {
-        &self.traceparent[TRACE_ID]
+        self.traceparent.get(TRACE_ID).unwrap_or_default()
     }
 
     /// The request id alone, reusing the string.
     pub fn into_id(self) -> String {
         let mut s = self.traceparent;
+        if s.get(TRACE_ID).is_none() {
+            return String::new();
+        }
         s.truncate(TRACE_ID.end);
         s.drain(..TRACE_ID.start);
         s
@@ -122,6 +130,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f35-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx-evil: 1",
+            // Non-ASCII of the right byte lengths: two bytes of flags, 32 of trace id.
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-\u{e9}",
+            "00-\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}-00f067aa0ba902b7-01",
         ] {
             let r = RequestId::of(Some(bad.as_bytes()));
             assert_ne!(r.id(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad:?}");
@@ -151,5 +162,14 @@ mod tests {
         assert!(!r.traceparent.contains('.'), "every placeholder written: {}", r.traceparent);
         let id = r.id().to_owned();
         assert_eq!(r.into_id(), id);
+    }
+
+    #[test]
+    fn a_request_id_never_panics_on_a_short_traceparent() {
+        for short in ["", "00-4bf9", "00-\u{e9}\u{e9}\u{e9}"] {
+            let r = RequestId { traceparent: short.to_owned() };
+            assert_eq!(r.id(), "", "{short:?}");
+            assert_eq!(r.into_id(), "", "{short:?}");
+        }
     }
 }
