@@ -94,6 +94,7 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             max_header_bytes: 64 << 10,
+            tunnel_max_bytes: 0,
         };
         Admission::new(limits, IntGauge::new("t", "t").unwrap())
     }

@@ -40,6 +40,8 @@ struct RawConfig {
     #[serde(default)]
     path_with_escaped_slashes: Option<String>,
     #[serde(default)]
+    path_params: Option<String>,
+    #[serde(default)]
     headers_with_underscores: Option<String>,
     #[serde(default)]
     tls: Option<RawTls>,
@@ -121,6 +123,8 @@ struct RawLimits {
     keepalive_timeout: Option<String>,
     #[serde(default)]
     max_header_bytes: Option<String>,
+    #[serde(default)]
+    tunnel_max_bytes: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,8 +286,10 @@ pub struct RequestRules {
     /// Peers whose `X-Forwarded-For` / `Forwarded` / `X-Real-IP` are appended to; from any
     /// other peer they are replaced. Empty: nobody is trusted.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// `%2F` / `%5C` in paths: `reject` (400, the default), `unescape`, `keep`.
-    pub escaped_slashes: crate::canon::EscapedSlashes,
+    /// How paths are made canonical: `%2F` / `%5C` (`path_with_escaped_slashes`: `reject`, the
+    /// default, `unescape`, `keep`) and `;` parameters (`path_params`: `reject`, the default,
+    /// `strip`, `keep`).
+    pub path: crate::canon::PathRules,
     /// Header names with `_`: dropped (the default, as nginx does), allowed, or refused (400).
     pub underscores: Underscores,
 }
@@ -326,6 +332,10 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Largest request head (request line and headers), in bytes; past it 431. Default 64KiB.
     pub max_header_bytes: usize,
+    /// Bytes a client may send through one upgraded connection (a WebSocket), which is not a
+    /// request body (`max_body` does not apply); past it the tunnel is closed with a WebSocket
+    /// close frame (1009). 0, the default: unbounded.
+    pub tunnel_max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -413,6 +423,7 @@ impl Config {
             decision_cache_entries,
             trusted_proxies,
             path_with_escaped_slashes,
+            path_params,
             headers_with_underscores,
             tls,
             plaintext_listen,
@@ -452,8 +463,12 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/gateway-{port}.upgrade.sock")));
         let pid_file =
             pid_file.map(|p| c.resolve(p)).unwrap_or_else(|| PathBuf::from(format!("/tmp/gateway-{port}.pid")));
-        let requests =
-            request_rules(&trusted_proxies, &path_with_escaped_slashes, &headers_with_underscores, &mut c.problems);
+        let requests = request_rules(
+            &trusted_proxies,
+            [&path_with_escaped_slashes, &path_params],
+            &headers_with_underscores,
+            &mut c.problems,
+        );
         if !c.problems.is_empty() {
             return Err(ConfigError::Invalid { path: p, problems: c.problems });
         }
@@ -652,6 +667,7 @@ impl Check {
             header_timeout,
             keepalive_timeout,
             max_header_bytes,
+            tunnel_max_bytes,
         } = raw;
         if max_in_flight == Some(0) {
             self.problem("`limits.max_in_flight` must be at least 1 (0 would refuse every request)".into());
@@ -686,7 +702,15 @@ impl Check {
                 }
             },
         };
+        let tunnel_max_bytes = match &tunnel_max_bytes {
+            None => 0,
+            Some(s) => parse_size(s).unwrap_or_else(|m| {
+                self.problem(format!("`limits.tunnel_max_bytes`: {m}"));
+                0
+            }),
+        };
         Limits {
+            tunnel_max_bytes,
             max_connections: max_connections.unwrap_or(10_000),
             max_body,
             max_in_flight: max_in_flight.unwrap_or(10_000),
@@ -851,7 +875,7 @@ struct RawPoll {
 
 fn request_rules(
     trusted: &[String],
-    slashes: &Option<String>,
+    [slashes, params]: [&Option<String>; 2],
     underscores: &Option<String>,
     problems: &mut Vec<String>,
 ) -> RequestRules {
@@ -867,8 +891,14 @@ fn request_rules(
     }
     if let Some(s) = slashes {
         match crate::canon::EscapedSlashes::parse(s) {
-            Some(a) => rules.escaped_slashes = a,
+            Some(a) => rules.path.slashes = a,
             None => problems.push(format!("`path_with_escaped_slashes`: `{s}` is not reject, unescape or keep")),
+        }
+    }
+    if let Some(s) = params {
+        match crate::canon::PathParams::parse(s) {
+            Some(a) => rules.path.params = a,
+            None => problems.push(format!("`path_params`: `{s}` is not reject, strip or keep")),
         }
     }
     if let Some(s) = underscores {
@@ -900,7 +930,7 @@ mod tests {
         assert!(matches!(&c.bundle.source, Source::File(f) if f == &PathBuf::from("/etc/gw/b.tar.gz")));
         assert_eq!(c.policy_timeout, Duration::from_millis(50));
         assert!(c.requests.trusted_proxies.is_empty());
-        assert_eq!(c.requests.escaped_slashes, crate::canon::EscapedSlashes::Reject);
+        assert_eq!(c.requests.path.slashes, crate::canon::EscapedSlashes::Reject);
         assert_eq!(c.requests.underscores, Underscores::Drop);
     }
 
@@ -929,16 +959,19 @@ mod tests {
 
     #[test]
     fn request_rules_are_read_and_bad_ones_named() {
-        let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\ntrusted_proxies: [10.0.0.0/8, \"::1\"]\npath_with_escaped_slashes: unescape\nheaders_with_underscores: allow\n").unwrap();
+        let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\ntrusted_proxies: [10.0.0.0/8, \"::1\"]\npath_with_escaped_slashes: unescape\npath_params: strip\nheaders_with_underscores: allow\nlimits: { tunnel_max_bytes: 1MiB }\n").unwrap();
+        assert_eq!(c.requests.path.params, crate::canon::PathParams::Strip);
+        assert_eq!(c.limits.tunnel_max_bytes, 1 << 20);
         assert!(c.requests.trusts("10.1.2.3".parse().unwrap()));
         assert!(c.requests.trusts("::1".parse().unwrap()));
         assert!(c.requests.trusts("::ffff:10.0.0.1".parse().unwrap()));
         assert!(!c.requests.trusts("127.0.0.1".parse().unwrap()));
-        assert_eq!(c.requests.escaped_slashes, crate::canon::EscapedSlashes::Unescape);
-        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\ntrusted_proxies: [10.0.0.0/33]\npath_with_escaped_slashes: maybe\nheaders_with_underscores: sometimes\n").unwrap_err().to_string();
+        assert_eq!(c.requests.path.slashes, crate::canon::EscapedSlashes::Unescape);
+        let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\ntrusted_proxies: [10.0.0.0/33]\npath_with_escaped_slashes: maybe\npath_params: drop\nheaders_with_underscores: sometimes\n").unwrap_err().to_string();
         assert!(
             e.contains("trusted_proxies[0]")
                 && e.contains("path_with_escaped_slashes")
+                && e.contains("`path_params`: `drop` is not reject, strip or keep")
                 && e.contains("headers_with_underscores"),
             "{e}"
         );

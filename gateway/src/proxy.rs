@@ -109,14 +109,19 @@ impl Link {
 /// HTTP/1.0 request without one).
 fn canonicalize(
     session: &mut Session,
-    removals: &[String],
+    bundle: &policy_bundles::Snapshot,
     rules: &crate::config::RequestRules,
     peer: Option<(std::net::IpAddr, &str)>,
     link: &Link,
 ) -> std::result::Result<String, Refusal> {
     let req = session.req_header_mut();
+    canon::method(req.method.as_str())?;
+    if let Some(q) = req.uri.query() {
+        canon::query(q)?;
+    }
     let trusted = peer.is_some_and(|(ip, _)| rules.trusts(ip));
-    let seen = Scan::of(&req.headers, removals, rules, trusted)?;
+    let headers = HeaderRules { removals: &bundle.header_removals, allowed: &bundle.header_allowed, rules, trusted };
+    let seen = Scan::of(&req.headers, &headers)?;
     // HTTP/2's `:authority` is the URI's; HTTP/1.1's absolute form is kept only in the raw target.
     let absolute = match req.uri.authority() {
         Some(a) => Some(a.as_str()),
@@ -134,7 +139,7 @@ fn canonicalize(
     }
     let set_host = host.as_ref().filter(|h| !seen.host.is_some_and(|raw| h.is(raw))).map(canon::Host::authority);
     let (doomed_any, real_ip) = (seen.doomed, seen.real_ip);
-    let path = canon::path(req.uri.path(), rules.escaped_slashes)?;
+    let path = canon::path(req.uri.path(), rules.path)?;
     // Origin form, canonical path: also drops an absolute-form target's scheme and authority.
     if matches!(path, std::borrow::Cow::Owned(_)) || absolute_form {
         let target = match req.uri.query() {
@@ -149,7 +154,7 @@ fn canonicalize(
     }
     if doomed_any {
         let doomed: Vec<http::HeaderName> =
-            req.headers.keys().filter(|n| doomed(n.as_str(), removals, rules, trusted)).cloned().collect();
+            req.headers.keys().filter(|n| headers.doomed(n.as_str())).cloned().collect();
         for n in &doomed {
             req.remove_header(n);
         }
@@ -163,7 +168,7 @@ fn canonicalize(
 /// What one pass over the request's headers found.
 struct Scan<'a> {
     host: Option<&'a [u8]>,
-    /// Some header must be removed ([`doomed`]).
+    /// Some header must be removed ([`HeaderRules::doomed`]).
     doomed: bool,
     real_ip: bool,
 }
@@ -174,12 +179,7 @@ impl<'a> Scan<'a> {
     /// `Transfer-Encoding` other than exactly `chunked`, or beside a length (request
     /// smuggling). `Content-Length` beside `Transfer-Encoding` rarely gets here: Pingora
     /// removes the length and closes the connection after the response, as RFC 9112 6.3 says.
-    fn of(
-        headers: &'a http::HeaderMap,
-        removals: &[String],
-        rules: &crate::config::RequestRules,
-        trusted: bool,
-    ) -> std::result::Result<Scan<'a>, Refusal> {
+    fn of(headers: &'a http::HeaderMap, rules: &HeaderRules) -> std::result::Result<Scan<'a>, Refusal> {
         let mut scan = Scan { host: None, doomed: false, real_ip: false };
         let (mut hosts, mut auths, mut lengths, mut encodings) = (0u8, 0u8, 0u8, 0u8);
         for (name, value) in headers {
@@ -203,8 +203,8 @@ impl<'a> Scan<'a> {
                 }
                 n => {
                     scan.real_ip |= n == "x-real-ip";
-                    if doomed(n, removals, rules, trusted) {
-                        if rules.underscores == crate::config::Underscores::Reject && n.contains('_') {
+                    if rules.doomed(n) {
+                        if rules.rules.underscores == crate::config::Underscores::Reject && n.contains('_') {
                             return Err(Refusal::UnderscoreHeader);
                         }
                         scan.doomed = true;
@@ -224,18 +224,35 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// Whether a header must not reach the policy or the upstream as the client sent it: a name
-/// with `_` (unless allowed), one of the bundle's `request_headers.remove`, or a forwarding
-/// header from a peer that is not a trusted proxy (the gateway sets its own).
-fn doomed(n: &str, removals: &[String], rules: &crate::config::RequestRules, trusted: bool) -> bool {
-    let forwarding =
-        matches!(n, "x-forwarded-for" | "x-real-ip" | "forwarded" | "x-forwarded-proto" | "x-forwarded-host");
-    (forwarding && !trusted)
-        || (rules.underscores != crate::config::Underscores::Allow && n.contains('_'))
-        || removals.iter().any(|r| r == n)
+/// Which client headers never reach the policy or the upstream as sent: the gateway config's
+/// rules, the bundle's `request_headers`, and whether the peer is a trusted proxy.
+struct HeaderRules<'a> {
+    removals: &'a [String],
+    allowed: &'a [String],
+    rules: &'a crate::config::RequestRules,
+    trusted: bool,
 }
 
-/// `X-Forwarded-For` and the rest, after [`doomed`] removed a client's copies: from a trusted
+impl HeaderRules<'_> {
+    /// Whether header `n` must go: a name with `_` (unless allowed), one of the bundle's
+    /// `request_headers.remove`, a forwarding or client-address claim from a peer that is not a
+    /// trusted proxy (the gateway sets its own), or a target or method override from anyone
+    /// (`policy_bundles::claims`), unless the bundle's `request_headers.allow` names it.
+    fn doomed(&self, n: &str) -> bool {
+        let claimed = match policy_bundles::claims::claim(n) {
+            None => false,
+            Some(claim) => {
+                (claim == policy_bundles::claims::Claim::Override || !self.trusted)
+                    && !self.allowed.iter().any(|a| a == n)
+            }
+        };
+        claimed
+            || (self.rules.underscores != crate::config::Underscores::Allow && n.contains('_'))
+            || self.removals.iter().any(|r| r == n)
+    }
+}
+
+/// `X-Forwarded-For` and the rest, after [`HeaderRules::doomed`] removed a client's copies: from a trusted
 /// proxy the peer is appended to `X-Forwarded-For` and `Forwarded` and the proxy's
 /// `X-Real-IP` and `X-Forwarded-Proto` are kept; from anyone else they are the gateway's own.
 /// A client's `X-Real-IP` is replaced with the peer; none is added where none was sent.
@@ -477,7 +494,11 @@ impl Proxy {
         host: &str,
     ) -> Result<Option<bool>> {
         let req = session.req_header();
-        let route = active.snapshot.table.lookup(host, req.uri.path(), req.method.as_str());
+        let path = match self.gateway.config.requests.path.params {
+            canon::PathParams::Keep => canon::without_params(req.uri.path()),
+            _ => std::borrow::Cow::Borrowed(req.uri.path()),
+        };
+        let route = active.snapshot.table.lookup(host, &path, req.method.as_str());
         let Some(max) = route.and_then(|r| active.snapshot.routes[r].body) else { return Ok(None) };
         let too_large = |ctx: &mut Ctx| {
             ctx.outcome = Some(Outcome::Refused);
@@ -503,6 +524,21 @@ impl Proxy {
         Ok(None)
     }
 
+    /// Answers a request refused for its form (`crate::canon::Refusal`): 400, 421, or 401 for a
+    /// credential in a place the gateway does not verify. Counted by reason, and as
+    /// `decision="refused"` (no route's counters: no route's rule was asked).
+    async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<()> {
+        ctx.outcome = Some(Outcome::Refused);
+        self.gateway.metrics.count_refusal(r);
+        tracing::debug!(reason = r.reason(), "request refused");
+        let error = match r.status() {
+            421 => "misdirected request",
+            401 => "invalid credentials",
+            _ => "bad request",
+        };
+        respond(session, ctx, r.status(), error, Some(r.message()), &[]).await
+    }
+
     /// Whether this request's route has a shadow rule that is asked this time (`shadow_sample`).
     fn shadows(&self, active: &Active, route: usize) -> bool {
         let sample = self.gateway.config.shadow_sample;
@@ -526,10 +562,20 @@ impl Proxy {
                 respond(session, ctx, 404, "no route matches this request", None, &[]).await?;
                 return Ok(true);
             }
+            authorize::Outcome::Refused { route, refusal } => {
+                // The route is named in the access log; `active` stays unset, so the request is
+                // counted as refused rather than as one of the route's decisions.
+                ctx.route = Some(route);
+                self.refuse(session, ctx, refusal).await?;
+                return Ok(true);
+            }
             authorize::Outcome::Unauthenticated { route, error } => {
                 ctx.route = Some(route);
                 ctx.outcome = Some(Outcome::Unauthenticated);
-                tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "bearer token refused");
+                if let Some(r) = error.refusal() {
+                    self.gateway.metrics.count_refusal(r);
+                }
+                tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "credentials refused");
                 respond(session, ctx, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
                 ctx.active = Some(active);
                 return Ok(true);
@@ -691,14 +737,10 @@ impl ProxyHttp for Proxy {
         let link = Link::of(session);
         let scheme = link.scheme();
         let rules = &self.gateway.config.requests;
-        let host = match canonicalize(session, &active.snapshot.header_removals, rules, peer, &link) {
+        let host = match canonicalize(session, &active.snapshot, rules, peer, &link) {
             Ok(h) => h,
             Err(r) => {
-                ctx.outcome = Some(Outcome::Refused);
-                self.gateway.metrics.count_refusal(r);
-                tracing::debug!(reason = r.reason(), "request refused before routing");
-                let error = if r.status() == 421 { "misdirected request" } else { "bad request" };
-                respond(session, ctx, r.status(), error, Some(r.message()), &[]).await?;
+                self.refuse(session, ctx, r).await?;
                 return Ok(true);
             }
         };
@@ -723,10 +765,15 @@ impl ProxyHttp for Proxy {
         let client_ip = ctx.client_ip.as_str();
         let request_id = ctx.id.as_ref().map_or("", crate::trace::RequestId::id);
         let body = ctx.body.as_deref();
+        // Under `path_params: keep` routes and the policy see the path without its parameters.
+        let path = match rules.path.params {
+            canon::PathParams::Keep => canon::without_params(req.uri.path()),
+            _ => std::borrow::Cow::Borrowed(req.uri.path()),
+        };
         let view = || RequestView {
             parts: Request {
                 method: req.method.as_str(),
-                path: req.uri.path(),
+                path: &path,
                 query: req.uri.query(),
                 host: &host,
                 scheme,
@@ -740,7 +787,7 @@ impl ProxyHttp for Proxy {
                     protocol,
                 },
             },
-            authorization: req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+            authorization: req.headers.get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes),
             headers: req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
         };
         let outcome = authorize(&active.snapshot, view());
@@ -769,16 +816,25 @@ impl ProxyHttp for Proxy {
     }
 
     /// Counts the request body as it goes upstream; past `limits.max_body` (a chunked body
-    /// that did not say its length) the request fails with 413.
+    /// that did not say its length) the request fails with 413. The bytes of an upgraded
+    /// connection (a WebSocket) are no request body: they count against
+    /// `limits.tunnel_max_bytes` instead, past which the tunnel is closed ([`TUNNEL_LIMIT`]).
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
+            if session.was_upgraded() {
+                let max = self.gateway.config.limits.tunnel_max_bytes;
+                if max > 0 && ctx.body_bytes > max {
+                    return Error::e_explain(TUNNEL_LIMIT, format!("tunnel past {max} bytes"));
+                }
+                return Ok(());
+            }
             let max = self.gateway.config.limits.max_body;
             if ctx.body_bytes > max {
                 return Error::e_explain(ErrorType::HTTPStatus(413), format!("request body past {max} bytes"));
@@ -796,8 +852,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let (Some(active), Some(route_ix)) = (&ctx.active, ctx.route) {
             if let Some(prefix) = &active.snapshot.routes[route_ix].strip {
-                let path = upstream_request.uri.path();
-                let rest = path.strip_prefix(prefix.as_str()).unwrap_or(path);
+                let rest = without_prefix(upstream_request.uri.path(), prefix);
                 let rest = if rest.is_empty() { "/" } else { rest };
                 let new = match upstream_request.uri.query() {
                     Some(q) => format!("{rest}?{q}"),
@@ -853,8 +908,16 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Answers a failed proxy attempt: 502 (JSON) when the upstream could not be reached.
+    /// Answers a failed proxy attempt: 502 (JSON) when the upstream could not be reached. Once a
+    /// response head has gone out (a 101 included) nothing HTTP is written: a WebSocket tunnel
+    /// is closed with a close frame ([`close_tunnel`]), anything else just closed.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
+        if let Some(sent) = session.response_written().map(|r| r.status.as_u16()) {
+            if session.was_upgraded() {
+                close_tunnel(session, e).await;
+            }
+            return FailToProxy { error_code: sent, can_reuse_downstream: false };
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -920,6 +983,45 @@ impl ProxyHttp for Proxy {
                 error = e.map(|e| e.to_string()),
                 "request"
             );
+        }
+    }
+}
+
+/// The error a tunnel past `limits.tunnel_max_bytes` fails with.
+const TUNNEL_LIMIT: ErrorType = ErrorType::Custom("tunnel_max_bytes");
+
+/// Closes a failed WebSocket tunnel the way its client understands: a close frame (RFC 6455
+/// 5.5.1, unmasked from the server side) with 1009 "message too big" past
+/// `limits.tunnel_max_bytes`, 1011 "internal error" when the upstream side failed. A tunnel
+/// of another protocol is closed without a word.
+async fn close_tunnel(session: &mut Session, e: &Error) {
+    let websocket = session
+        .req_header()
+        .headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !websocket {
+        return;
+    }
+    let (code, reason): (u16, &[u8]) =
+        if e.etype() == &TUNNEL_LIMIT { (1009, b"tunnel byte limit") } else { (1011, b"upstream failed") };
+    let mut frame = vec![0x88, (2 + reason.len()) as u8];
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    if let Err(err) = session.write_response_body(Some(Bytes::from(frame)), true).await {
+        tracing::debug!(error = %err, "cannot send the WebSocket close frame");
+    }
+}
+
+/// `path` without the route's `strip_prefix`. The route table matched the prefix on whole
+/// segments; under `path_params: keep` those segments may carry parameters (`/orders;v=1/7`
+/// for the prefix `/orders`), and are then dropped by count, parameters and all.
+fn without_prefix<'p>(path: &'p str, prefix: &str) -> &'p str {
+    match path.strip_prefix(prefix) {
+        Some(rest) if !path.contains(';') => rest,
+        _ => {
+            let segments = prefix.split('/').filter(|s| !s.is_empty()).count();
+            path.match_indices('/').nth(segments).map_or("", |(i, _)| &path[i..])
         }
     }
 }
@@ -990,6 +1092,15 @@ fn end_of_response(session: &mut Session, keepalive: std::time::Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_is_stripped_by_whole_segments_parameters_and_all() {
+        assert_eq!(without_prefix("/orders/7", "/orders"), "/7");
+        assert_eq!(without_prefix("/orders", "/orders"), "");
+        assert_eq!(without_prefix("/orders;v=1/7", "/orders"), "/7");
+        assert_eq!(without_prefix("/api;x/v1;y/items", "/api/v1"), "/items");
+        assert_eq!(without_prefix("/orders;v=1", "/orders"), "");
+    }
 
     #[test]
     fn ip_text_writes_what_display_writes() {

@@ -203,7 +203,7 @@ fn authorize(c: &mut Criterion) {
         conn: policy_bundles::input::Connection::NONE,
     };
     let headers = || REQUEST.headers.iter().map(|(n, v)| (*n, v.as_bytes()));
-    let view = || RequestView { parts, authorization: Some(auth.as_str()), headers: headers() };
+    let view = || RequestView { parts, authorization: Some(auth.as_bytes()), headers: headers() };
     let Outcome::Evaluated { verdict: Verdict::Allow(..), .. } = authorize::authorize(&snap, view()) else {
         panic!("the reader is not allowed")
     };
@@ -213,7 +213,9 @@ fn authorize(c: &mut Criterion) {
         b.iter(|| {
             let ix = snap.table.lookup(parts.host, parts.path, parts.method).expect("route");
             let route = &snap.routes[ix];
-            let token = authorize::bearer(black_box(&auth)).expect("bearer");
+            let authorize::Credentials::Bearer(token) = authorize::credentials(black_box(auth.as_bytes())) else {
+                panic!("not a bearer token")
+            };
             let v = snap.jwt.as_ref().expect("issuers").verify_cached(token).expect("verifies");
             let jwt = Some(&v.input);
             snap.decide_request(
@@ -270,7 +272,10 @@ fn opa_envoy(c: &mut Criterion) {
     let headers = [("accept", "application/json"), ("user-agent", "bench/1.0")];
     let ask = |snap: &Snapshot, path: &'static str, auth: &str| {
         let pairs = headers.iter().map(|(n, v)| (*n, v.as_bytes())).chain([("authorization", auth.as_bytes())]);
-        authorize::authorize(snap, RequestView { parts: parts(path), authorization: Some(auth), headers: pairs })
+        authorize::authorize(
+            snap,
+            RequestView { parts: parts(path), authorization: Some(auth.as_bytes()), headers: pairs },
+        )
     };
     for (snap, path, auth) in [(&gateway, "/orders/7", &orders_auth), (&envoy, "/people", &people_auth)] {
         let Outcome::Evaluated { verdict: Verdict::Allow(..), .. } = ask(snap, path, auth) else {

@@ -19,8 +19,8 @@ use crate::snapshot::{CacheOutcome, EvalError, Request, Snapshot};
 pub struct RequestView<'a, H> {
     /// Method, canonical path and host, query, scheme and client address.
     pub parts: Request<'a>,
-    /// The `Authorization` header's value, when the request has one readable as text.
-    pub authorization: Option<&'a str>,
+    /// The `Authorization` header's value, as received.
+    pub authorization: Option<&'a [u8]>,
     /// The headers that may go into the input as (lower-case name, value) pairs, repeated names
     /// in order. Iterated at most once, and not at all for a rule that reads no header.
     pub headers: H,
@@ -31,8 +31,12 @@ pub struct RequestView<'a, H> {
 pub enum Outcome {
     /// No route matches the host, path and method.
     NoRoute,
-    /// The request sent a bearer token that does not verify; no policy ran.
-    Unauthenticated { route: usize, error: JwtError },
+    /// The route's rule reads something of the request that a backend could read another way
+    /// (`crate::canon::unambiguous_query`); no policy ran.
+    Refused { route: usize, refusal: crate::canon::Refusal },
+    /// The request's `Authorization` is malformed, of a scheme the route does not accept, or a
+    /// bearer token that does not verify; no policy ran.
+    Unauthenticated { route: usize, error: AuthError },
     /// The route's rule was asked (or its cached decision used), in `took`; `jwt` is the
     /// verified bearer token the input held, if any (decision logs rebuild the input from it).
     Evaluated { route: usize, verdict: Verdict, took: Duration, jwt: Option<Arc<Verified>> },
@@ -56,7 +60,9 @@ impl Outcome {
     pub fn route(&self) -> Option<usize> {
         match self {
             Outcome::NoRoute => None,
-            Outcome::Unauthenticated { route, .. } | Outcome::Evaluated { route, .. } => Some(*route),
+            Outcome::Unauthenticated { route, .. }
+            | Outcome::Evaluated { route, .. }
+            | Outcome::Refused { route, .. } => Some(*route),
         }
     }
 }
@@ -114,10 +120,98 @@ pub fn error_reason(e: &EvalError) -> &'static str {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
-pub fn bearer(authorization: &str) -> Option<&str> {
-    let (scheme, token) = authorization.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// Why a request's `Authorization` was not accepted (401, before any policy runs).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Not one well-formed credential: a `Bearer` that is not exactly `Bearer`, one space and
+    /// one token68, or a value that does not start with a scheme.
+    #[error("the Authorization header is not one well-formed credential (`Bearer`, one space, one token)")]
+    Malformed,
+    /// A scheme other than `Bearer` that the route does not list in `authorization_schemes`.
+    #[error("this route does not accept the Authorization scheme `{0}`")]
+    Scheme(String),
+    /// A bearer token that does not verify.
+    #[error(transparent)]
+    Token(#[from] JwtError),
+}
+
+impl AuthError {
+    /// The `reason` label it is counted under in `gateway_requests_refused_total`, for the
+    /// errors that are about the header's shape rather than a token's verification.
+    pub fn refusal(&self) -> Option<crate::canon::Refusal> {
+        match self {
+            AuthError::Malformed => Some(crate::canon::Refusal::MalformedCredentials),
+            AuthError::Scheme(_) => Some(crate::canon::Refusal::AuthorizationScheme),
+            AuthError::Token(_) => None,
+        }
+    }
+}
+
+/// What an `Authorization` header value carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    /// `Bearer` (any case), exactly one space, one token68 (RFC 6750 2.1) and nothing else.
+    Bearer(&'a str),
+    /// Another scheme (its name as sent), with whatever follows one space.
+    Other(&'a str),
+    /// Anything else, including every other spelling of a bearer token (a tab or a no-break
+    /// space after the scheme, two spaces, two tokens, a quoted token, no token): never
+    /// "no credentials", since a backend that splits on any whitespace would read a token in it.
+    Malformed,
+}
+
+/// A `tchar` of RFC 9110 5.6.2.
+fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether `s` is an RFC 9110 token (a method or an auth scheme name).
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|b| tchar(*b))
+}
+
+/// The bytes of a token68's body (RFC 9110 11.2), as a table: a bearer token is checked on
+/// every request, a few hundred bytes at one load each.
+static TOKEN68: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    t
+};
+
+/// Whether `s` is a token68: `[A-Za-z0-9-._~+/]+` then any `=` padding.
+fn is_token68(s: &[u8]) -> bool {
+    let padding = s.iter().rev().take_while(|b| **b == b'=').count();
+    let body = &s[..s.len() - padding];
+    !body.is_empty() && body.iter().all(|b| TOKEN68[usize::from(*b)])
+}
+
+/// Reads an `Authorization` value, as bytes: a value that is not text is [`Credentials::Malformed`].
+pub fn credentials(value: &[u8]) -> Credentials<'_> {
+    let scheme_len = value.iter().position(|b| !tchar(*b)).unwrap_or(value.len());
+    let (scheme, rest) = value.split_at(scheme_len);
+    let Ok(scheme) = std::str::from_utf8(scheme) else { return Credentials::Malformed };
+    if scheme.eq_ignore_ascii_case("bearer") {
+        // A token68 is ASCII, so the check below is the only pass over the token.
+        return match rest.strip_prefix(b" ") {
+            Some(token) if is_token68(token) => {
+                std::str::from_utf8(token).map_or(Credentials::Malformed, Credentials::Bearer)
+            }
+            _ => Credentials::Malformed,
+        };
+    }
+    if scheme.is_empty() || !rest.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\t') {
+        return Credentials::Malformed;
+    }
+    if rest.is_empty() || rest.starts_with(b" ") {
+        Credentials::Other(scheme)
+    } else {
+        Credentials::Malformed
+    }
 }
 
 /// Routes, authenticates and decides one request against `snap`.
@@ -130,15 +224,30 @@ where
         return Outcome::NoRoute;
     };
     let route = &snap.routes[route_ix];
-    let verified: Option<Arc<Verified>> = match req.authorization.and_then(bearer) {
+    if let Some(q) = parts.query {
+        if snap.needs(route.policy).query() && crate::canon::unambiguous_query(q).is_err() {
+            return Outcome::Refused { route: route_ix, refusal: crate::canon::Refusal::AmbiguousQuery };
+        }
+    }
+    // An OPA-Envoy policy checks its credentials itself (`io.jwt.decode_verify`, Basic in
+    // Rego): without trust roots in the bundle, a well-formed one is left to the rule.
+    let rule_verifies = snap.jwt.is_none() && route.format == crate::input::InputFormat::Envoy;
+    let verified: Option<Arc<Verified>> = match req.authorization.map(credentials) {
         None => None,
-        // An OPA-Envoy policy checks its tokens itself (`io.jwt.decode_verify`): without trust
-        // roots in the bundle, the token is left to the rule, which sees it in the headers.
-        Some(_) if snap.jwt.is_none() && route.format == crate::input::InputFormat::Envoy => None,
-        Some(token) => match snap.jwt.as_ref().map_or(Err(JwtError::UnknownIssuer), |r| r.verify_cached(token)) {
-            Ok(v) => Some(v),
-            Err(error) => return Outcome::Unauthenticated { route: route_ix, error },
-        },
+        Some(Credentials::Malformed) => {
+            return Outcome::Unauthenticated { route: route_ix, error: AuthError::Malformed }
+        }
+        Some(Credentials::Other(scheme)) if !rule_verifies && !route.accepts_scheme(scheme) => {
+            return Outcome::Unauthenticated { route: route_ix, error: AuthError::Scheme(scheme.to_owned()) }
+        }
+        Some(Credentials::Other(_)) => None,
+        Some(Credentials::Bearer(_)) if rule_verifies => None,
+        Some(Credentials::Bearer(token)) => {
+            match snap.jwt.as_ref().map_or(Err(JwtError::UnknownIssuer), |r| r.verify_cached(token)) {
+                Ok(v) => Some(v),
+                Err(e) => return Outcome::Unauthenticated { route: route_ix, error: e.into() },
+            }
+        }
     };
     let start = Instant::now();
     let jwt = verified.as_deref().map(|v| &v.input);

@@ -57,10 +57,30 @@ pub enum Refusal {
     UnderscoreHeader,
     /// On TLS: the Host is not covered by the certificate the connection's SNI chose (421).
     Misdirected,
+    /// `;` parameters in a path under `path_params: reject`.
+    PathParams,
+    /// An empty segment with parameters (`/;/admin`) under `path_params: keep`.
+    EmptyParamSegment,
+    /// Percent-escapes that do not decode to UTF-8 (overlong forms included).
+    BadUtf8,
+    /// A character a normalizing backend reads as `.`, `/`, `\` or `%` (fullwidth forms).
+    Confusable,
+    /// A standard method in another case (`delete`).
+    MethodCase,
+    /// A `_method` query parameter: a method override the policy never sees.
+    MethodOverride,
+    /// A query another parser reads differently, on a route whose rule reads the query.
+    AmbiguousQuery,
+    /// An `Authorization` value that is not one well-formed credential (401).
+    MalformedCredentials,
+    /// An `Authorization` scheme the route does not accept (401).
+    AuthorizationScheme,
+    /// A bearer token in the `access_token` query parameter (401).
+    TokenInQuery,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 15] = [
+    pub const ALL: [Refusal; 25] = [
         Refusal::EscapedSlash,
         Refusal::Backslash,
         Refusal::Nul,
@@ -76,6 +96,16 @@ impl Refusal {
         Refusal::Framing,
         Refusal::UnderscoreHeader,
         Refusal::Misdirected,
+        Refusal::PathParams,
+        Refusal::EmptyParamSegment,
+        Refusal::BadUtf8,
+        Refusal::Confusable,
+        Refusal::MethodCase,
+        Refusal::MethodOverride,
+        Refusal::AmbiguousQuery,
+        Refusal::MalformedCredentials,
+        Refusal::AuthorizationScheme,
+        Refusal::TokenInQuery,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -95,6 +125,16 @@ impl Refusal {
             Refusal::Framing => "framing",
             Refusal::UnderscoreHeader => "underscore_header",
             Refusal::Misdirected => "misdirected",
+            Refusal::PathParams => "path_params",
+            Refusal::EmptyParamSegment => "empty_param_segment",
+            Refusal::BadUtf8 => "bad_utf8",
+            Refusal::Confusable => "confusable",
+            Refusal::MethodCase => "method_case",
+            Refusal::MethodOverride => "method_override",
+            Refusal::AmbiguousQuery => "ambiguous_query",
+            Refusal::MalformedCredentials => "malformed_credentials",
+            Refusal::AuthorizationScheme => "authorization_scheme",
+            Refusal::TokenInQuery => "token_in_query",
         }
     }
 
@@ -116,6 +156,20 @@ impl Refusal {
             Refusal::Framing => "the request's Content-Length / Transfer-Encoding are ambiguous",
             Refusal::UnderscoreHeader => "a header name contains `_`",
             Refusal::Misdirected => "the certificate chosen for this connection (by SNI) does not cover this host",
+            Refusal::PathParams => "the path has `;` parameters (path_params: reject)",
+            Refusal::EmptyParamSegment => "the path has an empty segment with `;` parameters",
+            Refusal::BadUtf8 => "the path has percent-escapes that are not UTF-8 (overlong forms included)",
+            Refusal::Confusable => "the path has a character a backend may read as `.`, `/`, `\\` or `%`",
+            Refusal::MethodCase => "the method is a standard method in another case",
+            Refusal::MethodOverride => "the query has a `_method` override",
+            Refusal::AmbiguousQuery => {
+                "the query has a `;`, a `[` or `]` in a name, a NUL, a malformed escape or bytes that are not UTF-8"
+            }
+            Refusal::MalformedCredentials => {
+                "the Authorization header is not one well-formed credential (`Bearer`, one space, one token)"
+            }
+            Refusal::AuthorizationScheme => "this route does not accept that Authorization scheme",
+            Refusal::TokenInQuery => "bearer tokens are accepted only in the Authorization header",
         }
     }
 
@@ -125,6 +179,7 @@ impl Refusal {
     pub fn status(self) -> u16 {
         match self {
             Refusal::Misdirected => 421,
+            Refusal::MalformedCredentials | Refusal::AuthorizationScheme | Refusal::TokenInQuery => 401,
             _ => 400,
         }
     }
@@ -168,24 +223,108 @@ fn is_canonical(path: &[u8]) -> bool {
     last != b"." && last != b".."
 }
 
-/// The canonical form of a request path (no query string), or why it has none.
-pub fn path(raw: &str, slashes: EscapedSlashes) -> Result<std::borrow::Cow<'_, str>, Refusal> {
-    let bytes = raw.as_bytes();
-    if is_canonical(bytes) {
-        return Ok(std::borrow::Cow::Borrowed(raw));
+/// What to do with `;` parameters in a path segment (`/orders;v=1/7`), which Tomcat and Spring
+/// strip before matching (so `/;/admin` is their `/admin`) and most other servers keep as data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathParams {
+    /// 400: the request has two readings.
+    #[default]
+    Reject,
+    /// Removed from every segment before dot segments and empty segments are resolved: the
+    /// gateway reads the path as Tomcat does and forwards that reading.
+    Strip,
+    /// Forwarded as sent; routes and the policy see the path without them ([`without_params`]);
+    /// a segment that is empty, `.` or `..` before its `;` is refused.
+    Keep,
+}
+
+impl PathParams {
+    pub fn parse(s: &str) -> Option<PathParams> {
+        match s {
+            "reject" => Some(PathParams::Reject),
+            "strip" => Some(PathParams::Strip),
+            "keep" => Some(PathParams::Keep),
+            _ => None,
+        }
     }
-    if bytes.first() != Some(&b'/') {
-        return Err(Refusal::NotOriginForm);
+}
+
+/// How a path is made canonical: the gateway config's `path_with_escaped_slashes` and
+/// `path_params`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PathRules {
+    pub slashes: EscapedSlashes,
+    pub params: PathParams,
+}
+
+/// Characters that NFKC-normalizing backends (and lenient decoders, IIS's "best fit") read as
+/// `.`, `/`, `\` or `%`, beside the whole fullwidth ASCII block ([`confusable`]). A path
+/// holding one (encoded) is refused.
+const CONFUSABLES: [char; 11] = [
+    '\u{FF0E}', // FULLWIDTH FULL STOP
+    '\u{FF0F}', // FULLWIDTH SOLIDUS
+    '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS
+    '\u{FF05}', // FULLWIDTH PERCENT SIGN
+    '\u{2024}', // ONE DOT LEADER
+    '\u{2025}', // TWO DOT LEADER
+    '\u{2026}', // HORIZONTAL ELLIPSIS
+    '\u{FE52}', // SMALL FULL STOP
+    '\u{FE68}', // SMALL REVERSE SOLIDUS
+    '\u{FE6A}', // SMALL PERCENT SIGN
+    '\u{2215}', // DIVISION SLASH
+];
+
+/// Checks the bytes a run of `%XX` escapes (all >= 0x80) decodes to, and appends them to
+/// `seg` escaped with upper-case hex: they must be UTF-8 (no overlong form, no surrogate, no
+/// truncated sequence) and hold no [`CONFUSABLES`].
+fn flush_utf8(run: &mut Vec<u8>, seg: &mut Vec<u8>) -> Result<(), Refusal> {
+    if run.is_empty() {
+        return Ok(());
     }
-    // Decode into segments; a decoded byte that is not unreserved is kept escaped, so a
-    // segment's text is what any backend decodes to the same bytes.
+    let text = std::str::from_utf8(run).map_err(|_| Refusal::BadUtf8)?;
+    if text.chars().any(confusable) {
+        return Err(Refusal::Confusable);
+    }
+    for b in run.drain(..) {
+        seg.push(b'%');
+        seg.push(HEX_UPPER[usize::from(b >> 4)]);
+        seg.push(HEX_UPPER[usize::from(b & 15)]);
+    }
+    Ok(())
+}
+
+/// Whether a backend that applies NFKC (or IIS's best-fit mapping) would read `c` as ASCII
+/// that changes the path: the fullwidth forms of every ASCII character (U+FF01-U+FF5E, so
+/// `／ａｄｍｉｎ` is no way to `/admin`) and [`CONFUSABLES`].
+fn confusable(c: char) -> bool {
+    ('\u{FF01}'..='\u{FF5E}').contains(&c) || CONFUSABLES.contains(&c)
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Splits a raw path (after its leading `/`) into decoded segments; a decoded byte that is not
+/// unreserved is kept escaped, so a segment's text is what any backend decodes to the same
+/// bytes. `;` parameters follow `rules.params`.
+fn segments(bytes: &[u8], rules: PathRules) -> Result<Vec<Vec<u8>>, Refusal> {
     let mut segments: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut run = Vec::new(); // decoded bytes >= 0x80, checked as UTF-8 when the run ends
     let mut i = 1;
     while i < bytes.len() {
         let b = bytes[i];
+        if b != b'%' {
+            let seg = segments.last_mut().ok_or(Refusal::BadEscape)?;
+            flush_utf8(&mut run, seg)?;
+        }
         match b {
             b'/' => segments.push(Vec::new()),
             b'\\' => return Err(Refusal::Backslash),
+            b';' if rules.params == PathParams::Reject => return Err(Refusal::PathParams),
+            b';' if rules.params == PathParams::Strip => {
+                // The parameters are dropped unread, up to the next separator.
+                let rest = bytes[i..].iter().position(|c| *c == b'/').unwrap_or(bytes.len() - i);
+                i += rest;
+                continue;
+            }
             b'%' => {
                 let (Some(h), Some(l)) =
                     (bytes.get(i + 1).and_then(|c| hex(*c)), bytes.get(i + 2).and_then(|c| hex(*c)))
@@ -195,15 +334,21 @@ pub fn path(raw: &str, slashes: EscapedSlashes) -> Result<std::borrow::Cow<'_, s
                 let d = h * 16 + l;
                 i += 2;
                 let seg = segments.last_mut().ok_or(Refusal::BadEscape)?;
+                if d >= 0x80 {
+                    run.push(d);
+                    i += 1;
+                    continue;
+                }
+                flush_utf8(&mut run, seg)?;
                 match d {
                     0 => return Err(Refusal::Nul),
-                    b'/' | b'\\' => match slashes {
+                    b'/' | b'\\' => match rules.slashes {
                         EscapedSlashes::Reject => return Err(Refusal::EscapedSlash),
                         EscapedSlashes::Unescape => segments.push(Vec::new()),
                         EscapedSlashes::Keep => seg.extend_from_slice(if d == b'/' { b"%2F" } else { b"%5C" }),
                     },
                     d if unreserved(d) => seg.push(d),
-                    d => seg.extend_from_slice(format!("%{d:02X}").as_bytes()),
+                    d => seg.extend_from_slice(&[b'%', HEX_UPPER[usize::from(d >> 4)], HEX_UPPER[usize::from(d & 15)]]),
                 }
             }
             0x21..=0x7e => {
@@ -216,14 +361,35 @@ pub fn path(raw: &str, slashes: EscapedSlashes) -> Result<std::borrow::Cow<'_, s
         }
         i += 1;
     }
+    let seg = segments.last_mut().ok_or(Refusal::BadEscape)?;
+    flush_utf8(&mut run, seg)?;
+    Ok(segments)
+}
+
+/// The canonical form of a request path (no query string), or why it has none.
+pub fn path(raw: &str, rules: PathRules) -> Result<std::borrow::Cow<'_, str>, Refusal> {
+    let bytes = raw.as_bytes();
+    if is_canonical(bytes) {
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
+    if bytes.first() != Some(&b'/') {
+        return Err(Refusal::NotOriginForm);
+    }
+    let segments = segments(bytes, rules)?;
     // Remove dot segments and empty ones; a trailing slash (or a trailing dot segment) leaves
     // the path ending in `/`, as RFC 3986 5.2.4 does.
     let mut out: Vec<&[u8]> = Vec::with_capacity(segments.len());
     let mut trailing = false;
     for seg in &segments {
         let name = seg.split(|b| *b == b';').next().unwrap_or(&[]);
-        if (name == b"." || name == b"..") && name.len() != seg.len() {
-            return Err(Refusal::DotSemicolon);
+        if name.len() != seg.len() {
+            // Only under `keep` does a segment still hold parameters here.
+            if name == b"." || name == b".." {
+                return Err(Refusal::DotSemicolon);
+            }
+            if name.is_empty() {
+                return Err(Refusal::EmptyParamSegment);
+            }
         }
         trailing = true;
         match seg.as_slice() {
@@ -247,6 +413,100 @@ pub fn path(raw: &str, slashes: EscapedSlashes) -> Result<std::borrow::Cow<'_, s
     }
     // Every byte pushed is visible ASCII.
     String::from_utf8(p).map(std::borrow::Cow::Owned).map_err(|_| Refusal::BadPathChar)
+}
+
+/// A canonical path without its segments' `;` parameters: what routes match and the policy
+/// sees under `path_params: keep` (Tomcat's reading). Borrowed when there are none.
+pub fn without_params(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(seg.split(';').next().unwrap_or(""));
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The standard methods (RFC 9110 9.3, RFC 5789), matched case-sensitively.
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+/// Refuses a standard method spelled in another case (`delete`): frameworks that upper-case the
+/// method would serve a DELETE that routes and rules written for `DELETE` never saw. Other
+/// tokens (`PURGE`, `PROPFIND`) are methods of their own, matched as sent.
+pub fn method(m: &str) -> Result<(), Refusal> {
+    if METHODS.contains(&m) || !METHODS.iter().any(|s| s.eq_ignore_ascii_case(m)) {
+        Ok(())
+    } else {
+        Err(Refusal::MethodCase)
+    }
+}
+
+/// The query parameters every route refuses: `_method` (a method override the policy never
+/// sees: Rails, Laravel, Symfony and Express's method-override read it) and `access_token`
+/// (RFC 6750 2.3: a bearer token the gateway does not verify, which Spring and others accept).
+/// Names are compared percent-decoded.
+pub fn query(q: &str) -> Result<(), Refusal> {
+    for pair in q.split(['&', ';']) {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        if name.len() < 7 || name.len() > 3 * 12 {
+            continue;
+        }
+        let decoded = crate::input::decode(name);
+        match decoded.as_str() {
+            "_method" => return Err(Refusal::MethodOverride),
+            "access_token" => return Err(Refusal::TokenInQuery),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a query that another parser reads differently from the policy's input, for a route
+/// whose rule reads `input.request.query`: a `;` (a separator to some parsers), a `[` or `]` in
+/// a name (Rack and PHP read `a[]` as `a`), a NUL, a malformed escape, or escapes that are not
+/// UTF-8 (the input would hold U+FFFD where the backend has bytes).
+pub fn unambiguous_query(q: &str) -> Result<(), Refusal> {
+    let bytes = q.as_bytes();
+    let mut i = 0;
+    let mut in_name = true;
+    let mut decoded = Vec::new();
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' | 0 => return Err(Refusal::AmbiguousQuery),
+            b'[' | b']' if in_name => return Err(Refusal::AmbiguousQuery),
+            b'&' => {
+                in_name = true;
+                std::str::from_utf8(&decoded).map_err(|_| Refusal::AmbiguousQuery)?;
+                decoded.clear();
+            }
+            b'=' if in_name => {
+                in_name = false;
+                std::str::from_utf8(&decoded).map_err(|_| Refusal::AmbiguousQuery)?;
+                decoded.clear();
+            }
+            b'%' => {
+                let (Some(h), Some(l)) =
+                    (bytes.get(i + 1).and_then(|c| hex(*c)), bytes.get(i + 2).and_then(|c| hex(*c)))
+                else {
+                    return Err(Refusal::AmbiguousQuery);
+                };
+                let d = h * 16 + l;
+                if d == 0 || (in_name && (d == b'[' || d == b']')) {
+                    return Err(Refusal::AmbiguousQuery);
+                }
+                decoded.push(d);
+                i += 2;
+            }
+            b => decoded.push(b),
+        }
+        i += 1;
+    }
+    std::str::from_utf8(&decoded).map_err(|_| Refusal::AmbiguousQuery)?;
+    Ok(())
 }
 
 /// A request's canonical host: `name` (no port) is what routes match and the policy sees;
@@ -377,13 +637,17 @@ mod tests {
     use super::*;
 
     fn p(raw: &str) -> Result<String, Refusal> {
-        path(raw, EscapedSlashes::Reject).map(|c| c.into_owned())
+        path(raw, PathRules::default()).map(|c| c.into_owned())
+    }
+
+    fn with(raw: &str, params: PathParams) -> Result<String, Refusal> {
+        path(raw, PathRules { params, ..PathRules::default() }).map(|c| c.into_owned())
     }
 
     #[test]
     fn canonical_paths_are_borrowed_unchanged() {
         for raw in ["/", "/orders/7", "/orders/", "/a.b/c~d-e_f", "/x..y/.z"] {
-            assert!(matches!(path(raw, EscapedSlashes::Reject), Ok(std::borrow::Cow::Borrowed(_))), "{raw}");
+            assert!(matches!(path(raw, PathRules::default()), Ok(std::borrow::Cow::Borrowed(_))), "{raw}");
         }
     }
 
@@ -414,23 +678,90 @@ mod tests {
         assert_eq!(p("/public/..%2forders/7"), Err(Refusal::EscapedSlash));
         assert_eq!(p("/public/..%5corders/7"), Err(Refusal::EscapedSlash));
         assert_eq!(p("/public/..\\orders/7"), Err(Refusal::Backslash));
-        assert_eq!(p("/public/..;/orders/7"), Err(Refusal::DotSemicolon));
-        assert_eq!(p("/public/.;x=1/orders"), Err(Refusal::DotSemicolon));
-        assert_eq!(p("/public/%2e%2e;/orders"), Err(Refusal::DotSemicolon));
+        assert_eq!(with("/public/..;/orders/7", PathParams::Keep), Err(Refusal::DotSemicolon));
+        assert_eq!(with("/public/.;x=1/orders", PathParams::Keep), Err(Refusal::DotSemicolon));
+        assert_eq!(with("/public/%2e%2e;/orders", PathParams::Keep), Err(Refusal::DotSemicolon));
         assert_eq!(p("/a%00b"), Err(Refusal::Nul));
         assert_eq!(p("/a%zz"), Err(Refusal::BadEscape));
         assert_eq!(p("/a%4"), Err(Refusal::BadEscape));
         assert_eq!(p("/a\u{e9}"), Err(Refusal::BadPathChar));
         assert_eq!(p("*"), Err(Refusal::NotOriginForm));
-        // A `;` elsewhere is data.
-        assert_eq!(p("/orders;v=1/7").unwrap(), "/orders;v=1/7");
+    }
+
+    #[test]
+    fn path_parameters_follow_the_configured_rule() {
+        for raw in ["/;/admin/x", "/;x=1/orders/7", "/orders;v=1/7", "/public/..;/orders/7", "/a;"] {
+            assert_eq!(p(raw), Err(Refusal::PathParams), "{raw}");
+        }
+        assert_eq!(with("/;/admin/x", PathParams::Strip).unwrap(), "/admin/x");
+        assert_eq!(with("/;x=1/orders/7", PathParams::Strip).unwrap(), "/orders/7");
+        assert_eq!(with("/public/..;/orders/7", PathParams::Strip).unwrap(), "/orders/7");
+        assert_eq!(with("/orders;v=1;w=%2f/7;jsessionid=x", PathParams::Strip).unwrap(), "/orders/7");
+        assert_eq!(with("/a%3Bb", PathParams::Reject).unwrap(), "/a%3Bb", "an encoded `;` is data");
+        assert_eq!(with("/orders;v=1/7", PathParams::Keep).unwrap(), "/orders;v=1/7");
+        assert_eq!(with("/;/admin/x", PathParams::Keep), Err(Refusal::EmptyParamSegment));
+        assert_eq!(with("//;x/admin", PathParams::Keep), Err(Refusal::EmptyParamSegment));
+        assert_eq!(without_params("/orders;v=1/7;x"), "/orders/7");
+        assert_eq!(without_params("/orders/7"), "/orders/7");
+    }
+
+    #[test]
+    fn overlong_and_fullwidth_forms_of_dot_and_slash_are_refused() {
+        for raw in [
+            "/a/%C0%AE%C0%AE/admin",
+            "/%E0%80%AE",
+            "/%C0%AF",
+            "/%F0%80%80%AE",
+            "/%80",
+            "/%E2%82",
+            "/%ED%A0%80",
+            "/%C3a",
+        ] {
+            assert_eq!(p(raw), Err(Refusal::BadUtf8), "{raw}");
+        }
+        for raw in [
+            "/%EF%BC%8E%EF%BC%8E/admin",
+            "/x%EF%BC%8Fadmin",
+            "/%EF%BC%BC",
+            "/%E2%80%A5",
+            "/%ef%b9%92",
+            "/%EF%BD%81dmin",
+        ] {
+            assert_eq!(p(raw), Err(Refusal::Confusable), "{raw}");
+        }
+        assert_eq!(p("/caf%c3%a9/%E2%82%AC").unwrap(), "/caf%C3%A9/%E2%82%AC");
+    }
+
+    #[test]
+    fn methods_are_case_sensitive_tokens() {
+        for m in ["GET", "DELETE", "PATCH", "PURGE", "PROPFIND", "purge"] {
+            assert_eq!(method(m), Ok(()), "{m}");
+        }
+        for m in ["delete", "Get", "pOST", "options"] {
+            assert_eq!(method(m), Err(Refusal::MethodCase), "{m}");
+        }
+    }
+
+    #[test]
+    fn override_and_token_parameters_are_refused_and_ambiguous_queries_named() {
+        assert_eq!(query("a=1&_method=DELETE"), Err(Refusal::MethodOverride));
+        assert_eq!(query("%5Fmethod=DELETE"), Err(Refusal::MethodOverride));
+        assert_eq!(query("x=1;access_token=abc"), Err(Refusal::TokenInQuery));
+        assert_eq!(query("page=2&method=x&token=y"), Ok(()));
+        for q in ["x=1;debug=1", "debug[]=1", "a%5Bb%5D=1", "a=%zz", "a=%00", "a=%C0%AE", "a=%E2%82", "a=%"] {
+            assert_eq!(unambiguous_query(q), Err(Refusal::AmbiguousQuery), "{q}");
+        }
+        for q in ["", "a=1&b=2", "a=[1]", "q=caf%C3%A9", "a+b=c+d", "a=1&a=2"] {
+            assert_eq!(unambiguous_query(q), Ok(()), "{q}");
+        }
     }
 
     #[test]
     fn escaped_slashes_follow_the_configured_action() {
-        assert_eq!(path("/a%2fb/../c", EscapedSlashes::Unescape).unwrap(), "/a/c");
-        assert_eq!(path("/a%2fb/../c", EscapedSlashes::Keep).unwrap(), "/c");
-        assert_eq!(path("/a%2fb", EscapedSlashes::Keep).unwrap(), "/a%2Fb");
+        let slashes = |raw, slashes| path(raw, PathRules { slashes, ..PathRules::default() });
+        assert_eq!(slashes("/a%2fb/../c", EscapedSlashes::Unescape).unwrap(), "/a/c");
+        assert_eq!(slashes("/a%2fb/../c", EscapedSlashes::Keep).unwrap(), "/c");
+        assert_eq!(slashes("/a%2fb", EscapedSlashes::Keep).unwrap(), "/a%2Fb");
     }
 
     #[test]

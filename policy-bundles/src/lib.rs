@@ -10,8 +10,11 @@ pub mod budget;
 pub mod bundle;
 pub mod calls;
 pub mod canon;
+pub mod claims;
 pub mod decision;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod input;
 pub mod jwt;
 pub mod jwt_builtins;

@@ -50,6 +50,10 @@ pub struct RequestHeadersSpec {
     /// `x-user-id`): neither the policy nor the upstream ever sees a client's copy.
     #[serde(default)]
     pub remove: Vec<String>,
+    /// Claim headers the gateway removes from clients (forwarding, client-address, host and
+    /// override claims, `crate::claims`) that this bundle lets through by name.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +137,10 @@ pub struct RouteSpec {
     /// Buffer the request body for the rule (413 past `max_bytes`); other routes stream it.
     #[serde(default)]
     pub body: Option<BodySpec>,
+    /// `Authorization` schemes other than `Bearer` (e.g. `basic`, for a legacy backend) that
+    /// this route leaves to its rule and forwards; any other scheme is a 401.
+    #[serde(default)]
+    pub authorization_schemes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

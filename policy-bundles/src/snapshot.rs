@@ -39,6 +39,15 @@ pub struct Route {
     /// `body.max_bytes`: the request body is buffered up to this many bytes before the rule
     /// runs (413 past it) and is part of the input.
     pub body: Option<u64>,
+    /// `authorization_schemes`, lower case: schemes besides `Bearer` left to the rule.
+    pub schemes: Vec<String>,
+}
+
+impl Route {
+    /// Whether this route leaves an `Authorization` of `scheme` (not `Bearer`) to its rule.
+    pub fn accepts_scheme(&self, scheme: &str) -> bool {
+        self.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +189,8 @@ pub struct Snapshot {
     needs: Vec<crate::input::Needs>,
     /// `request_headers.remove`, lower case: removed from every client request.
     pub header_removals: Vec<String>,
+    /// `request_headers.allow`, lower case: claim headers (`crate::claims`) let through.
+    pub header_allowed: Vec<String>,
     /// `data.system.log.drop` and `data.system.log.mask` (indexes into the policies), when the
     /// bundle defines them: OPA's decision-log drop and mask rules, with the event as input.
     pub log_drop: Option<usize>,
@@ -254,6 +265,10 @@ impl Snapshot {
             errors.push(e);
             Vec::new()
         });
+        let header_allowed = request_header_allowed(bundle).unwrap_or_else(|e| {
+            errors.push(e);
+            Vec::new()
+        });
         let upstreams = compile_upstreams(bundle, &mut errors);
         let routes = compile_routes(bundle, &upstreams, &mut errors);
         let jwt = compile_jwt(bundle, &mut errors);
@@ -276,6 +291,7 @@ impl Snapshot {
             needs,
             reads,
             header_removals,
+            header_allowed,
             reads_bodies,
             envoy_routes,
             log_drop: log_rules.first().copied().flatten(),
@@ -568,6 +584,13 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
                 report(format!("`body.max_bytes` must be 1 to {MAX_BODY_BYTES} (bodies are held in memory)"));
             }
         }
+        for scheme in &r.authorization_schemes {
+            if scheme.eq_ignore_ascii_case("bearer") || !crate::authorize::is_token(scheme.as_bytes()) {
+                report(format!(
+                    "`authorization_schemes`: `{scheme}` is not a scheme name other than Bearer (bearer tokens are always verified)"
+                ));
+            }
+        }
         let policy = rule_index(&mut out.rules, &r.policy, format);
         let shadow = r.shadow.as_ref().map(|rule| rule_index(&mut out.rules, rule, format));
         out.matches.push(matcher);
@@ -580,6 +603,7 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
             shadow,
             format,
             body: r.body.map(|b| b.max_bytes),
+            schemes: r.authorization_schemes.iter().map(|s| s.to_ascii_lowercase()).collect(),
         });
     }
     out
@@ -830,6 +854,29 @@ fn request_header_removals(bundle: &Bundle) -> Result<Vec<String>, BundleError> 
             .at_line(line));
         }
         out.push(name.to_ascii_lowercase());
+    }
+    Ok(out)
+}
+
+/// `request_headers.allow`, checked (each a claim header the gateway would remove) and
+/// lower-cased.
+fn request_header_allowed(bundle: &Bundle) -> Result<Vec<String>, BundleError> {
+    let mut out = Vec::new();
+    for name in &bundle.settings.request_headers.allow {
+        let lower = name.to_ascii_lowercase();
+        if crate::claims::claim(&lower).is_none() {
+            let (file, line) = bundle.settings_line("allow");
+            return Err(BundleError::new(
+                ErrorKind::Settings,
+                file,
+                format!(
+                    "request_headers.allow: `{name}` is not a header the gateway removes; it takes one of {}",
+                    crate::claims::names().collect::<Vec<_>>().join(", ")
+                ),
+            )
+            .at_line(line));
+        }
+        out.push(lower);
     }
     Ok(out)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use policy_bundles::archive::Files;
-use policy_bundles::authorize::{authorize, bearer, error_reason, Outcome, RequestView, Verdict};
+use policy_bundles::authorize::{authorize, error_reason, AuthError, Outcome, RequestView, Verdict};
 use policy_bundles::jwt::JwtError;
 use policy_bundles::snapshot::Request;
 use policy_bundles::{Bundle, Limits, Snapshot};
@@ -46,7 +46,10 @@ fn parts<'a>(method: &'a str, path: &'a str) -> Request<'a> {
 /// Asks with no headers beyond `Authorization`.
 fn ask(snap: &Snapshot, method: &str, path: &str, authorization: Option<&str>) -> Outcome {
     let headers: [(&str, &[u8]); 0] = [];
-    authorize(snap, RequestView { parts: parts(method, path), authorization, headers })
+    authorize(
+        snap,
+        RequestView { parts: parts(method, path), authorization: authorization.map(str::as_bytes), headers },
+    )
 }
 
 fn decision(outcome: Outcome) -> (bool, policy_bundles::Decision) {
@@ -87,13 +90,46 @@ fn a_bad_bearer_token_is_refused_before_any_policy_runs() {
     match ask(&snap, "GET", "/orders/7", Some("Bearer not.a.jwt")) {
         Outcome::Unauthenticated { route, error } => {
             assert_eq!(snap.routes[route].name, "orders");
-            assert_eq!(error, JwtError::Malformed);
+            assert!(matches!(error, AuthError::Token(JwtError::Malformed)), "{error:?}");
         }
         other => panic!("expected a refused token, got {other:?}"),
     }
-    // Not a bearer scheme: no token, so the rule decides (and wants one).
-    let (allow, d) = decision(ask(&snap, "GET", "/orders/7", Some("Basic YWxpY2U6cHc=")));
-    assert!(!allow && d.status == 401);
+}
+
+#[test]
+fn a_scheme_the_route_does_not_list_is_refused_not_treated_as_no_token() {
+    let snap = example();
+    match ask(&snap, "GET", "/orders/7", Some("Basic YWxpY2U6cHc=")) {
+        Outcome::Unauthenticated { error: AuthError::Scheme(s), .. } => assert_eq!(s, "Basic"),
+        other => panic!("expected a refused scheme, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_other_spelling_of_a_bearer_token_is_malformed_never_no_token() {
+    let snap = example();
+    let t = token(&["reader"]);
+    for auth in [
+        format!("Bearer\t{t}"),
+        format!("Bearer\u{a0}{t}"),
+        format!("Bearer  {t}"),
+        format!("Bearer {t} "),
+        format!("Bearer {t} x"),
+        format!("Bearer \"{t}\""),
+        format!("Bearer {t},x"),
+        "Bearer".to_string(),
+        "Bearer ".to_string(),
+        format!(" Bearer {t}"),
+        String::new(),
+    ] {
+        match ask(&snap, "GET", "/public/x", Some(&auth)) {
+            Outcome::Unauthenticated { error: AuthError::Malformed, .. } => {}
+            other => panic!("{auth:?}: expected a malformed credential, got {other:?}"),
+        }
+    }
+    // Any case of the scheme, and padding, are one well-formed token.
+    let (allow, _) = decision(ask(&snap, "GET", "/orders/7", Some(&format!("bEaReR {t}"))));
+    assert!(allow);
 }
 
 #[test]
@@ -111,8 +147,10 @@ fn headers_are_not_read_for_a_rule_that_does_not_read_them() {
         walked.set(true);
         None::<(&str, &[u8])>
     });
-    let outcome =
-        authorize(&snap, RequestView { parts: parts("GET", "/orders/7"), authorization: Some(&auth), headers });
+    let outcome = authorize(
+        &snap,
+        RequestView { parts: parts("GET", "/orders/7"), authorization: Some(auth.as_bytes()), headers },
+    );
     assert!(decision(outcome).0);
     assert!(!walked.get(), "the orders rule reads no header, yet the headers were walked");
 }
@@ -122,8 +160,11 @@ fn only_the_headers_a_rule_reads_reach_it() {
     let snap = example();
     let auth = format!("Bearer {}", token(&["admin"]));
     let ask_admin = |headers: &[(&str, &[u8])]| {
-        let view =
-            RequestView { parts: parts("GET", "/admin/x"), authorization: Some(&auth), headers: headers.to_vec() };
+        let view = RequestView {
+            parts: parts("GET", "/admin/x"),
+            authorization: Some(auth.as_bytes()),
+            headers: headers.to_vec(),
+        };
         decision(authorize(&snap, view)).0
     };
     assert!(ask_admin(&[("x-tenant", b"acme"), ("accept", b"*/*")]));
@@ -171,9 +212,27 @@ fn a_failing_rule_denies_unless_the_route_is_fail_open() {
 }
 
 #[test]
-fn bearer_reads_the_token_of_a_bearer_authorization_only() {
-    assert_eq!(bearer("Bearer abc"), Some("abc"));
-    assert_eq!(bearer("BEARER  abc "), Some("abc"));
-    assert_eq!(bearer("Basic abc"), None);
-    assert_eq!(bearer("Bearer"), None);
+fn credentials_read_one_bearer_token_or_name_the_scheme_or_are_malformed() {
+    use policy_bundles::authorize::{credentials, Credentials::*};
+    assert_eq!(credentials(b"Bearer abc"), Bearer("abc"));
+    assert_eq!(credentials(b"bearer a-b.c_d~e+f/g=="), Bearer("a-b.c_d~e+f/g=="));
+    assert_eq!(credentials(b"Basic YTpi"), Other("Basic"));
+    assert_eq!(credentials(b"Negotiate"), Other("Negotiate"));
+    assert_eq!(credentials(b"Bearerx.y.z"), Other("Bearerx.y.z"));
+    for bad in [
+        &b"BEARER  abc"[..],
+        b"Bearer abc ",
+        b"Bearer\tabc",
+        b"Bearer\xc2\xa0abc",
+        b"Bearer",
+        b"Bearer =abc",
+        b"Bearer a=b",
+        b"Bearer:abc",
+        b"Basic\tYTpi",
+        b"Basic Y\xffTpi",
+        b"",
+        b" Bearer abc",
+    ] {
+        assert_eq!(credentials(bad), Malformed, "{:?}", String::from_utf8_lossy(bad));
+    }
 }

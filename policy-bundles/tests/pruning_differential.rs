@@ -51,6 +51,18 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("p33", "allow", "allow if { parts := split(input.request.path, \"/\"); parts[1] != \"admin\" }"),
     ("p34", "allow", "allow if { x := input.request.headers; y := x; not y[\"x-banned\"] }"),
     ("p35", "allow", "allow if input.request.parsed_body.amount < 100\nallow if contains(input.request.body, \"admin\")"),
+    // Rules that read the query and the method (the round-two bypasses were method and query
+    // readings): whole objects, iteration, defaults, sets of methods, functions over them.
+    ("p36", "allow", "allow if { not input.request.query.debug; input.request.method == \"GET\" }"),
+    ("p37", "allow", "allow if count(input.request.query) == 0"),
+    ("p38", "allow", "allow if { some k, vs in input.request.query; k == \"page\"; vs[_] == \"3\" }"),
+    ("p39", "allow", "writes := {\"POST\", \"PUT\", \"PATCH\", \"DELETE\"}\nallow if not writes[input.request.method]"),
+    ("p40", "allow", "allow if lower(input.request.method) != \"delete\""),
+    ("p41", "allow", "allow if { q := input.request.query; not q.admin; input.request.method != \"PATCH\" }"),
+    ("p42", "allow", "allow if object.get(input.request.query, \"page\", [\"1\"])[0] == \"2\""),
+    ("p43", "decision", "decision := {\"allow\": true, \"headers\": {\"x-method\": input.request.method}} if count(input.request.query.page) < 2\nelse := {\"allow\": false, \"status\": 400, \"reason\": concat(\",\", input.request.query.page)}"),
+    ("p44", "allow", "allow if { m := input.request; startswith(m.method, \"G\"); not m.query[\"debug[]\"] }"),
+    ("p45", "allow", "allow if { not writing with input.request.method as \"GET\"; input.request.method != \"POST\" }\nwriting if input.request.method == \"POST\""),
 ];
 
 /// Policies written against the OPA-Envoy input (routes with `input_format: envoy`, and a
@@ -127,9 +139,18 @@ fn request() -> impl Strategy<Value = Req> {
         Just(("accept", "*/*")),
     ];
     (
-        prop_oneof![Just("GET"), Just("POST"), Just("DELETE")],
+        prop_oneof![Just("GET"), Just("POST"), Just("DELETE"), Just("PATCH"), Just("HEAD"), Just("PURGE")],
         prop_oneof![Just("/r00"), Just("/admin/x"), Just("/orders/7")],
-        prop_oneof![Just(None), Just(Some("page=2")), Just(Some("page=3&debug=1"))],
+        prop_oneof![
+            Just(None),
+            Just(Some("page=2")),
+            Just(Some("page=3&debug=1")),
+            Just(Some("page=2&page=3")),
+            Just(Some("admin=1&page=%32")),
+            Just(Some("debug%5B%5D=1")),
+            Just(Some("a+b=c%20d&page=")),
+            Just(Some(""))
+        ],
         prop_oneof![Just("api.example.test"), Just("admin.example.test")],
         prop_oneof![Just("127.0.0.1"), Just("10.0.0.1")],
         proptest::collection::vec(header, 0..4),
@@ -253,7 +274,13 @@ fn every_policy_of_the_corpus_is_tried_on_every_request_shape() {
     for route in &snap.routes {
         for headers in &grid {
             for jwt in [None, Some(("alice", vec!["admin"]))] {
-                for (method, query) in [("GET", Some("page=2")), ("POST", None)] {
+                for (method, query) in [
+                    ("GET", Some("page=2")),
+                    ("POST", None),
+                    ("DELETE", Some("page=3&debug=1")),
+                    ("PATCH", Some("page=2&page=3&admin=")),
+                    ("PURGE", Some("")),
+                ] {
                     let r = Req {
                         method,
                         path: "/r00",

@@ -107,7 +107,8 @@ pub fn spawn_gateway(config: &Path, listen: u16, admin: u16) -> Gateway {
         Command::new(env!("CARGO_BIN_EXE_gateway"))
             .arg("--config")
             .arg(config)
-            .env("GATEWAY_LOG", "error")
+            // TEST_GATEWAY_LOG=debug shows a test's gateway at work.
+            .env("GATEWAY_LOG", std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "error".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit()),
     );

@@ -1,0 +1,101 @@
+//! Claim headers: what popular backend frameworks read as the request's scheme, host, client
+//! address, path or method (Rack, Spring's `ForwardedHeaderFilter`, Werkzeug's `ProxyFix`,
+//! Django's `USE_X_FORWARDED_*`, Symfony, IIS URL Rewrite, ASP.NET's forwarded headers). The
+//! gateway owns those facts, so a client's copy never reaches a backend (DESIGN.md, "What the
+//! backend receives"), unless the bundle names it in `request_headers.allow`.
+
+/// Which rule a claim header follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Scheme, host, port, prefix and client-address claims: kept from a peer in
+    /// `trusted_proxies` (a proxy that sets them), removed from anyone else.
+    Forwarding,
+    /// Request-target and method overrides: removed from every peer, trusted or not, since a
+    /// proxy passes its own client's copy along and the policy never sees what they override.
+    Override,
+}
+
+/// The claim headers, lower case, and their rule.
+pub const CLAIMS: [(&str, Claim); 36] = [
+    // Forwarding: the gateway sets its own X-Forwarded-For / -Proto / X-Real-IP.
+    ("x-forwarded-for", Claim::Forwarding),
+    ("x-real-ip", Claim::Forwarding),
+    ("forwarded", Claim::Forwarding),
+    ("x-forwarded-proto", Claim::Forwarding),
+    ("x-forwarded-host", Claim::Forwarding),
+    ("x-forwarded-ssl", Claim::Forwarding),
+    ("x-forwarded-scheme", Claim::Forwarding),
+    ("x-forwarded-protocol", Claim::Forwarding),
+    ("x-forwarded-port", Claim::Forwarding),
+    ("x-forwarded-prefix", Claim::Forwarding),
+    ("x-forwarded-server", Claim::Forwarding),
+    ("x-forwarded-path", Claim::Forwarding),
+    ("x-forwarded", Claim::Forwarding),
+    ("x-original-forwarded-for", Claim::Forwarding),
+    ("front-end-https", Claim::Forwarding),
+    ("x-url-scheme", Claim::Forwarding),
+    ("x-scheme", Claim::Forwarding),
+    // Client address.
+    ("true-client-ip", Claim::Forwarding),
+    ("x-client-ip", Claim::Forwarding),
+    ("cf-connecting-ip", Claim::Forwarding),
+    ("x-originating-ip", Claim::Forwarding),
+    ("client-ip", Claim::Forwarding),
+    ("x-cluster-client-ip", Claim::Forwarding),
+    ("fastly-client-ip", Claim::Forwarding),
+    ("x-remote-ip", Claim::Forwarding),
+    ("x-remote-addr", Claim::Forwarding),
+    ("forwarded-for", Claim::Forwarding),
+    // Host.
+    ("x-host", Claim::Forwarding),
+    ("x-original-host", Claim::Forwarding),
+    // Request target and method.
+    ("x-original-url", Claim::Override),
+    ("x-rewrite-url", Claim::Override),
+    ("x-original-uri", Claim::Override),
+    ("x-envoy-original-path", Claim::Override),
+    ("x-http-method-override", Claim::Override),
+    ("x-http-method", Claim::Override),
+    ("x-method-override", Claim::Override),
+];
+
+/// Also an override, kept apart from [`CLAIMS`] only to keep its length readable.
+const ORIGINAL_METHOD: &str = "x-original-method";
+
+/// The claim a (lower-case) header name makes, if any. Most names are ruled out by their first
+/// byte, so an ordinary request's headers cost a byte comparison each.
+pub fn claim(name: &str) -> Option<Claim> {
+    match name.as_bytes().first()? {
+        b'x' | b'f' | b't' | b'c' => {}
+        _ => return None,
+    }
+    if name == ORIGINAL_METHOD {
+        return Some(Claim::Override);
+    }
+    CLAIMS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+}
+
+/// Every claim header name (for messages and documentation).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    CLAIMS.iter().map(|(n, _)| *n).chain([ORIGINAL_METHOD])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_found_by_name_and_ordinary_headers_are_not() {
+        assert_eq!(claim("x-original-url"), Some(Claim::Override));
+        assert_eq!(claim("x-original-method"), Some(Claim::Override));
+        assert_eq!(claim("true-client-ip"), Some(Claim::Forwarding));
+        assert_eq!(claim("cf-connecting-ip"), Some(Claim::Forwarding));
+        for ordinary in ["accept", "x-request-id", "content-type", "traceparent", "x-tenant", "forwardedx", ""] {
+            assert_eq!(claim(ordinary), None, "{ordinary}");
+        }
+        for n in names() {
+            assert!(claim(n).is_some(), "{n}");
+            assert_eq!(n, n.to_ascii_lowercase());
+        }
+    }
+}
