@@ -54,19 +54,51 @@ impl Manifest {
     }
 }
 
+/// The longest `file_rego_versions` pattern accepted: a path, not a program ([`glob_match`]'s
+/// work grows with the pattern's length times the path's).
+const MAX_GLOB: usize = 1024;
+
 /// `*` matches within one path segment, `**` across segments, anything else itself.
+///
+/// Each (pattern position, text position) is tried at most once: a pattern from a hostile
+/// manifest (`*a*a*a*a*a*a*a*a*a*a*b` against a long name) took exponential time when every
+/// split was tried again from each star.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern {
-        [] => text.is_empty(),
-        [b'*', b'*', rest @ ..] => {
-            let rest = rest.strip_prefix(b"/").unwrap_or(rest);
-            (0..=text.len()).any(|i| glob_match(rest, &text[i..]))
+    let mut failed = Glob { pattern, text, width: text.len() + 1, failed: Vec::new() };
+    failed.failed.resize((pattern.len() + 1) * failed.width, false);
+    failed.at(0, 0)
+}
+
+/// [`glob_match`]'s state: which (pattern, text) positions are known not to match.
+struct Glob<'a> {
+    pattern: &'a [u8],
+    text: &'a [u8],
+    width: usize,
+    failed: Vec<bool>,
+}
+
+impl Glob<'_> {
+    fn at(&mut self, p: usize, t: usize) -> bool {
+        if self.failed[p * self.width + t] {
+            return false;
         }
-        [b'*', rest @ ..] => {
-            let seg = text.iter().position(|&c| c == b'/').unwrap_or(text.len());
-            (0..=seg).any(|i| glob_match(rest, &text[i..]))
+        let (pattern, text) = (self.pattern, self.text);
+        let matched = match &pattern[p..] {
+            [] => t == text.len(),
+            [b'*', b'*', rest @ ..] => {
+                let next = if rest.first() == Some(&b'/') { p + 3 } else { p + 2 };
+                (t..=text.len()).any(|i| self.at(next, i))
+            }
+            [b'*', ..] => {
+                let seg = text[t..].iter().position(|&c| c == b'/').map_or(text.len(), |s| t + s);
+                (t..=seg).any(|i| self.at(p + 1, i))
+            }
+            [c, ..] => text.get(t) == Some(c) && self.at(p + 1, t + 1),
+        };
+        if !matched {
+            self.failed[p * self.width + t] = true;
         }
-        [c, rest @ ..] => text.first() == Some(c) && glob_match(rest, &text[1..]),
+        matched
     }
 }
 
@@ -209,6 +241,15 @@ fn read_manifest(files: &Files, errors: &mut Vec<BundleError>) -> Manifest {
     for (what, v) in versions.chain(per_file) {
         if v > 1 {
             refuse(format!("{what} is {v}: Rego versions are 0 and 1"));
+        }
+    }
+    for pattern in manifest.file_rego_versions.iter().flatten().map(|(k, _)| k) {
+        if pattern.len() > MAX_GLOB {
+            refuse(format!(
+                "file_rego_versions: a pattern of {} bytes (`{}...`); patterns are paths of at most {MAX_GLOB} bytes",
+                pattern.len(),
+                pattern.chars().take(32).collect::<String>()
+            ));
         }
     }
     if manifest.wasm.as_ref().is_some_and(|w| !w.is_empty()) {
@@ -385,4 +426,30 @@ pub fn package_of(source: &str) -> Option<(String, usize)> {
 /// The 1-based line of the first occurrence of `needle`.
 pub fn line_of(text: &str, needle: &str) -> Option<usize> {
     text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_within_and_across_segments() {
+        let m = |p: &str, t: &str| glob_match(p.as_bytes(), t.as_bytes());
+        assert!(m("a/*.rego", "a/x.rego"));
+        assert!(!m("a/*.rego", "a/b/x.rego"));
+        assert!(m("a/**/x.rego", "a/b/c/x.rego"));
+        assert!(m("a/**", "a/b/c"));
+        assert!(m("**/x.rego", "x.rego"));
+        assert!(!m("a/*", "b/x"));
+        assert!(m("exact.rego", "exact.rego"));
+    }
+
+    #[test]
+    fn a_hostile_pattern_of_many_stars_is_matched_without_backtracking_forever() {
+        // Exponential before: every split was tried again from each star.
+        let name = format!("{}.rego", "a".repeat(60));
+        assert!(!glob_match(b"*a*a*a*a*a*a*a*a*a*a*a*a*b", name.as_bytes()));
+        assert!(!glob_match(b"**a**a**a**a**a**a**a**a**a**a**b", format!("x/{name}").as_bytes()));
+        assert!(glob_match(b"*a*a*a*a*a*a*a*a*a*a*a*a*.rego", name.as_bytes()));
+    }
 }

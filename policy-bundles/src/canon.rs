@@ -63,7 +63,7 @@ pub enum Refusal {
     EmptyParamSegment,
     /// Percent-escapes that do not decode to UTF-8 (overlong forms included).
     BadUtf8,
-    /// A character a normalizing backend reads as `.`, `/`, `\` or `%` (fullwidth forms).
+    /// A character a normalizing backend reads as ASCII (`．`, `／`, fullwidth letters).
     Confusable,
     /// A standard method in another case (`delete`).
     MethodCase,
@@ -159,7 +159,9 @@ impl Refusal {
             Refusal::PathParams => "the path has `;` parameters (path_params: reject)",
             Refusal::EmptyParamSegment => "the path has an empty segment with `;` parameters",
             Refusal::BadUtf8 => "the path has percent-escapes that are not UTF-8 (overlong forms included)",
-            Refusal::Confusable => "the path has a character a backend may read as `.`, `/`, `\\` or `%`",
+            Refusal::Confusable => {
+                "the path has a character a normalizing backend reads as ASCII (a fullwidth or compatibility form)"
+            }
             Refusal::MethodCase => "the method is a standard method in another case",
             Refusal::MethodOverride => "the query has a `_method` override",
             Refusal::AmbiguousQuery => {
@@ -257,26 +259,27 @@ pub struct PathRules {
     pub params: PathParams,
 }
 
-/// Characters that NFKC-normalizing backends (and lenient decoders, IIS's "best fit") read as
-/// `.`, `/`, `\` or `%`, beside the whole fullwidth ASCII block ([`confusable`]). A path
-/// holding one (encoded) is refused.
-const CONFUSABLES: [char; 11] = [
-    '\u{FF0E}', // FULLWIDTH FULL STOP
-    '\u{FF0F}', // FULLWIDTH SOLIDUS
-    '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS
-    '\u{FF05}', // FULLWIDTH PERCENT SIGN
-    '\u{2024}', // ONE DOT LEADER
-    '\u{2025}', // TWO DOT LEADER
-    '\u{2026}', // HORIZONTAL ELLIPSIS
-    '\u{FE52}', // SMALL FULL STOP
-    '\u{FE68}', // SMALL REVERSE SOLIDUS
-    '\u{FE6A}', // SMALL PERCENT SIGN
+/// Characters that best-fit mappings (IIS, Windows code pages) read as `/` or `\\` though NFKC
+/// leaves them alone ([`confusable`]).
+const BEST_FIT: [char; 3] = [
     '\u{2215}', // DIVISION SLASH
+    '\u{2044}', // FRACTION SLASH
+    '\u{29F5}', // REVERSE SOLIDUS OPERATOR
 ];
+
+/// Whether a backend that normalizes the path (NFKC, as Python's `unicodedata`, Java's
+/// `Normalizer` and IIS do, or a best-fit mapping) would read `c` (never ASCII itself: only
+/// decoded escapes of bytes >= 0x80 get here) as something holding ASCII: `．` and `︰` (`..`),
+/// `／`, `＼`, `％`, the fullwidth letters (`／ａｄｍｉｎ` is `/admin` to such a backend), `℀`
+/// (`a/c`), `ﬁ` (`fi`) and every other compatibility form of ASCII, plus [`BEST_FIT`].
+fn confusable(c: char) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    std::iter::once(c).nfkc().any(|d| d.is_ascii()) || BEST_FIT.contains(&c)
+}
 
 /// Checks the bytes a run of `%XX` escapes (all >= 0x80) decodes to, and appends them to
 /// `seg` escaped with upper-case hex: they must be UTF-8 (no overlong form, no surrogate, no
-/// truncated sequence) and hold no [`CONFUSABLES`].
+/// truncated sequence) and hold nothing [`confusable`].
 fn flush_utf8(run: &mut Vec<u8>, seg: &mut Vec<u8>) -> Result<(), Refusal> {
     if run.is_empty() {
         return Ok(());
@@ -291,13 +294,6 @@ fn flush_utf8(run: &mut Vec<u8>, seg: &mut Vec<u8>) -> Result<(), Refusal> {
         seg.push(HEX_UPPER[usize::from(b & 15)]);
     }
     Ok(())
-}
-
-/// Whether a backend that applies NFKC (or IIS's best-fit mapping) would read `c` as ASCII
-/// that changes the path: the fullwidth forms of every ASCII character (U+FF01-U+FF5E, so
-/// `／ａｄｍｉｎ` is no way to `/admin`) and [`CONFUSABLES`].
-fn confusable(c: char) -> bool {
-    ('\u{FF01}'..='\u{FF5E}').contains(&c) || CONFUSABLES.contains(&c)
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
@@ -448,27 +444,51 @@ pub fn method(m: &str) -> Result<(), Refusal> {
 /// The query parameters every route refuses: `_method` (a method override the policy never
 /// sees: Rails, Laravel, Symfony and Express's method-override read it) and `access_token`
 /// (RFC 6750 2.3: a bearer token the gateway does not verify, which Spring and others accept).
-/// Names are compared percent-decoded.
+/// Names are compared as the most lenient reader reads them ([`php_name_is`]).
 pub fn query(q: &str) -> Result<(), Refusal> {
     for pair in q.split(['&', ';']) {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        if name.len() < 7 || name.len() > 3 * 12 {
+        // No spelling of the shorter name is shorter than it.
+        if name.len() < "_method".len() {
             continue;
         }
-        let decoded = crate::input::decode(name);
-        match decoded.as_str() {
-            "_method" => return Err(Refusal::MethodOverride),
-            "access_token" => return Err(Refusal::TokenInQuery),
-            _ => {}
+        let decoded = if name.contains(['%', '+']) {
+            std::borrow::Cow::Owned(crate::input::decode(name))
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        if php_name_is(&decoded, "_method") {
+            return Err(Refusal::MethodOverride);
+        }
+        if php_name_is(&decoded, "access_token") {
+            return Err(Refusal::TokenInQuery);
         }
     }
     Ok(())
 }
 
+/// Whether PHP (the most lenient common reader: Laravel, Symfony) reads the decoded parameter
+/// name `name` as `target`: leading spaces dropped, ` ` and `.` read as `_`, a `[` with a `]`
+/// after it starting an array of the name before it, a lone `[` read as `_`; compared without
+/// case (Rails and Express spell it in lower case, nothing legitimate needs another case).
+fn php_name_is(name: &str, target: &str) -> bool {
+    let name = name.trim_start_matches(' ');
+    let name = match name.find('[') {
+        Some(i) if name[i..].contains(']') => &name[..i],
+        _ => name,
+    };
+    name.len() == target.len()
+        && name.bytes().zip(target.bytes()).all(|(n, t)| {
+            let n = if matches!(n, b' ' | b'.' | b'[') { b'_' } else { n };
+            n.eq_ignore_ascii_case(&t)
+        })
+}
+
 /// Refuses a query that another parser reads differently from the policy's input, for a route
 /// whose rule reads `input.request.query`: a `;` (a separator to some parsers), a `[` or `]` in
-/// a name (Rack and PHP read `a[]` as `a`), a NUL, a malformed escape, or escapes that are not
-/// UTF-8 (the input would hold U+FFFD where the backend has bytes).
+/// a name (Rack and PHP read `a[]` as `a`), a `.` or a space in a name, raw, `+` or encoded (PHP
+/// reads `a.b` and `a b` as `a_b`, and drops leading spaces), a NUL, a malformed escape, or
+/// escapes that are not UTF-8 (the input would hold U+FFFD where the backend has bytes).
 pub fn unambiguous_query(q: &str) -> Result<(), Refusal> {
     let bytes = q.as_bytes();
     let mut i = 0;
@@ -477,7 +497,7 @@ pub fn unambiguous_query(q: &str) -> Result<(), Refusal> {
     while i < bytes.len() {
         match bytes[i] {
             b';' | 0 => return Err(Refusal::AmbiguousQuery),
-            b'[' | b']' if in_name => return Err(Refusal::AmbiguousQuery),
+            b'[' | b']' | b'.' | b'+' | b' ' if in_name => return Err(Refusal::AmbiguousQuery),
             b'&' => {
                 in_name = true;
                 std::str::from_utf8(&decoded).map_err(|_| Refusal::AmbiguousQuery)?;
@@ -495,7 +515,7 @@ pub fn unambiguous_query(q: &str) -> Result<(), Refusal> {
                     return Err(Refusal::AmbiguousQuery);
                 };
                 let d = h * 16 + l;
-                if d == 0 || (in_name && (d == b'[' || d == b']')) {
+                if d == 0 || (in_name && matches!(d, b'[' | b']' | b'.' | b' ')) {
                     return Err(Refusal::AmbiguousQuery);
                 }
                 decoded.push(d);
@@ -720,6 +740,10 @@ mod tests {
             assert_eq!(p(raw), Err(Refusal::BadUtf8), "{raw}");
         }
         for raw in [
+            "/public/%EF%B8%B0/admin",
+            "/%E2%84%80",
+            "/pro%EF%AC%81le",
+            "/%E2%88%95admin",
             "/%EF%BC%8E%EF%BC%8E/admin",
             "/x%EF%BC%8Fadmin",
             "/%EF%BC%BC",
@@ -748,10 +772,40 @@ mod tests {
         assert_eq!(query("%5Fmethod=DELETE"), Err(Refusal::MethodOverride));
         assert_eq!(query("x=1;access_token=abc"), Err(Refusal::TokenInQuery));
         assert_eq!(query("page=2&method=x&token=y"), Ok(()));
-        for q in ["x=1;debug=1", "debug[]=1", "a%5Bb%5D=1", "a=%zz", "a=%00", "a=%C0%AE", "a=%E2%82", "a=%"] {
+        // PHP's spellings of the same names.
+        for q in [
+            "+_method=DELETE",
+            "%20_method=DELETE",
+            ".method=DELETE",
+            "[method=DELETE",
+            "_method[]=DELETE",
+            "_METHOD=x",
+        ] {
+            assert_eq!(query(q), Err(Refusal::MethodOverride), "{q}");
+        }
+        let long = format!("{}_method=DELETE", "+".repeat(40));
+        assert_eq!(query(&long), Err(Refusal::MethodOverride));
+        for q in ["access.token=x", "access+token=x", "access_token[]=x"] {
+            assert_eq!(query(q), Err(Refusal::TokenInQuery), "{q}");
+        }
+        assert_eq!(query("x_method=1&methods=2&_methodx=3"), Ok(()));
+        for q in [
+            "x=1;debug=1",
+            "debug[]=1",
+            "a%5Bb%5D=1",
+            "a=%zz",
+            "a=%00",
+            "a=%C0%AE",
+            "a=%E2%82",
+            "a=%",
+            "debug.mode=1",
+            "debug+mode=1",
+            "%20debug=1",
+            "a%2Eb=1",
+        ] {
             assert_eq!(unambiguous_query(q), Err(Refusal::AmbiguousQuery), "{q}");
         }
-        for q in ["", "a=1&b=2", "a=[1]", "q=caf%C3%A9", "a+b=c+d", "a=1&a=2"] {
+        for q in ["", "a=1&b=2", "a=[1]", "q=caf%C3%A9", "ab=c+d", "a=1&a=2", "a=x.y", "a=1+2"] {
             assert_eq!(unambiguous_query(q), Ok(()), "{q}");
         }
     }

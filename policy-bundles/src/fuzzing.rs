@@ -63,7 +63,7 @@ fn any_hex(b: u8) -> Option<u8> {
 /// The characters the path contract refuses (decoded): every character whose NFKC form holds a
 /// `.`, `/`, `\` or `%` (Unicode 14), which a normalizing backend reads as those, plus U+2215
 /// DIVISION SLASH, which looks like one. Derived apart from `canon`'s own list on purpose.
-const CONFUSABLE: [char; 41] = [
+pub const CONFUSABLE: [char; 41] = [
     '\u{2024}',
     '\u{2025}',
     '\u{2026}',
@@ -104,42 +104,6 @@ const CONFUSABLE: [char; 41] = [
     '\u{FF0E}',
     '\u{FF0F}',
     '\u{FF3C}',
-    '\u{1F100}',
-];
-
-/// The [`CONFUSABLE`]s that [`canon::path`] does not refuse yet: an open finding (fuzz/README.md,
-/// and the ignored test `nfkc_confusables_of_dot_and_slash_are_refused`). The path check lets
-/// these through so that fuzzing goes on past them; empty this list with the fix.
-pub const NOT_YET_REFUSED: [char; 30] = [
-    '\u{2100}',
-    '\u{2101}',
-    '\u{2105}',
-    '\u{2106}',
-    '\u{2488}',
-    '\u{2489}',
-    '\u{248A}',
-    '\u{248B}',
-    '\u{248C}',
-    '\u{248D}',
-    '\u{248E}',
-    '\u{248F}',
-    '\u{2490}',
-    '\u{2491}',
-    '\u{2492}',
-    '\u{2493}',
-    '\u{2494}',
-    '\u{2495}',
-    '\u{2496}',
-    '\u{2497}',
-    '\u{2498}',
-    '\u{2499}',
-    '\u{249A}',
-    '\u{249B}',
-    '\u{33C2}',
-    '\u{33C7}',
-    '\u{33D8}',
-    '\u{FE19}',
-    '\u{FE30}',
     '\u{1F100}',
 ];
 
@@ -252,8 +216,7 @@ pub fn assert_canonical_path(p: &str, rules: PathRules, raw: &str) {
         let text = std::str::from_utf8(&decoded);
         assert!(text.is_ok(), "{}: segment {seg:?} does not decode to UTF-8", ctx());
         let text = text.unwrap_or_default();
-        let confusable = |c: &char| CONFUSABLE.contains(c) && !NOT_YET_REFUSED.contains(c);
-        assert!(!text.chars().any(|c| confusable(&c)), "{}: a confusable in {seg:?}", ctx());
+        assert!(!text.chars().any(|c| CONFUSABLE.contains(&c)), "{}: a confusable in {seg:?}", ctx());
     }
 }
 
@@ -418,8 +381,9 @@ fn check_host(headers: &[&[u8]], target: Option<&str>, http11: bool, port: u16, 
 
 /// [`canon::method`], [`canon::query`] and [`canon::unambiguous_query`] on `data` (lossily as
 /// text). A method is refused exactly when it is a standard method in another case; a query
-/// holding a parameter that Rails, Express or a PHP framework (Laravel, Symfony) reads as
-/// `_method` or `access_token` is refused; [`canon::unambiguous_query`] agrees with
+/// holding a parameter whose decoded name is `_method` or `access_token` is refused, and so is
+/// one that PHP (Laravel, Symfony) reads under that name ([`php_name`], in any case, an array
+/// of it included); [`canon::unambiguous_query`] agrees with
 /// [`query_is_unambiguous`].
 pub fn canon_query(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
@@ -432,7 +396,10 @@ pub fn canon_query(data: &[u8]) {
     let names: Vec<String> =
         text.split(['&', ';']).map(|pair| pair.split_once('=').map_or(pair, |(n, _)| n)).map(form_decode).collect();
     let override_names = names.iter().flat_map(|n| [n.clone(), php_name(n)]);
-    let mut overrides = override_names.filter(|n| n == "_method" || n == "access_token");
+    let mut overrides = override_names.filter(|n| {
+        let n = n.strip_suffix("[]").unwrap_or(n);
+        n.eq_ignore_ascii_case("_method") || n.eq_ignore_ascii_case("access_token")
+    });
     match got {
         Ok(()) => assert_eq!(overrides.next(), None, "query {text:?}: a `_method` or `access_token` parameter passed"),
         Err(Refusal::MethodOverride | Refusal::TokenInQuery) => {
@@ -490,8 +457,8 @@ pub fn php_name(name: &str) -> String {
 }
 
 /// The contract of [`canon::unambiguous_query`], on its own: no `;`; no NUL, raw or escaped;
-/// every `%` followed by two hex digits; no `[` or `]` (raw or escaped) in a name (up to the
-/// first `=` of a `&`-separated pair); each name and value decodes to UTF-8.
+/// every `%` followed by two hex digits; no `[`, `]`, `.` or space (raw, `+` or escaped) in a
+/// name (up to the first `=` of a `&`-separated pair); each name and value decodes to UTF-8.
 pub fn query_is_unambiguous(q: &str) -> bool {
     q.split('&').all(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -516,8 +483,8 @@ pub fn query_is_unambiguous(q: &str) -> bool {
         };
         match (decode(name), decode(value)) {
             (Some(n), Some(v)) => {
-                !n.contains(&b'[')
-                    && !n.contains(&b']')
+                !n.iter().any(|b| matches!(b, b'[' | b']' | b'.' | b' '))
+                    && !name.contains('+')
                     && std::str::from_utf8(&n).is_ok()
                     && std::str::from_utf8(&v).is_ok()
             }
