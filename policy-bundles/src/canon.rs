@@ -195,6 +195,13 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+/// Visible ASCII that RFC 3986 does not allow raw in a path (`"<>`{}|^[]#`): written as it came,
+/// `/a"b` and `/a%22b` would be two canonical paths a decoding backend reads as one, and a
+/// backend that cuts at `#` would serve less than was matched. The canonical form escapes them.
+fn not_pchar(b: u8) -> bool {
+    matches!(b, b'"' | b'<' | b'>' | b'`' | b'{' | b'}' | b'|' | b'^' | b'[' | b']' | b'#')
+}
+
 /// Whether `path` is already canonical, checked in one pass without allocating: true for the
 /// common request (`/orders/7`), which then costs no copy.
 fn is_canonical(path: &[u8]) -> bool {
@@ -217,6 +224,7 @@ fn is_canonical(path: &[u8]) -> bool {
                 seg_start = i + 1;
             }
             b'%' | b'\\' | b';' => return false,
+            b if not_pchar(b) => return false,
             0x21..=0x7e => prev_slash = false,
             _ => return false,
         }
@@ -349,7 +357,11 @@ fn segments(bytes: &[u8], rules: PathRules) -> Result<Vec<Vec<u8>>, Refusal> {
             }
             0x21..=0x7e => {
                 if let Some(seg) = segments.last_mut() {
-                    seg.push(b)
+                    if not_pchar(b) {
+                        seg.extend_from_slice(&[b'%', HEX_UPPER[usize::from(b >> 4)], HEX_UPPER[usize::from(b & 15)]]);
+                    } else {
+                        seg.push(b)
+                    }
                 }
             }
             0 => return Err(Refusal::Nul),
@@ -563,7 +575,8 @@ impl Host {
 pub fn authority(raw: &str, default_port: u16) -> Result<Host, Refusal> {
     let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
         let (ip, after) = rest.split_once(']').ok_or(Refusal::BadHost)?;
-        ip.parse::<std::net::Ipv6Addr>().map_err(|_| Refusal::BadHost)?;
+        // One spelling per address (RFC 5952): `[0:0::1]` is `[::1]`.
+        let ip = ip.parse::<std::net::Ipv6Addr>().map_err(|_| Refusal::BadHost)?.to_string();
         let port = match after {
             "" => None,
             p => Some(p.strip_prefix(':').ok_or(Refusal::BadHost)?),
@@ -590,6 +603,14 @@ pub fn authority(raw: &str, default_port: u16) -> Result<Host, Refusal> {
             }
         }
         if label == 0 || name.len() > 253 {
+            return Err(Refusal::BadHost);
+        }
+        // A name that ends in a number is an IPv4 address, in its one dotted-decimal spelling:
+        // `127.1`, `2130706433`, `0x7f.1` and `0177.0.0.1` are all 127.0.0.1 to some resolver.
+        let last = name.rsplit('.').next().unwrap_or(name);
+        let numeric =
+            last.bytes().all(|b| b.is_ascii_digit()) || last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x"));
+        if numeric && name.parse::<std::net::Ipv4Addr>().is_err() {
             return Err(Refusal::BadHost);
         }
         (name.to_ascii_lowercase(), port)
@@ -635,7 +656,10 @@ pub fn host(
 ) -> Result<Option<Host>, Refusal> {
     let header = match host_headers {
         [] => None,
-        [one] => Some(authority(std::str::from_utf8(one).map_err(|_| Refusal::BadHost)?.trim(), default_port)?),
+        [one] => Some(authority(
+            std::str::from_utf8(one).map_err(|_| Refusal::BadHost)?.trim_matches([' ', '\t']),
+            default_port,
+        )?),
         _ => return Err(Refusal::DuplicateHost),
     };
     let target = match target_authority {
@@ -691,6 +715,11 @@ mod tests {
         assert_eq!(p("/%6frders/7").unwrap(), "/orders/7");
         assert_eq!(p("/a%20b/%7e").unwrap(), "/a%20b/~");
         assert_eq!(p("/a%3fb").unwrap(), "/a%3Fb");
+        // Characters a path may not hold raw are written as their escapes: one spelling.
+        assert_eq!(p("/a\"b").unwrap(), "/a%22b");
+        assert_eq!(p("/a\"b").unwrap(), p("/a%22b").unwrap());
+        assert_eq!(p("/x/[1]/{y}|^`<>").unwrap(), "/x/%5B1%5D/%7By%7D%7C%5E%60%3C%3E");
+        assert_eq!(p("/public/..#").unwrap(), "/public/..%23");
     }
 
     #[test]
@@ -829,6 +858,19 @@ mod tests {
         assert!(!h("API.example.test").unwrap().is(b"API.example.test"));
         assert_eq!(h("api.example.test:8080").unwrap().name, "api.example.test");
         assert_eq!(h("[::1]:8080").unwrap().name, "[::1]");
+        assert_eq!(h("[0:0::1]").unwrap().name, "[::1]", "one spelling per IPv6 address");
+        assert_eq!(h("[2001:DB8::0:7]").unwrap().name, "[2001:db8::7]");
+        assert_eq!(h("127.0.0.1").unwrap().name, "127.0.0.1");
+        for numeric in ["127.1", "2130706433", "0x7f.1", "0177.0.0.1", "1.2.3.0x4", "a.b.3"] {
+            assert_eq!(h(numeric), Err(Refusal::BadHost), "{numeric}");
+        }
+        assert_eq!(h("a3.example").unwrap().name, "a3.example");
+        assert_eq!(
+            host(&[b"\xc2\xa0api.example.test"], None, true, 80),
+            Err(Refusal::BadHost),
+            "only SP and HTAB are trimmed"
+        );
+        assert_eq!(host(&[b" api.example.test\t"], None, true, 80).unwrap().unwrap().name, "api.example.test");
         for bad in ["", ":80", "a b", "a/b", "a@b", "a..b", "a:x", "a:99999", "[zz]", "a\\b", "."] {
             assert_eq!(h(bad), Err(Refusal::BadHost), "{bad:?}");
         }

@@ -185,6 +185,8 @@ pub fn assert_canonical_path(p: &str, rules: PathRules, raw: &str) {
         ctx()
     );
     assert!(rules.params == PathParams::Keep || !p.contains(';'), "{}: `;` under {:?}", ctx(), rules.params);
+    // RFC 3986 allows these only escaped in a path: one spelling, `%22` and never `"`.
+    assert!(!b.iter().any(|c| b"\"<>`{}|^[]#".contains(c)), "{}: a character a path may not hold raw", ctx());
     for seg in p[1..].split('/') {
         let name = if rules.params == PathParams::Keep { seg.split(';').next().unwrap_or("") } else { seg };
         for s in [seg, name] {
@@ -306,11 +308,22 @@ fn check_authority(raw: &str, default_port: u16) {
     assert_eq!(*name, name.to_ascii_lowercase(), "{raw:?}: host name not lower-case");
     assert!(!name.ends_with('.'), "{raw:?}: trailing dot in {name:?}");
     assert_ne!(h.port, Some(default_port), "{raw:?}: the default port kept");
-    assert!(raw.to_ascii_lowercase().starts_with(name.as_str()), "{raw:?}: host {name:?} is not the one sent");
     if let Some(ip) = name.strip_prefix('[') {
-        let ip = ip.strip_suffix(']');
-        assert!(ip.is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()), "{raw:?}: bad IP literal {name:?}");
+        // An IPv6 literal in its one RFC 5952 spelling, of the address sent.
+        let ip = ip.strip_suffix(']').and_then(|ip| ip.parse::<std::net::Ipv6Addr>().ok());
+        let sent = raw.strip_prefix('[').and_then(|r| r.split_once(']')).and_then(|(ip, _)| ip.parse().ok());
+        assert!(ip.is_some() && ip == sent, "{raw:?}: IP literal {name:?} is not the one sent");
+        assert_eq!(*name, format!("[{}]", ip.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)), "{raw:?}: not RFC 5952");
     } else {
+        assert!(raw.to_ascii_lowercase().starts_with(name.as_str()), "{raw:?}: host {name:?} is not the one sent");
+        // A name ending in a number is an IPv4 address in dotted-decimal form.
+        let last = name.rsplit('.').next().unwrap_or(name);
+        if last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x") {
+            assert!(
+                name.parse::<std::net::Ipv4Addr>().is_ok(),
+                "{raw:?}: numeric host {name:?} is not an IPv4 address"
+            );
+        }
         assert!(name.len() <= 253, "{raw:?}: host name longer than 253");
         for label in name.split('.') {
             assert!((1..=63).contains(&label.len()), "{raw:?}: label {label:?} of {name:?}");
