@@ -297,11 +297,19 @@ fn flush_utf8(run: &mut Vec<u8>, seg: &mut Vec<u8>) -> Result<(), Refusal> {
         return Err(Refusal::Confusable);
     }
     for b in run.drain(..) {
-        seg.push(b'%');
-        seg.push(HEX_UPPER[usize::from(b >> 4)]);
-        seg.push(HEX_UPPER[usize::from(b & 15)]);
+        push_escaped(seg, b);
     }
     Ok(())
+}
+
+/// Appends `b` as `%XX`, upper-case hex (RFC 3986 2.1's normal form).
+fn push_escaped(seg: &mut Vec<u8>, b: u8) {
+    seg.extend_from_slice(&[b'%', HEX_UPPER[usize::from(b >> 4)], HEX_UPPER[usize::from(b & 15)]]);
+}
+
+/// The byte `%XX` at `bytes[i]` (the `%`) encodes, if its two digits are hex.
+fn escape_at(bytes: &[u8], i: usize) -> Option<u8> {
+    Some(hex(*bytes.get(i + 1)?)? * 16 + hex(*bytes.get(i + 2)?)?)
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
@@ -330,12 +338,7 @@ fn segments(bytes: &[u8], rules: PathRules) -> Result<Vec<Vec<u8>>, Refusal> {
                 continue;
             }
             b'%' => {
-                let (Some(h), Some(l)) =
-                    (bytes.get(i + 1).and_then(|c| hex(*c)), bytes.get(i + 2).and_then(|c| hex(*c)))
-                else {
-                    return Err(Refusal::BadEscape);
-                };
-                let d = h * 16 + l;
+                let d = escape_at(bytes, i).ok_or(Refusal::BadEscape)?;
                 i += 2;
                 let seg = segments.last_mut().ok_or(Refusal::BadEscape)?;
                 if d >= 0x80 {
@@ -352,13 +355,13 @@ fn segments(bytes: &[u8], rules: PathRules) -> Result<Vec<Vec<u8>>, Refusal> {
                         EscapedSlashes::Keep => seg.extend_from_slice(if d == b'/' { b"%2F" } else { b"%5C" }),
                     },
                     d if unreserved(d) => seg.push(d),
-                    d => seg.extend_from_slice(&[b'%', HEX_UPPER[usize::from(d >> 4)], HEX_UPPER[usize::from(d & 15)]]),
+                    d => push_escaped(seg, d),
                 }
             }
             0x21..=0x7e => {
                 if let Some(seg) = segments.last_mut() {
                     if not_pchar(b) {
-                        seg.extend_from_slice(&[b'%', HEX_UPPER[usize::from(b >> 4)], HEX_UPPER[usize::from(b & 15)]]);
+                        push_escaped(seg, b);
                     } else {
                         seg.push(b)
                     }
@@ -521,12 +524,7 @@ pub fn unambiguous_query(q: &str) -> Result<(), Refusal> {
                 decoded.clear();
             }
             b'%' => {
-                let (Some(h), Some(l)) =
-                    (bytes.get(i + 1).and_then(|c| hex(*c)), bytes.get(i + 2).and_then(|c| hex(*c)))
-                else {
-                    return Err(Refusal::AmbiguousQuery);
-                };
-                let d = h * 16 + l;
+                let d = escape_at(bytes, i).ok_or(Refusal::AmbiguousQuery)?;
                 if d == 0 || (in_name && matches!(d, b'[' | b']' | b'.' | b' ')) {
                     return Err(Refusal::AmbiguousQuery);
                 }
