@@ -232,22 +232,12 @@ where
     // An OPA-Envoy policy checks its credentials itself (`io.jwt.decode_verify`, Basic in
     // Rego): without trust roots in the bundle, a well-formed one is left to the rule.
     let rule_verifies = snap.jwt.is_none() && route.format == crate::input::InputFormat::Envoy;
-    let verified: Option<Arc<Verified>> = match req.authorization.map(credentials) {
+    let verified = match req.authorization {
         None => None,
-        Some(Credentials::Malformed) => {
-            return Outcome::Unauthenticated { route: route_ix, error: AuthError::Malformed }
-        }
-        Some(Credentials::Other(scheme)) if !rule_verifies && !route.accepts_scheme(scheme) => {
-            return Outcome::Unauthenticated { route: route_ix, error: AuthError::Scheme(scheme.to_owned()) }
-        }
-        Some(Credentials::Other(_)) => None,
-        Some(Credentials::Bearer(_)) if rule_verifies => None,
-        Some(Credentials::Bearer(token)) => {
-            match snap.jwt.as_ref().map_or(Err(JwtError::UnknownIssuer), |r| r.verify_cached(token)) {
-                Ok(v) => Some(v),
-                Err(e) => return Outcome::Unauthenticated { route: route_ix, error: e.into() },
-            }
-        }
+        Some(value) => match authenticate(snap, route, rule_verifies, value) {
+            Ok(v) => v,
+            Err(error) => return Outcome::Unauthenticated { route: route_ix, error },
+        },
     };
     let start = Instant::now();
     let jwt = verified.as_deref().map(|v| &v.input);
@@ -262,6 +252,50 @@ where
         Err(e) => Verdict::Failed(e),
     };
     Outcome::Evaluated { route: route_ix, verdict, took, jwt: verified }
+}
+
+/// What an `Authorization` value proves on `route`: a verified bearer token, nothing the gateway
+/// verifies (a scheme the route leaves to its rule; any credential on an Envoy route whose rule
+/// verifies its own), or an [`AuthError`].
+///
+/// The common request, `Bearer <a token verified before>`, is checked without reading the token
+/// byte by byte: a token that verifies is JWS compact serialization (base64url and dots), a
+/// token68 by construction, so [`credentials`]'s full reading is needed only for the others.
+fn authenticate(
+    snap: &Snapshot,
+    route: &crate::snapshot::Route,
+    rule_verifies: bool,
+    value: &[u8],
+) -> Result<Option<Arc<Verified>>, AuthError> {
+    let verify = |token: &str| snap.jwt.as_ref().map_or(Err(JwtError::UnknownIssuer), |r| r.verify_cached(token));
+    if !rule_verifies {
+        if let Some(token) = bearer_candidate(value) {
+            return match verify(token) {
+                Ok(v) => Ok(Some(v)),
+                Err(_) if credentials(value) == Credentials::Malformed => Err(AuthError::Malformed),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    match credentials(value) {
+        Credentials::Malformed => Err(AuthError::Malformed),
+        Credentials::Other(scheme) if !rule_verifies && !route.accepts_scheme(scheme) => {
+            Err(AuthError::Scheme(scheme.to_owned()))
+        }
+        Credentials::Other(_) => Ok(None),
+        Credentials::Bearer(_) if rule_verifies => Ok(None),
+        Credentials::Bearer(token) => verify(token).map(Some).map_err(AuthError::from),
+    }
+}
+
+/// What follows `bearer ` (scheme in any case, one space) when it is text: the token to try,
+/// not yet read as a token68.
+fn bearer_candidate(value: &[u8]) -> Option<&str> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme[..6].eq_ignore_ascii_case(b"bearer") || scheme[6] != b' ' {
+        return None;
+    }
+    std::str::from_utf8(rest).ok()
 }
 
 /// How repeated headers are joined in a policy's input: `, ` in the gateway's, `,` in Envoy's.
