@@ -22,6 +22,7 @@ pub mod sync;
 pub mod tls;
 pub mod trace;
 pub mod upgrade;
+pub mod ws_frames;
 
 use std::sync::Arc;
 

@@ -65,6 +65,9 @@ pub struct Ctx {
     bundle: Option<Arc<Active>>,
     /// Request body bytes passed on so far (`limits.max_body`).
     body_bytes: u64,
+    /// An upgraded WebSocket's server-to-client stream, read for frame boundaries (boxed: only
+    /// tunnels have one).
+    frames: Option<Box<crate::ws_frames::Frames>>,
     /// The request body, read before the decision on a route with `body` (the rule reads it;
     /// Pingora sends it upstream from its retry buffer).
     body: Option<Bytes>,
@@ -693,6 +696,7 @@ impl ProxyHttp for Proxy {
             bundle: None,
             decision_log: None,
             body_bytes: 0,
+            frames: None,
             body: None,
             logging: false,
         })
@@ -890,6 +894,22 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// Reads an upgraded WebSocket's server-to-client bytes for frame boundaries
+    /// ([`crate::ws_frames`]), so that a close frame of the gateway's own never lands inside one
+    /// of the upstream's. Other responses pass untouched.
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(b), true) = (body.as_ref(), session.was_upgraded()) {
+            ctx.frames.get_or_insert_with(Default::default).feed(b);
+        }
+        Ok(None)
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -912,12 +932,6 @@ impl ProxyHttp for Proxy {
     /// response head has gone out (a 101 included) nothing HTTP is written: a WebSocket tunnel
     /// is closed with a close frame ([`close_tunnel`]), anything else just closed.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
-        if let Some(sent) = session.response_written().map(|r| r.status.as_u16()) {
-            if session.was_upgraded() {
-                close_tunnel(session, e).await;
-            }
-            return FailToProxy { error_code: sent, can_reuse_downstream: false };
-        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -942,6 +956,12 @@ impl ProxyHttp for Proxy {
             {
                 self.gateway.metrics.upstream_tls_errors.inc();
             }
+        }
+        if let Some(sent) = session.response_written().map(|r| r.status.as_u16()) {
+            if session.was_upgraded() && ctx.frames.as_ref().is_none_or(|f| f.at_boundary()) {
+                close_tunnel(session, e).await;
+            }
+            return FailToProxy { error_code: sent, can_reuse_downstream: false };
         }
         if code > 0 {
             let msg = if code == 502 { "upstream unavailable" } else { "request failed" };
@@ -992,8 +1012,9 @@ const TUNNEL_LIMIT: ErrorType = ErrorType::Custom("tunnel_max_bytes");
 
 /// Closes a failed WebSocket tunnel the way its client understands: a close frame (RFC 6455
 /// 5.5.1, unmasked from the server side) with 1009 "message too big" past
-/// `limits.tunnel_max_bytes`, 1011 "internal error" when the upstream side failed. A tunnel
-/// of another protocol is closed without a word.
+/// `limits.tunnel_max_bytes`, 1011 "internal error" when the upstream side failed. Called only
+/// between two of the upstream's frames (`ws_frames`); a tunnel of another protocol, or one cut
+/// inside a frame, is closed without a word.
 async fn close_tunnel(session: &mut Session, e: &Error) {
     let websocket = session
         .req_header()

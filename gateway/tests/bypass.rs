@@ -139,6 +139,8 @@ const POLICIES: &[(&str, &str)] = &[
          informational := {\"allow\": false, \"status\": 101}\n\
          login := {\"allow\": false, \"status\": 302, \"response_headers\": {\"location\": \"/login\"}}\n",
     ),
+    // `/blind` lists `Basic` too, but its rule never reads the header: nothing would verify it.
+    ("http/blind.rego", "package http.blind\nimport rego.v1\nallow := true\n"),
     // Round two. `/legacy` lets `Basic` through to this rule (`authorization_schemes`), which
     // reads the header the backend will get.
     (
@@ -157,11 +159,12 @@ const POLICIES: &[(&str, &str)] = &[
 /// Claim headers that the spec removes from a peer outside `trusted_proxies` and keeps from a
 /// trusted proxy (forwarding, scheme, port, prefix, client address, host): the name, a forged
 /// value, and the attack it is.
-const FORWARDING_CLAIMS: [(&str, &str, &str); 23] = [
+const FORWARDING_CLAIMS: [(&str, &str, &str); 31] = [
     ("x-forwarded-ssl", "on", "x_forwarded_ssl_never_reaches_the_backend"),
     ("x-forwarded-scheme", "https", "x_forwarded_scheme_never_reaches_the_backend"),
     ("x-forwarded-port", "443", "x_forwarded_port_never_reaches_the_backend"),
     ("x-forwarded-prefix", "/admin", "x_forwarded_prefix_never_reaches_the_backend"),
+    ("x-forwarded-path", "/admin", "x_forwarded_path_never_reaches_the_backend"),
     ("x-forwarded-server", "admin.example.test", "x_forwarded_server_never_reaches_the_backend"),
     ("x-forwarded-protocol", "https", "x_forwarded_protocol_never_reaches_the_backend"),
     ("x-original-forwarded-for", "10.0.0.1", "x_original_forwarded_for_never_reaches_the_backend"),
@@ -181,10 +184,21 @@ const FORWARDING_CLAIMS: [(&str, &str, &str); 23] = [
     ("x-forwarded", "for=10.0.0.1", "x_forwarded_never_reaches_the_backend"),
     ("x-host", "admin.example.test", "x_host_never_reaches_the_backend"),
     ("x-original-host", "admin.example.test", "x_original_host_never_reaches_the_backend"),
+    (
+        "x-forwarded-client-cert",
+        "By=spiffe://x;URI=spiffe://admin",
+        "x_forwarded_client_cert_never_reaches_the_backend",
+    ),
+    ("ssl-client-cert", "-----BEGIN%20CERTIFICATE-----", "ssl_client_cert_never_reaches_the_backend"),
+    ("x-ssl-client-cert", "-----BEGIN%20CERTIFICATE-----", "x_ssl_client_cert_never_reaches_the_backend"),
+    ("x-client-cert", "forged", "x_client_cert_never_reaches_the_backend"),
+    ("x-ssl-client-verify", "SUCCESS", "x_ssl_client_verify_never_reaches_the_backend"),
+    ("x-ssl-client-dn", "CN=admin", "x_ssl_client_dn_never_reaches_the_backend"),
+    ("x-ssl-client-s-dn", "CN=admin", "x_ssl_client_s_dn_never_reaches_the_backend"),
 ];
 
 /// Request-target and method overrides: removed from every peer, a trusted proxy included.
-const OVERRIDE_CLAIMS: [(&str, &str, &str); 8] = [
+const OVERRIDE_CLAIMS: [(&str, &str, &str); 10] = [
     ("x-original-url", "/admin/x", "x_original_url_never_reaches_the_backend"),
     ("x-rewrite-url", "/admin/x", "x_rewrite_url_never_reaches_the_backend"),
     ("x-original-uri", "/admin/x", "x_original_uri_never_reaches_the_backend"),
@@ -193,7 +207,18 @@ const OVERRIDE_CLAIMS: [(&str, &str, &str); 8] = [
     ("x-method-override", "DELETE", "x_method_override_never_reaches_the_backend"),
     ("x-original-method", "DELETE", "x_original_method_never_reaches_the_backend"),
     ("x-envoy-original-path", "/admin/x", "x_envoy_original_path_never_reaches_the_backend"),
+    ("x-forwarded-uri", "/admin/x", "x_forwarded_uri_never_reaches_the_backend"),
+    ("x-forwarded-method", "DELETE", "x_forwarded_method_never_reaches_the_backend"),
 ];
+
+#[test]
+fn every_claim_header_the_gateway_owns_is_a_case_here() {
+    let tested: Vec<&str> = FORWARDING_CLAIMS.iter().chain(OVERRIDE_CLAIMS.iter()).map(|(n, _, _)| *n).collect();
+    let first_round = ["x-forwarded-for", "x-real-ip", "forwarded", "x-forwarded-proto", "x-forwarded-host"];
+    for name in policy_bundles::claims::names() {
+        assert!(tested.contains(&name) || first_round.contains(&name), "claim header `{name}` has no case");
+    }
+}
 
 /// The `/claims` rule: denies whenever its input holds a claim header, so a case that passes
 /// there shows the policy saw the headers as the backend did (without them).
@@ -211,6 +236,8 @@ fn claims_rego() -> String {
 const ROUND_TWO_ROUTES: &str = concat!(
     "  - name: legacy\n    match: { path_prefix: /legacy }\n    upstream: backend\n",
     "    policy: data.http.legacy.allow\n    authorization_schemes: [basic]\n",
+    "  - name: blind\n    match: { path_prefix: /blind }\n    upstream: backend\n",
+    "    policy: data.http.blind.allow\n    authorization_schemes: [basic]\n",
     "  - name: search\n    match: { path_prefix: /search }\n    upstream: backend\n",
     "    policy: data.http.search.allow\n",
     "  - name: claims\n    match: { path_prefix: /claims }\n    upstream: backend\n",
@@ -853,6 +880,7 @@ fn round_two_cases() -> Vec<Case> {
         c("basic_on_a_route_that_lists_it_is_forwarded_with_the_header", req("/legacy/x", "authorization: Basic YWxpY2U6eA==\r\n"), Forwarded(|s| {
             check(s.one("authorization") == Some("Basic YWxpY2U6eA==") && s.target == "/legacy/x", format!("{} {:?}", s.target, s.headers))
         })),
+        c("basic_on_a_route_whose_rule_never_reads_it_is_refused", req("/blind/x", "authorization: Basic YWxpY2U6eA==\r\n"), RefusedAs(401, "authorization_scheme")),
         c("digest_is_refused", req("/public/x", "authorization: Digest username=\"alice\", response=\"x\"\r\n"), RefusedAs(401, "authorization_scheme")),
         c("negotiate_is_refused", req("/public/x", "authorization: Negotiate YIIBhwYGKwYBBQUC\r\n"), RefusedAs(401, "authorization_scheme")),
         c("token_scheme_is_refused", req("/public/x", "authorization: Token forged\r\n"), RefusedAs(401, "authorization_scheme")),

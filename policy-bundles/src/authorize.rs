@@ -152,7 +152,7 @@ impl AuthError {
 pub enum Credentials<'a> {
     /// `Bearer` (any case), exactly one space, one token68 (RFC 6750 2.1) and nothing else.
     Bearer(&'a str),
-    /// Another scheme (its name as sent), with whatever follows one space.
+    /// Another scheme: its name as sent (what follows it is the rule's to read).
     Other(&'a str),
     /// Anything else, including every other spelling of a bearer token (a tab or a no-break
     /// space after the scheme, two spaces, two tokens, a quoted token, no token): never
@@ -170,8 +170,8 @@ pub fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|b| tchar(*b))
 }
 
-/// The bytes of a token68's body (RFC 9110 11.2), as a table: a bearer token is checked on
-/// every request, a few hundred bytes at one load each.
+/// The bytes of a token68's body (RFC 9110 11.2), as a table: a bearer token that does not
+/// verify is read through it, a few hundred bytes at one load each.
 static TOKEN68: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
@@ -229,12 +229,9 @@ where
             return Outcome::Refused { route: route_ix, refusal: crate::canon::Refusal::AmbiguousQuery };
         }
     }
-    // An OPA-Envoy policy checks its credentials itself (`io.jwt.decode_verify`, Basic in
-    // Rego): without trust roots in the bundle, a well-formed one is left to the rule.
-    let rule_verifies = snap.jwt.is_none() && route.format == crate::input::InputFormat::Envoy;
     let verified = match req.authorization {
         None => None,
-        Some(value) => match authenticate(snap, route, rule_verifies, value) {
+        Some(value) => match authenticate(snap, route, value) {
             Ok(v) => v,
             Err(error) => return Outcome::Unauthenticated { route: route_ix, error },
         },
@@ -256,7 +253,9 @@ where
 
 /// What an `Authorization` value proves on `route`: a verified bearer token, nothing the gateway
 /// verifies (a scheme the route leaves to its rule; any credential on an Envoy route whose rule
-/// verifies its own), or an [`AuthError`].
+/// verifies its own), or an [`AuthError`]. A credential is left to a rule only if the rule reads
+/// the `Authorization` header (the read analysis says so): one that no rule looks at would
+/// reach the backend unverified.
 ///
 /// The common request, `Bearer <a token verified before>`, is checked without reading the token
 /// byte by byte: a token that verifies is JWS compact serialization (base64url and dots), a
@@ -264,9 +263,14 @@ where
 fn authenticate(
     snap: &Snapshot,
     route: &crate::snapshot::Route,
-    rule_verifies: bool,
     value: &[u8],
 ) -> Result<Option<Arc<Verified>>, AuthError> {
+    // Only decided when the value is not a bearer token the bundle's roots verify.
+    let rule_reads = || snap.needs(route.policy).header("authorization");
+    // An OPA-Envoy policy checks its credentials itself (`io.jwt.decode_verify`, Basic in
+    // Rego): without trust roots in the bundle, a well-formed one is left to the rule.
+    let envoy_rule = snap.jwt.is_none() && route.format == crate::input::InputFormat::Envoy;
+    let rule_verifies = envoy_rule && rule_reads();
     let verify = |token: &str| snap.jwt.as_ref().map_or(Err(JwtError::UnknownIssuer), |r| r.verify_cached(token));
     if !rule_verifies {
         if let Some(token) = bearer_candidate(value) {
@@ -279,7 +283,7 @@ fn authenticate(
     }
     match credentials(value) {
         Credentials::Malformed => Err(AuthError::Malformed),
-        Credentials::Other(scheme) if !rule_verifies && !route.accepts_scheme(scheme) => {
+        Credentials::Other(scheme) if !rule_verifies && !(route.accepts_scheme(scheme) && rule_reads()) => {
             Err(AuthError::Scheme(scheme.to_owned()))
         }
         Credentials::Other(_) => Ok(None),

@@ -44,8 +44,10 @@ impl Manifest {
     /// Whether a module is Rego v0: its `file_rego_versions` entry (the longest matching pattern
     /// wins), else the manifest's `rego_version`, else v1.
     pub fn rego_v0(&self, path: &str) -> bool {
+        // A pattern past MAX_GLOB is refused with the manifest (`read_manifest`) and never tried.
         let per_file = self.file_rego_versions.iter().flatten().filter(|(pattern, _)| {
-            glob_match(pattern.trim_start_matches('/').as_bytes(), path.trim_start_matches('/').as_bytes())
+            pattern.len() <= MAX_GLOB
+                && glob_match(pattern.trim_start_matches('/').as_bytes(), path.trim_start_matches('/').as_bytes())
         });
         match per_file.max_by_key(|(pattern, _)| pattern.len()) {
             Some((_, v)) => *v == 0,
@@ -64,6 +66,9 @@ const MAX_GLOB: usize = 1024;
 /// manifest (`*a*a*a*a*a*a*a*a*a*a*b` against a long name) took exponential time when every
 /// split was tried again from each star.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    if !pattern.contains(&b'*') {
+        return pattern == text;
+    }
     let mut failed = Glob { pattern, text, width: text.len() + 1, failed: Vec::new() };
     failed.failed.resize((pattern.len() + 1) * failed.width, false);
     failed.at(0, 0)
@@ -451,5 +456,13 @@ mod tests {
         assert!(!glob_match(b"*a*a*a*a*a*a*a*a*a*a*a*a*b", name.as_bytes()));
         assert!(!glob_match(b"**a**a**a**a**a**a**a**a**a**a**b", format!("x/{name}").as_bytes()));
         assert!(glob_match(b"*a*a*a*a*a*a*a*a*a*a*a*a*.rego", name.as_bytes()));
+    }
+
+    #[test]
+    fn an_oversized_pattern_is_refused_and_never_matched() {
+        let pattern = format!("{}*", "a".repeat(MAX_GLOB));
+        let manifest =
+            Manifest { file_rego_versions: Some([(pattern, 0)].into_iter().collect()), ..Manifest::default() };
+        assert!(!manifest.rego_v0(&format!("{}.rego", "a".repeat(MAX_GLOB))));
     }
 }

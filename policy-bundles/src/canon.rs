@@ -277,12 +277,19 @@ const BEST_FIT: [char; 3] = [
 
 /// Whether a backend that normalizes the path (NFKC, as Python's `unicodedata`, Java's
 /// `Normalizer` and IIS do, or a best-fit mapping) would read `c` (never ASCII itself: only
-/// decoded escapes of bytes >= 0x80 get here) as something holding ASCII: `．` and `︰` (`..`),
-/// `／`, `＼`, `％`, the fullwidth letters (`／ａｄｍｉｎ` is `/admin` to such a backend), `℀`
-/// (`a/c`), `ﬁ` (`fi`) and every other compatibility form of ASCII, plus [`BEST_FIT`].
+/// decoded escapes of bytes >= 0x80 get here) as something a route or a rule could match on:
+/// an unreserved character (letters, digits, `-._~`) or a separator (`/\%;?#`). So `．` and `︰`
+/// (`..`), `／`, `＼`, `％`, the fullwidth letters and digits (`／ａｄｍｉｎ` is `/admin` to such a
+/// backend), `℀` (`a/c`), `ﬁ` (`fi`), `²`, `™`, plus [`BEST_FIT`]. Compatibility forms of other
+/// punctuation and spaces stay (CJK titles hold fullwidth `（）` and U+3000).
 fn confusable(c: char) -> bool {
     use unicode_normalization::UnicodeNormalization;
-    std::iter::once(c).nfkc().any(|d| d.is_ascii()) || BEST_FIT.contains(&c)
+    let matters = |d: char| unreserved_char(d) || matches!(d, '/' | '\\' | '%' | ';' | '?' | '#');
+    std::iter::once(c).nfkc().any(matters) || BEST_FIT.contains(&c)
+}
+
+fn unreserved_char(c: char) -> bool {
+    c.is_ascii() && unreserved(c as u8)
 }
 
 /// Checks the bytes a run of `%XX` escapes (all >= 0x80) decodes to, and appends them to
@@ -483,10 +490,12 @@ pub fn query(q: &str) -> Result<(), Refusal> {
 }
 
 /// Whether PHP (the most lenient common reader: Laravel, Symfony) reads the decoded parameter
-/// name `name` as `target`: leading spaces dropped, ` ` and `.` read as `_`, a `[` with a `]`
-/// after it starting an array of the name before it, a lone `[` read as `_`; compared without
-/// case (Rails and Express spell it in lower case, nothing legitimate needs another case).
+/// name `name` as `target`: cut at a NUL (PHP takes the name's length with `strlen`), leading
+/// spaces dropped, ` ` and `.` read as `_`, a `[` with a `]` after it starting an array of the
+/// name before it, a lone `[` read as `_`; compared without case (Rails and Express spell it in
+/// lower case, nothing legitimate needs another case).
 fn php_name_is(name: &str, target: &str) -> bool {
+    let name = name.split('\0').next().unwrap_or(name);
     let name = name.trim_start_matches(' ');
     let name = match name.find('[') {
         Some(i) if name[i..].contains(']') => &name[..i],
@@ -781,6 +790,13 @@ mod tests {
             assert_eq!(p(raw), Err(Refusal::Confusable), "{raw}");
         }
         assert_eq!(p("/caf%c3%a9/%E2%82%AC").unwrap(), "/caf%C3%A9/%E2%82%AC");
+        // Compatibility forms of punctuation and spaces are no way to another path: they stay.
+        for raw in ["/wiki/%E6%9D%B1%E4%BA%AC%EF%BC%88%E9%83%BD%EF%BC%89", "/a%E3%80%80b", "/a%C2%A0b"] {
+            assert!(p(raw).is_ok(), "{raw}");
+        }
+        for raw in ["/v%EF%BC%91", "/x%C2%B2", "/%E2%84%A2", "/admin%EF%BC%8Dpanel"] {
+            assert_eq!(p(raw), Err(Refusal::Confusable), "{raw}");
+        }
     }
 
     #[test]
@@ -812,7 +828,8 @@ mod tests {
         }
         let long = format!("{}_method=DELETE", "+".repeat(40));
         assert_eq!(query(&long), Err(Refusal::MethodOverride));
-        for q in ["access.token=x", "access+token=x", "access_token[]=x"] {
+        assert_eq!(query("_method%00=DELETE"), Err(Refusal::MethodOverride), "PHP's strlen stops at the NUL");
+        for q in ["access.token=x", "access+token=x", "access_token[]=x", "access_token%00x=y"] {
             assert_eq!(query(q), Err(Refusal::TokenInQuery), "{q}");
         }
         assert_eq!(query("x_method=1&methods=2&_methodx=3"), Ok(()));

@@ -16,7 +16,7 @@ pub enum Claim {
 }
 
 /// The claim headers, lower case, and their rule.
-pub const CLAIMS: [(&str, Claim); 36] = [
+pub const CLAIMS: [(&str, Claim); 46] = [
     // Forwarding: the gateway sets its own X-Forwarded-For / -Proto / X-Real-IP.
     ("x-forwarded-for", Claim::Forwarding),
     ("x-real-ip", Claim::Forwarding),
@@ -49,35 +49,42 @@ pub const CLAIMS: [(&str, Claim); 36] = [
     // Host.
     ("x-host", Claim::Forwarding),
     ("x-original-host", Claim::Forwarding),
+    // Client certificates, as a proxy that terminated mutual TLS passes them on (Envoy's XFCC,
+    // nginx set-ups): a caller's identity.
+    ("x-forwarded-client-cert", Claim::Forwarding),
+    ("ssl-client-cert", Claim::Forwarding),
+    ("x-ssl-client-cert", Claim::Forwarding),
+    ("x-client-cert", Claim::Forwarding),
+    ("x-ssl-client-verify", Claim::Forwarding),
+    ("x-ssl-client-dn", Claim::Forwarding),
+    ("x-ssl-client-s-dn", Claim::Forwarding),
     // Request target and method.
     ("x-original-url", Claim::Override),
     ("x-rewrite-url", Claim::Override),
     ("x-original-uri", Claim::Override),
     ("x-envoy-original-path", Claim::Override),
+    ("x-forwarded-uri", Claim::Override),
     ("x-http-method-override", Claim::Override),
     ("x-http-method", Claim::Override),
     ("x-method-override", Claim::Override),
+    ("x-original-method", Claim::Override),
+    ("x-forwarded-method", Claim::Override),
 ];
 
-/// Also an override, kept apart from [`CLAIMS`] only to keep its length readable.
-const ORIGINAL_METHOD: &str = "x-original-method";
-
-/// The claim a (lower-case) header name makes, if any. Most names are ruled out by their first
-/// byte, so an ordinary request's headers cost a byte comparison each.
+/// The claim a (lower-case) header name makes, if any. Names that start with another byte than
+/// the claims' (`accept`, `user-agent`, `authorization`...) are ruled out by it; an `x-` header
+/// is compared with the list (a length check each, mostly).
 pub fn claim(name: &str) -> Option<Claim> {
     match name.as_bytes().first()? {
-        b'x' | b'f' | b't' | b'c' => {}
+        b'x' | b'f' | b't' | b'c' | b's' => {}
         _ => return None,
-    }
-    if name == ORIGINAL_METHOD {
-        return Some(Claim::Override);
     }
     CLAIMS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
 }
 
 /// Every claim header name (for messages and documentation).
 pub fn names() -> impl Iterator<Item = &'static str> {
-    CLAIMS.iter().map(|(n, _)| *n).chain([ORIGINAL_METHOD])
+    CLAIMS.iter().map(|(n, _)| *n)
 }
 
 #[cfg(test)]

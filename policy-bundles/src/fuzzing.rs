@@ -447,10 +447,11 @@ fn form_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The name PHP gives a decoded query parameter (`php_register_variable_ex`): leading spaces
-/// dropped, then ` ` and `.` read as `_`, and so is a `[` that no `]` closes; `a[b]` is the
+/// The name PHP gives a decoded query parameter (`php_register_variable_ex`): cut at a NUL
+/// (the name's length is its `strlen`), leading spaces dropped, then ` ` and `.` read as `_`, and so is a `[` that no `]` closes; `a[b]` is the
 /// array `a` (returned as `a[]`).
 pub fn php_name(name: &str) -> String {
+    let name = name.split('\0').next().unwrap_or(name);
     let name = name.trim_start_matches(' ');
     let mut out = String::with_capacity(name.len());
     for (i, c) in name.char_indices() {
