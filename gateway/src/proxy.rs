@@ -191,7 +191,11 @@ impl<'a> Scan<'a> {
                     hosts += 1;
                     scan.host = Some(value.as_bytes());
                 }
-                "authorization" => auths += 1,
+                "authorization" => {
+                    auths += 1;
+                    // A bundle may keep credentials from its backends: removed before anything reads them.
+                    scan.doomed |= rules.removals.iter().any(|r| r == "authorization");
+                }
                 "content-length" => {
                     lengths += 1;
                     if value.is_empty() || !value.as_bytes().iter().all(u8::is_ascii_digit) {

@@ -285,6 +285,11 @@ fn bundle(dir: &Path, backend: SocketAddr, edits: Edits) -> std::path::PathBuf {
     // The shared routing table replaces the example's own routes.
     let settings = b.join("gateway/data.yaml");
     let text = std::fs::read_to_string(&settings).expect("settings");
+    // An edit with its own `remove` list replaces the example's.
+    let text = match edits.request_headers.contains("remove:") {
+        true => text.replacen("  remove: [x-user-id, x-user-roles]\n", "", 1),
+        false => text,
+    };
     let text = text.replacen("request_headers:\n", &format!("request_headers:\n{}", edits.request_headers), 1);
     let (head, rest) = text.split_once("routes:").expect("routes");
     let jwt = &rest[rest.find("\njwt:").expect("jwt")..];
@@ -1296,6 +1301,37 @@ fn allow_cases() -> Vec<Case> {
             check(s.all("x-forwarded-host").is_empty() && s.all("x-forwarded-prefix").is_empty(), format!("{:?}", s.headers))
         })),
     ]
+}
+
+#[test]
+fn a_bundle_that_removes_authorization_keeps_every_credential_from_its_backends() {
+    let text = "  remove: [x-user-id, x-user-roles, authorization]\n  allow: []\n";
+    let env = env_with("", Edits { routes: ROUND_TWO_ROUTES, request_headers: text });
+    let raw = req("/public/x", "authorization: Basic YWxpY2U6eA==\r\n");
+    let answer = h1_answer(None, &env.addr, raw.as_bytes());
+    let seen = env.rec.seen.lock().expect("log").clone();
+    assert_eq!(answer.status, 200, "removed before anything read it: {}", answer.body);
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].all("authorization").is_empty(), "the backend got a credential: {:?}", seen[0].headers);
+}
+
+#[test]
+fn a_bundle_removing_a_header_that_routes_or_frames_the_request_is_refused() {
+    for name in ["host", "Content-Length", "transfer-encoding"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text: &'static str = Box::leak(format!("  remove: [{name}]\n  allow: []\n").into_boxed_str());
+        let b = bundle(
+            dir.path(),
+            "127.0.0.1:9".parse().expect("addr"),
+            Edits { routes: ROUND_TWO_ROUTES, request_headers: text },
+        );
+        let limits = policy_bundles::Limits::default();
+        let err = policy_bundles::Bundle::from_path(&b, &limits)
+            .and_then(|b| policy_bundles::Snapshot::compile(&b))
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(err.to_string().contains(name), "the error names `{name}`: {err}");
+    }
 }
 
 #[test]

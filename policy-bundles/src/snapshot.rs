@@ -844,6 +844,15 @@ fn empty_routing_table(bundle: &Bundle) -> Option<BundleError> {
 fn request_header_removals(bundle: &Bundle) -> Result<Vec<String>, BundleError> {
     let mut out = Vec::new();
     for name in &bundle.settings.request_headers.remove {
+        if ["host", "content-length", "transfer-encoding"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            let (file, line) = bundle.settings_line("remove");
+            return Err(BundleError::new(
+                ErrorKind::Settings,
+                file,
+                format!("request_headers.remove: `{name}` routes or frames the request; the gateway owns it"),
+            )
+            .at_line(line));
+        }
         if !crate::decision::valid_header_name(name) {
             let (file, line) = bundle.settings_line("remove");
             return Err(BundleError::new(
