@@ -283,7 +283,7 @@ fn authenticate(
     }
     match credentials(value) {
         Credentials::Malformed => Err(AuthError::Malformed),
-        Credentials::Other(scheme) if !rule_verifies && !(route.accepts_scheme(scheme) && rule_reads()) => {
+        Credentials::Other(scheme) if !(rule_verifies || (route.accepts_scheme(scheme) && rule_reads())) => {
             Err(AuthError::Scheme(scheme.to_owned()))
         }
         Credentials::Other(_) => Ok(None),
