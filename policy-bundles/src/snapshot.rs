@@ -842,25 +842,17 @@ fn empty_routing_table(bundle: &Bundle) -> Option<BundleError> {
 
 /// `request_headers.remove`, checked and lower-cased.
 fn request_header_removals(bundle: &Bundle) -> Result<Vec<String>, BundleError> {
+    let refuse = |why: String| {
+        let (file, line) = bundle.settings_line("remove");
+        Err(BundleError::new(ErrorKind::Settings, file, format!("request_headers.remove: {why}")).at_line(line))
+    };
     let mut out = Vec::new();
     for name in &bundle.settings.request_headers.remove {
         if ["host", "content-length", "transfer-encoding"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
-            let (file, line) = bundle.settings_line("remove");
-            return Err(BundleError::new(
-                ErrorKind::Settings,
-                file,
-                format!("request_headers.remove: `{name}` routes or frames the request; the gateway owns it"),
-            )
-            .at_line(line));
+            return refuse(format!("`{name}` routes or frames the request; the gateway owns it"));
         }
         if !crate::decision::valid_header_name(name) {
-            let (file, line) = bundle.settings_line("remove");
-            return Err(BundleError::new(
-                ErrorKind::Settings,
-                file,
-                format!("request_headers.remove: `{name}` is not a header name"),
-            )
-            .at_line(line));
+            return refuse(format!("`{name}` is not a header name"));
         }
         out.push(name.to_ascii_lowercase());
     }
