@@ -930,6 +930,13 @@ fn round_two_cases() -> Vec<Case> {
         c("lower_case_extension_method_is_forwarded_as_sent", request_with("propfind", "/docs", ""), Forwarded(|s| check(s.method == "propfind", s.method.clone()))),
         c("method_override_parameter_is_refused", request_with("POST", "/docs?_method=DELETE", "content-length: 0\r\n"), RefusedAs(400, "method_override")),
         c("method_override_parameter_on_a_get_is_refused", req("/public/x?a=1&_method=DELETE", ""), RefusedAs(400, "method_override")),
+        // PHP's spellings of the same name (Laravel, Symfony): found by fuzzing and review.
+        c("php_nul_spelling_of_method_override_is_refused", request_with("POST", "/docs?_method%00=DELETE", "content-length: 0\r\n"), RefusedAs(400, "method_override")),
+        c("php_dot_spelling_of_method_override_is_refused", request_with("POST", "/docs?.method=DELETE", "content-length: 0\r\n"), RefusedAs(400, "method_override")),
+        c("php_leading_space_spelling_of_method_override_is_refused", request_with("POST", "/docs?+_method=DELETE", "content-length: 0\r\n"), RefusedAs(400, "method_override")),
+        c("php_dot_spelling_of_access_token_is_refused", req("/public/x?access.token=forged", ""), RefusedAs(401, "token_in_query")),
+        c("nfkc_two_dot_leader_never_reaches_the_backend_as_dot_dot", req("/public/%EF%B8%B0/admin/x", ""), RefusedAs(400, "confusable")),
+        c("fullwidth_parenthesis_in_a_cjk_title_is_forwarded", req("/docs/%E6%9D%B1%E4%BA%AC%EF%BC%88x%EF%BC%89", ""), Forwarded(|s| check(s.target == "/docs/%E6%9D%B1%E4%BA%AC%EF%BC%88x%EF%BC%89", s.target.clone()))),
         // Queries a backend may parse differently from the policy, on a route whose rule reads
         // the query; the same on one whose rule does not are forwarded untouched.
         c("semicolon_in_a_query_the_rule_reads_is_refused", req("/search?x=1;debug=1", ""), RefusedAs(400, "ambiguous_query")),
