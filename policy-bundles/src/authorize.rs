@@ -160,16 +160,6 @@ pub enum Credentials<'a> {
     Malformed,
 }
 
-/// A `tchar` of RFC 9110 5.6.2.
-fn tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Whether `s` is an RFC 9110 token (a method or an auth scheme name).
-pub fn is_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|b| tchar(*b))
-}
-
 /// The bytes of a token68's body (RFC 9110 11.2), as a table: a bearer token that does not
 /// verify is read through it, a few hundred bytes at one load each.
 static TOKEN68: [bool; 256] = {
@@ -192,7 +182,7 @@ fn is_token68(s: &[u8]) -> bool {
 
 /// Reads an `Authorization` value, as bytes: a value that is not text is [`Credentials::Malformed`].
 pub fn credentials(value: &[u8]) -> Credentials<'_> {
-    let scheme_len = value.iter().position(|b| !tchar(*b)).unwrap_or(value.len());
+    let scheme_len = value.iter().position(|b| !crate::canon::tchar(*b)).unwrap_or(value.len());
     let (scheme, rest) = value.split_at(scheme_len);
     let Ok(scheme) = std::str::from_utf8(scheme) else { return Credentials::Malformed };
     if scheme.eq_ignore_ascii_case("bearer") {

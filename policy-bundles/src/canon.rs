@@ -187,6 +187,16 @@ impl Refusal {
     }
 }
 
+/// A `tchar` of RFC 9110 5.6.2: what methods, header names and auth schemes are made of.
+pub fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether `s` is an RFC 9110 token (a method, a header name, an auth scheme).
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|b| tchar(*b))
+}
+
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }

@@ -585,7 +585,7 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
             }
         }
         for scheme in &r.authorization_schemes {
-            if scheme.eq_ignore_ascii_case("bearer") || !crate::authorize::is_token(scheme.as_bytes()) {
+            if scheme.eq_ignore_ascii_case("bearer") || !crate::canon::is_token(scheme.as_bytes()) {
                 report(format!(
                     "`authorization_schemes`: `{scheme}` is not a scheme name other than Bearer (bearer tokens are always verified)"
                 ));
