@@ -284,6 +284,27 @@ fn forwarding(req: &mut RequestHeader, ip: &str, trusted: bool, real_ip: bool, s
     }
 }
 
+/// How much of a refused body is read and thrown away after a 413, and for how long.
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// After answering before the body was read (a 413), reads and discards what the client is
+/// still sending, up to [`LINGER_BYTES`] within [`LINGER_TIME`] (nginx's lingering close): a
+/// socket closed with unread data sends a reset, and a client still writing its body then loses
+/// the 413 to `connection reset` or `broken pipe`. Past either bound the connection just closes.
+async fn linger(session: &mut Session) {
+    let drain = async {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            read += chunk.len();
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
 /// Writes the gateway's own answer (a small JSON body; for gRPC, a gRPC status) and ends the request.
 async fn respond(
     session: &mut Session,
@@ -515,6 +536,7 @@ impl Proxy {
         if declared.and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > max) {
             let why = too_large(ctx);
             respond(session, ctx, 413, "payload too large", Some(&why), &[]).await?;
+            linger(session).await;
             return Ok(Some(true));
         }
         session.enable_retry_buffering();
@@ -523,6 +545,7 @@ impl Proxy {
             if body.len() + chunk.len() > max as usize {
                 let why = too_large(ctx);
                 respond(session, ctx, 413, "payload too large", Some(&why), &[]).await?;
+                linger(session).await;
                 return Ok(Some(true));
             }
             body.extend_from_slice(&chunk);
@@ -729,6 +752,7 @@ impl ProxyHttp for Proxy {
             ctx.outcome = Some(Outcome::Refused);
             let why = format!("the request body is larger than {max_body} bytes (limits.max_body)");
             respond(session, ctx, 413, "payload too large", Some(&why), &[]).await?;
+            linger(session).await;
             return Ok(true);
         }
         let Some(active) = self.gateway.active.load_full() else {

@@ -227,3 +227,28 @@ fn a_body_refused_before_it_is_read_closes_the_connection_instead_of_reading_the
     let public = r#"gateway_requests_total{decision="allow",route="public"}"#;
     assert_eq!(metric(&gw.admin, public).unwrap_or(0.0), 0.0, "the body was never served as a request");
 }
+
+#[test]
+fn a_client_still_sending_a_refused_body_gets_its_413_not_a_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gw, _up) = gateway_with_limits(dir.path(), "max_body: 1KiB");
+    // The client writes its whole body before it reads, as most do: the 413 was already sent,
+    // and the gateway reads the rest away (up to 1 MiB, 1 s) instead of resetting the socket.
+    for round in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", port_of(&gw.base))).expect("connect");
+        let body = vec![b'q'; 200_000];
+        let head = format!("POST /upload/d HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len());
+        s.write_all(head.as_bytes()).expect("head");
+        // A slow uploader: the 413 is written while the body is still on its way.
+        std::thread::sleep(Duration::from_millis(100));
+        let sent = s.write_all(&body[..1000]).and_then(|()| {
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(&body[1000..])
+        });
+        if let Err(e) = sent {
+            panic!("round {round}: the gateway reset the connection while the body was sent: {e}");
+        }
+        let (text, _) = read_until_closed(&mut s, Duration::from_secs(5));
+        assert!(text.starts_with("HTTP/1.1 413"), "round {round}: {text:?}");
+    }
+}
