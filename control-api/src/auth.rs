@@ -5,7 +5,18 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::TokenConfig;
+/// A configured bearer token: only its SHA-256 is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenConfig {
+    pub name: String,
+    pub scope: Scope,
+    pub sha256: [u8; 32],
+    /// The only gateway instance this token may speak for (bundle GETs, status reports).
+    pub instance: Option<String>,
+    /// The only bundles this token may touch (fetch, publish, report on, log, query the logs
+    /// of); `None`: any.
+    pub bundles: Option<Vec<String>>,
+}
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

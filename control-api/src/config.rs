@@ -53,6 +53,7 @@ use policy_bundles::settings::{from_yaml, parse_duration, parse_size, read_text,
 use serde::Deserialize;
 
 use crate::auth::Scope;
+pub use crate::auth::TokenConfig;
 
 /// One problem with a config value: the key, its line when it can be found, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,19 +202,6 @@ impl fmt::Display for StoreLocation {
             }
         }
     }
-}
-
-/// A configured bearer token: only its SHA-256 is known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenConfig {
-    pub name: String,
-    pub scope: Scope,
-    pub sha256: [u8; 32],
-    /// The only gateway instance this token may speak for (bundle GETs, status reports).
-    pub instance: Option<String>,
-    /// The only bundles this token may touch (fetch, publish, report on, log, query the logs
-    /// of); `None`: any.
-    pub bundles: Option<Vec<String>>,
 }
 
 /// Decision logs (`logs`): how large a batch may be, and how long and how many events are kept.
@@ -551,7 +539,7 @@ fn check_token_bundles(list: &[String], key: &str, line: Option<usize>, problems
     if list.is_empty() {
         problems.add(key, line, "give at least one bundle name, or leave `bundles` out for any bundle".into());
     }
-    for b in list.iter().filter(|b| !crate::api::is_bundle_name(b)) {
+    for b in list.iter().filter(|b| !crate::names::is_bundle_name(b)) {
         let m = format!("`{b}` is not a bundle name: letters, digits, `-`, `_` and `.` (not first)");
         problems.add(key, line, m);
     }
@@ -579,7 +567,7 @@ fn parse_logs(raw: RawLogs, problems: &mut Problems<'_>) -> LogsConfig {
     if max_decompressed < max_upload {
         problems.add("logs.max_decompressed", line, format!("must be at least logs.max_upload ({max_upload} bytes)"));
     }
-    let max_age = match raw.max_age.as_deref().map(crate::logs::parse_span) {
+    let max_age = match raw.max_age.as_deref().map(crate::clock::parse_span) {
         None => d.max_age,
         Some(Ok(a)) if !a.is_zero() => a,
         Some(Ok(_)) => {

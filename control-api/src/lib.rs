@@ -15,12 +15,15 @@
 //! * [`metrics`]: every exported metric.
 
 pub mod api;
+pub mod app_state;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod guard;
 pub mod hub;
 pub mod logs;
 pub mod metrics;
+pub mod names;
 pub mod rollout;
 pub mod store;
 pub mod validate;
@@ -30,7 +33,8 @@ use std::net::SocketAddr;
 
 use tokio::sync::mpsc;
 
-pub use api::{app, ApiError, AppState};
+pub use api::{app, ApiError};
+pub use app_state::AppState;
 pub use config::{Config, ConfigError};
 use store::Change;
 
@@ -112,7 +116,7 @@ impl App {
             })
         });
         let supervisor = tokio::spawn(rollout::supervise(state.clone(), state.0.hub.shutdown_signal()));
-        let retention = tokio::spawn(logs::prune_periodically(state.clone()));
+        let retention = tokio::spawn(prune_periodically(state.clone()));
         serve(listener, state, shutdown).await;
         if let Some(task) = feed {
             task.abort();
@@ -182,4 +186,15 @@ async fn serve(
     tracing::info!("shutting down: releasing long polls, draining requests");
     state.0.hub.shut_down();
     graceful.shutdown().await;
+}
+
+/// Runs decision-log retention every minute (age and count), for a store not being written to.
+async fn prune_periodically(state: AppState) {
+    let mut tick = tokio::time::interval(logs::PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = &state.0;
+        logs::prune(&*s.store, &s.config.logs, &s.metrics, Some(s.config.logs.max_count)).await;
+    }
 }

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::app_state::AppState;
 use crate::config::{Cohort, RolloutConfig};
 use crate::store::{self, GatewayReport, Rollout, PROMOTED, ROLLED_BACK};
-use crate::AppState;
 
 /// What to do with a rollout in its canary phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +215,7 @@ async fn tick(state: &AppState, cfg: &RolloutConfig, memory: &mut Propagation) -
         return Ok(());
     }
     let reports = s.store.fleet().await?;
-    let now = store::now_ms();
+    let now = crate::clock::now_ms();
     s.metrics.served_revision.reset();
     for (bundle, (_, _, canary_only, revision)) in &memory.targets {
         if !canary_only {

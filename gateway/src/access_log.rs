@@ -8,8 +8,8 @@
 //! futex call, no context switch per line (waking the writer per line cost a quarter of the
 //! throughput on two cores; `loadtest/access-log.sh`).
 
+pub use crate::config::Sink;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -19,13 +19,6 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
-
-/// Where lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sink {
-    Stdout,
-    File(PathBuf),
-}
 
 /// One request, as the access log records it. What is cheap to take on the request path is
 /// taken as is (the bundle by reference, the upstream as an address); the writer thread formats
@@ -40,7 +33,7 @@ pub struct Entry {
     pub path: String,
     pub host: String,
     /// The bundle that handled the request (its revision is logged), and the route it matched.
-    pub bundle: Option<Arc<crate::state::Active>>,
+    pub bundle: Option<Arc<crate::active::Active>>,
     pub route: Option<usize>,
     pub status: u16,
     /// `allow`, `deny`, `unauthenticated`, `error`, `no_route`, `unavailable`, `shed`, `refused`.

@@ -9,10 +9,18 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::state::Gateway;
+use crate::active::Gateway;
+use crate::metrics::Metrics;
 
 pub struct Admin {
     pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    /// `bundle.name`, shown while nothing is active.
+    pub bundle_name: String,
+    /// Starting, running, or draining (handing over / shutting down): `/readyz`.
+    pub phases: Arc<crate::upgrade::Phases>,
+    /// TLS on the proxy listener, if any.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -25,15 +33,21 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 }
 
 impl Admin {
+    /// The Prometheus exposition, with the staleness gauges brought up to date.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        let (m, sync) = (&self.metrics, &self.gateway.sync);
+        m.bundle_age.set(sync.age_seconds());
+        m.bundle_stale.set(i64::from(sync.is_stale()));
+        m.signature_expired.set(i64::from(self.gateway.signature_expired()));
+        m.render()
+    }
+
     /// The `/status` document.
     pub fn status(&self) -> serde_json::Value {
-        let gw = &self.gateway;
-        // The bundle under the sync lock: activation swaps it and sets its ETag under that lock.
-        let (active, sync) = match gw.sync.lock() {
-            Ok(s) => (gw.active.load_full(), s.clone()),
-            Err(_) => (gw.active.load_full(), Default::default()),
-        };
-        let confirmed = gw.last_confirmed_ms.load(std::sync::atomic::Ordering::Relaxed);
+        // The bundle with its ETag, read together: activation sets both at once.
+        let (active, sync) = self.gateway.read();
+        let status = &self.gateway.sync;
+        let confirmed = status.last_confirmed_ms();
         let bundle = match active.as_ref() {
             Some(a) => serde_json::json!({
                 "name": a.info.name,
@@ -47,11 +61,11 @@ impl Admin {
                 "signature": a.info.identity.as_ref().map(|i| serde_json::json!({
                     "sequence": i.sequence,
                     "expires": i.expires,
-                    "expired": gw.signature_expired(),
+                    "expired": a.signature_expired(),
                 })),
                 "served": a.served.report(),
             }),
-            None => serde_json::json!({ "name": gw.config.bundle.name }),
+            None => serde_json::json!({ "name": self.bundle_name }),
         };
         serde_json::json!({
             "ready": active.is_some(),
@@ -60,17 +74,17 @@ impl Admin {
                 "source": sync.source,
                 "etag": sync.etag,
                 "last_sync": (confirmed > 0).then_some(confirmed / 1000),
-                "staleness_seconds": gw.age_seconds().floor(),
-                "max_staleness_seconds": gw.config.bundle.max_staleness.as_secs(),
-                "stale": gw.is_stale(),
+                "staleness_seconds": status.age_seconds().floor(),
+                "max_staleness_seconds": status.max_staleness().as_secs(),
+                "stale": status.is_stale(),
                 "last_error": sync.last_error,
                 "last_error_at": sync.last_error_at,
             },
             "last_error": sync.last_error,
-            "last_activation": gw.last_activation.lock().ok().and_then(|a| a.clone()),
-            "phase": gw.phases.get().label(),
+            "last_activation": status.last_activation(),
+            "phase": self.phases.get().label(),
             "pid": std::process::id(),
-            "tls": gw.tls.lock().ok().and_then(|t| t.as_ref().map(|t| serde_json::json!({ "certificates": t.status() }))),
+            "tls": self.tls.as_ref().map(|t| serde_json::json!({ "certificates": t.status() })),
         })
     }
 }
@@ -81,7 +95,7 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path().to_owned();
         match path.as_str() {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
-            "/readyz" => match (self.gateway.active.load().is_some(), self.gateway.phases.get()) {
+            "/readyz" => match (self.gateway.is_active(), self.phases.get()) {
                 (_, crate::upgrade::Phase::Draining) => reply(
                     503,
                     "text/plain",
@@ -94,7 +108,7 @@ impl ServeHttp for Admin {
                 let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
                 reply(200, "application/json", body)
             }
-            "/metrics" => reply(200, "text/plain; version=0.0.4", self.gateway.render_metrics()),
+            "/metrics" => reply(200, "text/plain; version=0.0.4", self.render_metrics()),
             _ => reply(404, "text/plain", b"not found: try /healthz /readyz /status /metrics\n".to_vec()),
         }
     }

@@ -244,11 +244,18 @@ pub struct DecisionLogsConfig {
     pub token: Option<String>,
 }
 
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    Stdout,
+    File(PathBuf),
+}
+
 /// `access_log`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLogConfig {
     /// `stdout`, or a file (appended to; reopened on SIGUSR1).
-    pub sink: crate::access_log::Sink,
+    pub sink: Sink,
     /// Lines that may wait for the writer; past it lines are dropped and counted. Default 16384.
     pub queue: usize,
 }
@@ -649,11 +656,7 @@ impl Check {
         if queue == Some(0) {
             self.problem("`access_log.queue` must be at least 1".into());
         }
-        let sink = if path.as_os_str() == "stdout" {
-            crate::access_log::Sink::Stdout
-        } else {
-            crate::access_log::Sink::File(self.resolve(path))
-        };
+        let sink = if path.as_os_str() == "stdout" { Sink::Stdout } else { Sink::File(self.resolve(path)) };
         AccessLogConfig { sink, queue: queue.unwrap_or(16_384) }
     }
 

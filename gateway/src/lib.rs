@@ -3,22 +3,24 @@
 
 pub mod access_log;
 pub mod activation;
+pub mod active;
 pub mod admin;
 pub mod admission;
-pub mod cache;
+pub mod clock;
 /// Request canonicalization lives beside the input it feeds, shared with the load tests' policy service.
 pub use policy_bundles::canon;
 pub mod config;
 pub mod connections;
 pub mod decision_log;
-pub mod health;
+pub mod health_checks;
 pub mod memory;
 pub mod metrics;
+pub mod persisted;
 pub mod pool;
 pub mod proxy;
-pub mod served;
-pub mod state;
+pub mod revision_health;
 pub mod sync;
+pub mod sync_status;
 pub mod tls;
 pub mod trace;
 pub mod upgrade;
@@ -33,9 +35,34 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-pub use activation::boot_from_cache;
+pub use activation::Activator;
+pub use active::{Active, Gateway};
 pub use config::Config;
-pub use state::{Gateway, StartError};
+
+use metrics::Metrics;
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    SigningKey(#[from] activation::KeyError),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("HTTP client for bundle sources: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("`tls.certificates`: {0}")]
+    Certificate(#[from] tls::CertError),
+    #[error("listener: {0}")]
+    Listener(String),
+    #[error("`access_log`: {0}")]
+    AccessLog(std::io::Error),
+    #[error("`decision_logs`: cannot start the shipper: {0}")]
+    DecisionLogs(std::io::Error),
+    #[error("upgrade: {0}")]
+    Upgrade(#[from] upgrade::UpgradeError),
+    #[error("cannot activate {path}: {source}")]
+    Activation { path: String, source: activation::ActivationError },
+}
 
 /// How the process starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +76,7 @@ pub enum Start {
 /// A built gateway: its Pingora server, and what is finished once the server is done.
 pub struct Built {
     pub server: Server,
-    gateway: Arc<Gateway>,
+    decision_logs: Option<Arc<decision_log::DecisionLogs>>,
 }
 
 impl Built {
@@ -57,9 +84,9 @@ impl Built {
     /// the listeners), in-flight requests drained; then finishes the decision log (a last send,
     /// the spool) before returning.
     pub fn run(self) {
-        let Built { server, gateway } = self;
+        let Built { server, decision_logs } = self;
         server.run(pingora::server::RunArgs::default());
-        if let Some(logs) = gateway.decision_logs.get() {
+        if let Some(logs) = decision_logs {
             logs.finish();
         }
     }
@@ -72,20 +99,20 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
     // Every policy evaluation is bounded in wall-clock time; past the bound it errors (deny).
     policy_bundles::set_evaluation_time_limit(config.policy_timeout);
     policy_bundles::snapshot::set_decision_cache_entries(config.decision_cache_entries);
-    let gateway = Arc::new(Gateway::new(config.clone())?);
+    let (gateway, metrics, activator) = state(&config)?;
     let poll = match &config.bundle.source {
         config::Source::File(path) => {
-            gateway
+            activator
                 .activate_path(path)
                 .map_err(|source| StartError::Activation { path: path.display().to_string(), source })?;
             None
         }
         config::Source::Poll(poll) => {
-            boot_from_cache(&gateway);
+            activator.boot_from_persisted();
             Some(poll.clone())
         }
     };
-    if start == Start::Upgrade && gateway.active().is_none() {
+    if start == Start::Upgrade && !gateway.is_active() {
         return Err(upgrade::UpgradeError::NothingToServe.into());
     }
     let conf = ServerConf {
@@ -101,78 +128,46 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
     let opt = Opt { upgrade: start == Start::Upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
 
-    let mut app =
-        pingora::proxy::HttpProxy::new(proxy::Proxy { gateway: gateway.clone() }, server.configuration.clone());
-    app.handle_init_modules();
-    let limits = &config.limits;
-    let mut options = app.server_options.take().unwrap_or_default();
-    options.h2c = config.h2c;
-    options.h2_idle_timeout = Some(limits.keepalive_timeout).filter(|t| !t.is_zero());
-    app.server_options = Some(options);
-    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
-    h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    app.h2_options = Some(h2);
-    let m = &gateway.metrics;
-    let heads = connections::HeadLimits {
-        header_timeout: limits.header_timeout,
-        keepalive_timeout: limits.keepalive_timeout,
-        max_header_bytes: limits.max_header_bytes,
-        timed_out: m.connections_closed.with_label_values(&["header_timeout"]),
-        too_large: m.connections_closed.with_label_values(&["header_too_large"]),
+    let (access_log, decision_logs) = logs(&config, &metrics, &mut server)?;
+    let proxy = proxy::Proxy {
+        gateway: gateway.clone(),
+        metrics: metrics.clone(),
+        admission: admission::Admission::new(config.limits, metrics.in_flight.clone()),
+        requests: config.requests.clone(),
+        limits: config.limits,
+        shadow_sample: config.shadow_sample,
+        access_log,
+        decision_logs: decision_logs.clone(),
     };
-    let bounded = connections::Bounded::new(
-        app,
-        config.limits.max_connections,
-        m.connections.clone(),
-        m.connections_refused.clone(),
-        heads,
-    );
-    let mut proxy = Service::new("proxy".to_string(), bounded);
-    let tls = listeners(&mut proxy, &config)?;
-    if let Some(tls) = &tls {
-        tls.export_expiry(&gateway.metrics);
-        *gateway.tls.lock().map_err(|_| StartError::Poisoned)? = Some(tls.clone());
-    }
-
-    let mut admin = Service::new("admin".to_string(), admin::Admin { gateway: gateway.clone() });
+    let (service, tls) = proxy_service(proxy, &config, &metrics, &server)?;
+    let phases = Arc::new(upgrade::Phases::default());
+    let admin = admin::Admin {
+        gateway: gateway.clone(),
+        metrics: metrics.clone(),
+        bundle_name: config.bundle.name.clone(),
+        phases: phases.clone(),
+        tls: tls.clone(),
+    };
+    let mut admin = Service::new("admin".to_string(), admin);
     admin.add_tcp(&config.admin.to_string());
     admin.threads = Some(1);
 
-    let health = background_service("health checks", health::HealthChecks { gateway: gateway.clone() });
-
-    server.add_service(proxy);
+    server.add_service(service);
     server.add_service(admin);
-    server.add_service(health);
+    server.add_service(background_service("health checks", health_checks::HealthChecks { gateway: gateway.clone() }));
     server.add_service(background_service("memory purge", memory::Purge));
     if let Some(tls) = tls {
-        let reloader = tls::Reloader { tls, gateway: gateway.clone() };
+        let reloader = tls::Reloader { tls, metrics: metrics.clone() };
         server.add_service(background_service("certificate reload", reloader));
     }
     if let Some(poll) = poll {
-        let (syncer, reporter) = sync::Syncer::new(gateway.clone(), poll, config.instance.clone())?;
+        let on_bundle: sync::OnBundle = Arc::new(move |url, bytes, etag| activator.activate_download(url, bytes, etag));
+        let (syncer, reporter) =
+            sync::Syncer::new(gateway, metrics, on_bundle, &config.bundle, poll, config.instance.clone())?;
         server.add_service(background_service("bundle sync", syncer));
         server.add_service(background_service("status reports", reporter));
     }
-    if let Some(a) = &config.access_log {
-        let log = access_log::AccessLog::start(a.sink.clone(), a.queue, gateway.metrics.access_log_dropped.clone())
-            .map_err(StartError::AccessLog)?;
-        let reopen = access_log::Reopen { flag: log.reopen_flag() };
-        server.add_service(background_service("access log reopen", reopen));
-        let _ = gateway.access_log.set(log);
-    }
-    if let Some(d) = &config.decision_logs {
-        let logs = decision_log::DecisionLogs::start(
-            d.clone(),
-            config.instance.clone(),
-            gateway.metrics.decision_logs.clone(),
-        )
-        .map_err(StartError::DecisionLogs)?;
-        let _ = gateway.decision_logs.set(logs);
-    }
-    let phases = upgrade::PhaseWatch {
-        phases: gateway.phases.clone(),
-        watch: std::sync::Mutex::new(Some(server.watch_execution_phase())),
-    };
+    let phases = upgrade::PhaseWatch { phases, watch: std::sync::Mutex::new(Some(server.watch_execution_phase())) };
     server.add_service(background_service("execution phase", phases));
     // Everything is checked and the bundle active: only now is a running gateway asked to hand over.
     if start == Start::Upgrade {
@@ -182,7 +177,82 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
     server.bootstrap();
     upgrade::write_pid(&config.pid_file)?;
     upgrade::notify_systemd();
-    Ok(Built { server, gateway })
+    Ok(Built { server, decision_logs })
+}
+
+/// The gateway's shared state, its metrics and its activation pipeline, nothing active yet.
+pub fn state(config: &Config) -> Result<(Arc<Gateway>, Arc<Metrics>, Activator), StartError> {
+    let local = matches!(config.bundle.source, config::Source::File(_));
+    let gateway = Arc::new(Gateway::new(sync_status::SyncStatus::new(local, config.bundle.max_staleness)));
+    let metrics = Arc::new(Metrics::new()?);
+    let activator = Activator::new(config, gateway.clone(), metrics.clone())?;
+    Ok((gateway, metrics, activator))
+}
+
+/// The access log and the decision log, when configured, started.
+fn logs(
+    config: &Config,
+    metrics: &Metrics,
+    server: &mut Server,
+) -> Result<(Option<access_log::AccessLog>, Option<Arc<decision_log::DecisionLogs>>), StartError> {
+    let access_log = match &config.access_log {
+        None => None,
+        Some(a) => {
+            let log = access_log::AccessLog::start(a.sink.clone(), a.queue, metrics.access_log_dropped.clone())
+                .map_err(StartError::AccessLog)?;
+            let reopen = access_log::Reopen { flag: log.reopen_flag() };
+            server.add_service(background_service("access log reopen", reopen));
+            Some(log)
+        }
+    };
+    let decision_logs = match &config.decision_logs {
+        None => None,
+        Some(d) => Some(Arc::new(
+            decision_log::DecisionLogs::start(d.clone(), config.instance.clone(), metrics.decision_logs.clone())
+                .map_err(StartError::DecisionLogs)?,
+        )),
+    };
+    Ok((access_log, decision_logs))
+}
+
+/// The proxy as a Pingora service: HTTP options from the config's limits, the connection bound
+/// and header deadlines around it, and its listeners. Returns the TLS state when `tls` is set.
+fn proxy_service(
+    proxy: proxy::Proxy,
+    config: &Config,
+    metrics: &Metrics,
+    server: &Server,
+) -> Result<(Service<impl pingora::apps::ServerApp + Send + Sync + 'static>, Option<Arc<tls::Tls>>), StartError> {
+    let mut app = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
+    app.handle_init_modules();
+    let limits = &config.limits;
+    let mut options = app.server_options.take().unwrap_or_default();
+    options.h2c = config.h2c;
+    options.h2_idle_timeout = Some(limits.keepalive_timeout).filter(|t| !t.is_zero());
+    app.server_options = Some(options);
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    app.h2_options = Some(h2);
+    let heads = connections::HeadLimits {
+        header_timeout: limits.header_timeout,
+        keepalive_timeout: limits.keepalive_timeout,
+        max_header_bytes: limits.max_header_bytes,
+        timed_out: metrics.connections_closed.with_label_values(&["header_timeout"]),
+        too_large: metrics.connections_closed.with_label_values(&["header_too_large"]),
+    };
+    let bounded = connections::Bounded::new(
+        app,
+        limits.max_connections,
+        metrics.connections.clone(),
+        metrics.connections_refused.clone(),
+        heads,
+    );
+    let mut service = Service::new("proxy".to_string(), bounded);
+    let tls = listeners(&mut service, config)?;
+    if let Some(tls) = &tls {
+        tls.export_expiry(metrics);
+    }
+    Ok((service, tls))
 }
 
 /// The proxy's listeners: `listen` (TLS when `tls` is set, with h2 and http/1.1 by ALPN) and

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> anyhow::Result<String> {
     let config = gateway::Config::load(path)?;
-    let gw = gateway::Gateway::new(config.clone())?;
+    let (_, _, activator) = gateway::state(&config)?;
     let tls = match &config.tls {
         Some(t) => {
             let loaded = gateway::tls::Tls::load(t).map_err(|e| anyhow::anyhow!("`tls.certificates`: {e}"))?;
@@ -78,15 +78,15 @@ fn check(path: &std::path::Path) -> anyhow::Result<String> {
         }
         None => String::new(),
     };
-    let bundle = bundle_check(&gw, &config)?;
+    let bundle = bundle_check(&activator, &config)?;
     Ok(format!("{}: ok ({bundle}{tls})", path.display()))
 }
 
 /// What `--check-config` says of the bundle: a local file is activated (compiled, pools built).
-fn bundle_check(gw: &gateway::Gateway, config: &gateway::Config) -> anyhow::Result<String> {
+fn bundle_check(activator: &gateway::Activator, config: &gateway::Config) -> anyhow::Result<String> {
     match &config.bundle.source {
         gateway::config::Source::File(file) => {
-            let active = gw.activate_path(file)?;
+            let active = activator.activate_path(file)?;
             let cost = active.info.figures.as_ref().map(|f| {
                 format!(", compiled {} in {} ms", policy_bundles::budget::human(f.compiled_bytes), f.compile_ms)
             });

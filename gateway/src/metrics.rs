@@ -69,6 +69,21 @@ impl Outcome {
 
 const ROUTE_OUTCOMES: [Outcome; 4] = [Outcome::Allow, Outcome::Deny, Outcome::Unauthenticated, Outcome::Error];
 
+/// The metrics of the decision log.
+#[derive(Clone)]
+pub struct DecisionLogCounters {
+    /// `gateway_decision_logs_total{result="buffered|shipped|dropped_by_policy"}`.
+    pub buffered: IntCounter,
+    pub shipped: IntCounter,
+    pub dropped_by_policy: IntCounter,
+    /// `gateway_decision_logs_dropped_total{reason="queue_full|buffer_full|rejected"}`.
+    pub queue_full: IntCounter,
+    pub buffer_full: IntCounter,
+    pub rejected: IntCounter,
+    /// `gateway_decision_logs_buffer_bytes`.
+    pub buffer_bytes: IntGauge,
+}
+
 /// Counters of one route, one per outcome.
 #[derive(Clone)]
 pub struct RouteCounters([IntCounter; 4]);
@@ -106,7 +121,7 @@ pub struct Metrics {
     /// Access-log lines dropped because the writer's queue was full.
     pub access_log_dropped: IntCounter,
     /// `gateway_decision_logs_total{result}`, `gateway_decision_logs_dropped_total{reason}`.
-    pub decision_logs: crate::decision_log::Counters,
+    pub decision_logs: DecisionLogCounters,
     /// `gateway_shadow_decisions_total{route,agreement="same|differ|error"}`.
     pub shadow: IntCounterVec,
     /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
@@ -127,7 +142,7 @@ pub struct Metrics {
     refused: [IntCounter; Refusal::ALL.len()],
 }
 
-fn decision_log_counters(r: &Registry) -> Result<crate::decision_log::Counters, prometheus::Error> {
+fn decision_log_counters(r: &Registry) -> Result<DecisionLogCounters, prometheus::Error> {
     let total = counter_vec(
         r,
         DECISION_LOGS_TOTAL,
@@ -140,7 +155,7 @@ fn decision_log_counters(r: &Registry) -> Result<crate::decision_log::Counters, 
         "Decision-log events lost: the queue or the buffer was full, or a sink refused the batch",
         &["reason"],
     )?;
-    Ok(crate::decision_log::Counters {
+    Ok(DecisionLogCounters {
         buffered: total.with_label_values(&["buffered"]),
         shipped: total.with_label_values(&["shipped"]),
         dropped_by_policy: total.with_label_values(&["dropped_by_policy"]),

@@ -18,8 +18,6 @@ use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::activation::ActivationError;
-
 /// One upstream's pool of targets.
 pub struct Pool {
     pub name: String,
@@ -200,11 +198,19 @@ fn read_client(cert_file: &Path, key_file: &Path) -> Result<CertKey, String> {
     Ok(CertKey::new(chain.iter().map(|c| c.as_ref().to_vec()).collect(), der))
 }
 
+/// Why an upstream's pool could not be built (a target that does not resolve, TLS files).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream `{upstream}`: {message}")]
+pub struct PoolError {
+    pub upstream: String,
+    pub message: String,
+}
+
 impl Pool {
     /// Resolves an upstream's targets and builds its round-robin pool with its health check.
     /// Blocking (name resolution): called at activation, off the request path.
-    pub fn build(u: &policy_bundles::snapshot::Upstream, base: &Path) -> Result<Pool, ActivationError> {
-        let err = |message: String| ActivationError::Upstream { upstream: u.name.clone(), message };
+    pub fn build(u: &policy_bundles::snapshot::Upstream, base: &Path) -> Result<Pool, PoolError> {
+        let err = |message: String| PoolError { upstream: u.name.clone(), message };
         let transport = Transport::build(u, base).map_err(err)?;
         let mut backends = std::collections::BTreeSet::new();
         for t in &u.spec.targets {

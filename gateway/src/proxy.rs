@@ -26,12 +26,22 @@ use policy_bundles::authorize::{self, authorize, Agreement, RequestView, Verdict
 use policy_bundles::snapshot::{EvalError, Request};
 use policy_bundles::Decision;
 
+use crate::active::{Active, Gateway};
 use crate::canon::{self, Refusal};
 use crate::metrics::Outcome;
-use crate::state::{Active, Gateway};
 
+/// The proxy's phases, with what they need: the active bundle (through the gateway's state),
+/// the request rules and limits of the config, the admission gate, metrics and the logs.
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub admission: crate::admission::Admission,
+    pub requests: crate::config::RequestRules,
+    pub limits: crate::config::Limits,
+    /// `shadow_sample`.
+    pub shadow_sample: f64,
+    pub access_log: Option<crate::access_log::AccessLog>,
+    pub decision_logs: Option<Arc<crate::decision_log::DecisionLogs>>,
 }
 
 /// Per-request state, alive from the first phase to `logging`.
@@ -522,7 +532,7 @@ impl Proxy {
         host: &str,
     ) -> Result<Option<bool>> {
         let req = session.req_header();
-        let path = match self.gateway.config.requests.path.params {
+        let path = match self.requests.path.params {
             canon::PathParams::Keep => canon::without_params(req.uri.path()),
             _ => std::borrow::Cow::Borrowed(req.uri.path()),
         };
@@ -559,7 +569,7 @@ impl Proxy {
     /// `decision="refused"` (no route's counters: no route's rule was asked).
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<()> {
         ctx.outcome = Some(Outcome::Refused);
-        self.gateway.metrics.count_refusal(r);
+        self.metrics.count_refusal(r);
         tracing::debug!(reason = r.reason(), "request refused");
         let error = match r.status() {
             421 => "misdirected request",
@@ -571,7 +581,7 @@ impl Proxy {
 
     /// Whether this request's route has a shadow rule that is asked this time (`shadow_sample`).
     fn shadows(&self, active: &Active, route: usize) -> bool {
-        let sample = self.gateway.config.shadow_sample;
+        let sample = self.shadow_sample;
         active.snapshot.routes.get(route).is_some_and(|r| r.shadow.is_some())
             && (sample >= 1.0 || (sample > 0.0 && rand::random::<f64>() < sample))
     }
@@ -603,7 +613,7 @@ impl Proxy {
                 ctx.route = Some(route);
                 ctx.outcome = Some(Outcome::Unauthenticated);
                 if let Some(r) = error.refusal() {
-                    self.gateway.metrics.count_refusal(r);
+                    self.metrics.count_refusal(r);
                 }
                 tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "credentials refused");
                 respond(session, ctx, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
@@ -613,14 +623,14 @@ impl Proxy {
             authorize::Outcome::Evaluated { route, verdict, took, jwt } => (route, verdict, took, jwt),
         };
         ctx.route = Some(route_ix);
-        self.gateway.metrics.policy_eval_duration.observe(took.as_secs_f64());
+        self.metrics.policy_eval_duration.observe(took.as_secs_f64());
         let route = &active.snapshot.routes[route_ix];
         let shadow = shadow.map(|s| {
             let agreement = Agreement::of(&verdict, &s);
-            self.gateway.metrics.shadow.with_label_values(&[route.name.as_str(), agreement.label()]).inc();
+            self.metrics.shadow.with_label_values(&[route.name.as_str(), agreement.label()]).inc();
             (s, agreement)
         });
-        if let Some(logs) = self.gateway.decision_logs.get() {
+        if let Some(logs) = self.decision_logs.as_deref() {
             // A shadow rule's disagreement is always logged, with both answers.
             let disagrees = shadow.as_ref().is_some_and(|(_, a)| *a != Agreement::Same);
             if disagrees || logs.wants(matches!(verdict, Verdict::Allow(..))) {
@@ -636,11 +646,11 @@ impl Proxy {
         }
         let decision = match verdict {
             Verdict::Allow(d, how) => {
-                self.gateway.metrics.count_decision(how);
+                self.metrics.count_decision(how);
                 d
             }
             Verdict::Deny(d, how) => {
-                self.gateway.metrics.count_decision(how);
+                self.metrics.count_decision(how);
                 ctx.outcome = Some(Outcome::Deny);
                 match &d.body {
                     Some(body) if !ctx.grpc => respond_body(session, ctx, d.status, body, &d.response_headers).await?,
@@ -736,8 +746,8 @@ impl ProxyHttp for Proxy {
         ctx.grpc =
             headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         ctx.id = Some(crate::trace::RequestId::of(headers.get("traceparent").map(|v| v.as_bytes())));
-        ctx.logging = self.gateway.access_log.get().is_some();
-        match self.gateway.admission.admit().await {
+        ctx.logging = self.access_log.as_ref().is_some();
+        match self.admission.admit().await {
             Some(slot) => ctx.slot = Some(slot),
             None => {
                 ctx.outcome = Some(Outcome::Shed);
@@ -746,7 +756,7 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
         }
-        let max_body = self.gateway.config.limits.max_body;
+        let max_body = self.limits.max_body;
         let declared = session.req_header().headers.get(http::header::CONTENT_LENGTH);
         if declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > max_body) {
             ctx.outcome = Some(Outcome::Refused);
@@ -755,7 +765,7 @@ impl ProxyHttp for Proxy {
             linger(session).await;
             return Ok(true);
         }
-        let Some(active) = self.gateway.active.load_full() else {
+        let Some(active) = self.gateway.active() else {
             ctx.outcome = Some(Outcome::Unavailable);
             respond(session, ctx, 503, "no policy bundle is active yet", None, &[]).await?;
             return Ok(true);
@@ -768,7 +778,7 @@ impl ProxyHttp for Proxy {
         let peer = client_ip.map(|ip| (ip, ctx.client_ip.as_str()));
         let link = Link::of(session);
         let scheme = link.scheme();
-        let rules = &self.gateway.config.requests;
+        let rules = &self.requests;
         let host = match canonicalize(session, &active.snapshot, rules, peer, &link) {
             Ok(h) => h,
             Err(r) => {
@@ -776,7 +786,7 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
         };
-        if ctx.logging || self.gateway.decision_logs.get().is_some() {
+        if ctx.logging || self.decision_logs.as_deref().is_some() {
             ctx.host.clone_from(&host);
         }
         if active.snapshot.reads_bodies() {
@@ -861,13 +871,13 @@ impl ProxyHttp for Proxy {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if session.was_upgraded() {
-                let max = self.gateway.config.limits.tunnel_max_bytes;
+                let max = self.limits.tunnel_max_bytes;
                 if max > 0 && ctx.body_bytes > max {
                     return Error::e_explain(TUNNEL_LIMIT, format!("tunnel past {max} bytes"));
                 }
                 return Ok(());
             }
-            let max = self.gateway.config.limits.max_body;
+            let max = self.limits.max_body;
             if ctx.body_bytes > max {
                 return Error::e_explain(ErrorType::HTTPStatus(413), format!("request body past {max} bytes"));
             }
@@ -975,14 +985,14 @@ impl ProxyHttp for Proxy {
             },
         };
         if code == 502 {
-            self.gateway.metrics.upstream_errors.inc();
+            self.metrics.upstream_errors.inc();
             if e.esource() == &ErrorSource::Upstream
                 && matches!(
                     e.etype(),
                     ErrorType::TLSHandshakeFailure | ErrorType::TLSHandshakeTimedout | ErrorType::InvalidCert
                 )
             {
-                self.gateway.metrics.upstream_tls_errors.inc();
+                self.metrics.upstream_tls_errors.inc();
             }
         }
         if let Some(sent) = session.response_written().map(|r| r.status.as_u16()) {
@@ -1002,7 +1012,7 @@ impl ProxyHttp for Proxy {
 
     /// Counts the request; runs once for every request, answered here or proxied.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
-        let m = &self.gateway.metrics;
+        let m = &self.metrics;
         let took = ctx.start.elapsed();
         m.request_duration.observe(took.as_secs_f64());
         let outcome = ctx.outcome.unwrap_or(Outcome::Unavailable);
@@ -1014,14 +1024,14 @@ impl ProxyHttp for Proxy {
         if let Some(active) = &ctx.active {
             active.served.observe(outcome, status, took);
         }
-        if let (Some(logs), Some(mut pending)) = (self.gateway.decision_logs.get(), ctx.decision_log.take()) {
+        if let (Some(logs), Some(mut pending)) = (self.decision_logs.as_deref(), ctx.decision_log.take()) {
             pending.status = status;
             logs.submit(*pending);
         }
-        if let Some(log) = self.gateway.access_log.get() {
+        if let Some(log) = self.access_log.as_ref() {
             log.log(access_entry(session, ctx, outcome, status, took));
         }
-        end_of_response(session, self.gateway.config.limits.keepalive_timeout);
+        end_of_response(session, self.limits.keepalive_timeout);
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(
                 method = %session.req_header().method,

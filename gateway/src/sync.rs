@@ -1,13 +1,13 @@
-//! The bundle sync loop: a background service that keeps the gateway current without ever
+//! The bundle sync transport: a background service that keeps the gateway current without ever
 //! making serving depend on the control plane.
 //!
-//! Transport (ETag, `If-None-Match`, long poll, jitter, backoff, size limit, falling over between
-//! sources) is kept apart from activation, which is verify → compile → swap → persist. Any
-//! failure at any step leaves the last-known-good snapshot serving; the ETag sent to sources
-//! advances only when a new bundle has activated, so after an outage a fleet re-downloads
-//! nothing it already has.
+//! It polls (ETag, `If-None-Match`, long poll, jitter, backoff, size limit, falling over between
+//! sources) and hands each downloaded bundle to a callback ([`OnBundle`]; the gateway's is
+//! [`crate::activation::Activator::activate_download`]), knowing nothing of activation. Any
+//! failure leaves the last-known-good snapshot serving; the ETag it sends is the active
+//! bundle's, which advances only when a new bundle has activated, so after an outage a fleet
+//! re-downloads nothing it already has.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,14 @@ use pingora::services::background::BackgroundService;
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use crate::cache::{self, CacheMeta};
+use crate::active::Gateway;
+use crate::clock::{rfc3339, unix_now, unix_now_ms};
 use crate::config::Poll;
-use crate::state::{unix_now, unix_now_ms, Gateway};
+use crate::metrics::Metrics;
+
+/// What a downloaded bundle is handed to: `(url, body, etag)`; an error says why it was not
+/// taken. Called on a blocking thread.
+pub type OnBundle = Arc<dyn Fn(&str, Arc<Vec<u8>>, String) -> Result<(), String> + Send + Sync>;
 
 /// `x-gateway-instance`: the instance name sent with every bundle request.
 pub const INSTANCE_HEADER: &str = "x-gateway-instance";
@@ -70,22 +75,18 @@ pub struct Report {
     /// Unix seconds the active bundle activated at.
     pub activated_at: u64,
     /// How the last activation attempt from a source ended (a canary's first health signal).
-    pub activation: Option<crate::served::ActivationAttempt>,
+    pub activation: Option<crate::revision_health::ActivationAttempt>,
     /// What the active bundle has served since it activated.
-    pub served: crate::served::ServedReport,
-}
-
-/// Formats Unix seconds as RFC 3339 UTC (`2026-11-25T12:00:00Z`).
-pub fn rfc3339(unix: u64) -> String {
-    i64::try_from(unix)
-        .ok()
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| "9999-12-31T23:59:59Z".into())
+    pub served: crate::revision_health::ServedReport,
 }
 
 pub struct Syncer {
     gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+    on_bundle: OnBundle,
+    /// `bundle.name`, `bundle.max_size`.
+    name: String,
+    max_size: u64,
     poll: Poll,
     client: reqwest::Client,
     reports: mpsc::Sender<(String, Report)>,
@@ -173,18 +174,15 @@ fn follow_redirect(previous: &[reqwest::Url], next: &reqwest::Url) -> Result<(),
     Ok(())
 }
 
-/// An ETag that names a SHA-256 digest (`"<64 hex>"`), as the control plane sends.
-fn etag_digest(etag: &str) -> Option<&str> {
-    let inner = etag.trim().trim_start_matches("W/").trim_matches('"');
-    (inner.len() == 64 && inner.bytes().all(|b| b.is_ascii_hexdigit())).then_some(inner)
-}
-
 impl Syncer {
     pub fn new(
         gateway: Arc<Gateway>,
+        metrics: Arc<Metrics>,
+        on_bundle: OnBundle,
+        bundle: &crate::config::BundleConfig,
         poll: Poll,
         instance: String,
-    ) -> Result<(Syncer, StatusReporter), crate::StartError> {
+    ) -> Result<(Syncer, StatusReporter), reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(poll.timeout)
             .redirect(redirect_policy(poll.follow_redirects))
@@ -194,14 +192,15 @@ impl Syncer {
         let (tx, rx) = mpsc::channel(1);
         let reporter =
             StatusReporter { rx: tokio::sync::Mutex::new(rx), client: client.clone(), token: poll.token.clone() };
-        Ok((Syncer { gateway, poll, client, reports: tx, instance }, reporter))
+        let (name, max_size) = (bundle.name.clone(), bundle.max_size);
+        Ok((Syncer { gateway, metrics, on_bundle, name, max_size, poll, client, reports: tx, instance }, reporter))
     }
 
-    /// One poll of one source: a GET, then (on 200) download, activation and persistence.
+    /// One poll of one source: a GET, then (on 200) the download, handed to [`OnBundle`].
     /// `hold` asks the source to hold the request (long poll); it is off right after a failure
     /// so that a recovered source confirms at once.
     async fn fetch(&self, source: &str, hold: bool) -> Result<Polled, SyncError> {
-        let url = bundle_url(source, &self.gateway.config.bundle.name);
+        let url = bundle_url(source, &self.name);
         let resp = self.send(&url, hold).await?;
         match resp.status().as_u16() {
             304 => {
@@ -222,21 +221,19 @@ impl Syncer {
             }
         }
         let etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let body = Arc::new(self.download(&url, resp).await?);
+        let body = self.download(&url, resp).await?;
         // The ETag to send from now on: the source's, or the body's digest as `bundlectl` makes it.
         let etag = etag.unwrap_or_else(|| format!("\"{}\"", policy_bundles::digest(&body)));
-        let active = self.activate(&url, body.clone(), etag.clone()).await?;
+        self.hand_over(&url, body, etag).await?;
         self.confirm(source);
-        self.persist(&url, &active.info, body, etag).await;
         Ok(Polled::Updated)
     }
 
     /// Sends the GET with the ETag of the active bundle (if any), the long-poll preference and
     /// the token; the headers must arrive within the long-poll wait plus `timeout`.
     async fn send(&self, url: &str, hold: bool) -> Result<reqwest::Response, SyncError> {
-        let gw = &self.gateway;
         let terr = |m: String| SyncError::Transport { url: url.to_owned(), message: m };
-        let etag = gw.sync.lock().ok().and_then(|s| s.etag.clone()).filter(|_| gw.active.load().is_some());
+        let etag = self.gateway.etag();
         // The instance, so that a control plane staging a rollout answers with this gateway's cohort.
         let mut req = self.client.get(url).header(INSTANCE_HEADER, self.instance.as_str());
         let mut wait = Duration::ZERO;
@@ -260,7 +257,7 @@ impl Syncer {
 
     /// A redirect not followed: counted as `gateway_bundle_activation_failures_total{reason="redirect"}`.
     fn redirect_refused(&self, url: &str, message: String) -> SyncError {
-        self.gateway.metrics.activation_failures.with_label_values(&["redirect"]).inc();
+        self.metrics.activation_failures.with_label_values(&["redirect"]).inc();
         SyncError::Redirect { url: url.to_owned(), message }
     }
 
@@ -268,7 +265,7 @@ impl Syncer {
     /// slowly it trickles.
     async fn download(&self, url: &str, mut resp: reqwest::Response) -> Result<Vec<u8>, SyncError> {
         let terr = |m: String| SyncError::Transport { url: url.to_owned(), message: m };
-        let limit = self.gateway.config.bundle.max_size;
+        let limit = self.max_size;
         if resp.content_length().is_some_and(|n| n > limit) {
             return Err(SyncError::TooLarge { url: url.to_owned(), limit });
         }
@@ -289,69 +286,19 @@ impl Syncer {
         }
     }
 
-    /// Verifies, compiles and swaps the bundle on a blocking thread (request workers never
-    /// stall on it), recording the attempt either way. An ETag naming a digest is checked
-    /// against the body.
-    async fn activate(
-        &self,
-        url: &str,
-        body: Arc<Vec<u8>>,
-        etag: String,
-    ) -> Result<Arc<crate::state::Active>, SyncError> {
-        let gw = self.gateway.clone();
-        let expected = etag_digest(&etag).map(str::to_owned);
-        let (src, bytes) = (url.to_owned(), body.clone());
-        let activated =
-            tokio::task::spawn_blocking(move || gw.activate_bytes(&bytes, expected.as_deref(), src, Some(etag)))
-                .await
-                .map_err(|e| SyncError::Activation {
-                    url: url.to_owned(),
-                    message: format!("activation panicked: {e}"),
-                })?;
-        match activated {
-            Ok(a) => {
-                self.gateway.record_attempt(a.info.digest.clone(), Ok(()));
-                Ok(a)
-            }
-            Err(e) => {
-                self.gateway.record_attempt(policy_bundles::digest(&body), Err(&e));
-                self.gateway.record_failure(&e);
-                Err(SyncError::Activation { url: url.to_owned(), message: e.to_string() })
-            }
-        }
-    }
-
-    /// Persists an activated bundle as last-known-good (when `cache_dir` is set). A failure is
-    /// counted and shown; serving goes on with the bundle that activated.
-    async fn persist(&self, url: &str, info: &crate::state::BundleInfo, body: Arc<Vec<u8>>, etag: String) {
-        let gw = &self.gateway;
-        let Some(dir) = gw.config.bundle.cache_dir.clone() else { return };
-        let meta = CacheMeta {
-            name: gw.config.bundle.name.clone(),
-            digest: info.digest.clone(),
-            etag: Some(etag),
-            revision: info.revision.clone(),
-            source: url.to_owned(),
-            fetched_at: unix_now(),
-        };
-        match tokio::task::spawn_blocking(move || cache::persist(&dir, &body, &meta)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.persist_failed(format!("cannot persist the bundle to cache_dir: {e}")),
-            Err(e) => self.persist_failed(format!("persist task failed: {e}")),
-        }
-    }
-
-    fn persist_failed(&self, message: String) {
-        tracing::error!(error = %message, "last-known-good not persisted; serving continues");
-        self.gateway.metrics.activation_failures.with_label_values(&["persist"]).inc();
-        self.gateway.record_error(message);
+    /// Hands a download to [`OnBundle`] on a blocking thread (request workers never stall on
+    /// what it does).
+    async fn hand_over(&self, url: &str, body: Vec<u8>, etag: String) -> Result<(), SyncError> {
+        let (on_bundle, src) = (self.on_bundle.clone(), url.to_owned());
+        let body = Arc::new(body);
+        tokio::task::spawn_blocking(move || on_bundle(&src, body, etag))
+            .await
+            .unwrap_or_else(|e| Err(format!("activation panicked: {e}")))
+            .map_err(|message| SyncError::Activation { url: url.to_owned(), message })
     }
 
     fn confirm(&self, source: &str) {
-        self.gateway.last_confirmed_ms.store(unix_now_ms(), Ordering::Relaxed);
-        if let Ok(mut s) = self.gateway.sync.lock() {
-            s.source = Some(source.to_owned());
-        }
+        self.gateway.sync.confirm(source, unix_now_ms());
     }
 
     /// One round: each source in order, starting with the one that answered last.
@@ -368,7 +315,7 @@ impl Syncer {
                 Err(e) => {
                     tracing::warn!(error = %e, "bundle sync failed");
                     if !matches!(e, SyncError::Activation { .. }) {
-                        self.gateway.record_error(e.to_string());
+                        self.gateway.sync.record_error(e.to_string());
                     }
                     last = Some(e);
                 }
@@ -381,23 +328,24 @@ impl Syncer {
         if source.ends_with(".tar.gz") || source.contains("/v1/bundles/") {
             return;
         }
-        let Some(active) = self.gateway.active.load_full() else { return };
+        let Some(active) = self.gateway.active() else { return };
+        let sync = &self.gateway.sync;
         let report = Report {
             instance: self.instance.clone(),
             bundle: active.info.name.clone(),
             revision: active.info.revision.clone(),
             digest: active.info.digest.clone(),
-            last_sync: match self.gateway.last_confirmed_ms.load(Ordering::Relaxed) {
+            last_sync: match sync.last_confirmed_ms() {
                 0 => None,
                 ms => Some(rfc3339(ms / 1000)),
             },
-            staleness_seconds: self.gateway.age_seconds() as u64,
+            staleness_seconds: sync.age_seconds() as u64,
             activated_at: active.info.activated_at,
-            activation: self.gateway.last_activation.lock().ok().and_then(|a| a.clone()),
+            activation: sync.last_activation(),
             served: active.served.report(),
         };
         if self.reports.try_send((format!("{source}/v1/status"), report)).is_err() {
-            self.gateway.metrics.status_reports_dropped.inc();
+            self.metrics.status_reports_dropped.inc();
         }
     }
 }
@@ -413,7 +361,7 @@ impl BackgroundService for Syncer {
                 _ = shutdown.changed() => return,
                 r = self.poll_round(&mut preferred, failures == 0) => r,
             };
-            let metrics = &self.gateway.metrics;
+            let metrics = &self.metrics;
             let delay = match &result {
                 Ok(polled) => {
                     failures = 0;
@@ -513,13 +461,6 @@ mod tests {
     }
 
     #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_609_309), "2026-11-25T12:21:49Z");
-    }
-
-    #[test]
     fn honours_retry_after_in_seconds_and_as_an_http_date() {
         let h = |v: &str| reqwest::header::HeaderValue::from_str(v).expect("header value");
         // Wed, 02 Dec 2026 20:00:00 GMT
@@ -542,10 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_digest_etags_and_bundle_urls() {
-        let d = "a".repeat(64);
-        assert_eq!(etag_digest(&format!("\"{d}\"")), Some(d.as_str()));
-        assert_eq!(etag_digest("\"5f1-abc\""), None);
+    fn reads_bundle_urls() {
         assert_eq!(bundle_url("http://cp:8181", "main"), "http://cp:8181/v1/bundles/main");
         assert_eq!(bundle_url("http://cdn/b/main.tar.gz", "main"), "http://cdn/b/main.tar.gz");
     }

@@ -86,7 +86,7 @@ impl Certificate {
             .map_err(|e| CertError::BadCertificate { file: cert_file.clone(), message: e.to_string() })?;
         let Some(leaf) = chain.first() else { return Err(CertError::NoCertificate { file: cert_file }) };
         let (dns_names, ips, not_before, not_after) = leaf_facts(leaf, &cert_file)?;
-        let now = crate::state::unix_now() as i64;
+        let now = crate::clock::unix_now() as i64;
         if not_after < now {
             return Err(CertError::Expired { file: cert_file, not_after });
         }
@@ -296,7 +296,7 @@ impl Tls {
                     tracing::warn!(certificate = %st.name, error = %e, "TLS certificate not reloaded; the old one keeps serving");
                     st.failures += 1;
                     st.last_error = Some(e.to_string());
-                    st.last_error_at = Some(crate::state::unix_now());
+                    st.last_error_at = Some(crate::clock::unix_now());
                     st.refused = Some(seen);
                     "error"
                 }
@@ -318,7 +318,7 @@ fn fresh_status(cert: &Certificate) -> CertStatus {
         cert_file: cert.files.cert_file.display().to_string(),
         names,
         not_after: cert.not_after,
-        loaded_at: crate::state::unix_now(),
+        loaded_at: crate::clock::unix_now(),
         ..CertStatus::default()
     }
 }
@@ -369,17 +369,17 @@ impl TlsAccept for Handshake {
 /// Re-reads the certificate files every 250 ms ([`Tls::reload_changed`]).
 pub struct Reloader {
     pub tls: Arc<Tls>,
-    pub gateway: Arc<crate::state::Gateway>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        while crate::state::next_tick(&mut tick, &mut shutdown).await {
-            let (tls, gw) = (self.tls.clone(), self.gateway.clone());
+        while crate::clock::next_tick(&mut tick, &mut shutdown).await {
+            let (tls, metrics) = (self.tls.clone(), self.metrics.clone());
             // File reads and key parsing off the async workers.
-            let _ = tokio::task::spawn_blocking(move || tls.reload_changed(&gw.metrics)).await;
+            let _ = tokio::task::spawn_blocking(move || tls.reload_changed(&metrics)).await;
         }
     }
 }

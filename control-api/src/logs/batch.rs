@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::store::{self, DecisionEvent};
+use crate::store::DecisionEvent;
 
 /// Problems listed in one refusal, at most (the rest are counted).
 const MAX_PROBLEMS: usize = 10;
@@ -138,7 +138,7 @@ fn event(raw: &RawValue) -> Result<DecisionEvent, String> {
             None
         }
     };
-    let timestamp_ms = head.timestamp.as_ref().and_then(Value::as_str).and_then(store::parse_rfc3339);
+    let timestamp_ms = head.timestamp.as_ref().and_then(Value::as_str).and_then(crate::clock::parse_rfc3339);
     if timestamp_ms.is_none() {
         problems.push("`timestamp` must be an RFC 3339 time such as 2026-12-03T09:01:02.123Z".to_owned());
     }
@@ -169,7 +169,7 @@ fn bundle_of(bundles: Option<&Value>) -> Result<(String, Option<String>), String
     let Some(Value::Object(map)) = bundles else { return Err(wrong()) };
     let mut entries = map.iter();
     let (Some((name, info)), None) = (entries.next(), entries.next()) else { return Err(wrong()) };
-    if !crate::api::is_bundle_name(name) {
+    if !crate::names::is_bundle_name(name) {
         return Err(format!("`bundles`: `{name}` is not a bundle name"));
     }
     let revision = match info {

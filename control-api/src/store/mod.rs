@@ -303,38 +303,3 @@ pub async fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError
         StoreLocation::Postgres(url) => Arc::new(SqlStore::postgres(url).await?),
     })
 }
-
-/// The current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Unix milliseconds as RFC 3339 UTC with millisecond precision (`2026-11-25T12:00:00.123Z`).
-pub fn rfc3339(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    t.format(&fmt).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
-}
-
-/// An RFC 3339 timestamp as Unix milliseconds; `None` when it is not one.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_milliseconds_as_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_608_000_123), "2026-11-25T12:00:00.123Z");
-        let now = now_ms();
-        assert_eq!(parse_rfc3339(&rfc3339(now)), Some(now));
-        assert_eq!(parse_rfc3339("2026-11-25T13:00:00.123+01:00"), Some(1_795_608_000_123));
-        assert_eq!(parse_rfc3339("yesterday"), None);
-    }
-}

@@ -237,7 +237,8 @@ impl Store for SqlStore {
         let (existing, active) = read_for_write(&mut tx, bundle, revision).await?;
         let Some(info) = existing else { return Ok(RollbackOutcome::Unknown) };
         let info = RevisionInfo { active: true, ..info };
-        let ended = supersede(&mut tx, bundle, super::now_ms(), &format!("manual rollback to {revision}")).await?;
+        let ended =
+            supersede(&mut tx, bundle, crate::clock::now_ms(), &format!("manual rollback to {revision}")).await?;
         if active.as_deref() == Some(revision) {
             if ended > 0 {
                 self.backend.announce(&mut tx, bundle).await?;
@@ -245,7 +246,7 @@ impl Store for SqlStore {
             }
             return Ok(RollbackOutcome::AlreadyActive(info));
         }
-        set_active(&mut tx, bundle, revision, super::now_ms()).await?;
+        set_active(&mut tx, bundle, revision, crate::clock::now_ms()).await?;
         self.backend.announce(&mut tx, bundle).await?;
         tx.commit().await?;
         Ok(RollbackOutcome::Activated(info))

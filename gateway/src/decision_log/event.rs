@@ -19,7 +19,7 @@ use policy_bundles::decision::Decision;
 use policy_bundles::jwt::Verified;
 use serde_json::{Map, Value as Json};
 
-use crate::state::Active;
+use crate::active::Active;
 
 /// Headers never logged: credentials. Listed in each event's `erased`.
 pub const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];

@@ -26,10 +26,10 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{IntCounter, IntGauge};
 use serde_json::Value as Json;
 
 use crate::config::DecisionLogsConfig;
+use crate::metrics::DecisionLogCounters as Counters;
 
 mod event;
 pub use event::{decision_id, Answer, Extra, Pending, ShadowAnswer, ShortId};
@@ -37,21 +37,6 @@ use event::{event, Scratch};
 
 /// Decisions waiting for the shipper; past it they are dropped (`reason="queue_full"`).
 const QUEUE: usize = 16_384;
-
-/// The metrics of the decision log.
-#[derive(Clone)]
-pub struct Counters {
-    /// `gateway_decision_logs_total{result="buffered|shipped|dropped_by_policy"}`.
-    pub buffered: IntCounter,
-    pub shipped: IntCounter,
-    pub dropped_by_policy: IntCounter,
-    /// `gateway_decision_logs_dropped_total{reason="queue_full|buffer_full|rejected"}`.
-    pub queue_full: IntCounter,
-    pub buffer_full: IntCounter,
-    pub rejected: IntCounter,
-    /// `gateway_decision_logs_buffer_bytes`.
-    pub buffer_bytes: IntGauge,
-}
 
 /// The request path's end: decides what is logged and queues it. Finished (or dropped) when
 /// the server is done: the shipper sends or spools what it holds and is joined.
@@ -404,13 +389,13 @@ mod tests {
     #[test]
     fn a_full_buffer_drops_the_oldest_and_counts_them() {
         let c = Counters {
-            buffered: IntCounter::new("a", "a").unwrap(),
-            shipped: IntCounter::new("b", "b").unwrap(),
-            dropped_by_policy: IntCounter::new("c", "c").unwrap(),
-            queue_full: IntCounter::new("d", "d").unwrap(),
-            buffer_full: IntCounter::new("e", "e").unwrap(),
-            rejected: IntCounter::new("f", "f").unwrap(),
-            buffer_bytes: IntGauge::new("g", "g").unwrap(),
+            buffered: prometheus::IntCounter::new("a", "a").unwrap(),
+            shipped: prometheus::IntCounter::new("b", "b").unwrap(),
+            dropped_by_policy: prometheus::IntCounter::new("c", "c").unwrap(),
+            queue_full: prometheus::IntCounter::new("d", "d").unwrap(),
+            buffer_full: prometheus::IntCounter::new("e", "e").unwrap(),
+            rejected: prometheus::IntCounter::new("f", "f").unwrap(),
+            buffer_bytes: prometheus::IntGauge::new("g", "g").unwrap(),
         };
         let mut b = Buffer { events: VecDeque::new(), bytes: 0, max: 25 };
         for i in 0..5u8 {

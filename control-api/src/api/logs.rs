@@ -12,10 +12,13 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::batch::{self, BatchError, Encoding};
-use crate::api::{read_body, ApiError, AppState, BodyError, Shared};
+use super::{read_body, ApiError, BodyError};
+use crate::app_state::{AppState, Shared};
 use crate::auth::{Principal, Scope};
-use crate::store::{self, DecisionEvent, EventQuery};
+use crate::clock;
+use crate::logs;
+use crate::logs::batch::{self, BatchError, Encoding};
+use crate::store::{DecisionEvent, EventQuery};
 
 /// `GET /v1/logs` answers at most this many events; and this many without `limit`.
 pub const MAX_LIMIT: u32 = 10_000;
@@ -43,7 +46,7 @@ impl From<BatchError> for Refused {
 
 /// `POST /v1/logs`: a JSON array of decision events (gzip with `Content-Encoding: gzip`).
 /// 200 `{"accepted": N, "stored": S, "duplicates": N - S}`; refused batches are counted by reason.
-pub(crate) async fn ingest(
+pub(super) async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
@@ -82,7 +85,7 @@ async fn take_batch(s: &Shared, headers: &HeaderMap, body: Body) -> Result<Respo
     let stored = s.store.store_events(&events).await.map_err(|e| Refused("store", e.into()))?;
     let duplicates = received as u64 - stored;
     s.metrics.ingested(stored, duplicates);
-    super::prune(s, s.retention.after_store(stored, limits.max_count)).await;
+    logs::prune(&*s.store, &s.config.logs, &s.metrics, s.retention.after_store(stored, limits.max_count)).await;
     Ok((StatusCode::OK, Json(json!({ "accepted": received, "stored": stored, "duplicates": duplicates })))
         .into_response())
 }
@@ -114,7 +117,7 @@ pub(crate) struct ListParams {
 
 /// `GET /v1/logs?bundle=&route=&decision=&revision=&since=&until=&limit=`: the stored events,
 /// as they were sent, newest first.
-pub(crate) async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
@@ -123,7 +126,7 @@ pub(crate) async fn list(
     let auth = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
     let who = s.tokens.authorize(auth, Scope::Logs)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(format!("GET /v1/logs: {}", e.body_text())))?;
-    let query = event_query(params, &who, s, store::now_ms())?;
+    let query = event_query(params, &who, s, clock::now_ms())?;
     let events = s.store.events(&query).await?;
     let mut body = String::with_capacity(2 + events.iter().map(|e| e.len() + 1).sum::<usize>());
     body.push('[');
@@ -157,7 +160,7 @@ fn event_query(p: ListParams, who: &Principal, s: &Shared, now_ms: i64) -> Resul
     }
     let mut time = |key: &str, v: Option<String>| {
         v.filter(|v| !v.is_empty())
-            .and_then(|v| super::parse_time(&v, now_ms).map_err(|m| problems.push(format!("`{key}`: {m}"))).ok())
+            .and_then(|v| clock::parse_time(&v, now_ms).map_err(|m| problems.push(format!("`{key}`: {m}"))).ok())
     };
     let since_ms = time("since", p.since);
     let until_ms = time("until", p.until);
@@ -184,7 +187,7 @@ fn event_query(p: ListParams, who: &Principal, s: &Shared, now_ms: i64) -> Resul
         (None, Some(list)) => list.clone(),
         (None, None) => Vec::new(),
     };
-    let kept = super::oldest_kept(&s.config.logs, now_ms);
+    let kept = logs::oldest_kept(&s.config.logs, now_ms);
     let since_ms = Some(since_ms.map_or(kept, |t| t.max(kept)));
     Ok(EventQuery { bundles, route, decision, revision, since_ms, until_ms, limit })
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::state::Gateway;
+use crate::active::Gateway;
 
 pub struct HealthChecks {
     pub gateway: Arc<Gateway>,
@@ -20,9 +20,9 @@ pub struct HealthChecks {
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        while crate::state::next_tick(&mut tick, &mut shutdown).await {
-            let Some(active) = self.gateway.active.load_full() else { continue };
-            let now = crate::state::unix_now_ms();
+        while crate::clock::next_tick(&mut tick, &mut shutdown).await {
+            let Some(active) = self.gateway.active() else { continue };
+            let now = crate::clock::unix_now_ms();
             for pool in &active.pools {
                 let Some(interval) = pool.health_interval else { continue };
                 if pool.next_check_ms.load(Ordering::Relaxed) > now {

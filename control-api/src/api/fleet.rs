@@ -1,0 +1,211 @@
+//! The fleet: gateways' status reports (`POST /v1/status`) and what they add up to
+//! (`GET /v1/fleet`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{check_access, read_json, speaks_for, ApiError, Reader};
+use crate::app_state::AppState;
+use crate::clock;
+use crate::store::GatewayReport;
+
+/// A gateway's report (`POST /v1/status`). Fields this version does not know are ignored, so
+/// newer gateways can report more. `last_sync` is Unix seconds or an RFC 3339 time (0 or null:
+/// never); an empty `revision` or `digest` means none (a gateway without a bundle yet).
+#[derive(Debug, Deserialize)]
+struct StatusRequest {
+    instance: String,
+    bundle: String,
+    #[serde(default)]
+    revision: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    last_sync: Option<serde_json::Value>,
+    #[serde(default)]
+    staleness_seconds: Option<f64>,
+    /// The last activation attempt: `{digest, outcome, reason, message, at}`.
+    #[serde(default)]
+    activation: Option<serde_json::Value>,
+    /// What the active bundle served since it activated: `{requests, denies, errors, p99_ms}`.
+    #[serde(default)]
+    served: Option<serde_json::Value>,
+    #[serde(default)]
+    activated_at: Option<u64>,
+}
+
+impl StatusRequest {
+    /// Checks every field (all problems are reported at once) and normalizes the report.
+    fn into_report(self, now_ms: i64) -> Result<GatewayReport, ApiError> {
+        let mut problems = Vec::new();
+        let text_ok = |s: &str| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control);
+        if !text_ok(&self.instance) {
+            problems.push("`instance` must be 1 to 256 characters without control characters");
+        }
+        if !text_ok(&self.bundle) {
+            problems.push("`bundle` must be 1 to 256 characters without control characters");
+        }
+        let revision = self.revision.filter(|r| !r.is_empty());
+        if revision.as_deref().is_some_and(|r| !text_ok(r)) {
+            problems.push("`revision` must be at most 256 characters without control characters");
+        }
+        let digest = self.digest.filter(|d| !d.is_empty()).map(|d| d.to_ascii_lowercase());
+        if digest.as_deref().is_some_and(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
+            problems.push("`digest` must be a hex SHA-256 (64 digits)");
+        }
+        let last_sync_ms = match &self.last_sync {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Number(n)) => match n.as_f64() {
+                // Up to the last second of year 9999, as RFC 3339 can write.
+                Some(secs) if (0.0..=253_402_300_799.0).contains(&secs) => {
+                    (secs > 0.0).then_some((secs * 1000.0) as i64)
+                }
+                _ => {
+                    problems.push("`last_sync` must be Unix seconds (0 or more) or an RFC 3339 time");
+                    None
+                }
+            },
+            Some(serde_json::Value::String(t)) => {
+                let ms = clock::parse_rfc3339(t);
+                if ms.is_none() {
+                    problems.push("`last_sync` must be Unix seconds or an RFC 3339 time such as 2026-11-25T12:00:00Z");
+                }
+                ms
+            }
+            Some(_) => {
+                problems.push("`last_sync` must be Unix seconds or an RFC 3339 time");
+                None
+            }
+        };
+        if self.staleness_seconds.is_some_and(|x| !x.is_finite() || x < 0.0) {
+            problems.push("`staleness_seconds` must be a number of seconds, 0 or more");
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::BadRequest(problems.join("; ")));
+        }
+        let health = (self.activation.is_some() || self.served.is_some()).then(|| {
+            json!({ "activation": self.activation, "served": self.served, "activated_at": self.activated_at })
+                .to_string()
+        });
+        Ok(GatewayReport {
+            health,
+            instance: self.instance,
+            bundle: self.bundle,
+            revision,
+            digest,
+            last_sync: last_sync_ms.map(clock::rfc3339),
+            staleness_seconds: self.staleness_seconds,
+            last_report_ms: now_ms,
+            token: String::new(),
+        })
+    }
+}
+
+/// `POST /v1/status`: record a gateway's report (latest per instance). Answers 202.
+pub(super) async fn status(
+    State(state): State<AppState>,
+    Reader(who): Reader,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let s = &state.0;
+    let req: StatusRequest = read_json(&headers, body).await?;
+    let now = clock::now_ms();
+    let mut report = req.into_report(now)?;
+    if let Err(e) = speaks_for(&who, Some(report.instance.clone())) {
+        s.metrics.refuse_status("token_instance");
+        return Err(e);
+    }
+    if let Err(e) = check_access(&who, &report.bundle) {
+        s.metrics.refuse_status("bundle");
+        return Err(e);
+    }
+    // Rows not heard from within the retention go, and with them their binding to a token.
+    let retention = i64::try_from(s.config.fleet_retention.as_millis()).unwrap_or(i64::MAX);
+    s.store.prune_fleet(now.saturating_sub(retention)).await?;
+    report.token.clone_from(&who.name);
+    if !s.store.report(&report).await? {
+        s.metrics.refuse_status("instance_bound");
+        tracing::warn!(instance = %report.instance, token = %who.name, "status report for an instance another token reports for: refused");
+        return Err(ApiError::Forbidden(format!(
+            "instance `{}` reports with another token; token `{}` may not report for it",
+            report.instance, who.name
+        )));
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct FleetMember {
+    instance: String,
+    bundle: String,
+    revision: Option<String>,
+    digest: Option<String>,
+    /// RFC 3339: when the gateway last confirmed that its bundle was current.
+    last_sync: Option<String>,
+    staleness_seconds: Option<f64>,
+    /// RFC 3339: when this control plane last heard from the gateway.
+    last_report: String,
+    /// No report for longer than `fleet_silent_after`.
+    silent: bool,
+    /// Its digest is the one its cohort is served.
+    current: bool,
+    /// `canary` or `stable`, when rollouts are staged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cohort: Option<&'static str>,
+    /// The revision its cohort is served.
+    target_revision: Option<String>,
+    /// The name of the token its reports come with.
+    token: String,
+}
+
+/// `GET /v1/fleet`: every gateway that reported, and how far it is from the active revision.
+pub(super) async fn fleet(
+    State(state): State<AppState>,
+    Reader(_): Reader,
+) -> Result<Json<Vec<FleetMember>>, ApiError> {
+    let s = &state.0;
+    let now = clock::now_ms();
+    let retention = i64::try_from(s.config.fleet_retention.as_millis()).unwrap_or(i64::MAX);
+    s.store.prune_fleet(now.saturating_sub(retention)).await?;
+    let reports = s.store.fleet().await?;
+    let silent_after = i64::try_from(s.config.fleet_silent_after.as_millis()).unwrap_or(i64::MAX);
+    let mut active: std::collections::HashMap<String, Option<Arc<crate::hub::Heads>>> =
+        std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(reports.len());
+    for r in reports {
+        if !active.contains_key(&r.bundle) {
+            // A report may name anything; only well-formed names can have an active revision.
+            let heads = match crate::names::is_bundle_name(&r.bundle) {
+                true => s.hub.current(&r.bundle).await?.1,
+                false => None,
+            };
+            active.insert(r.bundle.clone(), heads);
+        }
+        let canary = s.config.rollout.as_ref().is_some_and(|c| c.canary.contains(&r.instance));
+        let target = active.get(&r.bundle).and_then(|h| h.as_ref()).map(|h| h.for_cohort(canary).clone());
+        let current = matches!((&r.digest, &target), (Some(d), Some(t)) if *d == t.digest);
+        out.push(FleetMember {
+            cohort: s.config.rollout.as_ref().map(|_| if canary { "canary" } else { "stable" }),
+            target_revision: target.map(|t| t.revision.clone()),
+            last_report: clock::rfc3339(r.last_report_ms),
+            silent: now.saturating_sub(r.last_report_ms) > silent_after,
+            token: r.token.clone(),
+            current,
+            instance: r.instance,
+            bundle: r.bundle,
+            revision: r.revision,
+            digest: r.digest,
+            last_sync: r.last_sync,
+            staleness_seconds: r.staleness_seconds,
+        });
+    }
+    Ok(Json(out))
+}
