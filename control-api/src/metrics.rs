@@ -102,31 +102,7 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(downloads.clone()))?;
         registry.register(Box::new(waiters.clone()))?;
-        let rollouts = IntCounterVec::new(Opts::new(ROLLOUTS_TOTAL, "Ended staged rollouts by result"), &["result"])?;
-        let rollbacks =
-            IntCounterVec::new(Opts::new(ROLLBACKS_TOTAL, "Automatic rollbacks of a canary by reason"), &["reason"])?;
-        let buckets = vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
-        let rollout_duration = Histogram::with_opts(
-            HistogramOpts::new(ROLLOUT_DURATION, "Seconds from publish to promotion to every gateway")
-                .buckets(buckets.clone()),
-        )?;
-        let propagation = Histogram::with_opts(
-            HistogramOpts::new(
-                ROLLOUT_PROPAGATION,
-                "Seconds from a revision becoming a gateway's target (publish to the canary, promotion to the rest) to \
-                 the first status report showing it active",
-            )
-            .buckets(buckets),
-        )?;
-        let served_revision = IntGaugeVec::new(
-            Opts::new(SERVED_REVISION, "1 for the revision each cohort of a bundle is served"),
-            &["bundle", "cohort", "revision"],
-        )?;
-        registry.register(Box::new(rollouts.clone()))?;
-        registry.register(Box::new(rollbacks.clone()))?;
-        registry.register(Box::new(rollout_duration.clone()))?;
-        registry.register(Box::new(propagation.clone()))?;
-        registry.register(Box::new(served_revision.clone()))?;
+        let (rollouts, rollbacks, rollout_duration, propagation, served_revision) = rollout_metrics(&registry)?;
         let (decision_events, decision_refused, decision_pruned) = decision_log_metrics(&registry)?;
         let status_refused = IntCounterVec::new(
             Opts::new(
@@ -229,6 +205,39 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Staged rollouts: how they ended, why canaries were rolled back, how long promotion and
+/// propagation took, and which revision each cohort is served.
+fn rollout_metrics(
+    registry: &Registry,
+) -> Result<(IntCounterVec, IntCounterVec, Histogram, Histogram, IntGaugeVec), prometheus::Error> {
+    let rollouts = IntCounterVec::new(Opts::new(ROLLOUTS_TOTAL, "Ended staged rollouts by result"), &["result"])?;
+    let rollbacks =
+        IntCounterVec::new(Opts::new(ROLLBACKS_TOTAL, "Automatic rollbacks of a canary by reason"), &["reason"])?;
+    let buckets = vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+    let rollout_duration = Histogram::with_opts(
+        HistogramOpts::new(ROLLOUT_DURATION, "Seconds from publish to promotion to every gateway")
+            .buckets(buckets.clone()),
+    )?;
+    let propagation = Histogram::with_opts(
+        HistogramOpts::new(
+            ROLLOUT_PROPAGATION,
+            "Seconds from a revision becoming a gateway's target (publish to the canary, promotion to the rest) to \
+             the first status report showing it active",
+        )
+        .buckets(buckets),
+    )?;
+    let served_revision = IntGaugeVec::new(
+        Opts::new(SERVED_REVISION, "1 for the revision each cohort of a bundle is served"),
+        &["bundle", "cohort", "revision"],
+    )?;
+    registry.register(Box::new(rollouts.clone()))?;
+    registry.register(Box::new(rollbacks.clone()))?;
+    registry.register(Box::new(rollout_duration.clone()))?;
+    registry.register(Box::new(propagation.clone()))?;
+    registry.register(Box::new(served_revision.clone()))?;
+    Ok((rollouts, rollbacks, rollout_duration, propagation, served_revision))
 }
 
 /// The decision-log counters, registered, with their known labels at 0.

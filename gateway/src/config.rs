@@ -448,14 +448,7 @@ impl Config {
         let threads = c.threads(threads);
         let limits = c.limits(limits.unwrap_or_default());
         let bundle = c.bundle(bundle);
-        let tls = tls.map(|t| c.tls(t));
-        let plaintext_listen = plaintext_listen.map(|a| c.addr("plaintext_listen", &a));
-        if plaintext_listen.is_some() && tls.is_none() {
-            c.problem("`plaintext_listen` is a plain listener beside a TLS one: it needs `tls`".into());
-        }
-        if plaintext_listen.is_some_and(|a| a == listen) {
-            c.problem("`plaintext_listen` must differ from `listen`".into());
-        }
+        let (tls, plaintext_listen) = c.listeners(listen, tls, plaintext_listen);
         let access_log = access_log.map(|a| c.access_log(a));
         let bundle_token = match &bundle.source {
             Source::Poll(p) => p.token.clone(),
@@ -464,12 +457,7 @@ impl Config {
         let decision_logs = decision_logs.map(|d| c.decision_logs(d, bundle_token));
         let shadow_sample = c.fraction("shadow_sample", shadow_sample);
         let base_dir = c.base.clone();
-        let port = listen.port();
-        let upgrade_sock = upgrade_sock
-            .map(|p| c.resolve(p))
-            .unwrap_or_else(|| PathBuf::from(format!("/tmp/gateway-{port}.upgrade.sock")));
-        let pid_file =
-            pid_file.map(|p| c.resolve(p)).unwrap_or_else(|| PathBuf::from(format!("/tmp/gateway-{port}.pid")));
+        let (upgrade_sock, pid_file) = c.upgrade_files(listen.port(), upgrade_sock, pid_file);
         let requests = request_rules(
             &trusted_proxies,
             [&path_with_escaped_slashes, &path_params],
@@ -500,6 +488,36 @@ impl Config {
             upgrade_sock,
             pid_file,
         })
+    }
+}
+
+impl Check {
+    /// `tls` on `listen`, and `plaintext_listen` beside it (only with `tls`, on another address).
+    fn listeners(
+        &mut self,
+        listen: SocketAddr,
+        tls: Option<RawTls>,
+        plaintext_listen: Option<String>,
+    ) -> (Option<TlsConfig>, Option<SocketAddr>) {
+        let tls = tls.map(|t| self.tls(t));
+        let plaintext_listen = plaintext_listen.map(|a| self.addr("plaintext_listen", &a));
+        if plaintext_listen.is_some() && tls.is_none() {
+            self.problem("`plaintext_listen` is a plain listener beside a TLS one: it needs `tls`".into());
+        }
+        if plaintext_listen.is_some_and(|a| a == listen) {
+            self.problem("`plaintext_listen` must differ from `listen`".into());
+        }
+        (tls, plaintext_listen)
+    }
+
+    /// `upgrade_sock` and `pid_file`, by default named after the listen port under `/tmp`.
+    fn upgrade_files(&self, port: u16, upgrade_sock: Option<PathBuf>, pid_file: Option<PathBuf>) -> (PathBuf, PathBuf) {
+        let upgrade_sock = upgrade_sock
+            .map(|p| self.resolve(p))
+            .unwrap_or_else(|| PathBuf::from(format!("/tmp/gateway-{port}.upgrade.sock")));
+        let pid_file =
+            pid_file.map(|p| self.resolve(p)).unwrap_or_else(|| PathBuf::from(format!("/tmp/gateway-{port}.pid")));
+        (upgrade_sock, pid_file)
     }
 }
 

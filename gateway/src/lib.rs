@@ -115,18 +115,7 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
     if start == Start::Upgrade && !gateway.is_active() {
         return Err(upgrade::UpgradeError::NothingToServe.into());
     }
-    let conf = ServerConf {
-        threads: config.threads,
-        // After it stops accepting, the old process waits this long before its runtimes are shut
-        // down, which drops every task still running: the requests in flight get 2 s to finish
-        // (with 0, one in about 5,000 was reset in the upgrade test).
-        grace_period_seconds: Some(2),
-        graceful_shutdown_timeout_seconds: Some(5),
-        upgrade_sock: config.upgrade_sock.display().to_string(),
-        ..ServerConf::default()
-    };
-    let opt = Opt { upgrade: start == Start::Upgrade, ..Opt::default() };
-    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    let mut server = server(&config, start);
 
     let (access_log, decision_logs) = logs(&config, &metrics, &mut server)?;
     let proxy = proxy::Proxy {
@@ -148,12 +137,8 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
         phases: phases.clone(),
         tls: tls.clone(),
     };
-    let mut admin = Service::new("admin".to_string(), admin);
-    admin.add_tcp(&config.admin.to_string());
-    admin.threads = Some(1);
-
     server.add_service(service);
-    server.add_service(admin);
+    server.add_service(admin_service(admin, &config));
     server.add_service(background_service("health checks", health_checks::HealthChecks { gateway: gateway.clone() }));
     server.add_service(background_service("memory purge", memory::Purge));
     if let Some(tls) = tls {
@@ -178,6 +163,30 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
     upgrade::write_pid(&config.pid_file)?;
     upgrade::notify_systemd();
     Ok(Built { server, decision_logs })
+}
+
+/// The Pingora server: its worker threads, the upgrade socket, and how long a drain may take.
+fn server(config: &Config, start: Start) -> Server {
+    let conf = ServerConf {
+        threads: config.threads,
+        // After it stops accepting, the old process waits this long before its runtimes are shut
+        // down, which drops every task still running: the requests in flight get 2 s to finish
+        // (with 0, one in about 5,000 was reset in the upgrade test).
+        grace_period_seconds: Some(2),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upgrade_sock: config.upgrade_sock.display().to_string(),
+        ..ServerConf::default()
+    };
+    let opt = Opt { upgrade: start == Start::Upgrade, ..Opt::default() };
+    Server::new_with_opt_and_conf(Some(opt), conf)
+}
+
+/// The admin listener, on one thread of its own so it answers when the proxy is busy.
+fn admin_service(admin: admin::Admin, config: &Config) -> Service<admin::Admin> {
+    let mut service = Service::new("admin".to_string(), admin);
+    service.add_tcp(&config.admin.to_string());
+    service.threads = Some(1);
+    service
 }
 
 /// The gateway's shared state, its metrics and its activation pipeline, nothing active yet.

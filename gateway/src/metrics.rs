@@ -198,6 +198,71 @@ fn buckets() -> Vec<f64> {
     ]
 }
 
+/// The active bundle: its identity, when it activated, how old and whether stale or expired.
+fn bundle_metrics(
+    r: &Registry,
+) -> Result<(IntGaugeVec, IntGauge, prometheus::Gauge, IntGauge, IntGauge), prometheus::Error> {
+    Ok((
+        reg(
+            r,
+            IntGaugeVec::new(Opts::new(BUNDLE_INFO, "The active bundle (value 1)"), &["name", "revision", "digest"])?,
+        )?,
+        reg(r, IntGauge::new(BUNDLE_ACTIVATED_TIMESTAMP, "Unix time the active bundle was activated")?)?,
+        reg(
+            r,
+            prometheus::Gauge::new(
+                BUNDLE_AGE,
+                "Seconds since the gateway last confirmed (200 or 304) that its active bundle is current",
+            )?,
+        )?,
+        reg(r, IntGauge::new(BUNDLE_STALE, "1 when the bundle age exceeds max_staleness")?)?,
+        reg(
+            r,
+            IntGauge::new(
+                SIGNATURE_EXPIRED,
+                "1 when the serving bundle's signature is past its expires (it keeps serving)",
+            )?,
+        )?,
+    ))
+}
+
+/// Downstream connections: held, refused at the bound, closed for their request head.
+fn connection_metrics(r: &Registry) -> Result<(IntGauge, IntCounter, IntCounterVec), prometheus::Error> {
+    Ok((
+        reg(r, IntGauge::new(CONNECTIONS, "Downstream connections held now")?)?,
+        counter(
+            r,
+            CONNECTIONS_REFUSED_TOTAL,
+            "Downstream connections closed at once: limits.max_connections were held",
+        )?,
+        counter_vec(
+            r,
+            CONNECTIONS_CLOSED_TOTAL,
+            "Downstream connections closed for a slow (limits.header_timeout) or large (limits.max_header_bytes) request head",
+            &["reason"],
+        )?,
+    ))
+}
+
+/// TLS: when the serving certificates expire and how their reloads went.
+fn tls_metrics(r: &Registry) -> Result<(IntGaugeVec, IntCounterVec), prometheus::Error> {
+    Ok((
+        reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(TLS_CERT_EXPIRY, "Unix time the serving TLS certificate expires (notAfter)"),
+                &["name"],
+            )?,
+        )?,
+        counter_vec(
+            r,
+            TLS_RELOADS_TOTAL,
+            "Changed TLS certificate files loaded (ok) or refused, the old pair serving on (error)",
+            &["name", "result"],
+        )?,
+    ))
+}
+
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let r = Registry::new();
@@ -212,8 +277,20 @@ impl Metrics {
         let cache = counter_vec(&r, DECISION_CACHE_TOTAL, how, &["result"])?;
         let why = "Requests refused (400) before routing: ambiguous path, host or headers";
         let refused = counter_vec(&r, REQUESTS_REFUSED_TOTAL, why, &["reason"])?;
-        let age = "Seconds since the gateway last confirmed (200 or 304) that its active bundle is current";
+        let (bundle_info, bundle_activated, bundle_age, bundle_stale, signature_expired) = bundle_metrics(&r)?;
+        let (connections, connections_refused, connections_closed) = connection_metrics(&r)?;
+        let (tls_expiry, tls_reloads) = tls_metrics(&r)?;
         Ok(Metrics {
+            tls_expiry,
+            tls_reloads,
+            connections,
+            connections_refused,
+            connections_closed,
+            bundle_info,
+            bundle_activated,
+            bundle_age,
+            bundle_stale,
+            signature_expired,
             no_route: requests.with_label_values(&["", Outcome::NoRoute.label()]),
             unavailable: requests.with_label_values(&["", Outcome::Unavailable.label()]),
             refused_requests: requests.with_label_values(&["", Outcome::Refused.label()]),
@@ -223,41 +300,11 @@ impl Metrics {
                 POLICY_EVAL_DURATION,
                 "Time to build the input and evaluate a route's rule",
             )?,
-            bundle_info: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(BUNDLE_INFO, "The active bundle (value 1)"),
-                    &["name", "revision", "digest"],
-                )?,
-            )?,
-            bundle_activated: reg(
-                &r,
-                IntGauge::new(BUNDLE_ACTIVATED_TIMESTAMP, "Unix time the active bundle was activated")?,
-            )?,
             upstream_errors: counter(&r, UPSTREAM_ERRORS_TOTAL, "Requests that failed to reach an upstream (502)")?,
             upstream_tls_errors: counter(
                 &r,
                 UPSTREAM_TLS_ERRORS_TOTAL,
                 "TLS handshakes with an upstream that failed (verification or protocol); each is a 502",
-            )?,
-            tls_expiry: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(TLS_CERT_EXPIRY, "Unix time the serving TLS certificate expires (notAfter)"),
-                    &["name"],
-                )?,
-            )?,
-            connections: reg(&r, IntGauge::new(CONNECTIONS, "Downstream connections held now")?)?,
-            connections_refused: counter(
-                &r,
-                CONNECTIONS_REFUSED_TOTAL,
-                "Downstream connections closed at once: limits.max_connections were held",
-            )?,
-            connections_closed: counter_vec(
-                &r,
-                CONNECTIONS_CLOSED_TOTAL,
-                "Downstream connections closed for a slow (limits.header_timeout) or large (limits.max_header_bytes) request head",
-                &["reason"],
             )?,
             access_log_dropped: counter(
                 &r,
@@ -270,18 +317,6 @@ impl Metrics {
                 SHADOW_DECISIONS_TOTAL,
                 "Shadow rules evaluated beside the enforced one: whether they agreed (same, differ) or failed (error)",
                 &["route", "agreement"],
-            )?,
-            tls_reloads: counter_vec(
-                &r,
-                TLS_RELOADS_TOTAL,
-                "Changed TLS certificate files loaded (ok) or refused, the old pair serving on (error)",
-                &["name", "result"],
-            )?,
-            bundle_age: reg(&r, prometheus::Gauge::new(BUNDLE_AGE, age)?)?,
-            bundle_stale: reg(&r, IntGauge::new(BUNDLE_STALE, "1 when the bundle age exceeds max_staleness")?)?,
-            signature_expired: reg(
-                &r,
-                IntGauge::new(SIGNATURE_EXPIRED, "1 when the serving bundle's signature is past its expires (it keeps serving)")?,
             )?,
             sync,
             activation_failures: counter_vec(

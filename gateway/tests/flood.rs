@@ -16,7 +16,7 @@ use test_support::process::rss;
 
 const CAP: usize = 500;
 /// What the flood may add to the gateway's resident memory while it holds `CAP` half-open
-/// connections: 64 KB each (README, "Operating the gateway": measured 46 KB in a debug build,
+/// connections: 64 KB each (docs/src/operator/operating.md, "What a connection costs": measured 46 KB in a debug build,
 /// 42 KB in a release one; 109 KB before the socket read buffer was cut to 4 KiB).
 const FLOOD_RSS_BOUND: u64 = 32 << 20;
 

@@ -57,7 +57,7 @@ pub struct Upstream {
 }
 
 /// One decision rule, compiled for the regorus VM (about 6x faster than the tree-walking
-/// interpreter on the example bundle; see the README), with the interpreter kept as the fallback
+/// interpreter on the example bundle; docs/src/performance.md, "Policy evaluation"), with the interpreter kept as the fallback
 /// for any rule the VM compiler does not support.
 struct Policy {
     rule: String,

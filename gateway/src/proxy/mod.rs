@@ -161,6 +161,126 @@ impl Proxy {
             && (sample >= 1.0 || (sample > 0.0 && rand::random::<f64>() < sample))
     }
 
+    /// Past the in-flight limit, 503 at once; a declared body over `limits.max_body`, 413.
+    /// True when it answered.
+    async fn shed_or_refuse_body(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.admission.admit().await {
+            Some(slot) => ctx.slot = Some(slot),
+            None => {
+                ctx.outcome = Some(Outcome::Shed);
+                let retry = [("retry-after".to_string(), "1".to_string())];
+                respond(session, ctx, 503, "overloaded: the gateway is at its in-flight limit", None, &retry).await?;
+                return Ok(true);
+            }
+        }
+        let max_body = self.limits.max_body;
+        let declared = session.req_header().headers.get(http::header::CONTENT_LENGTH);
+        if declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > max_body) {
+            ctx.outcome = Some(Outcome::Refused);
+            let why = format!("the request body is larger than {max_body} bytes (limits.max_body)");
+            respond(session, ctx, 413, "payload too large", Some(&why), &[]).await?;
+            linger(session).await;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Routes, authenticates and evaluates the canonical request ([`authorize`]), and the
+    /// route's shadow rule on the same request when it is sampled (`shadow_sample`): its answer
+    /// is counted and logged, never enforced.
+    fn decide(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        active: &Arc<Active>,
+        host: &str,
+        scheme: &'static str,
+    ) -> (authorize::Outcome, Option<Result<Arc<Decision>, EvalError>>) {
+        let envoy = active.snapshot.has_envoy_routes();
+        let client_port =
+            if envoy { session.client_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port()) } else { 0 };
+        let local = if envoy {
+            session.server_addr().and_then(|a| a.as_inet()).map(|a| (a.ip().to_string(), a.port()))
+        } else {
+            None
+        };
+        let protocol = if envoy { protocol(session) } else { "" };
+        let req = session.req_header();
+        let client_ip = ctx.client_ip.as_str();
+        let request_id = ctx.id.as_ref().map_or("", crate::trace::RequestId::id);
+        let body = ctx.body.as_deref();
+        // Under `path_params: keep` routes and the policy see the path without its parameters.
+        let path = match self.requests.path.params {
+            canon::PathParams::Keep => canon::without_params(req.uri.path()),
+            _ => std::borrow::Cow::Borrowed(req.uri.path()),
+        };
+        let view = || RequestView {
+            parts: Request {
+                method: req.method.as_str(),
+                path: &path,
+                query: req.uri.query(),
+                host,
+                scheme,
+                client_ip,
+                body,
+                content_type: req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                conn: policy_bundles::input::Connection {
+                    client_port,
+                    destination: local.as_ref().map(|(ip, port)| (ip.as_str(), *port)),
+                    id: request_id,
+                    protocol,
+                },
+            },
+            authorization: req.headers.get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes),
+            headers: req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+        };
+        let outcome = authorize(&active.snapshot, view());
+        // The route's shadow rule, on the same request, before anything is answered (sampled by
+        // `shadow_sample`); its answer is counted and logged, never enforced.
+        let shadow = match &outcome {
+            authorize::Outcome::Evaluated { route, jwt, .. } if self.shadows(active, *route) => {
+                authorize::shadow(&active.snapshot, *route, view(), jwt.as_deref())
+            }
+            _ => None,
+        };
+        (outcome, shadow)
+    }
+
+    /// Answers an outcome that never reached the policy: no route (404), a refusal (400 and
+    /// kin), credentials refused (401).
+    async fn answer_unevaluated(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        active: Arc<Active>,
+        outcome: authorize::Outcome,
+    ) -> Result<()> {
+        match outcome {
+            authorize::Outcome::NoRoute => {
+                ctx.outcome = Some(Outcome::NoRoute);
+                respond(session, ctx, 404, "no route matches this request", None, &[]).await?;
+            }
+            authorize::Outcome::Refused { route, refusal } => {
+                // The route is named in the access log; `active` stays unset, so the request is
+                // counted as refused rather than as one of the route's decisions.
+                ctx.route = Some(route);
+                self.refuse(session, ctx, refusal).await?;
+            }
+            authorize::Outcome::Unauthenticated { route, error } => {
+                ctx.route = Some(route);
+                ctx.outcome = Some(Outcome::Unauthenticated);
+                if let Some(r) = error.refusal() {
+                    self.metrics.count_refusal(r);
+                }
+                tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "credentials refused");
+                respond(session, ctx, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
+                ctx.active = Some(active);
+            }
+            authorize::Outcome::Evaluated { .. } => {}
+        }
+        Ok(())
+    }
+
     /// Answers what [`authorize`] made of the request (404, 401, a deny, a policy failure) or
     /// keeps the allowing decision for the later phases; `Ok(false)` to proxy the request.
     async fn carry_out(
@@ -172,30 +292,11 @@ impl Proxy {
         shadow: Option<Result<Arc<Decision>, EvalError>>,
     ) -> Result<bool> {
         let (route_ix, verdict, took, jwt) = match outcome {
-            authorize::Outcome::NoRoute => {
-                ctx.outcome = Some(Outcome::NoRoute);
-                respond(session, ctx, 404, "no route matches this request", None, &[]).await?;
-                return Ok(true);
-            }
-            authorize::Outcome::Refused { route, refusal } => {
-                // The route is named in the access log; `active` stays unset, so the request is
-                // counted as refused rather than as one of the route's decisions.
-                ctx.route = Some(route);
-                self.refuse(session, ctx, refusal).await?;
-                return Ok(true);
-            }
-            authorize::Outcome::Unauthenticated { route, error } => {
-                ctx.route = Some(route);
-                ctx.outcome = Some(Outcome::Unauthenticated);
-                if let Some(r) = error.refusal() {
-                    self.metrics.count_refusal(r);
-                }
-                tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "credentials refused");
-                respond(session, ctx, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
-                ctx.active = Some(active);
-                return Ok(true);
-            }
             authorize::Outcome::Evaluated { route, verdict, took, jwt } => (route, verdict, took, jwt),
+            unevaluated => {
+                self.answer_unevaluated(session, ctx, active, unevaluated).await?;
+                return Ok(true);
+            }
         };
         ctx.route = Some(route_ix);
         self.metrics.policy_eval_duration.observe(took.as_secs_f64());
@@ -293,22 +394,7 @@ impl ProxyHttp for Proxy {
             headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         ctx.id = Some(crate::trace::RequestId::of(headers.get("traceparent").map(|v| v.as_bytes())));
         ctx.logging = self.access_log.as_ref().is_some();
-        match self.admission.admit().await {
-            Some(slot) => ctx.slot = Some(slot),
-            None => {
-                ctx.outcome = Some(Outcome::Shed);
-                let retry = [("retry-after".to_string(), "1".to_string())];
-                respond(session, ctx, 503, "overloaded: the gateway is at its in-flight limit", None, &retry).await?;
-                return Ok(true);
-            }
-        }
-        let max_body = self.limits.max_body;
-        let declared = session.req_header().headers.get(http::header::CONTENT_LENGTH);
-        if declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > max_body) {
-            ctx.outcome = Some(Outcome::Refused);
-            let why = format!("the request body is larger than {max_body} bytes (limits.max_body)");
-            respond(session, ctx, 413, "payload too large", Some(&why), &[]).await?;
-            linger(session).await;
+        if self.shed_or_refuse_body(session, ctx).await? {
             return Ok(true);
         }
         let Some(active) = self.gateway.active() else {
@@ -324,8 +410,7 @@ impl ProxyHttp for Proxy {
         let peer = client_ip.map(|ip| (ip, ctx.client_ip.as_str()));
         let link = Link::of(session);
         let scheme = link.scheme();
-        let rules = &self.requests;
-        let host = match canonicalize(session, &active.snapshot, rules, peer, &link) {
+        let host = match canonicalize(session, &active.snapshot, &self.requests, peer, &link) {
             Ok(h) => h,
             Err(r) => {
                 self.refuse(session, ctx, r).await?;
@@ -340,53 +425,7 @@ impl ProxyHttp for Proxy {
                 return Ok(answered);
             }
         }
-        let envoy = active.snapshot.has_envoy_routes();
-        let client_port =
-            if envoy { session.client_addr().and_then(|a| a.as_inet()).map_or(0, |a| a.port()) } else { 0 };
-        let local = if envoy {
-            session.server_addr().and_then(|a| a.as_inet()).map(|a| (a.ip().to_string(), a.port()))
-        } else {
-            None
-        };
-        let protocol = if envoy { protocol(session) } else { "" };
-        let req = session.req_header();
-        let client_ip = ctx.client_ip.as_str();
-        let request_id = ctx.id.as_ref().map_or("", crate::trace::RequestId::id);
-        let body = ctx.body.as_deref();
-        // Under `path_params: keep` routes and the policy see the path without its parameters.
-        let path = match rules.path.params {
-            canon::PathParams::Keep => canon::without_params(req.uri.path()),
-            _ => std::borrow::Cow::Borrowed(req.uri.path()),
-        };
-        let view = || RequestView {
-            parts: Request {
-                method: req.method.as_str(),
-                path: &path,
-                query: req.uri.query(),
-                host: &host,
-                scheme,
-                client_ip,
-                body,
-                content_type: req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
-                conn: policy_bundles::input::Connection {
-                    client_port,
-                    destination: local.as_ref().map(|(ip, port)| (ip.as_str(), *port)),
-                    id: request_id,
-                    protocol,
-                },
-            },
-            authorization: req.headers.get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes),
-            headers: req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
-        };
-        let outcome = authorize(&active.snapshot, view());
-        // The route's shadow rule, on the same request, before anything is answered (sampled by
-        // `shadow_sample`); its answer is counted and logged, never enforced.
-        let shadow = match &outcome {
-            authorize::Outcome::Evaluated { route, jwt, .. } if self.shadows(&active, *route) => {
-                authorize::shadow(&active.snapshot, *route, view(), jwt.as_deref())
-            }
-            _ => None,
-        };
+        let (outcome, shadow) = self.decide(session, ctx, &active, &host, scheme);
         self.carry_out(session, ctx, active, outcome, shadow).await
     }
 

@@ -14,7 +14,7 @@ use policy_bundles::budget::{self, human, Budget, Validator};
 use policy_bundles::bundle::{MANIFEST, SIGNATURES};
 use policy_bundles::{signing, testing, Bundle, Limits, Snapshot};
 
-/// What `bundlectl`'s exit status means: shown under `--help` and in the README.
+/// What `bundlectl`'s exit status means: shown under `--help` and in docs/src/reference/bundlectl.md.
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
