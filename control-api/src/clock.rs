@@ -23,17 +23,9 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// A span of time such as `90s`, `30m`, `1h`, `7d` or `2w` (also `ms`; a bare number is seconds).
+/// A span of time such as `90s`, `30m`, `1h`, `7d` or `2w` ([`config_files::parse_duration`]).
 pub fn parse_span(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let days =
-        |n: &str, per: u64| n.parse::<u64>().ok().and_then(|n| n.checked_mul(per * 86_400)).map(Duration::from_secs);
-    let parsed = match (t.strip_suffix('d'), t.strip_suffix('w')) {
-        (Some(n), _) => days(n, 1),
-        (_, Some(n)) => days(n, 7),
-        _ => policy_bundles::settings::parse_duration(t).ok(),
-    };
-    parsed.ok_or_else(|| format!("`{s}` is not a span of time such as 30m, 1h or 7d"))
+    config_files::parse_duration(s).map_err(|_| format!("`{s}` is not a span of time such as 30m, 1h or 7d"))
 }
 
 /// A point in time for `since`/`until`: RFC 3339, or a span ago (`1h`: an hour before `now_ms`).

@@ -49,28 +49,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use policy_bundles::settings::{from_yaml, parse_duration, parse_size, read_text, FileError};
+use config_files::{from_yaml, parse_size, read_text, Problems};
+pub use config_files::{FileError, Problem};
 use serde::Deserialize;
 
 use crate::auth::Scope;
 pub use crate::auth::TokenConfig;
-
-/// One problem with a config value: the key, its line when it can be found, what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "line {l}: `{}`: {}", self.key, self.message),
-            None => write!(f, "`{}`: {}", self.key, self.message),
-        }
-    }
-}
 
 /// Why a config file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -364,29 +348,29 @@ impl Config {
             logs: raw_logs,
         } = raw;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut problems = Problems { lines: Lines(text), list: Vec::new() };
+        let mut problems = Problems::new(text);
 
         let listen = raw_listen.parse().unwrap_or_else(|_| {
-            problems.top("listen", format!("`{raw_listen}` is not an address such as 127.0.0.1:8181"));
+            problems.at("listen", format!("`{raw_listen}` is not an address such as 127.0.0.1:8181"));
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
         let store = parse_store(&raw_store, base).unwrap_or_else(|m| {
-            problems.top("store", m);
+            problems.at("store", m);
             StoreLocation::SqliteMemory
         });
         let max_bundle_size = bundle_size(raw_bundle_size.as_deref(), &mut problems);
-        let max_long_poll = problems.top_duration("max_long_poll", &raw_long_poll, DEFAULT_MAX_LONG_POLL);
+        let max_long_poll = problems.duration("max_long_poll", raw_long_poll.as_deref(), DEFAULT_MAX_LONG_POLL);
         let fleet_silent_after =
-            problems.top_duration("fleet_silent_after", &raw_silent_after, DEFAULT_FLEET_SILENT_AFTER);
-        let fleet_retention = problems.top_duration("fleet_retention", &raw_retention, DEFAULT_FLEET_RETENTION);
-        let header_timeout = problems.top_duration("header_timeout", &raw_header_timeout, DEFAULT_HEADER_TIMEOUT);
+            problems.duration("fleet_silent_after", raw_silent_after.as_deref(), DEFAULT_FLEET_SILENT_AFTER);
+        let fleet_retention = problems.duration("fleet_retention", raw_retention.as_deref(), DEFAULT_FLEET_RETENTION);
+        let header_timeout = problems.duration("header_timeout", raw_header_timeout.as_deref(), DEFAULT_HEADER_TIMEOUT);
         if header_timeout.is_zero() {
-            problems.top("header_timeout", "must be more than 0s".into());
+            problems.at("header_timeout", "must be more than 0s".into());
         }
         let mut at_least_one = |key: &str, v: Option<u64>, default: usize| match v {
             None => default,
             Some(0) => {
-                problems.top(key, "must be at least 1".into());
+                problems.at(key, "must be at least 1".into());
                 default
             }
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
@@ -400,8 +384,8 @@ impl Config {
         let rollout = raw_rollout.map(|r| parse_rollout(&r, &mut problems));
         let logs = parse_logs(raw_logs.unwrap_or_default(), &mut problems);
 
-        if !problems.list.is_empty() {
-            return Err(ConfigError::Invalid { path: p, problems: problems.list });
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path: p, problems: problems.into_list() });
         }
         Ok(Config {
             listen,
@@ -423,53 +407,17 @@ impl Config {
     }
 }
 
-/// The problems found while validating, each with its key and the line found for it.
-struct Problems<'a> {
-    lines: Lines<'a>,
-    list: Vec<Problem>,
-}
-
-impl Problems<'_> {
-    fn add(&mut self, key: &str, line: Option<usize>, message: String) {
-        self.list.push(Problem { key: key.to_owned(), line, message });
-    }
-
-    /// A problem with the top-level `key`, at its line.
-    fn top(&mut self, key: &str, message: String) {
-        let line = self.lines.top(key);
-        self.add(key, line, message);
-    }
-
-    /// A duration such as `30s`; `default` when it is not given, or (with a problem) invalid.
-    fn duration(&mut self, key: &str, line: Option<usize>, v: &Option<String>, default: Duration) -> Duration {
-        match v.as_deref().map(parse_duration) {
-            None => default,
-            Some(Ok(d)) => d,
-            Some(Err(m)) => {
-                self.add(key, line, m.to_string());
-                default
-            }
-        }
-    }
-
-    /// [`Problems::duration`] for a top-level key.
-    fn top_duration(&mut self, key: &str, v: &Option<String>, default: Duration) -> Duration {
-        let line = self.lines.top(key);
-        self.duration(key, line, v, default)
-    }
-}
-
 /// `max_bundle_size`: a size above 0.
 fn bundle_size(v: Option<&str>, problems: &mut Problems<'_>) -> u64 {
     match v.map(parse_size) {
         None => DEFAULT_MAX_BUNDLE_SIZE,
         Some(Ok(0)) => {
-            problems.top("max_bundle_size", "must be more than 0".into());
+            problems.at("max_bundle_size", "must be more than 0".into());
             DEFAULT_MAX_BUNDLE_SIZE
         }
         Some(Ok(n)) => n,
         Some(Err(m)) => {
-            problems.top("max_bundle_size", m.to_string());
+            problems.at("max_bundle_size", m.to_string());
             DEFAULT_MAX_BUNDLE_SIZE
         }
     }
@@ -478,7 +426,7 @@ fn bundle_size(v: Option<&str>, problems: &mut Problems<'_>) -> u64 {
 /// `tokens`: at least one; names and hashes each used once.
 fn parse_tokens(raw: &[RawToken], problems: &mut Problems<'_>) -> Vec<TokenConfig> {
     if raw.is_empty() {
-        problems.top(
+        problems.at(
             "tokens",
             "at least one token is needed (create one with `control-api hash-token`, which reads the token on \
              standard input)"
@@ -490,7 +438,7 @@ fn parse_tokens(raw: &[RawToken], problems: &mut Problems<'_>) -> Vec<TokenConfi
     let mut tokens = Vec::new();
     for (i, t) in raw.iter().enumerate() {
         let key = |field: &str| format!("tokens[{i}].{field}");
-        let line = |field: &str| problems.lines.list_item_field("tokens", i, field);
+        let line = |field: &str| problems.line(&format!("tokens[{i}].{field}"));
         let (name_line, scope_line, sha_line) = (line("name"), line("scope"), line("sha256"));
         if t.name.trim().is_empty() || t.name.chars().any(char::is_control) {
             problems.add(&key("name"), name_line, "must be a non-empty name without control characters".into());
@@ -508,7 +456,7 @@ fn parse_tokens(raw: &[RawToken], problems: &mut Problems<'_>) -> Vec<TokenConfi
             }
         };
         if let Some(list) = &t.bundles {
-            let line = problems.lines.list_item_field("tokens", i, "bundles");
+            let line = problems.line(&format!("tokens[{i}].{}", "bundles"));
             check_token_bundles(list, &key("bundles"), line, problems);
         }
         let mut sha256 = [0u8; 32];
@@ -548,7 +496,7 @@ fn check_token_bundles(list: &[String], key: &str, line: Option<usize>, problems
 /// `logs`: sizes and counts above 0, a decompressed bound no smaller than the upload bound, an
 /// age such as `7d` or `12h`.
 fn parse_logs(raw: RawLogs, problems: &mut Problems<'_>) -> LogsConfig {
-    let line = problems.lines.top("logs");
+    let line = problems.line("logs");
     let d = LogsConfig::default();
     let mut size = |key: &str, v: &Option<String>, default: u64| match v.as_deref().map(parse_size) {
         None => default,
@@ -595,11 +543,7 @@ fn parse_budget(
     raw: policy_bundles::budget::RawBudget,
     problems: &mut Problems<'_>,
 ) -> (policy_bundles::budget::Budget, policy_bundles::budget::Validator) {
-    let mut plain = Vec::new();
-    let (budget, isolated) = raw.resolve("budget", &mut plain);
-    for m in plain {
-        problems.top("budget", m);
-    }
+    let (budget, isolated) = raw.resolve("budget", problems);
     let validator = if isolated {
         policy_bundles::budget::Validator::current_exe()
     } else {
@@ -611,7 +555,7 @@ fn parse_budget(
 /// `growth_guard`; `None` when it is disabled.
 fn parse_growth_guard(g: RawGrowthGuard, problems: &mut Problems<'_>) -> Option<GrowthGuard> {
     let d = GrowthGuard::default();
-    let line = problems.lines.top("growth_guard");
+    let line = problems.line("growth_guard");
     let max_growth = g.max_growth.unwrap_or(d.max_growth);
     if !(max_growth.is_finite() && max_growth > 1.0) {
         problems.add("growth_guard.max_growth", line, "must be a ratio above 1 (2.0: twice as large)".into());
@@ -621,13 +565,13 @@ fn parse_growth_guard(g: RawGrowthGuard, problems: &mut Problems<'_>) -> Option<
         problems.add("growth_guard.max_removed", line, "must be a share from 0 to below 1 (0.2: a fifth)".into());
     }
     let min_compile_time =
-        problems.duration("growth_guard.min_compile_time", line, &g.min_compile_time, d.min_compile_time);
+        problems.duration("growth_guard.min_compile_time", g.min_compile_time.as_deref(), d.min_compile_time);
     g.enabled.unwrap_or(true).then_some(GrowthGuard { max_growth, max_removed, min_compile_time })
 }
 
 /// Validates `rollout`; every problem is reported at the line of `rollout`.
 fn parse_rollout(r: &RawRollout, problems: &mut Problems<'_>) -> RolloutConfig {
-    let line = problems.lines.top("rollout");
+    let line = problems.line("rollout");
     let canary = match (r.canary.is_empty(), r.canary_percent) {
         (false, None) => Cohort::Instances(r.canary.clone()),
         (true, Some(p)) if (1..=100).contains(&p) => Cohort::Percent(p),
@@ -641,10 +585,10 @@ fn parse_rollout(r: &RawRollout, problems: &mut Problems<'_>) -> RolloutConfig {
             Cohort::Instances(Vec::new())
         }
     };
-    let bake = problems.duration("rollout.bake", line, &r.bake, Duration::from_secs(60));
-    let silent_after = problems.duration("rollout.silent_after", line, &r.silent_after, Duration::from_secs(30));
+    let bake = problems.duration("rollout.bake", r.bake.as_deref(), Duration::from_secs(60));
+    let silent_after = problems.duration("rollout.silent_after", r.silent_after.as_deref(), Duration::from_secs(30));
     let max_p99 =
-        r.max_p99.as_ref().map(|_| problems.duration("rollout.max_p99", line, &r.max_p99, Duration::from_secs(1)));
+        r.max_p99.as_ref().map(|_| problems.duration("rollout.max_p99", r.max_p99.as_deref(), Duration::from_secs(1)));
     let max_error_rate = r.max_error_rate.unwrap_or(0.05);
     if !(0.0..1.0).contains(&max_error_rate) {
         problems.add("rollout.max_error_rate", line, "must be a share from 0 to below 1 (0.05: 5%)".into());
@@ -669,57 +613,6 @@ fn parse_store(v: &str, base: &Path) -> Result<StoreLocation, String> {
         return Ok(StoreLocation::Postgres(v.to_owned()));
     }
     Err(format!("`{v}` is not a store: use sqlite://PATH or postgres://USER@HOST/DB"))
-}
-
-/// Finds the lines of keys in the config text, for problems found after parsing.
-struct Lines<'a>(&'a str);
-
-impl Lines<'_> {
-    /// The line of a top-level `key:`.
-    fn top(&self, key: &str) -> Option<usize> {
-        self.0.lines().position(|l| is_key(l, key)).map(|i| i + 1)
-    }
-
-    /// The line of `field:` inside the `index`th item of the top-level block list `list:`;
-    /// the item's first line, or the list's line, when the field cannot be found.
-    fn list_item_field(&self, list: &str, index: usize, field: &str) -> Option<usize> {
-        let all: Vec<&str> = self.0.lines().collect();
-        let start = all.iter().position(|l| is_key(l, list))?;
-        let mut items = Vec::new();
-        let mut indent = None;
-        let mut end = all.len();
-        for (i, l) in all.iter().enumerate().skip(start + 1) {
-            let t = l.trim_start();
-            if t.is_empty() || t.starts_with('#') {
-                continue;
-            }
-            let ind = l.len() - t.len();
-            if ind == 0 && !t.starts_with('-') {
-                end = i;
-                break;
-            }
-            if t == "-" || t.starts_with("- ") {
-                match indent {
-                    None => indent = Some(ind),
-                    Some(x) if x != ind => continue,
-                    _ => {}
-                }
-                items.push(i);
-            }
-        }
-        let Some(&from) = items.get(index) else { return Some(start + 1) };
-        let to = items.get(index + 1).copied().unwrap_or(end);
-        let found = (from..to).find(|&i| {
-            let t = all[i].trim_start();
-            let t = t.strip_prefix("- ").unwrap_or(t).trim_start();
-            is_key(t, field)
-        });
-        Some(found.unwrap_or(from) + 1)
-    }
-}
-
-fn is_key(line: &str, key: &str) -> bool {
-    line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':'))
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use policy_bundles::settings::{from_yaml, parse_duration, parse_size, read_text, FileError};
+use config_files::{from_yaml, parse_duration, parse_size, read_text, Problems};
+pub use config_files::{FileError, Problem};
 use serde::Deserialize;
 
 /// A configuration problem, naming the key (and line where known).
@@ -15,8 +16,9 @@ pub enum ConfigError {
     /// Unreadable, or YAML that does not fit the schema (named with its line).
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("{path}: {}", .problems.join("; "))]
-    Invalid { path: String, problems: Vec<String> },
+    /// Values that parse but are invalid; every one is listed, with its line where found.
+    #[error("{path}: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid { path: String, problems: Vec<Problem> },
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,7 +298,7 @@ pub struct RequestRules {
     /// How paths are made canonical: `%2F` / `%5C` (`path_with_escaped_slashes`: `reject`, the
     /// default, `unescape`, `keep`) and `;` parameters (`path_params`: `reject`, the default,
     /// `strip`, `keep`).
-    pub path: crate::canon::PathRules,
+    pub path: http_canon::PathRules,
     /// Header names with `_`: dropped (the default, as nginx does), allowed, or refused (400).
     pub underscores: Underscores,
 }
@@ -441,7 +443,8 @@ impl Config {
             upgrade_sock,
             pid_file,
         } = raw;
-        let mut c = Check { base: path.parent().unwrap_or(Path::new(".")).to_path_buf(), problems: Vec::new() };
+        let mut c =
+            Check { base: path.parent().unwrap_or(Path::new(".")).to_path_buf(), problems: Problems::new(text) };
         let listen = c.addr("listen", &listen);
         let admin = c.addr("admin", admin.as_deref().unwrap_or("127.0.0.1:9901"));
         let policy_timeout = c.dur("policy_timeout", &policy_timeout, Duration::from_millis(50));
@@ -465,7 +468,7 @@ impl Config {
             &mut c.problems,
         );
         if !c.problems.is_empty() {
-            return Err(ConfigError::Invalid { path: p, problems: c.problems });
+            return Err(ConfigError::Invalid { path: p, problems: c.problems.into_list() });
         }
         Ok(Config {
             listen,
@@ -491,7 +494,7 @@ impl Config {
     }
 }
 
-impl Check {
+impl Check<'_> {
     /// `tls` on `listen`, and `plaintext_listen` beside it (only with `tls`, on another address).
     fn listeners(
         &mut self,
@@ -535,14 +538,15 @@ fn default_instance(port: u16) -> String {
 /// Validation state: where relative paths are anchored and every problem found so far. Each
 /// method returns a usable value (the default) after recording a problem, so that validation
 /// goes on and reports everything.
-struct Check {
+struct Check<'a> {
     base: PathBuf,
-    problems: Vec<String>,
+    problems: Problems<'a>,
 }
 
-impl Check {
+impl Check<'_> {
+    /// A problem; its message begins with the key it is about, in backticks.
     fn problem(&mut self, message: String) {
-        self.problems.push(message);
+        self.problems.named(message);
     }
 
     fn addr(&mut self, key: &str, v: &str) -> SocketAddr {
@@ -898,7 +902,7 @@ fn request_rules(
     trusted: &[String],
     [slashes, params]: [&Option<String>; 2],
     underscores: &Option<String>,
-    problems: &mut Vec<String>,
+    problems: &mut Problems<'_>,
 ) -> RequestRules {
     let mut rules = RequestRules::default();
     for (i, t) in trusted.iter().enumerate() {
@@ -906,20 +910,20 @@ fn request_rules(
         match net {
             Ok(n) => rules.trusted_proxies.push(n),
             Err(_) => {
-                problems.push(format!("`trusted_proxies[{i}]`: `{t}` is not an address or CIDR such as 10.0.0.0/8"))
+                problems.named(format!("`trusted_proxies[{i}]`: `{t}` is not an address or CIDR such as 10.0.0.0/8"))
             }
         }
     }
     if let Some(s) = slashes {
-        match crate::canon::EscapedSlashes::parse(s) {
+        match http_canon::EscapedSlashes::parse(s) {
             Some(a) => rules.path.slashes = a,
-            None => problems.push(format!("`path_with_escaped_slashes`: `{s}` is not reject, unescape or keep")),
+            None => problems.named(format!("`path_with_escaped_slashes`: `{s}` is not reject, unescape or keep")),
         }
     }
     if let Some(s) = params {
-        match crate::canon::PathParams::parse(s) {
+        match http_canon::PathParams::parse(s) {
             Some(a) => rules.path.params = a,
-            None => problems.push(format!("`path_params`: `{s}` is not reject, strip or keep")),
+            None => problems.named(format!("`path_params`: `{s}` is not reject, strip or keep")),
         }
     }
     if let Some(s) = underscores {
@@ -928,7 +932,7 @@ fn request_rules(
             "allow" => Underscores::Allow,
             "reject" => Underscores::Reject,
             _ => {
-                problems.push(format!("`headers_with_underscores`: `{s}` is not drop, allow or reject"));
+                problems.named(format!("`headers_with_underscores`: `{s}` is not drop, allow or reject"));
                 Underscores::Drop
             }
         };
@@ -951,7 +955,7 @@ mod tests {
         assert!(matches!(&c.bundle.source, Source::File(f) if f == &PathBuf::from("/etc/gw/b.tar.gz")));
         assert_eq!(c.policy_timeout, Duration::from_millis(50));
         assert!(c.requests.trusted_proxies.is_empty());
-        assert_eq!(c.requests.path.slashes, crate::canon::EscapedSlashes::Reject);
+        assert_eq!(c.requests.path.slashes, http_canon::EscapedSlashes::Reject);
         assert_eq!(c.requests.underscores, Underscores::Drop);
     }
 
@@ -981,13 +985,13 @@ mod tests {
     #[test]
     fn request_rules_are_read_and_bad_ones_named() {
         let c = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\ntrusted_proxies: [10.0.0.0/8, \"::1\"]\npath_with_escaped_slashes: unescape\npath_params: strip\nheaders_with_underscores: allow\nlimits: { tunnel_max_bytes: 1MiB }\n").unwrap();
-        assert_eq!(c.requests.path.params, crate::canon::PathParams::Strip);
+        assert_eq!(c.requests.path.params, http_canon::PathParams::Strip);
         assert_eq!(c.limits.tunnel_max_bytes, 1 << 20);
         assert!(c.requests.trusts("10.1.2.3".parse().unwrap()));
         assert!(c.requests.trusts("::1".parse().unwrap()));
         assert!(c.requests.trusts("::ffff:10.0.0.1".parse().unwrap()));
         assert!(!c.requests.trusts("127.0.0.1".parse().unwrap()));
-        assert_eq!(c.requests.path.slashes, crate::canon::EscapedSlashes::Unescape);
+        assert_eq!(c.requests.path.slashes, http_canon::EscapedSlashes::Unescape);
         let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\ntrusted_proxies: [10.0.0.0/33]\npath_with_escaped_slashes: maybe\npath_params: drop\nheaders_with_underscores: sometimes\n").unwrap_err().to_string();
         assert!(
             e.contains("trusted_proxies[0]")

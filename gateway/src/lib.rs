@@ -7,8 +7,6 @@ pub mod active;
 pub mod admin;
 pub mod admission;
 pub mod clock;
-/// Request canonicalization lives beside the input it feeds, shared with the load tests' policy service.
-pub use policy_bundles::canon;
 pub mod config;
 pub mod connections;
 pub mod decision_log;

@@ -1,7 +1,7 @@
 //! Every metric the gateway exports, named in one place. Request-path counters are resolved
 //! per route at activation, so serving a request only touches atomics (no label lookups, no locks).
 
-use crate::canon::Refusal;
+use http_canon::Refusal;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };

@@ -32,8 +32,8 @@ pub enum Outcome {
     /// No route matches the host, path and method.
     NoRoute,
     /// The route's rule reads something of the request that a backend could read another way
-    /// (`crate::canon::unambiguous_query`); no policy ran.
-    Refused { route: usize, refusal: crate::canon::Refusal },
+    /// (`http_canon::unambiguous_query`); no policy ran.
+    Refused { route: usize, refusal: http_canon::Refusal },
     /// The request's `Authorization` is malformed, of a scheme the route does not accept, or a
     /// bearer token that does not verify; no policy ran.
     Unauthenticated { route: usize, error: AuthError },
@@ -138,10 +138,10 @@ pub enum AuthError {
 impl AuthError {
     /// The `reason` label it is counted under in `gateway_requests_refused_total`, for the
     /// errors that are about the header's shape rather than a token's verification.
-    pub fn refusal(&self) -> Option<crate::canon::Refusal> {
+    pub fn refusal(&self) -> Option<http_canon::Refusal> {
         match self {
-            AuthError::Malformed => Some(crate::canon::Refusal::MalformedCredentials),
-            AuthError::Scheme(_) => Some(crate::canon::Refusal::AuthorizationScheme),
+            AuthError::Malformed => Some(http_canon::Refusal::MalformedCredentials),
+            AuthError::Scheme(_) => Some(http_canon::Refusal::AuthorizationScheme),
             AuthError::Token(_) => None,
         }
     }
@@ -182,7 +182,7 @@ fn is_token68(s: &[u8]) -> bool {
 
 /// Reads an `Authorization` value, as bytes: a value that is not text is [`Credentials::Malformed`].
 pub fn credentials(value: &[u8]) -> Credentials<'_> {
-    let scheme_len = value.iter().position(|b| !crate::canon::tchar(*b)).unwrap_or(value.len());
+    let scheme_len = value.iter().position(|b| !http_canon::tchar(*b)).unwrap_or(value.len());
     let (scheme, rest) = value.split_at(scheme_len);
     let Ok(scheme) = std::str::from_utf8(scheme) else { return Credentials::Malformed };
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -215,8 +215,8 @@ where
     };
     let route = &snap.routes[route_ix];
     if let Some(q) = parts.query {
-        if snap.needs(route.policy).query() && crate::canon::unambiguous_query(q).is_err() {
-            return Outcome::Refused { route: route_ix, refusal: crate::canon::Refusal::AmbiguousQuery };
+        if snap.needs(route.policy).query() && http_canon::unambiguous_query(q).is_err() {
+            return Outcome::Refused { route: route_ix, refusal: http_canon::Refusal::AmbiguousQuery };
         }
     }
     let verified = match req.authorization {

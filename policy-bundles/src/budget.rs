@@ -66,18 +66,18 @@ pub struct RawBudget {
 impl RawBudget {
     /// The budget, and whether to validate in a child; every bad value is a problem naming
     /// `{prefix}.key`.
-    pub fn resolve(&self, prefix: &str, problems: &mut Vec<String>) -> (Budget, bool) {
-        use crate::settings::{parse_duration, parse_size};
+    pub fn resolve(&self, prefix: &str, problems: &mut config_files::Problems<'_>) -> (Budget, bool) {
+        use config_files::{parse_duration, parse_size};
         let d = Budget::default();
         let mut size = |key: &str, v: &Option<String>, default: u64| match v.as_deref().map(parse_size) {
             None => default,
             Some(Ok(n)) if n > 0 => n,
             Some(Ok(_)) => {
-                problems.push(format!("`{prefix}.{key}`: must be more than 0"));
+                problems.named(format!("`{prefix}.{key}`: must be more than 0"));
                 default
             }
             Some(Err(m)) => {
-                problems.push(format!("`{prefix}.{key}`: {m}"));
+                problems.named(format!("`{prefix}.{key}`: {m}"));
                 default
             }
         };
@@ -85,17 +85,17 @@ impl RawBudget {
         let max_compiled = size("max_compiled", &self.max_compiled, d.max_compiled);
         let max_memory = size("max_memory", &self.max_memory, d.max_memory);
         if max_memory < 64 << 20 {
-            problems.push(format!("`{prefix}.max_memory`: at least 64MiB (the validator itself needs some)"));
+            problems.named(format!("`{prefix}.max_memory`: at least 64MiB (the validator itself needs some)"));
         }
         let max_cpu_seconds = match self.max_cpu.as_deref().map(parse_duration) {
             None => d.max_cpu_seconds,
             Some(Ok(t)) if t.as_secs() >= 1 => t.as_secs(),
             Some(Ok(_)) => {
-                problems.push(format!("`{prefix}.max_cpu`: at least 1s"));
+                problems.named(format!("`{prefix}.max_cpu`: at least 1s"));
                 d.max_cpu_seconds
             }
             Some(Err(m)) => {
-                problems.push(format!("`{prefix}.max_cpu`: {m}"));
+                problems.named(format!("`{prefix}.max_cpu`: {m}"));
                 d.max_cpu_seconds
             }
         };

@@ -103,7 +103,7 @@ impl Checker<'_> {
         self.functions.contains(&format!("{}.{path}", self.pkg))
             || path == "print"
             || BUILTINS.get(path).is_some()
-            || crate::jwt_builtins::BUILTINS.iter().any(|(name, _)| *name == path)
+            || regorus_jwt::BUILTINS.iter().any(|(name, _)| *name == path)
     }
 }
 

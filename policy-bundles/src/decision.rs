@@ -225,7 +225,7 @@ pub fn is_framing_or_hop_by_hop(name: &str) -> bool {
 }
 
 pub(crate) fn valid_header_name(n: &str) -> bool {
-    crate::canon::is_token(n.as_bytes())
+    http_canon::is_token(n.as_bytes())
 }
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ use std::borrow::Cow;
 
 use crate::archive::{self, Files, Limits};
 use crate::authorize::{self, Credentials};
-use crate::canon::{self, EscapedSlashes, Host, PathParams, PathRules, Refusal};
 use crate::{Bundle, Snapshot};
+use http_canon::{self as canon, EscapedSlashes, Host, PathParams, PathRules, Refusal};
 
 /// Every combination of the two path settings.
 pub const ALL_PATH_RULES: [PathRules; 9] = {

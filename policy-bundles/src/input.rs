@@ -435,32 +435,7 @@ pub fn query(q: &str) -> Value {
 }
 
 /// `application/x-www-form-urlencoded` decoding; invalid escapes are kept as written.
-pub fn decode(s: &str) -> String {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return s.to_owned();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use http_canon::form_decode as decode;
 
 #[cfg(test)]
 mod tests {

@@ -9,15 +9,12 @@ pub mod authorize;
 pub mod budget;
 pub mod bundle;
 pub mod calls;
-pub mod canon;
-pub mod claims;
 pub mod decision;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod input;
 pub mod jwt;
-pub mod jwt_builtins;
 pub mod reads;
 pub mod replay;
 pub mod router;

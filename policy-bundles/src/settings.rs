@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use config_files::opt_duration;
+use serde::Deserialize;
 
 /// `data.gateway` as written by authors.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -179,120 +180,4 @@ pub struct IssuerSpec {
     #[serde(default)]
     pub any_audience: bool,
     pub jwks: jsonwebtoken::jwk::JwkSet,
-}
-
-/// A duration or size that could not be read; the message names the text and what is allowed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ValueError {
-    #[error("invalid duration `{0}` (use e.g. 500ms, 5s, 2m)")]
-    Duration(String),
-    #[error("invalid duration unit in `{0}` (use ms, s, m or h)")]
-    DurationUnit(String),
-    #[error("invalid size `{0}` (use e.g. 64MiB)")]
-    Size(String),
-    #[error("invalid size unit in `{0}` (use B, KiB, MiB or GiB)")]
-    SizeUnit(String),
-    #[error("size `{0}` is too large")]
-    SizeTooLarge(String),
-}
-
-/// Parses durations written as `250ms`, `5s`, `2m`, `1h` (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| ValueError::Duration(s.to_owned()))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(ValueError::DurationUnit(s.to_owned())),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(ValueError::Duration(s.to_owned()));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Parses sizes written as `512`, `64KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
-pub fn parse_size(s: &str) -> Result<u64, ValueError> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&s[..i], s[i..].trim()),
-        None => (s, ""),
-    };
-    let n: u64 = num.parse().map_err(|_| ValueError::Size(s.to_owned()))?;
-    let mult: u64 = match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return Err(ValueError::SizeUnit(s.to_owned())),
-    };
-    n.checked_mul(mult).ok_or_else(|| ValueError::SizeTooLarge(s.to_owned()))
-}
-
-/// A configuration file that could not be read, or whose YAML does not fit its schema.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
-    /// YAML that does not parse or does not fit the schema (unknown key, missing key, wrong
-    /// type); `line` is 1-based, 0 when the parser does not know it.
-    #[error("{path}:{line}: {message}")]
-    Syntax { path: String, line: usize, message: String },
-}
-
-/// The text of a configuration file.
-pub fn read_text(path: &std::path::Path) -> Result<String, FileError> {
-    std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.display().to_string(), source })
-}
-
-/// Reads YAML `text` from the file `path` (named in errors) into `T`, whose serde structs
-/// should `deny_unknown_fields` so that a misspelt key is named with its line.
-pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &std::path::Path) -> Result<T, FileError> {
-    yaml_serde::from_str(text).map_err(|e| FileError::Syntax {
-        path: path.display().to_string(),
-        line: e.location().map(|l| l.line()).unwrap_or(0),
-        message: e.to_string(),
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DurationRepr {
-    Text(String),
-    Secs(f64),
-}
-
-/// serde helper for optional durations.
-pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    match Option::<DurationRepr>::deserialize(d)? {
-        None => Ok(None),
-        Some(DurationRepr::Text(s)) => parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
-        Some(DurationRepr::Secs(n)) if n >= 0.0 && n.is_finite() => Ok(Some(Duration::from_secs_f64(n))),
-        Some(DurationRepr::Secs(n)) => Err(serde::de::Error::custom(format!("invalid duration {n}"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_durations_and_sizes() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
-        assert_eq!(parse_size("10").unwrap(), 10);
-        assert!(parse_size("12XB").is_err());
-    }
 }

@@ -230,7 +230,7 @@ fn rego_line(message: &str, file: &str) -> Option<usize> {
 pub fn engine_for(bundle: &Bundle, with_tests: bool) -> Result<Engine, BundleErrors> {
     let mut engine = Engine::new();
     let mut errors = Vec::new();
-    if let Err(e) = crate::jwt_builtins::register(&mut engine) {
+    if let Err(e) = regorus_jwt::register(&mut engine) {
         errors.push(BundleError::new(ErrorKind::Rego, None, format!("cannot add the io.jwt builtins: {e}")));
     }
     for m in &bundle.modules {
@@ -585,7 +585,7 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
             }
         }
         for scheme in &r.authorization_schemes {
-            if scheme.eq_ignore_ascii_case("bearer") || !crate::canon::is_token(scheme.as_bytes()) {
+            if scheme.eq_ignore_ascii_case("bearer") || !http_canon::is_token(scheme.as_bytes()) {
                 report(format!(
                     "`authorization_schemes`: `{scheme}` is not a scheme name other than Bearer (bearer tokens are always verified)"
                 ));
@@ -865,14 +865,14 @@ fn request_header_allowed(bundle: &Bundle) -> Result<Vec<String>, BundleError> {
     let mut out = Vec::new();
     for name in &bundle.settings.request_headers.allow {
         let lower = name.to_ascii_lowercase();
-        if crate::claims::claim(&lower).is_none() {
+        if http_canon::claims::claim(&lower).is_none() {
             let (file, line) = bundle.settings_line("allow");
             return Err(BundleError::new(
                 ErrorKind::Settings,
                 file,
                 format!(
                     "request_headers.allow: `{name}` is not a header the gateway removes; it takes one of {}",
-                    crate::claims::names().collect::<Vec<_>>().join(", ")
+                    http_canon::claims::names().collect::<Vec<_>>().join(", ")
                 ),
             )
             .at_line(line));

@@ -305,7 +305,7 @@ fn bundles_built_from_any_files_are_read_and_compiled_or_refused_without_panicki
 /// character of the fuzzing model's list is refused now.
 #[test]
 fn nfkc_confusables_of_dot_and_slash_are_refused() {
-    use policy_bundles::canon::{path, PathRules, Refusal};
+    use http_canon::{path, PathRules, Refusal};
     for raw in ["/public/%EF%B8%B0/admin", "/%E2%84%80ontrol", "/x/%E2%92%88", "/%EF%B8%99"] {
         assert_eq!(path(raw, PathRules::default()), Err(Refusal::Confusable), "{raw}");
     }
@@ -320,7 +320,7 @@ fn nfkc_confusables_of_dot_and_slash_are_refused() {
 /// that `canon::query` let through; it reads names as PHP does now.
 #[test]
 fn php_spellings_of_override_and_token_parameters_are_refused() {
-    use policy_bundles::canon::query;
+    use http_canon::query;
     for q in [" _method=DELETE", "+_method=DELETE", "%20%20_method=DELETE", ".method=DELETE", "[method=DELETE"] {
         assert!(query(q).is_err(), "{q}");
     }

@@ -1,5 +1,5 @@
 //! The request made canonical in place before anything reads it: the path and host the route
-//! table matches, the policy sees and the upstream receives are the same bytes (`crate::canon`);
+//! table matches, the policy sees and the upstream receives are the same bytes (`http_canon`);
 //! ambiguous framing and duplicate identity headers refused; headers the gateway does not
 //! believe removed; forwarding headers the gateway's own.
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pingora::prelude::*;
 
 use super::forwarding::forwarding;
-use crate::canon::{self, Refusal};
+use http_canon::{self as canon, Refusal};
 
 /// What the connection under a request is: TLS (with the certificate its SNI chose) or not.
 pub(super) struct Link {
@@ -40,7 +40,7 @@ impl Link {
     }
 }
 
-/// Makes the request canonical in place (`crate::canon`), before routing: the path and host
+/// Makes the request canonical in place (`http_canon`), before routing: the path and host
 /// the route table matches, the policy sees and the upstream receives; identity headers
 /// (`request_headers.remove`) and header names with `_` removed; forwarding headers replaced
 /// unless the peer is a trusted proxy. Returns the host name routes match (`""` for an
@@ -181,11 +181,10 @@ impl HeaderRules<'_> {
     /// trusted proxy (the gateway sets its own), or a target or method override from anyone
     /// (`policy_bundles::claims`), unless the bundle's `request_headers.allow` names it.
     fn doomed(&self, n: &str) -> bool {
-        let claimed = match policy_bundles::claims::claim(n) {
+        let claimed = match http_canon::claims::claim(n) {
             None => false,
             Some(claim) => {
-                (claim == policy_bundles::claims::Claim::Override || !self.trusted)
-                    && !self.allowed.iter().any(|a| a == n)
+                (claim == http_canon::claims::Claim::Override || !self.trusted) && !self.allowed.iter().any(|a| a == n)
             }
         };
         claimed

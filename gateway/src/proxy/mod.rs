@@ -27,8 +27,8 @@ use policy_bundles::snapshot::{EvalError, Request};
 use policy_bundles::Decision;
 
 use crate::active::{Active, Gateway};
-use crate::canon::{self, Refusal};
 use crate::metrics::Outcome;
+use http_canon::{self as canon, Refusal};
 
 mod answer;
 mod canonical;
@@ -139,7 +139,7 @@ impl Proxy {
         Ok(None)
     }
 
-    /// Answers a request refused for its form (`crate::canon::Refusal`): 400, 421, or 401 for a
+    /// Answers a request refused for its form (`http_canon::Refusal`): 400, 421, or 401 for a
     /// credential in a place the gateway does not verify. Counted by reason, and as
     /// `decision="refused"` (no route's counters: no route's rule was asked).
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<()> {

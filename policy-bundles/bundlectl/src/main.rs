@@ -280,7 +280,7 @@ fn sign_files(files: &mut Files, signer: &Signer) -> anyhow::Result<()> {
         let expires = match &signer.expires {
             None => None,
             Some(d) => {
-                let d = policy_bundles::settings::parse_duration(d).map_err(|e| anyhow!("--sign-expires: {e}"))?;
+                let d = config_files::parse_duration(d).map_err(|e| anyhow!("--sign-expires: {e}"))?;
                 Some(now + d.as_secs())
             }
         };

@@ -14,6 +14,8 @@
 //!   name or IP literal; an absolute-form target's authority is the host and must agree with
 //!   `Host`; more than one `Host`, or none on HTTP/1.1, is refused.
 
+pub mod claims;
+
 /// What to do with `%2F` and `%5C` in a path (Envoy's `path_with_escaped_slashes_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EscapedSlashes {
@@ -201,6 +203,19 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// `application/x-www-form-urlencoded` decoding of one name or value (`+` is a space); invalid
+/// escapes are kept as written.
+pub fn form_decode(s: &str) -> String {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return s.to_owned();
+    }
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
+}
+
+// The path's escapes are read by hand below, not with `percent-encoding`: canonicalization
+// decodes only unreserved characters, keeps every other escape with upper-case hex, and refuses
+// malformed ones, in one pass on the hot path (`percent_decode` decodes everything and passes
+// a malformed escape through).
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
@@ -485,7 +500,7 @@ pub fn query(q: &str) -> Result<(), Refusal> {
             continue;
         }
         let decoded = if name.contains(['%', '+']) {
-            std::borrow::Cow::Owned(crate::input::decode(name))
+            std::borrow::Cow::Owned(form_decode(name))
         } else {
             std::borrow::Cow::Borrowed(name)
         };
