@@ -1,0 +1,214 @@
+//! The command line: every command, its arguments and what the exit status means.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// What `bundlectl`'s exit status means: shown under `--help` and in docs/src/reference/bundlectl.md.
+pub const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  `bundlectl test` ran and a test or decision case failed, or `bundlectl replay` found more
+     changed decisions than --max-changed
+  2  usage error (bad or missing arguments), I/O error (a file that cannot be read or written),
+     invalid bundle (does not compile, over budget), or an error from or reaching the server";
+
+#[derive(Parser)]
+#[command(name = "bundlectl", version, about = "Build, test, sign and publish policy bundles", after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCmd {
+    /// Show the rollout of a bundle.
+    Status {
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct Remote {
+    /// The control-api base URL.
+    #[arg(long, env = "BUNDLECTL_SERVER", default_value = "http://127.0.0.1:8181")]
+    pub server: String,
+    /// Bearer token (publish scope to push or roll back, logs scope for `logs`, read scope for
+    /// the rest).
+    #[arg(long, env = "BUNDLECTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct Signer {
+    /// Sign with this private key (PEM); writes `.signatures.json` into the bundle.
+    #[arg(long = "sign-key", value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// RS256, ES256 or EdDSA.
+    #[arg(long = "sign-alg", default_value = "ES256")]
+    pub alg: String,
+    /// The key id gateways know the public key by (`bundle.signing.keys[].id`).
+    #[arg(long = "sign-kid", default_value = "default")]
+    pub kid: String,
+    /// The bundle name the signature binds to (`metadata.gateway.bundle`): gateways with
+    /// `signing.required` refuse it under any other name. Default: `push`'s `--name`, else `main`.
+    #[arg(long = "sign-bundle")]
+    pub bundle: Option<String>,
+    /// The signed sequence (`metadata.gateway.sequence`); gateways refuse one lower than the
+    /// highest they have activated. Default: the Unix time of signing, so that every later
+    /// signature (a rollback's included) is higher.
+    #[arg(long = "sign-sequence")]
+    pub sequence: Option<u64>,
+    /// How long the signature is good for (`30d`, `12h`): `metadata.gateway.expires`. Past it,
+    /// gateways refuse the bundle as new and alert while it serves. Default: no expiry.
+    #[arg(long = "sign-expires", value_name = "DURATION")]
+    pub expires: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Build a bundle directory into a deterministic .tar.gz, after checking it compiles.
+    Build {
+        dir: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Revision written into `.manifest`; default: the one the manifest names, else the first
+        /// 12 hex digits of the content hash.
+        #[arg(long)]
+        revision: Option<String>,
+        #[command(flatten)]
+        signer: Signer,
+    },
+    /// Check that a bundle (directory or .tar.gz) compiles exactly as the gateway would, within
+    /// the default budget (measured in a child process, as control-api and the gateway do), and
+    /// print what it costs: sizes, estimated compiled size, compile time.
+    Check { path: PathBuf },
+    /// Run a bundle's Rego `test_*` rules and its decision cases (`tests/cases.yaml`,
+    /// `tests/**/*.cases.yaml`); exits non-zero when any fails.
+    Test { path: PathBuf },
+    /// Sign a bundle .tar.gz (OPA's `.signatures.json` format).
+    Sign {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        signer: Signer,
+    },
+    /// Publish a bundle (.tar.gz, or a directory built on the fly) as a new revision.
+    Push {
+        path: PathBuf,
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        /// Revision when building a directory (default: the manifest's, else the content hash).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Publish past the growth guard (a bundle much larger than the active one, or one that
+        /// drops many routes); needs --reason, which the revision history keeps.
+        #[arg(long, requires = "reason")]
+        force: bool,
+        /// Why the publish is forced.
+        #[arg(long, requires = "force")]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        signer: Signer,
+    },
+    /// List a bundle's revisions, newest first.
+    Revisions {
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Where a staged rollout stands: the revision each cohort is served, the latest rollout's
+    /// state and why it ended.
+    Rollout {
+        #[command(subcommand)]
+        what: RolloutCmd,
+    },
+    /// Make an earlier revision active again. With `--sign-key` (for gateways that require
+    /// signatures), the revision's content is signed again with a higher sequence and published
+    /// as revision `<to>-resigned-<sequence>`: gateways refuse the old signature as a replay.
+    Rollback {
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        #[arg(long = "to")]
+        to: String,
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        signer: Signer,
+    },
+    /// Every gateway that reported: its revision, staleness and last report.
+    Fleet {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A bundle's decision-log events, newest first, one line each (timestamp, decision, status,
+    /// route, method, path, decision id, reason); needs a token of scope `logs`.
+    Logs {
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        #[command(flatten)]
+        filter: LogFilter,
+        /// Print the events as control-api sent them (a JSON array), not one line each.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Re-decide logged requests with a candidate bundle (directory or .tar.gz) exactly as a
+    /// gateway would, and list what would change: allow→deny, deny→allow, deny status, headers,
+    /// rule errors, routing; counts per route and examples. Needs a token of scope `logs`.
+    /// Events whose masked or erased input the candidate's rule may read are reported as not
+    /// replayable. The logged token claims are used as they are: the candidate's trust roots
+    /// cannot check them again.
+    Replay {
+        candidate: PathBuf,
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        /// Logged decisions at or after this time: RFC 3339, or a span ago (30m, 1h, 7d).
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Only the decisions logged on this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Exit with status 1 when more than this many decisions would change.
+        #[arg(long)]
+        max_changed: Option<usize>,
+        /// At most this many logged decisions, newest first.
+        #[arg(long, default_value_t = 100_000)]
+        limit: usize,
+        /// Print the whole report as JSON (every change and every event not replayable).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+pub struct LogFilter {
+    /// Only events of this route.
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Only these decisions.
+    #[arg(long, value_parser = ["allow", "deny", "error"])]
+    pub decision: Option<String>,
+    /// Only events decided by this bundle revision.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Only events at or after this time: RFC 3339, or a span ago (30m, 1h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events at or before this time: RFC 3339, or a span ago.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many events (control-api's default 1000, at most 10000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
