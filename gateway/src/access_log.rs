@@ -20,6 +20,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 
+use crate::json_line::{self, Timestamp};
+
 /// One request, as the access log records it. What is cheap to take on the request path is
 /// taken as is (the bundle by reference, the upstream as an address); the writer thread formats
 /// the time and the address and looks up the route's name and the bundle's revision.
@@ -46,16 +48,11 @@ pub struct Entry {
     pub bytes_out: usize,
 }
 
-/// Writes entries as JSON lines, by hand: the keys are constants, a value is escaped only if
-/// it needs to be (it seldom does), and the time's date and seconds are formatted once per
-/// second. (`serde_json` on a derived struct cost the writer thread 5,800 instructions a line,
-/// most of them escaping keys and values that need none; `loadtest/instructions.sh`.)
+/// Writes entries as JSON lines ([`crate::json_line`]).
 #[derive(Default)]
 struct LineWriter {
     line: Vec<u8>,
-    /// `YYYY-MM-DDTHH:MM:SS` of the second `second` (Unix time).
-    second: Option<u64>,
-    stamp: String,
+    time: Timestamp,
 }
 
 impl LineWriter {
@@ -64,25 +61,25 @@ impl LineWriter {
         let route = bundle.zip(e.route).and_then(|(b, ix)| b.snapshot.routes.get(ix)).map(|r| r.name.as_str());
         self.line.clear();
         self.line.extend_from_slice(b"{\"time\":\"");
-        self.time(e.at);
+        self.time.write(e.at, &mut self.line);
         self.line.extend_from_slice(b"\",\"request_id\":");
-        json_str(&mut self.line, &e.request_id);
+        json_line::str(&mut self.line, &e.request_id);
         self.line.extend_from_slice(b",\"client_ip\":");
-        json_str(&mut self.line, &e.client_ip);
+        json_line::str(&mut self.line, &e.client_ip);
         self.line.extend_from_slice(b",\"method\":");
-        json_str(&mut self.line, e.method.as_str());
+        json_line::str(&mut self.line, e.method.as_str());
         self.line.extend_from_slice(b",\"path\":");
-        json_str(&mut self.line, &e.path);
+        json_line::str(&mut self.line, &e.path);
         self.line.extend_from_slice(b",\"host\":");
-        json_str(&mut self.line, &e.host);
+        json_line::str(&mut self.line, &e.host);
         self.line.extend_from_slice(b",\"route\":");
-        json_opt_str(&mut self.line, route);
+        json_line::opt_str(&mut self.line, route);
         self.line.extend_from_slice(b",\"status\":");
-        json_uint(&mut self.line, e.status);
+        json_line::uint(&mut self.line, e.status);
         self.line.extend_from_slice(b",\"decision\":");
-        json_str(&mut self.line, e.decision);
+        json_line::str(&mut self.line, e.decision);
         self.line.extend_from_slice(b",\"reason\":");
-        json_opt_str(&mut self.line, e.reason.as_deref());
+        json_line::opt_str(&mut self.line, e.reason.as_deref());
         self.line.extend_from_slice(b",\"upstream\":");
         match e.upstream {
             None => self.line.extend_from_slice(b"null"),
@@ -93,10 +90,10 @@ impl LineWriter {
                     if i > 0 {
                         self.line.push(b'.');
                     }
-                    json_uint(&mut self.line, octet);
+                    json_line::uint(&mut self.line, octet);
                 }
                 self.line.push(b':');
-                json_uint(&mut self.line, a.port());
+                json_line::uint(&mut self.line, a.port());
                 self.line.push(b'"');
             }
             Some(a) => {
@@ -108,12 +105,12 @@ impl LineWriter {
         self.line.extend_from_slice(b",\"upstream_status\":");
         match e.upstream_status {
             None => self.line.extend_from_slice(b"null"),
-            Some(s) => json_uint(&mut self.line, s),
+            Some(s) => json_line::uint(&mut self.line, s),
         }
         // Milliseconds with three decimals: microsecond precision.
         let micros = e.duration.as_micros();
         self.line.extend_from_slice(b",\"duration_ms\":");
-        json_uint(&mut self.line, micros / 1000);
+        json_line::uint(&mut self.line, micros / 1000);
         self.line.push(b'.');
         let frac = (micros % 1000) as u16;
         self.line.extend_from_slice(&[
@@ -122,65 +119,13 @@ impl LineWriter {
             b'0' + (frac % 10) as u8,
         ]);
         self.line.extend_from_slice(b",\"bytes_in\":");
-        json_uint(&mut self.line, e.bytes_in);
+        json_line::uint(&mut self.line, e.bytes_in);
         self.line.extend_from_slice(b",\"bytes_out\":");
-        json_uint(&mut self.line, e.bytes_out);
+        json_line::uint(&mut self.line, e.bytes_out);
         self.line.extend_from_slice(b",\"bundle_revision\":");
-        json_opt_str(&mut self.line, bundle.map(|b| b.info.revision.as_str()));
+        json_line::opt_str(&mut self.line, bundle.map(|b| b.info.revision.as_str()));
         self.line.extend_from_slice(b"}\n");
         &self.line
-    }
-
-    /// RFC 3339 in UTC with nanoseconds: `2026-12-03T06:11:41.906078171Z`.
-    fn time(&mut self, at: SystemTime) {
-        let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let second = since.as_secs();
-        if self.second != Some(second) {
-            let t = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(second);
-            self.stamp = format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            );
-            self.second = Some(second);
-        }
-        self.line.extend_from_slice(self.stamp.as_bytes());
-        let nanos = since.subsec_nanos();
-        self.line.push(b'.');
-        let mut digits = [b'0'; 9];
-        let mut n = nanos;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-        self.line.extend_from_slice(&digits);
-        self.line.push(b'Z');
-    }
-}
-
-fn json_uint(out: &mut Vec<u8>, n: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f) {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Control characters, quotes, backslashes: serde_json's escaping (valid JSON, always).
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
-fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => json_str(out, s),
-        None => out.extend_from_slice(b"null"),
     }
 }
 

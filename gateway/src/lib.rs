@@ -11,6 +11,7 @@ pub mod config;
 pub mod connections;
 pub mod decision_log;
 pub mod health_checks;
+pub mod json_line;
 pub mod memory;
 pub mod metrics;
 pub mod persisted;

@@ -148,7 +148,7 @@ fn a_sink_that_stops_reading_drops_counted_lines_and_never_holds_a_request() {
 fn a_graceful_shutdown_writes_every_queued_line_before_the_process_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
-    let (mut gw, _up) = gateway_logging_to(dir.path(), &log, 100_000);
+    let (gw, _up) = gateway_logging_to(dir.path(), &log, 100_000);
     let n = 300;
     for i in 0..n {
         assert_eq!(get(&format!("{}/public/{i}", gw.base), &[]).status, 200);

@@ -76,10 +76,10 @@ fn refused_while_serving(huge: &[u8], budget: &str) -> String {
     let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}{budget}"));
-    wait_ready(&gw);
+    gw.wait_ready();
     let stop = Arc::new(AtomicBool::new(false));
     let stream = traffic(gw.base.clone(), stop.clone());
-    let before = peak_rss(gw.proc.0.id());
+    let before = peak_rss(gw.proc.pid());
     src.set(Answer::Bundle(huge.to_vec()));
     let series = "gateway_bundle_activation_failures_total{reason=\"budget\"}";
     eventually(Duration::from_secs(120), "the budget refusal counted", || {
@@ -88,7 +88,7 @@ fn refused_while_serving(huge: &[u8], budget: &str) -> String {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let (sent, failed) = stream.join().expect("traffic");
-    let after = peak_rss(gw.proc.0.id());
+    let after = peak_rss(gw.proc.pid());
     println!(
         "gateway peak RSS {} MiB before, {} MiB after; {sent} requests, {failed} failed",
         before >> 20,

@@ -320,19 +320,9 @@ fn env_with(extra_config: &str, edits: Edits) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let rec = recorder();
     let b = bundle(dir.path(), rec.addr, edits);
-    let (listen, admin) = (free_port(), free_port());
-    let config = dir.path().join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 2\n{extra_config}bundle:\n  name: main\n  file: {}\n",
-            b.display()
-        ),
-    )
-    .expect("config");
-    let gw = spawn_gateway(&config, listen, admin);
-    wait_ready(&gw);
-    Env { _dir: dir, rec, gw, addr: format!("127.0.0.1:{listen}") }
+    let gw = start_gateway_with(dir.path(), &b, extra_config);
+    let addr = gw.addr();
+    Env { _dir: dir, rec, gw, addr }
 }
 
 /// Sends raw bytes from `from` (an address on the loopback range) and reads the whole

@@ -92,7 +92,7 @@ fn a_bundle_that_does_not_compile_is_refused_with_its_file_and_line() {
         "",
         &[("http/oops.rego", "package http.oops\n\nimport rego.v1\n\nallow if {\n  input.x ==\n}\n")],
     );
-    let cfg = write_config(dir.path(), &bundle, free_port(), free_port());
+    let cfg = write_config(dir.path(), &bundle);
     let (ok, out) = check(&cfg);
     assert!(!ok);
     assert!(out.contains("http/oops.rego:"), "{out}");

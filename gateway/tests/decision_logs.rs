@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 use test_support::control_api::ControlApi;
-use test_support::metrics::Scrape;
 
 const READER: &str = "gateway-reader-token-for-decision-log-tests";
 const AUTHORS: &str = "authors-logs-token-for-decision-log-tests";
@@ -69,7 +68,7 @@ fn gateway_logging(sink: &str, modules: &[(&str, &str)], extra: &str, top: &str)
 }
 
 fn metric_sum(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
-    Scrape::fetch(&format!("{}/metrics", gw.admin)).map_or(0.0, |s| s.sum(name, labels))
+    gw.metric_sum(name, labels).unwrap_or(0.0)
 }
 
 fn shipped(gw: &Gateway) -> f64 {
@@ -313,9 +312,8 @@ fn a_restart_sends_everything_that_was_spooled() {
     assert_eq!(spool_lines(&spool), 25, "the spool holds what the sink did not take");
 
     let api = ControlApi::start_on(s.dir.path(), sink.trim_start_matches("http://"), &TOKENS);
-    let fresh = spawn_gateway(&gw.config, port_of(&gw.base), port_of(&gw.admin));
-    gw = fresh;
-    wait_ready(&gw);
+    gw.restart();
+    gw.wait_ready();
     assert_logged(&events_when(&api, 25), ids, "every spooled decision reached the sink after the restart");
 }
 
@@ -386,15 +384,8 @@ fn an_upgrade_hands_over_what_the_old_process_had_not_shipped() {
     let sink = down_sink();
     let s = gateway_logging(&sink, &[], "  spool: spool.jsonl\n", "");
     let ids = denied_and_buffered(&s.gw, 10);
-    let mut old = s.gw.proc;
-    let _new = Proc::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--upgrade")
-            .arg("--config")
-            .arg(&s.gw.config)
-            .env("GATEWAY_LOG", "error")
-            .stdout(std::process::Stdio::null()),
-    );
+    let _new = s.gw.spawn_upgrade();
+    let old = s.gw.proc;
     eventually(Duration::from_secs(30), "the old gateway to hand over and exit", || old.exited().is_some());
     let api = ControlApi::start_on(s.dir.path(), sink.trim_start_matches("http://"), &TOKENS);
     assert_logged(&events_when(&api, 10), ids, "the new process shipped what the old one spooled as it left");

@@ -11,18 +11,8 @@ fn requests_past_the_in_flight_limit_are_shed_at_once_and_admin_keeps_answering(
     let dir = tempfile::tempdir().expect("tempdir");
     let up = echo_upstream("slow");
     let bundle = example_bundle(dir.path(), &up.addr.to_string(), "", "", &[]);
-    let (listen, admin) = (free_port(), free_port());
-    let config = dir.path().join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 2\nlimits: {{ max_in_flight: 2, max_queue: 1, queue_timeout: 100ms }}\nbundle:\n  name: main\n  file: {}\n",
-            bundle.display()
-        ),
-    )
-    .expect("config");
-    let gw = spawn_gateway(&config, listen, admin);
-    wait_ready(&gw);
+    let gw =
+        start_gateway_with(dir.path(), &bundle, "limits: { max_in_flight: 2, max_queue: 1, queue_timeout: 100ms }\n");
 
     let started = Instant::now();
     let handles: Vec<_> = (0..6)

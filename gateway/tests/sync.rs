@@ -25,7 +25,7 @@ fn activates_a_new_revision_from_a_long_poll_long_before_the_next_poll_would() {
     let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], "  long_poll: 30s\n  timeout: 2s\n");
-    wait_ready(&gw);
+    gw.wait_ready();
     assert_eq!(revision(&gw), "r1");
     // Let the gateway settle into its held long poll, then publish.
     std::thread::sleep(Duration::from_millis(300));
@@ -52,7 +52,7 @@ fn status_never_shows_a_revision_with_another_bundles_etag() {
     let src = Source::start(Answer::Bundle(bundle_tarball(&addr, "r0", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], FAST);
-    wait_ready(&gw);
+    gw.wait_ready();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (stop, admin) = (stop.clone(), gw.admin.clone());
@@ -91,7 +91,7 @@ fn keeps_last_known_good_when_the_source_serves_bad_bundles() {
     let src = Source::start(Answer::Bundle(good.clone()));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}  max_size: 1MiB\n"));
-    wait_ready(&gw);
+    gw.wait_ready();
     let good_etag = format!("\"{}\"", policy_bundles::digest(&good));
 
     let mut truncated = good.clone();
@@ -175,7 +175,7 @@ fn a_source_that_hangs_or_trickles_is_cut_by_the_timeout() {
     let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], FAST);
-    wait_ready(&gw);
+    gw.wait_ready();
     let next = bundle_tarball(&up.addr.to_string(), "r2", &[]);
     for (what, answer) in [
         ("hang after headers", Answer::Hang { content_length: 1000 }),
@@ -199,7 +199,7 @@ fn falls_over_to_the_next_source() {
     let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[dead, src.url()], FAST);
-    wait_ready(&gw);
+    gw.wait_ready();
     assert_eq!(revision(&gw), "r1");
     assert_eq!(status(&gw)["sync"]["source"], src.url());
 }
@@ -230,11 +230,11 @@ fn restarts_from_its_cache_while_the_source_is_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
     let mut gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}  cache_dir: {}\n", cache.display()));
-    wait_ready(&gw);
+    gw.wait_ready();
     eventually(Duration::from_secs(5), "persisted", || cache.join("main.json").exists());
     drop(src);
-    restart(&mut gw);
-    wait_ready(&gw);
+    gw.restart();
+    gw.wait_ready();
     assert_eq!(revision(&gw), "r1");
     assert_eq!(status(&gw)["bundle"]["source"], "cache");
     assert!(public_ok(&gw));
@@ -246,7 +246,7 @@ fn restarts_from_its_cache_while_the_source_is_down() {
         .find(|e| e.file_name().to_string_lossy().ends_with(".tar.gz"))
         .expect("cached tarball");
     std::fs::write(tarball.path(), b"corrupted").expect("corrupt");
-    restart(&mut gw);
+    gw.restart();
     eventually(Duration::from_secs(10), "admin up", || get(&format!("{}/healthz", gw.admin), &[]).status == 200);
     assert_eq!(get(&format!("{}/readyz", gw.admin), &[]).status, 503);
     assert_eq!(metric(&gw.admin, "gateway_bundle_activation_failures_total{reason=\"cache\"}"), Some(1.0));
@@ -263,7 +263,7 @@ fn staleness_grows_and_the_stale_flag_flips_while_ready_stays() {
         &[src.url()],
         &format!("{}  max_staleness: 2s\n", FAST.replace("long_poll: 5s", "long_poll: 500ms")),
     );
-    wait_ready(&gw);
+    gw.wait_ready();
     assert_eq!(metric(&gw.admin, "gateway_bundle_stale"), Some(0.0));
     src.set(Answer::Status { code: 503, retry_after: None });
     std::thread::sleep(Duration::from_millis(1200));
@@ -284,7 +284,7 @@ fn honours_retry_after() {
     let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], &FAST.replace("long_poll: 5s", "long_poll: 0s"));
-    wait_ready(&gw);
+    gw.wait_ready();
     src.set(Answer::Status { code: 429, retry_after: Some(2) });
     let before = src.requests().len();
     std::thread::sleep(Duration::from_millis(1500));
@@ -301,7 +301,7 @@ fn an_unwritable_cache_dir_keeps_serving_and_reports_the_error() {
     let not_a_dir = dir.path().join("file");
     std::fs::write(&not_a_dir, b"x").expect("write");
     let gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}  cache_dir: {}\n", not_a_dir.display()));
-    wait_ready(&gw);
+    gw.wait_ready();
     assert!(public_ok(&gw));
     eventually(Duration::from_secs(5), "persist failure counted", || {
         metric(&gw.admin, "gateway_bundle_activation_failures_total{reason=\"persist\"}").unwrap_or(0.0) >= 1.0
@@ -333,7 +333,7 @@ fn requires_signed_bundles_when_signing_is_configured() {
         keys.join("demo-es256.pub.pem").display()
     );
     let gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}{signing}"));
-    wait_ready(&gw);
+    gw.wait_ready();
     assert_eq!(revision(&gw), "r1");
     for (what, bytes, expect) in [
         ("unsigned", bundle_tarball(&up.addr.to_string(), "r2", &[]), "not signed"),
@@ -358,19 +358,19 @@ fn kill_9_while_persisting_never_leaves_a_cache_that_cannot_boot() {
     let cache = dir.path().join("cache");
     let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r0", &[])));
     let mut gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}  cache_dir: {}\n", cache.display()));
-    wait_ready(&gw);
+    gw.wait_ready();
     // Publish new revisions continuously while killing the gateway at varying moments.
     for round in 1..=8u64 {
         src.set(Answer::Bundle(bundle_tarball(&up.addr.to_string(), &format!("r{round}"), &[])));
         std::thread::sleep(Duration::from_millis(15 * round));
-        let pid = gw.proc.0.id();
+        let pid = gw.proc.pid();
         let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-        let _ = gw.proc.0.wait();
-        restart(&mut gw);
+        let _ = gw.proc.wait();
+        gw.restart();
     }
     drop(src);
-    restart(&mut gw);
-    wait_ready(&gw);
+    gw.restart();
+    gw.wait_ready();
     assert_eq!(status(&gw)["bundle"]["source"], "cache");
     assert!(public_ok(&gw));
 }
@@ -381,7 +381,7 @@ fn status_reports_the_last_activation_attempt_and_what_the_bundle_served_since()
     let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], FAST);
-    wait_ready(&gw);
+    gw.wait_ready();
     for _ in 0..5 {
         assert!(public_ok(&gw));
     }

@@ -64,7 +64,7 @@ fn a_source_that_redirects_is_not_followed_and_last_known_good_serves() {
     let elsewhere = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r-elsewhere", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], FAST);
-    wait_ready(&gw);
+    gw.wait_ready();
     let stream = Stream::start(&gw.base);
     src.set(Answer::Redirect { location: format!("{}/v1/bundles/main", elsewhere.url()) });
     eventually(Duration::from_secs(10), "the redirect refused and counted", || failures(&gw, "redirect") >= 2.0);
@@ -89,7 +89,7 @@ fn with_follow_redirects_a_redirect_to_plain_http_from_plain_http_is_followed() 
     let moved = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r2", &[])));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}  follow_redirects: true\n"));
-    wait_ready(&gw);
+    gw.wait_ready();
     src.set(Answer::Redirect { location: format!("{}/v1/bundles/main", moved.url()) });
     eventually(Duration::from_secs(10), "r2 through the redirect", || revision(&gw) == "r2");
     assert_eq!(failures(&gw, "redirect"), 0.0);
@@ -149,7 +149,7 @@ fn older_foreign_expired_and_unbound_signed_bundles_are_refused_and_a_restart_re
     let cache = dir.path().join("cache");
     let extra = format!("{FAST}  cache_dir: {}\n{}", cache.display(), signing_config(&[ES]));
     let mut gw = start_polling_gateway(dir.path(), &[src.url()], &extra);
-    wait_ready(&gw);
+    gw.wait_ready();
     assert_eq!(revision(&gw), "s10");
     let stream = Stream::start(&gw.base);
     let older = signed(&u, "s5", "demo-es256.pem", "ES256", "k1", id("main", 5, None));
@@ -177,8 +177,8 @@ fn older_foreign_expired_and_unbound_signed_bundles_are_refused_and_a_restart_re
 
     // A restart boots from the cache and still refuses the older signed revision.
     src.set(Answer::Bundle(older));
-    restart(&mut gw);
-    wait_ready(&gw);
+    gw.restart();
+    gw.wait_ready();
     assert_eq!(revision(&gw), "s10");
     eventually(Duration::from_secs(10), "the replay refused after the restart", || failures(&gw, "replay") >= 1.0);
     assert_eq!(std::fs::read_to_string(cache.join("main.sequence")).expect("persisted").trim(), "10");
@@ -201,7 +201,7 @@ fn a_serving_bundle_past_its_expiry_raises_the_alert_and_keeps_serving() {
         Source::start(Answer::Bundle(signed(&u, "s1", "demo-es256.pem", "ES256", "k1", id("main", 1, Some(expires)))));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}{}", signing_config(&[ES])));
-    wait_ready(&gw);
+    gw.wait_ready();
     assert_eq!(metric(&gw.admin, "gateway_bundle_signature_expired"), Some(0.0));
     eventually(Duration::from_secs(10), "the expiry alert", || {
         metric(&gw.admin, "gateway_bundle_signature_expired") == Some(1.0)
@@ -225,14 +225,14 @@ fn two_keys_are_trusted_during_a_key_rotation_and_the_old_one_is_refused_after()
         Source::start(Answer::Bundle(signed(&u, "old-key", "demo-es256.pem", "ES256", "k1", id("main", 1, None))));
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir.path(), &[src.url()], &format!("{FAST}{}", signing_config(&[ES, ED])));
-    wait_ready(&gw);
+    gw.wait_ready();
     assert_eq!(revision(&gw), "old-key");
     src.set(Answer::Bundle(signed(&u, "new-key", "demo-ed25519.pem", "EdDSA", "k2", id("main", 2, None))));
     eventually(Duration::from_secs(10), "the bundle signed with the new key", || revision(&gw) == "new-key");
     drop(gw);
     let dir2 = tempfile::tempdir().expect("tempdir");
     let gw = start_polling_gateway(dir2.path(), &[src.url()], &format!("{FAST}{}", signing_config(&[ED])));
-    wait_ready(&gw);
+    gw.wait_ready();
     assert_eq!(revision(&gw), "new-key");
     let before = failures(&gw, "signature");
     src.set(Answer::Bundle(signed(&u, "old-again", "demo-es256.pem", "ES256", "k1", id("main", 3, None))));

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,21 +62,18 @@ fn status_of(admin: &str) -> serde_json::Value {
     serde_json::from_slice(&get(&format!("{admin}/status"), &[]).body).unwrap_or_default()
 }
 
-fn spawn(config: &Path, upgrade: bool) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    if upgrade {
-        cmd.arg("--upgrade");
-    }
-    Proc::spawn(cmd.arg("--config").arg(config).env("GATEWAY_LOG", "error").stdout(Stdio::null()))
-}
+/// The keys an upgradable gateway needs.
+const UPGRADABLE: &str = "pid_file: gateway.pid\nupgrade_sock: upgrade.sock\n";
 
-/// Starts a new process with `--upgrade` and waits for the old one to exit by itself.
-fn upgrade(old: &mut Proc, config: &Path, admin: &str) -> Proc {
-    let new = spawn(config, true);
+/// Starts a new process with `--upgrade` and waits for the old one to exit by itself; the new
+/// one becomes `gw`'s process.
+fn upgrade(gw: &mut Gateway) {
+    let (old, admin) = (&gw.proc, gw.admin.as_str());
+    let new = gw.spawn_upgrade();
     eventually(Duration::from_secs(30), "the old gateway to hand over, drain and exit", || old.exited().is_some());
     assert!(old.exited().is_some_and(|s| s.success()), "the old gateway exits cleanly: {:?}", old.exited());
     eventually(Duration::from_secs(10), "the new gateway to answer /status", || status_of(admin)["pid"] == new.pid());
-    new
+    gw.proc = new;
 }
 
 #[test]
@@ -85,18 +81,12 @@ fn three_upgrades_under_a_request_stream_fail_no_request_even_with_the_control_p
     let dir = tempfile::tempdir().expect("tempdir");
     let up = echo_upstream("backend");
     let src = Source::start(Answer::Bundle(bundle_tarball(&up.addr.to_string(), "r1", &[])));
-    let (listen, admin_port) = (free_port(), free_port());
-    let config = dir.path().join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin_port}\nthreads: 2\npid_file: gateway.pid\nupgrade_sock: upgrade.sock\nbundle:\n  name: main\n  sources: [\"{}\"]\n  cache_dir: cache\n  min_delay: 200ms\n  max_delay: 400ms\n  long_poll: 0s\n  timeout: 2s\n",
-            src.url()
-        ),
-    )
-    .expect("config");
-    let (base, admin) = (format!("http://127.0.0.1:{listen}"), format!("http://127.0.0.1:{admin_port}"));
-    let mut current = spawn(&config, false);
+    let mut gw = gateway_config(dir.path())
+        .top(UPGRADABLE)
+        .bundle_sources(&[src.url()])
+        .bundle_keys("  cache_dir: cache\n  min_delay: 200ms\n  max_delay: 400ms\n  long_poll: 0s\n  timeout: 2s\n")
+        .spawn();
+    let (base, admin) = (gw.base.clone(), gw.admin.clone());
     eventually(Duration::from_secs(30), "the first gateway to serve r1", || {
         status_of(&admin)["bundle"]["revision"] == "r1"
     });
@@ -108,7 +98,7 @@ fn three_upgrades_under_a_request_stream_fail_no_request_even_with_the_control_p
             // The control plane goes away: the new process must boot from its cache.
             drop(src.take());
         }
-        current = upgrade(&mut current, &config, &admin);
+        upgrade(&mut gw);
         let st = status_of(&admin);
         assert_eq!(st["bundle"]["revision"], "r1", "round {round}: {st}");
         assert_eq!(st["phase"], "running", "round {round}: {st}");
@@ -124,16 +114,11 @@ fn an_upgrade_with_nothing_to_serve_never_touches_the_running_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let up = echo_upstream("backend");
     let bundle = example_bundle(dir.path(), &up.addr.to_string(), "", "", &[]);
-    let (listen, admin_port) = (free_port(), free_port());
-    let good = dir.path().join("gateway.yaml");
-    let keys = "pid_file: gateway.pid\nupgrade_sock: upgrade.sock\n";
-    std::fs::write(
-        &good,
-        format!("listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin_port}\nthreads: 2\n{keys}bundle:\n  name: main\n  file: {}\n", bundle.display()),
-    )
-    .expect("config");
-    let mut old = spawn(&good, false);
-    let admin = format!("http://127.0.0.1:{admin_port}");
+    let keys = UPGRADABLE;
+    let gw = gateway_config(dir.path()).top(keys).bundle_file(&bundle).spawn();
+    let (listen, admin_port) = (port_of(&gw.base), port_of(&gw.admin));
+    let admin = gw.admin.clone();
+    let old = gw.proc;
     eventually(Duration::from_secs(30), "the gateway to be ready", || {
         get(&format!("{admin}/readyz"), &[]).status == 200
     });

@@ -715,7 +715,10 @@ fn get_line(data: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// Go's `encoding/pem.Decode`: the first well-formed block anywhere in `data`, and what
-/// follows the line that ends it.
+/// follows the line that ends it. Written here rather than taken from the `pem` crate because
+/// OPA's answers depend on Go's reading: text before the block is skipped, headers are
+/// allowed, a malformed block is passed over in search of a later one, and whether anything
+/// follows the block decides between a key and an error (`pem` parses one block strictly).
 fn pem_decode(data: &[u8]) -> Option<(PemBlock, &[u8])> {
     const START: &[u8] = b"\n-----BEGIN ";
     const END: &[u8] = b"\n-----END ";

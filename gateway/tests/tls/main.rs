@@ -58,28 +58,13 @@ pub fn tls_gateway(dir: &Path, certs: &Certs, extra: &str) -> (Gateway, Upstream
 
 /// A TLS gateway on `bundle`, ready.
 pub fn tls_gateway_on(dir: &Path, certs: &Certs, bundle: &Path, extra: &str) -> Gateway {
-    let (listen, admin) = (free_port(), free_port());
     let list: String = certs
         .files
         .iter()
         .map(|(c, k)| format!("    - {{ cert_file: {}, key_file: {} }}\n", c.display(), k.display()))
         .collect();
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 2\nbundle:\n  name: main\n  file: {}\ntls:\n  certificates:\n{list}{extra}",
-            bundle.display()
-        ),
-    )
-    .expect("write config");
-    let mut gw = spawn_gateway(&config, listen, admin);
-    gw.base = format!("https://127.0.0.1:{listen}");
-    eventually(Duration::from_secs(30), "the TLS gateway to become ready", || {
-        get(&format!("{}/readyz", gw.admin), &[]).status == 200
-            && std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok()
-    });
-    gw
+    // `extra` lands right after the certificate list, inside `tls:`.
+    gateway_config(dir).tls().top(&format!("tls:\n  certificates:\n{list}{extra}")).bundle_file(bundle).start()
 }
 
 #[test]

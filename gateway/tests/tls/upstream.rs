@@ -137,7 +137,7 @@ fn an_upstream_tls_file_that_is_missing_keeps_the_bundle_from_activating() {
     let backend = echo_upstream("backend");
     let upstreams = "  secure:\n    targets: [\"127.0.0.1:9\"]\n    tls: { ca_file: nowhere.pem }\n";
     let bundle = example_bundle(dir.path(), &backend.addr.to_string(), upstreams, SECURE_ROUTE, &[]);
-    let config = write_config(dir.path(), &bundle, free_port(), free_port());
+    let config = write_config(dir.path(), &bundle);
     let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--check-config").arg(&config).output().expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -157,7 +157,7 @@ fn a_bundle_cannot_point_the_gateway_at_files_outside_its_config_directory() {
         std::fs::create_dir_all(&sub).expect("mkdir");
         let upstreams = format!("  secure:\n    targets: [\"127.0.0.1:9\"]\n    tls: {tls}\n");
         let bundle = example_bundle(&sub, &backend.addr.to_string(), &upstreams, SECURE_ROUTE, &[]);
-        let config = write_config(&sub, &bundle, free_port(), free_port());
+        let config = write_config(&sub, &bundle);
         let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--check-config").arg(&config).output().expect("run");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{tls}: {err}");
