@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Tokens;
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::long_poll_hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::Store;
 

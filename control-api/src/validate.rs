@@ -1,10 +1,10 @@
 //! Validation of a published tarball with the very code the gateway runs
 //! ([`Bundle::from_tar_gz`] then [`Snapshot::compile`]), followed by the bundle's own tests
-//! ([`policy_bundles::testing`]: Rego `test_` rules and decision cases). CPU-bound: callers run
+//! ([`policy_bundles::bundle_tests`]: Rego `test_` rules and decision cases). CPU-bound: callers run
 //! it on a blocking thread.
 
 use policy_bundles::budget::{self, Budget, Figures, Validator};
-use policy_bundles::testing::{self, TestKind, TestResult};
+use policy_bundles::bundle_tests::{self, TestKind, TestResult};
 use policy_bundles::{Bundle, BundleError, BundleErrors, ErrorKind, Limits, Snapshot};
 use serde::Serialize;
 
@@ -102,9 +102,9 @@ pub fn validate(bytes: &[u8], limits: &Limits, budget: &Budget, validator: &Vali
         r => Some(check_revision(r)?),
     };
     let snapshot = Snapshot::compile(&bundle)?;
-    let mut results = testing::run_rego_tests(&bundle)?;
-    let cases = testing::load_cases(&bundle)?;
-    results.extend(testing::run_cases(&bundle, &snapshot, &cases));
+    let mut results = bundle_tests::run_rego_tests(&bundle)?;
+    let cases = bundle_tests::load_cases(&bundle)?;
+    results.extend(bundle_tests::run_cases(&bundle, &snapshot, &cases));
     let failures: Vec<TestResult> = results.iter().filter(|r| !r.passed()).cloned().collect();
     if !failures.is_empty() {
         return Err(Rejection::TestsFailed(failures));

@@ -199,7 +199,7 @@ pub struct Config {
     pub limits: Limits,
     /// Bound of each worker thread's decision cache, in entries; 0 turns it off. Default 4096.
     /// Only bundles whose decisions depend on nothing but the input they read are cached
-    /// (`policy_bundles::reads`).
+    /// (`policy_bundles::input_reads`).
     pub decision_cache_entries: usize,
     pub bundle: BundleConfig,
     /// How client requests are made canonical and which forwarding headers are believed.

@@ -58,7 +58,7 @@ impl<A> Drop for Held<'_, A> {
     fn drop(&mut self) {
         let before = self.0.open.fetch_sub(1, Ordering::Relaxed);
         self.0.gauge.dec();
-        crate::memory::connection_closed(before);
+        crate::heap_purge::connection_closed(before);
     }
 }
 

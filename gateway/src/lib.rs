@@ -11,8 +11,8 @@ pub mod config;
 pub mod connections;
 pub mod decision_log;
 pub mod health_checks;
+pub mod heap_purge;
 pub mod json_line;
-pub mod memory;
 pub mod metrics;
 pub mod persisted;
 pub mod pool;
@@ -139,7 +139,7 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
     server.add_service(service);
     server.add_service(admin_service(admin, &config));
     server.add_service(background_service("health checks", health_checks::HealthChecks { gateway: gateway.clone() }));
-    server.add_service(background_service("memory purge", memory::Purge));
+    server.add_service(background_service("memory purge", heap_purge::Purge));
     if let Some(tls) = tls {
         let reloader = tls::Reloader { tls, metrics: metrics.clone() };
         server.add_service(background_service("certificate reload", reloader));

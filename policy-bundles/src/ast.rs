@@ -1,6 +1,6 @@
 //! One walk over the modules regorus parsed (`regorus::unstable`, pinned by the lock file),
 //! shared by the checks that read a bundle's policies before they run: the functions they call
-//! ([`crate::calls`]) and the parts of the input they read ([`crate::reads`]).
+//! ([`crate::call_check`]) and the parts of the input they read ([`crate::input_reads`]).
 
 use regorus::unstable::{Expr, Literal, Query, Ref, Rule, RuleHead, WithModifier};
 

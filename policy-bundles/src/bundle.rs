@@ -279,7 +279,7 @@ fn read_module(
     let (package, line) = package_of(&source)
         .ok_or_else(|| BundleError::new(ErrorKind::Rego, Some(path.to_owned()), "module has no `package` line"))?;
     // `package tenants["acme-corp"]` is [tenants, acme-corp], as Rego reads it.
-    let pkg_path: Vec<String> = crate::reads::rule_path(&format!("data.{package}"))
+    let pkg_path: Vec<String> = crate::input_reads::rule_path(&format!("data.{package}"))
         .map(|p| p[1..].to_vec())
         .unwrap_or_else(|| package.split('.').map(str::to_owned).collect());
     let outside = (!path.starts_with(TESTS_DIR) && !under_roots(&pkg_path, roots)).then(|| {

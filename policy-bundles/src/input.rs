@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use regorus::Value;
 
-use crate::reads::InputReads;
+use crate::input_reads::InputReads;
 pub use crate::settings::InputFormat;
 
 /// The parts of a request the input is made of.
@@ -250,14 +250,14 @@ pub fn key(parts: &RequestParts<'_>, route: &str, jwt: Option<&Value>, paths: &[
                 return Value::Undefined;
             };
             let (second, tail) = (rest.first(), rest.get(1..).unwrap_or_default());
-            let at = |v: Value, keys: &[Value]| crate::reads::descend(&v, keys);
+            let at = |v: Value, keys: &[Value]| crate::input_reads::descend(&v, keys);
             if *first == k.route {
                 at(s(route), rest)
             } else if *first == k.jwt {
-                jwt.map_or(Value::Undefined, |j| crate::reads::descend(j, rest))
+                jwt.map_or(Value::Undefined, |j| crate::input_reads::descend(j, rest))
             } else if *first == k.request {
                 let field = match second {
-                    None => return crate::reads::descend(&request(parts, k), rest),
+                    None => return crate::input_reads::descend(&request(parts, k), rest),
                     Some(f) => f,
                 };
                 let v = if *field == k.method {

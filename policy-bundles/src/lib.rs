@@ -8,20 +8,20 @@ mod ast;
 pub mod authorize;
 pub mod budget;
 pub mod bundle;
-pub mod calls;
+pub mod bundle_tests;
+pub mod call_check;
 pub mod decision;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod input;
+pub mod input_reads;
 pub mod jwt;
-pub mod reads;
 pub mod replay;
 pub mod router;
 pub mod settings;
 pub mod signing;
 pub mod snapshot;
-pub mod testing;
 
 pub use archive::Limits;
 pub use bundle::{digest, Bundle};

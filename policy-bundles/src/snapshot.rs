@@ -16,8 +16,8 @@ use crate::bundle::{Bundle, TESTS_DIR};
 use crate::decision::{Decision, DecisionError};
 use crate::error::{BundleError, BundleErrors, ErrorKind};
 use crate::input::{Connection, InputFormat};
+use crate::input_reads::InputReads;
 use crate::jwt::TrustRoots;
-use crate::reads::InputReads;
 use crate::router::{Methods, PathMatch, RouteMatch, RouteTable};
 use crate::settings::{RouteSpec, UpstreamSpec};
 
@@ -569,11 +569,11 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
         if upstream.is_none() {
             report(format!("names upstream `{}`, which is not defined", r.upstream));
         }
-        if crate::reads::rule_path(&r.policy).is_none() {
+        if crate::input_reads::rule_path(&r.policy).is_none() {
             report(format!("policy `{}` must be a rule path such as data.http.orders.decision", r.policy));
         }
         if let Some(shadow) = &r.shadow {
-            if crate::reads::rule_path(shadow).is_none() {
+            if crate::input_reads::rule_path(shadow).is_none() {
                 report(format!("shadow `{shadow}` must be a rule path such as data.http.orders_v2.decision"));
             }
         }
@@ -706,8 +706,8 @@ fn compile_policies(
         })
         .collect();
     let entrypoints: Vec<&str> = entries.iter().map(String::as_str).collect();
-    let reads = crate::reads::analyze(&mut engine, &entrypoints);
-    for c in crate::calls::unknown_calls(&mut engine) {
+    let reads = crate::input_reads::analyze(&mut engine, &entrypoints);
+    for c in crate::call_check::unknown_calls(&mut engine) {
         errors.push(BundleError::new(ErrorKind::Rego, Some(c.file.clone()), c.message()).at_line(Some(c.line)));
     }
     let mut policies = Vec::new();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use policy_bundles::archive::{self, Files};
-use policy_bundles::testing::{self, TestKind};
+use policy_bundles::bundle_tests::{self, TestKind};
 use policy_bundles::{Bundle, ErrorKind, Limits, Snapshot};
 
 fn example_dir() -> PathBuf {
@@ -34,7 +34,7 @@ fn the_example_bundle_compiles_with_its_three_routes() {
 #[test]
 fn the_example_bundle_passes_its_own_tests_and_cases() {
     let bundle = Bundle::from_path(&example_dir(), &Limits::default()).unwrap();
-    let report = testing::run(&bundle).unwrap();
+    let report = bundle_tests::run(&bundle).unwrap();
     let rego = report.results.iter().filter(|r| r.kind == TestKind::Rego).count();
     let cases = report.results.iter().filter(|r| r.kind == TestKind::Case).count();
     assert!(rego >= 5, "expected the Rego tests of tests/orders_test.rego, found {rego}:\n{report}");
@@ -48,7 +48,7 @@ fn the_example_bundle_passes_its_own_tests_and_cases() {
 fn the_example_bundle_passes_its_tests_when_read_from_its_tarball() {
     let bytes = archive::write_tar_gz(&example_files()).unwrap();
     let bundle = Bundle::from_tar_gz(&bytes, &Limits::default()).unwrap();
-    let report = testing::run(&bundle).unwrap();
+    let report = bundle_tests::run(&bundle).unwrap();
     assert!(report.results.len() >= 12, "\n{report}");
     assert_eq!(report.failed(), 0, "\n{report}");
 }
@@ -71,7 +71,7 @@ fn a_wrong_case_is_reported_as_a_failure_with_expected_and_got() {
   expect: { allow: false, status: 403 }
 ";
     let bundle = Bundle::from_files(with(example_files(), "tests/wrong.cases.yaml", wrong)).unwrap();
-    let report = testing::run(&bundle).unwrap();
+    let report = bundle_tests::run(&bundle).unwrap();
     assert_eq!(report.failed(), 2, "\n{report}");
     assert!(!report.is_success());
     let failures: Vec<_> = report.failures().collect();
@@ -93,7 +93,7 @@ fn a_wrong_case_is_reported_as_a_failure_with_expected_and_got() {
 fn a_failing_rego_test_is_reported_as_a_failure() {
     let wrong = "package http.wrong_test\n\nimport rego.v1\n\ntest_readers_may_delete if {\n\tdata.http.orders.allowed with input as {\"request\": {\"method\": \"DELETE\"}, \"jwt\": {\"claims\": {\"roles\": [\"reader\"]}}}\n}\n\ntest_true if true\n";
     let bundle = Bundle::from_files(with(example_files(), "tests/wrong_test.rego", wrong)).unwrap();
-    let report = testing::run(&bundle).unwrap();
+    let report = bundle_tests::run(&bundle).unwrap();
     let failures: Vec<_> = report.failures().collect();
     assert_eq!(failures.len(), 1, "\n{report}");
     assert_eq!(failures[0].name, "data.http.wrong_test.test_readers_may_delete");
@@ -113,7 +113,7 @@ fn a_cases_file_with_an_unknown_key_is_refused_naming_file_and_line() {
     stauts: 401
 ";
     let bundle = Bundle::from_files(with(example_files(), "tests/typo.cases.yaml", bad)).unwrap();
-    let errs = testing::run(&bundle).unwrap_err();
+    let errs = bundle_tests::run(&bundle).unwrap_err();
     let e = &errs.0[0];
     assert_eq!(e.kind, ErrorKind::Syntax);
     assert_eq!(e.file.as_deref(), Some("tests/typo.cases.yaml"));
@@ -125,7 +125,7 @@ fn a_cases_file_with_an_unknown_key_is_refused_naming_file_and_line() {
 fn a_case_naming_an_unknown_route_fails() {
     let bad = "- name: ghost\n  route: ghost\n  input: {}\n  expect: { allow: false }\n";
     let bundle = Bundle::from_files(with(example_files(), "tests/ghost.cases.yaml", bad)).unwrap();
-    let report = testing::run(&bundle).unwrap();
+    let report = bundle_tests::run(&bundle).unwrap();
     let failures: Vec<_> = report.failures().collect();
     assert_eq!(failures.len(), 1, "\n{report}");
     assert!(failures[0].failure.as_deref().unwrap().contains("route `ghost` is not defined"), "\n{report}");
@@ -135,7 +135,7 @@ fn a_case_naming_an_unknown_route_fails() {
 fn the_vm_and_the_interpreter_agree_on_every_example_case() {
     let bundle = Bundle::from_path(&example_dir(), &Limits::default()).unwrap();
     let snap = Snapshot::compile(&bundle).unwrap();
-    let cases = testing::load_cases(&bundle).unwrap();
+    let cases = bundle_tests::load_cases(&bundle).unwrap();
     assert!(!cases.is_empty());
     for lc in &cases {
         let policy = match (&lc.case.route, &lc.case.policy) {

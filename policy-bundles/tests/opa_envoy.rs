@@ -19,7 +19,7 @@ fn example() -> Snapshot {
 fn the_example_passes_its_own_tests() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/opa-envoy");
     let bundle = Bundle::from_path(&dir, &Limits::default()).expect("bundle");
-    let report = policy_bundles::testing::run(&bundle).expect("runs");
+    let report = policy_bundles::bundle_tests::run(&bundle).expect("runs");
     assert!(report.passed() >= 17, "{report:?}");
     assert_eq!(report.failed(), 0, "{report:?}");
 }

@@ -17,7 +17,7 @@ use super::{read_body, ApiError, BodyError, PublishBundle, ReadBundle, FORCE_REA
 use crate::app_state::{AppState, Shared};
 use crate::auth::Principal;
 use crate::clock;
-use crate::hub::ActiveBundle;
+use crate::long_poll_hub::ActiveBundle;
 use crate::metrics::PublishResult;
 use crate::store::{NewRevision, PublishOutcome};
 use crate::validate;
@@ -138,7 +138,7 @@ async fn check_growth(
     let Some(guard) = &s.config.growth_guard else { return Ok(()) };
     let active = s.store.active(name).await?;
     let was = active.and_then(|a| a.figures).and_then(|f| serde_json::from_str(&f).ok());
-    let moved = was.map(|was| crate::guard::compare(&was, figures, guard)).unwrap_or_default();
+    let moved = was.map(|was| crate::growth_guard::compare(&was, figures, guard)).unwrap_or_default();
     if moved.is_empty() {
         return Ok(());
     }

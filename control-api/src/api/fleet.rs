@@ -177,7 +177,7 @@ pub(super) async fn fleet(
     s.store.prune_fleet(now.saturating_sub(retention)).await?;
     let reports = s.store.fleet().await?;
     let silent_after = i64::try_from(s.config.fleet_silent_after.as_millis()).unwrap_or(i64::MAX);
-    let mut active: std::collections::HashMap<String, Option<Arc<crate::hub::Heads>>> =
+    let mut active: std::collections::HashMap<String, Option<Arc<crate::long_poll_hub::Heads>>> =
         std::collections::HashMap::new();
     let mut out = Vec::with_capacity(reports.len());
     for r in reports {

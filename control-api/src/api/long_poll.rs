@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{speaks_for, ApiError, ReadBundle, BUNDLE_REVISION, INSTANCE, PREFER, PREFERENCE_APPLIED};
 use crate::app_state::{AppState, Shared};
-use crate::hub::ActiveBundle;
+use crate::long_poll_hub::ActiveBundle;
 
 /// `GET /v1/bundles/{name}`: the active tarball, 304 on a matching `If-None-Match`, long poll
 /// with `Prefer: wait=N`.

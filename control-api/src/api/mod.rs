@@ -84,8 +84,8 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     /// Past the growth guard: 409 with every figure that moved.
-    #[error("{}", crate::guard::message(.0))]
-    Growth(Vec<crate::guard::Moved>),
+    #[error("{}", crate::growth_guard::message(.0))]
+    Growth(Vec<crate::growth_guard::Moved>),
     #[error("the bundle is larger than max_bundle_size ({limit} bytes)")]
     TooLarge { limit: u64 },
     /// A body past a bound other than `max_bundle_size` (the message names it).

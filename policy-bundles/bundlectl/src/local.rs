@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context};
 use policy_bundles::archive::{self, Files};
 use policy_bundles::budget::{self, human, Budget, Validator};
 use policy_bundles::bundle::{MANIFEST, SIGNATURES};
-use policy_bundles::{signing, testing, Bundle, Limits, Snapshot};
+use policy_bundles::{bundle_tests, signing, Bundle, Limits, Snapshot};
 
 use crate::cli::Signer;
 use crate::Ran;
@@ -66,7 +66,7 @@ pub fn sign_files(files: &mut Files, signer: &Signer) -> anyhow::Result<()> {
 /// `bundlectl test`: the bundle's Rego tests and decision cases.
 pub fn test(path: &Path) -> anyhow::Result<Ran> {
     let bundle = Bundle::from_path(path, &Limits::default())?;
-    let report = testing::run(&bundle)?;
+    let report = bundle_tests::run(&bundle)?;
     println!("{report}");
     Ok(if report.is_success() { Ran::Clean } else { Ran::Failures })
 }
