@@ -4,15 +4,19 @@
 //! and serves their decision logs.
 //!
 //! * [`config`]: the YAML config, strictly parsed and validated.
-//! * [`api`]: the HTTP API ([`app`] builds the router) and its one error type.
+//! * [`api`]: the HTTP API ([`app`] builds the router), one file per resource, its one error
+//!   type and the extractor that checks a bundle call's token, name and access.
+//! * [`app_state`]: what the handlers and background tasks share.
 //! * [`auth`]: bearer tokens by SHA-256, publish, read and logs scopes, bundles a token may touch.
 //! * [`store`]: one store over SQLite or PostgreSQL behind one trait, with versioned migrations.
-//! * [`guard`]: the growth guard, comparing a publish with the active revision.
-//! * [`hub`]: the active revision of each bundle in memory, and the channels long polls wait on.
+//! * [`growth_guard`]: comparing a publish with the active revision.
+//! * [`long_poll_hub`]: the active revision of each bundle in memory, and the channels long
+//!   polls wait on.
 //! * [`validate`]: the gateway's own loading and compiling code, plus the bundle's tests.
 //! * [`logs`]: decision-log ingest (`POST /v1/logs`), query (`GET /v1/logs`) and retention.
 //! * [`rollout`]: staged rollout to a canary cohort, judged from status reports, promoted or rolled back.
 //! * [`metrics`]: every exported metric.
+//! * [`clock`] and [`names`]: time as the API writes and reads it; what a bundle may be called.
 
 pub mod api;
 pub mod app_state;

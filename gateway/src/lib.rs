@@ -1,5 +1,14 @@
 //! The data plane: a Pingora reverse proxy that routes and authorizes every request from a
 //! locally compiled policy bundle, and never waits on the control plane.
+//!
+//! * [`proxy`]: the request's phases (canonical request, decision, forwarding, the gateway's own
+//!   answers); [`admission`] and [`connections`] bound what clients may hold.
+//! * [`active`]: the one shared state, the active bundle behind an `ArcSwap` and its
+//!   [`sync_status`]; [`activation`]: how bytes become that bundle (digest, budget, signature,
+//!   compile, swap, persist to [`persisted`]); [`sync`]: the transport that fetches them.
+//! * [`admin`], [`metrics`], [`access_log`], [`decision_log`] ([`json_line`] writes both logs),
+//!   [`revision_health`]: what operators and the control plane see.
+//! * [`config`], [`tls`], [`pool`] and [`health_checks`] (upstreams), [`upgrade`], [`heap_purge`].
 
 pub mod access_log;
 pub mod activation;

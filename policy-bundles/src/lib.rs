@@ -1,7 +1,9 @@
 //! The policy bundle format shared by the data plane and the control plane: reading bundles
 //! defensively ([`archive`]), validating them ([`bundle`]), compiling them into an immutable
 //! [`snapshot::Snapshot`], verifying bearer tokens ([`jwt`]), reading decisions ([`decision`]) and
-//! the whole decision pipeline of one request ([`authorize`]).
+//! the whole decision pipeline of one request ([`authorize`]); a bundle's own tests
+//! ([`bundle_tests`]) and the replay of logged decisions ([`replay`]). Request canonicalization is
+//! the `http-canon` crate, OPA's `io.jwt` builtins `regorus-jwt`, config files `config-files`.
 
 pub mod archive;
 mod ast;
