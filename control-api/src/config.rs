@@ -50,23 +50,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config_files::{from_yaml, parse_size, read_text, Problems};
-pub use config_files::{FileError, Problem};
+pub use config_files::{ConfigError, FileError, Problem};
 use serde::Deserialize;
 
 use crate::auth::Scope;
 pub use crate::auth::TokenConfig;
-
-/// Why a config file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Unreadable, or YAML that does not parse or fit the schema (unknown key, missing key,
-    /// wrong type), named with its line.
-    #[error(transparent)]
-    File(#[from] FileError),
-    /// Values that parse but are invalid; every one is listed.
-    #[error("{path}: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Invalid { path: String, problems: Vec<Problem> },
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,7 +316,6 @@ impl Config {
 
     /// Parses config text; `path` names the file in errors and anchors a relative SQLite path.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let p = path.display().to_string();
         let raw: RawConfig = from_yaml(text, path)?;
         // Every key is taken here: a new one is a compile error until it is validated.
         let RawConfig {
@@ -384,9 +371,7 @@ impl Config {
         let rollout = raw_rollout.map(|r| parse_rollout(&r, &mut problems));
         let logs = parse_logs(raw_logs.unwrap_or_default(), &mut problems);
 
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid { path: p, problems: problems.into_list() });
-        }
+        problems.finish(path)?;
         Ok(Config {
             listen,
             store,

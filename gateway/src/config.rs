@@ -7,19 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config_files::{from_yaml, parse_duration, parse_size, read_text, Problems};
-pub use config_files::{FileError, Problem};
+pub use config_files::{ConfigError, FileError, Problem};
 use serde::Deserialize;
-
-/// A configuration problem, naming the key (and line where known).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Unreadable, or YAML that does not fit the schema (named with its line).
-    #[error(transparent)]
-    File(#[from] FileError),
-    /// Values that parse but are invalid; every one is listed, with its line where found.
-    #[error("{path}: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Invalid { path: String, problems: Vec<Problem> },
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -418,7 +407,6 @@ impl Config {
     /// Parses config text; `path` names the file in errors and anchors relative paths. Every
     /// problem is collected before failing, so one run names them all.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let p = path.display().to_string();
         let raw: RawConfig = from_yaml(text, path)?;
         // Destructured whole, so that a new key is a compile error until it is validated.
         let RawConfig {
@@ -467,9 +455,7 @@ impl Config {
             &headers_with_underscores,
             &mut c.problems,
         );
-        if !c.problems.is_empty() {
-            return Err(ConfigError::Invalid { path: p, problems: c.problems.into_list() });
-        }
+        c.problems.finish(path)?;
         Ok(Config {
             listen,
             admin,

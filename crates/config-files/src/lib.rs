@@ -23,6 +23,19 @@ pub enum FileError {
     Syntax { path: String, line: usize, message: String },
 }
 
+/// Why a config file was refused: it could not be read or parsed, or values in it are invalid
+/// (every one listed, with its key and line).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable, or YAML that does not parse or fit the schema (unknown key, missing key,
+    /// wrong type), named with its line.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Values that parse but are invalid; every one is listed.
+    #[error("{path}: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid { path: String, problems: Vec<Problem> },
+}
+
 /// The text of a configuration file.
 pub fn read_text(path: &std::path::Path) -> Result<String, FileError> {
     std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.display().to_string(), source })

@@ -85,6 +85,14 @@ impl<'a> Problems<'a> {
     pub fn into_list(self) -> Vec<Problem> {
         self.list
     }
+
+    /// `Ok` when nothing was found; otherwise every problem, refused as the file `path`'s.
+    pub fn finish(self, path: &std::path::Path) -> Result<(), crate::ConfigError> {
+        if self.list.is_empty() {
+            return Ok(());
+        }
+        Err(crate::ConfigError::Invalid { path: path.display().to_string(), problems: self.list })
+    }
 }
 
 #[cfg(test)]
