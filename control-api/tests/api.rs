@@ -598,7 +598,7 @@ fn check_config_accepts_a_good_config_and_names_key_and_line_of_a_bad_one() {
 #[test]
 fn sigterm_answers_held_long_polls_at_once_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = start_sqlite(dir.path(), "");
+    let s = start_sqlite(dir.path(), "");
     assert_eq!(s.publish("main", &bundle("v1")).status, 201);
     let etag = s.active_etag("main").unwrap();
     let url = s.url("/v1/bundles/main");

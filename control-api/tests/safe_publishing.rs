@@ -140,15 +140,9 @@ const GW_B_TOKEN: &str = "reader-token-of-gw-b";
 
 /// A control plane staging rollouts to `gw-a`, with a reader token bound to `gw-b`.
 fn start_staged(dir: &Path) -> Server {
-    let path = dir.join("control-api.yaml");
-    let text = format!(
-        "listen: 127.0.0.1:0\nstore: sqlite://./data/control.db\nrollout:\n  canary: [gw-a]\n  bake: 60s\ntokens:\n  - {{ name: ci, scope: publish, sha256: {} }}\n  - {{ name: gateways, scope: read, sha256: {} }}\n  - {{ name: gw-b, scope: read, sha256: {}, instance: gw-b }}\n",
-        hash(PUBLISH_TOKEN),
-        hash(READ_TOKEN),
-        hash(GW_B_TOKEN)
-    );
-    std::fs::write(&path, text).expect("config");
-    Server::start(&path)
+    let gw_b = format!("  - {{ name: gw-b, scope: read, sha256: {}, instance: gw-b }}\n", hash(GW_B_TOKEN));
+    let rollout = "rollout:\n  canary: [gw-a]\n  bake: 60s\n";
+    Server::start(&write_config_with_tokens(dir, "sqlite://./data/control.db", rollout, &gw_b))
 }
 
 fn revision_for(s: &Server, token: &str, instance: Option<&str>) -> (u16, Option<String>) {

@@ -1,23 +1,26 @@
 //! Harness for cross-process scenarios: every component is its real binary (built by
 //! `cargo build --workspace --bins`), talking over 127.0.0.1 on ephemeral ports.
 //!
-//! What every harness shares (processes, ports, the HTTP client, metrics, `eventually`, demo
-//! tokens and bundles) comes from `test-support`; this crate adds what only cross-process
-//! scenarios need: the control plane and gateway fleets as processes, publishing with the real
-//! `bundlectl`, and a checked stream of traffic.
+//! What every harness shares (the gateway and control-api harnesses, processes, ports, the HTTP
+//! client, metrics, `eventually`, demo tokens and bundles) comes from `test-support`; this crate
+//! adds what only cross-process scenarios need: the control plane and gateway fleets configured
+//! alike (the e2e tokens, ports outside the ephemeral range, instance names, caches),
+//! publishing with the real `bundlectl`, and a checked stream of traffic.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+pub use test_support::control_api::ControlApi;
+use test_support::control_api::ControlApiConfig;
+pub use test_support::gateway::Gateway;
+use test_support::gateway::GatewayConfig;
 use test_support::http::{bearer, get};
 use test_support::paths::bin;
-use test_support::process::{free_port_outside_ephemeral, Proc};
-use test_support::wait::eventually;
+use test_support::process::{free_port_outside_ephemeral, Output, Proc};
 
 pub const PUBLISH_TOKEN: &str = "e2e-publisher-token";
 pub const READ_TOKEN: &str = "e2e-reader-token";
@@ -34,65 +37,29 @@ pub fn get_as_reader(url: &str) -> test_support::http::Resp {
     get(url, &[("authorization", &bearer(READ_TOKEN))])
 }
 
-pub struct ControlApi {
-    pub proc: Proc,
-    pub url: String,
-    pub config: PathBuf,
+/// control-api on `store` (default: a SQLite file in `dir`) with the e2e tokens, on a port
+/// outside the ephemeral range so that a restart finds it again; returns once it answers.
+pub fn start_control_api(dir: &Path, store: Option<&str>) -> ControlApi {
+    start_control_api_with(dir, store, "")
 }
 
-impl ControlApi {
-    /// Starts control-api on `store` (default: a SQLite file in `dir`).
-    pub fn start(dir: &Path, store: Option<&str>) -> ControlApi {
-        ControlApi::start_with(dir, store, "")
-    }
-
-    /// Starts control-api on `store` with `extra` top-level config keys.
-    pub fn start_with(dir: &Path, store: Option<&str>, extra: &str) -> ControlApi {
-        let port = free_port_outside_ephemeral();
-        let config = dir.join(format!("control-api-{port}.yaml"));
-        let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
-        let store =
-            store.map(str::to_owned).unwrap_or_else(|| format!("sqlite://{}", dir.join("control.db").display()));
-        std::fs::write(
-            &config,
-            format!(
-                "listen: 127.0.0.1:{port}\nstore: {store}\nmax_bundle_size: 8MiB\n{extra}\ntokens:\n  - {{ name: ci, scope: publish, sha256: {} }}\n  - {{ name: gateways, scope: read, sha256: {} }}\n",
-                hash(PUBLISH_TOKEN),
-                hash(READ_TOKEN)
-            ),
-        )
-        .expect("write config");
-        let c = ControlApi { proc: spawn_control_api(&config), url: format!("http://127.0.0.1:{port}"), config };
-        c.wait_up();
-        c
-    }
-
-    fn wait_up(&self) {
-        let url = format!("{}/healthz", self.url);
-        eventually(Duration::from_secs(30), "control-api up", || get(&url, &[]).status == 200);
-    }
-
-    pub fn kill9(&mut self) {
-        self.proc.kill9();
-    }
-
-    /// Starts the process again on the same config (same port and store).
-    pub fn restart(&mut self) {
-        self.proc.kill9();
-        self.proc = spawn_control_api(&self.config);
-        self.wait_up();
-    }
-
-    pub fn metric(&self, series: &str) -> Option<f64> {
-        test_support::metrics::metric(&format!("{}/metrics", self.url), series)
-    }
-}
-
-/// Starts control-api and waits for its `listening on` line.
-fn spawn_control_api(config: &Path) -> Proc {
-    let mut cmd = Command::new(bin("control-api"));
-    cmd.arg("--config").arg(config).env("RUST_LOG", "error").stderr(Stdio::null());
-    Proc::spawn_listening(&mut cmd).0
+/// [`start_control_api`] with `extra` top-level config keys.
+pub fn start_control_api_with(dir: &Path, store: Option<&str>, extra: &str) -> ControlApi {
+    let port = free_port_outside_ephemeral();
+    let store = store.map(str::to_owned).unwrap_or_else(|| format!("sqlite://{}", dir.join("control.db").display()));
+    let cp = ControlApiConfig::new(dir)
+        .file_name(&format!("control-api-{port}.yaml"))
+        .listen(&format!("127.0.0.1:{port}"))
+        .store(&store)
+        .top("max_bundle_size: 8MiB\n")
+        .top(extra)
+        .token("ci", "publish", PUBLISH_TOKEN)
+        .token("gateways", "read", READ_TOKEN)
+        .log("error")
+        .launch(|l| l.stderr(Output::Null))
+        .start();
+    cp.wait_healthy();
+    cp
 }
 
 /// Publishes a tarball with the real `bundlectl push`; returns its output or panics.
@@ -117,101 +84,40 @@ pub fn example_tarball(upstream: &str, revision: &str) -> Vec<u8> {
     test_support::bundles::tarball_with(revision, |files| test_support::bundles::retarget(files, upstream, "500ms"))
 }
 
-pub struct Gateway {
-    pub proc: Proc,
-    pub base: String,
-    pub admin: String,
-    pub config: PathBuf,
+/// A gateway named `instance` polling `sources` with the reader token, a cache in `dir`, and
+/// `extra` lines under `bundle:`; returns once it is ready.
+pub fn start_gateway(dir: &Path, instance: &str, sources: &[&str], extra: &str) -> Gateway {
+    let gw = spawn_gateway(dir, instance, sources, extra);
+    gw.wait_ready();
+    gw
 }
 
-impl Gateway {
-    /// A gateway polling `sources` with the reader token, a cache in `dir`, and extra bundle
-    /// keys; returns once it is ready.
-    pub fn start(dir: &Path, instance: &str, sources: &[&str], extra: &str) -> Gateway {
-        let mut gw = Gateway::spawn(dir, instance, sources, extra);
+/// Gateways named `instances`, started together (their start-ups overlap) and all ready.
+pub fn gateway_fleet(dir: &Path, instances: &[&str], sources: &[&str], extra: &str) -> Vec<Gateway> {
+    let gws: Vec<Gateway> = instances.iter().map(|i| spawn_gateway(dir, i, sources, extra)).collect();
+    for gw in &gws {
         gw.wait_ready();
-        gw
     }
-
-    /// Gateways named `instances`, started together (their start-ups overlap) and all ready.
-    pub fn fleet(dir: &Path, instances: &[&str], sources: &[&str], extra: &str) -> Vec<Gateway> {
-        let mut gws: Vec<Gateway> = instances.iter().map(|i| Gateway::spawn(dir, i, sources, extra)).collect();
-        for gw in &mut gws {
-            gw.wait_ready();
-        }
-        gws
-    }
-
-    /// Writes the gateway's config and starts it, without waiting for it to be ready.
-    pub fn spawn(dir: &Path, instance: &str, sources: &[&str], extra: &str) -> Gateway {
-        let (listen, admin) = (free_port_outside_ephemeral(), free_port_outside_ephemeral());
-        let token = dir.join("reader.token");
-        // Written once: a gateway of the same folder may be reading it right now.
-        if std::fs::read_to_string(&token).ok().as_deref() != Some(READ_TOKEN) {
-            std::fs::write(&token, READ_TOKEN).expect("token");
-        }
-        let config = dir.join(format!("gateway-{instance}.yaml"));
-        let list = sources.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
-        std::fs::write(
-            &config,
-            format!(
-                "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 2\ninstance: {instance}\nbundle:\n  name: main\n  sources: [{list}]\n  token_file: {}\n  cache_dir: {}\n{extra}",
-                token.display(),
-                dir.join(format!("cache-{instance}")).display()
-            ),
-        )
-        .expect("write config");
-        Gateway {
-            proc: spawn_gateway(&config),
-            base: format!("http://127.0.0.1:{listen}"),
-            admin: format!("http://127.0.0.1:{admin}"),
-            config,
-        }
-    }
-
-    /// Waits for `/readyz` 200; panics at once, with its exit status, if the gateway exits.
-    pub fn wait_ready(&mut self) {
-        let config = self.config.display().to_string();
-        eventually(Duration::from_secs(30), "gateway ready", || {
-            if let Some(status) = self.proc.exited() {
-                panic!("the gateway of {config} exited before it was ready: {status}");
-            }
-            self.ready()
-        });
-    }
-
-    /// `/readyz` answers 200.
-    pub fn ready(&self) -> bool {
-        get(&format!("{}/readyz", self.admin), &[]).status == 200
-    }
-
-    pub fn restart(&mut self) {
-        self.proc.kill9();
-        self.proc = spawn_gateway(&self.config);
-    }
-
-    pub fn status(&self) -> serde_json::Value {
-        get(&format!("{}/status", self.admin), &[]).json()
-    }
-
-    pub fn revision(&self) -> String {
-        self.status()["bundle"]["revision"].as_str().unwrap_or("").to_owned()
-    }
-
-    pub fn metric(&self, series: &str) -> Option<f64> {
-        test_support::metrics::metric(&format!("{}/metrics", self.admin), series)
-    }
+    gws
 }
 
-fn spawn_gateway(config: &Path) -> Proc {
-    Proc::spawn(
-        Command::new(bin("gateway"))
-            .arg("--config")
-            .arg(config)
-            .env("GATEWAY_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
+/// [`start_gateway`] without waiting for it to be ready.
+pub fn spawn_gateway(dir: &Path, instance: &str, sources: &[&str], extra: &str) -> Gateway {
+    let token = dir.join("reader.token");
+    // Written once: a gateway of the same folder may be reading it right now.
+    if std::fs::read_to_string(&token).ok().as_deref() != Some(READ_TOKEN) {
+        std::fs::write(&token, READ_TOKEN).expect("token");
+    }
+    let cache = dir.join(format!("cache-{instance}"));
+    GatewayConfig::new(dir.join(format!("gateway-{instance}.yaml")))
+        .ports_outside_ephemeral()
+        .top(&format!("instance: {instance}\n"))
+        .bundle_sources(sources)
+        .bundle_keys(&format!("  token_file: {}\n  cache_dir: {}\n", token.display(), cache.display()))
+        .bundle_keys(extra)
+        .log("error")
+        .launch(|l| l.stderr(Output::Null))
+        .spawn()
 }
 
 /// What a steady stream of requests saw.

@@ -14,16 +14,16 @@ const POLL: &str = "  long_poll: 20s\n  min_delay: 200ms\n  max_delay: 400ms\n  
 fn a_publish_reaches_three_gateways_within_a_second_and_the_fleet_sees_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_up, up) = echo_upstream("u");
-    let cp = ControlApi::start(dir.path(), None);
-    push(&cp.url, &example_tarball(&up.to_string(), "r1"), dir.path());
-    let gws = Gateway::fleet(dir.path(), &["gw-a", "gw-b", "gw-c"], &[&cp.url], POLL);
+    let cp = start_control_api(dir.path(), None);
+    push(&cp.base, &example_tarball(&up.to_string(), "r1"), dir.path());
+    let gws = gateway_fleet(dir.path(), &["gw-a", "gw-b", "gw-c"], &[&cp.base], POLL);
     for gw in &gws {
         assert_eq!(gw.revision(), "r1");
     }
     // Let every gateway settle into a held long poll.
     std::thread::sleep(Duration::from_millis(500));
     let published = std::time::Instant::now();
-    let out = push(&cp.url, &example_tarball(&up.to_string(), "r2"), dir.path());
+    let out = push(&cp.base, &example_tarball(&up.to_string(), "r2"), dir.path());
     assert!(out.contains("published"), "{out}");
     let mut times = Vec::new();
     for gw in &gws {
@@ -35,7 +35,7 @@ fn a_publish_reaches_three_gateways_within_a_second_and_the_fleet_sees_them() {
 
     // Status reports reach the fleet view.
     eventually(Duration::from_secs(20), "fleet lists three current gateways", || {
-        let r = get_as_reader(&format!("{}/v1/fleet", cp.url));
+        let r = get_as_reader(&format!("{}/v1/fleet", cp.base));
         r.status == 200
             && r.json()
                 .as_array()
@@ -48,12 +48,12 @@ fn a_publish_reaches_three_gateways_within_a_second_and_the_fleet_sees_them() {
 fn a_control_plane_outage_costs_no_request_and_recovery_downloads_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_up, up) = echo_upstream("u");
-    let mut cp = ControlApi::start(dir.path(), None);
-    push(&cp.url, &example_tarball(&up.to_string(), "r1"), dir.path());
-    let mut gw = Gateway::start(
+    let mut cp = start_control_api(dir.path(), None);
+    push(&cp.base, &example_tarball(&up.to_string(), "r1"), dir.path());
+    let mut gw = start_gateway(
         dir.path(),
         "gw",
-        &[&cp.url],
+        &[&cp.base],
         &format!(
             "{}  max_staleness: 2s\n",
             POLL.replace("long_poll: 20s", "long_poll: 1s").replace("timeout: 2s", "timeout: 500ms")

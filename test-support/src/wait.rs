@@ -8,12 +8,22 @@ pub const POLL: Duration = Duration::from_millis(20);
 /// Waits until `cond` holds, looking every [`POLL`] (20 ms); panics naming `what` after
 /// `limit`. Returns how long it took.
 pub fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    until(limit, what, || Ok(cond())).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`eventually`] for a caller that reports rather than panics, and for a wait that can tell
+/// it is hopeless: `cond` answers `Ok(true)` (done), `Ok(false)` (not yet) or `Err(why)` (give
+/// up now, for instance because the process being waited for has exited). Returns how long it
+/// took, or what went wrong: `why`, or a timeout naming `what` after `limit`.
+pub fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> Result<bool, String>) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
-        if cond() {
-            return start.elapsed();
+        if cond()? {
+            return Ok(start.elapsed());
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        if start.elapsed() >= limit {
+            return Err(format!("timed out after {limit:?} waiting for: {what}"));
+        }
         std::thread::sleep(POLL);
     }
 }

@@ -31,7 +31,7 @@ fn a_unary_call_is_echoed_with_the_authorization_the_server_saw() {
 #[test]
 fn an_unknown_method_is_unimplemented_and_a_stopped_server_unavailable() {
     python();
-    let (mut server, addr) = grpc::server();
+    let (server, addr) = grpc::server();
     let v = grpc::call(&addr.to_string(), "/other.Service/Call", "hi", &CallOpts::default());
     assert_eq!((v["code"].as_str(), v["code_number"].as_u64()), (Some("UNIMPLEMENTED"), Some(12)), "{v}");
     assert_eq!(v["reply"], serde_json::Value::Null, "{v}");

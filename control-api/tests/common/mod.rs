@@ -1,18 +1,20 @@
 //! Harness for the control plane's integration tests: the real `control-api` binary over
-//! loopback on ephemeral ports, its config written per test, bundles built from the example
-//! bundle with their `.manifest` revision set, and a fresh PostgreSQL database per test when
-//! `CONTROL_API_TEST_POSTGRES` is set. Everything generic (processes, HTTP, metrics, waiting,
-//! paths, bundles) is `test_support`'s.
+//! loopback on ephemeral ports, its config written per test with this suite's tokens, the calls
+//! the tests make as those tokens, bundles built from the example bundle with their `.manifest`
+//! revision set, and a fresh PostgreSQL database per test when `CONTROL_API_TEST_POSTGRES` is
+//! set. The control-api harness itself (config, hashed tokens, process) and everything generic
+//! (processes, HTTP, metrics, waiting, paths, bundles) are `test_support`'s.
 
 #![allow(dead_code, unused_imports)]
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use policy_bundles::digest;
 pub use test_support::bundles::{example_files, set_revision, tarball_with as bundle_with};
+pub use test_support::control_api::{hash_token as hash, ControlApi, ControlApiConfig};
 pub use test_support::http::{bearer, Resp};
 pub use test_support::process::Proc;
 pub use test_support::wait::eventually;
@@ -60,10 +62,6 @@ pub fn tarball_with_raw_entry(raw_name: &str, data: &[u8]) -> Vec<u8> {
     b.into_inner().expect("tar").finish().expect("gzip")
 }
 
-pub fn hash(token: &str) -> String {
-    control_api::auth::hash_token(token)
-}
-
 /// A call to the API as the holder of `token` (`None`: anonymous), through the shared client;
 /// a transport failure (no response at all) fails the test.
 pub fn call(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
@@ -93,35 +91,31 @@ pub fn write_logs_config(dir: &Path, store: &str, extra: &str) -> PathBuf {
 
 /// [`write_config`] with more token entries (YAML list items under `tokens:`).
 pub fn write_config_with_tokens(dir: &Path, store: &str, extra: &str, more_tokens: &str) -> PathBuf {
-    let path = dir.join("control-api.yaml");
-    let text = format!(
-        "listen: 127.0.0.1:0\nstore: {store}\n{extra}\ntokens:\n  - name: ci\n    scope: publish\n    sha256: {}\n  - name: gateways\n    scope: read\n    sha256: {}\n{more_tokens}",
-        hash(PUBLISH_TOKEN),
-        hash(READ_TOKEN)
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
+    ControlApiConfig::new(dir)
+        .store(store)
+        .top(extra)
+        .token("ci", "publish", PUBLISH_TOKEN)
+        .token("gateways", "read", READ_TOKEN)
+        .tokens_yaml(more_tokens)
+        .write()
 }
 
-/// A running `control-api`.
-pub struct Server {
-    pub proc: Proc,
-    pub base: String,
-    pub config: PathBuf,
+/// A running `control-api` (the shared [`ControlApi`]) with the calls this suite makes as its
+/// tokens.
+pub struct Server(pub ControlApi);
+
+impl Deref for Server {
+    type Target = ControlApi;
+
+    fn deref(&self) -> &ControlApi {
+        &self.0
+    }
 }
 
 impl Server {
     /// Starts the binary on a config and waits for its `listening on ADDR` line.
     pub fn start(config: &Path) -> Server {
-        let log = std::env::var("CONTROL_API_LOG").unwrap_or_else(|_| "warn".into());
-        let (proc, addr) = Proc::spawn_listening(
-            Command::new(bin()).arg("--config").arg(config).env("CONTROL_API_LOG", log).stderr(Stdio::inherit()),
-        );
-        Server { proc, base: format!("http://{addr}"), config: config.to_path_buf() }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        Server(ControlApi::run(config))
     }
 
     pub fn publish(&self, name: &str, tarball: &[u8]) -> Resp {
@@ -164,7 +158,7 @@ impl Server {
 
     /// The value of a series (`name{labels}` as rendered), 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
-        test_support::metrics::metric(&self.url("/metrics"), series).unwrap_or(0.0)
+        self.0.metric(series).unwrap_or(0.0)
     }
 
     /// Waits until `control_api_long_poll_waiters` reaches `n`.

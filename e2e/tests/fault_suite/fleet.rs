@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use e2e::{example_tarball, get_as_reader, push, ControlApi, Gateway, PUBLISH_TOKEN};
+use e2e::{example_tarball, gateway_fleet, get_as_reader, push, start_control_api, ControlApi, Gateway, PUBLISH_TOKEN};
 use serde_json::Value;
 use test_support::http::{bearer, get, request_within};
 use test_support::wait::eventually;
@@ -70,10 +70,10 @@ fn cache_revision(cache: &Path) -> Result<String, String> {
 
 impl PhaseB {
     pub fn start(dir: &Path, upstream: &str) -> PhaseB {
-        let cp = ControlApi::start(dir, None);
-        push(&cp.url, &example_tarball(upstream, "b1"), dir);
+        let cp = start_control_api(dir, None);
+        push(&cp.base, &example_tarball(upstream, "b1"), dir);
         let names = vec!["gw-a", "gw-b", "gw-c"];
-        let gws = Gateway::fleet(dir, &names, &[&cp.url], POLL);
+        let gws = gateway_fleet(dir, &names, &[&cp.base], POLL);
         let streams = Streams::start(&names.iter().copied().zip(gws.iter()).collect::<Vec<_>>());
         PhaseB {
             dir: dir.to_owned(),
@@ -96,7 +96,7 @@ impl PhaseB {
     pub fn publish_next(&mut self) -> String {
         self.next += 1;
         let rev = format!("b{}", self.next);
-        let code = publish(&self.cp.url, &example_tarball(&self.upstream, &rev)).expect("publish");
+        let code = publish(&self.cp.base, &example_tarball(&self.upstream, &rev)).expect("publish");
         assert!(code == 201 || code == 200, "publish answered {code}");
         self.current = rev.clone();
         rev
@@ -143,7 +143,7 @@ fn rollout(b: &mut PhaseB, mut row: Row) -> Row {
                 })
             })
             .collect();
-        let put = publish(&b.cp.url, &tarball).map(|c| (c, published.elapsed()));
+        let put = publish(&b.cp.base, &tarball).map(|c| (c, published.elapsed()));
         (put, watchers.into_iter().map(|w| w.join().unwrap_or(None)).collect::<Vec<_>>())
     });
     match &put {
@@ -168,7 +168,7 @@ fn rollout(b: &mut PhaseB, mut row: Row) -> Row {
     row.recover = times.iter().copied().collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().max());
     // The fleet view sees the convergence through the gateways' status reports.
     let fleet = wait_for(Duration::from_secs(10), || {
-        let r = get_as_reader(&format!("{}/v1/fleet", b.cp.url));
+        let r = get_as_reader(&format!("{}/v1/fleet", b.cp.base));
         r.status == 200
             && serde_json::from_slice::<Value>(&r.body)
                 .ok()
@@ -198,7 +198,7 @@ fn kill_mid_long_poll(b: &mut PhaseB, mut row: Row) -> Row {
     for (g, n) in b.gws.iter().zip(&b.names) {
         let st = g.status();
         let err = last_error(&st);
-        shown &= err.contains(&b.cp.url);
+        shown &= err.contains(&b.cp.base);
         row.note(format!("{n} /status sync.last_error: `{err}`"));
     }
     row.shown = Some(row.check(shown, "/status last_error does not name the control plane"));
@@ -259,7 +259,7 @@ fn outage(b: &mut PhaseB) -> [Row; 3] {
     let mut shown = true;
     for g in &b.gws {
         let st = g.status();
-        shown &= st["sync"]["stale"] == true && last_error(&st).contains(&b.cp.url);
+        shown &= st["sync"]["stale"] == true && last_error(&st).contains(&b.cp.base);
     }
     down.shown = Some(down.check(shown, "/status does not show sync.stale = true and the error"));
     let age = m(&b.gws[0], "gateway_bundle_age_seconds");
@@ -287,7 +287,7 @@ fn outage(b: &mut PhaseB) -> [Row; 3] {
     let errs = wait_for(Duration::from_secs(5), || m(&b.gws[0], SYNC_ERRORS) >= 1.0);
     boot.counted = Some(boot.check(errs.is_some(), "gw-a did not count its failing polls"));
     boot.shown =
-        Some(boot.check(last_error(&b.gws[0].status()).contains(&b.cp.url), "gw-a /status shows no sync error"));
+        Some(boot.check(last_error(&b.gws[0].status()).contains(&b.cp.base), "gw-a /status shows no sync error"));
     std::thread::sleep(Duration::from_secs(1));
     let t2 = b.streams.snapshot();
     boot.traffic(&t1, &t2);
@@ -320,7 +320,7 @@ fn outage(b: &mut PhaseB) -> [Row; 3] {
     }
     let gw_a = b.gws[0].status();
     boot.check(
-        gw_a["sync"]["stale"] == false && gw_a["sync"]["source"] == b.cp.url.as_str(),
+        gw_a["sync"]["stale"] == false && gw_a["sync"]["source"] == b.cp.base.as_str(),
         "gw-a did not confirm with the control plane",
     );
     [down, boot, back]
@@ -464,7 +464,7 @@ fn kill_during_persist(b: &mut PhaseB, mut row: Row) -> Row {
     row.counted = Some(row.check(cache_fail == 0.0, format!("the cache was refused at boot ({cache_fail})")));
     let errs = wait_for(Duration::from_secs(5), || m(&b.gws[i], SYNC_ERRORS) >= 1.0);
     row.shown = Some(
-        row.check(errs.is_some() && last_error(&b.gws[i].status()).contains(&b.cp.url), "the outage is not shown"),
+        row.check(errs.is_some() && last_error(&b.gws[i].status()).contains(&b.cp.base), "the outage is not shown"),
     );
     std::thread::sleep(Duration::from_secs(1));
 

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use test_support::http::{get, request};
 use test_support::paths::bin;
-use test_support::process::{try_spawn_listening, Proc};
+use test_support::process::Proc;
 
 pub struct Hostile {
     pub proc: Proc,
@@ -18,7 +18,8 @@ pub struct Hostile {
 }
 
 fn spawn(listen: &str) -> Result<(Proc, SocketAddr), String> {
-    try_spawn_listening(Command::new(bin("hostile-source")).args(["--listen", listen]).stderr(Stdio::null()))
+    Proc::try_spawn_listening(Command::new(bin("hostile-source")).args(["--listen", listen]).stderr(Stdio::null()))
+        .map_err(|e| format!("{e:#}"))
 }
 
 impl Hostile {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::Gateway;
+use e2e::{spawn_gateway, Gateway};
 use serde_json::Value;
 
 use super::bundles;
@@ -55,9 +55,8 @@ impl PhaseA {
         // Both start together; each is ready before any fault begins.
         // gw-h follows redirects (`bundle.follow_redirects`, off by default) so that a redirect
         // to an unresolvable host can stand for a DNS failure of its source.
-        let mut gw =
-            Gateway::spawn(dir, "gw-h", &[&hs.url], &format!("{POLL}  max_size: 1MiB\n  follow_redirects: true\n"));
-        let mut gw_sig = Gateway::spawn(dir, "gw-s", &[&hs_sig.url], &format!("{POLL}{}", signing_config()));
+        let gw = spawn_gateway(dir, "gw-h", &[&hs.url], &format!("{POLL}  max_size: 1MiB\n  follow_redirects: true\n"));
+        let gw_sig = spawn_gateway(dir, "gw-s", &[&hs_sig.url], &format!("{POLL}{}", signing_config()));
         gw.wait_ready();
         gw_sig.wait_ready();
         let streams = Streams::start(&[("gw-h", &gw), ("gw-s", &gw_sig)]);

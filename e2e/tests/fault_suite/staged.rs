@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{example_tarball, get_as_reader, push, ControlApi, Gateway, Tally};
+use e2e::{example_tarball, gateway_fleet, get_as_reader, push, start_control_api_with, ControlApi, Gateway, Tally};
 use serde_json::Value;
 
 use super::bundles;
@@ -32,15 +32,15 @@ pub struct PhaseC {
 impl PhaseC {
     pub fn start(dir: &Path, upstream: &str) -> PhaseC {
         let store = format!("sqlite://{}", dir.join("control-staged.db").display());
-        let cp = ControlApi::start_with(dir, Some(&store), ROLLOUT);
-        push(&cp.url, &example_tarball(upstream, "s1"), dir);
-        let gws = Gateway::fleet(dir, &NAMES, &[&cp.url], POLL);
+        let cp = start_control_api_with(dir, Some(&store), ROLLOUT);
+        push(&cp.base, &example_tarball(upstream, "s1"), dir);
+        let gws = gateway_fleet(dir, &NAMES, &[&cp.base], POLL);
         let streams = Streams::start(&NAMES.iter().copied().zip(gws.iter()).collect::<Vec<_>>());
         PhaseC { upstream: upstream.to_owned(), cp, gws, streams, stable: "s1".into() }
     }
 
     fn rollout(&self) -> Value {
-        let r = get_as_reader(&format!("{}/v1/bundles/main/rollout", self.cp.url));
+        let r = get_as_reader(&format!("{}/v1/bundles/main/rollout", self.cp.base));
         serde_json::from_slice(&r.body).unwrap_or(Value::Null)
     }
 
@@ -73,7 +73,7 @@ impl PhaseC {
     }
 
     fn publish(&self, tarball: &[u8]) -> Result<u16, String> {
-        publish(&self.cp.url, tarball)
+        publish(&self.cp.base, tarball)
     }
 }
 

@@ -107,7 +107,7 @@ fn storm(b: &PhaseB, tarballs: &[Vec<u8>], isolated: bool) -> Storm {
     let bases: Vec<String> = b.gws.iter().map(|g| g.base.clone()).collect();
     let (on, stop) = (AtomicBool::new(false), AtomicBool::new(false));
     let counters: [AtomicU64; 4] = Default::default();
-    let cp = b.cp.url.as_str();
+    let cp = b.cp.base.as_str();
     let cp_pid = b.cp.proc.pid().to_string();
     if isolated {
         sched(&cp_pid, true, true);
