@@ -55,7 +55,7 @@ command -v nginx > /dev/null || [ -x /usr/sbin/nginx ] || need_install=true
 if $need_install; then loadtest/install.sh; fi
 
 if [ "$mode" != tls ]; then
-  cargo build --release -p gateway -p test-support -p fixtures -p bundlectl -p control-api
+  cargo build --release -p gateway -p test-support -p loadtest-tools -p bundlectl -p control-api
   cargo build --release -p gateway --example bare_proxy
   timeout 1200 target/release/loadbench "${lb[@]}"
 else

@@ -21,7 +21,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 for t in valgrind callgrind_control callgrind_annotate oha; do
   command -v "$t" >/dev/null || { echo "$t missing: loadtest/install.sh" >&2; exit 1; }
 done
-cargo build --release -p gateway -p test-support -p fixtures --bins --example bare_proxy >&2
+cargo build --release -p gateway -p test-support -p loadtest-tools --bins --example bare_proxy >&2
 . loadtest/lib.sh   # bin, work, pids; all stopped and removed on exit
 start_upstream_and_bundle 1
 token=$("$bin/demo-token" --sub alice --role reader)

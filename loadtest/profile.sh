@@ -17,7 +17,7 @@ command -v perf >/dev/null || { echo "perf missing: loadtest/install.sh" >&2; ex
 command -v oha >/dev/null || { echo "oha missing: loadtest/install.sh" >&2; exit 1; }
 TARGET=${PROFILE_TARGET:-gateway}
 case $TARGET in gateway | bare) ;; *) echo "PROFILE_TARGET is gateway or bare (got $TARGET)" >&2; exit 2 ;; esac
-cargo build --release -p gateway -p test-support -p fixtures >&2
+cargo build --release -p gateway -p test-support -p loadtest-tools >&2
 [ "$TARGET" = bare ] && cargo build --release -p gateway --example bare_proxy >&2
 . loadtest/lib.sh   # bin, work, pids; all stopped and removed on exit
 start_upstream_and_bundle 2

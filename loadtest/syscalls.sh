@@ -15,7 +15,7 @@ for t in strace oha python3; do
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "nginx missing: loadtest/install.sh" >&2; exit 1; }
-cargo build --release -p gateway -p test-support -p fixtures --bins --example bare_proxy >&2
+cargo build --release -p gateway -p test-support -p loadtest-tools --bins --example bare_proxy >&2
 . loadtest/lib.sh   # bin, work, pids; all stopped and removed on exit
 start_upstream_and_bundle 1
 token=$("$bin/demo-token" --sub alice --role reader)
