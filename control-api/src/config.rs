@@ -49,8 +49,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config_files::{from_yaml, parse_size, read_text, Problems};
-pub use config_files::{ConfigError, FileError, Problem};
+use config_files::{from_yaml, parse_size, Problems};
+pub use config_files::{ConfigError, ConfigFile, FileError, Problem};
 use serde::Deserialize;
 
 use crate::auth::Scope;
@@ -308,14 +308,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_LONG_POLLS_PER_TOKEN: usize = 1000;
 
-impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::parse(&read_text(path)?, path)
-    }
-
+impl ConfigFile for Config {
     /// Parses config text; `path` names the file in errors and anchors a relative SQLite path.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = from_yaml(text, path)?;
         // Every key is taken here: a new one is a compile error until it is validated.
         let RawConfig {

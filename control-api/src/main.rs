@@ -2,6 +2,7 @@
 //! validates a config and exits; `control-api hash-token` reads a token on standard input and
 //! prints the SHA-256 to put in a config's `tokens[].sha256`.
 
+use config_files::ConfigFile as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config_files::{from_yaml, parse_duration, parse_size, read_text, Problems};
-pub use config_files::{ConfigError, FileError, Problem};
+use config_files::{from_yaml, parse_duration, parse_size, Problems};
+pub use config_files::{ConfigError, ConfigFile, FileError, Problem};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -398,15 +398,10 @@ pub struct SigningKey {
     pub pem: Vec<u8>,
 }
 
-impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::parse(&read_text(path)?, path)
-    }
-
+impl ConfigFile for Config {
     /// Parses config text; `path` names the file in errors and anchors relative paths. Every
     /// problem is collected before failing, so one run names them all.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = from_yaml(text, path)?;
         // Destructured whole, so that a new key is a compile error until it is validated.
         let RawConfig {

@@ -1,6 +1,7 @@
 //! `gateway --config FILE` runs the data plane; `gateway --check-config FILE` validates a
 //! config (and the bundle it names) and exits.
 
+use config_files::ConfigFile as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -36,6 +36,17 @@ pub enum ConfigError {
     Invalid { path: String, problems: Vec<Problem> },
 }
 
+/// A program's configuration, read from one YAML file: [`ConfigFile::parse`] validates the text
+/// (the path names the file in errors and anchors relative paths); [`ConfigFile::load`] reads it.
+pub trait ConfigFile: Sized {
+    fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError>;
+
+    /// Reads and validates a config file.
+    fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        Self::parse(&read_text(path)?, path)
+    }
+}
+
 /// The text of a configuration file.
 pub fn read_text(path: &std::path::Path) -> Result<String, FileError> {
     std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.display().to_string(), source })
