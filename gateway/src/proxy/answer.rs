@@ -42,29 +42,38 @@ pub(super) async fn respond(
     if ctx.logging {
         ctx.reason = reason.map(str::to_owned);
     }
-    let id = ctx.id.as_ref().map(crate::trace::RequestId::id).unwrap_or_default();
-    let decision_id = ctx.decision_log.as_ref().map(|p| p.decision_id.as_str());
     if ctx.grpc {
-        return respond_grpc(session, status, reason.unwrap_or(error), id, decision_id, extra).await;
+        return respond_grpc(session, ctx, status, reason.unwrap_or(error), extra).await;
     }
     let body = match reason {
         Some(r) => serde_json::json!({ "error": error, "reason": r }),
         None => serde_json::json!({ "error": error }),
     };
     let body = Bytes::from(body.to_string());
-    let mut resp = ResponseHeader::build(status, Some(5 + extra.len()))?;
+    let mut resp = own_head(ctx, status, 5 + extra.len())?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("x-request-id", id)?;
-    if let Some(d) = decision_id {
-        resp.insert_header("x-decision-id", d)?;
-    }
     if status == 401 {
         resp.insert_header("www-authenticate", "Bearer")?;
     }
     for (k, v) in extra {
         resp.insert_header(k.clone(), v.as_str())?;
     }
+    send(session, resp, body).await
+}
+
+/// A response head of the gateway's own, with the request's `x-request-id` and, when the
+/// decision is logged, its `x-decision-id`.
+fn own_head(ctx: &Ctx, status: u16, headers: usize) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(headers))?;
+    resp.insert_header("x-request-id", ctx.id.as_ref().map(crate::trace::RequestId::id).unwrap_or_default())?;
+    if let Some(p) = &ctx.decision_log {
+        resp.insert_header("x-decision-id", p.decision_id.as_str())?;
+    }
+    Ok(resp)
+}
+
+async fn send(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
@@ -78,41 +87,29 @@ pub(super) async fn respond_body(
     body: &str,
     extra: &[(String, String)],
 ) -> Result<()> {
-    let id = ctx.id.as_ref().map(crate::trace::RequestId::id).unwrap_or_default();
-    let decision_id = ctx.decision_log.as_ref().map(|p| p.decision_id.as_str());
     let body = Bytes::from(body.to_owned());
-    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    let mut resp = own_head(ctx, status, 4 + extra.len())?;
     if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
         resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     }
     resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("x-request-id", id)?;
-    if let Some(d) = decision_id {
-        resp.insert_header("x-decision-id", d)?;
-    }
     for (k, v) in extra {
         resp.append_header(k.clone(), v.as_str())?;
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    send(session, resp, body).await
 }
 
 /// Answers a gRPC call: a gRPC client reads `grpc-status`, not the HTTP status, so the answer
 /// is "trailers-only" (HTTP 200, one header block that ends the stream) with the status the
 /// HTTP one maps to and the reason as `grpc-message`.
-pub(super) async fn respond_grpc(
+async fn respond_grpc(
     session: &mut Session,
+    ctx: &Ctx,
     status: u16,
     message: &str,
-    id: &str,
-    decision_id: Option<&str>,
     extra: &[(String, String)],
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(6 + extra.len()))?;
-    resp.insert_header("x-request-id", id)?;
-    if let Some(d) = decision_id {
-        resp.insert_header("x-decision-id", d)?;
-    }
+    let mut resp = own_head(ctx, 200, 6 + extra.len())?;
     resp.insert_header("content-type", "application/grpc")?;
     resp.insert_header("grpc-status", grpc_status(status).to_string())?;
     resp.insert_header("grpc-message", grpc_message(message))?;
