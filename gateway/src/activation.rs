@@ -31,7 +31,9 @@ use crate::config::{BundleConfig, Config};
 use crate::metrics::Metrics;
 use crate::persisted::{self, CacheMeta};
 use crate::pool::{Pool, PoolError};
+use crate::rate_limit::Buckets;
 use crate::revision_health::ActivationAttempt;
+use policy_bundles::rate_limits::{LimitMode, RateLimit};
 
 /// Why a bundle did not become active; [`ActivationError::reason`] is a metric label.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +167,7 @@ fn compile(
     base_dir: &Path,
     metrics: &Metrics,
     info: BundleInfo,
+    rate_limit_keys: usize,
 ) -> Result<Active, ActivationError> {
     let mut snapshot = Snapshot::compile(bundle)?;
     let kept_tokens = match (snapshot.jwt.as_mut(), previous.and_then(|a| a.snapshot.jwt.as_ref())) {
@@ -181,7 +184,49 @@ fn compile(
     } else {
         snapshot.revision.clone()
     };
-    Ok(Active { snapshot, pools, counters, info, served: Default::default() })
+    let (limits, limited) = rate_limits(&snapshot, previous, rate_limit_keys, metrics);
+    Ok(Active { snapshot, pools, counters, info, served: Default::default(), limits, limited })
+}
+
+/// The buckets of the snapshot's rate limits (those of the serving bundle where a limit is the
+/// same, so that publishing a bundle never resets a client's count), and the counters of each
+/// route's limits.
+#[allow(clippy::type_complexity)]
+fn rate_limits(
+    snapshot: &Snapshot,
+    previous: Option<&Active>,
+    keys: usize,
+    metrics: &Metrics,
+) -> (Vec<Arc<Buckets>>, Vec<Vec<prometheus::IntCounter>>) {
+    let kept = |l: &RateLimit| previous.and_then(|p| p.limits.iter().find(|b| b.serves(l) && b.capacity() >= keys));
+    let limits = snapshot
+        .rate_limits
+        .iter()
+        .map(|l| {
+            kept(l).cloned().unwrap_or_else(|| {
+                let evicted = metrics.rate_limit_evictions.with_label_values(&[&l.name]);
+                Arc::new(Buckets::new(l.clone(), keys, evicted))
+            })
+        })
+        .collect();
+    let limited = snapshot
+        .routes
+        .iter()
+        .map(|r| {
+            r.rate_limits
+                .iter()
+                .map(|&i| {
+                    let l = &snapshot.rate_limits[i];
+                    let mode = match l.mode {
+                        LimitMode::Enforce => "enforce",
+                        LimitMode::Shadow => "shadow",
+                    };
+                    metrics.rate_limited.with_label_values(&[&r.name, &l.name, mode])
+                })
+                .collect()
+        })
+        .collect();
+    (limits, limited)
 }
 
 /// Runs the pipeline for one gateway: owns what activation needs beyond the gateway's state
@@ -192,6 +237,8 @@ pub struct Activator {
     metrics: Arc<Metrics>,
     bundle: BundleConfig,
     base_dir: PathBuf,
+    /// `limits.rate_limit_keys`.
+    rate_limit_keys: usize,
     keys: Vec<VerificationKey>,
     /// The highest signed sequence activated (`metadata.gateway.sequence`), persisted beside the
     /// bundle so that a restart does not forget it.
@@ -224,6 +271,7 @@ impl Activator {
             metrics,
             bundle: config.bundle.clone(),
             base_dir: config.base_dir.clone(),
+            rate_limit_keys: config.limits.rate_limit_keys,
             keys,
             retired: Mutex::new(Vec::new()),
         })
@@ -260,7 +308,8 @@ impl Activator {
             identity,
         };
         let previous = self.gateway.active();
-        let active = Arc::new(compile(&bundle, previous.as_deref(), &self.base_dir, &self.metrics, info)?);
+        let active =
+            Arc::new(compile(&bundle, previous.as_deref(), &self.base_dir, &self.metrics, info, self.rate_limit_keys)?);
         drop(previous);
         self.swap(active.clone(), c.etag.clone());
         Ok(active)

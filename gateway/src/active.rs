@@ -38,6 +38,11 @@ pub struct Active {
     pub info: BundleInfo,
     /// What this snapshot has served since it activated.
     pub served: crate::revision_health::Served,
+    /// By rate limit of the snapshot: its buckets (kept from the previous bundle when the limit
+    /// is the same).
+    pub limits: Vec<Arc<crate::rate_limit::Buckets>>,
+    /// By route, by the route's limits: `gateway_rate_limited_total{route,limit,mode}`.
+    pub limited: Vec<Vec<prometheus::IntCounter>>,
 }
 
 impl Active {

@@ -95,6 +95,7 @@ mod tests {
             keepalive_timeout: Duration::from_secs(60),
             max_header_bytes: 64 << 10,
             tunnel_max_bytes: 0,
+            rate_limit_keys: 1024,
         };
         Admission::new(limits, IntGauge::new("t", "t").unwrap())
     }

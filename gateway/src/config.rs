@@ -116,6 +116,8 @@ struct RawLimits {
     max_header_bytes: Option<String>,
     #[serde(default)]
     tunnel_max_bytes: Option<String>,
+    #[serde(default)]
+    rate_limit_keys: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,7 +336,13 @@ pub struct Limits {
     /// request body (`max_body` does not apply); past it the tunnel is closed with a WebSocket
     /// close frame (1009). 0, the default: unbounded.
     pub tunnel_max_bytes: u64,
+    /// Keys each of a bundle's rate limits counts at most (16 bytes each); past it the emptiest
+    /// bucket makes room. Default 65536.
+    pub rate_limit_keys: usize,
 }
+
+/// `limits.rate_limit_keys` unless the config says otherwise.
+pub const DEFAULT_RATE_LIMIT_KEYS: usize = 65_536;
 
 #[derive(Debug, Clone)]
 pub struct BundleConfig {
@@ -674,6 +682,7 @@ impl Check<'_> {
             keepalive_timeout,
             max_header_bytes,
             tunnel_max_bytes,
+            rate_limit_keys,
         } = raw;
         if max_in_flight == Some(0) {
             self.problem("`limits.max_in_flight` must be at least 1 (0 would refuse every request)".into());
@@ -715,8 +724,13 @@ impl Check<'_> {
                 0
             }),
         };
+        let rate_limit_keys = rate_limit_keys.unwrap_or(DEFAULT_RATE_LIMIT_KEYS);
+        if !(256..=1 << 26).contains(&rate_limit_keys) {
+            self.problem("`limits.rate_limit_keys` must be from 256 to 67108864".into());
+        }
         Limits {
             tunnel_max_bytes,
+            rate_limit_keys,
             max_connections: max_connections.unwrap_or(10_000),
             max_body,
             max_in_flight: max_in_flight.unwrap_or(10_000),

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod persisted;
 pub mod pool;
 pub mod proxy;
+pub mod rate_limit;
 pub mod revision_health;
 pub mod sync;
 pub mod sync_status;

@@ -33,6 +33,8 @@ pub const DECISION_LOGS_DROPPED_TOTAL: &str = "gateway_decision_logs_dropped_tot
 pub const DECISION_LOGS_BUFFER_BYTES: &str = "gateway_decision_logs_buffer_bytes";
 pub const SHADOW_DECISIONS_TOTAL: &str = "gateway_shadow_decisions_total";
 pub const UPSTREAM_TLS_ERRORS_TOTAL: &str = "gateway_upstream_tls_errors_total";
+pub const RATE_LIMITED_TOTAL: &str = "gateway_rate_limited_total";
+pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "gateway_rate_limit_evictions_total";
 
 /// The `decision` label values of `gateway_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub enum Outcome {
     Shed,
     /// Refused before routing (400): see `gateway_requests_refused_total`.
     Refused,
+    /// Past a rate limit (429): see `gateway_rate_limited_total`.
+    RateLimited,
 }
 
 impl Outcome {
@@ -63,11 +67,13 @@ impl Outcome {
             Outcome::Unavailable => "unavailable",
             Outcome::Shed => "shed",
             Outcome::Refused => "refused",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 }
 
-const ROUTE_OUTCOMES: [Outcome; 4] = [Outcome::Allow, Outcome::Deny, Outcome::Unauthenticated, Outcome::Error];
+const ROUTE_OUTCOMES: [Outcome; 5] =
+    [Outcome::Allow, Outcome::Deny, Outcome::Unauthenticated, Outcome::Error, Outcome::RateLimited];
 
 /// The metrics of the decision log.
 #[derive(Clone)]
@@ -86,7 +92,7 @@ pub struct DecisionLogCounters {
 
 /// Counters of one route, one per outcome.
 #[derive(Clone)]
-pub struct RouteCounters([IntCounter; 4]);
+pub struct RouteCounters([IntCounter; 5]);
 
 impl RouteCounters {
     pub fn inc(&self, outcome: Outcome) {
@@ -124,6 +130,11 @@ pub struct Metrics {
     pub decision_logs: DecisionLogCounters,
     /// `gateway_shadow_decisions_total{route,agreement="same|differ|error"}`.
     pub shadow: IntCounterVec,
+    /// `gateway_rate_limited_total{route,limit,mode}`: requests past a limit (refused with 429,
+    /// or in shadow mode only counted).
+    pub rate_limited: IntCounterVec,
+    /// `gateway_rate_limit_evictions_total{limit}`: keys that lost their bucket to a new key.
+    pub rate_limit_evictions: IntCounterVec,
     /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
     pub tls_reloads: IntCounterVec,
     /// Set when rendered, from the last confirmed sync.
@@ -244,6 +255,24 @@ fn connection_metrics(r: &Registry) -> Result<(IntGauge, IntCounter, IntCounterV
     ))
 }
 
+/// Rate limits: requests past one, and keys that lost their bucket.
+fn rate_limit_metrics(r: &Registry) -> Result<(IntCounterVec, IntCounterVec), prometheus::Error> {
+    Ok((
+        counter_vec(
+            r,
+            RATE_LIMITED_TOTAL,
+            "Requests past a rate limit: refused with 429 (mode enforce) or only counted (mode shadow)",
+            &["route", "limit", "mode"],
+        )?,
+        counter_vec(
+            r,
+            RATE_LIMIT_EVICTIONS_TOTAL,
+            "Keys whose rate-limit bucket was taken by a new key (limits.rate_limit_keys were held)",
+            &["limit"],
+        )?,
+    ))
+}
+
 /// TLS: when the serving certificates expire and how their reloads went.
 fn tls_metrics(r: &Registry) -> Result<(IntGaugeVec, IntCounterVec), prometheus::Error> {
     Ok((
@@ -279,6 +308,7 @@ impl Metrics {
         let refused = counter_vec(&r, REQUESTS_REFUSED_TOTAL, why, &["reason"])?;
         let (bundle_info, bundle_activated, bundle_age, bundle_stale, signature_expired) = bundle_metrics(&r)?;
         let (connections, connections_refused, connections_closed) = connection_metrics(&r)?;
+        let (rate_limited, rate_limit_evictions) = rate_limit_metrics(&r)?;
         let (tls_expiry, tls_reloads) = tls_metrics(&r)?;
         Ok(Metrics {
             tls_expiry,
@@ -312,6 +342,8 @@ impl Metrics {
                 "Access-log lines dropped (the writer's queue was full); requests never wait for the log",
             )?,
             decision_logs: decision_log_counters(&r)?,
+            rate_limited,
+            rate_limit_evictions,
             shadow: counter_vec(
                 &r,
                 SHADOW_DECISIONS_TOTAL,

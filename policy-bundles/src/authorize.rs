@@ -209,10 +209,20 @@ pub fn authorize<'a, H>(snap: &Snapshot, req: RequestView<'a, H>) -> Outcome
 where
     H: IntoIterator<Item = (&'a str, &'a [u8])>,
 {
+    let parts = &req.parts;
+    match snap.table.lookup(parts.host, parts.path, parts.method) {
+        Some(route_ix) => authorize_route(snap, route_ix, req),
+        None => Outcome::NoRoute,
+    }
+}
+
+/// [`authorize`] on a route already matched (`snap.table.lookup`): for a caller that acts
+/// between matching and authenticating (a rate limit applied before credentials are verified).
+pub fn authorize_route<'a, H>(snap: &Snapshot, route_ix: usize, req: RequestView<'a, H>) -> Outcome
+where
+    H: IntoIterator<Item = (&'a str, &'a [u8])>,
+{
     let parts = req.parts;
-    let Some(route_ix) = snap.table.lookup(parts.host, parts.path, parts.method) else {
-        return Outcome::NoRoute;
-    };
     let route = &snap.routes[route_ix];
     if let Some(q) = parts.query {
         if snap.needs(route.policy).query() && http_canon::unambiguous_query(q).is_err() {

@@ -19,6 +19,7 @@ pub mod fuzzing;
 pub mod input;
 pub mod input_reads;
 pub mod jwt;
+pub mod rate_limits;
 pub mod replay;
 pub mod router;
 pub mod settings;

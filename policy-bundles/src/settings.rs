@@ -22,6 +22,53 @@ pub struct GatewaySettings {
     /// The input document every route's rule reads unless the route says otherwise.
     #[serde(default)]
     pub input_format: Option<InputFormat>,
+    /// Rate limits by name; a route names those that apply to it (`crate::rate_limits`).
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitSpec>,
+}
+
+/// `rate_limits.<name>`: how much one key (a user, a client address, an API key, the route)
+/// may send.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// `jwt.sub`, `jwt.claims.<name>`, `client_ip`, `header.<name>` or `route`.
+    pub key: String,
+    /// `N/s`, `N/min` or `N/h`.
+    pub rate: String,
+    /// Requests a key may send at once after being idle; default: the rate's N.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub scope: LimitScope,
+    #[serde(default)]
+    pub mode: LimitMode,
+    /// Applied before credentials are verified and the policy runs (a flood by `client_ip` or
+    /// a header costs no JWT work); such a limit counts every request, refused or not.
+    #[serde(default)]
+    pub before_auth: bool,
+}
+
+/// Where a limit's counts live.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScope {
+    /// This gateway's own.
+    #[default]
+    Local,
+    /// Shared by the fleet through a quota store (not in this build: refused).
+    Global,
+}
+
+/// What a limit does past its rate.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitMode {
+    /// 429.
+    #[default]
+    Enforce,
+    /// Counted (and logged) as refused, never refused.
+    Shadow,
 }
 
 /// The shape of the input document a route's rule reads, and of the result it gives.
@@ -142,6 +189,9 @@ pub struct RouteSpec {
     /// this route leaves to its rule and forwards; any other scheme is a 401.
     #[serde(default)]
     pub authorization_schemes: Vec<String>,
+    /// The `rate_limits` that apply to this route, by name.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

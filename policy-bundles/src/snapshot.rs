@@ -41,6 +41,8 @@ pub struct Route {
     pub body: Option<u64>,
     /// `authorization_schemes`, lower case: schemes besides `Bearer` left to the rule.
     pub schemes: Vec<String>,
+    /// Its `rate_limits`: indexes into [`Snapshot::rate_limits`].
+    pub rate_limits: Vec<usize>,
 }
 
 impl Route {
@@ -198,6 +200,10 @@ pub struct Snapshot {
     /// Some route buffers bodies / reads the Envoy input: decided once here, not per request.
     reads_bodies: bool,
     envoy_routes: bool,
+    /// `rate_limits`, in name order.
+    pub rate_limits: Vec<crate::rate_limits::RateLimit>,
+    /// Some route has a limit applied before authentication.
+    pub limits_before_auth: bool,
 }
 
 /// The decision-log rules a bundle may define, as in OPA.
@@ -270,7 +276,9 @@ impl Snapshot {
             Vec::new()
         });
         let upstreams = compile_upstreams(bundle, &mut errors);
-        let routes = compile_routes(bundle, &upstreams, &mut errors);
+        let rate_limits = compile_rate_limits(bundle, &mut errors);
+        let routes = compile_routes(bundle, &upstreams, &rate_limits, &mut errors);
+        let limits_before_auth = routes.routes.iter().flat_map(|r| &r.rate_limits).any(|&l| rate_limits[l].before_auth);
         let jwt = compile_jwt(bundle, &mut errors);
         let (policies, reads, log_rules) = compile_policies(bundle, &routes.rules, &LOG_RULES, &mut errors);
         let needs = reads.iter().zip(&policies).map(|(r, p)| crate::input::Needs::of(r, p.format)).collect();
@@ -294,6 +302,8 @@ impl Snapshot {
             header_allowed,
             reads_bodies,
             envoy_routes,
+            rate_limits,
+            limits_before_auth,
             log_drop: log_rules.first().copied().flatten(),
             log_mask: log_rules.get(1).copied().flatten(),
         })
@@ -548,7 +558,29 @@ struct CompiledRoutes {
     rules: Vec<(String, InputFormat)>,
 }
 
-fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<BundleError>) -> CompiledRoutes {
+/// `rate_limits`, each checked; a refused one is left out (and the bundle refused).
+fn compile_rate_limits(bundle: &Bundle, errors: &mut Vec<BundleError>) -> Vec<crate::rate_limits::RateLimit> {
+    let mut out = Vec::new();
+    for (name, spec) in &bundle.settings.rate_limits {
+        match crate::rate_limits::compile(name, spec) {
+            Ok(l) => out.push(l),
+            Err(m) => {
+                let (file, line) = bundle.settings_line(&format!("{name}:"));
+                errors.push(
+                    BundleError::new(ErrorKind::Settings, file, format!("rate limit `{name}`: {m}")).at_line(line),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn compile_routes(
+    bundle: &Bundle,
+    upstreams: &[Upstream],
+    limits: &[crate::rate_limits::RateLimit],
+    errors: &mut Vec<BundleError>,
+) -> CompiledRoutes {
     let mut out = CompiledRoutes { routes: Vec::new(), matches: Vec::new(), rules: Vec::new() };
     // How many routes of each name came before: the n-th `name: x` line is this route's.
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -591,6 +623,16 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
                 ));
             }
         }
+        let mut rate_limits = Vec::new();
+        for name in &r.rate_limits {
+            match limits.iter().position(|l| l.name == *name) {
+                Some(i) if !rate_limits.contains(&i) => rate_limits.push(i),
+                Some(_) => report(format!("names rate limit `{name}` twice")),
+                // A limit that failed to compile is reported on its own.
+                None if bundle.settings.rate_limits.contains_key(name) => {}
+                None => report(format!("names rate limit `{name}`, which is not defined")),
+            }
+        }
         let policy = rule_index(&mut out.rules, &r.policy, format);
         let shadow = r.shadow.as_ref().map(|rule| rule_index(&mut out.rules, rule, format));
         out.matches.push(matcher);
@@ -604,6 +646,7 @@ fn compile_routes(bundle: &Bundle, upstreams: &[Upstream], errors: &mut Vec<Bund
             format,
             body: r.body.map(|b| b.max_bytes),
             schemes: r.authorization_schemes.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            rate_limits,
         });
     }
     out

@@ -33,6 +33,7 @@ use http_canon::{self as canon, Refusal};
 mod answer;
 mod canonical;
 mod forwarding;
+mod limits;
 mod logged;
 
 use answer::{close_tunnel, linger, respond, respond_body, TUNNEL_LIMIT};
@@ -107,10 +108,7 @@ impl Proxy {
         host: &str,
     ) -> Result<Option<bool>> {
         let req = session.req_header();
-        let path = match self.requests.path.params {
-            canon::PathParams::Keep => canon::without_params(req.uri.path()),
-            _ => std::borrow::Cow::Borrowed(req.uri.path()),
-        };
+        let path = self.routed_path(req);
         let route = active.snapshot.table.lookup(host, &path, req.method.as_str());
         let Some(max) = route.and_then(|r| active.snapshot.routes[r].body) else { return Ok(None) };
         let too_large = |ctx: &mut Ctx| {
@@ -183,6 +181,48 @@ impl Proxy {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The path routes and the policy see: under `path_params: keep`, without its parameters.
+    fn routed_path<'r>(&self, req: &'r RequestHeader) -> std::borrow::Cow<'r, str> {
+        match self.requests.path.params {
+            canon::PathParams::Keep => canon::without_params(req.uri.path()),
+            _ => std::borrow::Cow::Borrowed(req.uri.path()),
+        }
+    }
+
+    /// The route's limits applied before authentication (when the bundle has any): true when
+    /// the request was refused with 429.
+    async fn limited_before_auth(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        active: &Arc<Active>,
+        host: &str,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let route = active.snapshot.table.lookup(host, &self.routed_path(req), req.method.as_str());
+        let Some(route) = route else { return Ok(false) };
+        match limits::check(active, route, true, session, ctx, None) {
+            Some(over) => self.rate_limited(session, ctx, active.clone(), route, over).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Answers 429 for `route`'s limit `over`.
+    async fn rate_limited(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        active: Arc<Active>,
+        route: usize,
+        over: limits::Over,
+    ) -> Result<()> {
+        ctx.outcome = Some(Outcome::RateLimited);
+        ctx.route = Some(route);
+        limits::refuse(session, ctx, over.limit(&active), &over).await?;
+        ctx.active = Some(active);
+        Ok(())
     }
 
     /// Routes, authenticates and evaluates the canonical request ([`authorize`]), and the
@@ -301,6 +341,14 @@ impl Proxy {
         ctx.route = Some(route_ix);
         self.metrics.policy_eval_duration.observe(took.as_secs_f64());
         let route = &active.snapshot.routes[route_ix];
+        // Only a request the policy allowed spends its key's quota (limits before authentication
+        // aside).
+        let over = match &verdict {
+            Verdict::Allow(..) | Verdict::FailedOpen(_) if !route.rate_limits.is_empty() => {
+                limits::check(&active, route_ix, false, session, ctx, jwt.as_deref())
+            }
+            _ => None,
+        };
         let shadow = shadow.map(|s| {
             let agreement = Agreement::of(&verdict, &s);
             self.metrics.shadow.with_label_values(&[route.name.as_str(), agreement.label()]).inc();
@@ -347,6 +395,9 @@ impl Proxy {
                 return Ok(true);
             }
         };
+        if let Some(over) = over {
+            return self.rate_limited(session, ctx, active, route_ix, over).await.map(|()| true);
+        }
         ctx.outcome = Some(Outcome::Allow);
         ctx.decision = Some(decision);
         ctx.active = Some(active);
@@ -424,6 +475,9 @@ impl ProxyHttp for Proxy {
             if let Some(answered) = self.read_body(session, ctx, &active, &host).await? {
                 return Ok(answered);
             }
+        }
+        if active.snapshot.limits_before_auth && self.limited_before_auth(session, ctx, &active, &host).await? {
+            return Ok(true);
         }
         let (outcome, shadow) = self.decide(session, ctx, &active, &host, scheme);
         self.carry_out(session, ctx, active, outcome, shadow).await

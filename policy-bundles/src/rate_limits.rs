@@ -1,0 +1,160 @@
+//! A bundle's rate limits (`data.gateway.rate_limits`), compiled: what a limit keys on, its rate
+//! and burst, and whether it is enforced or only counted. The gateway keeps the counts
+//! (`gateway::rate_limit`); a bundle only says what they are.
+
+use std::time::Duration;
+
+use crate::settings::RateLimitSpec;
+pub use crate::settings::{LimitMode, LimitScope};
+
+/// What a limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    /// The verified bearer token's `sub`.
+    JwtSub,
+    /// A claim of the verified bearer token (its JSON text when it is not a string).
+    JwtClaim(String),
+    /// The client's address, as the security contract defines it (the connection's peer).
+    ClientIp,
+    /// A request header (lower case), such as an API key.
+    Header(String),
+    /// One count for the whole route.
+    Route,
+}
+
+impl LimitKey {
+    /// Whether the key is known before credentials are verified.
+    pub fn before_auth(&self) -> bool {
+        !matches!(self, LimitKey::JwtSub | LimitKey::JwtClaim(_))
+    }
+}
+
+/// One compiled limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub name: String,
+    pub key: LimitKey,
+    /// `quota` requests per `window`: the sustained rate.
+    pub quota: u32,
+    pub window: Duration,
+    /// Requests a key may send at once after being idle.
+    pub burst: u32,
+    pub mode: LimitMode,
+    pub before_auth: bool,
+}
+
+impl RateLimit {
+    /// The time one request's share of the rate takes (GCRA's emission interval).
+    pub fn emission(&self) -> Duration {
+        self.window / self.quota.max(1)
+    }
+}
+
+/// The largest burst a limit may allow.
+const MAX_BURST: u32 = 1_000_000;
+
+/// Compiles one limit; the message says what is wrong.
+pub fn compile(name: &str, spec: &RateLimitSpec) -> Result<RateLimit, String> {
+    let key = parse_key(&spec.key)?;
+    let (quota, window) = parse_rate(&spec.rate)?;
+    let burst = spec.burst.unwrap_or(quota);
+    if burst == 0 || burst > MAX_BURST {
+        return Err(format!("`burst` must be 1 to {MAX_BURST}"));
+    }
+    if spec.scope == LimitScope::Global {
+        return Err(
+            "`scope: global` needs a fleet quota store, which this gateway does not have yet; use `local`".into()
+        );
+    }
+    if spec.before_auth && !key.before_auth() {
+        return Err(format!(
+            "`before_auth` with key `{}`: a token's claims are known only after it is verified",
+            spec.key
+        ));
+    }
+    Ok(RateLimit { name: name.to_owned(), key, quota, window, burst, mode: spec.mode, before_auth: spec.before_auth })
+}
+
+fn parse_key(key: &str) -> Result<LimitKey, String> {
+    let header = |n: &str| !n.is_empty() && http_canon::is_token(n.as_bytes());
+    match key {
+        "jwt.sub" => Ok(LimitKey::JwtSub),
+        "client_ip" => Ok(LimitKey::ClientIp),
+        "route" => Ok(LimitKey::Route),
+        k => match (k.strip_prefix("jwt.claims."), k.strip_prefix("header.")) {
+            (Some(c), _) if !c.is_empty() => Ok(LimitKey::JwtClaim(c.to_owned())),
+            (_, Some(h)) if header(h) => Ok(LimitKey::Header(h.to_ascii_lowercase())),
+            _ => Err(format!("`key: {k}` is not jwt.sub, jwt.claims.<name>, client_ip, header.<name> or route")),
+        },
+    }
+}
+
+/// `100/s`, `1000/min`, `5000/h`.
+fn parse_rate(rate: &str) -> Result<(u32, Duration), String> {
+    let bad = || format!("`rate: {rate}` is not N/s, N/min or N/h with N from 1 to {MAX_BURST}");
+    let (n, per) = rate.trim().split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let window = match per.trim() {
+        "s" => Duration::from_secs(1),
+        "min" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if n == 0 || n > MAX_BURST {
+        return Err(bad());
+    }
+    Ok((n, window))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(key: &str, rate: &str) -> RateLimitSpec {
+        RateLimitSpec {
+            key: key.into(),
+            rate: rate.into(),
+            burst: None,
+            scope: LimitScope::Local,
+            mode: LimitMode::Enforce,
+            before_auth: false,
+        }
+    }
+
+    #[test]
+    fn limits_compile_with_their_key_rate_and_burst() {
+        let l = compile("per_user", &spec("jwt.sub", "100/s")).unwrap();
+        assert_eq!((l.quota, l.window, l.burst), (100, Duration::from_secs(1), 100));
+        assert_eq!(l.emission(), Duration::from_millis(10));
+        assert_eq!(
+            compile("k", &spec("header.X-Api-Key", "60/min")).unwrap().key,
+            LimitKey::Header("x-api-key".into())
+        );
+        assert_eq!(compile("k", &spec("jwt.claims.tenant", "1/h")).unwrap().key, LimitKey::JwtClaim("tenant".into()));
+        assert_eq!(compile("k", &spec("client_ip", "5/s")).unwrap().emission(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_what_is_wrong() {
+        for (key, rate, why) in [
+            ("jwt.subject", "1/s", "is not jwt.sub"),
+            ("header.", "1/s", "is not jwt.sub"),
+            ("header.a b", "1/s", "is not jwt.sub"),
+            ("route", "0/s", "N/s"),
+            ("route", "10/day", "N/s"),
+            ("route", "ten/s", "N/s"),
+        ] {
+            let e = compile("l", &spec(key, rate)).unwrap_err();
+            assert!(e.contains(why), "{key} {rate}: {e}");
+        }
+        let mut s = spec("jwt.sub", "1/s");
+        s.before_auth = true;
+        assert!(compile("l", &s).unwrap_err().contains("before_auth"));
+        let mut s = spec("route", "1/s");
+        s.scope = LimitScope::Global;
+        assert!(compile("l", &s).unwrap_err().contains("global"));
+        let mut s = spec("route", "1/s");
+        s.burst = Some(0);
+        assert!(compile("l", &s).unwrap_err().contains("burst"));
+    }
+}
