@@ -516,3 +516,27 @@ fn refuses_a_request_header_removal_that_is_not_a_header_name() {
     let e = error_about(&errs, ErrorKind::Settings, "gateway/data.yaml", Some(2));
     assert!(e.message.contains("x user"), "{e}");
 }
+
+#[test]
+fn refuses_rate_limits_that_cannot_be_kept_as_written() {
+    let limited = |limits: &str, route_limits: &str| {
+        let settings = SETTINGS
+            .replace("routes:", &format!("rate_limits:\n{limits}\nroutes:"))
+            .replace("    upstream: backend\n", &format!("    upstream: backend\n    rate_limits: [{route_limits}]\n"));
+        refused(with(valid_files(), "gateway/data.yaml", &settings))
+    };
+    for (limits, route_limits, why) in [
+        ("  a: { key: jwt.sub, rate: 1/s }", "b", "names rate limit `b`, which is not defined"),
+        ("  a: { key: jwt.sub, rate: 1/s }", "a, a", "names rate limit `a` twice"),
+        ("  a: { key: jwt.sub, rate: 1/s, scope: global }", "a", "`scope: global` needs a fleet quota store"),
+        ("  a: { key: jwt.sub, rate: 1/s, before_auth: true }", "a", "`before_auth` with key `jwt.sub`"),
+        ("  a: { key: cookie.session, rate: 1/s }", "a", "`key: cookie.session` is not"),
+        ("  a: { key: route, rate: 1/day }", "a", "`rate: 1/day` is not"),
+    ] {
+        let errs = limited(limits, route_limits);
+        let e = error_about(&errs, ErrorKind::Settings, "gateway/data.yaml", None);
+        assert!(e.message.contains(why), "{limits} / [{route_limits}]: {e}");
+    }
+    let errs = limited("  a: { key: route, rate: 1/s, mode: block }", "a");
+    assert!(errs.to_string().contains("mode"), "{errs}");
+}
