@@ -96,6 +96,7 @@ mod tests {
             max_header_bytes: 64 << 10,
             tunnel_max_bytes: 0,
             rate_limit_keys: 1024,
+            max_connections_per_ip: 0,
         };
         Admission::new(limits, IntGauge::new("t", "t").unwrap())
     }

@@ -118,6 +118,8 @@ struct RawLimits {
     tunnel_max_bytes: Option<String>,
     #[serde(default)]
     rate_limit_keys: Option<usize>,
+    #[serde(default)]
+    max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +341,9 @@ pub struct Limits {
     /// Keys each of a bundle's rate limits counts at most (16 bytes each); past it the emptiest
     /// bucket makes room. Default 65536.
     pub rate_limit_keys: usize,
+    /// Connections one client address (an IPv6 client's /64) may hold at once; past it a new
+    /// one is closed at once. Trusted proxies are not bounded. 0, the default: unbounded.
+    pub max_connections_per_ip: usize,
 }
 
 /// `limits.rate_limit_keys` unless the config says otherwise.
@@ -683,6 +688,7 @@ impl Check<'_> {
             max_header_bytes,
             tunnel_max_bytes,
             rate_limit_keys,
+            max_connections_per_ip,
         } = raw;
         if max_in_flight == Some(0) {
             self.problem("`limits.max_in_flight` must be at least 1 (0 would refuse every request)".into());
@@ -731,6 +737,7 @@ impl Check<'_> {
         Limits {
             tunnel_max_bytes,
             rate_limit_keys,
+            max_connections_per_ip: max_connections_per_ip.unwrap_or(0),
             max_connections: max_connections.unwrap_or(10_000),
             max_body,
             max_in_flight: max_in_flight.unwrap_or(10_000),

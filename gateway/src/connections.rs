@@ -43,11 +43,21 @@ pub struct Bounded<A> {
     pub refused: IntCounter,
     /// What bounds each HTTP/1 connection's request heads.
     pub heads: Arc<HeadLimits>,
+    /// `limits.max_connections_per_ip`, when set.
+    pub per_ip: Option<crate::per_ip::PerIp>,
 }
 
 impl<A> Bounded<A> {
     pub fn new(inner: A, max: usize, gauge: IntGauge, refused: IntCounter, heads: HeadLimits) -> Bounded<A> {
-        Bounded { inner: Arc::new(inner), max, open: AtomicUsize::new(0), gauge, refused, heads: Arc::new(heads) }
+        Bounded {
+            inner: Arc::new(inner),
+            max,
+            open: AtomicUsize::new(0),
+            gauge,
+            refused,
+            heads: Arc::new(heads),
+            per_ip: None,
+        }
     }
 }
 
@@ -73,6 +83,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
             // Dropping the stream closes it.
             return None;
         }
+        let peer = session.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _per_ip = match self.per_ip.as_ref().map(|p| p.admit(peer)) {
+            Some(Err(_)) => return None,
+            Some(Ok(slot)) => slot,
+            None => None,
+        };
         if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.inner.process_new(session, shutdown).await;
         }

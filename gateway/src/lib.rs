@@ -23,6 +23,7 @@ pub mod health_checks;
 pub mod heap_purge;
 pub mod json_line;
 pub mod metrics;
+pub mod per_ip;
 pub mod persisted;
 pub mod pool;
 pub mod proxy;
@@ -258,13 +259,17 @@ fn proxy_service(
         timed_out: metrics.connections_closed.with_label_values(&["header_timeout"]),
         too_large: metrics.connections_closed.with_label_values(&["header_too_large"]),
     };
-    let bounded = connections::Bounded::new(
+    let mut bounded = connections::Bounded::new(
         app,
         limits.max_connections,
         metrics.connections.clone(),
         metrics.connections_refused.clone(),
         heads,
     );
+    if limits.max_connections_per_ip > 0 {
+        let refused = metrics.connections_per_ip_refused.clone();
+        bounded.per_ip = Some(per_ip::PerIp::new(limits.max_connections_per_ip, config.requests.clone(), refused));
+    }
     let mut service = Service::new("proxy".to_string(), bounded);
     let tls = listeners(&mut service, config)?;
     if let Some(tls) = &tls {

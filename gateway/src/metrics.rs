@@ -26,6 +26,7 @@ pub const TLS_CERT_EXPIRY: &str = "gateway_tls_certificate_expiry_timestamp_seco
 pub const TLS_RELOADS_TOTAL: &str = "gateway_tls_certificate_reloads_total";
 pub const CONNECTIONS: &str = "gateway_connections";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "gateway_connections_refused_total";
+pub const CONNECTIONS_PER_IP_REFUSED_TOTAL: &str = "gateway_connections_per_ip_refused_total";
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "gateway_connections_closed_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "gateway_access_log_dropped_total";
 pub const DECISION_LOGS_TOTAL: &str = "gateway_decision_logs_total";
@@ -121,6 +122,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Connections closed at once because `limits.max_connections` were held.
     pub connections_refused: IntCounter,
+    /// Connections closed at once because their address held `limits.max_connections_per_ip`.
+    pub connections_per_ip_refused: IntCounter,
     /// `gateway_connections_closed_total{reason="header_timeout|header_too_large"}`: connections
     /// closed because a request head did not arrive in time or was too large.
     pub connections_closed: IntCounterVec,
@@ -237,14 +240,20 @@ fn bundle_metrics(
     ))
 }
 
-/// Downstream connections: held, refused at the bound, closed for their request head.
-fn connection_metrics(r: &Registry) -> Result<(IntGauge, IntCounter, IntCounterVec), prometheus::Error> {
+/// Downstream connections: held, refused at the bound (all, per address), closed for their
+/// request head.
+fn connection_metrics(r: &Registry) -> Result<(IntGauge, IntCounter, IntCounter, IntCounterVec), prometheus::Error> {
     Ok((
         reg(r, IntGauge::new(CONNECTIONS, "Downstream connections held now")?)?,
         counter(
             r,
             CONNECTIONS_REFUSED_TOTAL,
             "Downstream connections closed at once: limits.max_connections were held",
+        )?,
+        counter(
+            r,
+            CONNECTIONS_PER_IP_REFUSED_TOTAL,
+            "Downstream connections closed at once: their address held limits.max_connections_per_ip",
         )?,
         counter_vec(
             r,
@@ -307,7 +316,8 @@ impl Metrics {
         let why = "Requests refused (400) before routing: ambiguous path, host or headers";
         let refused = counter_vec(&r, REQUESTS_REFUSED_TOTAL, why, &["reason"])?;
         let (bundle_info, bundle_activated, bundle_age, bundle_stale, signature_expired) = bundle_metrics(&r)?;
-        let (connections, connections_refused, connections_closed) = connection_metrics(&r)?;
+        let (connections, connections_refused, connections_per_ip_refused, connections_closed) =
+            connection_metrics(&r)?;
         let (rate_limited, rate_limit_evictions) = rate_limit_metrics(&r)?;
         let (tls_expiry, tls_reloads) = tls_metrics(&r)?;
         Ok(Metrics {
@@ -315,6 +325,7 @@ impl Metrics {
             tls_reloads,
             connections,
             connections_refused,
+            connections_per_ip_refused,
             connections_closed,
             bundle_info,
             bundle_activated,

@@ -63,6 +63,48 @@ fn past_max_connections_a_new_connection_is_closed_at_once_and_counted() {
     });
 }
 
+/// A half-open connection from the loopback address `from`.
+fn half_open_from(from: &str, port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let local: std::net::SocketAddr = format!("{from}:0").parse().expect("addr");
+    socket.bind(&local.into()).expect("bind");
+    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    socket.connect(&to.into()).expect("connect");
+    let mut s: TcpStream = socket.into();
+    s.write_all(b"GET /public/x HTTP/1.1\r\nHost: h\r\n").expect("write");
+    s
+}
+
+#[test]
+fn one_address_past_max_connections_per_ip_is_closed_at_once_while_another_address_connects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gw, _up) = gateway_with_limits(dir.path(), "max_connections_per_ip: 3");
+    let port = port_of(&gw.base);
+    let held: Vec<TcpStream> = (0..3).map(|_| half_open_from("127.0.0.2", port)).collect();
+    eventually(Duration::from_secs(5), "three connections from 127.0.0.2 to be held", || {
+        metric(&gw.admin, "gateway_connections").is_some_and(|n| n >= 3.0)
+    });
+    let mut extra = half_open_from("127.0.0.2", port);
+    extra.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "the fourth connection from the address is closed");
+    assert!(started.elapsed() < Duration::from_secs(2), "at once: {:?}", started.elapsed());
+    assert_eq!(metric_settled(&gw.admin, "gateway_connections_per_ip_refused_total", 1.0), Some(1.0));
+    // Another client address is not affected by the first one's connections.
+    let mut other = half_open_from("127.0.0.3", port);
+    other.write_all(b"\r\n").expect("finish the head");
+    other.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let n = other.read(&mut buf).expect("answer");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    drop(held);
+    eventually(Duration::from_secs(5), "the address to connect again once its connections closed", || {
+        let mut again = half_open_from("127.0.0.2", port);
+        again.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        again.write_all(b"\r\n").is_ok() && again.read(&mut buf).is_ok_and(|n| n > 0)
+    });
+}
+
 #[test]
 fn a_body_past_max_body_is_413_whether_declared_or_chunked() {
     let dir = tempfile::tempdir().expect("tempdir");
