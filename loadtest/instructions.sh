@@ -9,6 +9,10 @@
 #   logged    the same with `access_log` to a file (the writer thread counted too)
 #   decisions the same with every decision logged (`decision_logs`, sample 1.0) and shipped to a
 #             sink (the echo upstream answers the POSTs; the shipper thread counted too)
+#   limited   /orders/7 under a per-user rate limit it never reaches (the bucket checked)
+#   badjwt    /orders/7 with a token whose signature does not verify: 401 after verification
+#   refused   the same flood under a limit by client address before authentication: 429, no
+#             verification
 # Each gets REQUESTS requests (oha -c 8) after 500 of warm-up; counters are zeroed in between.
 # Writes loadtest/reports/instructions.md.
 # Usage: loadtest/instructions.sh [REQUESTS]   (default 4000; about 3 minutes; cleans up after itself)
@@ -28,7 +32,7 @@ token=$("$bin/demo-token" --sub alice --role reader)
 
 # measure LABEL URL CHECK_URL CMD...: instructions per request of CMD serving URL.
 measure() {
-  local label=$1 url=$2 check=$3; shift 3
+  local label=$1 url=$2 check=$3 expect=${EXPECT:-200}; shift 3
   valgrind --tool=callgrind --callgrind-out-file="$work/cg-$label.%p" "$@" > "$work/$label.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
@@ -39,8 +43,8 @@ measure() {
   callgrind_control -d "$pid" > /dev/null
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true   # SIGINT: Pingora's fast shutdown
   local ok
-  ok=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['statusCodeDistribution'].get('200', 0))" "$work/$label.json")
-  [ "$ok" = "$N" ] || { echo "$label: only $ok of $N requests answered 200" >&2; exit 1; }
+  ok=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['statusCodeDistribution'].get(sys.argv[2], 0))" "$work/$label.json" "$expect")
+  [ "$ok" = "$N" ] || { echo "$label: only $ok of $N requests answered $expect" >&2; exit 1; }
   local f
   f=$(ls "$work"/cg-"$label".*.1 | head -1)
   callgrind_annotate --auto=no "$f" > "$work/$label.txt" 2>/dev/null
@@ -76,11 +80,31 @@ measure logged "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz
 sed "s|^threads: 1|threads: 1\ndecision_logs: { sinks: [\"http://$up/v1/logs\"], sample: 1.0 }|" "$work/gateway.yaml" > "$work/decisions.yaml"
 measure decisions "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/decisions.yaml"
 
+# Rate limits: the same bundle with a per-user limit on orders that is never reached, and with
+# a limit by client address before authentication that refuses all but the first request.
+limited_bundle() {
+  cp -r "$work/bundle" "$1"
+  sed -i -e "s|^routes:|rate_limits:\n  per_user: { key: jwt.sub, rate: 1000000/s }\n  per_ip: { key: client_ip, rate: 1/h, burst: 1, before_auth: true }\nroutes:|" \
+    -e "s|    policy: data.http.orders.decision|    policy: data.http.orders.decision\n    rate_limits: [$2]|" "$1/gateway/data.yaml"
+  sed "s|file: $work/bundle\$|file: $1|" "$work/gateway.yaml" > "$1.yaml"
+}
+limited_bundle "$work/limited" per_user
+measure limited "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/limited.yaml"
+# A token whose signature does not verify (a character of its signature changed).
+good_token=$token
+flip=$([ "${good_token: -10:1}" = A ] && echo B || echo A)
+token="${good_token:0:${#good_token}-10}$flip${good_token: -9}"
+EXPECT=401 measure badjwt "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"
+limited_bundle "$work/refused" per_ip
+EXPECT=429 measure refused "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/refused.yaml"
+token=$good_token
+
 get() { awk -v l="$1" '$1 == l { print $2 }' "$work/results"; }
 # The decision-log shipper's thread, inclusive (the thread's entry, in gateway/src/decision_log/).
 shipper=$(grep -m1 -E "decision_log/mod.rs:std::sys::backtrace::__rust_begin_short_backtrace" "$work/decisions.incl.txt" \
   | awk -v n="$N" '{gsub(",","",$1); print int($1/n)}')
 nginx=$(get nginx); bare=$(get bare); public=$(get public); orders=$(get orders); logged=$(get logged); decisions=$(get decisions)
+limited=$(get limited); badjwt=$(get badjwt); refused=$(get refused)
 # Inclusive instructions per request of the gateway's own phases, from the orders run.
 phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp>::[a-z_]+::\{\{closure\}\} \[|policy_bundles::(input::build|input::headers|snapshot::Snapshot::decide_cached|jwt::TrustRoots::verify_cached|router::RouteTable::lookup) \[" "$work/orders.incl.txt" \
   | awk -v n="$N" '{gsub(",","",$1); name=$0; sub(/.*(ProxyHttp>::|policy_bundles::)/,"",name); sub(/ \[.*/,"",name); sub(/::\{\{closure\}\}/,"",name); printf "| `%s` | %d |\n", name, $1/n}')
@@ -111,6 +135,11 @@ phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp
   echo "Logging every decision costs $((decisions - orders)) instructions per request ($(python3 -c "print(f'{($decisions-$orders)/$orders*100:.1f}')")% of the orders request):"
   echo "$((decisions - shipper - orders)) on the request path ($(python3 -c "print(f'{($decisions-$shipper-$orders)/$orders*100:.1f}')")%: the decision id, the request's parts taken, \`x-decision-id\` to the"
   echo "upstream, the queue) and $shipper on the shipper's thread (the event written, gzip, the POSTs)."
+  echo
+  echo "Rate limits: \`/orders/7\` under a per-user limit it never reaches costs $limited instructions per"
+  echo "request, $((limited - orders)) more than without the limit. A flood of tokens that do not verify costs"
+  echo "$badjwt per request (401, after verification); under a limit by client address before"
+  echo "authentication the same flood costs $refused per request (429, nothing verified)."
   echo
   echo "The gateway's own phases in the orders run (inclusive instructions per request):"
   echo
