@@ -497,3 +497,48 @@ fn a_client_cannot_forge_the_decision_id_the_backend_records() {
     assert_ne!(id, forged[0].1);
     assert_eq!(r.json()["headers"]["x-decision-id"], id.as_str(), "the backend got the gateway's id, not the client's");
 }
+
+#[test]
+fn a_decision_past_a_rate_limit_is_logged_with_the_limit_and_whether_it_was_enforced() {
+    let cp_dir = tempfile::tempdir().expect("tempdir");
+    let api = ControlApi::start(cp_dir.path(), &TOKENS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = echo_upstream("backend");
+    let limits = "\nrate_limits:\n  tight: { key: jwt.sub, rate: 1/h, burst: 3 }\n  watch: { key: jwt.sub, rate: 1/h, burst: 1, mode: shadow }\n";
+    let bundle = example_bundle(dir.path(), &up.addr.to_string(), limits, "", &[]);
+    let settings = bundle.join("gateway/data.yaml");
+    let text = std::fs::read_to_string(&settings).expect("settings").replace(
+        "    policy: data.http.orders.decision\n",
+        "    policy: data.http.orders.decision\n    rate_limits: [tight, watch]\n",
+    );
+    std::fs::write(&settings, text).expect("write settings");
+    let token_file = dir.path().join("reader.token");
+    std::fs::write(&token_file, READER).expect("write the token");
+    let extra = format!(
+        "decision_logs:\n  sinks: [\"{}/v1/logs\"]\n  token_file: {}\n  flush_interval: 200ms\n",
+        api.base,
+        token_file.display()
+    );
+    let gw = start_gateway_with(dir.path(), &bundle, &extra);
+    let auth = format!("Bearer {}", token("alice", &["reader"]));
+    let answers: Vec<_> =
+        (1..=4).map(|i| get(&format!("{}/orders/{i}", gw.base), &[("authorization", auth.as_str())])).collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429], "the enforced limit's burst is 3");
+    let events = events_when(&api, 4);
+    let first = by_id(&events, &decision_id(&answers[0]));
+    assert!(first.get("rate_limit").is_none(), "within every limit: {first}");
+    let second = by_id(&events, &decision_id(&answers[1]));
+    assert_eq!(
+        (second["rate_limit"]["name"].as_str(), second["rate_limit"]["mode"].as_str()),
+        (Some("watch"), Some("shadow"))
+    );
+    assert_eq!(second["status"], 200, "a shadow limit refuses nothing");
+    let refused = by_id(&events, &decision_id(&answers[3]));
+    assert_eq!(
+        (refused["rate_limit"]["name"].as_str(), refused["rate_limit"]["mode"].as_str()),
+        (Some("tight"), Some("enforce"))
+    );
+    assert_eq!(refused["status"], 429);
+    assert_eq!(refused["result"]["allow"], true, "the policy allowed it; the limit refused it");
+}

@@ -114,11 +114,21 @@ pub struct Pending {
     pub answer: Answer,
     /// The shadow rule's answer, when the route has one and it was asked.
     pub shadow: Option<ShadowAnswer>,
+    /// A rate limit the request was past: enforced (429) or in shadow mode (only counted).
+    pub rate_limit: Option<LimitHit>,
     pub eval: Duration,
     /// The status the client got; set when the request ends.
     pub status: u16,
     /// What only an Envoy-format input or a route with `body` holds.
     pub extra: Option<Box<Extra>>,
+}
+
+/// A rate limit a request was past (an index into the snapshot's limits), and whether it was
+/// refused for it (an enforced limit) or not (a shadow limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitHit {
+    pub limit: usize,
+    pub refused: bool,
 }
 
 /// The parts of a request that the Envoy-format input (or a buffered body) adds.
@@ -517,6 +527,13 @@ pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u
         w.field_str("path", &rule_path(snap, s.rule));
         s.answer.write(&mut w, scratch);
         w.field_str("agreement", s.agreement);
+        w.close(b'}');
+        w.comma();
+    }
+    if let Some(l) = p.rate_limit.filter(|l| l.limit < snap.rate_limits.len()) {
+        w.raw("\"rate_limit\":{");
+        w.field_str("name", &snap.rate_limits[l.limit].name);
+        w.field_str("mode", if l.refused { "enforce" } else { "shadow" });
         w.close(b'}');
         w.comma();
     }

@@ -32,7 +32,7 @@ use crate::config::DecisionLogsConfig;
 use crate::metrics::DecisionLogCounters as Counters;
 
 mod event;
-pub use event::{decision_id, Answer, Extra, Pending, ShadowAnswer, ShortId};
+pub use event::{decision_id, Answer, Extra, LimitHit, Pending, ShadowAnswer, ShortId};
 use event::{event, Scratch};
 
 /// Decisions waiting for the shipper; past it they are dropped (`reason="queue_full"`).

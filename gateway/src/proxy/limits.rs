@@ -14,6 +14,25 @@ use super::Ctx;
 use crate::active::Active;
 use crate::rate_limit::{now_ns, Check};
 
+/// What the route's limits made of a request: the first enforced limit it is past, and the
+/// first shadow limit it is past (for the decision log).
+#[derive(Default)]
+pub(super) struct Checked {
+    pub over: Option<Over>,
+    pub shadow: Option<usize>,
+}
+
+impl Checked {
+    /// What the decision log says of it.
+    pub fn hit(&self) -> Option<crate::decision_log::LimitHit> {
+        match (&self.over, self.shadow) {
+            (Some(o), _) => Some(crate::decision_log::LimitHit { limit: o.limit, refused: true }),
+            (None, Some(limit)) => Some(crate::decision_log::LimitHit { limit, refused: false }),
+            (None, None) => None,
+        }
+    }
+}
+
 /// An enforced limit the request is past.
 pub(super) struct Over {
     /// Index into the snapshot's limits.
@@ -24,7 +43,7 @@ pub(super) struct Over {
 /// Counts the request against `route`'s limits of one kind: those applied before
 /// authentication, or (with the verified token, if any) those after the policy allowed. A shadow
 /// limit's refusal is counted, never enforced; a limit whose key the request lacks (no token, no
-/// such header) does not apply. The first enforced limit the request is past, if any.
+/// such header) does not apply.
 pub(super) fn check(
     active: &Active,
     route: usize,
@@ -32,10 +51,10 @@ pub(super) fn check(
     session: &Session,
     ctx: &Ctx,
     jwt: Option<&Verified>,
-) -> Option<Over> {
+) -> Checked {
     let snapshot = &active.snapshot;
     let r = &snapshot.routes[route];
-    let mut over = None;
+    let mut out = Checked::default();
     let now = now_ns();
     for (n, &i) in r.rate_limits.iter().enumerate() {
         let limit = &snapshot.rate_limits[i];
@@ -45,12 +64,14 @@ pub(super) fn check(
         let Some(key) = key(&limit.key, session, ctx, &r.name, jwt) else { continue };
         if let Check::Limited { retry_after } = active.limits[i].check(&key, now) {
             active.limited[route][n].inc();
-            if limit.mode == LimitMode::Enforce && over.is_none() {
-                over = Some(Over { limit: i, retry_after });
+            match limit.mode {
+                LimitMode::Enforce if out.over.is_none() => out.over = Some(Over { limit: i, retry_after }),
+                LimitMode::Shadow if out.shadow.is_none() => out.shadow = Some(i),
+                _ => {}
             }
         }
     }
-    over
+    out
 }
 
 /// What `key` counts this request by.

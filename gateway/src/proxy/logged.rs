@@ -44,6 +44,7 @@ pub(super) fn pending(
         jwt,
         answer,
         shadow: None,
+        rate_limit: None,
         eval: took,
         status: 0,
         extra: {

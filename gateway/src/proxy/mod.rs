@@ -203,7 +203,7 @@ impl Proxy {
         let req = session.req_header();
         let route = active.snapshot.table.lookup(host, &self.routed_path(req), req.method.as_str());
         let Some(route) = route else { return Ok(false) };
-        match limits::check(active, route, true, session, ctx, None) {
+        match limits::check(active, route, true, session, ctx, None).over {
             Some(over) => self.rate_limited(session, ctx, active.clone(), route, over).await.map(|()| true),
             None => Ok(false),
         }
@@ -343,11 +343,11 @@ impl Proxy {
         let route = &active.snapshot.routes[route_ix];
         // Only a request the policy allowed spends its key's quota (limits before authentication
         // aside).
-        let over = match &verdict {
+        let limited = match &verdict {
             Verdict::Allow(..) | Verdict::FailedOpen(_) if !route.rate_limits.is_empty() => {
                 limits::check(&active, route_ix, false, session, ctx, jwt.as_deref())
             }
-            _ => None,
+            _ => limits::Checked::default(),
         };
         let shadow = shadow.map(|s| {
             let agreement = Agreement::of(&verdict, &s);
@@ -365,6 +365,7 @@ impl Proxy {
                 });
                 let mut p = pending(session, ctx, &active, route_ix, &verdict, took, jwt);
                 p.shadow = shadow;
+                p.rate_limit = limited.hit();
                 ctx.decision_log = Some(Box::new(p));
             }
         }
@@ -395,7 +396,7 @@ impl Proxy {
                 return Ok(true);
             }
         };
-        if let Some(over) = over {
+        if let Some(over) = limited.over {
             return self.rate_limited(session, ctx, active, route_ix, over).await.map(|()| true);
         }
         ctx.outcome = Some(Outcome::Allow);
