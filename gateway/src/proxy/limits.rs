@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use pingora::prelude::*;
+use policy_bundles::authorize::Verdict;
 use policy_bundles::jwt::Verified;
 use policy_bundles::rate_limits::{LimitKey, LimitMode, RateLimit};
 
@@ -72,6 +73,24 @@ pub(super) fn check(
         }
     }
     out
+}
+
+/// The route's limits after its policy answered: only a request the policy allowed spends its
+/// key's quota.
+pub(super) fn after_policy(
+    active: &Active,
+    route: usize,
+    verdict: &Verdict,
+    session: &Session,
+    ctx: &Ctx,
+    jwt: Option<&Verified>,
+) -> Checked {
+    match verdict {
+        Verdict::Allow(..) | Verdict::FailedOpen(_) if !active.snapshot.routes[route].rate_limits.is_empty() => {
+            check(active, route, false, session, ctx, jwt)
+        }
+        _ => Checked::default(),
+    }
 }
 
 /// What `key` counts this request by.

@@ -341,14 +341,7 @@ impl Proxy {
         ctx.route = Some(route_ix);
         self.metrics.policy_eval_duration.observe(took.as_secs_f64());
         let route = &active.snapshot.routes[route_ix];
-        // Only a request the policy allowed spends its key's quota (limits before authentication
-        // aside).
-        let limited = match &verdict {
-            Verdict::Allow(..) | Verdict::FailedOpen(_) if !route.rate_limits.is_empty() => {
-                limits::check(&active, route_ix, false, session, ctx, jwt.as_deref())
-            }
-            _ => limits::Checked::default(),
-        };
+        let limited = limits::after_policy(&active, route_ix, &verdict, session, ctx, jwt.as_deref());
         let shadow = shadow.map(|s| {
             let agreement = Agreement::of(&verdict, &s);
             self.metrics.shadow.with_label_values(&[route.name.as_str(), agreement.label()]).inc();
