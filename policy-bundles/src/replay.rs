@@ -146,6 +146,11 @@ fn unreplayable(event: &Json, snap: &Snapshot, policy: usize) -> Option<String> 
 
 /// Decides one logged event again with `snap`.
 pub fn replay(snap: &Snapshot, event: &Json) -> Replayed {
+    decide_again(snap, event).0
+}
+
+/// [`replay`], and the candidate's route with whether its rule allowed (for its rate limits).
+fn decide_again(snap: &Snapshot, event: &Json) -> (Replayed, Option<(usize, bool)>) {
     // The request as it was routed, from the input in either format.
     let envoy = event["input"]["attributes"].is_object();
     let request = if envoy { &event["input"]["attributes"]["request"]["http"] } else { &event["input"]["request"] };
@@ -155,20 +160,21 @@ pub fn replay(snap: &Snapshot, event: &Json) -> Replayed {
     let logged_route = event["route"].as_str().or(event["input"]["route"].as_str()).unwrap_or_default();
     let Some(route_ix) = snap.table.lookup(text("host"), path, text("method")) else {
         if !event["input"].is_object() {
-            return Replayed::NotReplayable("the event has no input".into());
+            return (Replayed::NotReplayable("the event has no input".into()), None);
         }
-        return Replayed::Changed { kind: Kind::Route, before, after: Effect::NoRoute, route_after: None };
+        return (Replayed::Changed { kind: Kind::Route, before, after: Effect::NoRoute, route_after: None }, None);
     };
     let route = &snap.routes[route_ix];
     if let Some(why) = unreplayable(event, snap, route.policy) {
-        return Replayed::NotReplayable(why);
+        return (Replayed::NotReplayable(why), None);
     }
     if envoy != (route.format == crate::input::InputFormat::Envoy) {
-        return Replayed::NotReplayable(format!(
+        let why = format!(
             "the logged input is in the {} format and route `{}` now reads the other",
             if envoy { "envoy" } else { "gateway" },
             route.name
-        ));
+        );
+        return (Replayed::NotReplayable(why), None);
     }
     let mut input = event["input"].clone();
     if !envoy {
@@ -182,11 +188,13 @@ pub fn replay(snap: &Snapshot, event: &Json) -> Replayed {
         }
         Ok(Err(_)) | Err(_) => Effect::Error,
     };
+    let allowed = matches!(&after, Effect::Decided(d) if d.allow);
     let kind = if route.name != logged_route { Some(Kind::Route) } else { compare(&before, &after) };
-    match kind {
+    let replayed = match kind {
         None => Replayed::Unchanged,
         Some(kind) => Replayed::Changed { kind, before, after, route_after: Some(route.name.clone()) },
-    }
+    };
+    (replayed, Some((route_ix, allowed)))
 }
 
 fn compare(before: &Effect, after: &Effect) -> Option<Kind> {
@@ -215,15 +223,23 @@ pub struct Report {
     pub routes: BTreeMap<String, BTreeMap<Kind, usize>>,
     /// Every changed event: (event, what replay made of it).
     pub changes: Vec<(Json, Kind, Effect, Effect, Option<String>)>,
+    /// Per rate limit of the candidate: how many of the replayed requests it would have refused
+    /// (a shadow limit: counted), in the events' time order (`crate::rate_limits`).
+    pub rate_limited: BTreeMap<String, usize>,
 }
 
 impl Report {
     /// Replays every event of `events` with `snap`.
     pub fn of(snap: &Snapshot, events: &[Json]) -> Report {
         let mut r = Report::default();
+        let mut routed = Vec::new();
         for e in events {
             r.replayed += 1;
-            match replay(snap, e) {
+            let (replayed, route) = decide_again(snap, e);
+            if let Some((route_ix, allowed)) = route {
+                routed.push((e, route_ix, allowed));
+            }
+            match replayed {
                 Replayed::Unchanged => r.unchanged += 1,
                 Replayed::NotReplayable(why) => r.not_replayable.push((id(e), why)),
                 Replayed::Changed { kind, before, after, route_after } => {
@@ -233,6 +249,7 @@ impl Report {
                 }
             }
         }
+        r.rate_limited = crate::rate_limits::replay(snap, &mut routed);
         r
     }
 
@@ -267,7 +284,7 @@ impl Report {
             self.not_replayable.iter().map(|(id, why)| json!({"decision_id": id, "why": why})).collect();
         json!({
             "replayed": self.replayed, "unchanged": self.unchanged, "changed": self.changed(),
-            "not_replayable": self.not_replayable.len(), "routes": routes,
+            "not_replayable": self.not_replayable.len(), "routes": routes, "rate_limited": self.rate_limited,
             "changes": changes, "not_replayable_events": not_replayable,
         })
     }
@@ -309,6 +326,9 @@ impl Report {
                 before.describe(),
                 after.describe(),
             ));
+        }
+        for (limit, n) in &self.rate_limited {
+            out.push_str(&format!("  rate limit {limit}: would refuse {n}\n"));
         }
         for (id, why) in self.not_replayable.iter().take(examples) {
             out.push_str(&format!("  not replayable: {id}: {why}\n"));
@@ -449,5 +469,36 @@ decision := {"allow": true, "headers": {"x-user": "alice"}}
         assert_eq!(j["routes"]["orders"]["allow→deny"], 2);
         assert_eq!(j["changes"][0]["decision_id"], "GET /orders/1");
         assert!(r.to_text(3).contains("route orders: allow→deny 2"), "{}", r.to_text(3));
+    }
+
+    #[test]
+    fn a_candidates_rate_limits_report_what_they_would_have_refused_in_time_order() {
+        let settings = SETTINGS.replace(
+            "upstreams:",
+            "rate_limits:\n  per_tenant: { key: header.x-tenant, rate: 1/s, burst: 2 }\n  watch: { key: route, rate: 1/h, burst: 100, mode: shadow }\nupstreams:",
+        )
+        .replace("policy: data.http.orders.decision }", "policy: data.http.orders.decision, rate_limits: [per_tenant, watch] }");
+        let mut files = Files::new();
+        files.insert("gateway/data.yaml".into(), settings.into_bytes());
+        files.insert("http/orders.rego".into(), ALLOW_ALL.as_bytes().to_vec());
+        files.insert("http/public.rego".into(), b"package http.public\nimport rego.v1\nallow := true\n".to_vec());
+        let snap = Snapshot::compile(&Bundle::from_files(files).expect("bundle")).expect("compiles");
+        // Five requests of one tenant within a second, logged newest first: the burst of two
+        // passes, three would be refused; a sixth two seconds later passes again.
+        let at = |ms: u64| format!("2026-12-07T10:00:{:02}.{:03}Z", ms / 1000, ms % 1000);
+        let mut events: Vec<Json> = [0, 100, 200, 300, 400, 2400]
+            .iter()
+            .map(|&ms| {
+                let mut e = event("GET", &format!("/orders/{ms}"), "allow", allowed());
+                e["timestamp"] = Json::from(at(ms));
+                e
+            })
+            .collect();
+        events.reverse();
+        let report = Report::of(&snap, &events);
+        assert_eq!(report.rate_limited.get("per_tenant"), Some(&3));
+        assert_eq!(report.rate_limited.get("watch"), None, "under its burst");
+        assert!(report.to_text(3).contains("rate limit per_tenant: would refuse 3"), "{}", report.to_text(3));
+        assert_eq!(report.to_json()["rate_limited"]["per_tenant"], 3);
     }
 }
