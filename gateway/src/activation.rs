@@ -209,14 +209,15 @@ fn rate_limits(
             })
         })
         .collect();
+    // Every limit on every route: a decision may name a limit its route does not list.
     let limited = snapshot
         .routes
         .iter()
         .map(|r| {
-            r.rate_limits
+            snapshot
+                .rate_limits
                 .iter()
-                .map(|&i| {
-                    let l = &snapshot.rate_limits[i];
+                .map(|l| {
                     let mode = match l.mode {
                         LimitMode::Enforce => "enforce",
                         LimitMode::Shadow => "shadow",

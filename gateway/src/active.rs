@@ -41,7 +41,7 @@ pub struct Active {
     /// By rate limit of the snapshot: its buckets (kept from the previous bundle when the limit
     /// is the same).
     pub limits: Vec<Arc<crate::rate_limit::Buckets>>,
-    /// By route, by the route's limits: `gateway_rate_limited_total{route,limit,mode}`.
+    /// By route, by rate limit of the snapshot: `gateway_rate_limited_total{route,limit,mode}`.
     pub limited: Vec<Vec<prometheus::IntCounter>>,
 }
 

@@ -170,3 +170,24 @@ fn a_request_the_policy_denies_spends_none_of_its_keys_quota() {
         Some(0.0)
     );
 }
+
+const TIERS: &str = "package http.tiers\n\nimport rego.v1\n\ndecision := {\"allow\": true, \"rate_limit\": \"gold\"} if input.jwt.claims.tier == \"gold\"\n\nelse := {\"allow\": true, \"rate_limit\": \"free\"}\n";
+
+#[test]
+fn a_decision_names_the_limit_of_the_callers_tier() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = echo_upstream("backend");
+    let limits = "\nrate_limits:\n  gold: { key: jwt.sub, rate: 1/h, burst: 5 }\n  free: { key: jwt.sub, rate: 1/h, burst: 2 }\n";
+    let route = "  - name: tiered\n    match: { path_prefix: /tiered }\n    upstream: backend\n    policy: data.http.tiers.decision\n";
+    let bundle = example_bundle(dir.path(), &up.addr.to_string(), limits, route, &[("http/tiers.rego", TIERS)]);
+    let gw = start_gateway_with(dir.path(), &bundle, "");
+    let claims = |sub: &str, tier: &str| serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "tier": tier, "iat": now(), "exp": now() + 600});
+    let statuses = |claims: serde_json::Value| -> Vec<u16> {
+        let auth = format!("Bearer {}", token_with("es256", claims));
+        (0..7).map(|_| get(&format!("{}/tiered/x", gw.base), &[("authorization", auth.as_str())]).status).collect()
+    };
+    assert_eq!(statuses(claims("carol", "free")), [200, 200, 429, 429, 429, 429, 429]);
+    assert_eq!(statuses(claims("dave", "gold")), [200, 200, 200, 200, 200, 429, 429]);
+    let refused = metric(&gw.admin, "gateway_rate_limited_total{route=\"tiered\",limit=\"free\",mode=\"enforce\"}");
+    assert_eq!(refused, Some(5.0));
+}

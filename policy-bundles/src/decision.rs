@@ -24,6 +24,9 @@ pub struct Decision {
     pub query_set: Vec<(String, Vec<String>)>,
     /// Query parameters removed from the request sent upstream (`query_parameters_to_remove`).
     pub query_remove: Vec<String>,
+    /// A rate limit of the bundle the decision applies to this request besides the route's own
+    /// (a tier chosen from a claim): `rate_limit: "gold"`.
+    pub rate_limit: Option<String>,
 }
 
 /// Why a rule's answer could not be turned into a decision; the request is denied (fail closed).
@@ -59,6 +62,7 @@ impl Decision {
                             d.status = s;
                         }
                         "reason" => d.reason = Some(string_of(val, "reason")?),
+                        "rate_limit" => d.rate_limit = Some(string_of(val, "rate_limit")?),
                         "headers" => d.headers = headers_of(val, "headers")?,
                         "response_headers" => d.response_headers = headers_of(val, "response_headers")?,
                         _ => {}

@@ -117,6 +117,7 @@ fn decision_of(result: &Json) -> Decision {
             .map(|o| o.iter().map(|(k, v)| (k.clone(), strings(v))).collect())
             .unwrap_or_default(),
         query_remove: strings(&result["query_parameters_to_remove"]),
+        rate_limit: result["rate_limit"].as_str().map(str::to_owned),
     }
 }
 

@@ -317,6 +317,9 @@ impl Writer {
         if let Some(r) = &d.reason {
             self.field_str("reason", r);
         }
+        if let Some(l) = &d.rate_limit {
+            self.field_str("rate_limit", l);
+        }
         if !d.remove_headers.is_empty() {
             self.lit_key("request_headers_to_remove");
             self.strings(&d.remove_headers);

@@ -44,27 +44,29 @@ pub(super) struct Over {
 /// Counts the request against `route`'s limits of one kind: those applied before
 /// authentication, or (with the verified token, if any) those after the policy allowed. A shadow
 /// limit's refusal is counted, never enforced; a limit whose key the request lacks (no token, no
-/// such header) does not apply.
+/// such header) does not apply. `named` is a limit the allowing decision named (`rate_limit`),
+/// checked after the route's own.
 pub(super) fn check(
     active: &Active,
     route: usize,
     before_auth: bool,
     session: &Session,
     ctx: &Ctx,
-    jwt: Option<&Verified>,
+    (jwt, named): (Option<&Verified>, Option<usize>),
 ) -> Checked {
     let snapshot = &active.snapshot;
     let r = &snapshot.routes[route];
     let mut out = Checked::default();
     let now = now_ns();
-    for (n, &i) in r.rate_limits.iter().enumerate() {
+    let extra = named.filter(|i| !r.rate_limits.contains(i));
+    for &i in r.rate_limits.iter().chain(extra.iter()) {
         let limit = &snapshot.rate_limits[i];
-        if limit.before_auth != before_auth {
+        if limit.before_auth != before_auth && extra != Some(i) {
             continue;
         }
         let Some(key) = key(&limit.key, session, ctx, &r.name, jwt) else { continue };
         if let Check::Limited { retry_after } = active.limits[i].check(&key, now) {
-            active.limited[route][n].inc();
+            active.limited[route][i].inc();
             match limit.mode {
                 LimitMode::Enforce if out.over.is_none() => out.over = Some(Over { limit: i, retry_after }),
                 LimitMode::Shadow if out.shadow.is_none() => out.shadow = Some(i),
@@ -85,9 +87,20 @@ pub(super) fn after_policy(
     ctx: &Ctx,
     jwt: Option<&Verified>,
 ) -> Checked {
+    let snapshot = &active.snapshot;
+    // A limit the decision names (a tier from a claim); a name the bundle does not define
+    // limits nothing (`bundlectl test` cases can check a rule's answers).
+    let named = match verdict {
+        Verdict::Allow(d, _) => {
+            d.rate_limit.as_deref().and_then(|n| snapshot.rate_limits.iter().position(|l| l.name == n))
+        }
+        _ => None,
+    };
     match verdict {
-        Verdict::Allow(..) | Verdict::FailedOpen(_) if !active.snapshot.routes[route].rate_limits.is_empty() => {
-            check(active, route, false, session, ctx, jwt)
+        Verdict::Allow(..) | Verdict::FailedOpen(_)
+            if named.is_some() || !snapshot.routes[route].rate_limits.is_empty() =>
+        {
+            check(active, route, false, session, ctx, (jwt, named))
         }
         _ => Checked::default(),
     }

@@ -203,7 +203,7 @@ impl Proxy {
         let req = session.req_header();
         let route = active.snapshot.table.lookup(host, &self.routed_path(req), req.method.as_str());
         let Some(route) = route else { return Ok(false) };
-        match limits::check(active, route, true, session, ctx, None).over {
+        match limits::check(active, route, true, session, ctx, (None, None)).over {
             Some(over) => self.rate_limited(session, ctx, active.clone(), route, over).await.map(|()| true),
             None => Ok(false),
         }
