@@ -17,6 +17,7 @@
 //! * [`server`]: what the gateway and control-api harnesses share: a config file and a launch;
 //! * [`source`]: a scriptable bundle source (ETags, long polls, faults), in-process or as the
 //!   `hostile-source` binary;
+//! * [`redis`]: a real Redis on a loopback port, killed and restarted at will;
 //! * [`ws`]: a blocking WebSocket client: one message out, its echo back, or the refusal.
 //!
 //! The crate also builds the fixture servers (`echo-upstream`, `hostile-source`),
@@ -34,6 +35,7 @@ pub mod http;
 pub mod metrics;
 pub mod paths;
 pub mod process;
+pub mod redis;
 pub mod serve;
 pub mod server;
 pub mod source;
