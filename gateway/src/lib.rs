@@ -27,6 +27,7 @@ pub mod per_ip;
 pub mod persisted;
 pub mod pool;
 pub mod proxy;
+pub mod quota_store;
 pub mod rate_limit;
 pub mod revision_health;
 pub mod sync;
