@@ -33,7 +33,7 @@ use crate::persisted::{self, CacheMeta};
 use crate::pool::{Pool, PoolError};
 use crate::rate_limit::Buckets;
 use crate::revision_health::ActivationAttempt;
-use policy_bundles::rate_limits::{LimitMode, RateLimit};
+use policy_bundles::rate_limits::{LimitKey, LimitMode, RateLimit};
 
 /// Why a bundle did not become active; [`ActivationError::reason`] is a metric label.
 #[derive(Debug, thiserror::Error)]
@@ -188,46 +188,51 @@ fn compile(
     Ok(Active { snapshot, pools, counters, info, served: Default::default(), limits, limited })
 }
 
-/// The buckets of the snapshot's rate limits (those of the serving bundle where a limit is the
-/// same, so that publishing a bundle never resets a client's count), and the counters of each
-/// route's limits.
+/// The buckets of the snapshot's rate limits (over the serving bundle's tables where a limit
+/// keeps its name and key, so that publishing a bundle never resets a client's count), and the
+/// counters of the limits each route lists (a limit only a decision names gets its series when
+/// it first refuses).
 #[allow(clippy::type_complexity)]
 fn rate_limits(
     snapshot: &Snapshot,
     previous: Option<&Active>,
     keys: usize,
     metrics: &Metrics,
-) -> (Vec<Arc<Buckets>>, Vec<Vec<prometheus::IntCounter>>) {
-    let kept = |l: &RateLimit| previous.and_then(|p| p.limits.iter().find(|b| b.serves(l) && b.capacity() >= keys));
+) -> (Vec<Arc<Buckets>>, Vec<Vec<Option<prometheus::IntCounter>>>) {
     let limits = snapshot
         .rate_limits
         .iter()
         .map(|l| {
-            kept(l).cloned().unwrap_or_else(|| {
-                let evicted = metrics.rate_limit_evictions.with_label_values(&[&l.name]);
-                Arc::new(Buckets::new(l.clone(), keys, evicted))
+            // One count for a whole route needs no table of keys.
+            let keys = if l.key == LimitKey::Route { 1 } else { keys };
+            let kept = previous.and_then(|p| p.limits.iter().find(|b| b.serves(l) && b.capacity() >= keys));
+            Arc::new(match kept {
+                Some(b) => Buckets::over(l.clone(), b.table().clone()),
+                None => Buckets::new(l.clone(), keys, metrics.rate_limit_evictions.with_label_values(&[&l.name])),
             })
         })
         .collect();
-    // Every limit on every route: a decision may name a limit its route does not list.
     let limited = snapshot
         .routes
         .iter()
         .map(|r| {
-            snapshot
-                .rate_limits
-                .iter()
-                .map(|l| {
-                    let mode = match l.mode {
-                        LimitMode::Enforce => "enforce",
-                        LimitMode::Shadow => "shadow",
-                    };
-                    metrics.rate_limited.with_label_values(&[&r.name, &l.name, mode])
+            (0..snapshot.rate_limits.len())
+                .map(|i| {
+                    r.rate_limits.contains(&i).then(|| limited_counter(metrics, &r.name, &snapshot.rate_limits[i]))
                 })
                 .collect()
         })
         .collect();
     (limits, limited)
+}
+
+/// `gateway_rate_limited_total{route,limit,mode}` of one route's limit.
+pub fn limited_counter(metrics: &Metrics, route: &str, limit: &RateLimit) -> prometheus::IntCounter {
+    let mode = match limit.mode {
+        LimitMode::Enforce => "enforce",
+        LimitMode::Shadow => "shadow",
+    };
+    metrics.rate_limited.with_label_values(&[route, &limit.name, mode])
 }
 
 /// Runs the pipeline for one gateway: owns what activation needs beyond the gateway's state

@@ -41,8 +41,9 @@ pub struct Active {
     /// By rate limit of the snapshot: its buckets (kept from the previous bundle when the limit
     /// is the same).
     pub limits: Vec<Arc<crate::rate_limit::Buckets>>,
-    /// By route, by rate limit of the snapshot: `gateway_rate_limited_total{route,limit,mode}`.
-    pub limited: Vec<Vec<prometheus::IntCounter>>,
+    /// By route, by rate limit of the snapshot: `gateway_rate_limited_total{route,limit,mode}`
+    /// of the limits the route lists (`None`: a limit only a decision may name).
+    pub limited: Vec<Vec<Option<prometheus::IntCounter>>>,
 }
 
 impl Active {

@@ -44,7 +44,7 @@ impl Drop for Slot<'_> {
 
 /// What one client's connections are counted by: its IPv4 address (an IPv4-mapped IPv6 address
 /// is one), or its IPv6 /64.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

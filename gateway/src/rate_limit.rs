@@ -18,7 +18,7 @@
 //! until it is pruned, so a flood of distinct keys is a flood of memory. Not `pingora-limits`:
 //! its count-min estimates over-count under many keys, refusing clients who sent little.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use policy_bundles::rate_limits::RateLimit;
@@ -44,51 +44,79 @@ pub enum Check {
     Limited { retry_after: Duration },
 }
 
-/// The buckets of one limit.
-pub struct Buckets {
-    pub limit: RateLimit,
-    emission: u64,
-    tolerance: u64,
+/// The keys' state of one limit: kept across bundles while the limit keeps its name and key.
+pub struct Table {
     sets: usize,
     shards: Box<[Mutex<Vec<Slot>>]>,
     hasher: ahash::RandomState,
     evicted: IntCounter,
 }
 
+/// One limit as the active bundle says it (rate, burst), over its [`Table`].
+pub struct Buckets {
+    pub limit: RateLimit,
+    emission: u64,
+    tolerance: u64,
+    table: Arc<Table>,
+}
+
 /// Nanoseconds on a monotonic clock that starts with the process (never 0).
 pub fn now_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(|| Instant::now() - Duration::from_secs(1));
+    let base = *BASE.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+    });
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Buckets {
-    /// A table for `limit` holding at most `keys` keys (rounded up to whole sets).
+    /// A new table for `limit` holding at most `keys` keys (rounded up to whole sets).
     pub fn new(limit: RateLimit, keys: usize, evicted: IntCounter) -> Buckets {
-        let emission = u64::try_from(limit.emission().as_nanos()).unwrap_or(u64::MAX).max(1);
         let sets = keys.div_ceil(SHARDS * WAYS).max(1);
-        Buckets {
-            tolerance: emission.saturating_mul(u64::from(limit.burst)),
-            emission,
+        let table = Table {
             sets,
             shards: (0..SHARDS).map(|_| Mutex::new(vec![Slot::default(); sets * WAYS])).collect(),
             hasher: ahash::RandomState::new(),
-            limit,
             evicted,
-        }
+        };
+        Buckets::over(limit, Arc::new(table))
+    }
+
+    /// `limit` over an existing table: its keys keep their state.
+    pub fn over(limit: RateLimit, table: Arc<Table>) -> Buckets {
+        let emission = u64::try_from(limit.emission().as_nanos()).unwrap_or(u64::MAX).max(1);
+        Buckets { tolerance: emission.saturating_mul(u64::from(limit.burst)), emission, limit, table }
+    }
+
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
     }
 
     /// How many keys it holds at most.
     pub fn capacity(&self) -> usize {
-        self.sets * WAYS * SHARDS
+        self.table.sets * WAYS * SHARDS
     }
 
     /// Counts one request of `key` at `now` (nanoseconds, [`now_ns`]).
     pub fn check(&self, key: &[u8], now: u64) -> Check {
-        let raw = self.hasher.hash_one(key);
+        self.count(key, now, true)
+    }
+
+    /// What [`Buckets::check`] would say, spending nothing: a request past another of its limits
+    /// must not spend this one's quota.
+    pub fn peek(&self, key: &[u8], now: u64) -> Check {
+        self.count(key, now, false)
+    }
+
+    fn count(&self, key: &[u8], now: u64, spend: bool) -> Check {
+        let t = &*self.table;
+        let raw = t.hasher.hash_one(key);
         // The top bits pick the shard, the low ones the set; a tag is never 0 (empty).
-        let (shard, set, hash) = ((raw >> 58) as usize % SHARDS, (raw % self.sets as u64) as usize, raw.max(1));
-        let Ok(mut slots) = self.shards[shard].lock() else { return Check::Allowed { remaining: 0 } };
+        let (shard, set, hash) = ((raw >> 58) as usize % SHARDS, (raw % t.sets as u64) as usize, raw.max(1));
+        // A shard holds plain numbers, never half-updated: a lock poisoned by a panic elsewhere
+        // is safe to keep using.
+        let mut slots = t.shards[shard].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ways = &mut slots[set * WAYS..(set + 1) * WAYS];
         let at = match ways.iter().position(|s| s.tag == hash) {
             Some(at) => at,
@@ -96,7 +124,7 @@ impl Buckets {
                 // The emptier bucket makes room: the earlier its arrival time, the less it holds.
                 let at = if ways[0].tat <= ways[1].tat { 0 } else { 1 };
                 if ways[at].tag != 0 && ways[at].tat > now {
-                    self.evicted.inc();
+                    t.evicted.inc();
                 }
                 ways[at] = Slot { tag: hash, tat: 0 };
                 at
@@ -108,14 +136,16 @@ impl Buckets {
         if ahead > self.tolerance {
             return Check::Limited { retry_after: Duration::from_nanos(ahead - self.tolerance) };
         }
-        slot.tat = next;
+        if spend {
+            slot.tat = next;
+        }
         Check::Allowed { remaining: (self.tolerance - ahead) / self.emission }
     }
 
-    /// Whether this table counts for `limit` as it is now (a new bundle with the same limit
-    /// keeps the counts).
+    /// Whether this table can count for `limit`: the same name and key (a new rate, burst or
+    /// mode keeps every key's state: it is an absolute time, read against the new rate).
     pub fn serves(&self, limit: &RateLimit) -> bool {
-        self.limit == *limit
+        self.limit.name == limit.name && self.limit.key == limit.key
     }
 }
 
@@ -180,7 +210,7 @@ mod tests {
             assert!(matches!(b.check(&i.to_le_bytes(), t0), Check::Allowed { .. }));
         }
         let held: usize =
-            b.shards.iter().map(|s| s.lock().map(|v| v.iter().filter(|x| x.tag != 0).count()).unwrap_or(0)).sum();
+            b.table.shards.iter().map(|s| s.lock().map(|v| v.iter().filter(|x| x.tag != 0).count()).unwrap_or(0)).sum();
         assert_eq!(held, 4096);
         assert!(evicted.get() >= 1_000_000 - 4096, "{}", evicted.get());
         // An idle key's full bucket is evicted without a count.

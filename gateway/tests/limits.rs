@@ -88,7 +88,11 @@ fn one_address_past_max_connections_per_ip_is_closed_at_once_while_another_addre
     extra.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     let started = Instant::now();
     let mut buf = [0u8; 64];
-    assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "the fourth connection from the address is closed");
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the fourth connection from the address is closed, not {other:?}"),
+    }
     assert!(started.elapsed() < Duration::from_secs(2), "at once: {:?}", started.elapsed());
     assert_eq!(metric_settled(&gw.admin, "gateway_connections_per_ip_refused_total", 1.0), Some(1.0));
     // Another client address is not affected by the first one's connections.

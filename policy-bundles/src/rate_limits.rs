@@ -53,9 +53,30 @@ impl RateLimit {
 /// The largest burst a limit may allow.
 const MAX_BURST: u32 = 1_000_000;
 
+/// The most limits a bundle may define: each is a table of `limits.rate_limit_keys` keys on
+/// every gateway.
+pub const MAX_LIMITS: usize = 64;
+
+/// Headers a limit may not count by: the host (on HTTP/2 it is `:authority`), credentials and
+/// cookies (a client rotates them at will), and the forwarding claims (a client writes them).
+const UNKEYABLE: [&str; 8] =
+    ["host", "authorization", "cookie", "x-forwarded-for", "forwarded", "x-real-ip", "true-client-ip", "x-client-ip"];
+
 /// Compiles one limit; the message says what is wrong.
 pub fn compile(name: &str, spec: &RateLimitSpec) -> Result<RateLimit, String> {
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+        return Err(
+            "a limit's name is 1 to 64 letters, digits, `_`, `.` or `-` (it is sent in the RateLimit headers)".into()
+        );
+    }
     let key = parse_key(&spec.key)?;
+    if let LimitKey::Header(h) = &key {
+        if UNKEYABLE.contains(&h.as_str()) {
+            return Err(format!(
+                "`key: header.{h}`: a client chooses that header's value freely; use client_ip or a verified claim"
+            ));
+        }
+    }
     let (quota, window) = parse_rate(&spec.rate)?;
     let burst = spec.burst.unwrap_or(quota);
     if burst == 0 || burst > MAX_BURST {
@@ -106,23 +127,39 @@ fn parse_rate(rate: &str) -> Result<(u32, Duration), String> {
     Ok((n, window))
 }
 
+/// A claim's key: the token's issuer, a type tag and the value's text, so that one subject of
+/// two issuers, or a claim `42` and a claim `"42"`, are two keys; `null` is no key.
+pub fn claim_key(issuer: &str, value: &serde_json::Value) -> Option<Vec<u8>> {
+    let (tag, text) = match value {
+        serde_json::Value::Null => return None,
+        serde_json::Value::String(s) => (b's', std::borrow::Cow::Borrowed(s.as_str())),
+        other => (b'j', std::borrow::Cow::Owned(other.to_string())),
+    };
+    let mut key = Vec::with_capacity(issuer.len() + 2 + text.len());
+    key.extend_from_slice(issuer.as_bytes());
+    key.extend_from_slice(&[0, tag]);
+    key.extend_from_slice(text.as_bytes());
+    Some(key)
+}
+
 /// What a limit counts a logged decision event by (its input, either format).
-fn event_key(key: &LimitKey, event: &serde_json::Value, route: &str) -> Option<String> {
+fn event_key(key: &LimitKey, event: &serde_json::Value, route: &str) -> Option<Vec<u8>> {
     let input = &event["input"];
     let envoy = input["attributes"].is_object();
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+        serde_json::Value::String(s) => Some(s.clone().into_bytes()),
+        other => Some(other.to_string().into_bytes()),
     };
+    let issuer = input["jwt"]["issuer"].as_str().unwrap_or_default();
     match key {
-        LimitKey::JwtSub => text(&input["jwt"]["claims"]["sub"]),
-        LimitKey::JwtClaim(c) => text(&input["jwt"]["claims"][c.as_str()]),
+        LimitKey::JwtSub => claim_key(issuer, &input["jwt"]["claims"]["sub"]),
+        LimitKey::JwtClaim(c) => claim_key(issuer, &input["jwt"]["claims"][c.as_str()]),
         LimitKey::ClientIp if envoy => text(&input["attributes"]["source"]["address"]["socketAddress"]["address"]),
         LimitKey::ClientIp => text(&input["request"]["client_ip"]).filter(|s| !s.is_empty()),
         LimitKey::Header(h) if envoy => text(&input["attributes"]["request"]["http"]["headers"][h.as_str()]),
         LimitKey::Header(h) => text(&input["request"]["headers"][h.as_str()]),
-        LimitKey::Route => Some(route.to_owned()),
+        LimitKey::Route => Some(route.as_bytes().to_vec()),
     }
 }
 
@@ -143,8 +180,8 @@ pub fn replay(
     events: &mut [(&serde_json::Value, usize, bool)],
 ) -> std::collections::BTreeMap<String, usize> {
     use std::collections::{BTreeMap, HashMap};
-    events.sort_by_key(|(e, _, _)| event_time(e).unwrap_or(0));
-    let mut tat: HashMap<(usize, String), i128> = HashMap::new();
+    events.sort_by_cached_key(|(e, _, _)| event_time(e).unwrap_or(0));
+    let mut tat: HashMap<(usize, Vec<u8>), i128> = HashMap::new();
     let mut refused: BTreeMap<String, usize> = BTreeMap::new();
     for (event, route_ix, allowed) in events.iter() {
         let Some(now) = event_time(event) else { continue };

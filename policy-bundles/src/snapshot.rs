@@ -561,8 +561,22 @@ struct CompiledRoutes {
 /// `rate_limits`, each checked; a refused one is left out (and the bundle refused).
 fn compile_rate_limits(bundle: &Bundle, errors: &mut Vec<BundleError>) -> Vec<crate::rate_limits::RateLimit> {
     let mut out = Vec::new();
+    let defined = bundle.settings.rate_limits.len();
+    if defined > crate::rate_limits::MAX_LIMITS {
+        let (file, line) = bundle.settings_line("rate_limits:");
+        let why = format!("rate_limits: {defined} limits, more than {}", crate::rate_limits::MAX_LIMITS);
+        errors.push(BundleError::new(ErrorKind::Settings, file, why).at_line(line));
+    }
+    let removed = request_header_removals(bundle).unwrap_or_default();
     for (name, spec) in &bundle.settings.rate_limits {
-        match crate::rate_limits::compile(name, spec) {
+        let compiled = crate::rate_limits::compile(name, spec).and_then(|l| match &l.key {
+            // The header is removed from every request before any limit reads it.
+            crate::rate_limits::LimitKey::Header(h) if removed.contains(h) => {
+                Err(format!("`key: header.{h}`: `request_headers.remove` removes it from every request"))
+            }
+            _ => Ok(l),
+        });
+        match compiled {
             Ok(l) => out.push(l),
             Err(m) => {
                 let (file, line) = bundle.settings_line(&format!("{name}:"));

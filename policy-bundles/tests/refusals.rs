@@ -532,6 +532,9 @@ fn refuses_rate_limits_that_cannot_be_kept_as_written() {
         ("  a: { key: jwt.sub, rate: 1/s, before_auth: true }", "a", "`before_auth` with key `jwt.sub`"),
         ("  a: { key: cookie.session, rate: 1/s }", "a", "`key: cookie.session` is not"),
         ("  a: { key: route, rate: 1/day }", "a", "`rate: 1/day` is not"),
+        ("  a: { key: header.cookie, rate: 1/s }", "a", "a client chooses that header's value freely"),
+        ("  a: { key: header.x-forwarded-for, rate: 1/s }", "a", "a client chooses that header's value freely"),
+        ("  \"a b\": { key: route, rate: 1/s }", "\"a b\"", "a limit's name is 1 to 64"),
     ] {
         let errs = limited(limits, route_limits);
         let e = error_about(&errs, ErrorKind::Settings, "gateway/data.yaml", None);

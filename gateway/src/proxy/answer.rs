@@ -129,13 +129,15 @@ async fn respond_grpc(
 /// statuses they mean: UNAUTHENTICATED and PERMISSION_DENIED.
 fn grpc_status(http: u16) -> u8 {
     match http {
-        400 => 13,             // INTERNAL
-        401 => 16,             // UNAUTHENTICATED
-        403 => 7,              // PERMISSION_DENIED
-        404 => 12,             // UNIMPLEMENTED
-        413 => 8,              // RESOURCE_EXHAUSTED
-        429 | 502..=504 => 14, // UNAVAILABLE
-        _ => 2,                // UNKNOWN
+        400 => 13, // INTERNAL
+        401 => 16, // UNAUTHENTICATED
+        403 => 7,  // PERMISSION_DENIED
+        404 => 12, // UNIMPLEMENTED
+        // A rate limit is RESOURCE_EXHAUSTED, as Envoy's `rate_limited_as_resource_exhausted`
+        // makes it: gRPC clients retry UNAVAILABLE at once, and read no `Retry-After`.
+        413 | 429 => 8,  // RESOURCE_EXHAUSTED
+        502..=504 => 14, // UNAVAILABLE
+        _ => 2,          // UNKNOWN
     }
 }
 
@@ -183,5 +185,6 @@ mod tests {
         assert_eq!(grpc_message("100% é\n"), "100%25 %C3%A9%0A");
         assert_eq!(grpc_status(401), 16);
         assert_eq!(grpc_status(503), 14);
+        assert_eq!(grpc_status(429), 8);
     }
 }

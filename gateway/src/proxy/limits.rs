@@ -41,56 +41,80 @@ pub(super) struct Over {
     retry_after: Duration,
 }
 
+/// What a limit check needs of the request beyond the active bundle.
+pub(super) struct Asking<'a> {
+    pub session: &'a Session,
+    /// `trusted_proxies`: behind one, a client's address is the right-most untrusted one it
+    /// forwarded.
+    pub rules: &'a crate::config::RequestRules,
+    pub metrics: &'a crate::metrics::Metrics,
+    pub jwt: Option<&'a Verified>,
+    /// A limit the allowing decision named (`rate_limit`).
+    pub named: Option<usize>,
+}
+
 /// Counts the request against `route`'s limits of one kind: those applied before
-/// authentication, or (with the verified token, if any) those after the policy allowed. A shadow
-/// limit's refusal is counted, never enforced; a limit whose key the request lacks (no token, no
-/// such header) does not apply. `named` is a limit the allowing decision named (`rate_limit`),
-/// checked after the route's own.
-pub(super) fn check(
-    active: &Active,
-    route: usize,
-    before_auth: bool,
-    session: &Session,
-    ctx: &Ctx,
-    (jwt, named): (Option<&Verified>, Option<usize>),
-) -> Checked {
+/// authentication, or (with the verified token, if any) those after the policy allowed. Every
+/// limit is first asked without spending: past an enforced one, the request spends none of the
+/// others' quota. A shadow limit's refusal is counted, never enforced (and spends nothing, as it
+/// would not if enforced); a limit whose key the request lacks (no token, no such header) does
+/// not apply.
+pub(super) fn check(active: &Active, route: usize, before_auth: bool, a: &Asking<'_>) -> Checked {
     let snapshot = &active.snapshot;
     let r = &snapshot.routes[route];
-    let mut out = Checked::default();
     let now = now_ns();
-    let extra = named.filter(|i| !r.rate_limits.contains(i));
-    for &i in r.rate_limits.iter().chain(extra.iter()) {
-        let limit = &snapshot.rate_limits[i];
-        if limit.before_auth != before_auth && extra != Some(i) {
-            continue;
+    let extra = a.named.filter(|i| !r.rate_limits.contains(i));
+    let applies = |i: &usize| snapshot.rate_limits[*i].before_auth == before_auth || extra == Some(*i);
+    let mut keyed = Vec::with_capacity(r.rate_limits.len() + 1);
+    for &i in r.rate_limits.iter().chain(extra.iter()).filter(|i| applies(i)) {
+        match &snapshot.rate_limits[i].key {
+            // Each copy of the header is counted: a second copy cannot hide behind a first.
+            LimitKey::Header(name) => {
+                let values = a.session.req_header().headers.get_all(name.as_str());
+                keyed.extend(values.iter().map(|v| (i, Cow::Borrowed(v.as_bytes()))));
+            }
+            other => keyed.extend(key(other, a, &r.name).map(|k| (i, k))),
         }
-        let Some(key) = key(&limit.key, session, ctx, &r.name, jwt) else { continue };
-        if let Check::Limited { retry_after } = active.limits[i].check(&key, now) {
-            active.limited[route][i].inc();
-            match limit.mode {
-                LimitMode::Enforce if out.over.is_none() => out.over = Some(Over { limit: i, retry_after }),
-                LimitMode::Shadow if out.shadow.is_none() => out.shadow = Some(i),
+    }
+    let mut out = Checked::default();
+    for (i, key) in &keyed {
+        if let Check::Limited { retry_after } = active.limits[*i].peek(key, now) {
+            count(active, route, *i, a);
+            match snapshot.rate_limits[*i].mode {
+                LimitMode::Enforce if out.over.is_none() => out.over = Some(Over { limit: *i, retry_after }),
+                LimitMode::Shadow if out.shadow.is_none() => out.shadow = Some(*i),
                 _ => {}
+            }
+        }
+    }
+    if out.over.is_none() {
+        for (i, key) in &keyed {
+            if out.shadow != Some(*i) {
+                active.limits[*i].check(key, now);
             }
         }
     }
     out
 }
 
+/// Counts a refusal (or, in shadow mode, a would-be refusal) of `route`'s limit `i`.
+fn count(active: &Active, route: usize, i: usize, a: &Asking<'_>) {
+    match &active.limited[route][i] {
+        Some(c) => c.inc(),
+        None => {
+            let r = &active.snapshot.routes[route];
+            crate::activation::limited_counter(a.metrics, &r.name, &active.snapshot.rate_limits[i]).inc();
+        }
+    }
+}
+
 /// The route's limits after its policy answered: only a request the policy allowed spends its
 /// key's quota.
-pub(super) fn after_policy(
-    active: &Active,
-    route: usize,
-    verdict: &Verdict,
-    session: &Session,
-    ctx: &Ctx,
-    jwt: Option<&Verified>,
-) -> Checked {
+pub(super) fn after_policy(active: &Active, route: usize, verdict: &Verdict, a: &mut Asking<'_>) -> Checked {
     let snapshot = &active.snapshot;
     // A limit the decision names (a tier from a claim); a name the bundle does not define
     // limits nothing (`bundlectl test` cases can check a rule's answers).
-    let named = match verdict {
+    a.named = match verdict {
         Verdict::Allow(d, _) => {
             d.rate_limit.as_deref().and_then(|n| snapshot.rate_limits.iter().position(|l| l.name == n))
         }
@@ -98,33 +122,47 @@ pub(super) fn after_policy(
     };
     match verdict {
         Verdict::Allow(..) | Verdict::FailedOpen(_)
-            if named.is_some() || !snapshot.routes[route].rate_limits.is_empty() =>
+            if a.named.is_some() || !snapshot.routes[route].rate_limits.is_empty() =>
         {
-            check(active, route, false, session, ctx, (jwt, named))
+            check(active, route, false, a)
         }
         _ => Checked::default(),
     }
 }
 
 /// What `key` counts this request by.
-fn key<'a>(
-    key: &LimitKey,
-    session: &'a Session,
-    ctx: &'a Ctx,
-    route: &'a str,
-    jwt: Option<&'a Verified>,
-) -> Option<Cow<'a, [u8]>> {
-    let claim = |name: &str| match jwt?.claims.get(name)? {
-        serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_bytes())),
-        other => Some(Cow::Owned(other.to_string().into_bytes())),
+fn key<'a>(key: &LimitKey, a: &Asking<'a>, route: &'a str) -> Option<Cow<'a, [u8]>> {
+    let claim = |name: &str| {
+        let jwt = a.jwt?;
+        policy_bundles::rate_limits::claim_key(&jwt.issuer, jwt.claims.get(name)?).map(Cow::Owned)
     };
     match key {
         LimitKey::JwtSub => claim("sub"),
         LimitKey::JwtClaim(name) => claim(name),
-        LimitKey::ClientIp => Some(Cow::Borrowed(ctx.client_ip.as_bytes())).filter(|k| !k.is_empty()),
-        LimitKey::Header(name) => session.req_header().headers.get(name.as_str()).map(|v| Cow::Borrowed(v.as_bytes())),
+        LimitKey::ClientIp => client(a).map(|ip| match crate::per_ip::client_key(ip) {
+            std::net::IpAddr::V4(v4) => Cow::Owned(v4.octets().to_vec()),
+            std::net::IpAddr::V6(v6) => Cow::Owned(v6.octets().to_vec()),
+        }),
+        LimitKey::Header(name) => {
+            a.session.req_header().headers.get(name.as_str()).map(|v| Cow::Borrowed(v.as_bytes()))
+        }
         LimitKey::Route => Some(Cow::Borrowed(route.as_bytes())),
     }
+}
+
+/// The client's address for a limit: the peer, or, when the peer is a trusted proxy, the
+/// right-most address of `X-Forwarded-For` that is not a trusted proxy (the one that proxy saw
+/// connect; anything left of it is the client's own writing).
+fn client(a: &Asking<'_>) -> Option<std::net::IpAddr> {
+    let peer = a.session.client_addr().and_then(|s| s.as_inet()).map(|s| s.ip())?;
+    if !a.rules.trusts(peer) {
+        return Some(peer);
+    }
+    let forwarded = a.session.req_header().headers.get_all("x-forwarded-for");
+    let hops: Vec<&str> = forwarded.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
+    let untrusted =
+        hops.iter().rev().filter_map(|h| h.trim().parse::<std::net::IpAddr>().ok()).find(|ip| !a.rules.trusts(*ip));
+    Some(untrusted.unwrap_or(peer))
 }
 
 /// The 429: when to come back, and the limit's policy and state.

@@ -203,7 +203,12 @@ impl Proxy {
         let req = session.req_header();
         let route = active.snapshot.table.lookup(host, &self.routed_path(req), req.method.as_str());
         let Some(route) = route else { return Ok(false) };
-        match limits::check(active, route, true, session, ctx, (None, None)).over {
+        let over = {
+            let asking =
+                limits::Asking { session, rules: &self.requests, metrics: &self.metrics, jwt: None, named: None };
+            limits::check(active, route, true, &asking).over
+        };
+        match over {
             Some(over) => self.rate_limited(session, ctx, active.clone(), route, over).await.map(|()| true),
             None => Ok(false),
         }
@@ -250,10 +255,7 @@ impl Proxy {
         let request_id = ctx.id.as_ref().map_or("", crate::trace::RequestId::id);
         let body = ctx.body.as_deref();
         // Under `path_params: keep` routes and the policy see the path without its parameters.
-        let path = match self.requests.path.params {
-            canon::PathParams::Keep => canon::without_params(req.uri.path()),
-            _ => std::borrow::Cow::Borrowed(req.uri.path()),
-        };
+        let path = self.routed_path(req);
         let view = || RequestView {
             parts: Request {
                 method: req.method.as_str(),
@@ -341,7 +343,11 @@ impl Proxy {
         ctx.route = Some(route_ix);
         self.metrics.policy_eval_duration.observe(took.as_secs_f64());
         let route = &active.snapshot.routes[route_ix];
-        let limited = limits::after_policy(&active, route_ix, &verdict, session, ctx, jwt.as_deref());
+        let limited = {
+            let (rules, metrics) = (&self.requests, &*self.metrics);
+            let mut asking = limits::Asking { session, rules, metrics, jwt: jwt.as_deref(), named: None };
+            limits::after_policy(&active, route_ix, &verdict, &mut asking)
+        };
         let shadow = shadow.map(|s| {
             let agreement = Agreement::of(&verdict, &s);
             self.metrics.shadow.with_label_values(&[route.name.as_str(), agreement.label()]).inc();
@@ -465,13 +471,14 @@ impl ProxyHttp for Proxy {
         if ctx.logging || self.decision_logs.as_deref().is_some() {
             ctx.host.clone_from(&host);
         }
+        // Limits before authentication come before anything else costs: the body, the token.
+        if active.snapshot.limits_before_auth && self.limited_before_auth(session, ctx, &active, &host).await? {
+            return Ok(true);
+        }
         if active.snapshot.reads_bodies() {
             if let Some(answered) = self.read_body(session, ctx, &active, &host).await? {
                 return Ok(answered);
             }
-        }
-        if active.snapshot.limits_before_auth && self.limited_before_auth(session, ctx, &active, &host).await? {
-            return Ok(true);
         }
         let (outcome, shadow) = self.decide(session, ctx, &active, &host, scheme);
         self.carry_out(session, ctx, active, outcome, shadow).await
