@@ -171,22 +171,28 @@ fn event_time(event: &serde_json::Value) -> Option<i128> {
         .map(|t| t.unix_timestamp_nanos())
 }
 
-/// How many of the logged requests (`events`: each with the candidate's route and whether its
-/// rule allowed) each of the candidate's limits would have refused, replayed in time order with
-/// the gateway's algorithm (GCRA). Only allowed requests spend a key's quota, except under a
-/// limit applied before authentication. Logs are often sampled: the counts are then a floor.
+/// How many of the logged requests (`events`: each with the candidate's route, whether its
+/// rule allowed, and a limit its decision named) each of the candidate's limits would have
+/// refused, replayed in time order with the gateway's algorithm (GCRA), each gateway's events
+/// (`labels.id`) apart: a limit is each gateway's own. Only allowed requests spend a key's
+/// quota, except under a limit applied before authentication. Logs are often sampled, and
+/// requests refused before a decision (401, 429 before authentication) are not logged: the
+/// counts are then a floor.
+#[allow(clippy::type_complexity)]
 pub fn replay(
     snap: &crate::Snapshot,
-    events: &mut [(&serde_json::Value, usize, bool)],
+    events: &mut [(&serde_json::Value, (usize, bool, Option<usize>))],
 ) -> std::collections::BTreeMap<String, usize> {
     use std::collections::{BTreeMap, HashMap};
-    events.sort_by_cached_key(|(e, _, _)| event_time(e).unwrap_or(0));
-    let mut tat: HashMap<(usize, Vec<u8>), i128> = HashMap::new();
+    events.sort_by_cached_key(|(e, _)| event_time(e).unwrap_or(0));
+    let mut tat: HashMap<(String, usize, Vec<u8>), i128> = HashMap::new();
     let mut refused: BTreeMap<String, usize> = BTreeMap::new();
-    for (event, route_ix, allowed) in events.iter() {
+    for (event, (route_ix, allowed, named)) in events.iter() {
         let Some(now) = event_time(event) else { continue };
+        let instance = event["labels"]["id"].as_str().unwrap_or_default().to_owned();
         let route = &snap.routes[*route_ix];
-        for &i in &route.rate_limits {
+        let extra = named.filter(|i| !route.rate_limits.contains(i));
+        for &i in route.rate_limits.iter().chain(extra.iter()) {
             let limit = &snap.rate_limits[i];
             if !(*allowed || limit.before_auth) {
                 continue;
@@ -194,7 +200,7 @@ pub fn replay(
             let Some(key) = event_key(&limit.key, event, &route.name) else { continue };
             let emission = limit.emission().as_nanos() as i128;
             let tolerance = emission * i128::from(limit.burst);
-            let t = tat.entry((i, key)).or_insert(i128::MIN);
+            let t = tat.entry((instance.clone(), i, key)).or_insert(i128::MIN);
             let next = (*t).max(now) + emission;
             if next - now > tolerance {
                 *refused.entry(limit.name.clone()).or_default() += 1;

@@ -151,7 +151,7 @@ pub fn replay(snap: &Snapshot, event: &Json) -> Replayed {
 }
 
 /// [`replay`], and the candidate's route with whether its rule allowed (for its rate limits).
-fn decide_again(snap: &Snapshot, event: &Json) -> (Replayed, Option<(usize, bool)>) {
+fn decide_again(snap: &Snapshot, event: &Json) -> (Replayed, Option<(usize, bool, Option<usize>)>) {
     // The request as it was routed, from the input in either format.
     let envoy = event["input"]["attributes"].is_object();
     let request = if envoy { &event["input"]["attributes"]["request"]["http"] } else { &event["input"]["request"] };
@@ -189,13 +189,18 @@ fn decide_again(snap: &Snapshot, event: &Json) -> (Replayed, Option<(usize, bool
         }
         Ok(Err(_)) | Err(_) => Effect::Error,
     };
-    let allowed = matches!(&after, Effect::Decided(d) if d.allow);
+    // A failure on a `fail_open` route is allowed too; a decision may name a limit of its own.
+    let allowed = matches!(&after, Effect::Decided(d) if d.allow) || (route.fail_open && after == Effect::Error);
+    let named = match &after {
+        Effect::Decided(d) => d.rate_limit.as_deref().and_then(|n| snap.rate_limits.iter().position(|l| l.name == n)),
+        _ => None,
+    };
     let kind = if route.name != logged_route { Some(Kind::Route) } else { compare(&before, &after) };
     let replayed = match kind {
         None => Replayed::Unchanged,
         Some(kind) => Replayed::Changed { kind, before, after, route_after: Some(route.name.clone()) },
     };
-    (replayed, Some((route_ix, allowed)))
+    (replayed, Some((route_ix, allowed, named)))
 }
 
 fn compare(before: &Effect, after: &Effect) -> Option<Kind> {
@@ -237,8 +242,8 @@ impl Report {
         for e in events {
             r.replayed += 1;
             let (replayed, route) = decide_again(snap, e);
-            if let Some((route_ix, allowed)) = route {
-                routed.push((e, route_ix, allowed));
+            if let Some(routed_as) = route {
+                routed.push((e, routed_as));
             }
             match replayed {
                 Replayed::Unchanged => r.unchanged += 1,
