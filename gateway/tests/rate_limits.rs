@@ -30,37 +30,24 @@ allow if startswith(input.request.path, \"/anon/\")
 allow if startswith(input.request.path, \"/keyed/\")
 ";
 
-const ROUTES: &str = "  - name: limited
-    match: { path_prefix: /limited }
-    upstream: backend
-    policy: data.http.open.allow
-    rate_limits: [per_user]
-  - name: both
-    match: { path_prefix: /both }
-    upstream: backend
-    policy: data.http.open.allow
-    rate_limits: [per_user, per_route]
-  - name: shadowed
-    match: { path_prefix: /shadow }
-    upstream: backend
-    policy: data.http.open.allow
-    rate_limits: [watch]
-  - name: anon
-    match: { path_prefix: /anon }
-    upstream: backend
-    policy: data.http.open.allow
-    rate_limits: [per_ip]
-  - name: keyed
-    match: { path_prefix: /keyed }
-    upstream: backend
-    policy: data.http.open.allow
-    rate_limits: [per_key]
-  - name: fast
-    match: { path_prefix: /fast }
-    upstream: backend
-    policy: data.http.open.allow
-    rate_limits: [per_user_fast]
-";
+/// Routes before the example's own, each on `/NAME` with the open rule: (route, its limits).
+const ROUTES: [(&str, &str); 6] = [
+    ("limited", "per_user"),
+    ("both", "per_user, per_route"),
+    ("shadow", "watch"),
+    ("anon", "per_ip"),
+    ("keyed", "per_key"),
+    ("fast", "per_user_fast"),
+];
+
+fn routes() -> String {
+    ROUTES
+        .iter()
+        .map(|(name, limits)| {
+            format!("  - name: {name}\n    match: {{ path_prefix: /{name} }}\n    upstream: backend\n    policy: data.http.open.allow\n    rate_limits: [{limits}]\n")
+        })
+        .collect()
+}
 
 const LIMITS: &str = "
 rate_limits:
@@ -74,7 +61,7 @@ rate_limits:
 
 fn gateway(dir: &Path, extra: &str) -> (Gateway, Upstream) {
     let up = echo_upstream("backend");
-    let bundle = example_bundle(dir, &up.addr.to_string(), LIMITS, ROUTES, &[("http/open.rego", OPEN)]);
+    let bundle = example_bundle(dir, &up.addr.to_string(), LIMITS, &routes(), &[("http/open.rego", OPEN)]);
     let gw = start_gateway_with(dir, &bundle, extra);
     (gw, up)
 }
@@ -178,7 +165,7 @@ fn a_shadow_limit_counts_what_it_would_refuse_and_refuses_nothing() {
     let (gw, _up) = gateway(dir.path(), "");
     let alice = bearer("alice");
     assert_eq!(statuses(&format!("{}/shadow/x", gw.base), &[("authorization", alice.as_str())], 5), [200; 5]);
-    assert_eq!(limited(&gw, "shadowed", "watch", "shadow"), Some(3.0));
+    assert_eq!(limited(&gw, "shadow", "watch", "shadow"), Some(3.0));
 }
 
 #[test]
