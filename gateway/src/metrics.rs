@@ -36,6 +36,7 @@ pub const SHADOW_DECISIONS_TOTAL: &str = "gateway_shadow_decisions_total";
 pub const UPSTREAM_TLS_ERRORS_TOTAL: &str = "gateway_upstream_tls_errors_total";
 pub const RATE_LIMITED_TOTAL: &str = "gateway_rate_limited_total";
 pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "gateway_rate_limit_evictions_total";
+pub const RATE_LIMIT_UNKNOWN_TOTAL: &str = "gateway_rate_limit_unknown_total";
 
 /// The `decision` label values of `gateway_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +139,9 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// `gateway_rate_limit_evictions_total{limit}`: keys that lost their bucket to a new key.
     pub rate_limit_evictions: IntCounterVec,
+    /// `gateway_rate_limit_unknown_total{route}`: allowing decisions that named a limit the
+    /// bundle does not define (the request was limited by nothing more).
+    pub rate_limit_unknown: IntCounterVec,
     /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
     pub tls_reloads: IntCounterVec,
     /// Set when rendered, from the last confirmed sync.
@@ -264,8 +268,8 @@ fn connection_metrics(r: &Registry) -> Result<(IntGauge, IntCounter, IntCounter,
     ))
 }
 
-/// Rate limits: requests past one, and keys that lost their bucket.
-fn rate_limit_metrics(r: &Registry) -> Result<(IntCounterVec, IntCounterVec), prometheus::Error> {
+/// Rate limits: requests past one, keys that lost their bucket, decisions naming no limit.
+fn rate_limit_metrics(r: &Registry) -> Result<(IntCounterVec, IntCounterVec, IntCounterVec), prometheus::Error> {
     Ok((
         counter_vec(
             r,
@@ -278,6 +282,12 @@ fn rate_limit_metrics(r: &Registry) -> Result<(IntCounterVec, IntCounterVec), pr
             RATE_LIMIT_EVICTIONS_TOTAL,
             "Keys whose rate-limit bucket was taken by a new key (limits.rate_limit_keys were held)",
             &["limit"],
+        )?,
+        counter_vec(
+            r,
+            RATE_LIMIT_UNKNOWN_TOTAL,
+            "Allowing decisions that named a rate limit the bundle does not define (nothing more limited the request)",
+            &["route"],
         )?,
     ))
 }
@@ -318,7 +328,7 @@ impl Metrics {
         let (bundle_info, bundle_activated, bundle_age, bundle_stale, signature_expired) = bundle_metrics(&r)?;
         let (connections, connections_refused, connections_per_ip_refused, connections_closed) =
             connection_metrics(&r)?;
-        let (rate_limited, rate_limit_evictions) = rate_limit_metrics(&r)?;
+        let (rate_limited, rate_limit_evictions, rate_limit_unknown) = rate_limit_metrics(&r)?;
         let (tls_expiry, tls_reloads) = tls_metrics(&r)?;
         Ok(Metrics {
             tls_expiry,
@@ -355,6 +365,7 @@ impl Metrics {
             decision_logs: decision_log_counters(&r)?,
             rate_limited,
             rate_limit_evictions,
+            rate_limit_unknown,
             shadow: counter_vec(
                 &r,
                 SHADOW_DECISIONS_TOTAL,

@@ -178,7 +178,7 @@ fn a_request_the_policy_denies_spends_none_of_its_keys_quota() {
     assert_eq!(statuses(&format!("{}/limited/x", gw.base), &auth, 6), [200, 200, 200, 200, 200, 429]);
 }
 
-const TIERS: &str = "package http.tiers\n\nimport rego.v1\n\ndecision := {\"allow\": true, \"rate_limit\": \"gold\"} if input.jwt.claims.tier == \"gold\"\n\nelse := {\"allow\": true, \"rate_limit\": \"free\"}\n";
+const TIERS: &str = "package http.tiers\n\nimport rego.v1\n\ndecision := {\"allow\": true, \"rate_limit\": \"gold\"} if input.jwt.claims.tier == \"gold\"\n\nelse := {\"allow\": true, \"rate_limit\": input.jwt.claims.tier} if input.jwt.claims.tier == \"platinum\"\n\nelse := {\"allow\": true, \"rate_limit\": \"free\"}\n";
 
 #[test]
 fn a_decision_names_the_limit_of_the_callers_tier() {
@@ -197,6 +197,9 @@ fn a_decision_names_the_limit_of_the_callers_tier() {
     assert_eq!(run(claims("carol", "free")), [200, 200, 429, 429, 429, 429, 429]);
     assert_eq!(run(claims("dave", "gold")), [200, 200, 200, 200, 200, 429, 429]);
     assert_eq!(limited(&gw, "tiered", "free", "enforce"), Some(5.0), "a named limit's series appears when it refuses");
+    // A tier the bundle defines no limit for is limited by nothing more, and counted.
+    assert_eq!(run(claims("erin", "platinum")), [200; 7]);
+    assert_eq!(metric(&gw.admin, "gateway_rate_limit_unknown_total{route=\"tiered\"}"), Some(7.0));
 }
 
 /// `threads` clients send `GET url` with `auth` as fast as they can for `time`: (200s, 429s,

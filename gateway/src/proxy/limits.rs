@@ -113,11 +113,15 @@ fn count(active: &Active, route: usize, i: usize, a: &Asking<'_>) {
 pub(super) fn after_policy(active: &Active, route: usize, verdict: &Verdict, a: &mut Asking<'_>) -> Checked {
     let snapshot = &active.snapshot;
     // A limit the decision names (a tier from a claim); a name the bundle does not define
-    // limits nothing (`bundlectl test` cases can check a rule's answers).
+    // limits nothing more, and is counted (`gateway_rate_limit_unknown_total`).
     a.named = match verdict {
-        Verdict::Allow(d, _) => {
-            d.rate_limit.as_deref().and_then(|n| snapshot.rate_limits.iter().position(|l| l.name == n))
-        }
+        Verdict::Allow(d, _) => d.rate_limit.as_deref().and_then(|n| {
+            let found = snapshot.rate_limits.iter().position(|l| l.name == n);
+            if found.is_none() {
+                a.metrics.rate_limit_unknown.with_label_values(&[&snapshot.routes[route].name]).inc();
+            }
+            found
+        }),
         _ => None,
     };
     match verdict {
