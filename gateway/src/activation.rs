@@ -31,9 +31,9 @@ use crate::config::{BundleConfig, Config};
 use crate::metrics::Metrics;
 use crate::persisted::{self, CacheMeta};
 use crate::pool::{Pool, PoolError};
-use crate::rate_limit::Buckets;
+use crate::quota::Quotas;
 use crate::revision_health::ActivationAttempt;
-use policy_bundles::rate_limits::{LimitKey, LimitMode, RateLimit};
+use policy_bundles::rate_limits::{LimitMode, RateLimit};
 
 /// Why a bundle did not become active; [`ActivationError::reason`] is a metric label.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub enum ActivationError {
     Digest(String),
     #[error("{0}")]
     Upstream(#[from] PoolError),
+    #[error("{0}")]
+    QuotaStore(#[from] crate::limiter::NoQuotaStore),
 }
 
 impl ActivationError {
@@ -58,6 +60,7 @@ impl ActivationError {
             ActivationError::Freshness(e) => e.reason(),
             ActivationError::Digest(_) => "digest",
             ActivationError::Upstream(_) => "upstream",
+            ActivationError::QuotaStore(_) => "quota_store",
         }
     }
 
@@ -159,16 +162,20 @@ fn verify(
     Ok(Some(signing::check_identity(files, &b.name, floor, unix_now(), at_boot)?))
 }
 
-/// Step 4: the snapshot, keeping the serving bundle's verified tokens when its trust settings
-/// are the same, with its upstream pools and route counters.
-fn compile(
-    bundle: &Bundle,
-    previous: Option<&Active>,
-    base_dir: &Path,
-    metrics: &Metrics,
-    info: BundleInfo,
+/// What compiling a bundle needs beside it.
+struct Compiling<'a> {
+    previous: Option<&'a Active>,
+    base_dir: &'a Path,
+    metrics: &'a Metrics,
+    /// `limits.rate_limit_keys`.
     rate_limit_keys: usize,
-) -> Result<Active, ActivationError> {
+    quotas: Option<&'a Quotas>,
+}
+
+/// Step 4: the snapshot, keeping the serving bundle's verified tokens when its trust settings
+/// are the same, with its upstream pools, route counters and rate limits.
+fn compile(bundle: &Bundle, info: BundleInfo, c: Compiling<'_>) -> Result<Active, ActivationError> {
+    let Compiling { previous, base_dir, metrics, rate_limit_keys, quotas } = c;
     let mut snapshot = Snapshot::compile(bundle)?;
     let kept_tokens = match (snapshot.jwt.as_mut(), previous.and_then(|a| a.snapshot.jwt.as_ref())) {
         (Some(new), Some(old)) => new.inherit_cache(old),
@@ -184,35 +191,16 @@ fn compile(
     } else {
         snapshot.revision.clone()
     };
-    let (limits, limited) = rate_limits(&snapshot, previous, rate_limit_keys, metrics);
+    let serving = previous.map(|p| &p.limits[..]).unwrap_or_default();
+    let limits = crate::limiter::build(&snapshot.rate_limits, serving, rate_limit_keys, quotas, metrics)?;
+    let limited = limited_counters(&snapshot, metrics);
     Ok(Active { snapshot, pools, counters, info, served: Default::default(), limits, limited })
 }
 
-/// The buckets of the snapshot's rate limits (over the serving bundle's tables where a limit
-/// keeps its name and key, so that publishing a bundle never resets a client's count), and the
-/// counters of the limits each route lists (a limit only a decision names gets its series when
-/// it first refuses).
-#[allow(clippy::type_complexity)]
-fn rate_limits(
-    snapshot: &Snapshot,
-    previous: Option<&Active>,
-    keys: usize,
-    metrics: &Metrics,
-) -> (Vec<Arc<Buckets>>, Vec<Vec<Option<prometheus::IntCounter>>>) {
-    let limits = snapshot
-        .rate_limits
-        .iter()
-        .map(|l| {
-            // One count for a whole route needs no table of keys.
-            let keys = if l.key == LimitKey::Route { 1 } else { keys };
-            let kept = previous.and_then(|p| p.limits.iter().find(|b| b.serves(l) && b.capacity() >= keys));
-            Arc::new(match kept {
-                Some(b) => Buckets::over(l.clone(), b.table().clone()),
-                None => Buckets::new(l.clone(), keys, metrics.rate_limit_evictions.with_label_values(&[&l.name])),
-            })
-        })
-        .collect();
-    let limited = snapshot
+/// The counters of the limits each route lists (a limit only a decision names gets its series
+/// when it first refuses).
+fn limited_counters(snapshot: &Snapshot, metrics: &Metrics) -> Vec<Vec<Option<prometheus::IntCounter>>> {
+    snapshot
         .routes
         .iter()
         .map(|r| {
@@ -222,8 +210,7 @@ fn rate_limits(
                 })
                 .collect()
         })
-        .collect();
-    (limits, limited)
+        .collect()
 }
 
 /// `gateway_rate_limited_total{route,limit,mode}` of one route's limit.
@@ -245,6 +232,8 @@ pub struct Activator {
     base_dir: PathBuf,
     /// `limits.rate_limit_keys`.
     rate_limit_keys: usize,
+    /// The fleet's quotas, with a `quota_store`.
+    quotas: Option<Arc<Quotas>>,
     keys: Vec<VerificationKey>,
     /// The highest signed sequence activated (`metadata.gateway.sequence`), persisted beside the
     /// bundle so that a restart does not forget it.
@@ -264,7 +253,12 @@ pub struct KeyError {
 }
 
 impl Activator {
-    pub fn new(config: &Config, gateway: Arc<Gateway>, metrics: Arc<Metrics>) -> Result<Activator, KeyError> {
+    pub fn new(
+        config: &Config,
+        gateway: Arc<Gateway>,
+        metrics: Arc<Metrics>,
+        quotas: Option<Arc<Quotas>>,
+    ) -> Result<Activator, KeyError> {
         let mut keys = Vec::new();
         for k in config.bundle.signing.iter().flat_map(|s| &s.keys) {
             let key = VerificationKey::from_pem(&k.id, &k.algorithm, &k.pem)
@@ -278,6 +272,7 @@ impl Activator {
             bundle: config.bundle.clone(),
             base_dir: config.base_dir.clone(),
             rate_limit_keys: config.limits.rate_limit_keys,
+            quotas,
             keys,
             retired: Mutex::new(Vec::new()),
         })
@@ -314,8 +309,17 @@ impl Activator {
             identity,
         };
         let previous = self.gateway.active();
-        let active =
-            Arc::new(compile(&bundle, previous.as_deref(), &self.base_dir, &self.metrics, info, self.rate_limit_keys)?);
+        let active = Arc::new(compile(
+            &bundle,
+            info,
+            Compiling {
+                previous: previous.as_deref(),
+                base_dir: &self.base_dir,
+                metrics: &self.metrics,
+                rate_limit_keys: self.rate_limit_keys,
+                quotas: self.quotas.as_deref(),
+            },
+        )?);
         drop(previous);
         self.swap(active.clone(), c.etag.clone());
         Ok(active)
@@ -411,6 +415,11 @@ impl Activator {
         let bytes = bytes.inspect_err(|e| self.record_failure(e))?;
         let origin = Origin::File(path.to_owned());
         self.activate(Candidate { bytes: Arc::new(bytes), origin, etag: None, digest: None })
+    }
+
+    /// The fleet's quotas (exchanged by [`crate::quota::Exchanges`]), with a `quota_store`.
+    pub fn quotas(&self) -> Option<Arc<Quotas>> {
+        self.quotas.clone()
     }
 
     /// Activates the persisted last-known-good bundle, verified as if it were fetched, before

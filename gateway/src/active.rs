@@ -40,7 +40,7 @@ pub struct Active {
     pub served: crate::revision_health::Served,
     /// By rate limit of the snapshot: its buckets (kept from the previous bundle when the limit
     /// is the same).
-    pub limits: Vec<Arc<crate::rate_limit::Buckets>>,
+    pub limits: Vec<Arc<crate::limiter::Limiter>>,
     /// By route, by rate limit of the snapshot: `gateway_rate_limited_total{route,limit,mode}`
     /// of the limits the route lists (`None`: a limit only a decision may name).
     pub limited: Vec<Vec<Option<prometheus::IntCounter>>>,

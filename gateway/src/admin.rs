@@ -21,6 +21,8 @@ pub struct Admin {
     pub phases: Arc<crate::upgrade::Phases>,
     /// TLS on the proxy listener, if any.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The quota store as this gateway sees it, with a `quota_store`.
+    pub quotas: Option<Arc<crate::quota::Fleet>>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -85,6 +87,7 @@ impl Admin {
             "phase": self.phases.get().label(),
             "pid": std::process::id(),
             "tls": self.tls.as_ref().map(|t| serde_json::json!({ "certificates": t.status() })),
+            "quota_store": self.quotas.as_ref().map(|q| q.status()),
         })
     }
 }

@@ -50,6 +50,20 @@ struct RawConfig {
     upgrade_sock: Option<PathBuf>,
     #[serde(default)]
     pid_file: Option<PathBuf>,
+    #[serde(default)]
+    quota_store: Option<RawQuotaStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuotaStore {
+    url: String,
+    #[serde(default)]
+    sync_interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    keys: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +232,24 @@ pub struct Config {
     pub upgrade_sock: PathBuf,
     /// This process's PID, read by `--upgrade` to signal it; default `/tmp/gateway-<listen port>.pid`.
     pub pid_file: PathBuf,
+    /// `quota_store`: where the fleet's counts of `scope: global` limits are exchanged. None: a
+    /// bundle with a global limit is refused.
+    pub quota_store: Option<QuotaStoreConfig>,
+}
+
+/// `quota_store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaStoreConfig {
+    /// `redis://[user:password@]HOST:PORT[/DB]` (Redis or Valkey).
+    pub url: String,
+    /// How often counts are exchanged; default 200ms, 10ms to 1s. The fleet's overshoot of a
+    /// quota is bounded by how far demand moves within one interval.
+    pub sync_interval: Duration,
+    /// Bound of one exchange, connecting included; default 100ms.
+    pub timeout: Duration,
+    /// Keys each global limit counts at most (about 80 bytes each, and each one asked for in
+    /// the last two windows is exchanged every interval); default 4096.
+    pub keys: usize,
 }
 
 /// `decision_logs`.
@@ -438,6 +470,7 @@ impl ConfigFile for Config {
             shadow_sample,
             upgrade_sock,
             pid_file,
+            quota_store,
         } = raw;
         let mut c =
             Check { base: path.parent().unwrap_or(Path::new(".")).to_path_buf(), problems: Problems::new(text) };
@@ -457,6 +490,7 @@ impl ConfigFile for Config {
         let shadow_sample = c.fraction("shadow_sample", shadow_sample);
         let base_dir = c.base.clone();
         let (upgrade_sock, pid_file) = c.upgrade_files(listen.port(), upgrade_sock, pid_file);
+        let quota_store = quota_store.map(|q| c.quota_store(q));
         let requests = request_rules(
             &trusted_proxies,
             [&path_with_escaped_slashes, &path_params],
@@ -484,6 +518,7 @@ impl ConfigFile for Config {
             shadow_sample,
             upgrade_sock,
             pid_file,
+            quota_store,
         })
     }
 }
@@ -665,6 +700,26 @@ impl Check<'_> {
             spool: spool.map(|p| self.resolve(p)),
             token,
         }
+    }
+
+    fn quota_store(&mut self, raw: RawQuotaStore) -> QuotaStoreConfig {
+        let RawQuotaStore { url, sync_interval, timeout, keys } = raw;
+        if !url.starts_with("redis://") || redis::Client::open(url.as_str()).is_err() {
+            self.problem(format!("`quota_store.url`: `{url}` is not a store URL such as redis://127.0.0.1:6379"));
+        }
+        let sync_interval = self.dur("quota_store.sync_interval", &sync_interval, Duration::from_millis(200));
+        if !(Duration::from_millis(10)..=Duration::from_secs(1)).contains(&sync_interval) {
+            self.problem("`quota_store.sync_interval` must be from 10ms to 1s".into());
+        }
+        let timeout = self.dur("quota_store.timeout", &timeout, Duration::from_millis(100));
+        if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&timeout) {
+            self.problem("`quota_store.timeout` must be from 1ms to 10s".into());
+        }
+        let keys = keys.unwrap_or(4096);
+        if !(16..=1 << 20).contains(&keys) {
+            self.problem("`quota_store.keys` must be from 16 to 1048576".into());
+        }
+        QuotaStoreConfig { url, sync_interval, timeout, keys }
     }
 
     fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {
@@ -982,6 +1037,22 @@ mod tests {
         }
         let e = parse(&format!("{base}decision_logs: {{ sinks: [] }}\n")).unwrap_err().to_string();
         assert!(e.contains("at least one URL"), "{e}");
+    }
+
+    #[test]
+    fn a_quota_store_gets_defaults_and_bad_settings_are_all_named() {
+        let base = "listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: b\n";
+        let c = parse(&format!("{base}quota_store: {{ url: \"redis://127.0.0.1:6379\" }}\n")).unwrap();
+        let q = c.quota_store.expect("quota_store");
+        assert_eq!(
+            (q.sync_interval, q.timeout, q.keys),
+            (Duration::from_millis(200), Duration::from_millis(100), 4096)
+        );
+        let bad = "quota_store: { url: \"http://127.0.0.1:6379\", sync_interval: 5s, timeout: 0s, keys: 1 }\n";
+        let e = parse(&format!("{base}{bad}")).unwrap_err().to_string();
+        for key in ["`quota_store.url`", "`quota_store.sync_interval`", "`quota_store.timeout`", "`quota_store.keys`"] {
+            assert!(e.contains(key), "{key} not named in: {e}");
+        }
     }
 
     #[test]

@@ -22,11 +22,13 @@ pub mod decision_log;
 pub mod health_checks;
 pub mod heap_purge;
 pub mod json_line;
+pub mod limiter;
 pub mod metrics;
 pub mod per_ip;
 pub mod persisted;
 pub mod pool;
 pub mod proxy;
+pub mod quota;
 pub mod quota_store;
 pub mod rate_limit;
 pub mod revision_health;
@@ -71,6 +73,8 @@ pub enum StartError {
     DecisionLogs(std::io::Error),
     #[error("upgrade: {0}")]
     Upgrade(#[from] upgrade::UpgradeError),
+    #[error("`quota_store`: {0}")]
+    QuotaStore(#[from] quota_store::StoreError),
     #[error("cannot activate {path}: {source}")]
     Activation { path: String, source: activation::ActivationError },
 }
@@ -111,6 +115,7 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
     policy_bundles::set_evaluation_time_limit(config.policy_timeout);
     policy_bundles::snapshot::set_decision_cache_entries(config.decision_cache_entries);
     let (gateway, metrics, activator) = state(&config)?;
+    let quotas = activator.quotas();
     let poll = match &config.bundle.source {
         config::Source::File(path) => {
             activator
@@ -147,11 +152,15 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
         bundle_name: config.bundle.name.clone(),
         phases: phases.clone(),
         tls: tls.clone(),
+        quotas: quotas.as_ref().map(|q| q.fleet.clone()),
     };
     server.add_service(service);
     server.add_service(admin_service(admin, &config));
     server.add_service(background_service("health checks", health_checks::HealthChecks { gateway: gateway.clone() }));
     server.add_service(background_service("memory purge", heap_purge::Purge));
+    if let Some(quotas) = quotas {
+        server.add_service(background_service("quota exchanges", quota::Exchanges(quotas)));
+    }
     if let Some(tls) = tls {
         let reloader = tls::Reloader { tls, metrics: metrics.clone() };
         server.add_service(background_service("certificate reload", reloader));
@@ -205,7 +214,11 @@ pub fn state(config: &Config) -> Result<(Arc<Gateway>, Arc<Metrics>, Activator),
     let local = matches!(config.bundle.source, config::Source::File(_));
     let gateway = Arc::new(Gateway::new(sync_status::SyncStatus::new(local, config.bundle.max_staleness)));
     let metrics = Arc::new(Metrics::new()?);
-    let activator = Activator::new(config, gateway.clone(), metrics.clone())?;
+    let quotas = match &config.quota_store {
+        Some(q) => Some(Arc::new(quota::Quotas::new(q, &config.bundle.name, &config.instance, &metrics)?)),
+        None => None,
+    };
+    let activator = Activator::new(config, gateway.clone(), metrics.clone(), quotas)?;
     Ok((gateway, metrics, activator))
 }
 

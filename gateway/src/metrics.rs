@@ -37,6 +37,9 @@ pub const UPSTREAM_TLS_ERRORS_TOTAL: &str = "gateway_upstream_tls_errors_total";
 pub const RATE_LIMITED_TOTAL: &str = "gateway_rate_limited_total";
 pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "gateway_rate_limit_evictions_total";
 pub const RATE_LIMIT_UNKNOWN_TOTAL: &str = "gateway_rate_limit_unknown_total";
+pub const QUOTA_STORE_ERRORS_TOTAL: &str = "gateway_quota_store_errors_total";
+pub const QUOTA_STORE_UP: &str = "gateway_quota_store_up";
+pub const QUOTA_FLEET_GATEWAYS: &str = "gateway_quota_fleet_gateways";
 
 /// The `decision` label values of `gateway_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +145,7 @@ pub struct Metrics {
     /// `gateway_rate_limit_unknown_total{route}`: allowing decisions that named a limit the
     /// bundle does not define (the request was limited by nothing more).
     pub rate_limit_unknown: IntCounterVec,
+    pub quota: QuotaMetrics,
     /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
     pub tls_reloads: IntCounterVec,
     /// Set when rendered, from the last confirmed sync.
@@ -187,6 +191,28 @@ fn decision_log_counters(r: &Registry) -> Result<DecisionLogCounters, prometheus
                 "Serialized decision-log events waiting to be shipped, in bytes",
             )?,
         )?,
+    })
+}
+
+/// The fleet-wide quota store's metrics.
+#[derive(Clone)]
+pub struct QuotaMetrics {
+    /// `gateway_quota_store_errors_total{reason="connect|timeout|reset|garbage"}`.
+    pub errors: IntCounterVec,
+    /// `gateway_quota_store_up`: 1 while the fleet's counts are current, 0 while each gateway
+    /// enforces its local share.
+    pub up: IntGauge,
+    /// `gateway_quota_fleet_gateways`: gateways that exchanged counts recently.
+    pub fleet: IntGauge,
+}
+
+fn quota_metrics(r: &Registry) -> Result<QuotaMetrics, prometheus::Error> {
+    let why = "Exchanges with the quota store that failed, by reason (global limits then use local shares)";
+    let up = "1 while global limits count the fleet's use, 0 while each gateway enforces its local share";
+    Ok(QuotaMetrics {
+        errors: counter_vec(r, QUOTA_STORE_ERRORS_TOTAL, why, &["reason"])?,
+        up: reg(r, IntGauge::new(QUOTA_STORE_UP, up)?)?,
+        fleet: reg(r, IntGauge::new(QUOTA_FLEET_GATEWAYS, "Gateways that exchanged quota counts recently")?)?,
     })
 }
 
@@ -366,6 +392,7 @@ impl Metrics {
             rate_limited,
             rate_limit_evictions,
             rate_limit_unknown,
+            quota: quota_metrics(&r)?,
             shadow: counter_vec(
                 &r,
                 SHADOW_DECISIONS_TOTAL,

@@ -163,6 +163,7 @@ mod tests {
             burst,
             mode: LimitMode::Enforce,
             before_auth: false,
+            scope: policy_bundles::rate_limits::LimitScope::Local,
         }
     }
 

@@ -41,6 +41,9 @@ pub struct RateLimit {
     pub burst: u32,
     pub mode: LimitMode,
     pub before_auth: bool,
+    /// `local`: this gateway's own count; `global`: a fleet-wide quota, counted through the
+    /// gateway's quota store (a sliding window of `quota` per `window`).
+    pub scope: LimitScope,
 }
 
 impl RateLimit {
@@ -82,10 +85,11 @@ pub fn compile(name: &str, spec: &RateLimitSpec) -> Result<RateLimit, String> {
     if burst == 0 || burst > MAX_BURST {
         return Err(format!("`burst` must be 1 to {MAX_BURST}"));
     }
-    if spec.scope == LimitScope::Global {
-        return Err(
-            "`scope: global` needs a fleet quota store, which this gateway does not have yet; use `local`".into()
-        );
+    if spec.scope == LimitScope::Global && burst != quota {
+        return Err(format!(
+            "`burst: {burst}` with `scope: global`: a fleet quota admits up to {quota} in any window of the rate \
+             (a sliding window), so its burst is the rate itself; leave `burst` out"
+        ));
     }
     if spec.before_auth && !key.before_auth() {
         return Err(format!(
@@ -93,7 +97,16 @@ pub fn compile(name: &str, spec: &RateLimitSpec) -> Result<RateLimit, String> {
             spec.key
         ));
     }
-    Ok(RateLimit { name: name.to_owned(), key, quota, window, burst, mode: spec.mode, before_auth: spec.before_auth })
+    Ok(RateLimit {
+        name: name.to_owned(),
+        key,
+        quota,
+        window,
+        burst,
+        mode: spec.mode,
+        before_auth: spec.before_auth,
+        scope: spec.scope,
+    })
 }
 
 fn parse_key(key: &str) -> Result<LimitKey, String> {
@@ -174,7 +187,8 @@ fn event_time(event: &serde_json::Value) -> Option<i128> {
 /// How many of the logged requests (`events`: each with the candidate's route, whether its
 /// rule allowed, and a limit its decision named) each of the candidate's limits would have
 /// refused, replayed in time order with the gateway's algorithm (GCRA), each gateway's events
-/// (`labels.id`) apart: a limit is each gateway's own. Only allowed requests spend a key's
+/// (`labels.id`) apart: a local limit is each gateway's own (a global one is the fleet's, replayed
+/// over every gateway's events together, as a bucket the size of its quota). Only allowed requests spend a key's
 /// quota, except under a limit applied before authentication. Logs are often sampled, and
 /// requests refused before a decision (401, 429 before authentication) are not logged: the
 /// counts are then a floor.
@@ -200,7 +214,8 @@ pub fn replay(
             let Some(key) = event_key(&limit.key, event, &route.name) else { continue };
             let emission = limit.emission().as_nanos() as i128;
             let tolerance = emission * i128::from(limit.burst);
-            let t = tat.entry((instance.clone(), i, key)).or_insert(i128::MIN);
+            let counted_by = if limit.scope == LimitScope::Global { String::new() } else { instance.clone() };
+            let t = tat.entry((counted_by, i, key)).or_insert(i128::MIN);
             let next = (*t).max(now) + emission;
             if next - now > tolerance {
                 *refused.entry(limit.name.clone()).or_default() += 1;
@@ -256,9 +271,11 @@ mod tests {
         let mut s = spec("jwt.sub", "1/s");
         s.before_auth = true;
         assert!(compile("l", &s).unwrap_err().contains("before_auth"));
-        let mut s = spec("route", "1/s");
+        let mut s = spec("route", "300/s");
         s.scope = LimitScope::Global;
-        assert!(compile("l", &s).unwrap_err().contains("global"));
+        assert_eq!(compile("l", &s).unwrap().scope, LimitScope::Global);
+        s.burst = Some(20);
+        assert!(compile("l", &s).unwrap_err().contains("`burst: 20` with `scope: global`"));
         let mut s = spec("route", "1/s");
         s.burst = Some(0);
         assert!(compile("l", &s).unwrap_err().contains("burst"));

@@ -528,7 +528,7 @@ fn refuses_rate_limits_that_cannot_be_kept_as_written() {
     for (limits, route_limits, why) in [
         ("  a: { key: jwt.sub, rate: 1/s }", "b", "names rate limit `b`, which is not defined"),
         ("  a: { key: jwt.sub, rate: 1/s }", "a, a", "names rate limit `a` twice"),
-        ("  a: { key: jwt.sub, rate: 1/s, scope: global }", "a", "`scope: global` needs a fleet quota store"),
+        ("  a: { key: jwt.sub, rate: 5/s, burst: 2, scope: global }", "a", "`burst: 2` with `scope: global`"),
         ("  a: { key: jwt.sub, rate: 1/s, before_auth: true }", "a", "`before_auth` with key `jwt.sub`"),
         ("  a: { key: cookie.session, rate: 1/s }", "a", "`key: cookie.session` is not"),
         ("  a: { key: route, rate: 1/day }", "a", "`rate: 1/day` is not"),
