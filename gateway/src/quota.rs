@@ -70,8 +70,9 @@ struct Entry {
     /// This gateway's share of the fleet's demand (0: none yet): `mine / (mine + others)`.
     share: f32,
     /// What the other gateways admitted and had not sent yet at the last exchange, expected:
-    /// half an interval of their admissions (each sent at its own time in the interval).
-    lag: f32,
+    /// half an interval of their admissions (each sent at its own time in the interval), in the
+    /// window it was expected in.
+    lag: [f32; 2],
 }
 
 impl Entry {
@@ -87,16 +88,16 @@ impl Entry {
         shift(&mut self.demand);
         shift(&mut self.demand_unsent);
         shift(&mut self.seen_demand);
+        self.lag = if k == self.window + 1 { [self.lag[1], 0.0] } else { [0.0, 0.0] };
         self.seen &= k == self.window + 1;
         self.window = k;
     }
 
     /// The fleet's use as this gateway estimates it, `[previous window, current]`.
     fn estimate(&self, up: bool, share: f64) -> [f64; 2] {
-        let lag = if up { f64::from(self.lag) } else { 0.0 };
         let at = |i: usize| {
             if up {
-                f64::from(self.fleet[i]) + f64::from(self.unsent[i]) / share + lag * i as f64
+                f64::from(self.fleet[i]) + f64::from(self.unsent[i]) / share + f64::from(self.lag[i])
             } else {
                 f64::from(self.own[i]) / share
             }
@@ -194,7 +195,9 @@ impl Counter {
         self.count(key, crate::clock::unix_now_ms(), true)
     }
 
-    fn count(&self, key: &[u8], now_ms: u64, spend: bool) -> Check {
+    /// One request of `key` at `now_ms` (Unix milliseconds): [`Counter::check`] when `spend`,
+    /// else [`Counter::peek`]. For models that drive time.
+    pub fn count(&self, key: &[u8], now_ms: u64, spend: bool) -> Check {
         let t = &*self.table;
         let up = self.fleet.up(now_ms);
         let size = self.fleet.size();
@@ -348,19 +351,18 @@ impl Quotas {
         self.exchange_at(crate::clock::unix_now_ms()).await;
     }
 
-    async fn exchange_at(&self, now_ms: u64) {
+    /// [`Quotas::exchange`] at `now_ms` (Unix milliseconds): for models that drive time.
+    pub async fn exchange_at(&self, now_ms: u64) {
         let tables: Vec<Arc<Table>> =
             self.tables.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Weak::upgrade).collect();
         let sent: Vec<Sent> = tables.iter().enumerate().flat_map(|(i, t)| t.take_unsent(i, now_ms)).collect();
         let increments = increments(&tables, &sent);
         let alive_for = (self.sync_interval * 5).max(Duration::from_secs(1));
         let result = self.store.exchange(&increments, &self.member, now_ms, alive_for).await;
-        let f = |t: &Table| (now_ms % t.window_ms) as f64 / t.window_ms as f64;
         match result {
             Ok(got) => {
                 for (s, totals) in sent.iter().zip(got.totals.chunks_exact(4)) {
-                    let t = &tables[s.table];
-                    t.settle(s, Some(totals), f(t));
+                    tables[s.table].settle(s, Some(totals));
                 }
                 let fresh_for = self.sync_interval * 2 + self.timeout;
                 let until = now_ms + u64::try_from(fresh_for.as_millis()).unwrap_or(u64::MAX);
@@ -374,7 +376,7 @@ impl Quotas {
             }
             Err(e) => {
                 for s in &sent {
-                    tables[s.table].settle(s, None, 0.0);
+                    tables[s.table].settle(s, None);
                 }
                 self.fleet.current_until_ms.store(0, Ordering::Relaxed);
                 self.fleet.up.set(0);
@@ -438,7 +440,7 @@ impl Table {
 
     /// What the store answered for `s` (`[admitted previous, current, asked previous, current]`),
     /// or, when the exchange failed, its counts put back to be sent next time.
-    fn settle(&self, s: &Sent, totals: Option<&[u64]>, f: f64) {
+    fn settle(&self, s: &Sent, totals: Option<&[u64]>) {
         let mut entries = self.shards[s.shard].lock().unwrap_or_else(PoisonError::into_inner);
         let Some(e) = entries.get_mut(s.slot).filter(|e| e.tag == s.tag) else { return };
         let count = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
@@ -466,14 +468,14 @@ impl Table {
         if !same {
             e.fleet[0] = count(a_curr).max(sent(0));
             e.seen = false;
-            e.lag = 0.0;
+            e.lag = [0.0; 2];
             return;
         }
         e.fleet = [count(a_prev).max(sent(0)), count(a_curr).max(sent(1))];
-        e.learn_share([count(d_prev), count(d_curr)], s.demand_unsent, f);
+        e.learn_share([count(d_prev), count(d_curr)], s.demand_unsent);
         let admitted = f64::from(s.unsent[0]) + f64::from(s.unsent[1]);
         let share = f64::from(e.share);
-        e.lag = if share > 0.0 { (0.5 * admitted * (1.0 - share) / share) as f32 } else { 0.0 };
+        e.lag = [0.0, if share > 0.0 { (0.5 * admitted * (1.0 - share) / share) as f32 } else { 0.0 }];
     }
 }
 
@@ -482,7 +484,7 @@ impl Entry {
     /// exchange (`demand`: the store's totals now) and what this gateway was (`sent`). Both are
     /// sums over the same span of exchanges, so the others' lag (counts they have not sent yet)
     /// evens out, where a share of the totals would count it against them.
-    fn learn_share(&mut self, demand: [u32; 2], sent: [u32; 2], f: f64) {
+    fn learn_share(&mut self, demand: [u32; 2], sent: [u32; 2]) {
         let mine = f64::from(sent[0]) + f64::from(sent[1]);
         let (p, c) = (i64::from(demand[0]), i64::from(demand[1]));
         let fleet_delta = (p - i64::from(self.seen_demand[0])) + (c - i64::from(self.seen_demand[1]));
@@ -491,11 +493,12 @@ impl Entry {
             self.mine = (0.5 * (f64::from(self.mine) + mine)) as f32;
             self.others = (0.5 * (f64::from(self.others) + others)) as f32;
         } else {
-            // A first exchange (or a store that lost its counts): the shares of the totals.
-            let fleet = p as f64 * (1.0 - f) + c as f64;
-            let own = f64::from(self.demand[0]) * (1.0 - f) + f64::from(self.demand[1]);
-            self.mine = own as f32;
-            self.others = (fleet - own).max(0.0) as f32;
+            // A first exchange (or a store that lost its counts) learns nothing yet: the other
+            // gateways may not have sent what they were asked, and a share of partial totals
+            // would be too large. The share stays what it was (an equal one for a new key).
+            self.seen_demand = demand;
+            self.seen = true;
+            return;
         }
         let total = f64::from(self.mine) + f64::from(self.others);
         if total > 0.0 {
