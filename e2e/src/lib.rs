@@ -103,6 +103,11 @@ pub fn gateway_fleet(dir: &Path, instances: &[&str], sources: &[&str], extra: &s
 
 /// [`start_gateway`] without waiting for it to be ready.
 pub fn spawn_gateway(dir: &Path, instance: &str, sources: &[&str], extra: &str) -> Gateway {
+    gateway_config(dir, instance, sources, extra).spawn()
+}
+
+/// The config of [`spawn_gateway`], for a caller to add to (`top` keys) before spawning.
+pub fn gateway_config(dir: &Path, instance: &str, sources: &[&str], extra: &str) -> GatewayConfig {
     let token = dir.join("reader.token");
     // Written once: a gateway of the same folder may be reading it right now.
     if std::fs::read_to_string(&token).ok().as_deref() != Some(READ_TOKEN) {
@@ -117,7 +122,6 @@ pub fn spawn_gateway(dir: &Path, instance: &str, sources: &[&str], extra: &str) 
         .bundle_keys(extra)
         .log("error")
         .launch(|l| l.stderr(Output::Null))
-        .spawn()
 }
 
 /// What a steady stream of requests saw.

@@ -20,6 +20,8 @@
 //!   publish-to-activation time per gateway, storms of publishes and fleet reads against quiet
 //!   phases interleaved with them, SIGKILL mid long poll, an outage past `max_staleness`, restarts
 //!   from cache, corrupt/deleted/unwritable caches, kill -9 during persist.
+//! * `quota_store_*` ([`quota`]): a gateway with a fleet-wide limit whose quota store (a proxy in
+//!   front of a real Redis) answers garbage, stalls, resets every connection or is killed.
 //! * `staged_rollout_*` ([`staged`]): `control-api` staging rollouts to a one-gateway canary of
 //!   three: a good revision reaches the canary first and the rest after the bake time; one the
 //!   canary cannot activate and one that makes its error rate jump are rolled back automatically,
@@ -42,6 +44,8 @@ mod bundles;
 mod fleet;
 #[path = "fault_suite/hostile.rs"]
 mod hostile;
+#[path = "fault_suite/quota.rs"]
+mod quota;
 #[path = "fault_suite/report.rs"]
 mod report;
 #[path = "fault_suite/source.rs"]
@@ -114,6 +118,7 @@ enum Phase {
     Source(Box<source::PhaseA>),
     Fleet(Box<fleet::PhaseB>),
     Staged(Box<staged::PhaseC>),
+    Quota(Box<quota::PhaseD>),
 }
 
 impl Phase {
@@ -136,6 +141,14 @@ impl Phase {
     fn as_staged(&mut self) -> Option<&mut staged::PhaseC> {
         if let Phase::Staged(c) = self {
             Some(c)
+        } else {
+            None
+        }
+    }
+
+    fn as_quota(&mut self) -> Option<&mut quota::PhaseD> {
+        if let Phase::Quota(d) = self {
+            Some(d)
         } else {
             None
         }
@@ -194,6 +207,10 @@ impl Fixture {
 
     fn staged(&mut self) -> &mut staged::PhaseC {
         self.phase("staged", Phase::as_staged, staged::PhaseC::start, Phase::Staged)
+    }
+
+    fn quota(&mut self) -> &mut quota::PhaseD {
+        self.phase("quota", Phase::as_quota, quota::PhaseD::start, Phase::Quota)
     }
 }
 
@@ -278,7 +295,8 @@ fn main() {
     let mut args = Arguments::from_args();
     // Faults share processes and measure latencies: one at a time, always.
     args.test_threads = Some(1);
-    let faults: Vec<Fault> = [source::faults(), fleet::faults(), staged::faults()].into_iter().flatten().collect();
+    let faults: Vec<Fault> =
+        [source::faults(), fleet::faults(), staged::faults(), quota::faults()].into_iter().flatten().collect();
     let mut suite: Vec<(&str, u8, String)> = faults.iter().map(|f| (f.name, f.group, f.title.clone())).collect();
     // The report lists faults by group, in the suite's order within a group.
     suite.sort_by_key(|s| s.1);

@@ -51,9 +51,11 @@ fn limit() -> RateLimit {
 
 /// Admitted requests by millisecond.
 async fn run(url: &str, interval: Duration, load: Load) -> Vec<u32> {
-    let config = QuotaStoreConfig { url: url.into(), sync_interval: interval, timeout: Duration::from_secs(1), keys: 64 };
+    let config =
+        QuotaStoreConfig { url: url.into(), sync_interval: interval, timeout: Duration::from_secs(1), keys: 64 };
     let metrics = gateway::metrics::Metrics::new().expect("metrics");
-    let gws: Vec<Quotas> = ["a", "b", "c"].iter().map(|n| Quotas::new(&config, "main", n, &metrics).expect("store")).collect();
+    let gws: Vec<Quotas> =
+        ["a", "b", "c"].iter().map(|n| Quotas::new(&config, "main", n, &metrics).expect("store")).collect();
     let counters: Vec<Counter> = gws.iter().map(|q| q.counter(&limit(), None)).collect();
     let every = interval.as_millis() as u64;
     // A warm fleet: every gateway has exchanged (and knows the fleet's size) before traffic.
@@ -86,7 +88,9 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = test_support::redis::Redis::start(dir.path());
     println!("# Global quota overshoot by sync interval (model with the gateway's code and a real Redis)\n");
-    println!("Command: `cargo run --release -p gateway --example quota_overshoot`. Three gateways, a quota of {QUOTA}/s,");
+    println!(
+        "Command: `cargo run --release -p gateway --example quota_overshoot`. Three gateways, a quota of {QUOTA}/s,"
+    );
     println!("{SECONDS} s of model time, the gateways warm (each has exchanged once before the first request). *Max 1 s*: the most admitted in");
     println!("any second, sliding by the millisecond; *mean*: per whole second.\n");
     println!("| sync_interval | scenario | max 1 s | overshoot | mean / s |");
@@ -100,10 +104,8 @@ async fn main() {
                 .map(|s| admitted[s..s + 1000].iter().map(|&n| u64::from(n)).sum::<u64>())
                 .max()
                 .unwrap_or(0);
-            let whole: Vec<u64> = admitted[from..]
-                .chunks(1000)
-                .map(|c| c.iter().map(|&n| u64::from(n)).sum())
-                .collect();
+            let whole: Vec<u64> =
+                admitted[from..].chunks(1000).map(|c| c.iter().map(|&n| u64::from(n)).sum()).collect();
             let mean = whole.iter().sum::<u64>() as f64 / whole.len() as f64;
             let over = (max as f64 / f64::from(QUOTA) - 1.0) * 100.0;
             println!("| {} ms | {name} | {max} | {over:+.1}% | {mean:.0} |", interval.as_millis());
