@@ -247,7 +247,7 @@ pub struct QuotaStoreConfig {
     pub sync_interval: Duration,
     /// Bound of one exchange, connecting included; default 100ms.
     pub timeout: Duration,
-    /// Keys each global limit counts at most (about 80 bytes each, and each one asked for in
+    /// Keys each global limit counts at most (about 100 bytes each, and each one asked for in
     /// the last two windows is exchanged every interval); default 4096.
     pub keys: usize,
 }
