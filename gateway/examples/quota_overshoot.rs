@@ -72,9 +72,7 @@ async fn run(url: &str, interval: Duration, load: Load) -> Vec<u32> {
             }
             let n = (ms + 1) * rates[i] / 1000 - ms * rates[i] / 1000;
             for _ in 0..n {
-                if matches!(c.count(b"k", now, false), Check::Allowed { .. })
-                    && matches!(c.count(b"k", now, true), Check::Allowed { .. })
-                {
+                if matches!(c.count(b"k", now, true, true), Check::Allowed { .. }) {
                     admitted[ms as usize] += 1;
                 }
             }

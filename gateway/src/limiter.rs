@@ -28,15 +28,24 @@ impl Limiter {
     pub fn peek(&self, key: &[u8], now: u64) -> Check {
         match self {
             Limiter::Local(b) => b.peek(key, now),
-            Limiter::Global(c) => c.peek(key),
+            Limiter::Global(c) => c.peek(key, now),
         }
     }
 
-    /// Admits one request of `key`, if the limit allows it.
+    /// Admits one request of `key` that was [peeked](Limiter::peek), if the limit allows it.
     pub fn check(&self, key: &[u8], now: u64) -> Check {
         match self {
             Limiter::Local(b) => b.check(key, now),
-            Limiter::Global(c) => c.check(key),
+            Limiter::Global(c) => c.check(key, now),
+        }
+    }
+
+    /// [`Limiter::peek`] and [`Limiter::check`] in one (one lookup): for a request that meets
+    /// no other limit, so that nothing else can refuse it after this one admitted it.
+    pub fn admit(&self, key: &[u8], now: u64) -> Check {
+        match self {
+            Limiter::Local(b) => b.check(key, now),
+            Limiter::Global(c) => c.admit(key, now),
         }
     }
 }

@@ -35,8 +35,8 @@ use policy_bundles::rate_limits::RateLimit;
 use prometheus::IntCounter;
 use sha2::Digest;
 
-use crate::quota_store::{Increment, QuotaStore, StoreError};
-use crate::rate_limit::Check;
+use crate::quota_store::{Exchanged, Increment, QuotaStore, StoreError};
+use crate::rate_limit::{now_ns, Check};
 
 const SHARDS: usize = 64;
 const WAYS: usize = 2;
@@ -111,6 +111,9 @@ impl Entry {
 pub struct Fleet {
     /// Unix milliseconds until which the last good exchange is current.
     current_until_ms: AtomicU64,
+    /// Unix milliseconds at [`now_ns`]'s zero, refreshed at every exchange: requests read the
+    /// monotonic clock they already read, not the wall clock again.
+    unix_at_zero_ms: AtomicU64,
     /// Gateways that exchanged recently, this one included (at least 1).
     size: AtomicU64,
     status: Mutex<FleetStatus>,
@@ -135,6 +138,16 @@ pub struct FleetStatus {
 }
 
 impl Fleet {
+    /// Unix milliseconds at `now` ([`now_ns`]).
+    fn unix_ms(&self, now: u64) -> u64 {
+        self.unix_at_zero_ms.load(Ordering::Relaxed) + now / 1_000_000
+    }
+
+    fn set_clock(&self) {
+        let zero = crate::clock::unix_now_ms().saturating_sub(now_ns() / 1_000_000);
+        self.unix_at_zero_ms.store(zero, Ordering::Relaxed);
+    }
+
     fn up(&self, now_ms: u64) -> bool {
         now_ms < self.current_until_ms.load(Ordering::Relaxed)
     }
@@ -184,20 +197,26 @@ impl Counter {
         self.limit.name == limit.name && self.limit.key == limit.key && self.limit.window == limit.window
     }
 
-    /// What admitting one request of `key` now would do, counting it as demand (this is asked
-    /// exactly once per request and key); nothing is spent.
-    pub fn peek(&self, key: &[u8]) -> Check {
-        self.count(key, crate::clock::unix_now_ms(), false)
+    /// What admitting one request of `key` at `now` ([`now_ns`]) would do, counting it as
+    /// demand (this is asked once per request and key); nothing is spent.
+    pub fn peek(&self, key: &[u8], now: u64) -> Check {
+        self.count(key, self.fleet.unix_ms(now), true, false)
     }
 
-    /// Admits one request of `key` if the estimate allows it.
-    pub fn check(&self, key: &[u8]) -> Check {
-        self.count(key, crate::clock::unix_now_ms(), true)
+    /// Admits one request of `key` already counted as demand ([`Counter::peek`]), if the
+    /// estimate allows it.
+    pub fn check(&self, key: &[u8], now: u64) -> Check {
+        self.count(key, self.fleet.unix_ms(now), false, true)
     }
 
-    /// One request of `key` at `now_ms` (Unix milliseconds): [`Counter::check`] when `spend`,
-    /// else [`Counter::peek`]. For models that drive time.
-    pub fn count(&self, key: &[u8], now_ms: u64, spend: bool) -> Check {
+    /// [`Counter::peek`] and [`Counter::check`] in one: for a request that meets no other limit.
+    pub fn admit(&self, key: &[u8], now: u64) -> Check {
+        self.count(key, self.fleet.unix_ms(now), true, true)
+    }
+
+    /// One request of `key` at `now_ms` (Unix milliseconds), counted as `demand`, admitted if
+    /// `spend` and the estimate allows. For models that drive time.
+    pub fn count(&self, key: &[u8], now_ms: u64, demand: bool, spend: bool) -> Check {
         let t = &*self.table;
         let up = self.fleet.up(now_ms);
         let size = self.fleet.size();
@@ -221,7 +240,7 @@ impl Counter {
         e.roll(k);
         // A clock that stepped back counts in the entry's window, from its start.
         let f = if e.window == k { at as f64 / t.window_ms as f64 } else { 0.0 };
-        if !spend {
+        if demand {
             e.demand[1] = e.demand[1].saturating_add(1);
             e.demand_unsent[1] = e.demand_unsent[1].saturating_add(1);
         }
@@ -301,12 +320,14 @@ impl Quotas {
         let m = &metrics.quota;
         let fleet = Fleet {
             current_until_ms: AtomicU64::new(0),
+            unix_at_zero_ms: AtomicU64::new(0),
             size: AtomicU64::new(1),
             status: Mutex::new(FleetStatus { store: redacted(&config.url), ..FleetStatus::default() }),
             errors: m.errors.clone(),
             up: m.up.clone(),
             size_gauge: m.fleet.clone(),
         };
+        fleet.set_clock();
         Ok(Quotas {
             store,
             fleet: Arc::new(fleet),
@@ -348,6 +369,7 @@ impl Quotas {
     /// One exchange: every key asked for in this window or the last sends its counts since the
     /// last exchange and reads back the fleet's. Called every `sync_interval`.
     pub async fn exchange(&self) {
+        self.fleet.set_clock();
         self.exchange_at(crate::clock::unix_now_ms()).await;
     }
 
@@ -358,7 +380,7 @@ impl Quotas {
         let sent: Vec<Sent> = tables.iter().enumerate().flat_map(|(i, t)| t.take_unsent(i, now_ms)).collect();
         let increments = increments(&tables, &sent);
         let alive_for = (self.sync_interval * 5).max(Duration::from_secs(1));
-        let result = self.store.exchange(&increments, &self.member, now_ms, alive_for).await;
+        let result = self.store.exchange(&increments, &self.member, now_ms, alive_for).await.and_then(plausible);
         match result {
             Ok(got) => {
                 for (s, totals) in sent.iter().zip(got.totals.chunks_exact(4)) {
@@ -387,6 +409,15 @@ impl Quotas {
                 status.errors += 1;
             }
         }
+    }
+}
+
+/// The store's answer if it can be true: for every key and window the fleet admitted no more
+/// requests than it was asked (a store that says otherwise is wrong about all of them).
+fn plausible(got: Exchanged) -> Result<Exchanged, StoreError> {
+    match got.totals.chunks_exact(4).find(|t| t[0] > t[2] || t[1] > t[3]) {
+        Some(t) => Err(StoreError::Garbage(format!("{} admitted of {} asked, {} of {}", t[0], t[2], t[1], t[3]))),
+        None => Ok(got),
     }
 }
 
@@ -579,21 +610,13 @@ mod tests {
                 // `rate` requests a second, spread over the second.
                 let n = (ms + 1) * rates[i] / 1000 - ms * rates[i] / 1000;
                 for _ in 0..n {
-                    if matches!(c.peek_at(b"k", now), Check::Allowed { .. })
-                        && matches!(c.count(b"k", now, true), Check::Allowed { .. })
-                    {
+                    if matches!(c.count(b"k", now, true, true), Check::Allowed { .. }) {
                         admitted[(ms / 1000) as usize] += 1;
                     }
                 }
             }
         }
         admitted
-    }
-
-    impl Counter {
-        fn peek_at(&self, key: &[u8], now_ms: u64) -> Check {
-            self.count(key, now_ms, false)
-        }
     }
 
     #[tokio::test]
@@ -648,8 +671,7 @@ mod tests {
         let gw = gateway("redis://127.0.0.1:1", "a");
         let c = gw.counter(&limit(100), None);
         for _ in 0..5 {
-            c.peek_at(b"k", T0);
-            c.count(b"k", T0, true);
+            c.count(b"k", T0, true, true);
         }
         gw.exchange_at(T0 + 10).await;
         let t = c.table();
@@ -657,6 +679,13 @@ mod tests {
             t.shards.iter().flat_map(|s| s.lock().map(|e| e.clone()).unwrap_or_default()).map(|e| e.unsent[1]).sum();
         assert_eq!(unsent, 5, "put back to be sent");
         assert_eq!(gw.fleet.status().errors, 1);
+    }
+
+    #[test]
+    fn a_store_saying_the_fleet_admitted_more_than_it_was_asked_is_wrong() {
+        let got = |totals: Vec<u64>| Exchanged { totals, fleet: 1 };
+        assert!(plausible(got(vec![3, 4, 3, 5])).is_ok());
+        assert_eq!(plausible(got(vec![3, 4, 3, 5, 9, 0, 1, 0])).expect_err("9 of 1").reason(), "garbage");
     }
 
     #[test]

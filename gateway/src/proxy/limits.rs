@@ -24,6 +24,16 @@ pub(super) struct Checked {
 }
 
 impl Checked {
+    /// The request is past limit `i`: the first enforced one refuses it, the first shadow one
+    /// is logged.
+    fn past(&mut self, i: usize, mode: LimitMode, retry_after: Duration) {
+        match mode {
+            LimitMode::Enforce if self.over.is_none() => self.over = Some(Over { limit: i, retry_after }),
+            LimitMode::Shadow if self.shadow.is_none() => self.shadow = Some(i),
+            _ => {}
+        }
+    }
+
     /// What the decision log says of it.
     pub fn hit(&self) -> Option<crate::decision_log::LimitHit> {
         match (&self.over, self.shadow) {
@@ -77,14 +87,18 @@ pub(super) fn check(active: &Active, route: usize, before_auth: bool, a: &Asking
         }
     }
     let mut out = Checked::default();
+    // One limit: asked and counted in one lookup.
+    if let [(i, key)] = &keyed[..] {
+        if let Check::Limited { retry_after } = active.limits[*i].admit(key, now) {
+            count(active, route, *i, a);
+            out.past(*i, snapshot.rate_limits[*i].mode, retry_after);
+        }
+        return out;
+    }
     for (i, key) in &keyed {
         if let Check::Limited { retry_after } = active.limits[*i].peek(key, now) {
             count(active, route, *i, a);
-            match snapshot.rate_limits[*i].mode {
-                LimitMode::Enforce if out.over.is_none() => out.over = Some(Over { limit: *i, retry_after }),
-                LimitMode::Shadow if out.shadow.is_none() => out.shadow = Some(*i),
-                _ => {}
-            }
+            out.past(*i, snapshot.rate_limits[*i].mode, retry_after);
         }
     }
     if out.over.is_none() {
