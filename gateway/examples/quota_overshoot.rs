@@ -85,12 +85,15 @@ async fn run(url: &str, interval: Duration, load: Load) -> Vec<u32> {
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = test_support::redis::Redis::start(dir.path());
-    println!("# Global quota overshoot by sync interval (model with the gateway's code and a real Redis)\n");
+    println!("# Global quota overshoot by sync interval\n");
+    println!("A model with the gateway's own quota code (`gateway::quota`) and a real Redis, time driven by the model");
+    println!("(`cargo run --release -p gateway --example quota_overshoot`): three gateways, one quota of {QUOTA}/s,");
     println!(
-        "Command: `cargo run --release -p gateway --example quota_overshoot`. Three gateways, a quota of {QUOTA}/s,"
+        "{SECONDS} s, each gateway exchanging every `sync_interval` (staggered) and once before the first request."
     );
-    println!("{SECONDS} s of model time, the gateways warm (each has exchanged once before the first request). *Max 1 s*: the most admitted in");
-    println!("any second, sliding by the millisecond; *mean*: per whole second.\n");
+    println!("*Max 1 s*: the most the fleet admitted in any second, sliding by the millisecond. *Mean*: per whole");
+    println!("second (the idle scenario's mean counts its 4 idle seconds; a mean under the quota with demand over it");
+    println!("is shares lagging a moving demand, refusing early).\n");
     println!("| sync_interval | scenario | max 1 s | overshoot | mean / s |");
     println!("|---|---|---:|---:|---:|");
     for interval in [50, 100, 200, 500, 1000].map(Duration::from_millis) {
