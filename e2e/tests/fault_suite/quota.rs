@@ -117,8 +117,7 @@ fn complete_commands(buf: &mut Vec<u8>) -> usize {
         std::str::from_utf8(l.get(1..)?).ok()?.parse().ok()
     }
     let (mut at, mut count) = (0, 0);
-    'commands: loop {
-        let Some((head, mut next)) = line(buf, at) else { break };
+    'commands: while let Some((head, mut next)) = line(buf, at) {
         let Some(args) = number(head).filter(|_| head.first() == Some(&b'*')) else { break };
         for _ in 0..args {
             let Some((len, after)) = line(buf, next) else { break 'commands };
