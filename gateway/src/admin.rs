@@ -41,6 +41,12 @@ impl Admin {
         m.bundle_age.set(sync.age_seconds());
         m.bundle_stale.set(i64::from(sync.is_stale()));
         m.signature_expired.set(i64::from(self.gateway.signature_expired()));
+        if let Some(active) = self.gateway.active() {
+            for pool in &active.pools {
+                let in_flight = i64::try_from(pool.guard.in_flight()).unwrap_or(i64::MAX);
+                m.upstream.connections.with_label_values(&[&pool.name]).set(in_flight);
+            }
+        }
         m.render()
     }
 
@@ -50,6 +56,7 @@ impl Admin {
         let (active, sync) = self.gateway.read();
         let status = &self.gateway.sync;
         let confirmed = status.last_confirmed_ms();
+        let now_ms = crate::clock::unix_now_ms();
         let bundle = match active.as_ref() {
             Some(a) => serde_json::json!({
                 "name": a.info.name,
@@ -66,6 +73,7 @@ impl Admin {
                     "expired": a.signature_expired(),
                 })),
                 "served": a.served.report(),
+                "upstreams": a.pools.iter().map(|p| p.status(now_ms)).collect::<Vec<_>>(),
             }),
             None => serde_json::json!({ "name": self.bundle_name }),
         };

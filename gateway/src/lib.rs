@@ -37,6 +37,7 @@ pub mod sync_status;
 pub mod tls;
 pub mod trace;
 pub mod upgrade;
+pub mod upstream_guard;
 pub mod ws_frames;
 
 use std::sync::Arc;

@@ -40,6 +40,11 @@ pub const RATE_LIMIT_UNKNOWN_TOTAL: &str = "gateway_rate_limit_unknown_total";
 pub const QUOTA_STORE_ERRORS_TOTAL: &str = "gateway_quota_store_errors_total";
 pub const QUOTA_STORE_UP: &str = "gateway_quota_store_up";
 pub const QUOTA_FLEET_GATEWAYS: &str = "gateway_quota_fleet_gateways";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "gateway_upstream_retries_total";
+pub const UPSTREAM_RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "gateway_upstream_retry_budget_exhausted_total";
+pub const UPSTREAM_EJECTIONS_TOTAL: &str = "gateway_upstream_ejections_total";
+pub const UPSTREAM_CONNECTIONS: &str = "gateway_upstream_connections";
+pub const UPSTREAM_PENDING_OVERFLOW_TOTAL: &str = "gateway_upstream_pending_overflow_total";
 
 /// The `decision` label values of `gateway_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +151,7 @@ pub struct Metrics {
     /// bundle does not define (the request was limited by nothing more).
     pub rate_limit_unknown: IntCounterVec,
     pub quota: QuotaMetrics,
+    pub upstream: UpstreamMetrics,
     /// `gateway_tls_certificate_reloads_total{name,result="ok|error"}`.
     pub tls_reloads: IntCounterVec,
     /// Set when rendered, from the last confirmed sync.
@@ -213,6 +219,55 @@ fn quota_metrics(r: &Registry) -> Result<QuotaMetrics, prometheus::Error> {
         errors: counter_vec(r, QUOTA_STORE_ERRORS_TOTAL, why, &["reason"])?,
         up: reg(r, IntGauge::new(QUOTA_STORE_UP, up)?)?,
         fleet: reg(r, IntGauge::new(QUOTA_FLEET_GATEWAYS, "Gateways that exchanged quota counts recently")?)?,
+    })
+}
+
+/// What the gateway did about failing or saturated upstreams.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    /// `gateway_upstream_retries_total{upstream,reason}`.
+    pub retries: IntCounterVec,
+    /// `gateway_upstream_retry_budget_exhausted_total{upstream}`: retries the budget refused.
+    pub budget_exhausted: IntCounterVec,
+    /// `gateway_upstream_ejections_total{upstream,target}`.
+    pub ejections: IntCounterVec,
+    /// `gateway_upstream_connections{upstream}`: requests in flight to it (set when rendered).
+    pub connections: IntGaugeVec,
+    /// `gateway_upstream_pending_overflow_total{upstream,reason="queue_full|timeout"}`: 503s for
+    /// want of a slot.
+    pub pending_overflow: IntCounterVec,
+}
+
+fn upstream_metrics(r: &Registry) -> Result<UpstreamMetrics, prometheus::Error> {
+    Ok(UpstreamMetrics {
+        retries: counter_vec(
+            r,
+            UPSTREAM_RETRIES_TOTAL,
+            "Requests tried again, by what failed",
+            &["upstream", "reason"],
+        )?,
+        budget_exhausted: counter_vec(
+            r,
+            UPSTREAM_RETRY_BUDGET_EXHAUSTED_TOTAL,
+            "Retries the retry budget refused (the failure was the answer)",
+            &["upstream"],
+        )?,
+        ejections: counter_vec(
+            r,
+            UPSTREAM_EJECTIONS_TOTAL,
+            "Targets ejected for failing requests in a row",
+            &["upstream", "target"],
+        )?,
+        connections: reg(
+            r,
+            IntGaugeVec::new(Opts::new(UPSTREAM_CONNECTIONS, "Requests in flight to the upstream"), &["upstream"])?,
+        )?,
+        pending_overflow: counter_vec(
+            r,
+            UPSTREAM_PENDING_OVERFLOW_TOTAL,
+            "Requests answered 503 for want of a slot to the upstream (max_connections, max_pending, pending_timeout)",
+            &["upstream", "reason"],
+        )?,
     })
 }
 
@@ -393,6 +448,7 @@ impl Metrics {
             rate_limit_evictions,
             rate_limit_unknown,
             quota: quota_metrics(&r)?,
+            upstream: upstream_metrics(&r)?,
             shadow: counter_vec(
                 &r,
                 SHADOW_DECISIONS_TOTAL,

@@ -33,6 +33,8 @@ pub struct Pool {
     /// request; in the order the round robin visits them.
     targets: Vec<Target>,
     next: AtomicUsize,
+    /// Outlier ejection, the retry budget and the bound on requests in flight.
+    pub guard: crate::upstream_guard::Guard,
 }
 
 /// One target of a pool: its backend (for its health) and the peer a request to it uses.
@@ -42,21 +44,62 @@ pub struct Target {
 }
 
 impl Pool {
-    /// The next target round robin, skipping those whose health check fails; when every
-    /// target fails, the next one anyway (as Envoy's panic mode does: a false negative must
-    /// not turn into an outage, and a truly dead target is a 502). With one target its health
-    /// cannot change the choice, so it is not looked up.
-    pub fn select(&self) -> Option<&Target> {
+    /// The next target round robin (with its index), skipping those already `tried` by this
+    /// request (a bit per target), those ejected for failing and those whose health check
+    /// fails. When none is left, the best of the rest: one not tried, then one not ejected, then
+    /// the next anyway (as Envoy's panic mode does: a false negative must not turn into an
+    /// outage, and a truly dead target is a 502). With one target nothing is looked up.
+    pub fn select(&self, tried: u64, now_ms: u64) -> Option<(usize, &Target)> {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         if n <= 1 {
-            return self.targets.first();
+            return self.targets.first().map(|t| (0, t));
         }
         let backends = self.lb.backends();
-        (0..n)
-            .map(|i| &self.targets[(start + i) % n])
-            .find(|t| backends.ready(&t.backend))
-            .or_else(|| self.targets.get(start % n))
+        let order = || (0..n).map(|i| (start + i) % n);
+        let untried = |i: &usize| *i >= 64 || tried & (1 << i) == 0;
+        let serving = |i: &usize| !self.guard.ejected(*i, now_ms);
+        order()
+            .find(|i| untried(i) && serving(i) && backends.ready(&self.targets[*i].backend))
+            .or_else(|| order().find(|i| untried(i) && serving(i)))
+            .or_else(|| order().find(untried))
+            .or(Some(start % n))
+            .map(|i| (i, &self.targets[i]))
+    }
+
+    /// Whether target `i` passes its health check (or has none).
+    pub fn healthy(&self, i: usize) -> bool {
+        self.targets.get(i).is_some_and(|t| self.lb.backends().ready(&t.backend))
+    }
+
+    /// Each target as `/status` shows it: address, health check, ejection.
+    pub fn status(&self, now_ms: u64) -> serde_json::Value {
+        let targets: Vec<serde_json::Value> = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let ejected = self.guard.ejected_until(i, now_ms);
+                let health = match (self.health_interval, self.healthy(i)) {
+                    (None, _) => "unchecked",
+                    (Some(_), true) => "passing",
+                    (Some(_), false) => "failing",
+                };
+                let state = match (ejected, health) {
+                    (Some(_), _) => "ejected",
+                    (None, "failing") => "unhealthy",
+                    _ => "serving",
+                };
+                serde_json::json!({
+                    "address": t.backend.addr.to_string(),
+                    "state": state,
+                    "health_check": health,
+                    "ejected_until": ejected.map(|ms| crate::clock::rfc3339(ms / 1000)),
+                    "consecutive_failures": self.guard.consecutive_failures(i),
+                })
+            })
+            .collect();
+        serde_json::json!({ "name": self.name, "in_flight": self.guard.in_flight(), "targets": targets })
     }
 }
 
@@ -104,6 +147,9 @@ impl Transport {
         }
         if self.http2 {
             peer.options.set_http_version(2, 2);
+            // Many streams on one connection (Pingora's default is one per connection: with h2
+            // clients, a connection per request in flight).
+            peer.options.max_h2_streams = 100;
         } else {
             peer.options.set_http_version(1, 1);
         }
@@ -260,7 +306,7 @@ impl Pool {
             .map_err(|e| err(format!("cannot build the pool: {e}")))?;
         let connect_timeout = u.spec.connect_timeout.unwrap_or(Duration::from_secs(1));
         let read_timeout = u.spec.read_timeout.unwrap_or(Duration::from_secs(30));
-        let targets = lb
+        let targets: Vec<Target> = lb
             .backends()
             .get_backend()
             .iter()
@@ -280,6 +326,7 @@ impl Pool {
             health_interval,
             next_check_ms: AtomicU64::new(0),
             transport,
+            guard: crate::upstream_guard::Guard::new(u.resilience.clone(), targets.len()),
             targets,
             next: AtomicUsize::new(0),
         })

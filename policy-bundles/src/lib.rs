@@ -21,6 +21,7 @@ pub mod input_reads;
 pub mod jwt;
 pub mod rate_limits;
 pub mod replay;
+pub mod resilience;
 pub mod router;
 pub mod settings;
 pub mod signing;

@@ -123,6 +123,64 @@ pub struct UpstreamSpec {
     /// HTTP/2 to the upstream (gRPC): by ALPN over TLS, by prior knowledge (h2c) without.
     #[serde(default)]
     pub http2: bool,
+    /// Which failures are tried again, how often, within what budget (`crate::resilience`).
+    #[serde(default)]
+    pub retries: Option<RetriesSpec>,
+    /// Passive outlier ejection of failing targets.
+    #[serde(default)]
+    pub outlier: Option<OutlierSpec>,
+    /// Requests in flight to this upstream at once, per gateway; default 1024.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Requests that may wait for one of `max_connections`; default 1024.
+    #[serde(default)]
+    pub max_pending: Option<u32>,
+    /// How long a request may wait; default 1s.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub pending_timeout: Option<Duration>,
+}
+
+/// `upstreams.<name>.retries`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesSpec {
+    /// Tries in all, the first included; default 2.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// `connect_failure`, `reset`, `refused_stream`, `"502"`, `"503"`, `"504"`; default the first three.
+    #[serde(default)]
+    pub on: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default)]
+    pub budget: Option<BudgetSpec>,
+}
+
+/// `upstreams.<name>.retries.budget`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// Retries as a share of requests, over the last 10 s; default 0.2.
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    /// Retries a second allowed whatever the ratio; default 10.
+    #[serde(default)]
+    pub min_per_second: Option<u32>,
+}
+
+/// `upstreams.<name>.outlier`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSpec {
+    /// Failures in a row that eject a target; default 5, 0 turns ejection off.
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// The first ejection's length, doubled with each repeat (at most 10×); default 30s.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub base_ejection: Option<Duration>,
+    /// The largest share of the targets ejected at once; default 0.5.
+    #[serde(default)]
+    pub max_ejected: Option<f64>,
 }
 
 /// `upstreams.<name>.tls`. Files are on the gateway's disk, relative to its config file.

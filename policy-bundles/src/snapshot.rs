@@ -56,6 +56,8 @@ impl Route {
 pub struct Upstream {
     pub name: String,
     pub spec: UpstreamSpec,
+    /// Retries, outlier ejection and the bounds on what it is sent, with their defaults.
+    pub resilience: crate::resilience::Resilience,
 }
 
 /// One decision rule, compiled for the regorus VM (about 6x faster than the tree-walking
@@ -511,7 +513,16 @@ fn compile_upstreams(bundle: &Bundle, errors: &mut Vec<BundleError>) -> Vec<Upst
         .settings
         .upstreams
         .iter()
-        .map(|(name, spec)| Upstream { name: name.clone(), spec: spec.clone() })
+        .map(|(name, spec)| {
+            let resilience = crate::resilience::compile(spec).unwrap_or_else(|m| {
+                let (file, line) = bundle.settings_line(&format!("{name}:"));
+                errors
+                    .push(BundleError::new(ErrorKind::Settings, file, format!("upstream `{name}`: {m}")).at_line(line));
+                // The bundle is refused: any value serves until then.
+                crate::resilience::Resilience::defaults()
+            });
+            Upstream { name: name.clone(), spec: spec.clone(), resilience }
+        })
         .collect();
     for u in &upstreams {
         let (file, line) = bundle.settings_line(&format!("{}:", u.name));

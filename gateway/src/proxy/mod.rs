@@ -35,6 +35,7 @@ mod canonical;
 mod forwarding;
 mod limits;
 mod logged;
+mod upstream;
 
 use answer::{close_tunnel, linger, respond, respond_body, TUNNEL_LIMIT};
 use canonical::{canonicalize, Link};
@@ -94,6 +95,8 @@ pub struct Ctx {
     body: Option<Bytes>,
     /// An access log is on: only then are the fields above that only it reads filled in.
     logging: bool,
+    /// The tries to the upstream: targets, retries, the slot.
+    tries: upstream::Tries,
 }
 
 impl Proxy {
@@ -434,6 +437,7 @@ impl ProxyHttp for Proxy {
             frames: None,
             body: None,
             logging: false,
+            tries: Default::default(),
         })
     }
 
@@ -484,17 +488,42 @@ impl ProxyHttp for Proxy {
         self.carry_out(session, ctx, active, outcome, shadow).await
     }
 
-    /// Picks a healthy target of the route's upstream, round robin.
+    /// A slot to the route's upstream (first try), then a target not tried yet, not ejected and
+    /// healthy, round robin ([`upstream`]).
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<Ctx>) -> Result<Box<HttpPeer>> {
-        let (Some(active), Some(route_ix)) = (&ctx.active, ctx.route) else {
-            return Error::e_explain(ErrorType::InternalError, "no route chosen before upstream_peer");
-        };
-        let pool = &active.pools[active.snapshot.routes[route_ix].upstream];
-        let Some(target) = pool.select() else {
-            return Error::e_explain(ErrorType::ConnectNoRoute, format!("upstream `{}` has no target", pool.name));
-        };
-        ctx.upstream = Some(target.backend.addr.clone());
-        Ok(Box::new(target.peer.clone()))
+        upstream::peer(ctx, &self.metrics).await
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Box<Ctx>,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        upstream::connect_failed(session, ctx, e, &self.metrics)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Box<Ctx>,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        upstream::proxy_failed(session, ctx, e, client_reused, &self.metrics)
+    }
+
+    /// The target's answer feeds its ejection; a status the upstream retries is tried again.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
+        upstream::response_head(session, ctx, upstream_response.status.as_u16(), &self.metrics)
     }
 
     /// Counts the request body as it goes upstream; past `limits.max_body` (a chunked body
@@ -642,8 +671,12 @@ impl ProxyHttp for Proxy {
             return FailToProxy { error_code: sent, can_reuse_downstream: false };
         }
         if code > 0 {
-            let msg = if code == 502 { "upstream unavailable" } else { "request failed" };
-            if let Err(err) = respond(session, ctx, code, msg, None, &[]).await {
+            let (msg, headers) = match (code, ctx.tries.overflow) {
+                (502, _) => ("upstream unavailable", vec![]),
+                (503, Some(_)) => ("upstream saturated", vec![("retry-after".to_owned(), "1".to_owned())]),
+                _ => ("request failed", vec![]),
+            };
+            if let Err(err) = respond(session, ctx, code, msg, None, &headers).await {
                 tracing::debug!(error = %err, "cannot send the error response");
             }
         }

@@ -1,0 +1,196 @@
+//! When upstream targets fail, through the real binary: targets that refuse connections, reset
+//! them, or answer 503 (a scriptable HTTP/1.1 server on a loopback port that counts what it
+//! was sent), against the retries, the retry budget and outlier ejection of an upstream's
+//! settings.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+/// What a scripted target does with each request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    Ok = 0,
+    /// Answers 503.
+    Unavailable = 1,
+    /// Closes the connection without a byte of response.
+    Reset = 2,
+}
+
+/// A scripted target: an HTTP/1.1 server counting the requests it reads, by method.
+struct Target {
+    addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    gets: Arc<AtomicU64>,
+    posts: Arc<AtomicU64>,
+}
+
+impl Target {
+    fn start(mode: Mode) -> Target {
+        Target::on(TcpListener::bind("127.0.0.1:0").expect("bind"), mode)
+    }
+
+    fn on(listener: TcpListener, mode: Mode) -> Target {
+        let addr = listener.local_addr().expect("addr");
+        let t = Target { addr, mode: Arc::new(AtomicU8::new(mode as u8)), gets: Arc::default(), posts: Arc::default() };
+        let (m, gets, posts) = (t.mode.clone(), t.gets.clone(), t.posts.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (m, gets, posts) = (m.clone(), gets.clone(), posts.clone());
+                std::thread::spawn(move || serve(conn, &m, &gets, &posts));
+            }
+        });
+        t
+    }
+
+    fn requests(&self) -> u64 {
+        self.gets.load(Ordering::SeqCst) + self.posts.load(Ordering::SeqCst)
+    }
+}
+
+fn serve(conn: TcpStream, mode: &AtomicU8, gets: &AtomicU64, posts: &AtomicU64) {
+    let Ok(mut out) = conn.try_clone() else { return };
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        if line.starts_with("POST") { posts } else { gets }.fetch_add(1, Ordering::SeqCst);
+        let answer: &[u8] = match mode.load(Ordering::SeqCst) {
+            0 => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            1 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\ndown",
+            _ => {
+                let _ = out.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        };
+        if out.write_all(answer).is_err() {
+            return;
+        }
+    }
+}
+
+/// A loopback port nothing listens on: connections to it are refused.
+fn refusing_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+const OPEN: &str = "package http.open\n\nimport rego.v1\n\ndefault allow := true\n";
+
+/// A gateway whose route `/flaky` goes to upstream `flaky` of `targets`, with `settings` (YAML
+/// lines of the upstream, indented by four spaces).
+fn gateway(dir: &Path, targets: &[SocketAddr], settings: &str) -> (Gateway, Upstream) {
+    let up = echo_upstream("backend");
+    let list = targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+    let upstream = format!("  flaky:\n    targets: [{list}]\n    connect_timeout: 500ms\n{settings}");
+    let route =
+        "  - name: flaky\n    match: { path_prefix: /flaky }\n    upstream: flaky\n    policy: data.http.open.allow\n";
+    let bundle = example_bundle(dir, &up.addr.to_string(), &upstream, route, &[("http/open.rego", OPEN)]);
+    (start_gateway(dir, &bundle), up)
+}
+
+fn post(url: &str, body: &[u8]) -> u16 {
+    request("POST", url, &[("content-type", "text/plain")], Some(body)).status
+}
+
+#[test]
+fn one_of_three_targets_refusing_connections_fails_no_request_and_is_ejected_until_it_heals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, c) = (Target::start(Mode::Ok), Target::start(Mode::Ok));
+    let refusing = refusing_port();
+    let settings = "    outlier: { consecutive_failures: 3, base_ejection: 1s }\n";
+    let (gw, _up) = gateway(dir.path(), &[a.addr, refusing, c.addr], settings);
+    let url = format!("{}/flaky/x", gw.base);
+    let statuses: Vec<u16> = (0..100).map(|_| get(&url, &[]).status).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "every GET answered 200: {statuses:?}");
+    let target = refusing.to_string();
+    let ejections = gw.metric_sum("gateway_upstream_ejections_total", &[("upstream", "flaky"), ("target", &target)]);
+    assert_eq!(ejections, Some(1.0), "ejected once in 100 requests");
+    let retried = gw.metric_sum("gateway_upstream_retries_total", &[("upstream", "flaky")]).unwrap_or(0.0);
+    assert!((3.0..=4.0).contains(&retried), "each connect failure before the ejection was retried: {retried}");
+    let status = gw.status();
+    let flaky = &status["bundle"]["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .find(|u| u["name"] == "flaky")
+        .cloned()
+        .expect("flaky");
+    let t = flaky["targets"].as_array().expect("targets").iter().find(|t| t["address"] == target.as_str()).cloned();
+    assert_eq!(t.as_ref().map(|t| t["state"].clone()), Some("ejected".into()), "{flaky}");
+
+    // It heals: once its second is over it is sent requests again.
+    let healed = Target::on(TcpListener::bind(refusing).expect("the port again"), Mode::Ok);
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..30 {
+        assert_eq!(get(&url, &[]).status, 200);
+    }
+    assert!(healed.requests() >= 5, "the healed target serves again: {}", healed.requests());
+}
+
+#[test]
+fn every_target_answering_503_sees_at_most_one_plus_the_budget_of_the_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let targets: Vec<Target> = (0..3).map(|_| Target::start(Mode::Unavailable)).collect();
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
+    let settings = "    retries: { attempts: 3, on: [\"503\"], budget: { ratio: 0.2, min_per_second: 0 } }\n    outlier: { consecutive_failures: 0 }\n";
+    let (gw, _up) = gateway(dir.path(), &addrs, settings);
+    let url = format!("{}/flaky/x", gw.base);
+    let n = 500;
+    let statuses: Vec<u16> = (0..n).map(|_| get(&url, &[]).status).collect();
+    assert!(statuses.iter().all(|s| *s == 503), "the clients get the 503s");
+    let seen: u64 = targets.iter().map(Target::requests).sum();
+    let ratio = seen as f64 / n as f64;
+    eprintln!("{n} requests, {seen} reached the targets: {ratio:.3} x");
+    assert!(ratio <= 1.2 + 0.01, "at most (1 + 0.2) x the offered requests: {ratio}");
+    assert!(ratio > 1.1, "the budget was used: {ratio}");
+    let exhausted = gw.metric_sum("gateway_upstream_retry_budget_exhausted_total", &[]).unwrap_or(0.0);
+    assert!(exhausted > 0.0, "the budget refused retries and said so");
+}
+
+#[test]
+fn a_post_is_never_retried_but_a_get_is_retried_on_another_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (reset, ok) = (Target::start(Mode::Reset), Target::start(Mode::Ok));
+    let (gw, _up) = gateway(dir.path(), &[reset.addr, ok.addr], "    outlier: { consecutive_failures: 0 }\n");
+    let url = format!("{}/flaky/x", gw.base);
+    let posts: Vec<u16> = (0..20).map(|_| post(&url, b"an order")).collect();
+    let failed = posts.iter().filter(|s| **s == 502).count() as u64;
+    assert_eq!(reset.posts.load(Ordering::SeqCst), failed, "each POST the resetting target read failed: {posts:?}");
+    assert_eq!(reset.posts.load(Ordering::SeqCst) + ok.posts.load(Ordering::SeqCst), 20, "no POST was sent twice");
+    assert!(failed > 0, "round robin sent POSTs to the resetting target");
+    let gets: Vec<u16> = (0..20).map(|_| get(&url, &[]).status).collect();
+    assert!(gets.iter().all(|s| *s == 200), "every GET answered by the other target: {gets:?}");
+    assert!(reset.gets.load(Ordering::SeqCst) > 0, "GETs reached the resetting target and were retried");
+    let retried = gw.metric_sum("gateway_upstream_retries_total", &[("upstream", "flaky"), ("reason", "reset")]);
+    assert_eq!(retried, Some(reset.gets.load(Ordering::SeqCst) as f64));
+}
