@@ -194,3 +194,134 @@ fn a_post_is_never_retried_but_a_get_is_retried_on_another_target() {
     let retried = gw.metric_sum("gateway_upstream_retries_total", &[("upstream", "flaky"), ("reason", "reset")]);
     assert_eq!(retried, Some(reset.gets.load(Ordering::SeqCst) as f64));
 }
+
+/// Established connections whose local port is `port` (the server's side of each), from
+/// `/proc/net/tcp`.
+/// The remote addresses of the established connections whose local port is `port` (a set: the
+/// kernel writes the table in pieces, and a connection may appear twice in one read).
+fn connections_to(port: u16) -> std::collections::HashSet<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && f[1].ends_with(&port) && f[3] == "01").then(|| f[2].to_owned())
+        })
+        .collect()
+}
+
+/// `connections` h2c connections to `addr`, each with `streams` GETs of `path` in flight at
+/// once, `rounds` times; the statuses.
+async fn h2_streams(addr: String, path: &'static str, connections: usize, streams: usize, rounds: usize) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let mut statuses = Vec::new();
+            for _ in 0..rounds {
+                let mut inflight = Vec::new();
+                for _ in 0..streams {
+                    let mut c = client.clone().ready().await.expect("ready");
+                    let req = http::Request::get(format!("http://{addr}{path}")).body(()).expect("request");
+                    let (resp, _) = c.send_request(req, true).expect("send");
+                    inflight.push(resp);
+                }
+                for r in inflight {
+                    statuses.push(match r.await {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            let mut body = resp.into_body();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                            }
+                            status
+                        }
+                        Err(_) => 0,
+                    });
+                }
+            }
+            statuses
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    all
+}
+
+/// 640 h2 streams in flight through the gateway to one upstream target (`--h2` for an HTTP/2
+/// one) capped at 16: the most connections the target held at once, and over the run.
+fn six_hundred_forty_streams_to_a_capped_upstream(h2: bool) -> (usize, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = vec!["--listen", "127.0.0.1:0", "--name", "capped"];
+    if h2 {
+        args.push("--h2");
+    }
+    let (_backend, backend) =
+        Proc::spawn_listening(std::process::Command::new(workspace_bin("echo-upstream")).args(&args));
+    let port = backend.port();
+    let upstream = format!(
+        "  capped:\n    targets: [\"{backend}\"]\n    http2: {h2}\n    max_connections: 16\n    max_pending: 1000\n    pending_timeout: 10s\n"
+    );
+    let route = "  - name: capped\n    match: { path_prefix: /capped }\n    upstream: capped\n    policy: data.http.open.allow\n";
+    let up = echo_upstream("backend");
+    let bundle = example_bundle(dir.path(), &up.addr.to_string(), &upstream, route, &[("http/open.rego", OPEN)]);
+    let gw = start_gateway_with(dir.path(), &bundle, "h2c: true\n");
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let most = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (done, most) = (done.clone(), most.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::HashSet::new();
+            while !done.load(Ordering::SeqCst) {
+                let now = connections_to(port);
+                most.fetch_max(now.len() as u64, Ordering::SeqCst);
+                seen.extend(now);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen.len()
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    // Ten connections of 64 streams each: 640 in flight, three times over.
+    let statuses = rt.block_on(h2_streams(addr, "/capped/x?sleep_ms=20", 10, 64, 3));
+    done.store(true, Ordering::SeqCst);
+    let distinct = sampler.join().expect("sampler");
+    let most = most.load(Ordering::SeqCst);
+    eprintln!(
+        "h2 upstream {h2}: {} requests, at most {most} upstream connections at once, {distinct} over the run",
+        statuses.len()
+    );
+    let not_ok: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
+    assert_eq!(statuses.len(), 1920);
+    assert!(not_ok.is_empty(), "{} not 200: {:?}", not_ok.len(), &not_ok[..not_ok.len().min(10)]);
+    assert_eq!(
+        gw.metric_sum("gateway_upstream_pending_overflow_total", &[]).unwrap_or(0.0),
+        0.0,
+        "none waited too long"
+    );
+    (distinct, most)
+}
+
+#[test]
+fn six_hundred_forty_h2_streams_reach_an_http1_upstream_over_at_most_sixteen_connections() {
+    // Measured without the cap (max_connections: 1024): 618 at once, 766 over the run.
+    let (_, most) = six_hundred_forty_streams_to_a_capped_upstream(false);
+    assert!(most <= 16, "at most 16 connections to the upstream at once, saw {most}");
+    assert!(most >= 8, "the cap was reached, not the load too light: {most}");
+}
+
+#[test]
+fn six_hundred_forty_h2_streams_reach_an_h2_upstream_over_at_most_sixteen_connections() {
+    let (distinct, most) = six_hundred_forty_streams_to_a_capped_upstream(true);
+    assert!(most <= 16 && distinct <= 16, "at most 16 connections: {most} at once, {distinct} over the run");
+}
