@@ -109,15 +109,18 @@ impl Guard {
         self.targets.get(i).map_or(0, |t| t.consecutive.load(Ordering::Relaxed))
     }
 
-    /// A success of target `i`.
-    pub fn succeeded(&self, i: usize, now_ms: u64) {
+    /// A success of target `i` (the clock is read only if the target has failed before).
+    pub fn succeeded(&self, i: usize) {
         let Some(t) = self.targets.get(i) else { return };
         if t.consecutive.load(Ordering::Relaxed) != 0 {
             t.consecutive.store(0, Ordering::Relaxed);
         }
+        if t.ejections.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let until = t.ejected_until_ms.load(Ordering::Relaxed);
         let base = self.policy.outlier.base_ejection.as_millis() as u64;
-        if until != 0 && now_ms > until + base && t.ejections.load(Ordering::Relaxed) != 0 {
+        if crate::clock::unix_now_ms() > until + base {
             t.ejections.store(0, Ordering::Relaxed);
         }
     }
@@ -203,7 +206,7 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(g.failed(0, 1000, all), None);
         }
-        g.succeeded(0, 1000);
+        g.succeeded(0);
         assert_eq!(g.failed(0, 1000, all), None, "a success resets the count");
         for _ in 0..3 {
             g.failed(0, 1000, all);

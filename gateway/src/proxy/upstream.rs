@@ -62,9 +62,11 @@ pub(super) async fn peer(ctx: &mut Ctx, metrics: &crate::metrics::Metrics) -> Re
                 return Error::e_explain(NO_SLOT, format!("upstream `{}`: no slot ({reason})", pool.name));
             }
         }
-        pool.guard.requested(crate::clock::unix_now());
     }
     let now = crate::clock::unix_now_ms();
+    if ctx.tries.count == 0 {
+        pool.guard.requested(now / 1000);
+    }
     let Some((i, target)) = pool.select(ctx.tries.tried, now) else {
         return Error::e_explain(ErrorType::ConnectNoRoute, format!("upstream `{}` has no target", pool.name));
     };
@@ -166,7 +168,7 @@ pub(super) fn response_head(
     let Ok(pool) = pool(ctx) else { return Ok(()) };
     let Some(i) = ctx.tries.target else { return Ok(()) };
     if status < 500 {
-        pool.guard.succeeded(i, crate::clock::unix_now_ms());
+        pool.guard.succeeded(i);
         ctx.tries.responded = true;
         return Ok(());
     }
