@@ -22,6 +22,9 @@
 //!   from cache, corrupt/deleted/unwritable caches, kill -9 during persist.
 //! * `quota_store_*` ([`quota`]): a gateway with a fleet-wide limit whose quota store (a proxy in
 //!   front of a real Redis) answers garbage, stalls, resets every connection or is killed.
+//! * `upstream_target_*` ([`upstream`]): one of the stream's upstream's two targets resets every
+//!   connection, answers 503, or closes every connection at once; it must be retried around,
+//!   ejected, and serve again once it heals.
 //! * `staged_rollout_*` ([`staged`]): `control-api` staging rollouts to a one-gateway canary of
 //!   three: a good revision reaches the canary first and the rest after the bake time; one the
 //!   canary cannot activate and one that makes its error rate jump are rolled back automatically,
@@ -56,6 +59,8 @@ mod staged;
 mod storms;
 #[path = "fault_suite/streams.rs"]
 mod streams;
+#[path = "fault_suite/upstream.rs"]
+mod upstream;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -119,6 +124,7 @@ enum Phase {
     Fleet(Box<fleet::PhaseB>),
     Staged(Box<staged::PhaseC>),
     Quota(Box<quota::PhaseD>),
+    Upstream(Box<upstream::PhaseE>),
 }
 
 impl Phase {
@@ -149,6 +155,14 @@ impl Phase {
     fn as_quota(&mut self) -> Option<&mut quota::PhaseD> {
         if let Phase::Quota(d) = self {
             Some(d)
+        } else {
+            None
+        }
+    }
+
+    fn as_upstream(&mut self) -> Option<&mut upstream::PhaseE> {
+        if let Phase::Upstream(e) = self {
+            Some(e)
         } else {
             None
         }
@@ -211,6 +225,10 @@ impl Fixture {
 
     fn quota(&mut self) -> &mut quota::PhaseD {
         self.phase("quota", Phase::as_quota, quota::PhaseD::start, Phase::Quota)
+    }
+
+    fn upstream(&mut self) -> &mut upstream::PhaseE {
+        self.phase("upstream", Phase::as_upstream, upstream::PhaseE::start, Phase::Upstream)
     }
 }
 
@@ -295,8 +313,10 @@ fn main() {
     let mut args = Arguments::from_args();
     // Faults share processes and measure latencies: one at a time, always.
     args.test_threads = Some(1);
-    let faults: Vec<Fault> =
-        [source::faults(), fleet::faults(), staged::faults(), quota::faults()].into_iter().flatten().collect();
+    let faults: Vec<Fault> = [source::faults(), fleet::faults(), staged::faults(), quota::faults(), upstream::faults()]
+        .into_iter()
+        .flatten()
+        .collect();
     let mut suite: Vec<(&str, u8, String)> = faults.iter().map(|f| (f.name, f.group, f.title.clone())).collect();
     // The report lists faults by group, in the suite's order within a group.
     suite.sort_by_key(|s| s.1);

@@ -23,6 +23,8 @@ enum Mode {
     Unavailable = 1,
     /// Closes the connection without a byte of response.
     Reset = 2,
+    /// Reads the request and never answers.
+    Stall = 3,
 }
 
 /// A scripted target: an HTTP/1.1 server counting the requests it reads, by method.
@@ -87,6 +89,10 @@ fn serve(conn: TcpStream, mode: &AtomicU8, gets: &AtomicU64, posts: &AtomicU64) 
         let answer: &[u8] = match mode.load(Ordering::SeqCst) {
             0 => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
             1 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\ndown",
+            3 => {
+                std::thread::sleep(Duration::from_secs(30));
+                return;
+            }
             _ => {
                 let _ = out.shutdown(std::net::Shutdown::Both);
                 return;
@@ -193,6 +199,27 @@ fn a_post_is_never_retried_but_a_get_is_retried_on_another_target() {
     assert!(reset.gets.load(Ordering::SeqCst) > 0, "GETs reached the resetting target and were retried");
     let retried = gw.metric_sum("gateway_upstream_retries_total", &[("upstream", "flaky"), ("reason", "reset")]);
     assert_eq!(retried, Some(reset.gets.load(Ordering::SeqCst) as f64));
+}
+
+#[test]
+fn a_target_that_stalls_is_given_up_on_after_the_per_try_timeout_and_another_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (stalls, ok) = (Target::start(Mode::Stall), Target::start(Mode::Ok));
+    let settings =
+        "    read_timeout: 10s\n    retries: { per_try_timeout: 300ms }\n    outlier: { consecutive_failures: 0 }\n";
+    let (gw, _up) = gateway(dir.path(), &[stalls.addr, ok.addr], settings);
+    let url = format!("{}/flaky/x", gw.base);
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        assert_eq!(get(&url, &[]).status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a stalled try lasts the per-try timeout, not the read timeout"
+        );
+    }
+    assert!(stalls.gets.load(Ordering::SeqCst) >= 1, "round robin reached the stalling target");
+    let retried = gw.metric_sum("gateway_upstream_retries_total", &[("upstream", "flaky"), ("reason", "reset")]);
+    assert_eq!(retried, Some(stalls.gets.load(Ordering::SeqCst) as f64));
 }
 
 /// Established connections whose local port is `port` (the server's side of each), from

@@ -78,7 +78,7 @@ impl Row {
 /// The report's groups, in its order.
 pub const GROUPS: &str = "1 the control plane down or killed; 2 the source answering errors or not at all; 3 the \
      source serving bad bundles; 4 hangs and trickles; 5 gateway restarts and damaged caches; 6 storms against the \
-     control plane; 7 a rollout to a fleet; 8 staged rollouts with a canary; 9 the quota store down, slow or wrong";
+     control plane; 7 a rollout to a fleet; 8 staged rollouts with a canary; 9 the quota store down, slow or wrong; 10 an upstream target failing";
 
 /// A fault's row as its test left it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
