@@ -180,7 +180,7 @@ fn half_fails(e: &mut PhaseE, mut row: Row, mode: Mode) -> Row {
         ejected.map_or(0, ms)
     ));
     row.check(
-        retried >= 1.0 && retried <= 6.0,
+        (1.0..=6.0).contains(&retried),
         format!("{retried} retries: each failure before the ejection, no more"),
     );
     row.shown = Some(row.check(e.flaky_state() == "ejected", format!("/status: {}", e.backend())));
