@@ -118,8 +118,8 @@ fn gateway(dir: &Path, targets: &[SocketAddr], settings: &str) -> (Gateway, Upst
     let up = echo_upstream("backend");
     let list = targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
     let upstream = format!("  flaky:\n    targets: [{list}]\n    connect_timeout: 500ms\n{settings}");
-    let route =
-        "  - name: flaky\n    match: { path_prefix: /flaky }\n    upstream: flaky\n    policy: data.http.open.allow\n";
+    // `/flaky` with the upstream's retries as they are; `/repeatable` lets them repeat a POST.
+    let route = "  - name: flaky\n    match: { path_prefix: /flaky }\n    upstream: flaky\n    policy: data.http.open.allow\n  - name: repeatable\n    match: { path_prefix: /repeatable }\n    upstream: flaky\n    policy: data.http.open.allow\n    retry_non_idempotent: true\n";
     let bundle = example_bundle(dir, &up.addr.to_string(), &upstream, route, &[("http/open.rego", OPEN)]);
     (start_gateway(dir, &bundle), up)
 }
@@ -199,6 +199,11 @@ fn a_post_is_never_retried_but_a_get_is_retried_on_another_target() {
     assert!(reset.gets.load(Ordering::SeqCst) > 0, "GETs reached the resetting target and were retried");
     let retried = gw.metric_sum("gateway_upstream_retries_total", &[("upstream", "flaky"), ("reason", "reset")]);
     assert_eq!(retried, Some(reset.gets.load(Ordering::SeqCst) as f64));
+    // A route whose backend makes a POST safe to repeat says so: its POSTs are retried too.
+    let before = reset.posts.load(Ordering::SeqCst);
+    let posts: Vec<u16> = (0..10).map(|_| post(&format!("{}/repeatable/x", gw.base), b"an order")).collect();
+    assert!(posts.iter().all(|s| *s == 200), "{posts:?}");
+    assert!(reset.posts.load(Ordering::SeqCst) > before, "round robin sent some to the resetting target");
 }
 
 #[test]
@@ -351,4 +356,33 @@ fn six_hundred_forty_h2_streams_reach_an_http1_upstream_over_at_most_sixteen_con
 fn six_hundred_forty_h2_streams_reach_an_h2_upstream_over_at_most_sixteen_connections() {
     let (distinct, most) = six_hundred_forty_streams_to_a_capped_upstream(true);
     assert!(most <= 16 && distinct <= 16, "at most 16 connections: {most} at once, {distinct} over the run");
+}
+
+#[test]
+fn past_its_connections_and_its_queue_an_upstream_is_spared_with_a_503_and_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow = echo_upstream("slow");
+    let settings = "    max_connections: 1\n    max_pending: 1\n    pending_timeout: 300ms\n";
+    let (gw, _up) = gateway(dir.path(), &[slow.addr], settings);
+    let url = format!("{}/flaky/x?sleep_ms=1500", gw.base);
+    let answers: Vec<Resp> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let url = url.clone();
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50 * i));
+                    get(&url, &[])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client")).collect()
+    });
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "one in flight: {statuses:?}");
+    let refused: Vec<&Resp> = answers.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(refused.len(), 3, "{statuses:?}");
+    assert!(refused.iter().all(|r| r.header("retry-after") == Some("1")), "every 503 says when to come back");
+    let full = gw.metric_sum("gateway_upstream_pending_overflow_total", &[("reason", "queue_full")]).unwrap_or(0.0);
+    let waited = gw.metric_sum("gateway_upstream_pending_overflow_total", &[("reason", "timeout")]).unwrap_or(0.0);
+    assert_eq!((full, waited), (2.0, 1.0), "two found the queue full, one waited its 300 ms");
 }

@@ -250,6 +250,11 @@ pub struct RouteSpec {
     /// The `rate_limits` that apply to this route, by name.
     #[serde(default)]
     pub rate_limits: Vec<String>,
+    /// Retries the upstream's policy allows may repeat a request of any method once it reached a
+    /// target (its backend makes POST and PATCH safe to repeat, by an idempotency key say);
+    /// default false: only idempotent methods.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -43,6 +43,8 @@ pub struct Route {
     pub schemes: Vec<String>,
     /// Its `rate_limits`: indexes into [`Snapshot::rate_limits`].
     pub rate_limits: Vec<usize>,
+    /// `retry_non_idempotent`: a request of any method may be retried once it reached a target.
+    pub retry_non_idempotent: bool,
 }
 
 impl Route {
@@ -672,6 +674,7 @@ fn compile_routes(
             body: r.body.map(|b| b.max_bytes),
             schemes: r.authorization_schemes.iter().map(|s| s.to_ascii_lowercase()).collect(),
             rate_limits,
+            retry_non_idempotent: r.retry_non_idempotent,
         });
     }
     out

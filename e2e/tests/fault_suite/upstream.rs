@@ -179,10 +179,7 @@ fn half_fails(e: &mut PhaseE, mut row: Row, mode: Mode) -> Row {
         "{retried} requests retried on the other target, the failing one ejected {ejections} time(s) after {} ms",
         ejected.map_or(0, ms)
     ));
-    row.check(
-        (1.0..=6.0).contains(&retried),
-        format!("{retried} retries: each failure before the ejection, no more"),
-    );
+    row.check((1.0..=6.0).contains(&retried), format!("{retried} retries: each failure before the ejection, no more"));
     row.shown = Some(row.check(e.flaky_state() == "ejected", format!("/status: {}", e.backend())));
     // Ejected for a second: the clients keep being served by the other target meanwhile.
     std::thread::sleep(Duration::from_millis(300));

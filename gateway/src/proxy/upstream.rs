@@ -86,8 +86,12 @@ pub(super) async fn peer(ctx: &mut Ctx, metrics: &crate::metrics::Metrics) -> Re
 /// budget allows it (counted), and the method is idempotent unless nothing reached the target.
 fn may_retry(session: &Session, ctx: &Ctx, pool: &Pool, on: RetryOn, metrics: &crate::metrics::Metrics) -> bool {
     let policy = &pool.guard.policy.retries;
-    let safe =
-        on == RetryOn::ConnectFailure || on == RetryOn::RefusedStream || session.req_header().method.is_idempotent();
+    let route_says = match (&ctx.active, ctx.route) {
+        (Some(a), Some(r)) => a.snapshot.routes[r].retry_non_idempotent,
+        _ => false,
+    };
+    let nothing_reached = on == RetryOn::ConnectFailure || on == RetryOn::RefusedStream;
+    let safe = nothing_reached || route_says || session.req_header().method.is_idempotent();
     if !policy.retries(on) || ctx.tries.count >= policy.attempts || !safe || session.as_ref().retry_buffer_truncated() {
         return false;
     }
