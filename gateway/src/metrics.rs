@@ -200,6 +200,15 @@ fn decision_log_counters(r: &Registry) -> Result<DecisionLogCounters, prometheus
     })
 }
 
+/// `gateway_bundle_sync_total{result}`, each result's series present from the start.
+fn sync_counter(r: &Registry) -> Result<IntCounterVec, prometheus::Error> {
+    let sync = counter_vec(r, BUNDLE_SYNC_TOTAL, "Polls of the bundle source by result", &["result"])?;
+    for result in ["updated", "not_modified", "error"] {
+        sync.with_label_values(&[result]);
+    }
+    Ok(sync)
+}
+
 /// The fleet-wide quota store's metrics.
 #[derive(Clone)]
 pub struct QuotaMetrics {
@@ -398,10 +407,7 @@ impl Metrics {
         let requests = counter_vec(&r, REQUESTS_TOTAL, "Requests by route and decision", &["route", "decision"])?;
         let histogram =
             |name: &str, help: &str| reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets()))?);
-        let sync = counter_vec(&r, BUNDLE_SYNC_TOTAL, "Polls of the bundle source by result", &["result"])?;
-        for result in ["updated", "not_modified", "error"] {
-            sync.with_label_values(&[result]);
-        }
+        let sync = sync_counter(&r)?;
         let how = "Decisions by how they were reached: from the cache, or by running the rule";
         let cache = counter_vec(&r, DECISION_CACHE_TOTAL, how, &["result"])?;
         let why = "Requests refused (400) before routing: ambiguous path, host or headers";
