@@ -2,7 +2,8 @@
 //! ejection of failing targets, the retry budget, and the bound on requests in flight with its
 //! queue (`policy_bundles::resilience` says how much of each). One [`Guard`] per pool.
 //!
-//! * **Ejection**: `consecutive_failures` failures in a row (a connect error, a reset, a 5xx)
+//! * **Ejection**: `consecutive_failures` failures in a row (a connect error, a reset or
+//!   timeout, a 502, 503 or 504; a 500 is the application answering)
 //!   eject a target for `base_ejection`, doubled with each repeat (at most ten times); never
 //!   more than `max_ejected` of the targets at once, and never the last one that is neither
 //!   ejected nor failing its health check. A success resets the count; a target back from an

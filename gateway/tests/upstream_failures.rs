@@ -25,6 +25,8 @@ enum Mode {
     Reset = 2,
     /// Reads the request and never answers.
     Stall = 3,
+    /// Answers 500: the application failing.
+    ServerError = 4,
 }
 
 /// A scripted target: an HTTP/1.1 server counting the requests it reads, by method.
@@ -89,6 +91,7 @@ fn serve(conn: TcpStream, mode: &AtomicU8, gets: &AtomicU64, posts: &AtomicU64) 
         let answer: &[u8] = match mode.load(Ordering::SeqCst) {
             0 => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
             1 => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\ndown",
+            4 => b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\noops",
             3 => {
                 std::thread::sleep(Duration::from_secs(30));
                 return;
@@ -385,4 +388,16 @@ fn past_its_connections_and_its_queue_an_upstream_is_spared_with_a_503_and_retry
     let full = gw.metric_sum("gateway_upstream_pending_overflow_total", &[("reason", "queue_full")]).unwrap_or(0.0);
     let waited = gw.metric_sum("gateway_upstream_pending_overflow_total", &[("reason", "timeout")]).unwrap_or(0.0);
     assert_eq!((full, waited), (2.0, 1.0), "two found the queue full, one waited its 300 ms");
+}
+
+#[test]
+fn a_client_whose_requests_make_the_application_fail_cannot_eject_its_targets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (Target::start(Mode::ServerError), Target::start(Mode::ServerError));
+    let (gw, _up) = gateway(dir.path(), &[a.addr, b.addr], "    outlier: { consecutive_failures: 2 }\n");
+    let url = format!("{}/flaky/crash-me", gw.base);
+    let statuses: Vec<u16> = (0..20).map(|_| get(&url, &[]).status).collect();
+    assert!(statuses.iter().all(|s| *s == 500), "the application's answer reaches the client: {statuses:?}");
+    assert_eq!(gw.metric_sum("gateway_upstream_ejections_total", &[]).unwrap_or(0.0), 0.0, "a 500 ejects nothing");
+    assert_eq!(gw.metric_sum("gateway_upstream_retries_total", &[]).unwrap_or(0.0), 0.0, "nor is it retried");
 }

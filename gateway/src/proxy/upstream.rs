@@ -161,8 +161,10 @@ pub(super) fn proxy_failed(
     e
 }
 
-/// The current try's target answered a head: a 5xx is its failure, anything else a success;
-/// a status the policy retries fails the try (to be retried on another target) when it may.
+/// The current try's target answered a head. A gateway failure (502, 503, 504) is the
+/// target's failure, and is tried again when the policy lists it and a retry may follow;
+/// anything else, a 500 included, is the application answering: the target is alive. (A
+/// client that can make the application fail must not be able to eject its targets.)
 pub(super) fn response_head(
     session: &Session,
     ctx: &mut Ctx,
@@ -171,13 +173,13 @@ pub(super) fn response_head(
 ) -> Result<()> {
     let Ok(pool) = pool(ctx) else { return Ok(()) };
     let Some(i) = ctx.tries.target else { return Ok(()) };
-    if status < 500 {
+    if !matches!(status, 502..=504) {
         pool.guard.succeeded(i);
         ctx.tries.responded = true;
         return Ok(());
     }
     target_failed(ctx, pool, metrics);
-    if matches!(status, 502..=504) && may_retry(session, ctx, pool, RetryOn::Status(status), metrics) {
+    if may_retry(session, ctx, pool, RetryOn::Status(status), metrics) {
         return Error::e_explain(ErrorType::HTTPStatus(status), format!("upstream answered {status}: retried"));
     }
     ctx.tries.responded = true;
