@@ -90,6 +90,7 @@ pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &Roll
         };
     }
     let mut baked_since = r.started_at_ms;
+    let mut unproven = false;
     for name in names {
         let Some(rep) = reports.iter().find(|x| x.instance == name && x.bundle == r.bundle) else {
             if since_start > ms(cfg.silent_after) {
@@ -147,8 +148,14 @@ pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &Roll
         // A gateway clock ahead of ours cannot hold the bake open forever.
         let activated = h.activated_at_ms.unwrap_or(r.started_at_ms).min(rep.last_report_ms);
         baked_since = baked_since.max(activated);
+        // Evidence for the whole bake: a report sent at least the bake time after activation.
+        // A canary that died earlier, however recently it reported, has not shown it: wait,
+        // and it is rolled back as silent once quiet for `silent_after`.
+        if rep.last_report_ms.saturating_sub(activated) < ms(cfg.bake) {
+            unproven = true;
+        }
     }
-    if now_ms.saturating_sub(baked_since) >= ms(cfg.bake) {
+    if !unproven && now_ms.saturating_sub(baked_since) >= ms(cfg.bake) {
         Verdict::Promote
     } else {
         Verdict::Wait
@@ -323,10 +330,22 @@ mod tests {
 
     #[test]
     fn a_healthy_canary_is_promoted_after_the_bake_time_only() {
+        // Activated at 101 s, bake 10 s: a report at 111 s covers the whole bake.
         let reports =
-            [report("gw-a", CANDIDATE, 110_000, served(100, 1, 20)), report("gw-b", "old", 110_000, Value::Null)];
+            [report("gw-a", CANDIDATE, 111_000, served(100, 1, 20)), report("gw-b", "old", 111_000, Value::Null)];
         assert_eq!(judge(&rollout(), CANDIDATE, &reports, &cfg(), 110_500), Verdict::Wait);
-        assert_eq!(judge(&rollout(), CANDIDATE, &reports[..1], &cfg(), 111_000), Verdict::Promote);
+        assert_eq!(judge(&rollout(), CANDIDATE, &reports[..1], &cfg(), 111_500), Verdict::Promote);
+    }
+
+    #[test]
+    fn a_canary_that_dies_after_a_report_late_in_the_bake_is_never_promoted() {
+        // Its last report came 9 s into the 10 s bake; then nothing. The bake time passes, the
+        // report is recent: still no evidence for the whole bake.
+        let dead = [report("gw-a", CANDIDATE, 110_000, served(100, 0, 20))];
+        assert_eq!(judge(&rollout(), CANDIDATE, &dead, &cfg(), 111_500), Verdict::Wait);
+        assert_eq!(judge(&rollout(), CANDIDATE, &dead, &cfg(), 114_900), Verdict::Wait);
+        let v = judge(&rollout(), CANDIDATE, &dead, &cfg(), 115_100);
+        assert!(matches!(v, Verdict::RollBack { label: "silent", .. }), "{v:?}");
     }
 
     #[test]

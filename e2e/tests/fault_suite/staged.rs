@@ -234,9 +234,78 @@ fn canary_error_rate_jump_rolls_back(c: &mut PhaseC, mut row: Row) -> Row {
     row
 }
 
+/// gw-x's `last_report` in control-api's fleet view.
+fn last_report_of(c: &PhaseC, instance: &str) -> String {
+    let r = get_as_reader(&format!("{}/v1/fleet", c.cp.base));
+    let fleet: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    let me = fleet.as_array().and_then(|a| a.iter().find(|g| g["instance"] == instance).cloned());
+    me.and_then(|g| g["last_report"].as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// The canary dies at the worst moment: right after a status report in the second half of the
+/// bake. Its last report covers only part of the bake, so nothing says the revision is healthy
+/// for the whole of it: it must not be promoted, and once the canary has been quiet for
+/// `silent_after` the rollout is rolled back as silent.
+fn dead_canary_is_never_promoted(c: &mut PhaseC, mut row: Row) -> Row {
+    let tarball = example_tarball(&c.upstream, "s5-dead-canary");
+    let put = c.publish(&tarball);
+    row.check(put == Ok(201), format!("publish answered {put:?}"));
+    let activated = wait_for(Duration::from_secs(10), || revision_at(&c.gws[0].admin) == "s5-dead-canary");
+    row.check(activated.is_some(), "the canary never activated the revision");
+    let on_canary = Instant::now();
+    // Half of the 2 s bake, then the next report, then SIGKILL.
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = last_report_of(c, NAMES[0]);
+    let reported = wait_for(Duration::from_secs(3), || last_report_of(c, NAMES[0]) != before);
+    c.streams.pause(NAMES[0]);
+    c.gws[0].proc.kill9();
+    let killed_at = on_canary.elapsed();
+    row.note(format!(
+        "canary SIGKILLed {} ms after it activated the revision, right after a report (bake 2 s, silent_after 3 s)",
+        ms(killed_at)
+    ));
+    row.check(
+        reported.is_some() && killed_at < Duration::from_millis(2000),
+        "no report in the second half of the bake",
+    );
+    let t0 = c.streams.snapshot();
+    let (ended, seen) = c.watching(|| {
+        wait_for(Duration::from_secs(10), || {
+            let state = c.rollout()["rollout"]["state"].clone();
+            state == "rolled_back" || state == "promoted"
+        })
+    });
+    let state = c.rollout();
+    let reason = state["rollout"]["reason"].as_str().unwrap_or("").to_owned();
+    row.check(
+        state["rollout"]["state"] == "rolled_back",
+        format!("a dead canary's revision was not rolled back: {state}"),
+    );
+    row.counted = Some(row.check(
+        c.cp.metric("control_api_rollbacks_total{reason=\"silent\"}").unwrap_or(0.0) >= 1.0,
+        "the rollback was not counted as silent",
+    ));
+    row.shown =
+        Some(row.check(reason.contains("gw-x") && reason.contains("silent"), format!("history says: {reason:?}")));
+    row.note(format!("rolled back {} ms after the kill: {reason}", ended.map_or(0, ms)));
+    others_never(&mut row, &seen, "s5-dead-canary");
+    row.note(seen_text(&seen));
+    // The canary comes back and is served the stable revision again.
+    c.gws[0].restart();
+    c.gws[0].wait_ready();
+    let back = wait_for(Duration::from_secs(10), || revision_at(&c.gws[0].admin) == c.stable);
+    row.lkg = Some(row.check(back.is_some(), format!("the restarted canary is not back on {}", c.stable)));
+    row.recovered = Some(ended.is_some());
+    row.recover = ended;
+    row.traffic(&t0, &c.streams.snapshot());
+    row.note("traffic figures: the two other gateways (the dead canary's stream paused while it was down)");
+    c.streams.resume(NAMES[0]);
+    row
+}
+
 /// The staged rollouts, in the order they run.
 pub fn faults() -> Vec<Fault> {
-    let rollouts: [On<PhaseC>; 3] = [
+    let rollouts: [On<PhaseC>; 4] = [
         (
             "staged_rollout_reaches_the_canary_first_and_everyone_after_the_bake",
             8,
@@ -254,6 +323,12 @@ pub fn faults() -> Vec<Fault> {
             8,
             "staged rollout: the canary's error rate jumps, rolled back automatically",
             canary_error_rate_jump_rolls_back,
+        ),
+        (
+            "staged_rollout_is_never_promoted_when_the_canary_dies_mid_bake",
+            8,
+            "staged rollout: the canary SIGKILLed right after a report in the second half of the bake",
+            dead_canary_is_never_promoted,
         ),
     ];
     faults_on(Fixture::staged, rollouts)
