@@ -108,7 +108,8 @@ impl Metrics {
             Opts::new(
                 STATUS_REFUSED_TOTAL,
                 "Refused status reports by reason: instance_bound (the instance reports with another token), \
-                 token_instance (the token is bound to another instance), bundle (a bundle the token may not touch)",
+                 token_instance (the token is bound to another instance), bundle (a bundle the token may not touch), \
+                 unbound_token (rollouts are staged and the token is bound to no instance)",
             ),
             &["reason"],
         )?;

@@ -145,8 +145,14 @@ pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &Roll
                 }
             }
         }
-        // A gateway clock ahead of ours cannot hold the bake open forever.
-        let activated = h.activated_at_ms.unwrap_or(r.started_at_ms).min(rep.last_report_ms);
+        // The gateway reports its activation in whole seconds: taken at the end of that second
+        // (and never before the rollout began), so that rounding never shortens the bake. A
+        // gateway clock ahead of ours cannot hold the bake open forever.
+        let activated = h
+            .activated_at_ms
+            .map_or(r.started_at_ms, |at| at.saturating_add(999))
+            .max(r.started_at_ms)
+            .min(rep.last_report_ms);
         baked_since = baked_since.max(activated);
         // Evidence for the whole bake: a report sent at least the bake time after activation.
         // A canary that died earlier, however recently it reported, has not shown it: wait,
@@ -330,11 +336,14 @@ mod tests {
 
     #[test]
     fn a_healthy_canary_is_promoted_after_the_bake_time_only() {
-        // Activated at 101 s, bake 10 s: a report at 111 s covers the whole bake.
+        // Activated in the second 101 (reported in whole seconds: read as its end), bake 10 s: a
+        // report at 112 s covers the whole bake, one at 111 s may not.
         let reports =
-            [report("gw-a", CANDIDATE, 111_000, served(100, 1, 20)), report("gw-b", "old", 111_000, Value::Null)];
-        assert_eq!(judge(&rollout(), CANDIDATE, &reports, &cfg(), 110_500), Verdict::Wait);
-        assert_eq!(judge(&rollout(), CANDIDATE, &reports[..1], &cfg(), 111_500), Verdict::Promote);
+            [report("gw-a", CANDIDATE, 112_000, served(100, 1, 20)), report("gw-b", "old", 112_000, Value::Null)];
+        assert_eq!(judge(&rollout(), CANDIDATE, &reports, &cfg(), 111_500), Verdict::Wait, "before the bake is over");
+        assert_eq!(judge(&rollout(), CANDIDATE, &reports[..1], &cfg(), 112_500), Verdict::Promote);
+        let early = [report("gw-a", CANDIDATE, 111_000, served(100, 1, 20))];
+        assert_eq!(judge(&rollout(), CANDIDATE, &early, &cfg(), 112_500), Verdict::Wait);
     }
 
     #[test]

@@ -189,3 +189,26 @@ fn a_reader_token_bound_to_one_gateway_can_neither_take_the_canary_cohort_nor_re
     let r = call("POST", &s.url("/v1/status"), Some(GW_B_TOKEN), &[("content-type", "application/json")], Some(own));
     assert_eq!(r.status, 202, "{}", r.text());
 }
+
+#[test]
+fn a_shared_token_holder_cannot_forge_a_canarys_health_while_rollouts_are_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_staged(dir.path());
+    s.publish("main", &bundle("v1"));
+    s.publish("main", &bundle("v2"));
+    // READ_TOKEN is bound to no instance: whoever holds it could speak for any gateway, and a
+    // canary's report decides a promotion (or a rollback) for the whole fleet.
+    let forged =
+        br#"{"instance": "gw-a", "bundle": "main", "revision": "v2", "served": {"requests": 1000, "errors": 0}}"#;
+    let r = call("POST", &s.url("/v1/status"), Some(READ_TOKEN), &[("content-type", "application/json")], Some(forged));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("bound to its instance"), "{}", r.text());
+    let refused = call("GET", &s.url("/metrics"), None, &[], None).text();
+    assert!(
+        refused.lines().any(|l| l.starts_with("control_api_status_refused_total{reason=\"unbound_token\"} 1")),
+        "counted: {refused}"
+    );
+    // Nothing of it reached the fleet view.
+    let fleet = call("GET", &s.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
+    assert_eq!(fleet.as_array().map(Vec::len), Some(0), "{fleet}");
+}

@@ -45,6 +45,11 @@ pub fn start_control_api(dir: &Path, store: Option<&str>) -> ControlApi {
 
 /// [`start_control_api`] with `extra` top-level config keys.
 pub fn start_control_api_with(dir: &Path, store: Option<&str>, extra: &str) -> ControlApi {
+    start_control_api_with_tokens(dir, store, extra, "")
+}
+
+/// [`start_control_api_with`] and more token entries (`tokens` YAML list items).
+pub fn start_control_api_with_tokens(dir: &Path, store: Option<&str>, extra: &str, tokens: &str) -> ControlApi {
     let port = free_port_outside_ephemeral();
     let store = store.map(str::to_owned).unwrap_or_else(|| format!("sqlite://{}", dir.join("control.db").display()));
     let cp = ControlApiConfig::new(dir)
@@ -55,6 +60,7 @@ pub fn start_control_api_with(dir: &Path, store: Option<&str>, extra: &str) -> C
         .top(extra)
         .token("ci", "publish", PUBLISH_TOKEN)
         .token("gateways", "read", READ_TOKEN)
+        .tokens_yaml(tokens)
         .log("error")
         .launch(|l| l.stderr(Output::Null))
         .start();
@@ -108,20 +114,49 @@ pub fn spawn_gateway(dir: &Path, instance: &str, sources: &[&str], extra: &str) 
 
 /// The config of [`spawn_gateway`], for a caller to add to (`top` keys) before spawning.
 pub fn gateway_config(dir: &Path, instance: &str, sources: &[&str], extra: &str) -> GatewayConfig {
-    let token = dir.join("reader.token");
+    gateway_config_with_token(dir, instance, sources, extra, READ_TOKEN)
+}
+
+/// [`gateway_config`] with the reader token `token` (one bound to the instance, say), in a file
+/// of the instance's own.
+pub fn gateway_config_with_token(
+    dir: &Path,
+    instance: &str,
+    sources: &[&str],
+    extra: &str,
+    token: &str,
+) -> GatewayConfig {
+    let token_file = if token == READ_TOKEN { dir.join("reader.token") } else { dir.join(format!("{instance}.token")) };
     // Written once: a gateway of the same folder may be reading it right now.
-    if std::fs::read_to_string(&token).ok().as_deref() != Some(READ_TOKEN) {
-        std::fs::write(&token, READ_TOKEN).expect("token");
+    if std::fs::read_to_string(&token_file).ok().as_deref() != Some(token) {
+        std::fs::write(&token_file, token).expect("token");
     }
     let cache = dir.join(format!("cache-{instance}"));
     GatewayConfig::new(dir.join(format!("gateway-{instance}.yaml")))
         .ports_outside_ephemeral()
         .top(&format!("instance: {instance}\n"))
         .bundle_sources(sources)
-        .bundle_keys(&format!("  token_file: {}\n  cache_dir: {}\n", token.display(), cache.display()))
+        .bundle_keys(&format!("  token_file: {}\n  cache_dir: {}\n", token_file.display(), cache.display()))
         .bundle_keys(extra)
         .log("error")
         .launch(|l| l.stderr(Output::Null))
+}
+
+/// The reader token bound to gateway `instance` (see [`bound_tokens_yaml`]).
+pub fn bound_token(instance: &str) -> String {
+    format!("e2e-reader-token-of-{instance}")
+}
+
+/// control-api token entries binding a reader token to each of `instances`: with staged
+/// rollouts only such a token may send status reports.
+pub fn bound_tokens_yaml(instances: &[&str]) -> String {
+    instances
+        .iter()
+        .map(|i| {
+            let hash = test_support::control_api::hash_token(&bound_token(i));
+            format!("  - {{ name: {i}, scope: read, sha256: {hash}, instance: {i} }}\n")
+        })
+        .collect()
 }
 
 /// What a steady stream of requests saw.

@@ -123,6 +123,17 @@ pub(super) async fn status(
         s.metrics.refuse_status("token_instance");
         return Err(e);
     }
+    // With staged rollouts a report decides promotions and rollbacks: a token shared by many
+    // gateways could speak for any of them (forge a canary's health), so only a token bound to
+    // its instance may report.
+    if s.config.rollout.is_some() && who.instance.is_none() {
+        s.metrics.refuse_status("unbound_token");
+        tracing::warn!(instance = %report.instance, token = %who.name, "status report with a token bound to no instance while rollouts are staged: refused");
+        return Err(ApiError::Forbidden(format!(
+            "rollouts are staged: a status report needs a token bound to its instance (`instance: {}` in the token's entry); token `{}` is bound to none",
+            report.instance, who.name
+        )));
+    }
     if let Err(e) = check_access(&who, &report.bundle) {
         s.metrics.refuse_status("bundle");
         return Err(e);

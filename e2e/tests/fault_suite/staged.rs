@@ -7,7 +7,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{example_tarball, gateway_fleet, get_as_reader, push, start_control_api_with, ControlApi, Gateway, Tally};
+use e2e::{
+    bound_token, bound_tokens_yaml, example_tarball, gateway_config_with_token, get_as_reader, push,
+    start_control_api_with_tokens, ControlApi, Gateway, Tally,
+};
 use serde_json::Value;
 
 use super::bundles;
@@ -32,9 +35,16 @@ pub struct PhaseC {
 impl PhaseC {
     pub fn start(dir: &Path, upstream: &str) -> PhaseC {
         let store = format!("sqlite://{}", dir.join("control-staged.db").display());
-        let cp = start_control_api_with(dir, Some(&store), ROLLOUT);
+        // Each gateway reports with a token bound to it: with staged rollouts no other may.
+        let cp = start_control_api_with_tokens(dir, Some(&store), ROLLOUT, &bound_tokens_yaml(&NAMES));
         push(&cp.base, &example_tarball(upstream, "s1"), dir);
-        let gws = gateway_fleet(dir, &NAMES, &[&cp.base], POLL);
+        let gws: Vec<Gateway> = NAMES
+            .iter()
+            .map(|n| gateway_config_with_token(dir, n, &[&cp.base], POLL, &bound_token(n)).spawn())
+            .collect();
+        for gw in &gws {
+            gw.wait_ready();
+        }
         let streams = Streams::start(&NAMES.iter().copied().zip(gws.iter()).collect::<Vec<_>>());
         PhaseC { upstream: upstream.to_owned(), cp, gws, streams, stable: "s1".into() }
     }
