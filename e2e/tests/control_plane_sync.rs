@@ -110,3 +110,35 @@ fn a_control_plane_outage_costs_no_request_and_recovery_downloads_nothing() {
     assert!(tally.failed - mid.failed == 0, "failures after the restart: {:?}", tally.first_failure);
     assert!(tally.sent > 300, "the stream was too thin: {}", tally.sent);
 }
+
+/// A held long poll (30 s) used to space a gateway's status reports 30 s apart, so a control
+/// plane judging canaries with `silent_after` under that called healthy ones silent. Reports now
+/// have a timer of their own (`report_interval`, ±10%).
+#[test]
+fn status_reports_arrive_every_report_interval_while_the_long_poll_is_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_up, up) = echo_upstream("u");
+    let cp = start_control_api(dir.path(), None);
+    push(&cp.base, &example_tarball(&up.to_string(), "r1"), dir.path());
+    let keys = "  long_poll: 30s\n  timeout: 2s\n  max_staleness: 60s\n  report_interval: 1s\n";
+    let _gw = start_gateway(dir.path(), "gw-r", &[&cp.base], keys);
+    let last_report = || {
+        let fleet = get_as_reader(&format!("{}/v1/fleet", cp.base)).json();
+        let me = fleet.as_array().and_then(|a| a.iter().find(|g| g["instance"] == "gw-r").cloned());
+        me.and_then(|g| g["last_report"].as_str().map(str::to_owned))
+    };
+    let started = std::time::Instant::now();
+    let mut seen: Vec<(String, std::time::Instant)> = Vec::new();
+    while started.elapsed() < Duration::from_secs(7) {
+        if let Some(at) = last_report() {
+            if seen.last().map(|(s, _)| s != &at).unwrap_or(true) {
+                seen.push((at, std::time::Instant::now()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gaps: Vec<u128> = seen.windows(2).map(|w| (w[1].1 - w[0].1).as_millis()).collect();
+    println!("{} reports in 7 s with the long poll held; gaps (ms): {gaps:?}", seen.len());
+    assert!(seen.len() >= 6, "a report about every second: {gaps:?}");
+    assert!(gaps.iter().all(|g| (600..=1600).contains(g)), "every gap within the interval and its jitter: {gaps:?}");
+}

@@ -159,6 +159,8 @@ struct RawBundle {
     #[serde(default)]
     follow_redirects: bool,
     #[serde(default)]
+    report_interval: Option<String>,
+    #[serde(default)]
     max_size: Option<String>,
     #[serde(default)]
     cache_dir: Option<PathBuf>,
@@ -426,6 +428,10 @@ pub struct Poll {
     pub timeout: Duration,
     /// Follow a source's redirects (up to 3, never from https to http); default false.
     pub follow_redirects: bool,
+    /// Status reports to the control plane on a timer of their own (±10% jitter), beside the
+    /// one after each poll round: a held long poll would otherwise space them `long_poll`
+    /// apart. Default 10s; 0 reports after poll rounds only.
+    pub report_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -816,6 +822,7 @@ impl Check<'_> {
             backoff_max,
             timeout,
             follow_redirects,
+            report_interval,
             max_size,
             cache_dir,
             max_staleness,
@@ -832,8 +839,17 @@ impl Check<'_> {
                 0
             }),
         };
-        let raw_poll =
-            RawPoll { sources, token_file, min_delay, max_delay, long_poll, backoff_max, timeout, follow_redirects };
+        let raw_poll = RawPoll {
+            sources,
+            token_file,
+            min_delay,
+            max_delay,
+            long_poll,
+            backoff_max,
+            timeout,
+            follow_redirects,
+            report_interval,
+        };
         let (source, poll_window) = self.source(file, raw_poll);
         let max_staleness = self.dur("bundle.max_staleness", &max_staleness, Duration::from_secs(300));
         if let Some(window) = poll_window.filter(|w| max_staleness <= *w) {
@@ -876,8 +892,17 @@ impl Check<'_> {
     }
 
     fn poll(&mut self, raw: RawPoll) -> Poll {
-        let RawPoll { sources, token_file, min_delay, max_delay, long_poll, backoff_max, timeout, follow_redirects } =
-            raw;
+        let RawPoll {
+            sources,
+            token_file,
+            min_delay,
+            max_delay,
+            long_poll,
+            backoff_max,
+            timeout,
+            follow_redirects,
+            report_interval,
+        } = raw;
         for (i, u) in sources.iter().enumerate() {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 self.problem(format!("`bundle.sources[{i}]`: `{u}` must be an http:// or https:// URL"));
@@ -901,6 +926,7 @@ impl Check<'_> {
             backoff_max: self.dur("bundle.backoff_max", &backoff_max, Duration::from_secs(60)),
             timeout,
             follow_redirects,
+            report_interval: self.dur("bundle.report_interval", &report_interval, Duration::from_secs(10)),
         }
     }
 
@@ -953,6 +979,7 @@ struct RawPoll {
     backoff_max: Option<String>,
     timeout: Option<String>,
     follow_redirects: bool,
+    report_interval: Option<String>,
 }
 
 fn request_rules(

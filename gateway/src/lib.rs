@@ -170,6 +170,9 @@ pub fn build(config: Config, start: Start) -> Result<Built, StartError> {
         let on_bundle: sync::OnBundle = Arc::new(move |url, bytes, etag| activator.activate_download(url, bytes, etag));
         let (syncer, reporter) =
             sync::Syncer::new(gateway, metrics, on_bundle, &config.bundle, poll, config.instance.clone())?;
+        if let Some(timer) = syncer.report_timer() {
+            server.add_service(background_service("status report timer", timer));
+        }
         server.add_service(background_service("bundle sync", syncer));
         server.add_service(background_service("status reports", reporter));
     }

@@ -89,8 +89,19 @@ pub struct Syncer {
     max_size: u64,
     poll: Poll,
     client: reqwest::Client,
-    reports: mpsc::Sender<(String, Report)>,
+    reports: Arc<Reports>,
+}
+
+/// What a status report is made of and where it goes: shared by the poll loop (a report after
+/// each round) and [`ReportTimer`] (one every `report_interval`, whatever the polls do).
+pub struct Reports {
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
     instance: String,
+    sources: Vec<String>,
+    /// The source the poll loop prefers now (the one that last answered).
+    preferred: std::sync::atomic::AtomicUsize,
+    tx: mpsc::Sender<(String, Report)>,
 }
 
 /// The bundle URL for a configured source: a control plane base URL, or a direct file URL.
@@ -193,7 +204,21 @@ impl Syncer {
         let reporter =
             StatusReporter { rx: tokio::sync::Mutex::new(rx), client: client.clone(), token: poll.token.clone() };
         let (name, max_size) = (bundle.name.clone(), bundle.max_size);
-        Ok((Syncer { gateway, metrics, on_bundle, name, max_size, poll, client, reports: tx, instance }, reporter))
+        let reports = Arc::new(Reports {
+            gateway: gateway.clone(),
+            metrics: metrics.clone(),
+            instance,
+            sources: poll.sources.clone(),
+            preferred: std::sync::atomic::AtomicUsize::new(0),
+            tx,
+        });
+        Ok((Syncer { gateway, metrics, on_bundle, name, max_size, poll, client, reports }, reporter))
+    }
+
+    /// The report timer, unless `bundle.report_interval` is 0.
+    pub fn report_timer(&self) -> Option<ReportTimer> {
+        let every = self.poll.report_interval;
+        (!every.is_zero()).then(|| ReportTimer { reports: self.reports.clone(), every })
     }
 
     /// One poll of one source: a GET, then (on 200) the download, handed to [`OnBundle`].
@@ -235,7 +260,7 @@ impl Syncer {
         let terr = |m: String| SyncError::Transport { url: url.to_owned(), message: m };
         let etag = self.gateway.etag();
         // The instance, so that a control plane staging a rollout answers with this gateway's cohort.
-        let mut req = self.client.get(url).header(INSTANCE_HEADER, self.instance.as_str());
+        let mut req = self.client.get(url).header(INSTANCE_HEADER, self.reports.instance.as_str());
         let mut wait = Duration::ZERO;
         if let Some(tag) = &etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag.as_str());
@@ -323,8 +348,14 @@ impl Syncer {
         }
         Err(last.unwrap_or(SyncError::Transport { url: String::new(), message: "no sources".into() }))
     }
+}
 
-    fn report(&self, source: &str) {
+impl Reports {
+    /// Queues a report of the active bundle for the preferred source (dropped, and counted,
+    /// when one is still queued: a report is never waited for).
+    fn send(&self) {
+        let i = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(source) = self.sources.get(i.min(self.sources.len().saturating_sub(1))) else { return };
         if source.ends_with(".tar.gz") || source.contains("/v1/bundles/") {
             return;
         }
@@ -344,8 +375,28 @@ impl Syncer {
             activation: sync.last_activation(),
             served: active.served.report(),
         };
-        if self.reports.try_send((format!("{source}/v1/status"), report)).is_err() {
+        if self.tx.try_send((format!("{source}/v1/status"), report)).is_err() {
             self.metrics.status_reports_dropped.inc();
+        }
+    }
+}
+
+/// Status reports every `bundle.report_interval` (±10%), so that a control plane judging a
+/// canary hears from it whether or not its long poll is held.
+pub struct ReportTimer {
+    reports: Arc<Reports>,
+    every: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for ReportTimer {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let wait = jitter(self.every.mul_f64(0.9), self.every.mul_f64(1.1));
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait) => self.reports.send(),
+            }
         }
     }
 }
@@ -386,7 +437,8 @@ impl BackgroundService for Syncer {
                     e.retry_after().map_or(b, |ra| ra.max(b))
                 }
             };
-            self.report(&self.poll.sources[preferred.min(self.poll.sources.len().saturating_sub(1))]);
+            self.reports.preferred.store(preferred, std::sync::atomic::Ordering::Relaxed);
+            self.reports.send();
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(delay) => {}
