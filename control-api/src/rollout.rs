@@ -78,9 +78,7 @@ pub fn canaries<'a>(cohort: &'a Cohort, bundle: &str, reports: &'a [GatewayRepor
 
 /// Judges one rollout in its canary phase at `now_ms`, from the latest report of each gateway.
 pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &RolloutConfig, now_ms: i64) -> Verdict {
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let since_start = now_ms.saturating_sub(r.started_at_ms);
-    let secs = |ms: i64| ms as f64 / 1000.0;
     let names = canaries(&cfg.canary, &r.bundle, reports, r.started_at_ms.saturating_sub(ms(cfg.silent_after)));
     if names.is_empty() {
         return if since_start > ms(cfg.silent_after) {
@@ -98,67 +96,12 @@ pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &Roll
             }
             return Verdict::Wait;
         };
-        let quiet = now_ms.saturating_sub(rep.last_report_ms.max(r.started_at_ms));
-        if quiet > ms(cfg.silent_after) {
-            return roll_back("silent", format!("canary {name} silent for {:.1} s", secs(quiet)));
-        }
-        let h = health(rep);
-        if let Some((digest, outcome, why, at_ms)) = &h.attempt {
-            // An attempt from before this rollout (the same content, refused last time) is stale:
-            // the gateway reports in whole seconds, hence the one-second allowance.
-            if digest == candidate && outcome == "failed" && *at_ms + 1000 >= r.started_at_ms {
-                return roll_back("activation", format!("canary {name} failed to activate it: {why}"));
+        match evidence(r, name, rep, candidate, cfg, now_ms) {
+            Err(verdict) => return verdict,
+            Ok(Evidence { activated, covers_bake }) => {
+                baked_since = baked_since.max(activated);
+                unproven |= !covers_bake;
             }
-        }
-        if rep.digest.as_deref() != Some(candidate) {
-            if since_start > ms(cfg.bake + cfg.silent_after) {
-                return roll_back(
-                    "not_activated",
-                    format!(
-                        "canary {name} still serves another revision {:.1} s after the rollout started",
-                        secs(since_start)
-                    ),
-                );
-            }
-            return Verdict::Wait;
-        }
-        if h.requests >= cfg.min_requests.max(1) {
-            let rate = h.errors as f64 / h.requests as f64;
-            if rate > cfg.max_error_rate {
-                return roll_back(
-                    "error_rate",
-                    format!(
-                        "canary {name}: {} of {} requests failed since activation ({:.1}%, limit {:.1}%)",
-                        h.errors,
-                        h.requests,
-                        rate * 100.0,
-                        cfg.max_error_rate * 100.0
-                    ),
-                );
-            }
-            if let (Some(limit), Some(p99)) = (cfg.max_p99, h.p99_ms) {
-                if u128::from(p99) > limit.as_millis() {
-                    return roll_back(
-                        "p99",
-                        format!("canary {name}: p99 {p99} ms since activation (limit {} ms)", limit.as_millis()),
-                    );
-                }
-            }
-        }
-        // The gateway reports its activation in whole seconds: taken at the end of that second
-        // (and never before the rollout began), so that rounding never shortens the bake. A
-        // gateway clock ahead of ours cannot hold the bake open forever.
-        let activated = h
-            .activated_at_ms
-            .map_or(r.started_at_ms, |at| at.saturating_add(999))
-            .max(r.started_at_ms)
-            .min(rep.last_report_ms);
-        baked_since = baked_since.max(activated);
-        // Evidence for the whole bake: a report sent at least the bake time after activation.
-        // A canary that died earlier, however recently it reported, has not shown it: wait,
-        // and it is rolled back as silent once quiet for `silent_after`.
-        if rep.last_report_ms.saturating_sub(activated) < ms(cfg.bake) {
-            unproven = true;
         }
     }
     if !unproven && now_ms.saturating_sub(baked_since) >= ms(cfg.bake) {
@@ -166,6 +109,89 @@ pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &Roll
     } else {
         Verdict::Wait
     }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// What one canary's report shows of the candidate.
+struct Evidence {
+    /// When it activated the candidate (ms, ours).
+    activated: i64,
+    /// Its report was sent at least the bake time after that: evidence for the whole bake. A
+    /// canary that died earlier, however recently it reported, has not shown it; it waits, and
+    /// is rolled back as silent once quiet for `silent_after`.
+    covers_bake: bool,
+}
+
+/// One canary's report judged: a verdict that ends the judgement at once (a rollback, or a
+/// wait while it activates), or its evidence.
+fn evidence(
+    r: &Rollout,
+    name: &str,
+    rep: &GatewayReport,
+    candidate: &str,
+    cfg: &RolloutConfig,
+    now_ms: i64,
+) -> Result<Evidence, Verdict> {
+    let since_start = now_ms.saturating_sub(r.started_at_ms);
+    let quiet = now_ms.saturating_sub(rep.last_report_ms.max(r.started_at_ms));
+    if quiet > ms(cfg.silent_after) {
+        return Err(roll_back("silent", format!("canary {name} silent for {:.1} s", secs(quiet))));
+    }
+    let h = health(rep);
+    if let Some((digest, outcome, why, at_ms)) = &h.attempt {
+        // An attempt from before this rollout (the same content, refused last time) is stale:
+        // the gateway reports in whole seconds, hence the one-second allowance.
+        if digest == candidate && outcome == "failed" && *at_ms + 1000 >= r.started_at_ms {
+            return Err(roll_back("activation", format!("canary {name} failed to activate it: {why}")));
+        }
+    }
+    if rep.digest.as_deref() != Some(candidate) {
+        if since_start > ms(cfg.bake + cfg.silent_after) {
+            let why = format!(
+                "canary {name} still serves another revision {:.1} s after the rollout started",
+                secs(since_start)
+            );
+            return Err(roll_back("not_activated", why));
+        }
+        return Err(Verdict::Wait);
+    }
+    if h.requests >= cfg.min_requests.max(1) {
+        let rate = h.errors as f64 / h.requests as f64;
+        if rate > cfg.max_error_rate {
+            return Err(roll_back(
+                "error_rate",
+                format!(
+                    "canary {name}: {} of {} requests failed since activation ({:.1}%, limit {:.1}%)",
+                    h.errors,
+                    h.requests,
+                    rate * 100.0,
+                    cfg.max_error_rate * 100.0
+                ),
+            ));
+        }
+        if let (Some(limit), Some(p99)) = (cfg.max_p99, h.p99_ms) {
+            if u128::from(p99) > limit.as_millis() {
+                let why = format!("canary {name}: p99 {p99} ms since activation (limit {} ms)", limit.as_millis());
+                return Err(roll_back("p99", why));
+            }
+        }
+    }
+    // The gateway reports its activation in whole seconds: taken at the end of that second (and
+    // never before the rollout began), so that rounding never shortens the bake. A gateway clock
+    // ahead of ours cannot hold the bake open forever.
+    let activated = h
+        .activated_at_ms
+        .map_or(r.started_at_ms, |at| at.saturating_add(999))
+        .max(r.started_at_ms)
+        .min(rep.last_report_ms);
+    Ok(Evidence { activated, covers_bake: rep.last_report_ms.saturating_sub(activated) >= ms(cfg.bake) })
 }
 
 /// What the supervisor remembers between ticks to measure propagation.
