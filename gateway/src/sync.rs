@@ -408,6 +408,7 @@ impl BackgroundService for Syncer {
         let mut failures = 0u32;
         loop {
             let started = Instant::now();
+            let before = preferred;
             let result = tokio::select! {
                 _ = shutdown.changed() => return,
                 r = self.poll_round(&mut preferred, failures == 0) => r,
@@ -423,8 +424,12 @@ impl BackgroundService for Syncer {
                     metrics.sync.with_label_values(&[label]).inc();
                     // A long poll that was held by the source is answered by polling again at
                     // once (with a little jitter); anything else waits the configured interval.
-                    let held = !self.poll.long_poll.is_zero() && started.elapsed() >= Duration::from_millis(500);
-                    if held || matches!(polled, Polled::Updated) && !self.poll.long_poll.is_zero() {
+                    let long_polling = !self.poll.long_poll.is_zero();
+                    let held = long_polling && started.elapsed() >= Duration::from_millis(500);
+                    // A failover: the next source answered at once, unheld. Long-poll it now
+                    // rather than after a poll interval, or a publish waits that long.
+                    let failed_over = long_polling && preferred != before;
+                    if held || failed_over || matches!(polled, Polled::Updated) && long_polling {
                         jitter(Duration::ZERO, Duration::from_millis(100))
                     } else {
                         jitter(self.poll.min_delay, self.poll.max_delay)
