@@ -33,7 +33,11 @@ pub const INSTANCE_HEADER: &str = "x-gateway-instance";
 #[derive(Debug)]
 enum Polled {
     Updated,
-    NotModified,
+    /// `held`: the source applied the long poll (`Preference-Applied: wait=N`), even if it
+    /// answered early (a source shutting down releases its held polls at once).
+    NotModified {
+        held: bool,
+    },
 }
 
 /// Why a poll failed. Every failure keeps last-known-good serving.
@@ -230,7 +234,9 @@ impl Syncer {
         match resp.status().as_u16() {
             304 => {
                 self.confirm(source);
-                return Ok(Polled::NotModified);
+                let applied = resp.headers().get("preference-applied").and_then(|v| v.to_str().ok());
+                let held = applied.is_some_and(|v| v.to_ascii_lowercase().contains("wait="));
+                return Ok(Polled::NotModified { held });
             }
             200 => {}
             status @ 300..=399 => {
@@ -419,13 +425,17 @@ impl BackgroundService for Syncer {
                     failures = 0;
                     let label = match polled {
                         Polled::Updated => "updated",
-                        Polled::NotModified => "not_modified",
+                        Polled::NotModified { .. } => "not_modified",
                     };
                     metrics.sync.with_label_values(&[label]).inc();
                     // A long poll that was held by the source is answered by polling again at
                     // once (with a little jitter); anything else waits the configured interval.
                     let long_polling = !self.poll.long_poll.is_zero();
-                    let held = long_polling && started.elapsed() >= Duration::from_millis(500);
+                    // Held: by the source's word, or by the time it took (a source that does not
+                    // say so).
+                    let held = long_polling
+                        && (matches!(polled, Polled::NotModified { held: true })
+                            || started.elapsed() >= Duration::from_millis(500));
                     // A failover: the next source answered at once, unheld. Long-poll it now
                     // rather than after a poll interval, or a publish waits that long.
                     let failed_over = long_polling && preferred != before;
