@@ -154,9 +154,10 @@ pub(super) fn proxy_failed(
         return e;
     }
     target_failed(ctx, pool, metrics);
-    let on = if e.etype() == &ErrorType::H2Error { RetryOn::RefusedStream } else { RetryOn::Reset };
-    let refused = on == RetryOn::RefusedStream && e.to_string().contains("REFUSED_STREAM");
-    let on = if on == RetryOn::RefusedStream && !refused { RetryOn::Reset } else { on };
+    // An h2 stream the target refused (`REFUSED_STREAM`: never processed, safe for any method);
+    // Pingora keeps the h2 reason only in the error's text.
+    let refused = e.etype() == &ErrorType::H2Error && e.to_string().contains("REFUSED_STREAM");
+    let on = if refused { RetryOn::RefusedStream } else { RetryOn::Reset };
     e.set_retry(may_retry(session, ctx, pool, on, metrics));
     e
 }
