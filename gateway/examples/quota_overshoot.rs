@@ -52,7 +52,7 @@ fn limit() -> RateLimit {
 /// Admitted requests by millisecond.
 async fn run(url: &str, interval: Duration, load: Load) -> Vec<u32> {
     let config =
-        QuotaStoreConfig { url: url.into(), sync_interval: interval, timeout: Duration::from_secs(1), keys: 64 };
+        QuotaStoreConfig { url: url.into(), sync_interval: interval, timeout: Duration::from_secs(1), keys: 128 };
     let metrics = gateway::metrics::Metrics::new().expect("metrics");
     let gws: Vec<Quotas> =
         ["a", "b", "c"].iter().map(|n| Quotas::new(&config, "main", n, &metrics).expect("store")).collect();

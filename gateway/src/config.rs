@@ -722,8 +722,8 @@ impl Check<'_> {
             self.problem("`quota_store.timeout` must be from 1ms to 10s".into());
         }
         let keys = keys.unwrap_or(4096);
-        if !(16..=1 << 20).contains(&keys) {
-            self.problem("`quota_store.keys` must be from 16 to 1048576".into());
+        if !(128..=1 << 20).contains(&keys) {
+            self.problem("`quota_store.keys` must be from 128 to 1048576 (64 shards of two-way sets)".into());
         }
         QuotaStoreConfig { url, sync_interval, timeout, keys }
     }

@@ -587,7 +587,7 @@ mod tests {
             url: url.into(),
             sync_interval: Duration::from_millis(200),
             timeout: Duration::from_millis(500),
-            keys: 64,
+            keys: 128,
         };
         let metrics = crate::metrics::Metrics::new().expect("metrics");
         Quotas::new(&config, "main", name, &metrics).expect("quotas")
@@ -678,6 +678,24 @@ mod tests {
             t.shards.iter().flat_map(|s| s.lock().map(|e| e.clone()).unwrap_or_default()).map(|e| e.unsent[1]).sum();
         assert_eq!(unsent, 5, "put back to be sent");
         assert_eq!(gw.fleet.status().errors, 1);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_distinct_keys_stays_within_the_global_table_and_each_exchange_is_bounded() {
+        // Clients choose keys (API keys, addresses): a million new ones against one global limit.
+        let gw = gateway("redis://127.0.0.1:1", "a");
+        let c = gw.counter(&RateLimit { key: LimitKey::ClientIp, ..limit(1_000_000) }, None);
+        let t = c.table().clone();
+        for i in 0..1_000_000u32 {
+            c.count(&i.to_le_bytes(), T0, true, true);
+        }
+        let held: usize =
+            t.shards.iter().map(|s| s.lock().map(|e| e.iter().filter(|e| e.tag != 0).count()).unwrap_or(0)).sum();
+        // `keys: 128`: one set of two in each of the 64 shards.
+        assert_eq!(held, 128, "the table holds its fixed number of entries, no more");
+        assert!(t.evicted.get() >= 1_000_000 - 128, "evictions counted: {}", t.evicted.get());
+        // What one exchange sends is bounded by the table, whatever the flood.
+        assert_eq!(t.take_unsent(0, T0).len(), 128);
     }
 
     #[test]
