@@ -23,7 +23,11 @@
 //!   min_compile_time: 1s           #   compile times below this are not compared; default 1s
 //!   enabled: true                  #   default true; `?force=true&reason=...` passes it
 //! rollout:                         # optional: staged rollout with automatic rollback
-//!   canary: [gw-a]                 #   instance names; or canary_percent: 10 (stable hash)
+//!   canary: [gw-a]                 #   instance names; or canary_percent: 10 (stable hash); the
+//!                                  #   cohort of every bundle `bundles` does not name; optional
+//!                                  #   with `bundles` (other bundles then go to everyone at once)
+//!   bundles:                       #   optional: a bundle's own cohort, instead of `canary`
+//!     payments: { canary: [gw-p1] }      # or { canary_percent: 10 }
 //!   bake: 60s                      #   healthy canary time before everyone gets it; default 60s
 //!   silent_after: 30s              #   a canary without a report this long fails it; default 30s
 //!   max_error_rate: 0.05           #   errors / requests since activation; default 0.05
@@ -108,6 +112,8 @@ struct RawRollout {
     #[serde(default)]
     canary_percent: Option<u8>,
     #[serde(default)]
+    bundles: std::collections::BTreeMap<String, RawCohort>,
+    #[serde(default)]
     bake: Option<String>,
     #[serde(default)]
     silent_after: Option<String>,
@@ -117,6 +123,16 @@ struct RawRollout {
     min_requests: Option<u64>,
     #[serde(default)]
     max_p99: Option<String>,
+}
+
+/// One bundle's cohort under `rollout.bundles`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCohort {
+    #[serde(default)]
+    canary: Vec<String>,
+    #[serde(default)]
+    canary_percent: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,7 +282,11 @@ impl Cohort {
 /// status reports, and is promoted to everyone after `bake`, or rolled back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutConfig {
-    pub canary: Cohort,
+    /// The cohort of every bundle without one of its own; `None`: such bundles are published to
+    /// every gateway at once.
+    pub canary: Option<Cohort>,
+    /// Bundles' own cohorts (`rollout.bundles`): a cohort belongs to the bundles its gateways serve.
+    pub bundles: std::collections::BTreeMap<String, Cohort>,
     /// How long every canary must serve the revision healthily before everyone gets it.
     pub bake: Duration,
     /// A canary without a report for this long fails the rollout.
@@ -277,6 +297,18 @@ pub struct RolloutConfig {
     pub min_requests: u64,
     /// Largest p99 a canary may report, when set.
     pub max_p99: Option<Duration>,
+}
+
+impl RolloutConfig {
+    /// The canary cohort of a bundle; `None`: its publishes are not staged.
+    pub fn cohort(&self, bundle: &str) -> Option<&Cohort> {
+        self.bundles.get(bundle).or(self.canary.as_ref())
+    }
+
+    /// Whether `instance` is a canary of `bundle`.
+    pub fn is_canary(&self, bundle: &str, instance: &str) -> bool {
+        self.cohort(bundle).is_some_and(|c| c.contains(instance))
+    }
 }
 
 /// The growth guard's ratios (`growth_guard`): a publish past one of them is refused with 409
@@ -552,19 +584,18 @@ fn parse_growth_guard(g: RawGrowthGuard, problems: &mut Problems<'_>) -> Option<
 /// Validates `rollout`; every problem is reported at the line of `rollout`.
 fn parse_rollout(r: &RawRollout, problems: &mut Problems<'_>) -> RolloutConfig {
     let line = problems.line("rollout");
-    let canary = match (r.canary.is_empty(), r.canary_percent) {
-        (false, None) => Cohort::Instances(r.canary.clone()),
-        (true, Some(p)) if (1..=100).contains(&p) => Cohort::Percent(p),
-        (true, Some(_)) => {
-            problems.add("rollout.canary_percent", line, "must be from 1 to 100".into());
-            Cohort::Percent(1)
-        }
-        _ => {
-            let m = "give `canary` (instance names) or `canary_percent`, one of them";
-            problems.add("rollout.canary", line, m.into());
-            Cohort::Instances(Vec::new())
-        }
+    let canary = match (r.canary.is_empty(), r.canary_percent, r.bundles.is_empty()) {
+        (true, None, false) => None,
+        (_, _, _) => Some(parse_cohort("rollout", &r.canary, r.canary_percent, line, problems)),
     };
+    let mut bundles = std::collections::BTreeMap::new();
+    for (name, c) in &r.bundles {
+        let key = format!("rollout.bundles.{name}");
+        if !crate::names::is_bundle_name(name) {
+            problems.add(&key, line, "is not a bundle name".into());
+        }
+        bundles.insert(name.clone(), parse_cohort(&key, &c.canary, c.canary_percent, line, problems));
+    }
     let bake = problems.duration("rollout.bake", r.bake.as_deref(), Duration::from_secs(60));
     let silent_after = problems.duration("rollout.silent_after", r.silent_after.as_deref(), Duration::from_secs(30));
     let max_p99 =
@@ -573,7 +604,31 @@ fn parse_rollout(r: &RawRollout, problems: &mut Problems<'_>) -> RolloutConfig {
     if !(0.0..1.0).contains(&max_error_rate) {
         problems.add("rollout.max_error_rate", line, "must be a share from 0 to below 1 (0.05: 5%)".into());
     }
-    RolloutConfig { canary, bake, silent_after, max_error_rate, min_requests: r.min_requests.unwrap_or(20), max_p99 }
+    let min_requests = r.min_requests.unwrap_or(20);
+    RolloutConfig { canary, bundles, bake, silent_after, max_error_rate, min_requests, max_p99 }
+}
+
+/// A cohort: instance names or a percentage, one of them (`key` names it in errors).
+fn parse_cohort(
+    key: &str,
+    names: &[String],
+    percent: Option<u8>,
+    line: Option<usize>,
+    problems: &mut Problems<'_>,
+) -> Cohort {
+    match (names.is_empty(), percent) {
+        (false, None) => Cohort::Instances(names.to_vec()),
+        (true, Some(p)) if (1..=100).contains(&p) => Cohort::Percent(p),
+        (true, Some(_)) => {
+            problems.add(&format!("{key}.canary_percent"), line, "must be from 1 to 100".into());
+            Cohort::Percent(1)
+        }
+        _ => {
+            let m = "give `canary` (instance names) or `canary_percent`, one of them";
+            problems.add(&format!("{key}.canary"), line, m.into());
+            Cohort::Instances(Vec::new())
+        }
+    }
 }
 
 /// `sqlite://PATH` (relative to `base`), `sqlite::memory:`, or `postgres://...`/`postgresql://...`.

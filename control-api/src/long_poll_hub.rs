@@ -7,7 +7,9 @@
 //! after a lost notification connection) [`Hub::reload`] reads the active revision from the
 //! store and, if it differs, publishes it to the bundle's channel. Reloads of one bundle are
 //! serialized, and each reads the store afresh, so the last one always installs the latest
-//! committed state, whatever order notifications arrive in.
+//! committed state, whatever order notifications arrive in. The active revision and the canary
+//! candidate are read in one statement ([`Store::heads`]): a promotion committing between two
+//! reads would otherwise serve the canaries the old revision until the next reload.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,8 +126,7 @@ impl Hub {
     pub async fn reload(&self, name: &str, seed: Option<(&str, Bytes)>) -> Result<(Arc<Entry>, Slot), StoreError> {
         let entry = self.entry(name);
         let guard = entry.reload.lock().await;
-        let head = self.store.active(name).await?;
-        let Some(head) = head else {
+        let Some(served) = self.store.heads(name).await? else {
             drop(guard);
             // Nothing was ever published under this name: keep no entry for it (so that asking
             // for random names costs nothing), unless someone subscribed meanwhile.
@@ -135,12 +136,7 @@ impl Hub {
             }
             return Ok((entry, None));
         };
-        let candidate = match self.store.rollout(name).await? {
-            Some(r) if r.state == crate::store::CANARY => {
-                self.store.revisions(name).await?.into_iter().find(|x| x.revision == r.revision)
-            }
-            _ => None,
-        };
+        let (head, candidate) = (served.stable, served.canary);
         let held = entry.current();
         let unchanged = held.as_ref().is_some_and(|h| {
             h.stable.digest == head.digest
@@ -186,6 +182,12 @@ impl Hub {
         let slot = entry.current();
         drop(guard);
         Ok((entry, slot))
+    }
+
+    /// What each bundle held in memory is served, by name.
+    pub fn served(&self) -> Vec<(String, Arc<Heads>)> {
+        let entries: Vec<(String, Arc<Entry>)> = self.entries().iter().map(|(n, e)| (n.clone(), e.clone())).collect();
+        entries.into_iter().filter_map(|(name, e)| e.current().map(|heads| (name, heads))).collect()
     }
 
     /// Reloads a bundle if this process holds it (a notification from another replica); a

@@ -198,6 +198,18 @@ impl Metrics {
         self.downloads.with_label_values(&[label]).inc();
     }
 
+    /// Sets `control_api_served_revision` to what each bundle is served: `(bundle, stable
+    /// revision, canary revision)`, with or without a rollout; bundles no longer served go.
+    pub fn set_served<'a>(&self, served: impl Iterator<Item = (&'a str, &'a str, Option<&'a str>)>) {
+        self.served_revision.reset();
+        for (bundle, stable, canary) in served {
+            self.served_revision.with_label_values(&[bundle, "stable", stable]).set(1);
+            if let Some(canary) = canary {
+                self.served_revision.with_label_values(&[bundle, "canary", canary]).set(1);
+            }
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -79,7 +79,11 @@ pub fn canaries<'a>(cohort: &'a Cohort, bundle: &str, reports: &'a [GatewayRepor
 /// Judges one rollout in its canary phase at `now_ms`, from the latest report of each gateway.
 pub fn judge(r: &Rollout, candidate: &str, reports: &[GatewayReport], cfg: &RolloutConfig, now_ms: i64) -> Verdict {
     let since_start = now_ms.saturating_sub(r.started_at_ms);
-    let names = canaries(&cfg.canary, &r.bundle, reports, r.started_at_ms.saturating_sub(ms(cfg.silent_after)));
+    let Some(cohort) = cfg.cohort(&r.bundle) else {
+        let why = format!("bundle {} has no canary cohort any more (the rollout configuration changed)", r.bundle);
+        return roll_back("no_canary", why);
+    };
+    let names = canaries(cohort, &r.bundle, reports, r.started_at_ms.saturating_sub(ms(cfg.silent_after)));
     if names.is_empty() {
         return if since_start > ms(cfg.silent_after) {
             roll_back("no_canary", "no gateway of the canary cohort has reported".into())
@@ -198,7 +202,7 @@ fn evidence(
 #[derive(Default)]
 struct Propagation {
     /// Per bundle: the digest gateways should move to, since when (ms), and whether only canaries.
-    targets: HashMap<String, (String, i64, bool, String)>,
+    targets: HashMap<String, (String, i64, bool)>,
     /// Per instance: the digest it last reported.
     seen: HashMap<String, String>,
     /// Bundles whose reload after a verdict failed: retried every tick.
@@ -213,14 +217,14 @@ impl Propagation {
                 continue;
             }
             self.seen.insert(rep.instance.clone(), digest.clone());
-            if let Some((want, since, canary_only, _)) = self.targets.get(&rep.bundle) {
-                if want == digest && (!canary_only || cfg.canary.contains(&rep.instance)) {
+            if let Some((want, since, canary_only)) = self.targets.get(&rep.bundle) {
+                if want == digest && (!canary_only || cfg.is_canary(&rep.bundle, &rep.instance)) {
                     state.0.metrics.propagation.observe(now_ms.saturating_sub(*since).max(0) as f64 / 1000.0);
                 }
             }
         }
         // A target nobody moved to within an hour is forgotten.
-        self.targets.retain(|_, (_, since, _, _)| now_ms.saturating_sub(*since) < 3_600_000);
+        self.targets.retain(|_, (_, since, _)| now_ms.saturating_sub(*since) < 3_600_000);
     }
 }
 
@@ -255,20 +259,9 @@ async fn tick(state: &AppState, cfg: &RolloutConfig, memory: &mut Propagation) -
     }
     let reports = s.store.fleet().await?;
     let now = crate::clock::now_ms();
-    s.metrics.served_revision.reset();
-    for (bundle, (_, _, canary_only, revision)) in &memory.targets {
-        if !canary_only {
-            s.metrics.served_revision.with_label_values(&[bundle, "stable", revision]).set(1);
-        }
-    }
     for r in &rollouts {
-        s.metrics.served_revision.with_label_values(&[&r.bundle, "canary", &r.revision]).set(1);
-        s.metrics.served_revision.with_label_values(&[&r.bundle, "stable", &r.previous]).set(1);
         let Some(candidate) = candidate_digest(state, r).await else { continue };
-        memory
-            .targets
-            .entry(r.bundle.clone())
-            .or_insert_with(|| (candidate.clone(), r.started_at_ms, true, r.revision.clone()));
+        memory.targets.entry(r.bundle.clone()).or_insert_with(|| (candidate.clone(), r.started_at_ms, true));
         let (state_name, why) = match judge(r, &candidate, &reports, cfg, now) {
             Verdict::Wait => continue,
             Verdict::Promote => (PROMOTED, None::<String>),
@@ -287,7 +280,7 @@ async fn tick(state: &AppState, cfg: &RolloutConfig, memory: &mut Propagation) -
             tracing::info!(bundle.name = %r.bundle, bundle.revision = %r.revision, "canary healthy for the bake time: promoted to every gateway");
             s.metrics.rollouts.with_label_values(&[PROMOTED]).inc();
             s.metrics.rollout_duration.observe(now.saturating_sub(r.started_at_ms) as f64 / 1000.0);
-            memory.targets.insert(r.bundle.clone(), (candidate, now, false, r.revision.clone()));
+            memory.targets.insert(r.bundle.clone(), (candidate, now, false));
         }
         reload(state, &r.bundle, memory).await;
     }
@@ -319,7 +312,8 @@ mod tests {
 
     fn cfg() -> RolloutConfig {
         RolloutConfig {
-            canary: Cohort::Instances(vec!["gw-a".into()]),
+            canary: Some(Cohort::Instances(vec!["gw-a".into()])),
+            bundles: Default::default(),
             bake: Duration::from_secs(10),
             silent_after: Duration::from_secs(5),
             max_error_rate: 0.05,
@@ -417,6 +411,41 @@ mod tests {
         assert!(matches!(&v, Verdict::RollBack { label: "silent", why } if why.contains("silent for 6.0 s")), "{v:?}");
         let v = judge(&rollout(), CANDIDATE, &[], &cfg(), 106_000);
         assert!(matches!(v, Verdict::RollBack { label: "silent", .. }), "{v:?}");
+    }
+
+    #[test]
+    fn a_percent_cohort_canary_that_stops_reporting_is_rolled_back_as_silent() {
+        let cfg = RolloutConfig { canary: Some(Cohort::Percent(100)), ..cfg() };
+        // Both were reporting when the rollout started; gw-b never reports again.
+        let reports =
+            [report("gw-a", CANDIDATE, 112_000, served(100, 0, 20)), report("gw-b", "old", 99_000, Value::Null)];
+        assert_eq!(judge(&rollout(), CANDIDATE, &reports, &cfg, 104_900), Verdict::Wait);
+        let v = judge(&rollout(), CANDIDATE, &reports, &cfg, 105_100);
+        assert!(matches!(&v, Verdict::RollBack { label: "silent", why } if why.contains("gw-b")), "{v:?}");
+        // One that never reported at all in the cohort's window is no canary; with none left,
+        // the rollout is rolled back as having no canary, never left waiting.
+        let gone = [report("gw-b", "old", 90_000, Value::Null)];
+        let v = judge(&rollout(), CANDIDATE, &gone, &cfg, 105_100);
+        assert!(matches!(v, Verdict::RollBack { label: "no_canary", .. }), "{v:?}");
+    }
+
+    #[test]
+    fn a_bundle_is_judged_by_its_own_cohort_only() {
+        // gw-a is the default cohort (and serves `main`); `payments` has its own, gw-p.
+        let bundles = [("payments".to_owned(), Cohort::Instances(vec!["gw-p".into()]))].into();
+        let cfg = RolloutConfig { bundles, ..cfg() };
+        let payments = Rollout { bundle: "payments".into(), ..rollout() };
+        let mut paid = report("gw-p", CANDIDATE, 112_000, served(100, 0, 20));
+        paid.bundle = "payments".into();
+        let main = report("gw-a", "old", 112_000, Value::Null);
+        assert_eq!(judge(&payments, CANDIDATE, &[main.clone(), paid], &cfg, 112_500), Verdict::Promote);
+        // gw-a, silent on `payments` it never served, is not its canary; gw-p alone is.
+        let v = judge(&payments, CANDIDATE, &[main], &cfg, 106_000);
+        assert!(matches!(&v, Verdict::RollBack { label: "silent", why } if why.contains("gw-p")), "{v:?}");
+        assert!(cfg.is_canary("payments", "gw-p") && !cfg.is_canary("payments", "gw-a"));
+        assert!(cfg.is_canary("main", "gw-a") && !cfg.is_canary("main", "gw-p"));
+        let only_payments = RolloutConfig { canary: None, ..cfg };
+        assert!(only_payments.cohort("main").is_none(), "a bundle without a cohort is not staged");
     }
 
     #[test]

@@ -212,3 +212,81 @@ fn a_shared_token_holder_cannot_forge_a_canarys_health_while_rollouts_are_staged
     let fleet = call("GET", &s.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
     assert_eq!(fleet.as_array().map(Vec::len), Some(0), "{fleet}");
 }
+
+fn revision_of(s: &Server, bundle: &str, instance: &str) -> Option<String> {
+    let r = call(
+        "GET",
+        &s.url(&format!("/v1/bundles/{bundle}")),
+        Some(READ_TOKEN),
+        &[("x-gateway-instance", instance)],
+        None,
+    );
+    r.header("x-bundle-revision").map(str::to_owned)
+}
+
+#[test]
+fn a_cohort_belongs_to_its_bundle_so_a_bundle_its_canaries_do_not_serve_is_not_staged_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw_b = format!("  - {{ name: gw-b, scope: read, sha256: {}, instance: gw-b }}\n", hash(GW_B_TOKEN));
+    // gw-p serves `payments` only; `main` has no cohort of its own and there is no default.
+    let rollout = "rollout:\n  bake: 60s\n  bundles:\n    payments: { canary: [gw-p] }\n";
+    let s = Server::start(&write_config_with_tokens(dir.path(), "sqlite://./data/control.db", rollout, &gw_b));
+    for name in ["main", "payments"] {
+        assert_eq!(s.publish(name, &bundle("v1")).status, 201);
+    }
+    // `main`: nobody's canary bundle, so it goes to everyone at once (before: staged to a
+    // cohort that never serves it, then rolled back as "no canary").
+    let r = s.publish("main", &bundle("v2"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(r.json()["rollout"].is_null(), "main was staged: {}", r.text());
+    assert_eq!(revision_of(&s, "main", "gw-a"), Some("v2".into()));
+    assert_eq!(revision_of(&s, "main", "gw-p"), Some("v2".into()));
+    // `payments`: its own cohort takes it first.
+    let r = s.publish("payments", &bundle("v2"));
+    assert_eq!(r.json()["rollout"], "canary", "{}", r.text());
+    assert_eq!(revision_of(&s, "payments", "gw-p"), Some("v2".into()));
+    assert_eq!(revision_of(&s, "payments", "gw-a"), Some("v1".into()));
+    let state = call("GET", &s.url("/v1/bundles/payments/rollout"), Some(READ_TOKEN), &[], None).json();
+    assert_eq!(state["canary"]["instances"], serde_json::json!(["gw-p"]), "{state}");
+    let state = call("GET", &s.url("/v1/bundles/main/rollout"), Some(READ_TOKEN), &[], None).json();
+    assert!(state["canary"].is_null() && state["rollout"].is_null(), "{state}");
+    // What each cohort of each bundle is served, rollout or not.
+    let metrics = call("GET", &s.url("/metrics"), None, &[], None).text();
+    for series in [
+        r#"control_api_served_revision{bundle="main",cohort="stable",revision="v2"} 1"#,
+        r#"control_api_served_revision{bundle="payments",cohort="stable",revision="v1"} 1"#,
+        r#"control_api_served_revision{bundle="payments",cohort="canary",revision="v2"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} missing:\n{metrics}");
+    }
+}
+
+#[test]
+fn past_rollouts_are_listed_newest_first_with_how_each_ended_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_staged(dir.path());
+    let history = |q: &str| call("GET", &s.url(&format!("/v1/bundles/main/rollouts{q}")), Some(READ_TOKEN), &[], None);
+    assert_eq!(history("").status, 404, "nothing published yet");
+    s.publish("main", &bundle("v1"));
+    assert_eq!(history("").json()["rollouts"], serde_json::json!([]), "the first publish is no rollout");
+    s.publish("main", &bundle("v2"));
+    s.publish("main", &bundle("v3"));
+    assert_eq!(s.rollback("main", "v1").status, 200);
+    let list = history("").json();
+    let rows: Vec<(&str, &str, &str)> = list["rollouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["revision"].as_str().unwrap(), r["state"].as_str().unwrap(), r["reason"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        rows,
+        [("v3", "superseded", "manual rollback to v1"), ("v2", "superseded", "superseded by v3")],
+        "{list}"
+    );
+    assert_eq!(history("?limit=1").json()["rollouts"].as_array().map(Vec::len), Some(1));
+    let bad = history("?limit=0");
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("limit must be from 1 to 1000"), "{}", bad.text());
+    assert_eq!(history("?limit=x").status, 400);
+}

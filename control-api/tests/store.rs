@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use control_api::store::{
-    Change, DecisionEvent, EventQuery, GatewayReport, NewRevision, PublishOutcome, RollbackOutcome, SqlStore, Store,
+    ActiveHead, Change, DecisionEvent, EventQuery, GatewayReport, NewRevision, PublishOutcome, RevisionInfo,
+    RollbackOutcome, Rollout, ServedHeads, SqlStore, Store, StoreError,
 };
 
 fn rev<'a>(bundle: &'a str, revision: &'a str, content: &'a [u8], digest: &'a str) -> NewRevision<'a> {
@@ -431,6 +432,107 @@ async fn postgres_finishing_a_rollout_waits_for_the_writer_holding_the_bundle() 
     tx.commit().await.unwrap();
     assert!(!promote.await.unwrap(), "a rollout ended meanwhile cannot be promoted");
     assert_eq!(store.active("main").await.unwrap().unwrap().digest, d1);
+}
+
+/// A store that, right after the first read of what a bundle serves (whichever statement reads
+/// it first), promotes a rollout through another connection: the interleaving a promotion on
+/// another replica produces when it commits in the middle of a hub reload.
+struct PromoteAfterFirstRead {
+    inner: Arc<SqlStore>,
+    rollout: i64,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl PromoteAfterFirstRead {
+    async fn promote_once(&self) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            assert!(self.inner.finish_rollout(self.rollout, "promoted", None, 9).await.unwrap());
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PromoteAfterFirstRead {
+    async fn publish(&self, new: &NewRevision<'_>) -> Result<PublishOutcome, StoreError> {
+        self.inner.publish(new).await
+    }
+    async fn active(&self, bundle: &str) -> Result<Option<ActiveHead>, StoreError> {
+        let read = self.inner.active(bundle).await;
+        self.promote_once().await;
+        read
+    }
+    async fn heads(&self, bundle: &str) -> Result<Option<ServedHeads>, StoreError> {
+        let read = self.inner.heads(bundle).await;
+        self.promote_once().await;
+        read
+    }
+    async fn content(&self, bundle: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.content(bundle, digest).await
+    }
+    async fn revisions(&self, bundle: &str) -> Result<Vec<RevisionInfo>, StoreError> {
+        self.inner.revisions(bundle).await
+    }
+    async fn rollback(&self, bundle: &str, revision: &str) -> Result<RollbackOutcome, StoreError> {
+        self.inner.rollback(bundle, revision).await
+    }
+    async fn rollout(&self, bundle: &str) -> Result<Option<Rollout>, StoreError> {
+        self.inner.rollout(bundle).await
+    }
+    async fn rollouts(&self, bundle: &str, limit: u32) -> Result<Vec<Rollout>, StoreError> {
+        self.inner.rollouts(bundle, limit).await
+    }
+    async fn canaries(&self) -> Result<Vec<Rollout>, StoreError> {
+        self.inner.canaries().await
+    }
+    async fn finish_rollout(&self, id: i64, state: &str, why: Option<&str>, now_ms: i64) -> Result<bool, StoreError> {
+        self.inner.finish_rollout(id, state, why, now_ms).await
+    }
+    async fn report(&self, report: &GatewayReport) -> Result<bool, StoreError> {
+        self.inner.report(report).await
+    }
+    async fn prune_fleet(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.inner.prune_fleet(before_ms).await
+    }
+    async fn fleet(&self) -> Result<Vec<GatewayReport>, StoreError> {
+        self.inner.fleet().await
+    }
+    async fn store_events(&self, events: &[DecisionEvent]) -> Result<u64, StoreError> {
+        self.inner.store_events(events).await
+    }
+    async fn events(&self, query: &EventQuery) -> Result<Vec<String>, StoreError> {
+        self.inner.events(query).await
+    }
+    async fn prune_events(&self, before_ms: i64, keep: Option<u64>) -> Result<u64, StoreError> {
+        self.inner.prune_events(before_ms, keep).await
+    }
+    async fn changes(&self) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<Change>>, StoreError> {
+        self.inner.changes().await
+    }
+}
+
+/// A promotion that commits (on another replica) while the hub reloads a bundle is seen whole
+/// or not at all: the canaries are served the candidate before it and everyone after it, never
+/// the old revision again (which two separate reads served them until the next reload).
+#[tokio::test]
+async fn postgres_a_promotion_committing_mid_reload_never_serves_the_canaries_the_old_revision() {
+    let Some(db) = common::TestDb::create() else { return };
+    let inner = Arc::new(SqlStore::postgres(&db.url).await.unwrap());
+    let (c1, d1) = blob("one");
+    let (c2, d2) = blob("two");
+    inner.publish(&rev("main", "v1", &c1, &d1)).await.unwrap();
+    inner.publish(&NewRevision { staged: true, ..rev("main", "v2", &c2, &d2) }).await.unwrap();
+    let canary = inner.rollout("main").await.unwrap().expect("a canary");
+    let store = Arc::new(PromoteAfterFirstRead { inner: inner.clone(), rollout: canary.id, armed: true.into() });
+    let hub = control_api::long_poll_hub::Hub::new(store.clone());
+    let (_, slot) = hub.reload("main", None).await.unwrap();
+    assert!(!store.armed.load(std::sync::atomic::Ordering::SeqCst), "the promotion ran mid-reload");
+    assert_eq!(inner.active("main").await.unwrap().unwrap().digest, d2, "the promotion committed");
+    let heads = slot.expect("main is served");
+    assert_eq!(heads.for_cohort(true).revision, "v2", "the canaries were served the old revision again");
+    // A reload after the promotion (its announcement) serves the candidate to everyone.
+    let (_, slot) = hub.reload("main", None).await.unwrap();
+    let heads = slot.expect("main is served");
+    assert_eq!((heads.for_cohort(false).revision.as_str(), heads.canary.is_none()), ("v2", true));
 }
 
 /// A relative SQLite path through `..` (as `config/../run/control.db` from a config file given

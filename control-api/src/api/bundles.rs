@@ -75,7 +75,7 @@ pub(super) async fn put_bundle(
         published_at_ms: clock::now_ms(),
         figures: figures.as_deref(),
         forced_reason: forced.as_deref(),
-        staged: s.config.rollout.is_some(),
+        staged: s.config.rollout.as_ref().is_some_and(|r| r.cohort(&name).is_some()),
     };
     let outcome = s.store.publish(&new).await?;
     let published = Published { name, revision, digest, size };

@@ -200,11 +200,12 @@ pub(super) async fn fleet(
             };
             active.insert(r.bundle.clone(), heads);
         }
-        let canary = s.config.rollout.as_ref().is_some_and(|c| c.canary.contains(&r.instance));
+        let cohort = s.config.rollout.as_ref().and_then(|c| c.cohort(&r.bundle));
+        let canary = cohort.is_some_and(|c| c.contains(&r.instance));
         let target = active.get(&r.bundle).and_then(|h| h.as_ref()).map(|h| h.for_cohort(canary).clone());
         let current = matches!((&r.digest, &target), (Some(d), Some(t)) if *d == t.digest);
         out.push(FleetMember {
-            cohort: s.config.rollout.as_ref().map(|_| if canary { "canary" } else { "stable" }),
+            cohort: cohort.map(|_| if canary { "canary" } else { "stable" }),
             target_revision: target.map(|t| t.revision.clone()),
             last_report: clock::rfc3339(r.last_report_ms),
             silent: now.saturating_sub(r.last_report_ms) > silent_after,

@@ -23,7 +23,7 @@ pub(super) async fn get_bundle(
     let instance = headers.get(INSTANCE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let instance = speaks_for(&who, instance)?;
     let canary = match (&s.config.rollout, &instance) {
-        (Some(r), Some(i)) => r.canary.contains(i),
+        (Some(r), Some(i)) => r.is_canary(&name, i),
         _ => false,
     };
     let (entry, current) = s.hub.current(&name).await?;

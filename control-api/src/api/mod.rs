@@ -61,6 +61,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/bundles/{name}/revisions/{revision}", get(bundles::revision_tarball))
         .route("/v1/bundles/{name}/rollback", post(rollouts::rollback))
         .route("/v1/bundles/{name}/rollout", get(rollouts::rollout_status))
+        .route("/v1/bundles/{name}/rollouts", get(rollouts::rollout_history))
         .route("/v1/status", post(fleet::status))
         .route("/v1/fleet", get(fleet::fleet))
         .route("/v1/logs", get(logs::list).post(logs::ingest))
@@ -284,7 +285,12 @@ async fn healthz() -> &'static str {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-    ([(CONTENT_TYPE, content_type)], state.0.metrics.render()).into_response()
+    let s = &state.0;
+    s.metrics.set_served(s.hub.served().iter().map(|(bundle, heads)| {
+        let canary = heads.canary.as_ref().map(|c| c.revision.as_str());
+        (bundle.as_str(), heads.stable.revision.as_str(), canary)
+    }));
+    ([(CONTENT_TYPE, content_type)], s.metrics.render()).into_response()
 }
 
 #[cfg(test)]
@@ -420,6 +426,9 @@ mod tests {
         async fn active(&self, _: &str) -> Result<Option<ActiveHead>, StoreError> {
             Err(StoreError::Corrupt("down".into()))
         }
+        async fn heads(&self, _: &str) -> Result<Option<crate::store::ServedHeads>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
         async fn content(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
             Err(StoreError::Corrupt("down".into()))
         }
@@ -439,6 +448,9 @@ mod tests {
             Err(StoreError::Corrupt("down".into()))
         }
         async fn rollout(&self, _: &str) -> Result<Option<crate::store::Rollout>, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn rollouts(&self, _: &str, _: u32) -> Result<Vec<crate::store::Rollout>, StoreError> {
             Err(StoreError::Corrupt("down".into()))
         }
         async fn canaries(&self) -> Result<Vec<crate::store::Rollout>, StoreError> {

@@ -1,8 +1,8 @@
-//! Rollouts: where the latest stands (`GET .../rollout`) and a manual rollback
-//! (`POST .../rollback`).
+//! Rollouts: where the latest stands (`GET .../rollout`), the history (`GET .../rollouts`) and
+//! a manual rollback (`POST .../rollback`).
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,7 +13,7 @@ use super::bundles::Published;
 use super::{read_json, ApiError, PublishBundle, ReadBundle};
 use crate::app_state::AppState;
 use crate::clock;
-use crate::store::RollbackOutcome;
+use crate::store::{RollbackOutcome, Rollout};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,17 +32,8 @@ pub(super) async fn rollout_status(
     let Some(heads) = heads else {
         return Err(ApiError::NotFound(format!("no bundle named `{name}` has been published")));
     };
-    let rollout = s.store.rollout(&name).await?.map(|r| {
-        json!({
-            "revision": r.revision,
-            "previous": r.previous,
-            "state": r.state,
-            "started_at": clock::rfc3339(r.started_at_ms),
-            "ended_at": r.ended_at_ms.map(clock::rfc3339),
-            "reason": r.reason,
-        })
-    });
-    let canary = s.config.rollout.as_ref().map(|c| match &c.canary {
+    let rollout = s.store.rollout(&name).await?.as_ref().map(rollout_json);
+    let canary = s.config.rollout.as_ref().and_then(|c| c.cohort(&name)).map(|c| match c {
         crate::config::Cohort::Instances(list) => json!({ "instances": list }),
         crate::config::Cohort::Percent(p) => json!({ "percent": p }),
     });
@@ -53,6 +44,49 @@ pub(super) async fn rollout_status(
         "canary": canary,
         "rollout": rollout,
     })))
+}
+
+/// A rollout as the API shows it.
+fn rollout_json(r: &Rollout) -> serde_json::Value {
+    json!({
+        "revision": r.revision,
+        "previous": r.previous,
+        "state": r.state,
+        "started_at": clock::rfc3339(r.started_at_ms),
+        "ended_at": r.ended_at_ms.map(clock::rfc3339),
+        "reason": r.reason,
+    })
+}
+
+/// The most rollouts one history answer lists (`?limit=`), and the default.
+const MAX_HISTORY: u32 = 1000;
+const DEFAULT_HISTORY: u32 = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+/// `GET /v1/bundles/{name}/rollouts[?limit=N]`: the bundle's rollouts, newest first, each with
+/// its state and why it ended (default 100, at most 1000).
+pub(super) async fn rollout_history(
+    State(state): State<AppState>,
+    ReadBundle { who: _, name }: ReadBundle,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::BadRequest(format!("GET /v1/bundles/{name}/rollouts: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(DEFAULT_HISTORY);
+    if !(1..=MAX_HISTORY).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be from 1 to {MAX_HISTORY}, not {limit}")));
+    }
+    let rollouts = state.0.store.rollouts(&name, limit).await?;
+    if rollouts.is_empty() && state.0.hub.current(&name).await?.1.is_none() {
+        return Err(ApiError::NotFound(format!("no bundle named `{name}` has been published")));
+    }
+    let list: Vec<serde_json::Value> = rollouts.iter().map(rollout_json).collect();
+    Ok(Json(json!({ "bundle": name, "rollouts": list })))
 }
 
 /// `POST /v1/bundles/{name}/rollback` `{"revision": "..."}`: make an earlier revision active.

@@ -82,6 +82,15 @@ pub struct ActiveHead {
     pub figures: Option<String>,
 }
 
+/// What a bundle serves ([`Store::heads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedHeads {
+    /// The active revision: what every gateway outside a canary cohort is served.
+    pub stable: ActiveHead,
+    /// The candidate of the rollout in its canary phase, if one is.
+    pub canary: Option<ActiveHead>,
+}
+
 /// What [`Store::publish`] did, decided inside its transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOutcome {
@@ -207,6 +216,11 @@ pub trait Store: Send + Sync + 'static {
     /// The active revision of a bundle; `None` when nothing was ever published under the name.
     async fn active(&self, bundle: &str) -> Result<Option<ActiveHead>, StoreError>;
 
+    /// What a bundle serves, read in one statement (one snapshot, so a promotion or rollback
+    /// committing meanwhile is seen whole or not at all): its active revision and, while a
+    /// rollout is in its canary phase, the candidate. `None` when nothing was ever published.
+    async fn heads(&self, bundle: &str) -> Result<Option<ServedHeads>, StoreError>;
+
     /// The tarball of a bundle's revision with this digest.
     async fn content(&self, bundle: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
@@ -218,6 +232,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The bundle's latest rollout, whatever its state.
     async fn rollout(&self, bundle: &str) -> Result<Option<Rollout>, StoreError>;
+
+    /// The bundle's rollouts, newest first, at most `limit`.
+    async fn rollouts(&self, bundle: &str, limit: u32) -> Result<Vec<Rollout>, StoreError>;
 
     /// Every rollout still in its canary phase.
     async fn canaries(&self) -> Result<Vec<Rollout>, StoreError>;

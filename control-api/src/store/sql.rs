@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::backend::Backend;
 use super::{
     decide, ActiveHead, Change, Decision, DecisionEvent, EventQuery, GatewayReport, NewRevision, PublishOutcome,
-    RevisionInfo, RollbackOutcome, Rollout, Store, StoreError, PROMOTED,
+    RevisionInfo, RollbackOutcome, Rollout, ServedHeads, Store, StoreError, PROMOTED,
 };
 
 /// A store on a SQL database: SQLite (one process per file) or PostgreSQL (shared by replicas).
@@ -62,6 +62,8 @@ macro_rules! gateway_columns {
 const REVISION: &str = concat!("SELECT ", revision_columns!(), " FROM revisions WHERE bundle = $1 AND revision = $2");
 const LATEST_ROLLOUT: &str =
     concat!("SELECT ", rollout_columns!(), " FROM rollouts WHERE bundle = $1 ORDER BY id DESC LIMIT 1");
+const ROLLOUTS: &str =
+    concat!("SELECT ", rollout_columns!(), " FROM rollouts WHERE bundle = $1 ORDER BY id DESC LIMIT $2");
 const CANARIES: &str = concat!("SELECT ", rollout_columns!(), " FROM rollouts WHERE state = 'canary' ORDER BY id");
 const FLEET: &str = concat!("SELECT ", gateway_columns!(), " FROM gateways ORDER BY instance");
 const UPSERT_REPORT: &str = concat!(
@@ -73,6 +75,29 @@ const UPSERT_REPORT: &str = concat!(
      last_report_ms = excluded.last_report_ms, health = excluded.health, token = excluded.token \
      WHERE gateways.token = excluded.token OR gateways.token = ''"
 );
+
+/// The active revision and the canary candidate, if any, in one statement (see [`Store::heads`]).
+const HEADS: &str = "SELECT r.revision, r.digest, r.size, r.figures, c.revision, c.digest, c.size, c.figures \
+                     FROM bundles b JOIN revisions r ON r.bundle = b.name AND r.revision = b.active_revision \
+                     LEFT JOIN rollouts o ON o.bundle = b.name AND o.state = 'canary' \
+                     LEFT JOIN revisions c ON c.bundle = b.name AND c.revision = o.revision \
+                     WHERE b.name = $1 ORDER BY o.id DESC LIMIT 1";
+
+type HeadsRow = (String, String, i64, Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>);
+
+fn head(revision: String, digest: String, size: i64, figures: Option<String>) -> Result<ActiveHead, StoreError> {
+    let size = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("negative size of {revision}")))?;
+    Ok(ActiveHead { revision, digest, size, figures })
+}
+
+fn heads(row: HeadsRow) -> Result<ServedHeads, StoreError> {
+    let (revision, digest, size, figures, c_revision, c_digest, c_size, c_figures) = row;
+    let canary = match (c_revision, c_digest, c_size) {
+        (Some(r), Some(d), Some(s)) => Some(head(r, d, s, c_figures)?),
+        _ => None,
+    };
+    Ok(ServedHeads { stable: head(revision, digest, size, figures)?, canary })
+}
 
 type RevisionRow = (String, String, i64, i64, String, Option<String>, Option<String>);
 
@@ -198,11 +223,12 @@ impl Store for SqlStore {
         .bind(bundle)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(revision, digest, size, figures)| {
-            let size = u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("negative size of {revision}")))?;
-            Ok(ActiveHead { revision, digest, size, figures })
-        })
-        .transpose()
+        row.map(|(revision, digest, size, figures)| head(revision, digest, size, figures)).transpose()
+    }
+
+    async fn heads(&self, bundle: &str) -> Result<Option<ServedHeads>, StoreError> {
+        let row: Option<HeadsRow> = sqlx::query_as(HEADS).bind(bundle).fetch_optional(&self.pool).await?;
+        row.map(heads).transpose()
     }
 
     async fn content(&self, bundle: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -255,6 +281,12 @@ impl Store for SqlStore {
     async fn rollout(&self, bundle: &str) -> Result<Option<Rollout>, StoreError> {
         let row: Option<RolloutRow> = sqlx::query_as(LATEST_ROLLOUT).bind(bundle).fetch_optional(&self.pool).await?;
         Ok(row.map(rollout))
+    }
+
+    async fn rollouts(&self, bundle: &str, limit: u32) -> Result<Vec<Rollout>, StoreError> {
+        let rows: Vec<RolloutRow> =
+            sqlx::query_as(ROLLOUTS).bind(bundle).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(rollout).collect())
     }
 
     async fn canaries(&self) -> Result<Vec<Rollout>, StoreError> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{
     bound_token, bound_tokens_yaml, example_tarball, gateway_config_with_token, get_as_reader, push,
-    start_control_api_with_tokens, ControlApi, Gateway, Tally,
+    start_control_api_with_tokens, ControlApi, Gateway, Tally, READ_TOKEN,
 };
 use serde_json::Value;
 
@@ -85,6 +85,21 @@ impl PhaseC {
     fn publish(&self, tarball: &[u8]) -> Result<u16, String> {
         publish(&self.cp.base, tarball)
     }
+}
+
+/// `bundlectl rollout list` of the staged bundle, through the real binary.
+fn rollout_list(c: &PhaseC) -> String {
+    let out = std::process::Command::new(test_support::paths::bin("bundlectl"))
+        .args(["rollout", "list", "--server", &c.cp.base, "--name", "main"])
+        .env("BUNDLECTL_TOKEN", READ_TOKEN)
+        .output();
+    out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        .unwrap_or_else(|e| format!("running bundlectl: {e}"))
+}
+
+/// The line of `listed` for a rollout of `revision`.
+fn listed_line<'a>(listed: &'a str, revision: &str) -> &'a str {
+    listed.lines().find(|l| l.split_whitespace().next() == Some(revision)).unwrap_or("")
 }
 
 fn seen_text(seen: &[Vec<String>]) -> String {
@@ -299,6 +314,19 @@ fn dead_canary_is_never_promoted(c: &mut PhaseC, mut row: Row) -> Row {
         Some(row.check(reason.contains("gw-x") && reason.contains("silent"), format!("history says: {reason:?}")));
     row.note(format!("rolled back {} ms after the kill: {reason}", ended.map_or(0, ms)));
     others_never(&mut row, &seen, "s5-dead-canary");
+    // The whole history, not only the latest: every rollout of this phase with how it ended.
+    let listed = rollout_list(c);
+    let history = [
+        ("s5-dead-canary", "rolled_back", "silent"),
+        ("s4-dead-orders", "rolled_back", "requests failed"),
+        ("s3-unresolvable", "rolled_back", "failed to activate"),
+        ("s2", "promoted", ""),
+    ];
+    let whole = history.iter().all(|(rev, state, why)| {
+        let line = listed_line(&listed, rev);
+        line.contains(state) && line.contains(why)
+    });
+    row.check(whole, format!("`bundlectl rollout list` lacks a rollout of this phase:\n{listed}"));
     row.note(seen_text(&seen));
     // The canary comes back and is served the stable revision again.
     c.gws[0].restart();

@@ -29,6 +29,16 @@ pub enum RolloutCmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// List a bundle's rollouts, newest first, with how each ended and why.
+    List {
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Args, Clone)]

@@ -16,7 +16,7 @@ use policy_bundles::{Bundle, Limits, Snapshot};
 use cli::{Cli, Cmd, LogFilter, RolloutCmd};
 use local::{build, check, sign, test};
 use logs::{logged, logs};
-use remote::{fleet, push, revisions, rollback, rollout_status, signed_rollback};
+use remote::{fleet, push, revisions, rollback, rollout_list, rollout_status, signed_rollback};
 
 /// How a command that did its work ended.
 pub enum Ran {
@@ -41,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Ran> {
         }
         Cmd::Revisions { name, remote } => revisions(&name, &remote)?,
         Cmd::Rollout { what: RolloutCmd::Status { name, remote } } => rollout_status(&name, &remote)?,
+        Cmd::Rollout { what: RolloutCmd::List { name, limit, remote } } => rollout_list(&name, limit, &remote)?,
         Cmd::Rollback { name, to, remote, signer } if signer.key.is_some() => {
             signed_rollback(&name, &to, &remote, &signer)?
         }

@@ -1,4 +1,4 @@
-//! The remote commands: `push`, `revisions`, `rollout status`, `rollback` and `fleet`.
+//! The remote commands: `push`, `revisions`, `rollout status`, `rollout list`, `rollback` and `fleet`.
 
 use std::io::Read;
 use std::path::Path;
@@ -89,6 +89,20 @@ pub fn rollout_status(name: &str, remote: &Remote) -> anyhow::Result<()> {
             s(&r["started_at"]),
             r["reason"].as_str().map(|w| format!(": {w}")).unwrap_or_default()
         );
+    }
+    Ok(())
+}
+
+/// `bundlectl rollout list`: every rollout of the bundle, newest first.
+pub fn rollout_list(name: &str, limit: u32, remote: &Remote) -> anyhow::Result<()> {
+    let url = format!("{}/rollouts?limit={limit}", bundle_url(remote, name));
+    let (_, v) = call(agent().get(&url), remote, None)?;
+    println!("{:<16} {:<16} {:<12} {:<25} {:<25} REASON", "REVISION", "FROM", "STATE", "STARTED", "ENDED");
+    for r in v["rollouts"].as_array().into_iter().flatten() {
+        let s = |k: &str| Some(field(r, k)).filter(|f| !f.is_empty() && f != "null").unwrap_or_else(|| "-".into());
+        let (revision, previous, state, started, ended) =
+            (s("revision"), s("previous"), s("state"), s("started_at"), s("ended_at"));
+        println!("{revision:<16} {previous:<16} {state:<12} {started:<25} {ended:<25} {}", s("reason"));
     }
     Ok(())
 }
