@@ -17,6 +17,8 @@ pub struct Shared {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub hub: Hub,
+    /// Whether this replica's view of the store is current.
+    pub store_watch: crate::store_watch::StoreWatch,
     pub metrics: Metrics,
     pub tokens: Tokens,
     /// Bounds how many bundles are validated at once (each may hold a decompressed bundle).
@@ -40,6 +42,7 @@ impl AppState {
         let permits = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(AppState(Arc::new(Shared {
             hub: Hub::new(store.clone()),
+            store_watch: crate::store_watch::StoreWatch::new(config.store_stale_after),
             tokens: Tokens::new(config.tokens.clone()),
             metrics: Metrics::new()?,
             uploads: Arc::new(Semaphore::new(permits * 2)),

@@ -9,6 +9,7 @@
 //! max_long_poll: 300s              # cap on `Prefer: wait=N`; default 300s
 //! fleet_silent_after: 60s          # a gateway without a report for longer is `silent`; default 60s
 //! max_connections: 10000          # open connections at once; past it a new one is closed at once; default 10000
+//! store_stale_after: 3s            # out of reach of the store this long: /readyz and bundle GETs 503; default 3s
 //! header_timeout: 10s              # a request head must arrive within this; default 10s
 //! max_long_polls_per_token: 1000   # long polls one token may have held; past it answered at once; default 1000
 //! fleet_retention: 24h             # a gateway's row (and its binding to a token) goes after this long without a report; default 24h
@@ -77,6 +78,8 @@ struct RawConfig {
     max_connections: Option<u64>,
     #[serde(default)]
     header_timeout: Option<String>,
+    #[serde(default)]
+    store_stale_after: Option<String>,
     #[serde(default)]
     max_long_polls_per_token: Option<u64>,
     #[serde(default)]
@@ -241,6 +244,10 @@ pub struct Config {
     /// A request head (line and headers) must arrive within this of the connection's last
     /// request, or the connection is closed and counted.
     pub header_timeout: Duration,
+    /// How long this replica may go without reaching its store (or, on PostgreSQL, with its
+    /// notification connection down) before it stops answering as current: `/readyz` and
+    /// bundle GETs answer 503, so gateways ask their next source. Default 3 s.
+    pub store_stale_after: Duration,
     /// Long polls one token may have held at once; past it a long poll is answered at once
     /// (304 without waiting) and counted.
     pub max_long_polls_per_token: usize,
@@ -334,6 +341,7 @@ impl Default for GrowthGuard {
 
 pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 64 << 20;
 pub const DEFAULT_MAX_LONG_POLL: Duration = Duration::from_secs(300);
+pub const DEFAULT_STORE_STALE_AFTER: Duration = Duration::from_secs(3);
 pub const DEFAULT_FLEET_SILENT_AFTER: Duration = Duration::from_secs(60);
 pub const DEFAULT_FLEET_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -354,6 +362,7 @@ impl ConfigFile for Config {
             fleet_retention: raw_retention,
             max_connections: raw_max_connections,
             header_timeout: raw_header_timeout,
+            store_stale_after: raw_stale_after,
             max_long_polls_per_token: raw_long_polls_per_token,
             tokens: raw_tokens,
             budget: raw_budget,
@@ -378,6 +387,11 @@ impl ConfigFile for Config {
             problems.duration("fleet_silent_after", raw_silent_after.as_deref(), DEFAULT_FLEET_SILENT_AFTER);
         let fleet_retention = problems.duration("fleet_retention", raw_retention.as_deref(), DEFAULT_FLEET_RETENTION);
         let header_timeout = problems.duration("header_timeout", raw_header_timeout.as_deref(), DEFAULT_HEADER_TIMEOUT);
+        let store_stale_after =
+            problems.duration("store_stale_after", raw_stale_after.as_deref(), DEFAULT_STORE_STALE_AFTER);
+        if !(Duration::from_millis(200)..=Duration::from_secs(300)).contains(&store_stale_after) {
+            problems.at("store_stale_after", "must be from 200ms to 300s".into());
+        }
         if header_timeout.is_zero() {
             problems.at("header_timeout", "must be more than 0s".into());
         }
@@ -408,6 +422,7 @@ impl ConfigFile for Config {
             fleet_retention,
             max_connections,
             header_timeout,
+            store_stale_after,
             max_long_polls_per_token,
             tokens,
             budget,

@@ -15,6 +15,8 @@
 //! * [`validate`]: the gateway's own loading and compiling code, plus the bundle's tests.
 //! * [`logs`]: decision-log ingest (`POST /v1/logs`), query (`GET /v1/logs`) and retention.
 //! * [`rollout`]: staged rollout to a canary cohort, judged from status reports, promoted or rolled back.
+//! * [`store_watch`]: whether this replica's view of the store is current (else 503s, so that
+//!   gateways ask another source).
 //! * [`metrics`]: every exported metric.
 //! * [`clock`] and [`names`]: time as the API writes and reads it; what a bundle may be called.
 
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod names;
 pub mod rollout;
 pub mod store;
+pub mod store_watch;
 pub mod validate;
 
 use std::future::Future;
@@ -114,19 +117,25 @@ impl App {
                                 tracing::warn!(bundle.name = %name, error = %e, "reloading after a notification failed");
                             }
                         }
-                        Change::Resync => hub.reload_all().await,
+                        Change::Lost => state.0.store_watch.listener_lost(),
+                        Change::Resync => {
+                            hub.reload_all().await;
+                            state.0.store_watch.listener_back();
+                        }
                     }
                 }
             })
         });
         let supervisor = tokio::spawn(rollout::supervise(state.clone(), state.0.hub.shutdown_signal()));
         let retention = tokio::spawn(prune_periodically(state.clone()));
+        let probe = tokio::spawn(store_watch::probe(state.clone(), state.0.hub.shutdown_signal()));
         serve(listener, state, shutdown).await;
         if let Some(task) = feed {
             task.abort();
         }
         supervisor.abort();
         retention.abort();
+        probe.abort();
         Ok(())
     }
 }

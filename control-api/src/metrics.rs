@@ -10,6 +10,7 @@ pub const PUBLISHES_TOTAL: &str = "control_api_publishes_total";
 pub const REJECTIONS_TOTAL: &str = "control_api_rejections_total";
 pub const BUNDLE_DOWNLOADS_TOTAL: &str = "control_api_bundle_downloads_total";
 pub const LONG_POLL_WAITERS: &str = "control_api_long_poll_waiters";
+pub const STORE_UP: &str = "control_api_store_up";
 pub const ROLLOUTS_TOTAL: &str = "control_api_rollouts_total";
 pub const ROLLBACKS_TOTAL: &str = "control_api_rollbacks_total";
 pub const ROLLOUT_DURATION: &str = "control_api_rollout_duration_seconds";
@@ -60,6 +61,8 @@ pub struct Metrics {
     downloads: IntCounterVec,
     /// Long polls being held right now.
     pub waiters: IntGauge,
+    /// 1 while this replica's view of the store is current, 0 while it is cut off.
+    pub store_up: IntGauge,
     /// Ended rollouts by `result` (`promoted`, `rolled_back`).
     pub rollouts: IntCounterVec,
     /// Automatic rollbacks by `reason` (`activation`, `silent`, `error_rate`, `p99`, `not_activated`, `no_canary`).
@@ -102,6 +105,12 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(downloads.clone()))?;
         registry.register(Box::new(waiters.clone()))?;
+        let store_up = IntGauge::new(
+            STORE_UP,
+            "1 while this replica reaches its store (and, on PostgreSQL, hears other replicas); 0 while it is cut off \
+             and answers bundle GETs with 503",
+        )?;
+        registry.register(Box::new(store_up.clone()))?;
         let (rollouts, rollbacks, rollout_duration, propagation, served_revision) = rollout_metrics(&registry)?;
         let (decision_events, decision_refused, decision_pruned) = decision_log_metrics(&registry)?;
         let status_refused = IntCounterVec::new(
@@ -143,6 +152,7 @@ impl Metrics {
             rejections,
             downloads,
             waiters,
+            store_up,
             rollouts,
             rollbacks,
             rollout_duration,

@@ -90,3 +90,49 @@ fn a_replica_started_after_publishes_serves_the_active_revision_and_survives_res
     assert_eq!(r.body, v1);
     assert_eq!(b.revisions("main").as_array().map(Vec::len), Some(2));
 }
+
+/// A replica whose every database connection (the query pool and the LISTEN connection) is
+/// cut for 5 s must not go on answering from what it last knew as if it were current: within
+/// `store_stale_after` (3 s by default) its held long polls are released with 503, bundle GETs
+/// and /readyz answer 503 (gateways ask their next source), and once the database is back it
+/// reloads and serves what was published meanwhile through another replica, by itself.
+#[test]
+fn a_replica_cut_off_from_postgresql_stops_answering_as_current_and_recovers_by_itself() {
+    let Some(db) = TestDb::create() else { return };
+    let relay = test_support::relay::Relay::start(db.addr());
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Server::start(&write_config(dir_a.path(), &format!("\"{}\"", db.url_through(relay.addr)), ""));
+    let (_db, b) = replica(&db);
+    assert_eq!(b.publish("main", &bundle("v1")).status, 201);
+    let etag = a.active_etag("main").expect("replica a serves v1");
+    assert_eq!(call("GET", &a.url("/readyz"), None, &[], None).status, 200);
+
+    let poll = long_poll(&a, &etag);
+    a.wait_for_waiters(1.0);
+    let cut_at = Instant::now();
+    relay.cut();
+    std::thread::sleep(Duration::from_millis(300));
+    // Published through the other replica while a is cut off: a cannot hear of it.
+    assert_eq!(b.publish("main", &bundle("v2")).status, 201);
+    let (released, at) = poll.join().unwrap();
+    let after = at.duration_since(cut_at);
+    println!("replica a released its held long poll {after:?} after the cut: {} {}", released.status, released.text());
+    assert_eq!(released.status, 503, "{}", released.text());
+    assert!(released.text().contains("has not reached its store"), "{}", released.text());
+    assert!(after < Duration::from_secs(5), "released {after:?} after the cut");
+    let ready = call("GET", &a.url("/readyz"), None, &[], None);
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(a.get_bundle("main", None, None).status, 503, "a GET from memory while cut off");
+    assert_eq!(a.metric("control_api_store_up"), 0.0);
+
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(cut_at.elapsed()));
+    relay.restore();
+    let restored = Instant::now();
+    eventually(Duration::from_secs(15), "replica a ready again", || {
+        call("GET", &a.url("/readyz"), None, &[], None).status == 200
+    });
+    println!("replica a ready again {:?} after the database came back", restored.elapsed());
+    let r = a.get_bundle("main", None, None);
+    assert_eq!((r.status, r.header("x-bundle-revision")), (200, Some("v2")), "what was published meanwhile");
+    assert_eq!(a.metric("control_api_store_up"), 1.0);
+}

@@ -456,6 +456,9 @@ impl Store for PromoteAfterFirstRead {
     async fn publish(&self, new: &NewRevision<'_>) -> Result<PublishOutcome, StoreError> {
         self.inner.publish(new).await
     }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
     async fn active(&self, bundle: &str) -> Result<Option<ActiveHead>, StoreError> {
         let read = self.inner.active(bundle).await;
         self.promote_once().await;

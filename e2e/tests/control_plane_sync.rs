@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use e2e::*;
 use test_support::http::get;
+use test_support::postgres::TestDb;
 use test_support::wait::eventually;
 
 const POLL: &str = "  long_poll: 20s\n  min_delay: 200ms\n  max_delay: 400ms\n  backoff_max: 500ms\n  timeout: 2s\n";
@@ -143,6 +144,18 @@ fn status_reports_arrive_every_report_interval_while_the_long_poll_is_held() {
     assert!(gaps.iter().all(|g| (600..=1600).contains(g)), "every gap within the interval and its jitter: {gaps:?}");
 }
 
+/// The store two replicas share: a fresh PostgreSQL database (as replicas are deployed), or
+/// one SQLite file where no PostgreSQL is configured outside CI.
+fn shared_store(dir: &std::path::Path) -> (Option<TestDb>, String) {
+    match TestDb::create() {
+        Some(db) => {
+            let url = db.url.clone();
+            (Some(db), url)
+        }
+        None => (None, format!("sqlite://{}", dir.join("shared.db").display())),
+    }
+}
+
 /// Two replicas on one store, the gateway listing both; the one it long-polls goes away
 /// (`stop`), a publish through the other follows 0.3 s later: the time until the gateway has it.
 /// It used to ask the next replica without holding, get a quick 304, and then sleep a whole
@@ -150,7 +163,7 @@ fn status_reports_arrive_every_report_interval_while_the_long_poll_is_held() {
 fn publish_after_failover(stop: fn(&test_support::control_api::ControlApi)) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_up, up) = echo_upstream("u");
-    let store = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let (_db, store) = shared_store(dir.path());
     let a = start_control_api(dir.path(), Some(&store));
     push(&a.base, &example_tarball(&up.to_string(), "r1"), dir.path());
     let b = start_control_api(dir.path(), Some(&store));
@@ -183,4 +196,45 @@ fn after_its_source_stops_gracefully_a_gateway_long_polls_the_next_at_once() {
     });
     println!("SIGTERM: a publish 0.3 s after the failover active on the gateway {} ms later", took.as_millis());
     assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+/// Two replicas on one PostgreSQL, the gateway long-polling the first; every database
+/// connection of that replica is cut for 5 s and a publish goes through the other 0.3 s after
+/// the cut. The cut-off replica stops answering as current within `store_stale_after` (3 s):
+/// it releases the held long poll with 503, the gateway moves to the other replica and has the
+/// publish; when the database is back the first replica is ready again by itself.
+#[test]
+fn a_gateway_moves_on_from_a_replica_cut_off_from_postgresql() {
+    let Some(db) = TestDb::create() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_up, up) = echo_upstream("u");
+    let relay = test_support::relay::Relay::start(db.addr());
+    let a = start_control_api(dir.path(), Some(&db.url_through(relay.addr)));
+    push(&a.base, &example_tarball(&up.to_string(), "r1"), dir.path());
+    let b = start_control_api(dir.path(), Some(&db.url));
+    let keys = "  long_poll: 20s\n  min_delay: 3s\n  max_delay: 4s\n  backoff_max: 500ms\n  timeout: 2s\n  max_staleness: 60s\n";
+    let gw = start_gateway(dir.path(), "gw-c", &[&a.base, &b.base], keys);
+    assert_eq!(gw.revision(), "r1");
+    std::thread::sleep(Duration::from_millis(500));
+    let cut = std::time::Instant::now();
+    relay.cut();
+    std::thread::sleep(Duration::from_millis(300));
+    push(&b.base, &example_tarball(&up.to_string(), "r2"), dir.path());
+    eventually(Duration::from_secs(8), "r2 on the gateway", || gw.revision() == "r2");
+    let took = cut.elapsed();
+    println!("cut off: a publish 0.3 s after the cut active on the gateway {} ms after the cut", took.as_millis());
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let ready = |cp: &test_support::control_api::ControlApi| {
+        test_support::http::get(&format!("{}/readyz", cp.base), &[]).status
+    };
+    assert_eq!(ready(&a), 503);
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
+    relay.restore();
+    let back = eventually(Duration::from_secs(15), "replica a ready again", || ready(&a) == 200);
+    println!("replica a ready again {} ms after the database came back", back.as_millis());
+    let r = test_support::http::get(
+        &format!("{}/v1/bundles/main", a.base),
+        &[("authorization", &test_support::http::bearer(e2e::READ_TOKEN))],
+    );
+    assert_eq!(r.header("x-bundle-revision"), Some("r2"), "replica a serves what was published while it was cut off");
 }

@@ -20,6 +20,10 @@ pub(super) async fn get_bundle(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let s = &state.0;
+    // Cut off from the store, what this replica holds may not be the latest: send the gateway on.
+    if let Some(why) = s.store_watch.cut_off() {
+        return Err(ApiError::Unavailable(why));
+    }
     let instance = headers.get(INSTANCE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let instance = speaks_for(&who, instance)?;
     let canary = match (&s.config.rollout, &instance) {
@@ -45,6 +49,7 @@ pub(super) async fn get_bundle(
     // Subscribe, then compare: a change between `current` and here is seen by `borrow_and_update`.
     let mut rx = entry.subscribe();
     let mut shutdown = s.hub.shutdown_signal();
+    let mut cut_off = s.store_watch.subscribe();
     let held = active.digest.clone();
     let Some(_waiting) = Waiting::new(s, &who.name) else {
         // Past the token's share of held long polls: answered now, held nowhere.
@@ -63,13 +68,25 @@ pub(super) async fn get_bundle(
         }
     };
     let outcome = tokio::select! {
-        r = tokio::time::timeout(wait, changed) => r.ok().flatten(),
-        _ = shutdown.wait_for(|down| *down) => None,
+        r = tokio::time::timeout(wait, changed) => Held::Answered(r.ok().flatten()),
+        _ = shutdown.wait_for(|down| *down) => Held::Answered(None),
+        why = cut_off.wait_for(Option::is_some) => Held::CutOff(why.ok().and_then(|w| w.clone())),
     };
     Ok(match outcome {
-        Some(newer) => bundle_response(s, &newer, applied),
-        None => not_modified(s, &active, applied),
+        Held::Answered(Some(newer)) => bundle_response(s, &newer, applied),
+        Held::Answered(None) => not_modified(s, &active, applied),
+        Held::CutOff(why) => {
+            return Err(ApiError::Unavailable(why.unwrap_or_else(|| "cut off from the store".into())));
+        }
     })
+}
+
+/// How a held long poll ended.
+enum Held {
+    /// A newer revision, or none (the wait or the server ended).
+    Answered(Option<std::sync::Arc<crate::long_poll_hub::ActiveBundle>>),
+    /// This replica was cut off from its store: the gateway should ask another source.
+    CutOff(Option<String>),
 }
 
 /// Counts a held long poll, in all and for its token, for as long as it is held (also when the

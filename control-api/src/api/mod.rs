@@ -66,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/fleet", get(fleet::fleet))
         .route("/v1/logs", get(logs::list).post(logs::ingest))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
@@ -100,6 +101,9 @@ pub enum ApiError {
     Rejected(Rejection),
     #[error("the store is unavailable: {0}")]
     Store(#[from] StoreError),
+    /// This replica is cut off from its store (the message says for how long and why).
+    #[error("{0}")]
+    Unavailable(String),
     /// The pool that bounds validations was closed (the service is stopping).
     #[error("internal error: the validation pool is closed")]
     ValidationsClosed(#[from] tokio::sync::AcquireError),
@@ -119,7 +123,7 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge { .. } | ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ValidationsClosed(_) | ApiError::ValidationTask(_) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -283,6 +287,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `GET /readyz`: 200 while this replica's view of the store is current, 503 (saying why)
+/// while it is cut off from it.
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    match state.0.store_watch.cut_off() {
+        None => Ok("ready\n"),
+        Some(why) => Err(ApiError::Unavailable(why)),
+    }
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     let s = &state.0;
@@ -326,6 +339,7 @@ mod tests {
             fleet_retention: Duration::from_secs(3600),
             max_connections: 100,
             header_timeout: Duration::from_secs(10),
+            store_stale_after: crate::config::DEFAULT_STORE_STALE_AFTER,
             max_long_polls_per_token: 100,
             tokens: vec![token("ci", Scope::Publish, PUBLISH), token("gw", Scope::Read, READ)],
             budget: policy_bundles::budget::Budget::default(),
@@ -421,6 +435,9 @@ mod tests {
     #[async_trait::async_trait]
     impl Store for DownStore {
         async fn publish(&self, _: &NewRevision<'_>) -> Result<PublishOutcome, StoreError> {
+            Err(StoreError::Corrupt("down".into()))
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
             Err(StoreError::Corrupt("down".into()))
         }
         async fn active(&self, _: &str) -> Result<Option<ActiveHead>, StoreError> {

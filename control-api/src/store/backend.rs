@@ -176,6 +176,9 @@ async fn feed(mut listener: PgListener, tx: mpsc::UnboundedSender<Change>) {
             }
             Ok(None) | Err(_) => {
                 tracing::warn!("lost the PostgreSQL notification connection; reconnecting");
+                if tx.send(Change::Lost).is_err() {
+                    return;
+                }
                 if !reconnect(&mut listener, &tx).await {
                     return;
                 }

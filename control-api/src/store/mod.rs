@@ -200,6 +200,9 @@ pub struct EventQuery {
 pub enum Change {
     /// This bundle's active revision may have changed.
     Bundle(String),
+    /// The notification connection was lost: changes made through others go unheard until
+    /// [`Change::Resync`].
+    Lost,
     /// Changes may have been missed (the notification connection was lost and re-established):
     /// reload every bundle.
     Resync,
@@ -212,6 +215,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a revision and makes it active in one transaction; or reports that it is
     /// identical to the active one, or that its revision name is taken by other content.
     async fn publish(&self, new: &NewRevision<'_>) -> Result<PublishOutcome, StoreError>;
+
+    /// Whether the database answers (a trivial query).
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// The active revision of a bundle; `None` when nothing was ever published under the name.
     async fn active(&self, bundle: &str) -> Result<Option<ActiveHead>, StoreError>;

@@ -215,6 +215,11 @@ impl Store for SqlStore {
         Ok(decision.into_outcome())
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn active(&self, bundle: &str) -> Result<Option<ActiveHead>, StoreError> {
         let row: Option<(String, String, i64, Option<String>)> = sqlx::query_as(
             "SELECT r.revision, r.digest, r.size, r.figures FROM bundles b \
