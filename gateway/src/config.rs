@@ -90,6 +90,8 @@ struct RawDecisionLogs {
     spool: Option<PathBuf>,
     #[serde(default)]
     token_file: Option<PathBuf>,
+    #[serde(default)]
+    compression: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +273,16 @@ pub struct DecisionLogsConfig {
     pub spool: Option<PathBuf>,
     /// Bearer token for the sinks (the bundle's `token_file` unless set).
     pub token: Option<String>,
+    /// How batches are sent: gzip (the default) or as they are (`none`, for a sink on the same
+    /// host, where compressing costs more than the bytes it saves).
+    pub compression: Compression,
+}
+
+/// `decision_logs.compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    None,
 }
 
 /// Where access-log lines go.
@@ -657,7 +669,24 @@ impl Check<'_> {
     }
 
     fn decision_logs(&mut self, raw: RawDecisionLogs, bundle_token: Option<String>) -> DecisionLogsConfig {
-        let RawDecisionLogs { sinks, buffer, sample, upload_size_limit, flush_interval, spool, token_file } = raw;
+        let RawDecisionLogs {
+            sinks,
+            buffer,
+            sample,
+            upload_size_limit,
+            flush_interval,
+            spool,
+            token_file,
+            compression,
+        } = raw;
+        let compression = match compression.as_deref() {
+            None | Some("gzip") => Compression::Gzip,
+            Some("none") => Compression::None,
+            Some(other) => {
+                self.problem(format!("`decision_logs.compression`: `{other}` is neither `gzip` nor `none`"));
+                Compression::Gzip
+            }
+        };
         if sinks.is_empty() {
             self.problem("`decision_logs.sinks` needs at least one URL".into());
         }
@@ -705,6 +734,7 @@ impl Check<'_> {
             flush_interval,
             spool: spool.map(|p| self.resolve(p)),
             token,
+            compression,
         }
     }
 
@@ -1050,6 +1080,15 @@ mod tests {
         let d = c.decision_logs.expect("decision_logs");
         assert_eq!((d.buffer, d.upload_size_limit, d.sample), (32 << 20, 1 << 20, 1.0));
         assert_eq!((d.flush_interval, d.spool, d.token), (Duration::from_secs(1), None, None));
+        assert_eq!(d.compression, Compression::Gzip);
+        let none = parse(&format!(
+            "{base}decision_logs: {{ sinks: [\"http://127.0.0.1:8181/v1/logs\"], compression: none }}\n"
+        ));
+        assert_eq!(none.unwrap().decision_logs.map(|d| d.compression), Some(Compression::None));
+        let zstd = parse(&format!(
+            "{base}decision_logs: {{ sinks: [\"http://127.0.0.1:8181/v1/logs\"], compression: zstd }}\n"
+        ));
+        assert!(zstd.is_err_and(|e| e.to_string().contains("`zstd` is neither `gzip` nor `none`")));
         assert_eq!(c.shadow_sample, 1.0);
         let bad = "decision_logs: { sinks: [\"ftp://x\"], sample: 1.5, buffer: 10, flush_interval: soon }\nshadow_sample: -1\n";
         let e = parse(&format!("{base}{bad}")).unwrap_err().to_string();

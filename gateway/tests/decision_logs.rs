@@ -542,3 +542,50 @@ fn a_decision_past_a_rate_limit_is_logged_with_the_limit_and_whether_it_was_enfo
     assert_eq!(refused["status"], 429);
     assert_eq!(refused["result"]["allow"], true, "the policy allowed it; the limit refused it");
 }
+
+/// One POST as a sink received it: its head (lower-cased) and its body.
+fn receive_one_post(listener: &std::net::TcpListener) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let (mut conn, _) = listener.accept().expect("the gateway posts a batch");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let (head, body_at) = loop {
+        let n = conn.read(&mut buf).expect("read the request");
+        assert!(n > 0, "the connection closed before the request's head");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (String::from_utf8_lossy(&got[..i]).to_lowercase(), i + 4);
+        }
+    };
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    while got.len() < body_at + len {
+        let n = conn.read(&mut buf).expect("read the body");
+        assert!(n > 0, "the connection closed mid-body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").expect("answer");
+    (head, got[body_at..body_at + len].to_vec())
+}
+
+#[test]
+fn compression_none_ships_plain_json_arrays_for_a_sink_on_the_same_host() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+    let sink = format!("http://{}", listener.local_addr().expect("sink address"));
+    let s = gateway_logging(&sink, &[], "  compression: none\n", "");
+    let r = get(&format!("{}/orders/1", s.gw.base), &[]);
+    assert_eq!(r.status, 401);
+    let id = decision_id(&r);
+    let (head, body) = receive_one_post(&listener);
+    assert!(head.starts_with("post /v1/logs "), "{head}");
+    assert!(!head.contains("content-encoding"), "a plain batch says no encoding: {head}");
+    let batch: Value = serde_json::from_slice(&body).expect("the body is the JSON array itself");
+    let events = batch.as_array().expect("an array of events");
+    assert_eq!(events.len(), 1, "{batch}");
+    assert_eq!(events[0]["decision_id"], id.as_str());
+    assert_eq!(events[0]["decision"], "deny");
+}

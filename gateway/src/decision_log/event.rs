@@ -488,17 +488,56 @@ fn rule_path(snap: &policy_bundles::Snapshot, policy: usize) -> String {
     rule.strip_prefix("data.").unwrap_or(rule).replace('.', "/")
 }
 
-/// The event's bytes, after the bundle's drop and mask rules; `None` when the drop rule
-/// dropped it.
-pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u8>> {
+/// Appends the event to `out`, after the bundle's drop and mask rules; `false` (and nothing
+/// appended) when the drop rule dropped it. Without those rules the event is written straight
+/// into `out` in one pass (the shipper's batch buffer); with them, into the scratch buffer that
+/// the rules read.
+pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch, out: &mut Vec<u8>) -> bool {
     let snap = &p.bundle.snapshot;
-    let route = snap.routes.get(p.route)?;
+    let ruled = snap.log_drop.is_some() || snap.log_mask.is_some();
+    if !ruled {
+        let mut w = Writer(std::mem::take(out));
+        let at = w.0.len();
+        let written = write_event(p, instance, scratch, &mut w, false);
+        if !written {
+            w.0.truncate(at);
+        }
+        *out = w.0;
+        return written;
+    }
     let mut w = Writer(std::mem::take(&mut scratch.buf));
     w.0.clear();
+    let written = write_event(p, instance, scratch, &mut w, true);
+    let ruled = written.then(|| apply_rules(p, &w.0, erased_paths(p))).flatten();
+    scratch.buf = w.0;
+    match ruled {
+        Some(bytes) => {
+            out.extend_from_slice(&bytes);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The credentials the request carried, as the JSON pointers the mask rules see.
+fn erased_paths(p: &Pending) -> Vec<String> {
+    let envoy =
+        p.bundle.snapshot.routes.get(p.route).is_some_and(|r| r.format == policy_bundles::input::InputFormat::Envoy);
+    CREDENTIALS
+        .iter()
+        .filter(|c| p.headers.iter().any(|(n, _)| n.as_str() == **c))
+        .map(|h| format!("{}{h}", headers_at(envoy)))
+        .collect()
+}
+
+/// Writes the event (`ruled`: for the drop and mask rules, which list `erased` themselves).
+fn write_event(p: &Pending, instance: &str, scratch: &mut Scratch, w: &mut Writer, ruled: bool) -> bool {
+    let snap = &p.bundle.snapshot;
+    let Some(route) = snap.routes.get(p.route) else { return false };
     let mut erased = Vec::new();
     w.0.push(b'{');
     w.field_str("decision_id", p.decision_id.as_str());
-    scratch.route_fields(&mut w, p, instance);
+    scratch.route_fields(w, p, instance);
     w.lit_key("input");
     let envoy = route.format == policy_bundles::input::InputFormat::Envoy;
     if envoy || route.body.is_some() {
@@ -524,11 +563,11 @@ pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u
         "\"cached\":false,"
     });
     w.field_str("trace_id", p.trace_id.as_str());
-    p.answer.write(&mut w, scratch);
+    p.answer.write(w, scratch);
     if let Some(s) = &p.shadow {
         w.raw("\"shadow\":{");
         w.field_str("path", &rule_path(snap, s.rule));
-        s.answer.write(&mut w, scratch);
+        s.answer.write(w, scratch);
         w.field_str("agreement", s.agreement);
         w.close(b'}');
         w.comma();
@@ -540,24 +579,19 @@ pub fn event(p: &Pending, instance: &str, scratch: &mut Scratch) -> Option<Vec<u
         w.close(b'}');
         w.comma();
     }
-    let ruled = snap.log_drop.is_some() || snap.log_mask.is_some();
     if !erased.is_empty() && !ruled {
         w.raw("\"erased\":[");
         for h in &erased {
-            w.str(&format!("{}{h}", headers_at(envoy)));
-            w.comma();
+            // Pointers of the schema's own names: nothing to escape.
+            w.0.push(b'"');
+            w.raw(headers_at(envoy));
+            w.raw(h);
+            w.raw("\",");
         }
         w.close(b']');
     }
     w.close(b'}');
-    let out = if ruled {
-        let erased = erased.iter().map(|h| format!("{}{h}", headers_at(envoy))).collect();
-        apply_rules(p, &w.0, erased)
-    } else {
-        Some(w.0.clone())
-    };
-    scratch.buf = w.0;
-    out
+    true
 }
 
 /// The bundle's `data.system.log.drop` and `mask` rules, with the event as their input.

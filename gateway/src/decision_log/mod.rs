@@ -28,12 +28,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value as Json;
 
-use crate::config::DecisionLogsConfig;
+use crate::config::{Compression, DecisionLogsConfig};
 use crate::metrics::DecisionLogCounters as Counters;
 
 mod event;
 pub use event::{decision_id, Answer, Extra, LimitHit, Pending, ShadowAnswer, ShortId};
 use event::{event, Scratch};
+
+/// The gzip level of batches: 1, the fastest (chosen by measurement: see the module docs).
+const GZIP_LEVEL: u32 = 1;
 
 /// Decisions waiting for the shipper; past it they are dropped (`reason="queue_full"`).
 const QUEUE: usize = 16_384;
@@ -97,47 +100,104 @@ struct Shipper {
     closing: Arc<AtomicBool>,
 }
 
-/// Serialized events, oldest first, bounded in bytes.
+/// Serialized events, oldest first, bounded in bytes, in one contiguous run: each event is
+/// written straight into it and followed by a comma, so a batch is one slice (`[` + slice
+/// without its last comma + `]`), compressed or sent as it is, never copied event by event.
 struct Buffer {
-    events: VecDeque<Vec<u8>>,
+    data: Vec<u8>,
+    /// Where the oldest live event starts in `data` (the bytes before it are shipped or dropped,
+    /// reclaimed when they are most of `data`).
+    start: usize,
+    /// The end (after its comma) of each live event in `data`, oldest first.
+    ends: VecDeque<usize>,
+    /// Live bytes, commas included.
     bytes: usize,
     max: usize,
 }
 
 impl Buffer {
-    fn push(&mut self, event: Vec<u8>, c: &Counters) {
-        self.bytes += event.len();
-        self.events.push_back(event);
-        while self.bytes > self.max {
-            match self.events.pop_front() {
-                Some(old) => {
-                    self.bytes -= old.len();
-                    c.buffer_full.inc();
-                }
-                None => break,
-            }
+    fn new(max: usize) -> Buffer {
+        Buffer { data: Vec::new(), start: 0, ends: VecDeque::new(), bytes: 0, max }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Writes an event at the end with `write`, which appends it to the vector it is given (and
+    /// answers `false`, leaving it as it was, when there is none); then drops the oldest events
+    /// past the bound, counting them.
+    fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>) -> bool, c: &Counters) -> bool {
+        let at = self.data.len();
+        if !write(&mut self.data) || self.data.len() == at {
+            self.data.truncate(at);
+            return false;
+        }
+        self.data.push(b',');
+        self.bytes += self.data.len() - at;
+        self.ends.push_back(self.data.len());
+        while self.bytes > self.max && self.ends.len() > 1 {
+            self.drop_front(1);
+            c.buffer_full.inc();
         }
         c.buffer_bytes.set(self.bytes as i64);
+        true
+    }
+
+    fn push(&mut self, event: &[u8], c: &Counters) {
+        self.push_with(
+            |d| {
+                d.extend_from_slice(event);
+                true
+            },
+            c,
+        );
+    }
+
+    /// Each live event's bytes (without its comma), oldest first.
+    fn events(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut from = self.start;
+        self.ends.iter().map(move |&end| {
+            let e = &self.data[from..end - 1];
+            from = end;
+            e
+        })
     }
 
     /// How many events from the front make a batch within `limit` bytes (at least one).
     fn batch_len(&self, limit: usize) -> usize {
-        let mut size = 2;
-        let mut n = 0;
-        for e in &self.events {
-            size += e.len() + 1;
-            if n > 0 && size > limit {
-                break;
-            }
-            n += 1;
+        let limit = limit.saturating_sub(1) + self.start;
+        let n = self.ends.iter().take_while(|&&end| end <= limit).count();
+        n.max(usize::from(!self.ends.is_empty()))
+    }
+
+    /// The first `n` events as a JSON array's inside: `e1,e2,…` (no brackets).
+    fn batch(&self, n: usize) -> &[u8] {
+        match n.checked_sub(1).and_then(|i| self.ends.get(i)) {
+            Some(&end) => &self.data[self.start..end - 1],
+            None => &[],
         }
-        n
+    }
+
+    fn drop_front(&mut self, n: usize) {
+        for end in self.ends.drain(..n.min(self.ends.len())) {
+            self.bytes -= end - self.start;
+            self.start = end;
+        }
+        if self.ends.is_empty() {
+            self.data.clear();
+            self.start = 0;
+        } else if self.start * 2 >= self.data.len() {
+            // Reclaim the dead front once it is most of the run: amortized, one move per byte.
+            self.data.drain(..self.start);
+            let moved = self.start;
+            self.ends.iter_mut().for_each(|e| *e -= moved);
+            self.start = 0;
+        }
     }
 
     fn take_front(&mut self, n: usize, c: &Counters) {
-        for e in self.events.drain(..n) {
-            self.bytes -= e.len();
-        }
+        self.drop_front(n);
         c.buffer_bytes.set(self.bytes as i64);
     }
 }
@@ -148,7 +208,7 @@ impl Shipper {
             tracing::error!("decision logs: cannot start the shipper's runtime; nothing will be shipped");
             return;
         };
-        let mut buffer = Buffer { events: VecDeque::new(), bytes: 0, max: self.config.buffer };
+        let mut buffer = Buffer::new(self.config.buffer);
         let mut spool = self.config.spool.as_deref().map(Spool::new);
         if let Some(s) = &mut spool {
             s.take_in(&mut buffer, &self.counters);
@@ -169,7 +229,7 @@ impl Shipper {
             }
             let full_batch = buffer.bytes >= self.config.upload_size_limit;
             let due = Instant::now() >= next_send || (full_batch && backoff.is_zero());
-            if buffer.events.is_empty() || !due || !open {
+            if buffer.is_empty() || !due || !open {
                 continue;
             }
             if rt.block_on(self.ship(&client, &mut buffer)) {
@@ -186,7 +246,7 @@ impl Shipper {
         }
         // The server is done: what is still queued, one last short try; the rest is spooled.
         self.drain(&rx, &mut buffer, &mut scratch);
-        if !buffer.events.is_empty() {
+        if !buffer.is_empty() {
             let quick = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap_or_default();
             rt.block_on(self.ship(&quick, &mut buffer));
         }
@@ -207,12 +267,9 @@ impl Shipper {
                 Err(TryRecvError::Empty) => break true,
                 Err(TryRecvError::Disconnected) => break false,
             };
-            match event(&p, &self.instance, scratch) {
-                Some(e) => {
-                    buffered += 1;
-                    buffer.push(e, &self.counters);
-                }
-                None => dropped += 1,
+            match buffer.push_with(|out| event(&p, &self.instance, scratch, out), &self.counters) {
+                true => buffered += 1,
+                false => dropped += 1,
             }
         };
         self.counters.buffered.inc_by(buffered);
@@ -222,9 +279,15 @@ impl Shipper {
 
     /// Sends batches until the buffer is empty or no sink takes one; false on failure.
     async fn ship(&self, client: &reqwest::Client, buffer: &mut Buffer) -> bool {
-        while !buffer.events.is_empty() {
+        while !buffer.is_empty() {
             let n = buffer.batch_len(self.config.upload_size_limit);
-            let Some(body) = gzip_array(buffer.events.iter().take(n)) else { return false };
+            let body = match self.config.compression {
+                Compression::Gzip => match gzip_array(buffer.batch(n)) {
+                    Some(gz) => bytes::Bytes::from(gz),
+                    None => return false,
+                },
+                Compression::None => bytes::Bytes::from([b"[", buffer.batch(n), b"]"].concat()),
+            };
             match self.post(client, body).await {
                 Delivery::Taken => self.counters.shipped.inc_by(n as u64),
                 Delivery::Refused => self.counters.rejected.inc_by(n as u64),
@@ -235,14 +298,13 @@ impl Shipper {
         true
     }
 
-    async fn post(&self, client: &reqwest::Client, body: Vec<u8>) -> Delivery {
+    async fn post(&self, client: &reqwest::Client, body: bytes::Bytes) -> Delivery {
         let mut refused = false;
         for sink in &self.config.sinks {
-            let mut req = client
-                .post(sink)
-                .header("content-type", "application/json")
-                .header("content-encoding", "gzip")
-                .body(body.clone());
+            let mut req = client.post(sink).header("content-type", "application/json").body(body.clone());
+            if self.config.compression == Compression::Gzip {
+                req = req.header("content-encoding", "gzip");
+            }
             if let Some(t) = &self.config.token {
                 req = req.bearer_auth(t);
             }
@@ -291,13 +353,13 @@ impl Spool {
     fn take_in(&mut self, buffer: &mut Buffer, c: &Counters) {
         self.seen = self.mtime();
         for event in read_spool(&self.path, buffer.max) {
-            buffer.push(event, c);
+            buffer.push(&event, c);
         }
     }
 
     /// Replaces the spool with the buffer's events.
     fn write(&mut self, buffer: &Buffer) {
-        match write_spool(&self.path, &buffer.events) {
+        match write_spool(&self.path, buffer.events()) {
             Ok(()) => self.seen = self.mtime(),
             Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot write the decision-log spool"),
         }
@@ -312,21 +374,18 @@ enum Delivery {
     Failed,
 }
 
-fn gzip_array<'a>(events: impl Iterator<Item = &'a Vec<u8>>) -> Option<Vec<u8>> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+/// `[inside]`, gzipped at [`GZIP_LEVEL`].
+fn gzip_array(inside: &[u8]) -> Option<Vec<u8>> {
+    let level = flate2::Compression::new(GZIP_LEVEL);
+    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(inside.len() / 8 + 64), level);
     gz.write_all(b"[").ok()?;
-    for (i, e) in events.enumerate() {
-        if i > 0 {
-            gz.write_all(b",").ok()?;
-        }
-        gz.write_all(e).ok()?;
-    }
+    gz.write_all(inside).ok()?;
     gz.write_all(b"]").ok()?;
     gz.finish().ok()
 }
 
 /// The spool: one event per line, replaced whole (written beside, then renamed).
-fn write_spool(path: &Path, events: &VecDeque<Vec<u8>>) -> std::io::Result<()> {
+fn write_spool<'a>(path: &Path, events: impl Iterator<Item = &'a [u8]>) -> std::io::Result<()> {
     let tmp: PathBuf = path.with_extension("tmp");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     for e in events {
@@ -397,14 +456,29 @@ mod tests {
             rejected: prometheus::IntCounter::new("f", "f").unwrap(),
             buffer_bytes: prometheus::IntGauge::new("g", "g").unwrap(),
         };
-        let mut b = Buffer { events: VecDeque::new(), bytes: 0, max: 25 };
+        // Each event takes its 10 bytes and a comma: two fit in 25.
+        let mut b = Buffer::new(25);
         for i in 0..5u8 {
-            b.push(vec![b'0' + i; 10], &c);
+            b.push(&[b'0' + i; 10], &c);
         }
-        assert_eq!(b.events.len(), 2);
-        assert_eq!(b.events[0], vec![b'3'; 10], "the newest kept");
-        assert_eq!(c.buffer_full.get(), 3);
+        let kept: Vec<&[u8]> = b.events().collect();
+        assert_eq!(kept, [&[b'3'; 10][..], &[b'4'; 10][..]], "the newest kept");
+        assert_eq!((b.bytes, c.buffer_full.get()), (22, 3));
         assert_eq!(b.batch_len(15), 1);
         assert_eq!(b.batch_len(100), 2);
+        assert_eq!(b.batch(2), b"3333333333,4444444444");
+        b.take_front(1, &c);
+        assert_eq!((b.batch(1), b.bytes, b.start), (&b"4444444444"[..], 11, 0), "the dead front reclaimed");
+        // An event the policy drops leaves nothing behind.
+        assert!(!b.push_with(
+            |d| {
+                d.extend_from_slice(b"half");
+                false
+            },
+            &c
+        ));
+        assert_eq!(b.batch(1), b"4444444444");
+        b.take_front(1, &c);
+        assert!(b.is_empty() && b.data.is_empty());
     }
 }
