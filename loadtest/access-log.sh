@@ -9,10 +9,15 @@
 #   loadtest/access-log.sh --decisions [ROUNDS] [DURATION]
 #       every decision logged (`decision_logs`, sample 1.0), shipped as gzip batches to a sink
 #       (the echo upstream answers the POSTs, as cheaply as a sink can) -> reports/decision-logs.md
+#   loadtest/access-log.sh --decisions-plain [ROUNDS] [DURATION]
+#       the same with `compression: none` (plain JSON batches, for a sink on the same host)
+#                                                         -> reports/decision-logs-plain.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=access
+compression=gzip
 if [ "${1:-}" = --decisions ]; then what=decisions; shift; fi
+if [ "${1:-}" = --decisions-plain ]; then what=decisions; compression=none; shift; fi
 rounds=${1:-5}
 duration=${2:-8s}
 cargo build --release -q -p gateway -p test-support --bins
@@ -40,7 +45,7 @@ gateway off ""
 if [ "$what" = access ]; then
   gateway on "access_log: { path: $work/access.log }\n"
 else
-  gateway on "decision_logs: { sinks: [\"http://$up/v1/logs\"], sample: 1.0 }\n"
+  gateway on "decision_logs: { sinks: [\"http://$up/v1/logs\"], sample: 1.0, compression: $compression }\n"
 fi
 
 url() { echo "http://127.0.0.1:$1/orders/7"; }
@@ -74,16 +79,17 @@ if [ "$what" = access ]; then
   on_means="writes the access log to a file"
 else
   title="Decision logs"; report=decision-logs.md
+  [ "$compression" = none ] && { title="Decision logs, plain batches"; report=decision-logs-plain.md; }
   logged="Decision events shipped (gateway_decision_logs_total{result=\"shipped\"}): $(awk '/^gateway_decision_logs_total\{result="shipped"\}/ {print $2}' <<< "$metrics")"
   dropped="gateway_decision_logs_dropped_total (all reasons): $(awk '/^gateway_decision_logs_dropped_total/ {s+=$2} END {print s}' <<< "$metrics")"
-  on_means="logs every decision (\`decision_logs\`, sample 1.0) and ships gzip batches to a sink that answers 200"
+  on_means="logs every decision (\`decision_logs\`, sample 1.0) and ships $([ "$compression" = none ] && echo 'plain JSON (`compression: none`)' || echo gzip) batches to a sink that answers 200"
 fi
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway || echo "+changes")
 
 {
   echo "# $title: what it costs under load"
   echo
-  echo "\`loadtest/access-log.sh $([ "$what" = decisions ] && echo '--decisions ')$rounds $duration\` at $commit, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs;"
+  echo "\`loadtest/access-log.sh $([ "$what" = decisions ] && { [ "$compression" = none ] && echo '--decisions-plain ' || echo '--decisions '; })$rounds $duration\` at $commit, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs;"
   echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg). Two gateways (2 threads each) on the example bundle"
   echo "and one echo upstream (2 threads); \`oha -c 64 -z $duration\` on GET /orders/7 with a bearer token,"
   echo "one gateway at a time, the order alternating per round. \`on\` $on_means."
