@@ -373,39 +373,32 @@ impl ConfigFile for Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut problems = Problems::new(text);
 
-        let listen = raw_listen.parse().unwrap_or_else(|_| {
-            problems.at("listen", format!("`{raw_listen}` is not an address such as 127.0.0.1:8181"));
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        });
-        let store = parse_store(&raw_store, base).unwrap_or_else(|m| {
-            problems.at("store", m);
-            StoreLocation::SqliteMemory
-        });
+        let (listen, store) = listen_and_store(&raw_listen, &raw_store, base, &mut problems);
         let max_bundle_size = bundle_size(raw_bundle_size.as_deref(), &mut problems);
         let max_long_poll = problems.duration("max_long_poll", raw_long_poll.as_deref(), DEFAULT_MAX_LONG_POLL);
         let fleet_silent_after =
             problems.duration("fleet_silent_after", raw_silent_after.as_deref(), DEFAULT_FLEET_SILENT_AFTER);
         let fleet_retention = problems.duration("fleet_retention", raw_retention.as_deref(), DEFAULT_FLEET_RETENTION);
-        let header_timeout = problems.duration("header_timeout", raw_header_timeout.as_deref(), DEFAULT_HEADER_TIMEOUT);
-        let store_stale_after =
-            problems.duration("store_stale_after", raw_stale_after.as_deref(), DEFAULT_STORE_STALE_AFTER);
-        if !(Duration::from_millis(200)..=Duration::from_secs(300)).contains(&store_stale_after) {
-            problems.at("store_stale_after", "must be from 200ms to 300s".into());
-        }
-        if header_timeout.is_zero() {
-            problems.at("header_timeout", "must be more than 0s".into());
-        }
-        let mut at_least_one = |key: &str, v: Option<u64>, default: usize| match v {
-            None => default,
-            Some(0) => {
-                problems.at(key, "must be at least 1".into());
-                default
-            }
-            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-        };
-        let max_connections = at_least_one("max_connections", raw_max_connections, DEFAULT_MAX_CONNECTIONS);
-        let max_long_polls_per_token =
-            at_least_one("max_long_polls_per_token", raw_long_polls_per_token, DEFAULT_MAX_LONG_POLLS_PER_TOKEN);
+        let header_timeout = duration_within(
+            &mut problems,
+            ("header_timeout", raw_header_timeout.as_deref(), DEFAULT_HEADER_TIMEOUT),
+            Duration::from_nanos(1)..=Duration::MAX,
+            "must be more than 0s",
+        );
+        let store_stale_after = duration_within(
+            &mut problems,
+            ("store_stale_after", raw_stale_after.as_deref(), DEFAULT_STORE_STALE_AFTER),
+            Duration::from_millis(200)..=Duration::from_secs(300),
+            "must be from 200ms to 300s",
+        );
+        let max_connections =
+            at_least_one(&mut problems, "max_connections", raw_max_connections, DEFAULT_MAX_CONNECTIONS);
+        let max_long_polls_per_token = at_least_one(
+            &mut problems,
+            "max_long_polls_per_token",
+            raw_long_polls_per_token,
+            DEFAULT_MAX_LONG_POLLS_PER_TOKEN,
+        );
         let tokens = parse_tokens(&raw_tokens, &mut problems);
         let (budget, validator) = parse_budget(raw_budget.unwrap_or_default(), &mut problems);
         let growth_guard = parse_growth_guard(raw_guard.unwrap_or_default(), &mut problems);
@@ -432,6 +425,50 @@ impl ConfigFile for Config {
             logs,
         })
     }
+}
+
+/// `listen` and `store`.
+fn listen_and_store(
+    listen: &str,
+    store: &str,
+    base: &Path,
+    problems: &mut Problems<'_>,
+) -> (SocketAddr, StoreLocation) {
+    let addr = listen.parse().unwrap_or_else(|_| {
+        problems.at("listen", format!("`{listen}` is not an address such as 127.0.0.1:8181"));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let location = parse_store(store, base).unwrap_or_else(|m| {
+        problems.at("store", m);
+        StoreLocation::SqliteMemory
+    });
+    (addr, location)
+}
+
+/// A count key that must be at least 1.
+fn at_least_one(problems: &mut Problems<'_>, key: &str, v: Option<u64>, default: usize) -> usize {
+    match v {
+        None => default,
+        Some(0) => {
+            problems.at(key, "must be at least 1".into());
+            default
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    }
+}
+
+/// A duration key (name, value, default) that must lie in `range` (else `message` at its line).
+fn duration_within(
+    problems: &mut Problems<'_>,
+    (key, v, default): (&str, Option<&str>, Duration),
+    range: std::ops::RangeInclusive<Duration>,
+    message: &str,
+) -> Duration {
+    let d = problems.duration(key, v, default);
+    if !range.contains(&d) {
+        problems.at(key, message.into());
+    }
+    d
 }
 
 /// `max_bundle_size`: a size above 0.
