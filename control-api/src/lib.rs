@@ -128,7 +128,13 @@ impl App {
         });
         let supervisor = tokio::spawn(rollout::supervise(state.clone(), state.0.hub.shutdown_signal()));
         let retention = tokio::spawn(prune_periodically(state.clone()));
-        let probe = tokio::spawn(store_watch::probe(state.clone(), state.0.hub.shutdown_signal()));
+        let probe = tokio::spawn({
+            let s = state.0.clone();
+            async move {
+                let shutdown = s.hub.shutdown_signal();
+                store_watch::probe(&s.store_watch, s.store.as_ref(), &s.hub, &s.metrics.store_up, shutdown).await
+            }
+        });
         serve(listener, state, shutdown).await;
         if let Some(task) = feed {
             task.abort();

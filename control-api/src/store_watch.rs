@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::app_state::AppState;
+use crate::long_poll_hub::Hub;
+use crate::store::Store;
 
 /// This replica's standing with its store.
 pub struct StoreWatch {
@@ -74,20 +75,25 @@ impl StoreWatch {
     }
 }
 
-/// Probes the store until `shutdown` turns true, and moves the replica between current and cut off.
-pub async fn probe(state: AppState, mut shutdown: watch::Receiver<bool>) {
-    let s = &state.0;
-    let w = &s.store_watch;
+/// Probes `store` until `shutdown` turns true, and moves the replica between current and cut
+/// off (`up`: `control_api_store_up`); on the way back, `hub` reloads what it holds.
+pub async fn probe(
+    w: &StoreWatch,
+    store: &dyn Store,
+    hub: &Hub,
+    up: &prometheus::IntGauge,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let every = (w.stale_after / 4).max(Duration::from_millis(50));
     let mut last_ok = Instant::now();
     let mut last_error = String::new();
-    s.metrics.store_up.set(1);
+    up.set(1);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|down| *down) => return,
         }
-        match tokio::time::timeout(w.stale_after / 2, s.store.ping()).await {
+        match tokio::time::timeout(w.stale_after / 2, store.ping()).await {
             Ok(Ok(())) => last_ok = Instant::now(),
             Ok(Err(e)) => last_error = e.to_string(),
             Err(_) => last_error = format!("no answer within {} ms", (w.stale_after / 2).as_millis()),
@@ -96,14 +102,14 @@ pub async fn probe(state: AppState, mut shutdown: watch::Receiver<bool>) {
         match (w.cut_off().is_some(), verdict) {
             (false, Some(why)) => {
                 tracing::error!(why = %why, "cut off from the store: answering 503 until it is back");
-                s.metrics.store_up.set(0);
+                up.set(0);
                 w.state.send_replace(Some(why));
             }
             (true, None) => {
                 // What was published meanwhile went unheard: read everything afresh first.
-                s.hub.reload_all().await;
+                hub.reload_all().await;
                 tracing::info!("the store is back: bundles reloaded, serving as current again");
-                s.metrics.store_up.set(1);
+                up.set(1);
                 w.state.send_replace(None);
             }
             // Still cut off: the message keeps up with the time, waking nobody.
