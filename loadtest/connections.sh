@@ -3,7 +3,8 @@
 # kept-alive connections (one request answered, then nothing), then N half-open ones (a request
 # head sent without its end), each set opened, measured (RSS of the server and its children,
 # /proc VmRSS) and closed in turn; then how much RSS is left a few seconds after the flood ends.
-# nginx runs loadtest/nginx/proxy.conf.tmpl (2 workers); the gateway `threads: 2`, the example
+# Bare Pingora (gateway/examples/bare_proxy.rs, 2 threads, the gateway's allocator) is the floor
+# the gateway is held to. nginx runs loadtest/nginx/proxy.conf.tmpl (2 workers); the gateway `threads: 2`, the example
 # bundle, limits large enough to hold every connection. Writes loadtest/reports/connections.md.
 #
 #   loadtest/connections.sh [N]      # default 2000 (needs 2N+100 file descriptors)
@@ -11,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}
 ulimit -n $((2 * n + 4096)) 2>/dev/null || true
-cargo build --release -q -p gateway -p test-support --bins
+cargo build --release -q -p gateway -p test-support --bins --example bare_proxy
 source loadtest/lib.sh
 start_upstream_and_bundle 2
 
@@ -23,6 +24,12 @@ gw_pid=$!
 pids+=("$gw_pid")
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/readyz" > /dev/null 2>&1 && break; sleep 0.1; done
 
+bport=$(free_port)
+"$bin/examples/bare_proxy" "127.0.0.1:$bport" "$up" 2 > "$work/bare.log" 2>&1 &
+bare_pid=$!
+pids+=("$bare_pid")
+for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$bport/public/x" && break; sleep 0.1; done
+
 nport=$(free_port)
 mkdir -p "$work/nginx/tmp"
 sed -e "s|{{DIR}}|$work/nginx|g" -e "s|{{LISTEN}}|127.0.0.1:$nport|g" -e "s|{{UPSTREAM}}|$up|g" \
@@ -33,10 +40,10 @@ pids+=("$ng_pid")
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$nport/public/x" && break; sleep 0.1; done
 
 # Warm both, then measure: the Python side holds the sockets and reads /proc.
-for p in "$port" "$nport"; do
+for p in "$port" "$bport" "$nport"; do
   for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$p/public/warm"; done
 done
-python3 - "$n" "$gw_pid:$port" "$ng_pid:$nport" > "$work/rows" <<'PY'
+python3 - "$n" "$gw_pid:$port" "$bare_pid:$bport" "$ng_pid:$nport" > "$work/rows" <<'PY'
 import os, socket, sys, time
 n = int(sys.argv[1])
 
@@ -92,7 +99,8 @@ PY
 
 mkdir -p loadtest/reports
 read -r _ gw_base gw_idle gw_half gw_after < <(sed -n 1p "$work/rows")
-read -r _ ng_base ng_idle ng_half ng_after < <(sed -n 2p "$work/rows")
+read -r _ bp_base bp_idle bp_half bp_after < <(sed -n 2p "$work/rows")
+read -r _ ng_base ng_idle ng_half ng_after < <(sed -n 3p "$work/rows")
 per() { awk -v a="$1" -v b="$2" -v n="$n" 'BEGIN{printf "%.1f", (a - b) * 1024 / n / 1000}'; }
 {
   echo "# Memory per held connection ($(date -u +%FT%TZ), $(git rev-parse --short HEAD))"
@@ -102,6 +110,7 @@ per() { awk -v a="$1" -v b="$2" -v n="$n" 'BEGIN{printf "%.1f", (a - b) * 1024 /
   echo "| server | RSS before | per idle kept-alive connection | per half-open connection | RSS 5 s after the last closed |"
   echo "|---|---|---|---|---|"
   echo "| gateway | $((gw_base / 1024)) MiB | $(per "$gw_idle" "$gw_base") KB | $(per "$gw_half" "$gw_base") KB | $((gw_after / 1024)) MiB |"
+  echo "| bare Pingora (\`bare_proxy\`, 2 threads) | $((bp_base / 1024)) MiB | $(per "$bp_idle" "$bp_base") KB | $(per "$bp_half" "$bp_base") KB | $((bp_after / 1024)) MiB |"
   echo "| nginx (2 workers) | $((ng_base / 1024)) MiB | $(per "$ng_idle" "$ng_base") KB | $(per "$ng_half" "$ng_base") KB | $((ng_after / 1024)) MiB |"
 } > loadtest/reports/connections.md
 cat loadtest/reports/connections.md
