@@ -28,7 +28,15 @@ bport=$(free_port)
 "$bin/examples/bare_proxy" "127.0.0.1:$bport" "$up" 2 > "$work/bare.log" 2>&1 &
 bare_pid=$!
 pids+=("$bare_pid")
-for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$bport/public/x" && break; sleep 0.1; done
+# The same with the gateway's 4 KiB socket read buffer (gateway/src/lib.rs READ_BUFFER): what the
+# gateway adds per connection beyond that choice.
+b4port=$(free_port)
+READ_BUFFER=4096 "$bin/examples/bare_proxy" "127.0.0.1:$b4port" "$up" 2 > "$work/bare4.log" 2>&1 &
+bare4_pid=$!
+pids+=("$bare4_pid")
+for p in "$bport" "$b4port"; do
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$p/public/x" && break; sleep 0.1; done
+done
 
 nport=$(free_port)
 mkdir -p "$work/nginx/tmp"
@@ -40,10 +48,10 @@ pids+=("$ng_pid")
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$nport/public/x" && break; sleep 0.1; done
 
 # Warm both, then measure: the Python side holds the sockets and reads /proc.
-for p in "$port" "$bport" "$nport"; do
+for p in "$port" "$bport" "$b4port" "$nport"; do
   for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$p/public/warm"; done
 done
-python3 - "$n" "$gw_pid:$port" "$bare_pid:$bport" "$ng_pid:$nport" > "$work/rows" <<'PY'
+python3 - "$n" "$gw_pid:$port" "$bare_pid:$bport" "$bare4_pid:$b4port" "$ng_pid:$nport" > "$work/rows" <<'PY'
 import os, socket, sys, time
 n = int(sys.argv[1])
 
@@ -100,7 +108,8 @@ PY
 mkdir -p loadtest/reports
 read -r _ gw_base gw_idle gw_half gw_after < <(sed -n 1p "$work/rows")
 read -r _ bp_base bp_idle bp_half bp_after < <(sed -n 2p "$work/rows")
-read -r _ ng_base ng_idle ng_half ng_after < <(sed -n 3p "$work/rows")
+read -r _ b4_base b4_idle b4_half b4_after < <(sed -n 3p "$work/rows")
+read -r _ ng_base ng_idle ng_half ng_after < <(sed -n 4p "$work/rows")
 per() { awk -v a="$1" -v b="$2" -v n="$n" 'BEGIN{printf "%.1f", (a - b) * 1024 / n / 1000}'; }
 {
   echo "# Memory per held connection ($(date -u +%FT%TZ), $(git rev-parse --short HEAD))"
@@ -111,6 +120,7 @@ per() { awk -v a="$1" -v b="$2" -v n="$n" 'BEGIN{printf "%.1f", (a - b) * 1024 /
   echo "|---|---|---|---|---|"
   echo "| gateway | $((gw_base / 1024)) MiB | $(per "$gw_idle" "$gw_base") KB | $(per "$gw_half" "$gw_base") KB | $((gw_after / 1024)) MiB |"
   echo "| bare Pingora (\`bare_proxy\`, 2 threads) | $((bp_base / 1024)) MiB | $(per "$bp_idle" "$bp_base") KB | $(per "$bp_half" "$bp_base") KB | $((bp_after / 1024)) MiB |"
+  echo "| bare Pingora, 4 KiB read buffer (the gateway's) | $((b4_base / 1024)) MiB | $(per "$b4_idle" "$b4_base") KB | $(per "$b4_half" "$b4_base") KB | $((b4_after / 1024)) MiB |"
   echo "| nginx (2 workers) | $((ng_base / 1024)) MiB | $(per "$ng_idle" "$ng_base") KB | $(per "$ng_half" "$ng_base") KB | $((ng_after / 1024)) MiB |"
 } > loadtest/reports/connections.md
 cat loadtest/reports/connections.md

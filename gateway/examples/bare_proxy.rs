@@ -48,7 +48,15 @@ fn main() {
         }
     } else {
         let mut proxy = http_proxy_service(&server.configuration, Bare { upstream: upstream.clone() });
-        proxy.add_tcp(listen);
+        // READ_BUFFER=BYTES: each connection's socket read buffer (Pingora's default: 64 KiB),
+        // to compare memory per connection with the gateway's at the same size.
+        match std::env::var("READ_BUFFER").ok().and_then(|b| b.parse().ok()) {
+            Some(bytes) => proxy.add_listener(
+                pingora::listeners::ListenerConfig::tcp(listen)
+                    .l4_buffer(pingora::protocols::l4::stream::L4BufferSettings::default().read(bytes)),
+            ),
+            None => proxy.add_tcp(listen),
+        }
         server.add_service(proxy);
     }
     server.run_forever()
