@@ -16,8 +16,9 @@
 #   global    /orders/7 under a fleet-wide (`scope: global`) per-user limit it never reaches, its
 #             counts exchanged with a real Redis every 200 ms (the exchanges' thread counted too)
 # Each gets REQUESTS requests (oha -c 8) after 500 of warm-up; counters are zeroed in between.
-# Writes loadtest/reports/instructions.md.
+# Writes loadtest/reports/instructions.md (instructions-PROFILE.md for another PROFILE).
 # Usage: loadtest/instructions.sh [REQUESTS]   (default 4000; about 3 minutes; cleans up after itself)
+# PROFILE=release-lto measures the binaries of that Cargo profile (default: release).
 # INSTRUCTIONS_KEEP=DIR keeps each run's callgrind_annotate output (self and inclusive) and its raw
 # callgrind file (LABEL.callgrind) in DIR.
 set -euo pipefail
@@ -27,7 +28,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 for t in valgrind callgrind_control callgrind_annotate oha; do
   command -v "$t" >/dev/null || { echo "$t missing: loadtest/install.sh" >&2; exit 1; }
 done
-cargo build --release -p gateway -p test-support -p loadtest-tools --bins --example bare_proxy >&2
+cargo build --profile "${PROFILE:-release}" -p gateway -p test-support -p loadtest-tools --bins --example bare_proxy >&2
 . loadtest/lib.sh   # bin, work, pids; all stopped and removed on exit
 start_upstream_and_bundle 1
 token=$("$bin/demo-token" --sub alice --role reader)
@@ -116,6 +117,8 @@ exchanges=$(grep -E "quota::Exchanges as pingora_core::services::background::Bac
   | head -1 | awk -v n="$N" '{gsub(",","",$1); print int($1/n)}' || true)
 exchanges=${exchanges:-0}
 
+report=loadtest/reports/instructions.md
+[ "${PROFILE:-release}" = release ] || report=loadtest/reports/instructions-$PROFILE.md
 get() { awk -v l="$1" '$1 == l { print $2 }' "$work/results"; }
 # The decision-log shipper's thread, inclusive (the thread's entry, in gateway/src/decision_log/).
 shipper=$(grep -m1 -E "decision_log/mod.rs:std::sys::backtrace::__rust_begin_short_backtrace" "$work/decisions.incl.txt" \
@@ -132,7 +135,7 @@ phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp
   echo "|---|---|"
   echo "| date | $(date -u '+%Y-%m-%d %H:%M UTC') |"
   echo "| commit | $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway policy-bundles || echo ' with uncommitted changes') |"
-  echo "| command | \`loadtest/instructions.sh $N\` |"
+  echo "| command | \`$([ "${PROFILE:-release}" = release ] || echo "PROFILE=$PROFILE ")loadtest/instructions.sh $N\` |"
   echo "| tools | $(valgrind --version), $(oha --version) |"
   echo
   echo "User-space instructions executed by the server process per request (callgrind, \`Ir\`), one worker"
@@ -167,5 +170,5 @@ phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp
   echo "| phase | instructions / request |"
   echo "|---|---|"
   echo "$phases"
-} > loadtest/reports/instructions.md
-cat loadtest/reports/instructions.md
+} > "$report"
+cat "$report"
