@@ -2,7 +2,7 @@
 # root, not run): the release binaries in `bin`, a scratch directory `work`, and `pids`, an array
 # of processes (children of the sourcing shell) that are stopped and reaped, with `work` removed,
 # when the script exits.
-bin=target/${PROFILE:-release}
+bin=${BIN_DIR:-target/${PROFILE:-release}}
 work=$(mktemp -d)
 pids=()
 cleanup() {
