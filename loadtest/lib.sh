@@ -44,6 +44,21 @@ start_upstream_and_bundle() {
   sed -i "s/127.0.0.1:9100/$up/" "$work/bundle/gateway/data.yaml"
 }
 
+# start_gateway EXTRA: a gateway with two worker threads on the example bundle in $work/bundle,
+# on fresh ports (`port`, `admin`), with EXTRA config lines (newline-terminated, `printf %b`);
+# its pid in `gw`; returns once it is ready.
+start_gateway() {
+  port=$(free_port); admin=$(free_port)
+  printf 'listen: 127.0.0.1:%s\nadmin: 127.0.0.1:%s\nthreads: 2\n%bbundle:\n  name: main\n  file: %s\n' \
+    "$port" "$admin" "$1" "$work/bundle" > "$work/gateway.yaml"
+  GATEWAY_LOG=warn "$bin/gateway" --config "$work/gateway.yaml" > "$work/gateway.log" 2>&1 &
+  gw=$!
+  pids+=("$gw")
+  for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz" && return; sleep 0.1; done
+  echo "the gateway did not become ready: $work/gateway.log" >&2
+  exit 1
+}
+
 # one_thread_gateway_config: $work/gateway.yaml, a gateway with one worker thread on the example
 # bundle in $work/bundle, on fresh ports (`port`, `admin`).
 one_thread_gateway_config() {

@@ -11,23 +11,11 @@ N=${PGO_REQUESTS:-20000}
 . loadtest/lib.sh
 start_upstream_and_bundle 2
 token=$("$bin/demo-token" --sub alice --role reader)
-port=$(free_port); admin=$(free_port)
-cat > "$work/gateway.yaml" <<YAML
-listen: 127.0.0.1:$port
-admin: 127.0.0.1:$admin
-threads: 2
-decision_logs: { sinks: ["http://$up/v1/logs"], sample: 1.0 }
-bundle:
-  name: main
-  file: $work/bundle
-YAML
-GATEWAY_LOG=warn "$bin/gateway" --config "$work/gateway.yaml" > "$work/gateway.log" 2>&1 &
-gw=$!
+start_gateway "decision_logs: { sinks: [\"http://$up/v1/logs\"], sample: 1.0 }\n"
 bp=$(free_port)
 "$bin/examples/bare_proxy" "127.0.0.1:$bp" "$up" 2 > "$work/bare.log" 2>&1 &
 bare=$!
-pids+=("$gw" "$bare")
-for _ in $(seq 200); do curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+pids+=("$bare")
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$bp/x" && break; sleep 0.1; done
 bad="${token:0:${#token}-10}$([ "${token: -10:1}" = A ] && echo B || echo A)${token: -9}"
 load() { oha --no-tui -n "$1" -c 32 "${@:3}" "$2" > /dev/null; }

@@ -17,20 +17,7 @@ cargo build --release -p gateway -p test-support --bins >&2
 start_upstream_and_bundle 2
 sed -i -e "s|^routes:|rate_limits:\n  per_key: { key: header.x-api-key, rate: 100/s, burst: 100 }\nroutes:|" \
   -e "s|    policy: data.http.public.allow|    policy: data.http.public.allow\n    rate_limits: [per_key]|" "$work/bundle/gateway/data.yaml"
-port=$(free_port); admin=$(free_port)
-cat > "$work/gateway.yaml" <<YAML
-listen: 127.0.0.1:$port
-admin: 127.0.0.1:$admin
-threads: 2
-limits: { rate_limit_keys: $KEYS }
-bundle:
-  name: main
-  file: $work/bundle
-YAML
-GATEWAY_LOG=warn "$bin/gateway" --config "$work/gateway.yaml" > "$work/gateway.log" 2>&1 &
-gw=$!
-pids+=("$gw")
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz" && break; sleep 0.2; done
+start_gateway "limits: { rate_limit_keys: $KEYS }\n"
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$gw/status"; }
 # metric NAME LABEL...: the value of the series of NAME whose labels include each LABEL (k="v").
 metric() {
