@@ -18,7 +18,9 @@
 #        loadtest/compare.sh compare --rounds 3 --duration 5 [--variant path/to/other/gateway] [--tls]
 #        loadtest/compare.sh tls --rounds 3 --duration 5 [--tls=h2] [--streams 10]
 #        loadtest/compare.sh --help
-# Installs missing tools first (loadtest/install.sh) and builds the release binaries.
+# Installs missing tools first (loadtest/install.sh) and builds the release binaries; the HTTPS rows
+# alone take BIN_DIR=DIR instead (the binaries of another build, scripts/build-release --pgo's
+# target/pgo/release-lto say), without building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -58,7 +60,7 @@ if [ "$mode" != tls ]; then
   cargo build --release -p gateway -p test-support -p loadtest-tools -p bundlectl -p control-api
   cargo build --release -p gateway --example bare_proxy
   timeout 1200 target/release/loadbench "${lb[@]}"
-else
+elif [ -z "${BIN_DIR:-}" ]; then
   cargo build --release -p gateway -p test-support
 fi
 [ -n "$tls" ] || exit 0

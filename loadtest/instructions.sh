@@ -6,6 +6,7 @@
 #             (no routing, no JWT, no policy, no metrics; the gateway's allocator), the floor
 #   public    the gateway, /public/x: route + trivial rule, a bearer token verified (cached)
 #   orders    the gateway, /orders/7 with a reader JWT: the example bundle's orders rule
+#   lean      the same with the route's `upstream_headers` off (no gateway headers added)
 #   logged    the same with `access_log` to a file (the writer thread counted too)
 #   decisions the same with every decision logged (`decision_logs`, sample 1.0) and shipped to a
 #             sink (the echo upstream answers the POSTs; the shipper thread counted too)
@@ -78,6 +79,12 @@ one_thread_gateway_config
 export GATEWAY_LOG=warn
 measure public "http://127.0.0.1:$port/public/x" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"
 measure orders "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/gateway.yaml"
+# The same route with `upstream_headers` off: none of the gateway's forwarding, request-id and
+# trace headers added, as bare Pingora adds none.
+cp -r "$work/bundle" "$work/lean"
+sed -i "s|    policy: data.http.orders.decision|    policy: data.http.orders.decision\n    upstream_headers: { forwarding: false, request_id: false, traceparent: false }|" "$work/lean/gateway/data.yaml"
+sed "s|file: $work/bundle\$|file: $work/lean|" "$work/gateway.yaml" > "$work/lean.yaml"
+measure lean "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/lean.yaml"
 sed "s|^threads: 1|threads: 1\naccess_log: { path: $work/access.log }|" "$work/gateway.yaml" > "$work/logged.yaml"
 measure logged "http://127.0.0.1:$port/orders/7" "http://127.0.0.1:$admin/readyz" "$bin/gateway" --config "$work/logged.yaml"
 sed "s|^threads: 1|threads: 1\ndecision_logs: { sinks: [\"http://$up/v1/logs\"], sample: 1.0 }|" "$work/gateway.yaml" > "$work/decisions.yaml"
@@ -125,7 +132,7 @@ get() { awk -v l="$1" '$1 == l { print $2 }' "$work/results"; }
 shipper=$(grep -m1 -E "decision_log/mod.rs:(std::sys::backtrace::__rust_begin_short_backtrace|gateway::decision_log::Shipper::run)" \
   "$work/decisions.incl.txt" | awk -v n="$N" '{gsub(",","",$1); print int($1/n)}' || true)
 shipper=${shipper:-0}
-nginx=$(get nginx); bare=$(get bare); public=$(get public); orders=$(get orders); logged=$(get logged); decisions=$(get decisions)
+nginx=$(get nginx); bare=$(get bare); public=$(get public); orders=$(get orders); lean=$(get lean); logged=$(get logged); decisions=$(get decisions)
 limited=$(get limited); badjwt=$(get badjwt); refused=$(get refused); global=$(get global)
 # Inclusive instructions per request of the gateway's own phases, from the orders run.
 phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp>::[a-z_]+::\{\{closure\}\} \[|policy_bundles::(input::build|input::headers|snapshot::Snapshot::decide_cached|jwt::TrustRoots::verify_cached|router::RouteTable::lookup) \[" "$work/orders.incl.txt" \
@@ -150,6 +157,7 @@ phases=$(grep -E "gateway::proxy::Proxy as pingora_proxy::proxy_trait::ProxyHttp
   echo "| bare Pingora proxy (\`gateway/examples/bare_proxy.rs\`) | $bare | 1.00 |"
   echo "| gateway, \`/public/x\` (route, cached JWT, trivial rule) | $public | $(python3 -c "print(f'{$public/$bare:.2f}')") |"
   echo "| gateway, \`/orders/7\` (route, cached JWT, orders rule) | $orders | $(python3 -c "print(f'{$orders/$bare:.2f}')") |"
+  echo "| gateway, \`/orders/7\`, \`upstream_headers\` off (no forwarding, request-id or trace headers, as bare Pingora) | $lean | $(python3 -c "print(f'{$lean/$bare:.2f}')") |"
   echo "| gateway, \`/orders/7\`, access log on (writer thread included) | $logged | $(python3 -c "print(f'{$logged/$bare:.2f}')") |"
   echo "| gateway, \`/orders/7\`, every decision logged and shipped (shipper thread included) | $decisions | $(python3 -c "print(f'{$decisions/$bare:.2f}')") |"
   echo

@@ -163,6 +163,8 @@ struct RawBundle {
     #[serde(default)]
     report_interval: Option<String>,
     #[serde(default)]
+    activation_nice: Option<i32>,
+    #[serde(default)]
     max_size: Option<String>,
     #[serde(default)]
     cache_dir: Option<PathBuf>,
@@ -444,6 +446,10 @@ pub struct Poll {
     /// one after each poll round: a held long poll would otherwise space them `long_poll`
     /// apart. Default 10s; 0 reports after poll rounds only.
     pub report_interval: Duration,
+    /// How much nicer than the gateway the thread activating a download runs (0 to 19;
+    /// default [`crate::sync::ACTIVATION_NICE`]): on a busy machine the request path gets the
+    /// CPU first, and activations finish later.
+    pub activation_nice: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -853,6 +859,7 @@ impl Check<'_> {
             timeout,
             follow_redirects,
             report_interval,
+            activation_nice,
             max_size,
             cache_dir,
             max_staleness,
@@ -879,6 +886,7 @@ impl Check<'_> {
             timeout,
             follow_redirects,
             report_interval,
+            activation_nice,
         };
         let (source, poll_window) = self.source(file, raw_poll);
         let max_staleness = self.dur("bundle.max_staleness", &max_staleness, Duration::from_secs(300));
@@ -932,6 +940,7 @@ impl Check<'_> {
             timeout,
             follow_redirects,
             report_interval,
+            activation_nice,
         } = raw;
         for (i, u) in sources.iter().enumerate() {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -957,6 +966,14 @@ impl Check<'_> {
             timeout,
             follow_redirects,
             report_interval: self.dur("bundle.report_interval", &report_interval, Duration::from_secs(10)),
+            activation_nice: match activation_nice {
+                None => crate::sync::ACTIVATION_NICE,
+                Some(n @ 0..=19) => n,
+                Some(n) => {
+                    self.problem(format!("`bundle.activation_nice`: {n} is not 0 to 19"));
+                    0
+                }
+            },
         }
     }
 
@@ -1010,6 +1027,7 @@ struct RawPoll {
     timeout: Option<String>,
     follow_redirects: bool,
     report_interval: Option<String>,
+    activation_nice: Option<i32>,
 }
 
 fn request_rules(

@@ -29,8 +29,26 @@ import rego.v1
 decision := count([x | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000); x != y]) > 0
 "#;
 
+/// What the rule saw of the gateway's own headers, handed to the upstream as headers.
+const LEAN: &str = r#"package http.lean
+
+import rego.v1
+
+saw(name) := object.get(input.request.headers, name, "none")
+
+decision := {"allow": true, "headers": {"x-rule-saw-xff": saw("x-forwarded-for"), "x-rule-saw-proto": saw("x-forwarded-proto")}}
+"#;
+
 fn extra_routes() -> String {
     [
+        (
+            "lean",
+            "/lean",
+            "backend",
+            "data.http.lean.decision",
+            "    upstream_headers: { forwarding: false, request_id: false, traceparent: false }\n",
+        ),
+        ("fed", "/fed", "backend", "data.http.lean.decision", ""),
         ("broken", "/broken", "backend", "data.http.broken.decision", ""),
         ("undefined", "/undefined", "backend", "data.http.undefined.decision", ""),
         ("lenient", "/lenient", "backend", "data.http.undefined.decision", "    fail_open: true\n"),
@@ -64,7 +82,12 @@ fn env() -> Env {
         &up.addr.to_string(),
         &extra_upstreams,
         &extra_routes(),
-        &[("http/broken.rego", BROKEN), ("http/undefined.rego", UNDEFINED), ("http/slow.rego", SLOW)],
+        &[
+            ("http/broken.rego", BROKEN),
+            ("http/undefined.rego", UNDEFINED),
+            ("http/slow.rego", SLOW),
+            ("http/lean.rego", LEAN),
+        ],
     );
     let gw = start_gateway(dir.path(), &bundle);
     Env { _dir: dir, _up: up, gw }
@@ -79,6 +102,35 @@ fn public_route_is_proxied_with_its_path_unchanged() {
     assert_eq!(body["upstream"], "backend");
     assert_eq!(body["path"], "/public/hello?x=1");
     assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
+}
+
+/// A route whose upstream wants none of the gateway's own headers gets none, and a client that
+/// sends forged forwarding headers to it gets them past neither the rule nor the upstream.
+#[test]
+fn a_route_that_turns_off_the_gateways_headers_gets_none_and_forged_forwarding_headers_still_go() {
+    let e = env();
+    let forged = [("x-forwarded-for", "10.9.9.9"), ("x-forwarded-proto", "https"), ("forwarded", "for=10.9.9.9")];
+    let r = get(&format!("{}/lean/x", e.gw.base), &forged);
+    assert_eq!(r.status, 200, "{r:?}");
+    let h = &r.json()["headers"];
+    for name in ["x-forwarded-for", "x-forwarded-proto", "forwarded", "x-real-ip", "x-request-id", "traceparent"] {
+        assert!(h.get(name).is_none(), "{name} reached the upstream: {h}");
+    }
+    assert_eq!(h["x-rule-saw-xff"], "none", "the rule sees what the upstream receives: {h}");
+    assert_eq!(h["x-rule-saw-proto"], "none", "{h}");
+    assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()), "the client still gets the request id");
+
+    // The same rule on a route with the defaults: every header, as the rule saw it.
+    let r = get(&format!("{}/fed/x", e.gw.base), &forged);
+    assert_eq!(r.status, 200, "{r:?}");
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert!(h.get("forwarded").is_none(), "{h}");
+    assert_eq!(h["x-rule-saw-xff"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-rule-saw-proto"], "http", "{h}");
+    assert_eq!(h["x-request-id"].as_str(), r.header("x-request-id"), "{h}");
+    assert!(h["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")), "{h}");
 }
 
 #[test]

@@ -255,6 +255,37 @@ pub struct RouteSpec {
     /// default false: only idempotent methods.
     #[serde(default)]
     pub retry_non_idempotent: bool,
+    /// The headers the gateway adds for this route's upstream; each is added unless turned off.
+    #[serde(default)]
+    pub upstream_headers: UpstreamHeaders,
+}
+
+/// `routes[].upstream_headers`: what the gateway adds to a request for the upstream. A header
+/// turned off is not added, and the client's copies of it are removed all the same: what the
+/// upstream does not ask for, nobody else supplies either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamHeaders {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, and a trusted proxy's `Forwarded` and
+    /// `X-Real-IP` extended: the policy sees them as the upstream will.
+    #[serde(default = "on")]
+    pub forwarding: bool,
+    /// `x-request-id`, the gateway's id of the request (the response carries it either way).
+    #[serde(default = "on")]
+    pub request_id: bool,
+    /// `traceparent`, W3C trace context with the gateway's span.
+    #[serde(default = "on")]
+    pub traceparent: bool,
+}
+
+fn on() -> bool {
+    true
+}
+
+impl Default for UpstreamHeaders {
+    fn default() -> Self {
+        UpstreamHeaders { forwarding: true, request_id: true, traceparent: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

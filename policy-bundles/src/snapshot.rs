@@ -45,6 +45,8 @@ pub struct Route {
     pub rate_limits: Vec<usize>,
     /// `retry_non_idempotent`: a request of any method may be retried once it reached a target.
     pub retry_non_idempotent: bool,
+    /// `upstream_headers`: which of its own headers the gateway adds for the upstream.
+    pub adds: crate::settings::UpstreamHeaders,
 }
 
 impl Route {
@@ -675,6 +677,7 @@ fn compile_routes(
             schemes: r.authorization_schemes.iter().map(|s| s.to_ascii_lowercase()).collect(),
             rate_limits,
             retry_non_idempotent: r.retry_non_idempotent,
+            adds: r.upstream_headers,
         });
     }
     out

@@ -1,7 +1,7 @@
 //! The request made canonical in place before anything reads it: the path and host the route
 //! table matches, the policy sees and the upstream receives are the same bytes (`http_canon`);
 //! ambiguous framing and duplicate identity headers refused; headers the gateway does not
-//! believe removed; forwarding headers the gateway's own.
+//! believe removed; forwarding headers the gateway's own, on the routes that want them.
 
 use std::sync::Arc;
 
@@ -42,22 +42,22 @@ impl Link {
 
 /// Makes the request canonical in place (`http_canon`), before routing: the path and host
 /// the route table matches, the policy sees and the upstream receives; identity headers
-/// (`request_headers.remove`) and header names with `_` removed; forwarding headers replaced
-/// unless the peer is a trusted proxy. Returns the host name routes match (`""` for an
-/// HTTP/1.0 request without one).
+/// (`request_headers.remove`) and header names with `_` removed; forwarding headers removed
+/// unless the peer is a trusted proxy (the gateway's own are added once the route is known:
+/// [`Canonical::forward`]).
 pub(super) fn canonicalize(
     session: &mut Session,
     bundle: &policy_bundles::Snapshot,
     rules: &crate::config::RequestRules,
-    peer: Option<(std::net::IpAddr, &str)>,
+    peer: Option<std::net::IpAddr>,
     link: &Link,
-) -> std::result::Result<String, Refusal> {
+) -> std::result::Result<Canonical, Refusal> {
     let req = session.req_header_mut();
     canon::method(req.method.as_str())?;
     if let Some(q) = req.uri.query() {
         canon::query(q)?;
     }
-    let trusted = peer.is_some_and(|(ip, _)| rules.trusts(ip));
+    let trusted = peer.is_some_and(|ip| rules.trusts(ip));
     let headers = HeaderRules { removals: &bundle.header_removals, allowed: &bundle.header_allowed, rules, trusted };
     let seen = Scan::of(&req.headers, &headers)?;
     // HTTP/2's `:authority` is the URI's; HTTP/1.1's absolute form is kept only in the raw target.
@@ -97,10 +97,24 @@ pub(super) fn canonicalize(
             req.remove_header(n);
         }
     }
-    if let Some((_, ip)) = peer {
-        forwarding(req, ip, trusted, real_ip, link.scheme());
+    Ok(Canonical { host: host.map(|h| h.name).unwrap_or_default(), trusted, real_ip })
+}
+
+/// A canonical request's host, and what adding the forwarding headers needs to know of it.
+pub(super) struct Canonical {
+    /// The host name routes match (`""` for an HTTP/1.0 request without one).
+    pub(super) host: String,
+    trusted: bool,
+    /// The client sent an `X-Real-IP`.
+    real_ip: bool,
+}
+
+impl Canonical {
+    /// Adds the gateway's forwarding headers for a route that wants them (`upstream_headers.
+    /// forwarding`, on by default), before its rule reads the request.
+    pub(super) fn forward(&self, session: &mut Session, ip: &str, link: &Link) {
+        forwarding(session.req_header_mut(), ip, self.trusted, self.real_ip, link.scheme());
     }
-    Ok(host.map(|h| h.name).unwrap_or_default())
 }
 
 /// What one pass over the request's headers found.

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
-use policy_bundles::authorize::{self, authorize, Agreement, RequestView, Verdict};
+use policy_bundles::authorize::{self, Agreement, RequestView, Verdict};
 use policy_bundles::snapshot::{EvalError, Request};
 use policy_bundles::Decision;
 
@@ -108,11 +108,9 @@ impl Proxy {
         session: &mut Session,
         ctx: &mut Ctx,
         active: &Active,
-        host: &str,
+        route: Option<usize>,
     ) -> Result<Option<bool>> {
         let req = session.req_header();
-        let path = self.routed_path(req);
-        let route = active.snapshot.table.lookup(host, &path, req.method.as_str());
         let Some(max) = route.and_then(|r| active.snapshot.routes[r].body) else { return Ok(None) };
         let too_large = |ctx: &mut Ctx| {
             ctx.outcome = Some(Outcome::Refused);
@@ -201,10 +199,8 @@ impl Proxy {
         session: &mut Session,
         ctx: &mut Ctx,
         active: &Arc<Active>,
-        host: &str,
+        route: Option<usize>,
     ) -> Result<bool> {
-        let req = session.req_header();
-        let route = active.snapshot.table.lookup(host, &self.routed_path(req), req.method.as_str());
         let Some(route) = route else { return Ok(false) };
         let over = {
             let asking =
@@ -241,6 +237,7 @@ impl Proxy {
         session: &Session,
         ctx: &Ctx,
         active: &Arc<Active>,
+        route: Option<usize>,
         host: &str,
         scheme: &'static str,
     ) -> (authorize::Outcome, Option<Result<Arc<Decision>, EvalError>>) {
@@ -279,7 +276,10 @@ impl Proxy {
             authorization: req.headers.get(http::header::AUTHORIZATION).map(http::HeaderValue::as_bytes),
             headers: req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
         };
-        let outcome = authorize(&active.snapshot, view());
+        let outcome = match route {
+            Some(route) => authorize::authorize_route(&active.snapshot, route, view()),
+            None => authorize::Outcome::NoRoute,
+        };
         // The route's shadow rule, on the same request, before anything is answered (sampled by
         // `shadow_sample`); its answer is counted and logged, never enforced.
         let shadow = match &outcome {
@@ -462,29 +462,39 @@ impl ProxyHttp for Proxy {
         }
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = client_ip.map(ip_text).unwrap_or_default();
-        let peer = client_ip.map(|ip| (ip, ctx.client_ip.as_str()));
         let link = Link::of(session);
         let scheme = link.scheme();
-        let host = match canonicalize(session, &active.snapshot, &self.requests, peer, &link) {
-            Ok(h) => h,
+        let canonical = match canonicalize(session, &active.snapshot, &self.requests, client_ip, &link) {
+            Ok(c) => c,
             Err(r) => {
                 self.refuse(session, ctx, r).await?;
                 return Ok(true);
             }
         };
+        let host = canonical.host.as_str();
         if ctx.logging || self.decision_logs.as_deref().is_some() {
-            ctx.host.clone_from(&host);
+            ctx.host.clear();
+            ctx.host.push_str(host);
+        }
+        let route = {
+            let req = session.req_header();
+            active.snapshot.table.lookup(host, &self.routed_path(req), req.method.as_str())
+        };
+        // The gateway's forwarding headers, for a route whose upstream wants them: its rule
+        // reads the request as the upstream will receive it.
+        if client_ip.is_some() && route.is_some_and(|r| active.snapshot.routes[r].adds.forwarding) {
+            canonical.forward(session, &ctx.client_ip, &link);
         }
         // Limits before authentication come before anything else costs: the body, the token.
-        if active.snapshot.limits_before_auth && self.limited_before_auth(session, ctx, &active, &host).await? {
+        if active.snapshot.limits_before_auth && self.limited_before_auth(session, ctx, &active, route).await? {
             return Ok(true);
         }
         if active.snapshot.reads_bodies() {
-            if let Some(answered) = self.read_body(session, ctx, &active, &host).await? {
+            if let Some(answered) = self.read_body(session, ctx, &active, route).await? {
                 return Ok(answered);
             }
         }
-        let (outcome, shadow) = self.decide(session, ctx, &active, &host, scheme);
+        let (outcome, shadow) = self.decide(session, ctx, &active, route, host, scheme);
         self.carry_out(session, ctx, active, outcome, shadow).await
     }
 
@@ -587,8 +597,17 @@ impl ProxyHttp for Proxy {
             }
         }
         if let Some(id) = &ctx.id {
-            upstream_request.insert_header("traceparent", id.traceparent())?;
-            upstream_request.insert_header("x-request-id", id.id())?;
+            // The gateway's ids, for an upstream that wants them (`upstream_headers`).
+            let adds = match (&ctx.active, ctx.route) {
+                (Some(active), Some(r)) => active.snapshot.routes[r].adds,
+                _ => Default::default(),
+            };
+            if adds.traceparent {
+                upstream_request.insert_header("traceparent", id.traceparent())?;
+            }
+            if adds.request_id {
+                upstream_request.insert_header("x-request-id", id.id())?;
+            }
         }
         // The decision id is the gateway's: a client's own is replaced, or removed when this
         // decision is not logged, so the backend never records a forged one.
