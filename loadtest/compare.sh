@@ -8,7 +8,8 @@
 #             with the same certificate and suite, (b-tls-h1) (d-tls-h1) with oha over HTTP/1.1,
 #             (b-tls-h2) (d-tls-h2) with h2load over HTTP/2 (--streams per connection, default 10),
 #             and (b-plain-h1) (d-plain-h1), the same two processes' plaintext listeners, for what TLS
-#             costs each; --tls=h1,h2 (any of h1, h2, plain) picks rows  -> a section of compare.md,
+#             costs each; --tls=h1,h2 (any of h1, h2, plain, and hs: (b-tls-hs) (d-tls-hs), a new
+#             connection and full handshake per request, not in the default) picks rows -> a section of compare.md,
 #                                                                            rows in compare.json
 #   tls       the HTTPS rows alone (same options: --rounds --duration --warmup --connections --streams)
 #   churn     gateway p99 with and without a new bundle every second    -> loadtest/reports/churn.{md,json}
@@ -47,7 +48,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 for p in $tls; do
-  case $p in h1 | h2 | plain) ;; *) echo "--tls takes a list of h1, h2, plain (got $p)" >&2; exit 2 ;; esac
+  case $p in h1 | h2 | plain | hs) ;; *) echo "--tls takes a list of h1, h2, plain, hs (got $p)" >&2; exit 2 ;; esac
 done
 
 need_install=false

@@ -417,6 +417,7 @@ def ratio_rows(samples):
     rows = ["| ratio (per round) | median | min–max |", "|---|---|---|"]
     for x, y, name in (("d-tls-h1", "b-tls-h1", "gateway / nginx, HTTPS, HTTP/1.1"),
                        ("d-tls-h2", "b-tls-h2", "gateway / nginx, HTTPS, HTTP/2"),
+                       ("d-tls-hs", "b-tls-hs", "gateway / nginx, a TLS handshake per request"),
                        ("d-plain-h1", "b-plain-h1", "gateway / nginx, plaintext HTTP/1.1, same processes")):
         if x not in have or y not in have:
             continue
@@ -496,6 +497,8 @@ tls_load_cmd() {
   case $1 in
     *-plain-h1) load=(oha --no-tui --output-format json -z "$ms" -c "$connections" -w
                 -H "authorization: Bearer $token" "http://127.0.0.1:$2/orders/7") ;;
+    *-hs) load=(oha --no-tui --output-format json -z "$ms" -c "$connections" -w --disable-keepalive --cacert "$certs/ca.pem"
+                --connect-to "localhost:$2:127.0.0.1:$2" -H "authorization: Bearer $token" "$url") ;;
     *-h1) load=(oha --no-tui --output-format json -z "$ms" -c "$connections" -w --cacert "$certs/ca.pem"
                 --connect-to "localhost:$2:127.0.0.1:$2" -H "authorization: Bearer $token" "$url") ;;
     *-h2) load=(h2load -c "$connections" -m "$streams" -t "$threads" -D "$ms" --tls13-ciphers="$suite"
@@ -567,6 +570,7 @@ tls_meta() {
   TLS_OHA="$(tls_load_cmd x-h1 PORT "$duration"; echo "${load[*]}")" \
   TLS_H2LOAD="$(tls_load_cmd x-h2 PORT "$duration"; echo "${load[*]}")" \
   TLS_PLAIN="$(tls_load_cmd x-plain-h1 PORT "$duration"; echo "${load[*]}")" \
+  TLS_HS="$(tls_load_cmd x-hs PORT "$duration"; echo "${load[*]}")" \
   TLS_TOOLS="$(oha --version); $(h2load --version | head -1); $("$nginx" -v 2>&1); $(openssl version)" \
   TLS_HANDSHAKES="$(cat "$logs/handshakes.txt")" python3 - > "$logs/meta.json" <<'PY'
 import json, os
@@ -577,7 +581,9 @@ labels = {"b-plain-h1": ("nginx, plaintext HTTP/1.1 (the same nginx, its plain l
           "d-plain-h1": ("gateway, plaintext HTTP/1.1 (the same gateway, `plaintext_listen`)", "oha"),
           "b-tls-h1": ("nginx, TLS, HTTP/1.1", "oha"), "d-tls-h1": ("gateway, TLS, HTTP/1.1", "oha"),
           "b-tls-h2": ("nginx, TLS, HTTP/2", f"h2load -m {e['TLS_STREAMS']}"),
-          "d-tls-h2": ("gateway, TLS, HTTP/2", f"h2load -m {e['TLS_STREAMS']}")}
+          "d-tls-h2": ("gateway, TLS, HTTP/2", f"h2load -m {e['TLS_STREAMS']}"),
+          "b-tls-hs": ("nginx, TLS, HTTP/1.1, a new connection (full handshake) per request", "oha --disable-keepalive"),
+          "d-tls-hs": ("gateway, TLS, HTTP/1.1, a new connection (full handshake) per request", "oha --disable-keepalive")}
 hs = [dict(zip(("target", "check", "saw"), l.split("|", 2))) for l in e["TLS_HANDSHAKES"].splitlines()]
 print(json.dumps({
     "date": __import__("time").strftime("%Y-%m-%d %H:%M:%S UTC", __import__("time").gmtime()),
@@ -591,7 +597,7 @@ print(json.dumps({
            " gateway (rustls) takes the client's order (checks below)",
     "load": f"HTTPS with HTTP/1.1: `{tok(e['TLS_OHA'])}`; HTTPS with HTTP/2: `{tok(e['TLS_H2LOAD'])}` (PORT: nginx's or the gateway's TLS"
             f" listener; SNI and Host `localhost`); plaintext reference: `{tok(e['TLS_PLAIN'])}` (the same nginx's and gateway's plaintext"
-            f" listeners). Against each target, {e['TLS_ROUNDS']} rounds, the order rotating each round ({', '.join(e['TLS_ORDERS'].split())}),"
+            f" listeners); handshakes (rows `-hs`, when run): `{tok(e['TLS_HS'])}`, a new TCP connection and TLS 1.3 handshake for every request. Against each target, {e['TLS_ROUNDS']} rounds, the order rotating each round ({', '.join(e['TLS_ORDERS'].split())}),"
             f" after a {e['TLS_WARMUP']} s warm-up of each. Both servers get {e['TLS_THREADS']} worker threads (nginx `worker_processes`,"
             f" gateway `threads`) and proxy over plaintext HTTP/1.1 with keep-alive to the same echo upstream (`--threads {e['TLS_THREADS']}`)."
             " Clients keep their connections for the whole run (one handshake per connection). **The load generator runs on the same"

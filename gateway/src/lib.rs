@@ -10,6 +10,7 @@
 //!   [`revision_health`]: what operators and the control plane see.
 //! * [`config`], [`tls`], [`pool`] and [`health_checks`] (upstreams), [`upgrade`], [`heap_purge`].
 
+pub mod crypto;
 pub mod access_log;
 pub mod activation;
 pub mod active;
@@ -307,6 +308,7 @@ fn listeners<A: pingora::apps::ServerApp + Send + Sync + 'static>(
         return Ok(None);
     };
     let tls = Arc::new(tls::Tls::load(tls_config)?);
+    tracing::info!(provider = crypto::provider_name(), "TLS crypto provider");
     let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(tls::Handshake(tls.clone())))
         .map_err(|e| StartError::Listener(e.to_string()))?;
     settings.set_cert_resolver(Arc::new(tls::Resolver(tls.clone())));

@@ -30,6 +30,7 @@ struct Cli {
 fn main() -> ExitCode {
     // A child started to measure a bundle within its budget does only that.
     policy_bundles::budget::serve_child_if_asked();
+    gateway::crypto::install_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG").unwrap_or_else(|_| "info,pingora=warn".into()),

@@ -24,7 +24,6 @@ use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -97,7 +96,7 @@ impl Certificate {
             rustls::pki_types::pem::Error::NoItemsFound => CertError::NoKey { file: key_file.clone() },
             e => CertError::BadKey { file: key_file.clone(), message: e.to_string() },
         })?;
-        let signer = any_supported_type(&key)
+        let signer = crate::crypto::signing_key(&key)
             .map_err(|e| CertError::BadKey { file: key_file.clone(), message: e.to_string() })?;
         let certified = CertifiedKey::new(chain, signer);
         certified.keys_match().map_err(|_| CertError::Mismatch { cert: cert_file, key: key_file })?;
