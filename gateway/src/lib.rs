@@ -10,7 +10,6 @@
 //!   [`revision_health`]: what operators and the control plane see.
 //! * [`config`], [`tls`], [`pool`] and [`health_checks`] (upstreams), [`upgrade`], [`heap_purge`].
 
-pub mod crypto;
 pub mod access_log;
 pub mod activation;
 pub mod active;
@@ -19,6 +18,7 @@ pub mod admission;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod crypto;
 pub mod decision_log;
 pub mod health_checks;
 pub mod heap_purge;
