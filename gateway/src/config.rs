@@ -424,6 +424,14 @@ pub enum Source {
 }
 
 /// How the sync loop polls its sources.
+/// How much nicer than the gateway activations run by default (`bundle.activation_nice`; the
+/// thread is `crate::sync`'s). An activation (reading, compiling and swapping a bundle, then
+/// freeing the one it replaced) takes a core for tens to hundreds of milliseconds; at equal
+/// priority on a small machine that lands in the request path's tail latency under churn. At 10
+/// the scheduler gives a worker about nine tenths of a contended core: activations still finish
+/// under full load, only later.
+pub const ACTIVATION_NICE: i32 = 10;
+
 #[derive(Debug, Clone)]
 pub struct Poll {
     /// Base URLs tried in order (`http://127.0.0.1:8181`); the bundle is `{url}/v1/bundles/{name}`.
@@ -447,7 +455,7 @@ pub struct Poll {
     /// apart. Default 10s; 0 reports after poll rounds only.
     pub report_interval: Duration,
     /// How much nicer than the gateway the thread activating a download runs (0 to 19;
-    /// default [`crate::sync::ACTIVATION_NICE`]): on a busy machine the request path gets the
+    /// default [`ACTIVATION_NICE`]): on a busy machine the request path gets the
     /// CPU first, and activations finish later.
     pub activation_nice: i32,
 }
@@ -967,7 +975,7 @@ impl Check<'_> {
             follow_redirects,
             report_interval: self.dur("bundle.report_interval", &report_interval, Duration::from_secs(10)),
             activation_nice: match activation_nice {
-                None => crate::sync::ACTIVATION_NICE,
+                None => ACTIVATION_NICE,
                 Some(n @ 0..=19) => n,
                 Some(n) => {
                     self.problem(format!("`bundle.activation_nice`: {n} is not 0 to 19"));
@@ -1177,6 +1185,12 @@ mod tests {
         assert_eq!(p.long_poll, Duration::ZERO);
         assert_eq!((p.min_delay, p.max_delay), (Duration::from_secs(5), Duration::from_secs(10)));
         assert_eq!(c.bundle.max_staleness, Duration::from_secs(300));
+        assert_eq!(p.activation_nice, ACTIVATION_NICE);
+        let e =
+            parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  sources: [\"http://x\"]\n  activation_nice: 20\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("`bundle.activation_nice`: 20 is not 0 to 19"), "{e}");
         let e = parse("listen: 127.0.0.1:8080\nbundle:\n  name: main\n  file: x\n  sources: [\"ftp://x\"]\n")
             .unwrap_err()
             .to_string();

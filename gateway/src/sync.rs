@@ -26,13 +26,6 @@ use crate::metrics::Metrics;
 /// taken. Called on a blocking thread.
 pub type OnBundle = Arc<dyn Fn(&str, Arc<Vec<u8>>, String) -> Result<(), String> + Send + Sync>;
 
-/// How much nicer than the gateway activations run by default (`bundle.activation_nice`). An activation (reading, compiling and swapping a bundle,
-/// then freeing the one it replaced) takes a core for tens to hundreds of milliseconds; at equal
-/// priority on a small machine that lands in the request path's tail latency under churn. At 10
-/// the scheduler gives a worker about nine tenths of a contended core: activations still finish
-/// under full load, only later.
-pub const ACTIVATION_NICE: i32 = 10;
-
 /// Lowers the calling thread (alone: Linux keeps a niceness per thread) by `nice`, to 19 at
 /// most. A thread cannot raise itself back without privileges, so it is called only on
 /// threads that end with their work.
@@ -536,6 +529,7 @@ impl BackgroundService for StatusReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ACTIVATION_NICE;
 
     /// Niceness is per thread on Linux: an activation thread's may not be the test's.
     fn own_niceness() -> i32 {

@@ -24,6 +24,16 @@ const ROLLOUT: &str =
     "rollout:\n  canary: [gw-x]\n  bake: 2s\n  silent_after: 3s\n  max_error_rate: 0.05\n  min_requests: 20\n";
 const NAMES: [&str; 3] = ["gw-x", "gw-y", "gw-z"];
 
+/// The fleet's bundle keys: reports on a timer well inside `silent_after` (as the rollout
+/// settings' reference asks), and activations at the workers' priority. These trials time the
+/// control plane's judgement against a 2 s bake; the whole test run shares this machine's two
+/// cores with them, and an activation 10 nicer than every busy process of that run gets a few
+/// hundredths of a core (it took over 6 s here, past the bake and the silence bound). What the
+/// niceness does to serving is measured by the storm trials, which run alone.
+fn fleet_keys() -> String {
+    format!("{POLL}  report_interval: 1s\n  activation_nice: 0\n")
+}
+
 pub struct PhaseC {
     upstream: String,
     cp: ControlApi,
@@ -40,7 +50,7 @@ impl PhaseC {
         push(&cp.base, &example_tarball(upstream, "s1"), dir);
         let gws: Vec<Gateway> = NAMES
             .iter()
-            .map(|n| gateway_config_with_token(dir, n, &[&cp.base], POLL, &bound_token(n)).spawn())
+            .map(|n| gateway_config_with_token(dir, n, &[&cp.base], &fleet_keys(), &bound_token(n)).spawn())
             .collect();
         for gw in &gws {
             gw.wait_ready();
