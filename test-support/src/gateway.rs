@@ -39,24 +39,47 @@ pub struct GatewayKeys {
     threads: usize,
     tls: bool,
     bundle: String,
+    /// `bundle.activation_nice` written for a polling gateway whose keys do not set it.
+    activation_nice: Option<i32>,
 }
 
 impl Keys for GatewayKeys {
     const LOG_VAR: &'static str = "GATEWAY_LOG";
 
     fn yaml(&self, top: &str) -> String {
-        let GatewayKeys { listen, admin, threads, tls: _, bundle } = self;
-        format!("listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: {threads}\n{top}bundle:\n{bundle}")
+        let GatewayKeys { listen, admin, threads, tls: _, bundle, activation_nice } = self;
+        let nice = match activation_nice {
+            Some(n) if bundle.contains("\n  sources:") && !bundle.contains("activation_nice:") => {
+                format!("  activation_nice: {n}\n")
+            }
+            _ => String::new(),
+        };
+        format!(
+            "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: {threads}\n{top}bundle:\n{bundle}{nice}"
+        )
     }
 }
 
 impl GatewayConfig {
     /// A config at `path`: ports free now (see [`free_port`]), two threads, no bundle yet. The
     /// process logs at `$TEST_GATEWAY_LOG` (default `error`) to the test's stderr.
+    ///
+    /// A polling gateway activates at its workers' priority (`activation_nice: 0`) unless its
+    /// keys say otherwise or [`default_activation_priority`](Self::default_activation_priority)
+    /// is called: a test run starts dozens of busy processes on two cores, where an activation
+    /// 10 nicer than all of them gets a few hundredths of a core and takes seconds, past the
+    /// timing bounds of tests that are about something else. The niceness itself is tested in
+    /// `gateway::sync`, and what it does for serving by the fault suite's storm trials.
     pub fn new(path: impl Into<PathBuf>) -> GatewayConfig {
         let log = std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "error".into());
-        let keys =
-            GatewayKeys { listen: free_port(), admin: free_port(), threads: 2, tls: false, bundle: String::new() };
+        let keys = GatewayKeys {
+            listen: free_port(),
+            admin: free_port(),
+            threads: 2,
+            tls: false,
+            bundle: String::new(),
+            activation_nice: Some(0),
+        };
         ServerConfig::with(path.into(), keys, Launch::new("gateway").stderr(Output::Inherit)).log(&log)
     }
 
@@ -64,6 +87,13 @@ impl GatewayConfig {
     /// started at once, and for restarts that must find their ports again.
     pub fn ports_outside_ephemeral(mut self) -> GatewayConfig {
         (self.keys.listen, self.keys.admin) = (free_port_outside_ephemeral(), free_port_outside_ephemeral());
+        self
+    }
+
+    /// Activations at the gateway's own default priority (`bundle.activation_nice` unset), as
+    /// a benchmark or a latency trial measures them.
+    pub fn default_activation_priority(mut self) -> GatewayConfig {
+        self.keys.activation_nice = None;
         self
     }
 
@@ -244,8 +274,14 @@ mod tests {
         assert_eq!(
             c.yaml(),
             format!(
-                "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 4\ninstance: gw-a\nbundle:\n  name: main\n  sources: [\"http://127.0.0.1:9\"]\n  long_poll: 1s\n"
+                "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nthreads: 4\ninstance: gw-a\nbundle:\n  name: main\n  sources: [\"http://127.0.0.1:9\"]\n  long_poll: 1s\n  activation_nice: 0\n"
             )
         );
+        // Keys that set it, a benchmark's default priority, and a bundle file: nothing added.
+        let own = c.clone().bundle_keys("  activation_nice: 5\n").yaml();
+        assert_eq!(own.matches("activation_nice").count(), 1, "{own}");
+        assert!(!c.clone().default_activation_priority().yaml().contains("activation_nice"));
+        let file = GatewayConfig::new("/nowhere/gateway.yaml").bundle_file(Path::new("/b.tar.gz")).yaml();
+        assert!(!file.contains("activation_nice"), "{file}");
     }
 }

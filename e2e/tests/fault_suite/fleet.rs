@@ -73,7 +73,8 @@ impl PhaseB {
         let cp = start_control_api(dir, None);
         push(&cp.base, &example_tarball(upstream, "b1"), dir);
         let names = vec!["gw-a", "gw-b", "gw-c"];
-        let gws = gateway_fleet(dir, &names, &[&cp.base], POLL);
+        // The gateways' own activation priority: the storm trials measure what it does for serving.
+        let gws = gateway_fleet(dir, &names, &[&cp.base], &format!("{POLL}  activation_nice: 10\n"));
         let streams = Streams::start(&names.iter().copied().zip(gws.iter()).collect::<Vec<_>>());
         PhaseB {
             dir: dir.to_owned(),

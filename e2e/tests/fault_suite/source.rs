@@ -15,6 +15,8 @@ use super::{failures, last_error, m, ms, wait_for, Fault, NOT_MODIFIED, POLL, SY
 
 /// Failed polls each source fault must show before it ends: a fault that lasts.
 const MIN_FAILED_POLLS: f64 = 2.0;
+/// How long a fault's failed polls may take to show.
+const NOTICE_WITHIN: Duration = Duration::from_secs(30);
 
 /// A host name that can never resolve, and whose lookup never leaves the machine: its first
 /// label is 64 octets, one more than DNS allows, so the stub resolver refuses it before building
@@ -135,13 +137,16 @@ fn source_fault(a: &mut PhaseA, mut row: Row, f: SourceFault<'_>, extra: impl Fn
         Inject::Script(v) => hs.set(v),
         Inject::Kill => hs.kill9(),
     }
-    let counted_after = wait_for(Duration::from_secs(10), || m(gw, &counter) > count0);
-    row.counted = Some(row.check(counted_after.is_some(), format!("{counter} did not grow within 10 s")));
+    // Bounds on noticing, not the claim (last-known-good serving is): every poll of a bad bundle
+    // runs the budget's child again, and a child inflating a 272 MiB bomb took 5 s a poll beside
+    // the rest of the test run on a slower machine of this kind (two polls: 23 s).
+    let counted_after = wait_for(NOTICE_WITHIN, || m(gw, &counter) > count0);
+    row.counted = Some(row.check(counted_after.is_some(), format!("{counter} did not grow within 30 s")));
     if let Some(d) = counted_after {
         row.note(format!("`{counter}` grew {} ms after the fault began", ms(d)));
     }
-    let lasted = wait_for(Duration::from_secs(10), || m(gw, SYNC_ERRORS) >= errors0 + MIN_FAILED_POLLS);
-    row.check(lasted.is_some(), format!("fewer than {MIN_FAILED_POLLS} failed polls within 10 s"));
+    let lasted = wait_for(NOTICE_WITHIN, || m(gw, SYNC_ERRORS) >= errors0 + MIN_FAILED_POLLS);
+    row.check(lasted.is_some(), format!("fewer than {MIN_FAILED_POLLS} failed polls within 30 s"));
 
     // During the fault: last-known-good active and ready, its ETag kept, the error shown.
     let st = gw.status();
