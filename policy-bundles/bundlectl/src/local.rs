@@ -43,7 +43,9 @@ pub fn build(dir: &Path, revision: Option<String>, signer: &Signer) -> anyhow::R
 pub fn sign_files(files: &mut Files, signer: &Signer) -> anyhow::Result<()> {
     if let Some(key) = &signer.key {
         let pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-        files.remove(SIGNATURES);
+        // A bundle signed before (a rollback re-signs old content) carries the identity of that
+        // signature, which a new one replaces; an unsigned one's is the author's.
+        let resigning = files.remove(SIGNATURES).is_some();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         let expires = match &signer.expires {
             None => None,
@@ -52,14 +54,47 @@ pub fn sign_files(files: &mut Files, signer: &Signer) -> anyhow::Result<()> {
                 Some(now + d.as_secs())
             }
         };
-        let bundle = signer.bundle.clone().unwrap_or_else(|| std::env::var("BUNDLECTL_NAME").unwrap_or("main".into()));
-        let identity = signing::Identity { bundle, sequence: signer.sequence.unwrap_or(now), expires };
+        let written = if resigning { None } else { signing::identity(files).map_err(|e| anyhow!("{e}"))? };
+        let identity = identity_to_sign(written, signer, now, expires)?;
         signing::bind(files, &identity)?;
         let sig =
             signing::sign(files, &pem, &signer.alg, &signer.kid).map_err(|e| anyhow!("{}: {e}", key.display()))?;
         files.insert(SIGNATURES.into(), sig);
     }
     Ok(())
+}
+
+/// The identity a signature binds: the flags', and where the author wrote `metadata.gateway`
+/// in the `.manifest` of an unsigned bundle, that one kept. A flag that disagrees with what the author wrote is an
+/// error naming both: a signature is never bound to something other than what either said.
+fn identity_to_sign(
+    written: Option<signing::Identity>,
+    signer: &Signer,
+    now: u64,
+    expires: Option<u64>,
+) -> anyhow::Result<signing::Identity> {
+    let Some(w) = written else {
+        let bundle = signer.bundle.clone().unwrap_or_else(|| std::env::var("BUNDLECTL_NAME").unwrap_or("main".into()));
+        return Ok(signing::Identity { bundle, sequence: signer.sequence.unwrap_or(now), expires });
+    };
+    let clash = |field: &str, manifest: String, flag: &str, given: String| {
+        anyhow!(
+            "the .manifest's metadata.gateway.{field} is {manifest}, but {flag} says {given}: remove one of the two \
+             (the .manifest's metadata.gateway is kept as the author wrote it)"
+        )
+    };
+    let name = signer.bundle.clone().or_else(|| std::env::var("BUNDLECTL_NAME").ok());
+    if let Some(n) = name.filter(|n| *n != w.bundle) {
+        let flag = if signer.bundle.is_some() { "--sign-bundle" } else { "--name" };
+        return Err(clash("bundle", format!("`{}`", w.bundle), flag, format!("`{n}`")));
+    }
+    if let Some(q) = signer.sequence.filter(|q| *q != w.sequence) {
+        return Err(clash("sequence", w.sequence.to_string(), "--sign-sequence", q.to_string()));
+    }
+    if let (Some(mine), Some(e)) = (w.expires, expires) {
+        return Err(clash("expires", mine.to_string(), "--sign-expires", format!("{e} (Unix seconds)")));
+    }
+    Ok(signing::Identity { expires: w.expires.or(expires), ..w })
 }
 
 /// The largest answer read from control-api.

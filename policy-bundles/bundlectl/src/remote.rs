@@ -155,6 +155,10 @@ pub fn signed_rollback(name: &str, to: &str, remote: &Remote, signer: &Signer) -
         None => serde_json::json!({}),
     };
     manifest["revision"] = serde_json::Value::String(revision.clone());
+    // The old content's identity is its old signature's: this one binds a new sequence.
+    if let Some(metadata) = manifest.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        metadata.remove("gateway");
+    }
     files.insert(MANIFEST.into(), serde_json::to_vec_pretty(&manifest)?);
     let signer = Signer {
         bundle: signer.bundle.clone().or_else(|| Some(name.to_owned())),

@@ -88,6 +88,43 @@ fn sign_produces_a_bundle_that_verifies_against_the_public_key() {
     policy_bundles::signing::verify(&files, &[vk], true).unwrap();
 }
 
+/// `build --sign-*` used to replace a `metadata.gateway` the author wrote in `.manifest` with
+/// the flags' identity, silently: the author's is kept, and a flag that disagrees is refused.
+#[test]
+fn signing_never_silently_replaces_the_metadata_gateway_the_author_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("b");
+    copy_dir(&example(), &src);
+    let manifest =
+        r#"{"roots": ["http", "gateway"], "metadata": {"owner": "a", "gateway": {"bundle": "main", "sequence": 7}}}"#;
+    std::fs::write(src.join(".manifest"), manifest).unwrap();
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test-support/keys/demo-ed25519.pem");
+    let out = dir.path().join("s.tar.gz");
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--sign-key"];
+        args.extend([key.to_str().unwrap(), "--sign-alg", "EdDSA", "--sign-kid", "k1"]);
+        args.extend(extra);
+        bundlectl(&args)
+    };
+    // No identity flags: the author's identity is what the signature binds.
+    let o = build(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let files = policy_bundles::archive::read_tar_gz(&std::fs::read(&out).unwrap(), &policy_bundles::Limits::default())
+        .unwrap();
+    let id = policy_bundles::signing::identity(&files).unwrap().expect("an identity");
+    assert_eq!((id.bundle.as_str(), id.sequence, id.expires), ("main", 7, None));
+    let v: serde_json::Value = serde_json::from_slice(&files[".manifest"]).unwrap();
+    assert_eq!(v["metadata"]["owner"], "a", "the manifest's other fields are kept");
+    // A flag that agrees is fine; one that disagrees is refused, naming both values.
+    assert!(build(&["--sign-sequence", "7", "--sign-bundle", "main"]).status.success());
+    for (flag, value, written) in [("--sign-sequence", "9", "7"), ("--sign-bundle", "staging", "`main`")] {
+        let o = build(&[flag, value]);
+        assert!(!o.status.success(), "{flag} {value} was accepted: {}", text(&o));
+        let t = text(&o);
+        assert!(t.contains(flag) && t.contains(value) && t.contains(written), "{t}");
+    }
+}
+
 #[test]
 fn push_to_an_unreachable_server_fails_with_a_message() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
