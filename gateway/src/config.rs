@@ -423,7 +423,6 @@ pub enum Source {
     Poll(Poll),
 }
 
-/// How the sync loop polls its sources.
 /// How much nicer than the gateway activations run by default (`bundle.activation_nice`; the
 /// thread is `crate::sync`'s). An activation (reading, compiling and swapping a bundle, then
 /// freeing the one it replaced) takes a core for tens to hundreds of milliseconds; at equal
@@ -432,6 +431,7 @@ pub enum Source {
 /// under full load, only later.
 pub const ACTIVATION_NICE: i32 = 10;
 
+/// How the sync loop polls its sources.
 #[derive(Debug, Clone)]
 pub struct Poll {
     /// Base URLs tried in order (`http://127.0.0.1:8181`); the bundle is `{url}/v1/bundles/{name}`.

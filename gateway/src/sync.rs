@@ -30,11 +30,11 @@ pub type OnBundle = Arc<dyn Fn(&str, Arc<Vec<u8>>, String) -> Result<(), String>
 /// most. A thread cannot raise itself back without privileges, so it is called only on
 /// threads that end with their work.
 fn background_priority(nice: i32) {
-    let tid = rustix::thread::gettid();
-    let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
     if nice == 0 {
         return;
     }
+    let tid = rustix::thread::gettid();
+    let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
     if let Err(e) = rustix::process::setpriority_process(Some(tid), (now + nice).min(19)) {
         tracing::debug!(error = %e, "activation thread keeps its priority");
     }

@@ -195,7 +195,7 @@ pub struct UpstreamTlsSpec {
     #[serde(default)]
     pub ca_file: Option<String>,
     /// Default true. `false` accepts any certificate: say it only for a test upstream.
-    #[serde(default = "verify_default")]
+    #[serde(default = "on")]
     pub verify: bool,
     /// A client certificate (PEM chain) and its key, for upstreams that require mTLS.
     #[serde(default)]
@@ -204,7 +204,8 @@ pub struct UpstreamTlsSpec {
     pub client_key_file: Option<String>,
 }
 
-fn verify_default() -> bool {
+/// `true`, for a key that is on unless turned off.
+fn on() -> bool {
     true
 }
 
@@ -261,8 +262,8 @@ pub struct RouteSpec {
 }
 
 /// `routes[].upstream_headers`: what the gateway adds to a request for the upstream. A header
-/// turned off is not added, and the client's copies of it are removed all the same: what the
-/// upstream does not ask for, nobody else supplies either.
+/// turned off is not added: an untrusted client's forwarding headers are still removed (they
+/// are claims), while a client's `x-request-id` or `traceparent` passes as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamHeaders {
@@ -276,10 +277,6 @@ pub struct UpstreamHeaders {
     /// `traceparent`, W3C trace context with the gateway's span.
     #[serde(default = "on")]
     pub traceparent: bool,
-}
-
-fn on() -> bool {
-    true
 }
 
 impl Default for UpstreamHeaders {

@@ -65,8 +65,8 @@ pub fn sign_files(files: &mut Files, signer: &Signer) -> anyhow::Result<()> {
 }
 
 /// The identity a signature binds: the flags', and where the author wrote `metadata.gateway`
-/// in the `.manifest` of an unsigned bundle, that one kept. A flag that disagrees with what the author wrote is an
-/// error naming both: a signature is never bound to something other than what either said.
+/// in the `.manifest` of an unsigned bundle, that one kept. A flag that disagrees with what the
+/// author wrote is an error naming both: a signature never binds something neither said.
 fn identity_to_sign(
     written: Option<signing::Identity>,
     signer: &Signer,
