@@ -20,6 +20,7 @@ pub mod input;
 pub mod input_reads;
 pub mod jwt;
 pub mod rate_limits;
+pub mod rego_text;
 pub mod replay;
 pub mod resilience;
 pub mod router;

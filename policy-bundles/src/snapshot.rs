@@ -250,7 +250,9 @@ pub fn engine_for(bundle: &Bundle, with_tests: bool) -> Result<Engine, BundleErr
             continue;
         }
         engine.set_rego_v0(m.rego_v0);
-        if let Err(e) = engine.add_policy(m.path.clone(), m.source.clone()) {
+        // As OPA reads the text: raw control characters in strings (crate::rego_text).
+        let source = crate::rego_text::escape_raw_controls(&m.source).into_owned();
+        if let Err(e) = engine.add_policy(m.path.clone(), source) {
             let msg = e.to_string();
             let line = rego_line(&msg, &m.path);
             errors.push(BundleError::new(ErrorKind::Rego, Some(m.path.clone()), msg.trim().to_owned()).at_line(line));
