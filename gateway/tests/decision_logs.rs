@@ -180,6 +180,84 @@ fn decisions_reach_control_api_in_opas_schema_masked_by_the_bundles_rules() {
     assert_eq!(denied["input"]["jwt"]["claims"]["sub"], "**");
 }
 
+/// OPA-Envoy logs a request whose token its policy refuses; the gateway refuses a bad token
+/// before any rule runs, and logs it all the same: one deny per request, its id the one the
+/// client got, the reason the client got, masked and dropped by the bundle's rules like any
+/// event, and the token itself nowhere in it.
+#[test]
+fn a_request_refused_for_a_malformed_bearer_token_is_in_the_decision_log() {
+    let cp_dir = tempfile::tempdir().expect("tempdir");
+    let api = ControlApi::start(cp_dir.path(), &TOKENS);
+    // Allows sampled out: only what must be logged is.
+    let s = gateway_logging(&api.base, &[("system/log.rego", LOG_RULES)], "  sample: 0.0\n", "");
+    let claims = |sub: &str, exp: u64| serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": ["admin"], "exp": exp});
+    let expired = token_with("es256", claims("mallory", now() - 3600));
+    // Mallory's header and claims under the signature of alice's token: it does not verify.
+    let (mallory, alice) =
+        (token_with("es256", claims("mallory", now() + 600)), token_with("es256", claims("alice", now() + 600)));
+    let signed = |t: &str| {
+        t.rsplit_once('.')
+            .map(|(head_and_claims, signature)| (head_and_claims.to_owned(), signature.to_owned()))
+            .expect("a JWT")
+    };
+    let forged = format!("{}.{}", signed(&mallory).0, signed(&alice).1);
+    let tokens = [
+        ("not a JWT", "Bearer not-a-jwt".to_owned(), "not-a-jwt".to_owned()),
+        ("forged signature", format!("Bearer {forged}"), forged.clone()),
+        ("expired", format!("Bearer {expired}"), expired.clone()),
+        ("two spaces", "Bearer  not-one-credential".to_owned(), "not-one-credential".to_owned()),
+    ];
+    let mut refused = Vec::new();
+    for (what, header, token) in &tokens {
+        let headers = [("authorization", header.as_str()), ("x-api-key", "k-123"), ("x-tenant", "acme")];
+        let r = get(&format!("{}/orders/7", s.gw.base), &headers);
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        let id = r.header("x-decision-id").unwrap_or_else(|| panic!("{what}: no x-decision-id: {r:?}")).to_owned();
+        let reason =
+            r.json()["reason"].as_str().unwrap_or_else(|| panic!("{what}: no reason: {}", r.text())).to_owned();
+        refused.push((what, id, reason, token));
+    }
+    // The bundle's drop rule drops a refused request as it drops any other.
+    let probe = get(&format!("{}/public/healthz", s.gw.base), &[("authorization", "Bearer not-a-jwt")]);
+    assert_eq!(probe.status, 401, "{}", probe.text());
+    let events = events_when(&api, tokens.len());
+    eventually(Duration::from_secs(5), "the drop to be counted", || {
+        metric_sum(&s.gw, "gateway_decision_logs_total", &[("result", "dropped_by_policy")]) == 1.0
+    });
+    assert_eq!(events.len(), tokens.len(), "one event per refused request, the probe's dropped: {events:?}");
+
+    for (what, id, reason, token) in &refused {
+        let e = by_id(&events, id);
+        assert_eq!((e["route"].as_str(), e["status"].as_u64()), (Some("orders"), Some(401)), "{what}: {e}");
+        assert_eq!(e["decision"], "deny", "{what}");
+        assert_eq!(e["path"], "http/orders/decision", "{what}: the route's policy path");
+        assert_eq!(
+            e["result"],
+            serde_json::json!({"allow": false, "status": 401, "reason": reason, "evaluated": false}),
+            "{what}: refused before evaluation, for the reason the client got"
+        );
+        assert_eq!(e["metrics"]["timer_rego_query_eval_ns"], 0, "{what}: no rule ran");
+        assert!(e["input"].get("jwt").is_none(), "{what}: nothing verified: {e}");
+        let request = &e["input"]["request"];
+        assert_eq!(
+            (request["path"].as_str(), request["headers"]["x-tenant"].as_str()),
+            (Some("/orders/7"), Some("acme"))
+        );
+        let sent = request["headers"].as_object().expect("headers");
+        for h in ["authorization", "x-api-key"] {
+            assert!(!sent.contains_key(h), "{what}: {h} reached the log: {request}");
+        }
+        let erased: Vec<&str> = e["erased"].as_array().expect("erased").iter().filter_map(Value::as_str).collect();
+        assert!(erased.contains(&"/input/request/headers/authorization"), "{what}: {erased:?}");
+        assert!(erased.contains(&"/input/request/headers/x-api-key"), "{what}: the bundle's mask applies: {erased:?}");
+        let text = e.to_string();
+        assert!(!text.contains(token.as_str()), "{what}: the token reached the log: {text}");
+        for part in token.split('.').filter(|p| p.len() >= 8) {
+            assert!(!text.contains(part), "{what}: part of the token reached the log: {part} in {text}");
+        }
+    }
+}
+
 #[test]
 fn allows_are_sampled_but_every_deny_is_logged() {
     let cp_dir = tempfile::tempdir().expect("tempdir");

@@ -326,6 +326,28 @@ pub fn run_cases(bundle: &Bundle, snapshot: &Snapshot, cases: &[LocatedCase]) ->
         .collect()
 }
 
+/// The rule a case asks and the input it is asked with (the route's name filled in, as
+/// [`run_cases`] does); `None` when the case names a route the bundle does not define.
+pub fn case_rule_and_input(snapshot: &Snapshot, case: &Case) -> Option<(String, Json)> {
+    let mut input = case.input.clone();
+    match (&case.route, &case.policy) {
+        (Some(route), _) => {
+            let r = snapshot.routes.iter().find(|r| r.name == *route)?;
+            fill_route(&mut input, route, r.format);
+            Some((snapshot.rule(r.policy)?.to_owned(), input))
+        }
+        (None, Some(rule)) => Some((rule.clone(), input)),
+        (None, None) => None,
+    }
+}
+
+/// The gateway's input names the route; the OPA-Envoy input has no such field.
+fn fill_route(input: &mut Json, route: &str, format: crate::input::InputFormat) {
+    if let (Some(obj), crate::input::InputFormat::Gateway) = (input.as_object_mut(), format) {
+        obj.entry("route").or_insert_with(|| Json::String(route.to_owned()));
+    }
+}
+
 /// What the gateway ends up doing with a request.
 enum Got {
     Decision(Decision),
@@ -352,10 +374,7 @@ fn run_case(
                 .iter()
                 .find(|r| r.name == *route)
                 .ok_or_else(|| format!("route `{route}` is not defined in the bundle"))?;
-            // The gateway's input names the route; the OPA-Envoy input has no such field.
-            if let (Some(obj), crate::input::InputFormat::Gateway) = (input.as_object_mut(), r.format) {
-                obj.entry("route").or_insert_with(|| Json::String(route.clone()));
-            }
+            fill_route(&mut input, route, r.format);
             (Some(r.policy), r.fail_open)
         }
         (None, Some(rule)) => (snapshot.policy_index(rule), false),

@@ -12,6 +12,8 @@ pub mod budget;
 pub mod bundle;
 pub mod bundle_tests;
 pub mod call_check;
+#[cfg(feature = "coverage")]
+pub mod coverage;
 pub mod decision;
 pub mod error;
 #[doc(hidden)]

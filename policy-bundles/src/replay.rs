@@ -8,9 +8,11 @@
 //! ([`crate::authorize::same_effect`]): allow against deny, the deny status, the upstream and
 //! response headers; the reason text is not compared.
 //!
-//! What cannot be replayed is reported, never guessed: an event without an input, and one
+//! What cannot be replayed is reported, never guessed: an event without an input, one
 //! whose `erased` or `masked` names a part of the input the candidate's rule may read (an
-//! erased header the rule does not read is fine: credentials are erased from every event).
+//! erased header the rule does not read is fine: credentials are erased from every event), and
+//! a request the gateway refused for its credentials before any rule was asked (`result` with
+//! `"evaluated": false`: the token is not logged, so no candidate's trust roots can check it).
 //! The logged `jwt` is what the logging gateway verified: replay uses its claims as they are and
 //! cannot check them against the candidate's trust roots.
 
@@ -152,6 +154,10 @@ pub fn replay(snap: &Snapshot, event: &Json) -> Replayed {
 
 /// [`replay`], and the candidate's route with whether its rule allowed (for its rate limits).
 fn decide_again(snap: &Snapshot, event: &Json) -> (Replayed, Option<(usize, bool, Option<usize>)>) {
+    if event["result"]["evaluated"] == false {
+        let why = "refused for its credentials before any rule was asked (the token is not logged)";
+        return (Replayed::NotReplayable(why.into()), None);
+    }
     // The request as it was routed, from the input in either format.
     let envoy = event["input"]["attributes"].is_object();
     let request = if envoy { &event["input"]["attributes"]["request"]["http"] } else { &event["input"]["request"] };
@@ -449,6 +455,17 @@ decision := {"allow": true, "headers": {"x-user": "alice"}}
         let mut claims = event("GET", "/orders/7", "allow", allowed());
         claims["masked"] = json!(["/input/jwt/claims/sub"]);
         assert!(matches!(replay(&snap, &claims), Replayed::NotReplayable(_)), "anything else masked is not guessed");
+    }
+
+    #[test]
+    fn a_request_refused_for_its_token_before_evaluation_is_not_replayable() {
+        let snap = snapshot(ALLOW_ALL);
+        let refused =
+            json!({"allow": false, "status": 401, "reason": "invalid token: ExpiredSignature", "evaluated": false});
+        assert!(matches!(
+            replay(&snap, &event("GET", "/orders/7", "deny", refused)),
+            Replayed::NotReplayable(why) if why.contains("credentials")
+        ));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! `data.system.log.drop` or `data.system.log.mask` pays for a parsed event: the rules read it
 //! as their `input`, with OPA's semantics (JSON pointers under `/input` and `/result`; `remove`
 //! and `upsert`). Credentials (`authorization`, `cookie`, `proxy-authorization`) are never
-//! written, whatever the bundle says; they are listed in `erased`.
+//! written, whatever the bundle says; they are listed in `erased`. A request refused for its
+//! credentials before its rule was asked is an event too ([`Answer::Refused`]): the same input
+//! (without a `jwt`: none verified), a deny's `result` marked `"evaluated":false`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -32,6 +34,12 @@ pub enum Answer {
     },
     /// The rule failed (the request was denied, or allowed on a `fail_open` route).
     Failed(String),
+    /// The gateway refused the request before its rule was asked (a bearer token that does not
+    /// verify, a malformed `Authorization`), with the status and reason the client got.
+    Refused {
+        status: u16,
+        reason: String,
+    },
 }
 
 impl Answer {
@@ -44,7 +52,8 @@ impl Answer {
     }
 
     /// `"decision":…` (allow, deny or error), with `"result":…` (the decision's object form)
-    /// or `"error":…`, each followed by a comma.
+    /// or `"error":…`, each followed by a comma. A refusal is a deny whose result is in the
+    /// same form, with `"evaluated":false`: no rule made it.
     fn write(&self, w: &mut Writer, scratch: &mut Scratch) {
         match self {
             Answer::Decided { decision, .. } => {
@@ -56,6 +65,13 @@ impl Answer {
             Answer::Failed(e) => {
                 w.field_str("decision", "error");
                 w.field_str("error", e);
+            }
+            Answer::Refused { status, reason } => {
+                w.field_str("decision", "deny");
+                w.raw("\"result\":{\"allow\":false,");
+                w.field_u64("status", u64::from(*status));
+                w.field_str("reason", reason);
+                w.raw("\"evaluated\":false},");
             }
         }
     }
@@ -822,5 +838,20 @@ mod tests {
         let allow =
             Decision { allow: true, headers: vec![("x-user-id".into(), "alice".into())], ..Decision::default() };
         assert_eq!(written(|w| w.decision(&allow)), json!({"allow": true, "headers": {"x-user-id": "alice"}}));
+    }
+
+    #[test]
+    fn a_refusal_before_evaluation_is_a_deny_in_the_decisions_form_marked_unevaluated() {
+        let refused = Answer::Refused { status: 401, reason: "invalid token: \"x\"\n".into() };
+        let got = written(|w| {
+            w.0.push(b'{');
+            refused.write(w, &mut Scratch::default());
+            w.close(b'}');
+        });
+        assert_eq!(
+            got,
+            json!({"decision": "deny",
+                   "result": {"allow": false, "status": 401, "reason": "invalid token: \"x\"\n", "evaluated": false}})
+        );
     }
 }

@@ -1,22 +1,22 @@
 //! Decision logs in OPA's schema, shipped off the request path.
 //!
-//! A request whose decision is logged (every deny and error; allows as `decision_logs.sample`
-//! says) takes what the event needs as it is (the canonical request's method, URI and headers,
-//! the verified token, the decision: by reference or a plain copy) and hands a [`Pending`] to a
-//! bounded channel with `try_send`: a full channel drops it and counts it, never waits. The
-//! shipper, a thread of its own that wakes every 100 ms (so a `try_send` never has a thread to
-//! wake), writes each event (`event::event`: the policy's full input as the gateway builds it, the
-//! bundle's own `data.system.log.drop` and `data.system.log.mask` rules with OPA's semantics)
-//! and keeps the serialized events in a buffer bounded in bytes (full: the oldest go, counted). Batches up to
-//! `upload_size_limit` are sent as gzip JSON arrays to the first sink that takes them, with
-//! exponential backoff while none does. When the server is done (its in-flight requests
-//! answered, its runtimes shut down: [`DecisionLogs::finish`], called after Pingora's `run`
-//! returns) the shipper takes what is still queued, tries one last send, writes what is left to
-//! the spool file if one is set (it also does every 5 s while no sink takes a batch), and is
-//! joined: a restart sends the spool first. On a binary upgrade the new process has read the
-//! spool before the old one finished: it takes in the events of a spool that another process
-//! wrote since (checked every second). Sinks dedupe by `decision_id`, so an event sent twice is
-//! not logged twice.
+//! A request whose decision is logged (every deny and error, every refusal of its credentials
+//! before its rule was asked; allows as `decision_logs.sample` says) takes what the event needs as
+//! it is (the canonical request's method, URI and headers, the verified token, the decision: by
+//! reference or a plain copy) and hands a [`Pending`] to a bounded channel with `try_send`: a full
+//! channel drops it and counts it, never waits. The shipper, a thread of its own that wakes every
+//! 100 ms (so a `try_send` never has a thread to wake), writes each event (`event::event`: the
+//! policy's full input as the gateway builds it, the bundle's own `data.system.log.drop` and
+//! `data.system.log.mask` rules with OPA's semantics) and keeps the serialized events in a buffer
+//! bounded in bytes (full: the oldest go, counted). Batches up to `upload_size_limit` are sent as
+//! gzip JSON arrays to the first sink that takes them, with exponential backoff while none does.
+//! When the server is done (its in-flight requests answered, its runtimes shut down:
+//! [`DecisionLogs::finish`], called after Pingora's `run` returns) the shipper takes what is still
+//! queued, tries one last send, writes what is left to the spool file if one is set (it also does
+//! every 5 s while no sink takes a batch), and is joined: a restart sends the spool first. On a
+//! binary upgrade the new process has read the spool before the old one finished: it takes in the
+//! events of a spool that another process wrote since (checked every second). Sinks dedupe by
+//! `decision_id`, so an event sent twice is not logged twice.
 
 use std::collections::VecDeque;
 use std::io::Write;

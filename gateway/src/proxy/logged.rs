@@ -9,25 +9,31 @@ use policy_bundles::authorize::Verdict;
 use super::canonical::Link;
 use super::Ctx;
 use crate::active::Active;
+use crate::decision_log::Answer;
 use crate::metrics::Outcome;
 
-/// What the decision log will need of this decision (the event is built off the request path).
+/// What the log says the route's rule answered.
+pub(super) fn answer(verdict: &Verdict) -> Answer {
+    match verdict {
+        Verdict::Allow(d, how) | Verdict::Deny(d, how) => {
+            Answer::of(Ok((d, matches!(how, policy_bundles::snapshot::CacheOutcome::Hit))))
+        }
+        Verdict::FailedOpen(e) | Verdict::Failed(e) => Answer::of(Err(e)),
+    }
+}
+
+/// What the decision log will need of this decision (the event is built off the request path):
+/// the rule's `answer`, or the gateway's refusal before the rule was asked
+/// ([`Answer::Refused`], with no `jwt` and no time taken).
 pub(super) fn pending(
     session: &Session,
     ctx: &Ctx,
     active: &Arc<Active>,
     route: usize,
-    verdict: &Verdict,
+    answer: Answer,
     took: std::time::Duration,
     jwt: Option<Arc<policy_bundles::jwt::Verified>>,
 ) -> crate::decision_log::Pending {
-    use crate::decision_log::Answer;
-    let answer = match verdict {
-        Verdict::Allow(d, how) | Verdict::Deny(d, how) => {
-            Answer::of(Ok((d, matches!(how, policy_bundles::snapshot::CacheOutcome::Hit))))
-        }
-        Verdict::FailedOpen(e) | Verdict::Failed(e) => Answer::of(Err(e)),
-    };
     let req = session.req_header();
     crate::decision_log::Pending {
         decision_id: crate::decision_log::decision_id(),

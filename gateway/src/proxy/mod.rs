@@ -2,9 +2,10 @@
 //!
 //! 1. [`request_filter`](ProxyHttp::request_filter): take the active snapshot (one `ArcSwap`
 //!    load), make the request canonical, then [`authorize`] it: match the route (404 if none),
-//!    verify a bearer JWT (401 on failure, before any policy runs), evaluate the route's rule
-//!    in-process and apply a deny (its status, reason and response headers). Policy errors and
-//!    undefined results deny (fail closed) unless the route says `fail_open`.
+//!    verify a bearer JWT (401 on failure, before any policy runs; decision-logged as a deny),
+//!    evaluate the route's rule in-process and apply a deny (its status, reason and response
+//!    headers). Policy errors and undefined results deny (fail closed) unless the route says
+//!    `fail_open`.
 //! 2. [`upstream_peer`](ProxyHttp::upstream_peer): round robin among the pool's healthy targets.
 //! 3. [`upstream_request_filter`](ProxyHttp::upstream_request_filter): `strip_prefix`, the
 //!    decision's headers, `x-forwarded-*`.
@@ -312,17 +313,41 @@ impl Proxy {
                 self.refuse(session, ctx, refusal).await?;
             }
             authorize::Outcome::Unauthenticated { route, error } => {
-                ctx.route = Some(route);
-                ctx.outcome = Some(Outcome::Unauthenticated);
-                if let Some(r) = error.refusal() {
-                    self.metrics.count_refusal(r);
-                }
-                tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "credentials refused");
-                respond(session, ctx, 401, "invalid bearer token", Some(&error.to_string()), &[]).await?;
-                ctx.active = Some(active);
+                self.unauthenticated(session, ctx, active, route, error).await?;
             }
             authorize::Outcome::Evaluated { .. } => {}
         }
+        Ok(())
+    }
+
+    /// Answers 401 for credentials refused before `route`'s rule was asked (a malformed
+    /// `Authorization`, a scheme the route does not accept, a bearer token that does not verify).
+    /// Logged as a deny, as OPA-Envoy logs its policy's refusal of a bad token: its id goes to
+    /// the client in `x-decision-id`, its reason is the one the client gets, and the token itself
+    /// is never written (credentials are erased from every event).
+    async fn unauthenticated(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        active: Arc<Active>,
+        route: usize,
+        error: authorize::AuthError,
+    ) -> Result<()> {
+        ctx.route = Some(route);
+        ctx.outcome = Some(Outcome::Unauthenticated);
+        if let Some(r) = error.refusal() {
+            self.metrics.count_refusal(r);
+        }
+        tracing::debug!(route = %active.snapshot.routes[route].name, error = %error, "credentials refused");
+        let reason = error.to_string();
+        // A deny: always logged, whatever `sample` says.
+        if self.decision_logs.is_some() {
+            let refused = crate::decision_log::Answer::Refused { status: 401, reason: reason.clone() };
+            let p = pending(session, ctx, &active, route, refused, std::time::Duration::ZERO, None);
+            ctx.decision_log = Some(Box::new(p));
+        }
+        respond(session, ctx, 401, "invalid bearer token", Some(&reason), &[]).await?;
+        ctx.active = Some(active);
         Ok(())
     }
 
@@ -365,7 +390,7 @@ impl Proxy {
                     answer: crate::decision_log::Answer::of(s.as_ref().map(|d| (d, false))),
                     agreement: a.label(),
                 });
-                let mut p = pending(session, ctx, &active, route_ix, &verdict, took, jwt);
+                let mut p = pending(session, ctx, &active, route_ix, logged::answer(&verdict), took, jwt);
                 p.shadow = shadow;
                 p.rate_limit = limited.hit();
                 ctx.decision_log = Some(Box::new(p));

@@ -98,7 +98,16 @@ pub enum Cmd {
     Check { path: PathBuf },
     /// Run a bundle's Rego `test_*` rules and its decision cases (`tests/cases.yaml`,
     /// `tests/**/*.cases.yaml`); exits non-zero when any fails.
-    Test { path: PathBuf },
+    Test {
+        path: PathBuf,
+        /// Also report which lines the tests and cases evaluated, as `opa test --coverage` does:
+        /// OPA's JSON on stdout (the test results go to stderr), a summary per file on stderr.
+        #[arg(long)]
+        coverage: bool,
+        /// With --coverage: `json` (OPA's report) or `pretty` (the summary per file on stdout).
+        #[arg(long, value_parser = ["json", "pretty"], default_value = "json", requires = "coverage")]
+        format: String,
+    },
     /// Sign a bundle .tar.gz (OPA's `.signatures.json` format).
     Sign {
         input: PathBuf,

@@ -28,7 +28,7 @@ pub enum Ran {
 /// Runs a command; an error is a usage, I/O, bundle or server error.
 pub fn run(cli: Cli) -> anyhow::Result<Ran> {
     match cli.cmd {
-        Cmd::Test { path } => return test(&path),
+        Cmd::Test { path, coverage, format } => return test(&path, coverage.then_some(format.as_str())),
         Cmd::Check { path } => check(&path)?,
         Cmd::Build { dir, output, revision, signer } => {
             let (bytes, rev) = build(&dir, revision, &signer)?;

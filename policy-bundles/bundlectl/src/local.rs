@@ -99,10 +99,24 @@ fn identity_to_sign(
 
 /// The largest answer read from control-api.
 /// `bundlectl test`: the bundle's Rego tests and decision cases.
-pub fn test(path: &Path) -> anyhow::Result<Ran> {
+/// With `coverage` (`json` or `pretty`), also the lines they evaluated
+/// (`policy_bundles::coverage`); the test results then go to stderr.
+pub fn test(path: &Path, coverage: Option<&str>) -> anyhow::Result<Ran> {
     let bundle = Bundle::from_path(path, &Limits::default())?;
     let report = bundle_tests::run(&bundle)?;
-    println!("{report}");
+    match coverage {
+        None => println!("{report}"),
+        Some(format) => {
+            eprintln!("{report}");
+            let cov = policy_bundles::coverage::run(&bundle)?;
+            if format == "pretty" {
+                print!("{}", cov.to_text());
+            } else {
+                println!("{}", serde_json::to_string_pretty(&cov.to_opa_json())?);
+                eprint!("{}", cov.to_text());
+            }
+        }
+    }
     Ok(if report.is_success() { Ran::Clean } else { Ran::Failures })
 }
 

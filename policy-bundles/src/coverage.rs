@@ -1,0 +1,234 @@
+//! Which lines of a bundle's Rego its own tests exercise (`bundlectl test --coverage`), in the
+//! JSON shape of `opa test --coverage` (OPA's `v1/cover/cover.go`).
+//!
+//! The Rego `test_*` rules and the decision cases' rules (with each case's input) are evaluated
+//! once more on regorus's interpreter with coverage on (the `coverage` feature; regorus's VM
+//! records none); test modules are reported as OPA reports them. regorus marks every line on
+//! which any sub-expression was evaluated; OPA marks the first row of each body expression it
+//! evaluated and the head row of each rule that produced a value, and reports as not covered
+//! the head rows and expression rows it did not mark. The report keeps only OPA's rows: the head
+//! row of each rule and the first row of each body statement, covered when regorus evaluated
+//! something on it, a rule's head when its value was evaluated or a body of it ran to its last
+//! statement (docs/src/reference/bundlectl.md, "Coverage").
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use regorus::unstable::{Ref, Rule};
+use regorus::Value;
+use serde_json::{json, Value as Json};
+
+use crate::bundle::Bundle;
+use crate::bundle_tests::{self, TEST_PREFIX};
+use crate::error::BundleErrors;
+use crate::snapshot::{self, Snapshot};
+
+/// Lines of one file: OPA's rows, each covered or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileCoverage {
+    pub covered: BTreeSet<u32>,
+    pub not_covered: BTreeSet<u32>,
+}
+
+/// Every Rego file of a bundle, by its path in the bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub files: BTreeMap<String, FileCoverage>,
+}
+
+/// Evaluates the bundle's Rego tests and decision cases with coverage on.
+pub fn run(bundle: &Bundle) -> Result<Coverage, BundleErrors> {
+    let snapshot = Snapshot::compile(bundle)?;
+    let cases = bundle_tests::load_cases(bundle)?;
+    let mut engine = snapshot::engine_for(bundle, true)?;
+    engine.set_enable_coverage(true);
+    for m in &bundle.modules {
+        for name in test_rules(&m.source) {
+            if engine.has_declared_rule_rooted_at(&m.path, &name).unwrap_or(false) {
+                // A failing test covers what it evaluated, as in OPA.
+                let _ = engine.eval_rule(format!("{}.{name}", m.package));
+            }
+        }
+    }
+    for lc in &cases {
+        if let Some((rule, input)) = bundle_tests::case_rule_and_input(&snapshot, &lc.case) {
+            engine.set_input(Value::from(input));
+            let _ = engine.eval_rule(rule);
+        }
+    }
+    let hits = engine.get_coverage_report().map_err(|e| {
+        BundleErrors(vec![crate::error::BundleError::new(
+            crate::error::ErrorKind::Rego,
+            None,
+            format!("coverage: {e}"),
+        )])
+    })?;
+    let hit: BTreeMap<String, BTreeSet<u32>> = hits.files.into_iter().map(|f| (f.path, f.covered)).collect();
+    let mut files = BTreeMap::new();
+    for module in engine.get_modules() {
+        let path = module.package.span.source.file().clone();
+        if path.starts_with("__gateway") {
+            continue;
+        }
+        let empty = BTreeSet::new();
+        files.insert(path.clone(), opa_rows(&module.policy, hit.get(&path).unwrap_or(&empty)));
+    }
+    Ok(Coverage { files })
+}
+
+fn test_rules(source: &str) -> BTreeSet<String> {
+    source
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with(TEST_PREFIX))
+        .map(|l| l.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect())
+        .collect()
+}
+
+/// OPA's rows of a module's rules, covered where regorus evaluated something.
+fn opa_rows(rules: &[Ref<Rule>], hit: &BTreeSet<u32>) -> FileCoverage {
+    let mut out = FileCoverage::default();
+    let mut mark = |row: u32, covered: bool| {
+        if covered {
+            out.not_covered.remove(&row);
+            out.covered.insert(row);
+        } else if !out.covered.contains(&row) {
+            out.not_covered.insert(row);
+        }
+    };
+    for rule in rules {
+        let Rule::Spec { span, bodies, .. } = rule.as_ref() else {
+            let row = rule.span().line;
+            mark(row, hit.contains(&row));
+            continue;
+        };
+        let mut head = hit.contains(&span.line);
+        for body in bodies {
+            let rows: Vec<u32> = body.query.stmts.iter().map(|s| s.span.line).collect();
+            let valued = body.assign.as_ref().is_some_and(|a| hit.contains(&a.value.span().line));
+            let ran = valued || rows.last().is_some_and(|r| hit.contains(r));
+            for &row in &rows {
+                mark(row, hit.contains(&row));
+            }
+            if body.is_else {
+                // An `else` is a rule of its own in OPA, its head on the `else` row.
+                let row = body.span.line;
+                mark(row, ran || hit.contains(&row));
+            } else {
+                head |= ran;
+            }
+        }
+        mark(span.line, head);
+    }
+    out
+}
+
+impl Coverage {
+    /// The report as `opa test --coverage` prints it: per file the covered and not covered row
+    /// ranges, their counts and the percentage (fields that are zero or empty left out, as
+    /// OPA's `omitempty`), and the totals.
+    pub fn to_opa_json(&self) -> Json {
+        let mut files = serde_json::Map::new();
+        let (mut covered, mut not_covered) = (0usize, 0usize);
+        for (path, f) in &self.files {
+            let mut o = serde_json::Map::new();
+            if !f.covered.is_empty() {
+                o.insert("covered".into(), ranges_json(&f.covered));
+            }
+            if !f.not_covered.is_empty() {
+                o.insert("not_covered".into(), ranges_json(&f.not_covered));
+            }
+            if !f.covered.is_empty() {
+                o.insert("covered_lines".into(), json!(f.covered.len()));
+            }
+            if !f.not_covered.is_empty() {
+                o.insert("not_covered_lines".into(), json!(f.not_covered.len()));
+            }
+            let pct = percent(f.covered.len(), f.not_covered.len());
+            if pct != 0.0 {
+                o.insert("coverage".into(), number(pct));
+            }
+            covered += f.covered.len();
+            not_covered += f.not_covered.len();
+            files.insert(path.clone(), Json::Object(o));
+        }
+        json!({
+            "files": files,
+            "covered_lines": covered,
+            "not_covered_lines": not_covered,
+            "coverage": number(percent(covered, not_covered)),
+        })
+    }
+
+    /// One line per file: the percentage and the rows not covered (`12-14, 20`).
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        for (path, f) in &self.files {
+            let pct = percent(f.covered.len(), f.not_covered.len());
+            let missing: Vec<String> = ranges(&f.not_covered)
+                .into_iter()
+                .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                .collect();
+            s.push_str(&format!("{path}: {pct:.2}%"));
+            if !missing.is_empty() {
+                s.push_str(&format!(", not covered: {}", missing.join(", ")));
+            }
+            s.push('\n');
+        }
+        let (c, n) = self.files.values().fold((0, 0), |(c, n), f| (c + f.covered.len(), n + f.not_covered.len()));
+        s.push_str(&format!("total: {:.2}% ({c} of {} lines)\n", percent(c, n), c + n));
+        s
+    }
+}
+
+fn percent(covered: usize, not_covered: usize) -> f64 {
+    let total = covered + not_covered;
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * covered as f64 / total as f64
+    }
+}
+
+/// A percentage as Go's encoding/json writes a float64: `100`, not `100.0`.
+fn number(x: f64) -> Json {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
+fn ranges(rows: &BTreeSet<u32>) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &r in rows {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 == r => *end = r,
+            _ => out.push((r, r)),
+        }
+    }
+    out
+}
+
+fn ranges_json(rows: &BTreeSet<u32>) -> Json {
+    Json::Array(ranges(rows).into_iter().map(|(a, b)| json!({"start": {"row": a}, "end": {"row": b}})).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_become_ranges_and_percentages_print_as_go_prints_them() {
+        let f = FileCoverage { covered: [1, 2, 3, 7].into(), not_covered: [5].into() };
+        let c = Coverage { files: [("a.rego".to_string(), f)].into() };
+        let j = c.to_opa_json();
+        assert_eq!(
+            j["files"]["a.rego"]["covered"],
+            json!([{"start": {"row": 1}, "end": {"row": 3}}, {"start": {"row": 7}, "end": {"row": 7}}])
+        );
+        assert_eq!(j["files"]["a.rego"]["coverage"], json!(80));
+        assert_eq!(j["covered_lines"], json!(4));
+        assert_eq!(number(200.0 / 3.0).to_string(), "66.66666666666667");
+        assert!(c.to_text().contains("a.rego: 80.00%, not covered: 5"));
+    }
+}
