@@ -2,8 +2,9 @@
 //! defensively ([`archive`]), validating them ([`bundle`]), compiling them into an immutable
 //! [`snapshot::Snapshot`], verifying bearer tokens ([`jwt`]), reading decisions ([`decision`]) and
 //! the whole decision pipeline of one request ([`authorize`]); a bundle's own tests
-//! ([`bundle_tests`]) and the replay of logged decisions ([`replay`]). Request canonicalization is
-//! the `http-canon` crate, OPA's `io.jwt` builtins `regorus-jwt`, config files `config-files`.
+//! ([`bundle_tests`]), the replay of logged decisions ([`replay`]) and what changed between two
+//! revisions ([`diff`]). Request canonicalization is the `http-canon` crate, OPA's `io.jwt`
+//! builtins `regorus-jwt`, config files `config-files`.
 
 pub mod archive;
 mod ast;
@@ -15,6 +16,7 @@ pub mod call_check;
 #[cfg(feature = "coverage")]
 pub mod coverage;
 pub mod decision;
+pub mod diff;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 /// What `bundlectl`'s exit status means: shown under `--help` and in docs/src/reference/bundlectl.md.
 pub const EXIT_CODES: &str = "\
 Exit status:
-  0  success
+  0  success (for `bundlectl diff`, whether or not the bundles differ)
   1  `bundlectl test` ran and a test or decision case failed, or `bundlectl replay` found more
      changed decisions than --max-changed
   2  usage error (bad or missing arguments), I/O error (a file that cannot be read or written),
@@ -161,6 +161,24 @@ pub enum Cmd {
         remote: Remote,
         #[command(flatten)]
         signer: Signer,
+    },
+    /// What changed between two bundles: routes, upstreams and other `data.gateway` settings
+    /// field by field, Rego modules as unified diffs, data documents by size. Each operand is a
+    /// bundle directory or .tar.gz where such a path exists, else a revision of `--name` fetched
+    /// from `--server` (read scope). Exits 0 whether or not they differ, as `git diff` does
+    /// without `--exit-code`.
+    Diff {
+        /// The old bundle: a directory, a .tar.gz or a revision name.
+        old: PathBuf,
+        /// The new bundle: a directory, a .tar.gz or a revision name.
+        new: PathBuf,
+        #[arg(long, env = "BUNDLECTL_NAME", default_value = "main")]
+        name: String,
+        /// Print the diff as JSON (routes, upstreams, settings, rego, data).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Every gateway that reported: its revision, staleness and last report.
     Fleet {

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::cli::Remote;
 
@@ -81,4 +82,33 @@ pub(crate) fn server_message(body: &str) -> String {
 
 pub(crate) fn bundle_url(remote: &Remote, name: &str) -> String {
     format!("{}/v1/bundles/{name}", remote.server.trim_end_matches('/'))
+}
+
+/// What a path segment keeps as it is (RFC 3986's unreserved characters); the rest is escaped,
+/// so that a revision named `../x` or `a/b` stays one segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// `GET /v1/bundles/{name}/revisions/{revision}`: that revision's tarball (read scope), at most
+/// [`MAX_ANSWER`] bytes; an error status becomes an error carrying the server's message.
+pub(crate) fn fetch_revision(name: &str, revision: &str, remote: &Remote) -> anyhow::Result<Vec<u8>> {
+    let url = format!("{}/revisions/{}", bundle_url(remote, name), utf8_percent_encode(revision, SEGMENT));
+    let mut req = agent().get(&url);
+    if let Some(t) = &remote.token {
+        req = req.set("authorization", &format!("Bearer {t}"));
+    }
+    match req.call() {
+        Ok(r) => {
+            let mut bytes = Vec::new();
+            r.into_reader()
+                .take(MAX_ANSWER)
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("{url}: reading the answer"))?;
+            Ok(bytes)
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            bail!("{url}: HTTP {code}: {}", server_message(&r.into_string().unwrap_or_default()))
+        }
+        // A transport error names the URL itself.
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
 }

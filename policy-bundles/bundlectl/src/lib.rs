@@ -1,11 +1,13 @@
 //! `bundlectl`: the policy authors' tool. Local commands (`build`, `check`, `test`, `sign`) use
 //! the same `policy-bundles` code as the gateway; remote commands (`push`, `revisions`,
-//! `rollback`, `fleet`, `logs`, `replay`) talk to `control-api` and print its message when it refuses.
+//! `rollback`, `fleet`, `logs`, `replay`) talk to `control-api` and print its message when it
+//! refuses; `diff` compares bundles from either side.
 //!
 //! The library holds every command; `main.rs` only parses the command line and maps [`run`]'s
 //! outcome to the exit status ([`cli::EXIT_CODES`]).
 
 pub mod cli;
+pub mod diff;
 mod http;
 pub mod local;
 pub mod logs;
@@ -46,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Ran> {
             signed_rollback(&name, &to, &remote, &signer)?
         }
         Cmd::Rollback { name, to, remote, .. } => rollback(&name, &to, &remote)?,
+        Cmd::Diff { old, new, name, json, remote } => diff::diff(&old, &new, &name, json, &remote)?,
         Cmd::Fleet { remote } => fleet(&remote)?,
         Cmd::Logs { name, filter, json, remote } => logs(&name, &filter, json, &remote)?,
         Cmd::Replay { candidate, name, since, route, max_changed, limit, json, remote } => {

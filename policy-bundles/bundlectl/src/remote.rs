@@ -1,6 +1,5 @@
 //! The remote commands: `push`, `revisions`, `rollout status`, `rollout list`, `rollback` and `fleet`.
 
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
@@ -8,7 +7,7 @@ use policy_bundles::bundle::{MANIFEST, SIGNATURES};
 use policy_bundles::{archive, Bundle, Limits, Snapshot};
 
 use crate::cli::{Remote, Signer};
-use crate::http::{agent, bundle_url, call, server_message, MAX_ANSWER};
+use crate::http::{agent, bundle_url, call, fetch_revision, server_message};
 use crate::local::{build, sign_files};
 
 /// `bundlectl push`: publishes a tarball, or a directory built on the fly; `force` is the
@@ -129,22 +128,7 @@ pub fn rollback(name: &str, to: &str, remote: &Remote) -> anyhow::Result<()> {
 /// `bundlectl rollback --sign-key`: revision `to`'s content, signed again with a higher
 /// sequence, published as a new revision.
 pub fn signed_rollback(name: &str, to: &str, remote: &Remote, signer: &Signer) -> anyhow::Result<()> {
-    let url = format!("{}/revisions/{to}", bundle_url(remote, name));
-    let mut req = agent().get(&url);
-    if let Some(t) = &remote.token {
-        req = req.set("authorization", &format!("Bearer {t}"));
-    }
-    let bytes = match req.call() {
-        Ok(r) => {
-            let mut b = Vec::new();
-            std::io::Read::read_to_end(&mut r.into_reader().take(MAX_ANSWER), &mut b)?;
-            b
-        }
-        Err(ureq::Error::Status(code, r)) => {
-            bail!("{url}: HTTP {code}: {}", server_message(&r.into_string().unwrap_or_default()))
-        }
-        Err(e) => bail!("{url}: {e}"),
-    };
+    let bytes = fetch_revision(name, to, remote)?;
     let mut files = archive::read_tar_gz(&bytes, &Limits::default())?;
     files.remove(SIGNATURES);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
