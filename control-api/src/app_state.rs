@@ -31,6 +31,8 @@ pub struct Shared {
     pub long_polls: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Bounds how many PUT bodies are read at once: each may be `max_bundle_size` in memory.
     pub uploads: Arc<Semaphore>,
+    /// Publish-to-enforce times seen in status reports (the console's propagation page).
+    pub propagation: crate::propagation::Propagation,
 }
 
 /// The router's state: cheap to clone.
@@ -50,6 +52,7 @@ impl AppState {
             validations: Arc::new(Semaphore::new(permits)),
             ingests: Arc::new(Semaphore::new(permits)),
             retention: crate::logs::Retention::default(),
+            propagation: crate::propagation::Propagation::default(),
             config,
             store,
         })))

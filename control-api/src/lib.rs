@@ -17,6 +17,9 @@
 //! * [`rollout`]: staged rollout to a canary cohort, judged from status reports, promoted or rolled back.
 //! * [`store_watch`]: whether this replica's view of the store is current (else 503s, so that
 //!   gateways ask another source).
+//! * [`console`]: the web console at `/ui/` (fleet, bundles, diffs, rollouts, decisions,
+//!   propagation), over the same state as the API, with its own session and security headers.
+//! * [`propagation`]: publish-to-enforce times per revision, from status reports, for the console.
 //! * [`metrics`]: every exported metric.
 //! * [`clock`] and [`names`]: time as the API writes and reads it; what a bundle may be called.
 
@@ -25,11 +28,13 @@ pub mod app_state;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod growth_guard;
 pub mod logs;
 pub mod long_poll_hub;
 pub mod metrics;
 pub mod names;
+pub mod propagation;
 pub mod rollout;
 pub mod store;
 pub mod store_watch;
@@ -159,7 +164,7 @@ async fn serve(
     let config = &state.0.config;
     let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let header_timeout = config.header_timeout;
-    let router = app(state.clone());
+    let router = app(state.clone()).merge(console::router(state.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

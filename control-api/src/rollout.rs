@@ -288,6 +288,28 @@ async fn tick(state: &AppState, cfg: &RolloutConfig, memory: &mut Propagation) -
     Ok(())
 }
 
+/// Promotes the bundle's rollout of `revision` now, before its bake ends: an operator's decision
+/// (the console's "promote", publish tokens only). `false` when that rollout is no longer in its
+/// canary phase (it ended, or another replica judged it first).
+pub async fn promote_now(state: &AppState, bundle: &str, revision: &str, by: &str) -> Result<bool, store::StoreError> {
+    let s = &state.0;
+    let Some(r) = s.store.rollout(bundle).await?.filter(|r| r.state == store::CANARY && r.revision == revision) else {
+        return Ok(false);
+    };
+    let now = crate::clock::now_ms();
+    let why = format!("promoted by token `{by}` before the bake ended");
+    if !s.store.finish_rollout(r.id, PROMOTED, Some(&why), now).await? {
+        return Ok(false);
+    }
+    tracing::info!(bundle.name = %bundle, bundle.revision = %revision, by = %by, "canary promoted by hand");
+    s.metrics.rollouts.with_label_values(&[PROMOTED]).inc();
+    s.metrics.rollout_duration.observe(now.saturating_sub(r.started_at_ms) as f64 / 1000.0);
+    if let Err(e) = s.hub.reload(bundle, None).await {
+        tracing::warn!(bundle.name = %bundle, error = %e, "promoted, but reloading the active revision failed");
+    }
+    Ok(true)
+}
+
 /// Judges rollouts until `shutdown` turns true. Runs only with `rollout` configured.
 pub async fn supervise(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let Some(cfg) = state.0.config.rollout.clone() else { return };

@@ -107,6 +107,8 @@ pub struct Report {
     /// RFC 3339, UTC; absent when the gateway never confirmed its bundle.
     pub last_sync: Option<String>,
     pub staleness_seconds: u64,
+    /// `bundle.max_staleness`: past it the gateway alerts (the console colours staleness by it).
+    pub max_staleness_seconds: u64,
     /// Unix seconds the active bundle activated at.
     pub activated_at: u64,
     /// How the last activation attempt from a source ended (a canary's first health signal).
@@ -407,6 +409,7 @@ impl Reports {
                 ms => Some(rfc3339(ms / 1000)),
             },
             staleness_seconds: sync.age_seconds() as u64,
+            max_staleness_seconds: sync.max_staleness().as_secs(),
             activated_at: active.info.activated_at,
             activation: sync.last_activation(),
             served: active.served.report(),

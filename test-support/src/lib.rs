@@ -8,6 +8,7 @@
 //! * [`wait`]: `eventually`, the one way a test waits for something to become true;
 //! * [`tokens`] and [`bundles`]: demo JWTs and the example bundle, edited per test;
 //! * [`archives`]: hostile tarballs written by hand (raw names, links);
+//! * [`browser`]: a real headless Chromium over WebDriver (the console's browser tests);
 //! * [`certs`]: a throwaway CA and the server and client certificates it signs;
 //! * [`gateway`]: a real `gateway`: its config, the process, readiness, restart and upgrade;
 //! * [`control_api`]: a real `control-api`: its config with hashed tokens ([`control_api::hash_token`]),
@@ -25,6 +26,7 @@
 //! tests and the scripts start as processes; `grpc/` holds the Python gRPC fixture.
 
 pub mod archives;
+pub mod browser;
 pub mod bundles;
 pub mod certs;
 pub mod control_api;

@@ -39,6 +39,9 @@ struct StatusRequest {
     served: Option<serde_json::Value>,
     #[serde(default)]
     activated_at: Option<u64>,
+    /// The gateway's `bundle.max_staleness`: past it, it alerts.
+    #[serde(default)]
+    max_staleness_seconds: Option<f64>,
 }
 
 impl StatusRequest {
@@ -87,13 +90,22 @@ impl StatusRequest {
         if self.staleness_seconds.is_some_and(|x| !x.is_finite() || x < 0.0) {
             problems.push("`staleness_seconds` must be a number of seconds, 0 or more");
         }
+        if self.max_staleness_seconds.is_some_and(|x| !x.is_finite() || x < 0.0) {
+            problems.push("`max_staleness_seconds` must be a number of seconds, 0 or more");
+        }
         if !problems.is_empty() {
             return Err(ApiError::BadRequest(problems.join("; ")));
         }
-        let health = (self.activation.is_some() || self.served.is_some()).then(|| {
-            json!({ "activation": self.activation, "served": self.served, "activated_at": self.activated_at })
+        let health =
+            (self.activation.is_some() || self.served.is_some() || self.max_staleness_seconds.is_some()).then(|| {
+                json!({
+                    "activation": self.activation,
+                    "served": self.served,
+                    "activated_at": self.activated_at,
+                    "max_staleness_seconds": self.max_staleness_seconds,
+                })
                 .to_string()
-        });
+            });
         Ok(GatewayReport {
             health,
             instance: self.instance,
@@ -150,31 +162,79 @@ pub(super) async fn status(
             report.instance, who.name
         )));
     }
+    if let Some(digest) = &report.digest {
+        let activated_at_ms = health_activated_at(report.health.as_deref());
+        let sighting = crate::propagation::Sighting {
+            instance: &report.instance,
+            bundle: &report.bundle,
+            digest,
+            activated_at_ms,
+            reported_at_ms: now,
+        };
+        observe(s, sighting).await;
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
 }
 
+/// Records a report's sighting for the console's propagation page: asks the store for the
+/// revision behind a digest the first time it is seen, and never counts a digest the bundle's
+/// history does not hold.
+async fn observe(state: &crate::app_state::Shared, s: crate::propagation::Sighting<'_>) {
+    let Some(enforced) = state.propagation.sighting(&s) else { return };
+    let spread = match state.propagation.tracked(s.bundle, s.digest) {
+        Some(spread) => spread,
+        None => {
+            if !crate::names::is_bundle_name(s.bundle) {
+                return;
+            }
+            let Ok(history) = state.store.revisions(s.bundle).await else { return };
+            let Some(info) = history.into_iter().find(|r| r.digest == s.digest) else { return };
+            crate::propagation::Spread {
+                bundle: s.bundle.to_owned(),
+                revision: info.revision,
+                digest: info.digest,
+                published_at_ms: info.published_at_ms,
+                samples: Vec::new(),
+            }
+        }
+    };
+    state.propagation.record(spread, s.instance, enforced);
+}
+
+/// The `activated_at` (Unix seconds) a report's health carries, in milliseconds.
+fn health_activated_at(health: Option<&str>) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(health?).ok()?;
+    let secs = v["activated_at"].as_u64().filter(|s| *s > 0 && *s <= 253_402_300_799)?;
+    i64::try_from(secs).ok().map(|s| s * 1000)
+}
+
 #[derive(Debug, Serialize)]
-pub(super) struct FleetMember {
-    instance: String,
-    bundle: String,
-    revision: Option<String>,
-    digest: Option<String>,
+pub struct FleetMember {
+    pub instance: String,
+    pub bundle: String,
+    pub revision: Option<String>,
+    pub digest: Option<String>,
     /// RFC 3339: when the gateway last confirmed that its bundle was current.
-    last_sync: Option<String>,
-    staleness_seconds: Option<f64>,
+    pub last_sync: Option<String>,
+    pub staleness_seconds: Option<f64>,
+    /// The gateway's own alert threshold (`bundle.max_staleness`), when it reports one.
+    pub max_staleness_seconds: Option<f64>,
     /// RFC 3339: when this control plane last heard from the gateway.
-    last_report: String,
+    pub last_report: String,
     /// No report for longer than `fleet_silent_after`.
-    silent: bool,
+    pub silent: bool,
     /// Its digest is the one its cohort is served.
-    current: bool,
+    pub current: bool,
     /// `canary` or `stable`, when rollouts are staged.
     #[serde(skip_serializing_if = "Option::is_none")]
-    cohort: Option<&'static str>,
+    pub cohort: Option<&'static str>,
     /// The revision its cohort is served.
-    target_revision: Option<String>,
+    pub target_revision: Option<String>,
     /// The name of the token its reports come with.
-    token: String,
+    pub token: String,
+    /// What the gateway said of its health (`activation`, `served`), for the console.
+    #[serde(skip)]
+    pub health: Option<serde_json::Value>,
 }
 
 /// `GET /v1/fleet`: every gateway that reported, and how far it is from the active revision.
@@ -182,7 +242,12 @@ pub(super) async fn fleet(
     State(state): State<AppState>,
     Reader(_): Reader,
 ) -> Result<Json<Vec<FleetMember>>, ApiError> {
-    let s = &state.0;
+    members(&state.0).await.map(Json)
+}
+
+/// Every gateway that reported (after pruning those past `fleet_retention`), as `GET /v1/fleet`
+/// and the console show them.
+pub async fn members(s: &crate::app_state::Shared) -> Result<Vec<FleetMember>, ApiError> {
     let now = clock::now_ms();
     let retention = i64::try_from(s.config.fleet_retention.as_millis()).unwrap_or(i64::MAX);
     s.store.prune_fleet(now.saturating_sub(retention)).await?;
@@ -204,7 +269,10 @@ pub(super) async fn fleet(
         let canary = cohort.is_some_and(|c| c.contains(&r.instance));
         let target = active.get(&r.bundle).and_then(|h| h.as_ref()).map(|h| h.for_cohort(canary).clone());
         let current = matches!((&r.digest, &target), (Some(d), Some(t)) if *d == t.digest);
+        let health: Option<serde_json::Value> = r.health.as_deref().and_then(|h| serde_json::from_str(h).ok());
         out.push(FleetMember {
+            max_staleness_seconds: health.as_ref().and_then(|h| h["max_staleness_seconds"].as_f64()),
+            health,
             cohort: cohort.map(|_| if canary { "canary" } else { "stable" }),
             target_revision: target.map(|t| t.revision.clone()),
             last_report: clock::rfc3339(r.last_report_ms),
@@ -219,5 +287,5 @@ pub(super) async fn fleet(
             staleness_seconds: r.staleness_seconds,
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }

@@ -106,13 +106,13 @@ fn check_bundles(who: &Principal, events: &[DecisionEvent]) -> Result<(), Refuse
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListParams {
-    bundle: Option<String>,
-    route: Option<String>,
-    decision: Option<String>,
-    revision: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<String>,
+    pub bundle: Option<String>,
+    pub route: Option<String>,
+    pub decision: Option<String>,
+    pub revision: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<String>,
 }
 
 /// `GET /v1/logs?bundle=&route=&decision=&revision=&since=&until=&limit=`: the stored events,
@@ -142,7 +142,7 @@ pub(super) async fn list(
 
 /// Checks every parameter (every problem at once) into a store query limited to what the token
 /// may see and what retention keeps.
-fn event_query(p: ListParams, who: &Principal, s: &Shared, now_ms: i64) -> Result<EventQuery, ApiError> {
+pub(crate) fn event_query(p: ListParams, who: &Principal, s: &Shared, now_ms: i64) -> Result<EventQuery, ApiError> {
     let mut problems = Vec::new();
     let text = |problems: &mut Vec<String>, key: &str, v: Option<String>| {
         let v = v.filter(|v| !v.is_empty());

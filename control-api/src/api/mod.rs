@@ -17,10 +17,10 @@
 //! A token limited to some bundles (`tokens[].bundles`) gets 403 for any other bundle.
 
 mod bundles;
-mod fleet;
-mod logs;
+pub mod fleet;
+pub(crate) mod logs;
 mod long_poll;
-mod rollouts;
+pub mod rollouts;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams, State};
@@ -307,7 +307,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Config, StoreLocation, TokenConfig};
     use crate::store::{ActiveHead, Change, RevisionInfo, SqlStore};
@@ -319,10 +319,11 @@ mod tests {
     use std::time::Duration;
     use tower::ServiceExt;
 
-    const PUBLISH: &str = "publish-secret";
-    const READ: &str = "read-secret";
+    pub(crate) const PUBLISH: &str = "publish-secret";
+    pub(crate) const READ: &str = "read-secret";
 
-    fn config() -> Config {
+    /// A config for router tests: in-memory SQLite, a publish token `ci` and a read token `gw`.
+    pub(crate) fn config() -> Config {
         let token = |name: &str, scope, secret: &str| TokenConfig {
             name: name.into(),
             scope,

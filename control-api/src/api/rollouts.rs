@@ -12,6 +12,7 @@ use serde_json::json;
 use super::bundles::Published;
 use super::{read_json, ApiError, PublishBundle, ReadBundle};
 use crate::app_state::AppState;
+use crate::auth::Principal;
 use crate::clock;
 use crate::store::{RollbackOutcome, Rollout};
 
@@ -97,26 +98,37 @@ pub(super) async fn rollback(
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: RollbackRequest = read_json(&headers, body).await?;
+    let info = roll_back(&state, &who, &name, &req.revision).await?;
+    let body = Published { name, revision: info.revision, digest: info.digest, size: info.size };
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// Makes `revision` of `name` active again and serves it (the API's rollback and the console's).
+pub async fn roll_back(
+    state: &AppState,
+    who: &Principal,
+    name: &str,
+    revision: &str,
+) -> Result<crate::store::RevisionInfo, ApiError> {
     let s = &state.0;
-    let info = match s.store.rollback(&name, &req.revision).await? {
+    let info = match s.store.rollback(name, revision).await? {
         RollbackOutcome::Unknown => {
-            return Err(ApiError::NotFound(format!("bundle `{name}` has no revision `{}`", req.revision)))
+            return Err(ApiError::NotFound(format!("bundle `{name}` has no revision `{revision}`")))
         }
         RollbackOutcome::AlreadyActive(info) => {
             // A rollout in its canary phase may have ended: serve the canaries the active one again.
-            if let Err(e) = s.hub.reload(&name, None).await {
+            if let Err(e) = s.hub.reload(name, None).await {
                 tracing::warn!(bundle.name = %name, error = %e, "reloading the active revision failed");
             }
             info
         }
         RollbackOutcome::Activated(info) => {
             tracing::info!(bundle.name = %name, bundle.revision = %info.revision, by = %who.name, "rolled back");
-            if let Err(e) = s.hub.reload(&name, None).await {
+            if let Err(e) = s.hub.reload(name, None).await {
                 tracing::warn!(bundle.name = %name, error = %e, "rolled back, but reloading the active revision failed");
             }
             info
         }
     };
-    let body = Published { name, revision: info.revision, digest: info.digest, size: info.size };
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok(info)
 }
