@@ -251,6 +251,20 @@ where
     Outcome::Evaluated { route: route_ix, verdict, took, jwt: verified }
 }
 
+/// The input [`authorize_route`] gave route `route_ix`'s rule for `req` (`jwt`: the token it
+/// verified, [`Outcome::Evaluated`]'s): the same headers, the same pruning to what the rule
+/// reads. For tools that show it (`bundlectl eval --input`), never on the request path.
+pub fn input<'a, H>(snap: &Snapshot, route_ix: usize, req: RequestView<'a, H>, jwt: Option<&Verified>) -> regorus::Value
+where
+    H: IntoIterator<Item = (&'a str, &'a [u8])>,
+{
+    let Some(route) = snap.routes.get(route_ix) else { return regorus::Value::Undefined };
+    let headers = req.headers;
+    let sep = separator(snap, route.policy);
+    let jwt = jwt.map(|v| &v.input);
+    snap.request_input(route.policy, &route.name, req.parts, |needs| input_headers(headers, needs, sep), jwt)
+}
+
 /// What an `Authorization` value proves on `route`: a verified bearer token, nothing the gateway
 /// verifies (a scheme the route leaves to its rule; any credential on an Envoy route whose rule
 /// verifies its own), or an [`AuthError`]. A credential is left to a rule only if the rule reads

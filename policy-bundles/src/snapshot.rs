@@ -400,17 +400,7 @@ impl Snapshot {
         jwt: Option<&Value>,
     ) -> Result<(Arc<Decision>, CacheOutcome), EvalError> {
         let needs = self.needs(policy);
-        let parts = crate::input::RequestParts {
-            method: req.method,
-            path: req.path,
-            query: req.query.filter(|_| needs.query()),
-            headers: headers(needs),
-            host: req.host,
-            scheme: req.scheme,
-            client_ip: req.client_ip,
-            body: req.body.filter(|_| needs.body()),
-            content_type: req.content_type,
-        };
+        let parts = request_parts(needs, req, headers(needs));
         if self.format(policy) == InputFormat::Envoy {
             // The input is built (holding only what the rule can read) and keyed as a whole.
             let input = crate::input::envoy(&parts, &req.conn, needs);
@@ -419,6 +409,25 @@ impl Snapshot {
         }
         let key = self.reads.get(policy).and_then(|r| r.paths()).map(|p| crate::input::key(&parts, route, jwt, p));
         self.decide_keyed(policy, key, || crate::input::build(parts, route, jwt))
+    }
+
+    /// The input [`decide_request`](Self::decide_request) gives the rule for the same request:
+    /// only what the rule can read, in its format. Built again, for tools that show it
+    /// (`bundlectl eval --input`); the request path never calls this.
+    pub fn request_input(
+        &self,
+        policy: usize,
+        route: &str,
+        req: Request<'_>,
+        headers: impl FnOnce(&crate::input::Needs) -> Value,
+        jwt: Option<&Value>,
+    ) -> Value {
+        let needs = self.needs(policy);
+        let parts = request_parts(needs, req, headers(needs));
+        match self.format(policy) {
+            InputFormat::Envoy => crate::input::envoy(&parts, &req.conn, needs),
+            InputFormat::Gateway => crate::input::build(parts, route, jwt),
+        }
     }
 
     /// Evaluates a rule: on this thread's VM for the rule when it has a VM program, else with
@@ -510,6 +519,22 @@ impl Snapshot {
     /// Convenience for tools and tests: the route index for a request.
     pub fn route_for(&self, host: &str, path: &str, method: &str) -> Option<&Route> {
         self.table.lookup(host, path, method).map(|i| &self.routes[i])
+    }
+}
+
+/// A request's parts as a rule with `needs` reads them: the query and body only when it reads
+/// them ([`Snapshot::decide_request`], [`Snapshot::request_input`]).
+fn request_parts<'a>(needs: &crate::input::Needs, req: Request<'a>, headers: Value) -> crate::input::RequestParts<'a> {
+    crate::input::RequestParts {
+        method: req.method,
+        path: req.path,
+        query: req.query.filter(|_| needs.query()),
+        headers,
+        host: req.host,
+        scheme: req.scheme,
+        client_ip: req.client_ip,
+        body: req.body.filter(|_| needs.body()),
+        content_type: req.content_type,
     }
 }
 

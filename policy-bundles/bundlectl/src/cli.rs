@@ -7,11 +7,14 @@ use clap::{Args, Parser, Subcommand};
 /// What `bundlectl`'s exit status means: shown under `--help` and in docs/src/reference/bundlectl.md.
 pub const EXIT_CODES: &str = "\
 Exit status:
-  0  success (for `bundlectl diff`, whether or not the bundles differ)
+  0  success (for `bundlectl diff`, whether or not the bundles differ; for `bundlectl eval`,
+     the gateway would forward the request: allowed, or its rule failed on a fail_open route)
   1  `bundlectl test` ran and a test or decision case failed, or `bundlectl replay` found more
      changed decisions than --max-changed
   2  usage error (bad or missing arguments), I/O error (a file that cannot be read or written),
-     invalid bundle (does not compile, over budget), or an error from or reaching the server";
+     invalid bundle (does not compile, over budget), or an error from or reaching the server
+  3  `bundlectl eval`: the gateway would answer the request itself, not forward it (a deny, a
+     401 for the bearer token, 404 for no route, 400 for a request it refuses, 413)";
 
 #[derive(Parser)]
 #[command(name = "bundlectl", version, about = "Build, test, sign and publish policy bundles", after_help = EXIT_CODES)]
@@ -180,6 +183,13 @@ pub enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Evaluate a request described on the command line exactly as the gateway would: request
+    /// canonicalization, route matching, bearer-token verification against the bundle's `jwt`,
+    /// the route's rule, the decision. Prints the route, the decision (or what the gateway
+    /// answers without asking the rule) and how long the rule took. Exits 0 when the gateway
+    /// would forward the request, 3 when it would answer it itself (see Exit status).
+    #[command(after_help = EXIT_CODES)]
+    Eval(EvalArgs),
     /// Every gateway that reported: its revision, staleness and last report.
     Fleet {
         #[command(flatten)]
@@ -248,4 +258,80 @@ pub struct LogFilter {
     /// At most this many events (control-api's default 1000, at most 10000).
     #[arg(long)]
     pub limit: Option<u32>,
+}
+
+/// `bundlectl eval`: the bundle and the request, as a client would send it.
+#[derive(Args, Clone)]
+pub struct EvalArgs {
+    /// The bundle: a directory or a .tar.gz.
+    pub bundle: PathBuf,
+    /// The request method, as sent (a token: `GET`, `PURGE`).
+    #[arg(long, short = 'X', default_value = "GET", value_parser = parse_method)]
+    pub method: String,
+    /// The request target: a path starting with `/`, with an optional `?query`, as sent (the
+    /// gateway makes it canonical).
+    #[arg(long, value_parser = parse_path)]
+    pub path: String,
+    /// A request header, `NAME: VALUE` (repeatable, in order). Without a `Host` header the
+    /// request has `Host: localhost`.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// The request body: a file, or `-` for stdin. The rule sees it only on a route with `body`.
+    #[arg(long, value_name = "FILE|-")]
+    pub body: Option<PathBuf>,
+    /// The client's address (the gateway's peer; not a trusted proxy).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub client_ip: std::net::IpAddr,
+    /// The scheme the request came in on.
+    #[arg(long, value_parser = ["http", "https"], default_value = "http")]
+    pub scheme: String,
+    /// The bound on one evaluation, as the gateway's `policy_timeout` (past it the rule fails).
+    #[arg(long, value_name = "DURATION", default_value = "50ms")]
+    pub policy_timeout: String,
+    /// Also print the input document the rule saw (only what it reads, as the gateway builds it).
+    #[arg(long)]
+    pub input: bool,
+    /// Print everything as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A method is a token (RFC 9110 9.1).
+fn parse_method(s: &str) -> Result<String, String> {
+    if http_canon::is_token(s.as_bytes()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{}` is not a method: a method is a token (letters, digits, `!#$%&'*+-.^_`|~`)", s.escape_debug()))
+    }
+}
+
+/// A request target in origin form: a path starting with `/`.
+fn parse_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{}` does not start with `/`: give the path (and ?query) as sent, e.g. /orders/7",
+            s.escape_debug()
+        ))
+    }
+}
+
+/// `NAME: VALUE`: the name a token (lower-cased, as HTTP/2 sends it), the value without the
+/// spaces around it and without control characters but tab.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let Some((name, value)) = s.split_once(':') else {
+        return Err(format!("`{}` has no `:`: give a header as `NAME: VALUE`", s.escape_debug()));
+    };
+    if !http_canon::is_token(name.as_bytes()) {
+        return Err(format!(
+            "`{}` is not a header name: a token (letters, digits, `!#$%&'*+-.^_`|~`), no spaces before the `:`",
+            name.escape_debug()
+        ));
+    }
+    let value = value.trim_matches([' ', '\t']);
+    if let Some(c) = value.chars().find(|c| c.is_control() && *c != '\t') {
+        return Err(format!("the value of header `{name}` holds the control character {:?}", c));
+    }
+    Ok((name.to_ascii_lowercase(), value.to_owned()))
 }

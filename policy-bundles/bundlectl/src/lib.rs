@@ -1,13 +1,15 @@
 //! `bundlectl`: the policy authors' tool. Local commands (`build`, `check`, `test`, `sign`) use
 //! the same `policy-bundles` code as the gateway; remote commands (`push`, `revisions`,
 //! `rollback`, `fleet`, `logs`, `replay`) talk to `control-api` and print its message when it
-//! refuses; `diff` compares bundles from either side.
+//! refuses; `diff` compares bundles from either side; `eval` decides one request described on
+//! the command line as the gateway would.
 //!
 //! The library holds every command; `main.rs` only parses the command line and maps [`run`]'s
 //! outcome to the exit status ([`cli::EXIT_CODES`]).
 
 pub mod cli;
 pub mod diff;
+pub mod eval;
 mod http;
 pub mod local;
 pub mod logs;
@@ -25,6 +27,8 @@ pub enum Ran {
     Clean,
     /// `test` ran and some test or case failed.
     Failures,
+    /// `eval`: the gateway would answer the request itself rather than forward it.
+    Denied,
 }
 
 /// Runs a command; an error is a usage, I/O, bundle or server error.
@@ -49,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Ran> {
         }
         Cmd::Rollback { name, to, remote, .. } => rollback(&name, &to, &remote)?,
         Cmd::Diff { old, new, name, json, remote } => diff::diff(&old, &new, &name, json, &remote)?,
+        Cmd::Eval(args) => return eval::eval(&args),
         Cmd::Fleet { remote } => fleet(&remote)?,
         Cmd::Logs { name, filter, json, remote } => logs(&name, &filter, json, &remote)?,
         Cmd::Replay { candidate, name, since, route, max_changed, limit, json, remote } => {

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     match bundlectl::run(Cli::parse()) {
         Ok(Ran::Clean) => ExitCode::SUCCESS,
         Ok(Ran::Failures) => ExitCode::from(1),
+        Ok(Ran::Denied) => ExitCode::from(3),
         Err(e) => {
             eprintln!("bundlectl: {e:#}");
             ExitCode::from(2)
