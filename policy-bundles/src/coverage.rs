@@ -9,7 +9,8 @@
 //! the head rows and expression rows it did not mark. The report keeps only OPA's rows: the head
 //! row of each rule and the first row of each body statement, covered when regorus evaluated
 //! something on it, a rule's head when its value was evaluated or a body of it ran to its last
-//! statement (docs/src/reference/bundlectl.md, "Coverage").
+//! statement; a bodiless `else` through a marker body ([`with_else_bodies`])
+//! (docs/src/reference/bundlectl.md, "Coverage").
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,6 +40,7 @@ pub struct Coverage {
 pub fn run(bundle: &Bundle) -> Result<Coverage, BundleErrors> {
     let snapshot = Snapshot::compile(bundle)?;
     let cases = bundle_tests::load_cases(bundle)?;
+    let (bundle, synthetic) = &with_else_bodies(bundle)?;
     let mut engine = snapshot::engine_for(bundle, true)?;
     engine.set_enable_coverage(true);
     for m in &bundle.modules {
@@ -70,7 +72,9 @@ pub fn run(bundle: &Bundle) -> Result<Coverage, BundleErrors> {
             continue;
         }
         let empty = BTreeSet::new();
-        files.insert(path.clone(), opa_rows(&module.policy, hit.get(&path).unwrap_or(&empty)));
+        let none = BTreeSet::new();
+        let marks = synthetic.get(&path).unwrap_or(&none);
+        files.insert(path.clone(), opa_rows(&module.policy, hit.get(&path).unwrap_or(&empty), marks));
     }
     Ok(Coverage { files })
 }
@@ -84,8 +88,52 @@ fn test_rules(source: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// OPA's rows of a module's rules, covered where regorus evaluated something.
-fn opa_rows(rules: &[Ref<Rule>], hit: &BTreeSet<u32>) -> FileCoverage {
+/// What the marker body of a bodiless `else := V` is (see [`with_else_bodies`]).
+const MARKER: &str = " if { true }";
+
+/// The bundle with every bodiless `else := V` given the body ` if { true }`, right after `V`
+/// (so on `V`'s last row, and no row moves), and, per module, the byte offsets of those `true`
+/// statements. regorus evaluates an `else` only when the bodies before it failed, but records
+/// nothing for one without a body; OPA marks its `else` row covered when it produced the value.
+/// The marker statement tells when it did, and is itself no row of the report.
+fn with_else_bodies(bundle: &Bundle) -> Result<(Bundle, BTreeMap<String, BTreeSet<u32>>), BundleErrors> {
+    let mut engine = snapshot::engine_for(bundle, true)?;
+    let mut ends: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for module in engine.get_modules() {
+        let path = module.package.span.source.file().clone();
+        for rule in &module.policy {
+            let Rule::Spec { bodies, .. } = rule.as_ref() else { continue };
+            for b in bodies.iter().filter(|b| b.is_else && b.query.stmts.is_empty() && b.assign.is_some()) {
+                ends.entry(path.clone()).or_default().push(b.span.end as usize);
+            }
+        }
+    }
+    let mut out = bundle.clone();
+    let mut markers = BTreeMap::new();
+    for m in out.modules.iter_mut() {
+        let Some(list) = ends.get_mut(&m.path) else { continue };
+        list.sort_unstable();
+        // The offsets are in the text regorus read: escaped as engine_for escapes it (escaping
+        // again leaves it unchanged).
+        let mut text = crate::rego_text::escape_raw_controls(&m.source).into_owned();
+        let mut at = BTreeSet::new();
+        for (i, end) in list.iter().enumerate() {
+            let end = end + i * MARKER.len();
+            if !text.is_char_boundary(end) {
+                continue;
+            }
+            text.insert_str(end, MARKER);
+            at.insert(u32::try_from(end + " if { ".len()).unwrap_or(u32::MAX));
+        }
+        m.source = text;
+        markers.insert(m.path.clone(), at);
+    }
+    Ok((out, markers))
+}
+
+/// OPA's rows of a module's rules, covered where regorus evaluated something; `markers` are the
+/// offsets of [`with_else_bodies`]'s statements.
+fn opa_rows(rules: &[Ref<Rule>], hit: &BTreeSet<u32>, markers: &BTreeSet<u32>) -> FileCoverage {
     let mut out = FileCoverage::default();
     let mut mark = |row: u32, covered: bool| {
         if covered {
@@ -103,9 +151,11 @@ fn opa_rows(rules: &[Ref<Rule>], hit: &BTreeSet<u32>) -> FileCoverage {
         };
         let mut head = hit.contains(&span.line);
         for body in bodies {
-            let rows: Vec<u32> = body.query.stmts.iter().map(|s| s.span.line).collect();
+            let marker = body.query.stmts.iter().find(|s| markers.contains(&s.span.start)).map(|s| s.span.line);
+            let rows: Vec<u32> =
+                body.query.stmts.iter().filter(|s| !markers.contains(&s.span.start)).map(|s| s.span.line).collect();
             let valued = body.assign.as_ref().is_some_and(|a| hit.contains(&a.value.span().line));
-            let ran = valued || rows.last().is_some_and(|r| hit.contains(r));
+            let ran = valued || rows.last().or(marker.as_ref()).is_some_and(|r| hit.contains(r));
             for &row in &rows {
                 mark(row, hit.contains(&row));
             }
@@ -216,6 +266,33 @@ fn ranges_json(rows: &BTreeSet<u32>) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example bundle plus a rule whose last `else` has no body, and a test of it.
+    fn with_else(test_input: &str) -> Coverage {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/api-gateway");
+        let mut files = crate::archive::read_dir(&dir, &crate::Limits::default()).expect("example");
+        let rule =
+            "package http.pick\n\nimport rego.v1\n\nd := 1 if {\n\tinput.x\n} else := {\n\t\"n\": count(input.y),\n}\n";
+        files.insert("http/pick.rego".into(), rule.as_bytes().to_vec());
+        let test = format!(
+            "package http.pick_test\n\nimport rego.v1\n\ntest_pick if {{\n\tdata.http.pick.d with input as {test_input}\n}}\n"
+        );
+        files.insert("tests/pick_test.rego".into(), test.into_bytes());
+        run(&Bundle::from_files(files).expect("bundle")).expect("coverage")
+    }
+
+    #[test]
+    fn a_bodiless_else_is_covered_only_when_it_produced_the_value() {
+        let taken = &with_else(r#"{"x": false, "y": [1]}"#).files["http/pick.rego"];
+        assert!(taken.covered.contains(&7), "the else row (7) produced the value: {taken:?}");
+        assert!(
+            !taken.covered.contains(&8) && !taken.not_covered.contains(&8),
+            "the value's rows are no rows of OPA's"
+        );
+        let skipped = &with_else(r#"{"x": true}"#).files["http/pick.rego"];
+        assert!(skipped.not_covered.contains(&7), "the first body decided: the else is not covered: {skipped:?}");
+        assert!(skipped.covered.contains(&5) && skipped.covered.contains(&6), "{skipped:?}");
+    }
 
     #[test]
     fn rows_become_ranges_and_percentages_print_as_go_prints_them() {
