@@ -165,6 +165,7 @@ fn fleet_rollout_diff_and_propagation(s: &Stack, b: &Browser) {
     let rollout = b.text("#rollout").expect("rollout");
     assert!(rollout.contains("canary") && rollout.contains("s2"), "the rollout shows its canary: {rollout}");
     assert!(rollout.contains("bake ends in"), "the bake timer shows: {rollout}");
+    assert!(rollout.contains("Canary cohort: gw-a"), "the cohort shows: {rollout}");
     assert!(b.text("table.canaries").expect("canary table").contains("gw-a"), "the canary's health row shows");
     shoot(b, "rollout");
 

@@ -18,6 +18,7 @@ use crate::api::fleet::{members, FleetMember};
 use crate::app_state::AppState;
 use crate::auth::Scope;
 use crate::clock;
+use crate::config::Cohort;
 use crate::store::{RevisionInfo, Rollout, CANARY};
 
 /// The bundle a page is about, once its name and the token's access are checked.
@@ -107,11 +108,17 @@ async fn rollout(state: &AppState, viewer: &Viewer, name: &str) -> Result<Markup
         members(s).await?.into_iter().filter(|m| m.bundle == name && m.cohort == Some("canary")).collect();
     let now = clock::now_ms();
     let bake = s.config.rollout.as_ref().map(|c| c.bake);
+    let cohort = match s.config.rollout.as_ref().and_then(|c| c.cohort(name)) {
+        None => "none: every publish goes to every gateway at once".to_owned(),
+        Some(Cohort::Instances(list)) => list.join(", "),
+        Some(Cohort::Percent(p)) => format!("{p}% of instances (by the hash of their names)"),
+    };
     Ok(html! {
         @if let Some(h) = &heads {
             p { "Stable: " code.stable { (h.stable.revision) }
                 @if let Some(c) = &h.canary { " · canary: " code.canary { (c.revision) } } }
         }
+        p.cohort { "Canary cohort: " span { (cohort) } }
         @match latest {
             None => p { "No staged rollout yet." },
             Some(r) => {
