@@ -299,11 +299,13 @@ impl Activator {
         let identity =
             verify(&files, &self.bundle, &self.keys, self.highest_sequence.load(Ordering::Relaxed), &c.origin)?;
         let bundle = Bundle::from_files(files)?;
+        let activated_at_ms = crate::clock::unix_now_ms();
         let info = BundleInfo {
             name: self.bundle.name.clone(),
             revision: String::new(),
             digest,
-            activated_at: unix_now(),
+            activated_at: activated_at_ms / 1000,
+            activated_at_ms,
             source: c.origin.label(),
             figures: Some(figures),
             identity,

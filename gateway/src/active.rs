@@ -21,6 +21,8 @@ pub struct BundleInfo {
     pub digest: String,
     /// Unix seconds.
     pub activated_at: u64,
+    /// The same moment in Unix milliseconds (what the control plane measures propagation by).
+    pub activated_at_ms: u64,
     pub source: String,
     /// What the bundle cost when it was checked against `bundle.budget`.
     pub figures: Option<Figures>,

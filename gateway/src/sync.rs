@@ -111,6 +111,8 @@ pub struct Report {
     pub max_staleness_seconds: u64,
     /// Unix seconds the active bundle activated at.
     pub activated_at: u64,
+    /// The same in Unix milliseconds.
+    pub activated_at_ms: u64,
     /// How the last activation attempt from a source ended (a canary's first health signal).
     pub activation: Option<crate::revision_health::ActivationAttempt>,
     /// What the active bundle has served since it activated.
@@ -411,6 +413,7 @@ impl Reports {
             staleness_seconds: sync.age_seconds() as u64,
             max_staleness_seconds: sync.max_staleness().as_secs(),
             activated_at: active.info.activated_at,
+            activated_at_ms: active.info.activated_at_ms,
             activation: sync.last_activation(),
             served: active.served.report(),
         };

@@ -39,6 +39,9 @@ struct StatusRequest {
     served: Option<serde_json::Value>,
     #[serde(default)]
     activated_at: Option<u64>,
+    /// The same in Unix milliseconds (newer gateways): what propagation is measured by.
+    #[serde(default)]
+    activated_at_ms: Option<u64>,
     /// The gateway's `bundle.max_staleness`: past it, it alerts.
     #[serde(default)]
     max_staleness_seconds: Option<f64>,
@@ -102,6 +105,7 @@ impl StatusRequest {
                     "activation": self.activation,
                     "served": self.served,
                     "activated_at": self.activated_at,
+                    "activated_at_ms": self.activated_at_ms,
                     "max_staleness_seconds": self.max_staleness_seconds,
                 })
                 .to_string()
@@ -201,11 +205,15 @@ async fn observe(state: &crate::app_state::Shared, s: crate::propagation::Sighti
     state.propagation.record(spread, s.instance, enforced);
 }
 
-/// The `activated_at` (Unix seconds) a report's health carries, in milliseconds.
+/// When a report's health says the gateway activated its bundle, in Unix milliseconds:
+/// `activated_at_ms`, else `activated_at` (whole seconds, from older gateways).
 fn health_activated_at(health: Option<&str>) -> Option<i64> {
     let v: serde_json::Value = serde_json::from_str(health?).ok()?;
-    let secs = v["activated_at"].as_u64().filter(|s| *s > 0 && *s <= 253_402_300_799)?;
-    i64::try_from(secs).ok().map(|s| s * 1000)
+    let ms = v["activated_at_ms"]
+        .as_u64()
+        .or_else(|| v["activated_at"].as_u64().map(|s| s.saturating_mul(1000)))
+        .filter(|ms| *ms > 0 && *ms <= 253_402_300_799_999)?;
+    i64::try_from(ms).ok()
 }
 
 #[derive(Debug, Serialize)]
@@ -288,4 +296,26 @@ pub async fn members(s: &crate::app_state::Shared) -> Result<Vec<FleetMember>, A
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn propagation_is_measured_to_the_millisecond_when_the_gateway_says_it() {
+        let h = |v: serde_json::Value| health_activated_at(Some(&v.to_string()));
+        assert_eq!(
+            h(json!({"activated_at": 1_700_000_000u64, "activated_at_ms": 1_700_000_000_420u64})),
+            Some(1_700_000_000_420)
+        );
+        assert_eq!(
+            h(json!({"activated_at": 1_700_000_000u64})),
+            Some(1_700_000_000_000),
+            "older gateways: whole seconds"
+        );
+        assert_eq!(h(json!({"activated_at": 0})), None);
+        assert_eq!(h(json!({"activated_at_ms": u64::MAX})), None, "past year 9999 is no time");
+        assert_eq!(health_activated_at(Some("not json")), None);
+    }
 }
