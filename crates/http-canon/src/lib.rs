@@ -15,6 +15,7 @@
 //!   `Host`; more than one `Host`, or none on HTTP/1.1, is refused.
 
 pub mod claims;
+pub mod singles;
 
 /// What to do with `%2F` and `%5C` in a path (Envoy's `path_with_escaped_slashes_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -133,50 +133,28 @@ impl<'a> Scan<'a> {
     /// removes the length and closes the connection after the response, as RFC 9112 6.3 says.
     fn of(headers: &'a http::HeaderMap, rules: &HeaderRules) -> std::result::Result<Scan<'a>, Refusal> {
         let mut scan = Scan { host: None, doomed: false, real_ip: false };
-        let (mut hosts, mut auths, mut lengths, mut encodings) = (0u8, 0u8, 0u8, 0u8);
+        let mut singles = http_canon::singles::Singles::default();
         for (name, value) in headers {
-            match name.as_str() {
-                "host" => {
-                    hosts += 1;
-                    scan.host = Some(value.as_bytes());
-                }
-                "authorization" => {
-                    auths += 1;
+            let n = name.as_str();
+            if singles.see(n, value.as_bytes())? {
+                match n {
+                    "host" => scan.host = Some(value.as_bytes()),
                     // A bundle may keep credentials from its backends: removed before anything reads them.
-                    scan.doomed |= rules.removals.iter().any(|r| r == "authorization");
+                    "authorization" => scan.doomed |= rules.removals.iter().any(|r| r == "authorization"),
+                    _ => {}
                 }
-                "content-length" => {
-                    lengths += 1;
-                    if value.is_empty() || !value.as_bytes().iter().all(u8::is_ascii_digit) {
-                        return Err(Refusal::Framing);
-                    }
+                continue;
+            }
+            scan.real_ip |= n == "x-real-ip";
+            if rules.doomed(n) {
+                if rules.rules.underscores == crate::config::Underscores::Reject && n.contains('_') {
+                    return Err(Refusal::UnderscoreHeader);
                 }
-                "transfer-encoding" => {
-                    encodings += 1;
-                    if !value.as_bytes().eq_ignore_ascii_case(b"chunked") {
-                        return Err(Refusal::Framing);
-                    }
-                }
-                n => {
-                    scan.real_ip |= n == "x-real-ip";
-                    if rules.doomed(n) {
-                        if rules.rules.underscores == crate::config::Underscores::Reject && n.contains('_') {
-                            return Err(Refusal::UnderscoreHeader);
-                        }
-                        scan.doomed = true;
-                    }
-                }
+                scan.doomed = true;
             }
         }
-        if hosts > 1 {
-            Err(Refusal::DuplicateHost)
-        } else if auths > 1 {
-            Err(Refusal::DuplicateAuthorization)
-        } else if lengths > 1 || encodings > 1 || (lengths > 0 && encodings > 0) {
-            Err(Refusal::Framing)
-        } else {
-            Ok(scan)
-        }
+        singles.check()?;
+        Ok(scan)
     }
 }
 

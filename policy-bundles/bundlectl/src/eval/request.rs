@@ -97,24 +97,13 @@ pub fn canonicalize(
     })
 }
 
-/// Refuses what has two readings, as the gateway does: more than one `Host` or `Authorization`;
-/// more than one `Content-Length`, or one that is not a number; a `Transfer-Encoding` other
-/// than exactly `chunked`, or beside a length.
+/// Refuses what has two readings, as the gateway does ([`http_canon::singles`]).
 fn scan(headers: &[(String, String)]) -> Result<(), Refusal> {
-    let count = |name: &str| headers.iter().filter(|(n, _)| n == name).count();
-    let bad_length =
-        headers.iter().any(|(n, v)| n == "content-length" && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit())));
-    let bad_encoding = headers.iter().any(|(n, v)| n == "transfer-encoding" && !v.eq_ignore_ascii_case("chunked"));
-    let (lengths, encodings) = (count("content-length"), count("transfer-encoding"));
-    if count("host") > 1 {
-        Err(Refusal::DuplicateHost)
-    } else if count("authorization") > 1 {
-        Err(Refusal::DuplicateAuthorization)
-    } else if bad_length || bad_encoding || lengths > 1 || encodings > 1 || (lengths > 0 && encodings > 0) {
-        Err(Refusal::Framing)
-    } else {
-        Ok(())
+    let mut singles = http_canon::singles::Singles::default();
+    for (name, value) in headers {
+        singles.see(name, value.as_bytes())?;
     }
+    singles.check()
 }
 
 /// Why the gateway removes header `name` before anything reads it, if it does: the bundle's
