@@ -33,6 +33,10 @@ pub struct Shared {
     pub uploads: Arc<Semaphore>,
     /// Publish-to-enforce times seen in status reports (the console's propagation page).
     pub propagation: crate::propagation::Propagation,
+    /// The console's diffs: one at a time (each reads two bundles).
+    pub diffs: Arc<Semaphore>,
+    /// When fleet reads last pruned rows past `fleet_retention` (Unix ms).
+    pub fleet_pruned_ms: std::sync::atomic::AtomicI64,
 }
 
 /// The router's state: cheap to clone.
@@ -53,6 +57,8 @@ impl AppState {
             ingests: Arc::new(Semaphore::new(permits)),
             retention: crate::logs::Retention::default(),
             propagation: crate::propagation::Propagation::default(),
+            fleet_pruned_ms: std::sync::atomic::AtomicI64::new(0),
+            diffs: Arc::new(Semaphore::new(1)),
             config,
             store,
         })))

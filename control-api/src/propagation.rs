@@ -1,18 +1,23 @@
 //! Publish-to-enforce times, per revision, as this replica saw them in gateways' status reports:
 //! what the console's propagation page plots. A sample is the time from a revision's publish to
 //! the moment a gateway activated it (the gateway's own `activated_at`, else the report that
-//! first showed it). Kept in memory and bounded: a restart starts the page afresh, and a hostile
-//! reporter can neither grow it without bound nor invent a revision (a digest is looked up in the
-//! store's history before it counts).
+//! first showed it). An activation more than [`WINDOW_MS`] after the publish is not counted: a
+//! gateway started later, or a rollback to an old revision, is not propagation. Kept in memory
+//! and bounded: a restart starts the page afresh, and a hostile reporter can neither grow it
+//! without bound nor invent a revision (a digest is looked up in the store's history before it
+//! counts).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 /// The most revisions kept per bundle, bundles kept, samples per revision, instances remembered.
 pub const MAX_REVISIONS: usize = 50;
-pub const MAX_BUNDLES: usize = 64;
-pub const MAX_SAMPLES: usize = 2_000;
+pub const MAX_BUNDLES: usize = 16;
+pub const MAX_SAMPLES: usize = 1_000;
 pub const MAX_INSTANCES: usize = 10_000;
+/// Activations later than this after the publish are not propagation.
+pub const WINDOW_MS: i64 = 3_600_000;
 
 /// One revision and how long it took to reach each gateway that reported it.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,8 +26,30 @@ pub struct Spread {
     pub revision: String,
     pub digest: String,
     pub published_at_ms: i64,
-    /// `(instance, milliseconds from publish to enforce)`, in the order they were seen.
-    pub samples: Vec<(String, i64)>,
+    /// Milliseconds from publish to enforce, one per gateway, in the order they were seen.
+    pub samples: Vec<i64>,
+    /// The gateways sampled (hashes of their names): one sample each.
+    sampled: HashSet<u64>,
+}
+
+impl Spread {
+    /// A revision, not sampled yet.
+    pub fn new(bundle: &str, revision: String, digest: String, published_at_ms: i64) -> Spread {
+        Spread {
+            bundle: bundle.to_owned(),
+            revision,
+            digest,
+            published_at_ms,
+            samples: Vec::new(),
+            sampled: HashSet::new(),
+        }
+    }
+}
+
+fn name_hash(instance: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    instance.hash(&mut h);
+    h.finish()
 }
 
 #[derive(Default)]
@@ -67,8 +94,13 @@ impl Propagation {
     }
 
     /// Adds a sample to a revision, tracking the revision first if it is new (`revision` and
-    /// `published_at_ms` from the store's history).
+    /// `published_at_ms` from the store's history). An activation before the publish (clocks
+    /// apart) counts as 0; one past [`WINDOW_MS`] after it is not counted.
     pub fn record(&self, spread: Spread, instance: &str, enforced_at_ms: i64) {
+        let took = enforced_at_ms.saturating_sub(spread.published_at_ms).max(0);
+        if took > WINDOW_MS {
+            return;
+        }
         let mut inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !inner.bundles.contains_key(&spread.bundle) && inner.bundles.len() >= MAX_BUNDLES {
             return;
@@ -80,22 +112,21 @@ impl Propagation {
                 if queue.len() >= MAX_REVISIONS {
                     queue.pop_front();
                 }
-                queue.push_back(Spread { samples: Vec::new(), ..spread });
+                queue.push_back(Spread { samples: Vec::new(), sampled: HashSet::new(), ..spread });
                 queue.len() - 1
             }
         };
         let Some(r) = queue.get_mut(at) else { return };
-        if r.samples.len() < MAX_SAMPLES && !r.samples.iter().any(|(i, _)| i == instance) {
-            let took = enforced_at_ms.saturating_sub(r.published_at_ms).max(0);
-            r.samples.push((instance.to_owned(), took));
+        if r.samples.len() < MAX_SAMPLES && r.sampled.insert(name_hash(instance)) {
+            r.samples.push(took);
         }
     }
 
-    /// A tracked revision's publish time (its entry without samples), to add a sample to.
+    /// A tracked revision (without its samples), to add a sample to.
     pub fn tracked(&self, bundle: &str, digest: &str) -> Option<Spread> {
         let inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let r = inner.bundles.get(bundle)?.iter().find(|r| r.digest == digest)?;
-        Some(Spread { samples: Vec::new(), ..r.clone() })
+        Some(Spread::new(&r.bundle, r.revision.clone(), r.digest.clone(), r.published_at_ms))
     }
 
     /// Every tracked revision of the bundles `visible` accepts, newest publish first.
@@ -113,13 +144,7 @@ mod tests {
     use super::*;
 
     fn spread(bundle: &str, revision: &str, digest: &str, at: i64) -> Spread {
-        Spread {
-            bundle: bundle.into(),
-            revision: revision.into(),
-            digest: digest.into(),
-            published_at_ms: at,
-            samples: Vec::new(),
-        }
+        Spread::new(bundle, revision.into(), digest.into(), at)
     }
 
     fn sight<'a>(instance: &'a str, digest: &'a str, activated: Option<i64>, at: i64) -> Sighting<'a> {
@@ -135,7 +160,7 @@ mod tests {
         p.record(spread("main", "r1", "d1", 400), "gw-1", 9_000);
         let revisions = p.revisions(|_| true);
         assert_eq!(revisions.len(), 1);
-        assert_eq!(revisions[0].samples, vec![("gw-1".to_string(), 600)]);
+        assert_eq!(revisions[0].samples, vec![600]);
     }
 
     #[test]
@@ -143,6 +168,14 @@ mod tests {
         let p = Propagation::default();
         assert_eq!(p.sighting(&sight("gw-1", "d1", None, 5_000)), None, "when it moved is unknown");
         assert_eq!(p.sighting(&sight("gw-1", "d2", None, 7_000)), Some(7_000), "the move is bounded by the report");
+    }
+
+    #[test]
+    fn an_activation_long_after_the_publish_is_no_propagation() {
+        let p = Propagation::default();
+        p.record(spread("main", "r1", "d1", 0), "late-starter", WINDOW_MS + 1);
+        p.record(spread("main", "r1", "d1", 0), "gw-1", 2_000);
+        assert_eq!(p.revisions(|_| true)[0].samples, vec![2_000]);
     }
 
     #[test]

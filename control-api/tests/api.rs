@@ -683,6 +683,27 @@ fn fleet_rows_expire_after_the_retention_and_release_their_instance() {
     assert_eq!(report(OTHER), 202);
 }
 
+/// A token limited to some bundles sees the gateways of those bundles only in `GET /v1/fleet`
+/// (the console's fleet page reads the same list): another bundle's gateways, revisions and
+/// token names stay hidden.
+#[test]
+fn a_bundle_scoped_token_sees_only_its_bundles_gateways_in_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens =
+        format!("  - name: gw-main\n    scope: read\n    bundles: [main]\n    sha256: {}\n", hash(MAIN_READ_TOKEN));
+    let s = Server::start(&write_config_with_tokens(dir.path(), "sqlite://./data/control.db", "", &tokens));
+    for (instance, bundle) in [("gw-a", "main"), ("gw-secret", "secret-bundle")] {
+        let body = serde_json::json!({"instance": instance, "bundle": bundle, "revision": "", "digest": ""});
+        let r = call("POST", &s.url("/v1/status"), Some(READ_TOKEN), &[], Some(body.to_string().as_bytes()));
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let all = call("GET", &s.url("/v1/fleet"), Some(READ_TOKEN), &[], None).json();
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "an unscoped token sees both: {all}");
+    let scoped = call("GET", &s.url("/v1/fleet"), Some(MAIN_READ_TOKEN), &[], None).json();
+    let bundles: Vec<&str> = scoped.as_array().into_iter().flatten().filter_map(|m| m["bundle"].as_str()).collect();
+    assert_eq!(bundles, vec!["main"], "{scoped}");
+}
+
 /// A token limited to some bundles (`bundles: [...]`) is 403 on every call for any other:
 /// publish, rollback, download (active or a revision), history, status.
 #[test]

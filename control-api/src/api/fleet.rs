@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::{check_access, read_json, speaks_for, ApiError, Reader};
 use crate::app_state::AppState;
+use crate::auth::Principal;
 use crate::clock;
 use crate::store::GatewayReport;
 
@@ -193,13 +194,7 @@ async fn observe(state: &crate::app_state::Shared, s: crate::propagation::Sighti
             }
             let Ok(history) = state.store.revisions(s.bundle).await else { return };
             let Some(info) = history.into_iter().find(|r| r.digest == s.digest) else { return };
-            crate::propagation::Spread {
-                bundle: s.bundle.to_owned(),
-                revision: info.revision,
-                digest: info.digest,
-                published_at_ms: info.published_at_ms,
-                samples: Vec::new(),
-            }
+            crate::propagation::Spread::new(s.bundle, info.revision, info.digest, info.published_at_ms)
         }
     };
     state.propagation.record(spread, s.instance, enforced);
@@ -248,18 +243,27 @@ pub struct FleetMember {
 /// `GET /v1/fleet`: every gateway that reported, and how far it is from the active revision.
 pub(super) async fn fleet(
     State(state): State<AppState>,
-    Reader(_): Reader,
+    Reader(who): Reader,
 ) -> Result<Json<Vec<FleetMember>>, ApiError> {
-    members(&state.0).await.map(Json)
+    members(&state.0, &who).await.map(Json)
 }
 
-/// Every gateway that reported (after pruning those past `fleet_retention`), as `GET /v1/fleet`
-/// and the console show them.
-pub async fn members(s: &crate::app_state::Shared) -> Result<Vec<FleetMember>, ApiError> {
+/// Rows past `fleet_retention` are pruned at most this often by fleet reads (a console tab
+/// asks every second; each report prunes too).
+const PRUNE_EVERY_MS: i64 = 10_000;
+
+/// Every gateway that reported (rows past `fleet_retention` pruned), of the bundles `who` may
+/// touch, as `GET /v1/fleet` and the console show them.
+pub async fn members(s: &crate::app_state::Shared, who: &Principal) -> Result<Vec<FleetMember>, ApiError> {
     let now = clock::now_ms();
     let retention = i64::try_from(s.config.fleet_retention.as_millis()).unwrap_or(i64::MAX);
-    s.store.prune_fleet(now.saturating_sub(retention)).await?;
-    let reports = s.store.fleet().await?;
+    let last = s.fleet_pruned_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(last) >= PRUNE_EVERY_MS {
+        s.fleet_pruned_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        s.store.prune_fleet(now.saturating_sub(retention)).await?;
+    }
+    let mut reports = s.store.fleet().await?;
+    reports.retain(|r| who.may_touch(&r.bundle) && now.saturating_sub(r.last_report_ms) <= retention);
     let silent_after = i64::try_from(s.config.fleet_silent_after.as_millis()).unwrap_or(i64::MAX);
     let mut active: std::collections::HashMap<String, Option<Arc<crate::long_poll_hub::Heads>>> =
         std::collections::HashMap::new();

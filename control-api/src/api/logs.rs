@@ -189,5 +189,5 @@ pub(crate) fn event_query(p: ListParams, who: &Principal, s: &Shared, now_ms: i6
     };
     let kept = logs::oldest_kept(&s.config.logs, now_ms);
     let since_ms = Some(since_ms.map_or(kept, |t| t.max(kept)));
-    Ok(EventQuery { bundles, route, decision, revision, since_ms, until_ms, limit })
+    Ok(EventQuery { bundles, route, decision, revision, since_ms, until_ms, limit, ..EventQuery::default() })
 }

@@ -48,7 +48,8 @@ pub(super) async fn index(
     }
     let s = &state.0;
     let mut names: BTreeSet<String> = s.hub.served().into_iter().map(|(b, _)| b).collect();
-    names.extend(members(s).await?.into_iter().map(|m| m.bundle).filter(|b| crate::names::is_bundle_name(b)));
+    names
+        .extend(members(s, &viewer.0).await?.into_iter().map(|m| m.bundle).filter(|b| crate::names::is_bundle_name(b)));
     if let Some(r) = &s.config.rollout {
         names.extend(r.bundles.keys().cloned());
     }
@@ -105,7 +106,7 @@ async fn rollout(state: &AppState, viewer: &Viewer, name: &str) -> Result<Markup
     let rollouts = s.store.rollouts(name, 10).await?;
     let latest = rollouts.first();
     let canaries: Vec<FleetMember> =
-        members(s).await?.into_iter().filter(|m| m.bundle == name && m.cohort == Some("canary")).collect();
+        members(s, &viewer.0).await?.into_iter().filter(|m| m.bundle == name && m.cohort == Some("canary")).collect();
     let now = clock::now_ms();
     let bake = s.config.rollout.as_ref().map(|c| c.bake);
     let cohort = match s.config.rollout.as_ref().and_then(|c| c.cohort(name)) {
@@ -127,8 +128,7 @@ async fn rollout(state: &AppState, viewer: &Viewer, name: &str) -> Result<Markup
                     span class={ "rollout-state " (r.state) } { (r.state.replace('_', " ")) }
                     " · started " (page::ago(r.started_at_ms, now))
                     @if let (true, Some(b)) = (r.state == CANARY, bake) {
-                        @let left = (r.started_at_ms + b.as_millis() as i64 - now).max(0);
-                        " · bake ends in " span.bake { (page::seconds(left)) }
+                        " · " span.bake { (bake_left(r, &canaries, b, now)) }
                     }
                 }
                 @if let Some(why) = &r.reason { p.reason { "Why it ended: " span.why { (why) } } }
@@ -140,6 +140,30 @@ async fn rollout(state: &AppState, viewer: &Viewer, name: &str) -> Result<Markup
         @if !canaries.is_empty() { (canary_table(&canaries)) }
         @if !rollouts.is_empty() { h3 { "Recent rollouts" } (history(&rollouts)) }
     })
+}
+
+/// Where the bake stands, as the rollout supervisor counts it: from each canary's activation of
+/// the candidate (never before the rollout began), until every canary's has lasted `bake`.
+fn bake_left(r: &Rollout, canaries: &[FleetMember], bake: std::time::Duration, now: i64) -> String {
+    if canaries.is_empty() {
+        return "waiting for the canaries' first reports".into();
+    }
+    let mut ends = 0i64;
+    for c in canaries {
+        let activated = c.health.as_ref().and_then(|h| {
+            h["activated_at_ms"]
+                .as_i64()
+                .or_else(|| h["activated_at"].as_i64().map(|s| s.saturating_mul(1000).saturating_add(999)))
+        });
+        match activated {
+            Some(at) if c.revision.as_deref() == Some(r.revision.as_str()) => {
+                let bake_ms = i64::try_from(bake.as_millis()).unwrap_or(i64::MAX);
+                ends = ends.max(at.max(r.started_at_ms).saturating_add(bake_ms));
+            }
+            _ => return format!("waiting for canary {} to activate {}", c.instance, r.revision),
+        }
+    }
+    format!("bake ends in {}", page::seconds(ends.saturating_sub(now).max(0)))
 }
 
 fn canary_table(canaries: &[FleetMember]) -> Markup {
@@ -307,7 +331,7 @@ pub(super) async fn promote(
     bundle_name(&viewer, &name)?;
     viewer.needs(Scope::Publish, "promoting")?;
     if !crate::rollout::promote_now(&state, &name, &f.revision, &viewer.0.name).await? {
-        return Err(ConsoleError::BadRequest(format!(
+        return Err(ConsoleError::Conflict(format!(
             "revision `{}` of `{name}` is not in a canary phase any more: nothing was promoted",
             f.revision
         )));

@@ -10,7 +10,8 @@ for (const el of document.querySelectorAll("[data-refresh]")) {
     busy = true;
     try {
       const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
-      if (r.status === 401 || r.redirected) {
+      // Signed out (redirected to the sign-in form), or the token lost this page's scope.
+      if (r.status === 401 || r.status === 403 || r.redirected) {
         location.assign("/ui/login");
       } else if (r.ok) {
         el.innerHTML = await r.text();

@@ -1,8 +1,10 @@
 //! The decisions page: the decision log filtered by bundle, route, decision, status, time, text
 //! and decision id, each event with its input (as the gateway masked it) and the shadow rule's
 //! agreement counts. Needs a `logs` token, as `GET /v1/logs` does: events hold requests' inputs.
-//! The store filters by bundle, route, decision and time; status, text and id are matched here
-//! over the newest [`SCAN`] events the store returns.
+//! The store filters by bundle, route, decision, decision id and time; status and text are
+//! matched here over the newest [`SCAN`] events the store returns. One search holds at most
+//! [`SCAN`] events of at most [`MAX_EVENT_BYTES`] each: a larger event (the sink takes what a
+//! batch may hold) is left to `GET /v1/logs`, and the page says so.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +21,10 @@ use crate::auth::Scope;
 use crate::clock;
 
 /// Events read from the store per search, and shown at most.
-const SCAN: u32 = 2_000;
-const SHOWN: usize = 200;
+const SCAN: u32 = 500;
+const SHOWN: usize = 100;
+/// The largest event a search reads (bytes of its stored text).
+const MAX_EVENT_BYTES: u32 = 64 * 1024;
 
 #[derive(Deserialize, Default)]
 pub(super) struct Filter {
@@ -69,21 +73,26 @@ pub(super) async fn page(
         until: some(&f.until),
         limit: Some(SCAN.to_string()),
     };
-    let query = event_query(params, &viewer.0, &state.0, clock::now_ms())?;
+    if f.id.len() > 256 {
+        return Err(ConsoleError::BadRequest("a decision id is at most 256 characters".into()));
+    }
+    let mut query = event_query(params, &viewer.0, &state.0, clock::now_ms())?;
+    query.decision_id = some(&f.id);
+    query.max_event_bytes = Some(MAX_EVENT_BYTES);
     let raw = state.0.store.events(&query).await?;
     let text = f.q.trim().to_lowercase();
     let events: Vec<Value> = raw
         .iter()
         .filter(|e| text.is_empty() || e.to_lowercase().contains(&text))
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter(|e| some(&f.id).is_none_or(|id| e["decision_id"].as_str() == Some(id.as_str())))
         .filter(|e| status.is_none_or(|s| e["status"].as_u64() == Some(u64::from(s))))
         .collect();
     let body = html! {
         (form(&f))
         p.summary { strong.count { (events.len()) } " matching event" @if events.len() != 1 { "s" }
             " among the newest " (raw.len()) " the store returned"
-            @if events.len() > SHOWN { "; the newest " (SHOWN) " are shown" } "." }
+            @if events.len() > SHOWN { "; the newest " (SHOWN) " are shown" } ". Events over "
+            (MAX_EVENT_BYTES / 1024) " KiB are not searched here: " code { "GET /v1/logs" } " has them." }
         (shadow_counts(&events))
         @for e in events.iter().take(SHOWN) { (event(e)) }
     };

@@ -10,15 +10,18 @@ use serde::Deserialize;
 
 use super::bundles::bundle_name;
 use super::{page, ConsoleError, Viewer};
+use crate::api::ApiError;
 use crate::app_state::AppState;
 
 #[derive(Deserialize)]
 pub(super) struct DiffQuery {
-    from: String,
-    to: String,
+    from: Option<String>,
+    to: Option<String>,
 }
 
-/// `GET /ui/bundles/{name}/diff?from=A&to=B`.
+/// `GET /ui/bundles/{name}/diff?from=A&to=B`. One diff at a time per replica (a second is
+/// answered 503 at once): reading two bundles is a validation's worth of work, and a read token
+/// must not be able to hold memory or CPU that publishes need.
 pub(super) async fn page(
     State(state): State<AppState>,
     viewer: Viewer,
@@ -26,7 +29,13 @@ pub(super) async fn page(
     Query(q): Query<DiffQuery>,
 ) -> Result<Html<String>, ConsoleError> {
     bundle_name(&viewer, &name)?;
+    let (Some(from_rev), Some(to_rev)) = (q.from, q.to) else {
+        return Err(ConsoleError::BadRequest("a diff needs two revisions: `from` and `to`".into()));
+    };
     let s = &state.0;
+    let Ok(permit) = s.diffs.clone().try_acquire_owned() else {
+        return Err(ApiError::Unavailable("another diff is being computed; try again in a moment".into()).into());
+    };
     let revisions = s.store.revisions(&name).await?;
     let digest_of = |rev: &str| {
         revisions
@@ -35,12 +44,10 @@ pub(super) async fn page(
             .map(|r| r.digest.clone())
             .ok_or_else(|| ConsoleError::NotFound(format!("bundle `{name}` has no revision `{rev}`")))
     };
-    let (from, to) = (digest_of(&q.from)?, digest_of(&q.to)?);
+    let (from, to) = (digest_of(&from_rev)?, digest_of(&to_rev)?);
     let missing = || ConsoleError::NotFound("a revision's content is gone from the store".into());
     let old = s.store.content(&name, &from).await?.ok_or_else(missing)?;
     let new = s.store.content(&name, &to).await?.ok_or_else(missing)?;
-    // Reading two bundles is a validation's worth of work: it waits for the same permits.
-    let permit = s.validations.clone().acquire_owned().await.map_err(crate::api::ApiError::from)?;
     let limits = state.limits();
     let diff = tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -49,9 +56,10 @@ pub(super) async fn page(
         Ok::<_, policy_bundles::BundleErrors>(policy_bundles::diff::diff(&old, &new))
     })
     .await
-    .map_err(crate::api::ApiError::from)?
-    .map_err(|e| ConsoleError::BadRequest(format!("a revision could not be read: {e}")))?;
-    let title = format!("{name}: {} → {}", q.from, q.to);
+    .map_err(ApiError::from)?
+    // Stored revisions were validated at publish: one that cannot be read is the store's fault.
+    .map_err(|e| ApiError::Internal(format!("a stored revision could not be read: {e}")))?;
+    let title = format!("{name}: {from_rev} → {to_rev}");
     Ok(page::layout(&title, &viewer.0, render(&name, &diff)))
 }
 

@@ -19,7 +19,7 @@ const DEFAULT_MAX_STALENESS: f64 = 300.0;
 
 pub(super) async fn page(State(state): State<AppState>, viewer: Viewer) -> Result<Html<String>, ConsoleError> {
     viewer.needs(Scope::Read, "the fleet")?;
-    let live = table(&members(&state.0).await?);
+    let live = table(&members(&state.0, &viewer.0).await?);
     let body = html! {
         p.hint { "Refreshed every second. Staleness is coloured against each gateway's own "
                  code { "bundle.max_staleness" } ": amber past half of it, red past it." }
@@ -31,12 +31,17 @@ pub(super) async fn page(State(state): State<AppState>, viewer: Viewer) -> Resul
 /// `GET /ui/fleet/live`: the fleet's fragment alone.
 pub(super) async fn live(State(state): State<AppState>, viewer: Viewer) -> Result<Html<String>, ConsoleError> {
     viewer.needs(Scope::Read, "the fleet")?;
-    Ok(Html(table(&members(&state.0).await?).into_string()))
+    Ok(Html(table(&members(&state.0, &viewer.0).await?).into_string()))
+}
+
+/// The gateway's alert threshold in seconds: what it reports, else the gateway's default.
+fn threshold(m: &FleetMember) -> f64 {
+    m.max_staleness_seconds.filter(|l| *l > 0.0).unwrap_or(DEFAULT_MAX_STALENESS)
 }
 
 /// `ok`, `warn` (past half the threshold) or `stale` (past it).
 pub(super) fn staleness_class(m: &FleetMember) -> &'static str {
-    let limit = m.max_staleness_seconds.filter(|l| *l > 0.0).unwrap_or(DEFAULT_MAX_STALENESS);
+    let limit = threshold(m);
     match m.staleness_seconds {
         Some(s) if s > limit => "stale",
         Some(s) if s > limit / 2.0 => "warn",
@@ -80,7 +85,7 @@ fn row(m: &FleetMember, now: i64) -> Markup {
         (false, true) => ("current", "current"),
         (false, false) => ("behind", "behind its target"),
     };
-    let limit = m.max_staleness_seconds.unwrap_or(DEFAULT_MAX_STALENESS);
+    let limit = threshold(m);
     html! {
         tr data-instance=(m.instance) {
             td { code { (m.instance) } }

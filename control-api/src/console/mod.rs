@@ -93,6 +93,8 @@ pub enum ConsoleError {
     Forbidden(String),
     BadRequest(String),
     NotFound(String),
+    /// The action came too late (a canary already judged).
+    Conflict(String),
     /// A POST from another origin.
     CrossOrigin,
     Api(crate::api::ApiError),
@@ -117,6 +119,7 @@ impl IntoResponse for ConsoleError {
             ConsoleError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ConsoleError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ConsoleError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ConsoleError::Conflict(m) => (StatusCode::CONFLICT, m),
             ConsoleError::CrossOrigin => {
                 (StatusCode::FORBIDDEN, "refused: a console form must be posted from the console's own origin".into())
             }
@@ -162,36 +165,40 @@ fn identify(state: &AppState, token: &[u8]) -> Result<Principal, AuthError> {
     }
 }
 
-/// The session cookie's token, if the request carries one.
-fn session_token(headers: &HeaderMap) -> Option<Vec<u8>> {
+/// Every `console_token` the request's cookies carry, decoded (a browser may send several: one
+/// planted by a sibling host with a narrower path comes first).
+fn session_tokens(headers: &HeaderMap) -> impl Iterator<Item = Vec<u8>> + '_ {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE_NAME)
-        .and_then(|(_, v)| hex::decode(v).ok())
+        .filter(|(k, _)| *k == COOKIE_NAME)
+        .filter_map(|(_, v)| hex::decode(v).ok())
         .filter(|t| !t.is_empty())
+}
+
+/// The first session token that is a valid token, and whose it is.
+fn session(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
+    session_tokens(headers).take(4).find_map(|t| identify(state, &t).ok())
 }
 
 impl FromRequestParts<AppState> for Viewer {
     type Rejection = ConsoleError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ConsoleError> {
-        let token = session_token(&parts.headers).ok_or(ConsoleError::SignIn)?;
-        identify(state, &token).map(Viewer).map_err(|_| ConsoleError::SignIn)
+        session(state, &parts.headers).map(Viewer).ok_or(ConsoleError::SignIn)
     }
 }
 
-/// A `POST` must come from the console's own origin: `Sec-Fetch-Site` (sent by browsers) must
-/// be `same-origin` and `Origin`, when sent, must be this host. The session cookie is
-/// `SameSite=Strict` already; this is the second lock.
+/// A `POST` must come from the console's own origin. Browsers send `Sec-Fetch-Site`: it must be
+/// `same-origin`, and decides alone (a reverse proxy may rewrite `Host`). Without it, an
+/// `Origin`, when sent, must name this host. The session cookie is `SameSite=Strict` already;
+/// this is the second lock.
 pub fn same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
     if let Some(site) = headers.get("sec-fetch-site") {
-        if site.as_bytes() != b"same-origin" {
-            return Err(ConsoleError::CrossOrigin);
-        }
+        return if site.as_bytes() == b"same-origin" { Ok(()) } else { Err(ConsoleError::CrossOrigin) };
     }
     if let Some(origin) = headers.get("origin") {
         let host = headers.get("host").and_then(|h| h.to_str().ok()).ok_or(ConsoleError::CrossOrigin)?;
@@ -205,10 +212,10 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
 }
 
 async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match session_token(&headers).map(|t| identify(&state, &t)) {
-        Some(Ok(who)) if who.scope.allows(Scope::Read) => redirect("/ui/fleet"),
-        Some(Ok(_)) => redirect("/ui/decisions"),
-        _ => redirect("/ui/login"),
+    match session(&state, &headers) {
+        Some(who) if who.scope.allows(Scope::Read) => redirect("/ui/fleet"),
+        Some(_) => redirect("/ui/decisions"),
+        None => redirect("/ui/login"),
     }
 }
 
@@ -367,6 +374,19 @@ mod tests {
         assert!(headers.get(SET_COOKIE).is_none());
         let forged = Request::get("/ui/fleet").header("cookie", cookie("guess")).body(Body::empty()).unwrap();
         assert_eq!(send(&app, forged).await.0, StatusCode::SEE_OTHER, "an unknown token is no session");
+    }
+
+    #[tokio::test]
+    async fn a_planted_junk_cookie_before_the_real_one_neither_signs_out_nor_in_as_another() {
+        let app = stack().await;
+        let both = format!("{COOKIE_NAME}=zz; {}", cookie(READ));
+        let req = Request::get("/ui/fleet").header("cookie", both).body(Body::empty()).unwrap();
+        assert_eq!(send(&app, req).await.0, StatusCode::OK, "the valid session is used");
+        let unknown_first = format!("{}; {}", cookie("guess"), cookie(READ));
+        let req = Request::get("/ui/fleet").header("cookie", unknown_first).body(Body::empty()).unwrap();
+        let (status, _, page) = send(&app, req).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("token <code>gw</code>"), "{page}");
     }
 
     #[tokio::test]

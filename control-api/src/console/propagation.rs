@@ -27,7 +27,7 @@ const BUCKETS: [(i64, &str); 9] = [
 pub(super) async fn page(State(state): State<AppState>, viewer: Viewer) -> Result<Html<String>, ConsoleError> {
     viewer.needs(Scope::Read, "propagation")?;
     let revisions = state.0.propagation.revisions(|b| viewer.0.may_touch(b));
-    let all: Vec<i64> = revisions.iter().flat_map(|r| r.samples.iter().map(|(_, ms)| *ms)).collect();
+    let all: Vec<i64> = revisions.iter().flat_map(|r| r.samples.iter().copied()).collect();
     let body = html! {
         p.hint { "From a revision's publish to its activation on each gateway (the gateway's own "
                  code { "activated_at" } "), as this control-api replica saw in status reports since it started." }
@@ -76,7 +76,7 @@ pub(super) fn histogram(samples: &[i64]) -> Markup {
 }
 
 fn sorted_samples(r: &Spread) -> Vec<i64> {
-    let mut sorted: Vec<i64> = r.samples.iter().map(|(_, ms)| *ms).collect();
+    let mut sorted = r.samples.clone();
     sorted.sort_unstable();
     sorted
 }

@@ -81,7 +81,9 @@ pub(super) async fn query(pool: &AnyPool, q: &EventQuery) -> Result<Vec<String>,
         }
         sql.push(')');
     }
-    for (column, value) in [("route", &q.route), ("decision", &q.decision), ("revision", &q.revision)] {
+    let columns =
+        [("route", &q.route), ("decision", &q.decision), ("revision", &q.revision), ("decision_id", &q.decision_id)];
+    for (column, value) in columns {
         if let Some(v) = value {
             param(&mut sql, &format!(" AND {column} = ?"), Bind::Text(v.clone()));
         }
@@ -91,6 +93,9 @@ pub(super) async fn query(pool: &AnyPool, q: &EventQuery) -> Result<Vec<String>,
     }
     if let Some(t) = q.until_ms {
         param(&mut sql, " AND timestamp_ms <= ?", Bind::Int(t));
+    }
+    if let Some(n) = q.max_event_bytes {
+        param(&mut sql, " AND LENGTH(event) <= ?", Bind::Int(i64::from(n)));
     }
     param(&mut sql, " ORDER BY timestamp_ms DESC, id DESC LIMIT ?", Bind::Int(i64::from(q.limit)));
     let mut query = sqlx::query_scalar::<_, String>(&sql);

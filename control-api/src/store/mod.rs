@@ -193,6 +193,11 @@ pub struct EventQuery {
     pub until_ms: Option<i64>,
     /// At most this many.
     pub limit: u32,
+    /// Only the event with this decision id.
+    pub decision_id: Option<String>,
+    /// Only events whose stored text is at most this many bytes (the console's bound on what
+    /// one search may hold in memory).
+    pub max_event_bytes: Option<u32>,
 }
 
 /// A change of a bundle's active revision committed by another process sharing the store.
