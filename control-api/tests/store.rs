@@ -299,6 +299,11 @@ async fn decision_events_are_queried_by_each_filter_newest_first(store: Arc<dyn 
         q.since_ms = Some(1_500);
     };
     assert_eq!(q(both).await, ["d"]);
+    assert_eq!(q(|q| q.decision_id = Some("c".into())).await, ["c"]);
+    assert_eq!(q(|q| q.decision_id = Some("nope".into())).await, Vec::<String>::new());
+    // The events' texts are 29 characters each (`{"decision_id":"a","at":1000}`).
+    assert_eq!(q(|q| q.max_event_bytes = Some(29)).await, ["e", "d", "c", "b", "a"]);
+    assert_eq!(q(|q| q.max_event_bytes = Some(28)).await, Vec::<String>::new());
 }
 
 async fn pruning_drops_old_events_then_the_oldest_beyond_the_count(store: Arc<dyn Store>) {

@@ -195,8 +195,8 @@ pub struct EventQuery {
     pub limit: u32,
     /// Only the event with this decision id.
     pub decision_id: Option<String>,
-    /// Only events whose stored text is at most this many bytes (the console's bound on what
-    /// one search may hold in memory).
+    /// Only events whose stored text is at most this many characters (the console's bound on
+    /// what one search may hold in memory).
     pub max_event_bytes: Option<u32>,
 }
 
