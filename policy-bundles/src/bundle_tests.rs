@@ -295,7 +295,7 @@ pub fn run_rego_tests(bundle: &Bundle) -> Result<Vec<TestResult>, BundleErrors> 
 }
 
 /// Names of rules that look like `test_*` rule heads, each with the line of its first head.
-fn test_rule_candidates(source: &str) -> Vec<(String, usize)> {
+pub(crate) fn test_rule_candidates(source: &str) -> Vec<(String, usize)> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (i, l) in source.lines().enumerate() {

@@ -19,7 +19,7 @@ use regorus::Value;
 use serde_json::{json, Value as Json};
 
 use crate::bundle::Bundle;
-use crate::bundle_tests::{self, TEST_PREFIX};
+use crate::bundle_tests;
 use crate::error::BundleErrors;
 use crate::snapshot::{self, Snapshot};
 
@@ -44,7 +44,7 @@ pub fn run(bundle: &Bundle) -> Result<Coverage, BundleErrors> {
     let mut engine = snapshot::engine_for(bundle, true)?;
     engine.set_enable_coverage(true);
     for m in &bundle.modules {
-        for name in test_rules(&m.source) {
+        for (name, _) in bundle_tests::test_rule_candidates(&m.source) {
             if engine.has_declared_rule_rooted_at(&m.path, &name).unwrap_or(false) {
                 // A failing test covers what it evaluated, as in OPA.
                 let _ = engine.eval_rule(format!("{}.{name}", m.package));
@@ -79,17 +79,10 @@ pub fn run(bundle: &Bundle) -> Result<Coverage, BundleErrors> {
     Ok(Coverage { files })
 }
 
-fn test_rules(source: &str) -> BTreeSet<String> {
-    source
-        .lines()
-        .map(str::trim_start)
-        .filter(|l| l.starts_with(TEST_PREFIX))
-        .map(|l| l.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect())
-        .collect()
-}
-
-/// What the marker body of a bodiless `else := V` is (see [`with_else_bodies`]).
+/// What the marker body of a bodiless `else := V` is (see [`with_else_bodies`]): with `if` in
+/// Rego v1, without in v0 (where `if` is a keyword only once imported).
 const MARKER: &str = " if { true }";
+const MARKER_V0: &str = " { true }";
 
 /// The bundle with every bodiless `else := V` given the body ` if { true }`, right after `V`
 /// (so on `V`'s last row, and no row moves), and, per module, the byte offsets of those `true`
@@ -116,14 +109,19 @@ fn with_else_bodies(bundle: &Bundle) -> Result<(Bundle, BTreeMap<String, BTreeSe
         // The offsets are in the text regorus read: escaped as engine_for escapes it (escaping
         // again leaves it unchanged).
         let mut text = crate::rego_text::escape_raw_controls(&m.source).into_owned();
+        let marker = if m.rego_v0 { MARKER_V0 } else { MARKER };
         let mut at = BTreeSet::new();
         for (i, end) in list.iter().enumerate() {
-            let end = end + i * MARKER.len();
+            let mut end = end + i * marker.len();
+            // A string's span ends on its closing quote: the marker goes after it.
+            if matches!(text.as_bytes().get(end), Some(b'"' | b'`')) {
+                end += 1;
+            }
             if !text.is_char_boundary(end) {
                 continue;
             }
-            text.insert_str(end, MARKER);
-            at.insert(u32::try_from(end + " if { ".len()).unwrap_or(u32::MAX));
+            text.insert_str(end, marker);
+            at.insert(u32::try_from(end + marker.len() - "true }".len()).unwrap_or(u32::MAX));
         }
         m.source = text;
         markers.insert(m.path.clone(), at);
@@ -218,7 +216,7 @@ impl Coverage {
                 .into_iter()
                 .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
                 .collect();
-            s.push_str(&format!("{path}: {pct:.2}%"));
+            s.push_str(&format!("{}: {pct:.2}%", crate::printable::printable(path)));
             if !missing.is_empty() {
                 s.push_str(&format!(", not covered: {}", missing.join(", ")));
             }
@@ -279,6 +277,35 @@ mod tests {
         );
         files.insert("tests/pick_test.rego".into(), test.into_bytes());
         run(&Bundle::from_files(files).expect("bundle")).expect("coverage")
+    }
+
+    /// Coverage of `http/pick.rego` holding `rule`, tested with `test_input`, in Rego v0 or v1.
+    fn pick(rule: &str, test_input: &str, v0: bool) -> FileCoverage {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/api-gateway");
+        let mut files = crate::archive::read_dir(&dir, &crate::Limits::default()).expect("example");
+        files.insert("http/pick.rego".into(), rule.as_bytes().to_vec());
+        let (kw, v) = if v0 { ("", "0") } else { ("if ", "1") };
+        let test =
+            format!("package http.pick_test\n\ntest_pick {kw}{{\n\tdata.http.pick.d with input as {test_input}\n}}\n");
+        files.insert("tests/pick_test.rego".into(), test.into_bytes());
+        if v0 {
+            let manifest = format!("{{\"revision\": \"t\", \"roots\": [\"http\", \"gateway\"], \"file_rego_versions\": {{\"http/pick.rego\": {v}, \"tests/pick_test.rego\": {v}}}}}");
+            files.insert(".manifest".into(), manifest.into_bytes());
+        }
+        let c = run(&Bundle::from_files(files).expect("bundle")).expect("coverage");
+        c.files.get("http/pick.rego").cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_bodiless_else_whose_value_is_a_string_or_in_rego_v0_is_counted_too() {
+        let string = "package http.pick\n\nimport rego.v1\n\nd := \"a\" if {\n\tinput.x\n} else := \"denied\"\n";
+        assert!(pick(string, r#"{"x": false}"#, false).covered.contains(&7), "a string value");
+        assert!(pick(string, r#"{"x": true}"#, false).not_covered.contains(&7));
+        let raw = "package http.pick\n\nimport rego.v1\n\nd := 1 if {\n\tinput.x\n} else := `raw`\n";
+        assert!(pick(raw, r#"{"x": false}"#, false).covered.contains(&7), "a raw string value");
+        let v0 = "package http.pick\n\nd = 1 {\n\tinput.x\n} else = false\n";
+        let c = pick(v0, r#"{"x": false}"#, true);
+        assert!(c.covered.contains(&5), "Rego v0: {c:?}");
     }
 
     #[test]

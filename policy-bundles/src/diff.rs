@@ -20,7 +20,7 @@
 //!   escapes control characters, so that no bundle writes escape sequences to a terminal.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -132,16 +132,27 @@ fn gateway(bundle: &Bundle) -> Option<&Map<String, Json>> {
     bundle.data.get("gateway").and_then(Json::as_object)
 }
 
-/// The routes in order, each named by name and occurrence (`orders`, `orders#2`).
+/// The routes in order, each named by name and occurrence (`orders`, `orders#2`); a key made
+/// for a repeat never equals a route's own name (`a`, `a`, `a#2` are `a`, `a#3`, `a#2`), so no
+/// route can hide another.
 fn routes(gw: Option<&Map<String, Json>>) -> Vec<(String, &Json)> {
     let list = gw.and_then(|g| g.get("routes")).and_then(Json::as_array);
-    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let name_of = |route: &Json| route.get("name").and_then(Json::as_str).unwrap_or("").to_owned();
+    let names: HashSet<String> = list.into_iter().flatten().map(name_of).collect();
+    let mut used: HashSet<String> = HashSet::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
     for route in list.into_iter().flatten() {
-        let name = route.get("name").and_then(Json::as_str).unwrap_or("");
-        let n = seen.entry(name).or_default();
+        let name = name_of(route);
+        let n = seen.entry(name.clone()).or_default();
         *n += 1;
-        out.push((if *n == 1 { name.to_owned() } else { format!("{name}#{n}") }, route));
+        let mut key = if *n == 1 { name.clone() } else { format!("{name}#{n}") };
+        while *n > 1 && (names.contains(&key) || used.contains(&key)) {
+            *n += 1;
+            key = format!("{name}#{n}");
+        }
+        used.insert(key.clone());
+        out.push((key, route));
     }
     out
 }
@@ -210,8 +221,11 @@ fn settings_changes(old: Option<&Map<String, Json>>, new: Option<&Map<String, Js
 fn route_order(old: &[(String, &Json)], new: &[(String, &Json)]) -> Option<FieldChange> {
     let names = |list: &[(String, &Json)]| list.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     let (old_names, new_names) = (names(old), names(new));
-    let common_old: Vec<&String> = old_names.iter().filter(|n| new_names.contains(n)).collect();
-    let common_new: Vec<&String> = new_names.iter().filter(|n| old_names.contains(n)).collect();
+    // Sets, not lists: a hostile bundle may hold a million routes.
+    let (in_old, in_new): (HashSet<&String>, HashSet<&String>) =
+        (old_names.iter().collect(), new_names.iter().collect());
+    let common_old: Vec<&String> = old_names.iter().filter(|n| in_new.contains(n)).collect();
+    let common_new: Vec<&String> = new_names.iter().filter(|n| in_old.contains(n)).collect();
     (common_old != common_new).then(|| FieldChange {
         key: "routes.order".into(),
         old: Some(Json::from(old_names).to_string()),
@@ -392,20 +406,15 @@ fn render_field(out: &mut String, indent: &str, f: &FieldChange) {
 /// `s` with control characters escaped (`\u{1b}`), but for tabs and a line's final `\r`: what a
 /// bundle names or holds never reaches a terminal as an escape sequence.
 fn shown(s: &str) -> Cow<'_, str> {
+    // A CRLF file's `\r` stays at the end of its line, where it does no harm.
     let body = s.strip_suffix('\r').unwrap_or(s);
-    if !body.chars().any(|c| c.is_control() && c != '\t') {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in body.chars() {
-        if c.is_control() && c != '\t' {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
+    match crate::printable::printable(body) {
+        Cow::Borrowed(_) => Cow::Borrowed(s),
+        Cow::Owned(mut out) => {
+            out.push_str(&s[body.len()..]);
+            Cow::Owned(out)
         }
     }
-    out.push_str(&s[body.len()..]);
-    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -544,6 +553,17 @@ routes:
         let d = diff(&base(&twice, ORDERS, "{}"), &base(&changed, ORDERS, "{}"));
         assert_eq!(d.routes.len(), 1, "{:?}", d.routes);
         assert_eq!((d.routes[0].name.as_str(), d.routes[0].fields[0].key.as_str()), ("orders#2", "match"));
+    }
+
+    #[test]
+    fn a_route_named_like_a_repeats_key_cannot_hide_an_added_route() {
+        let new_routes = SETTINGS.replace(
+            "routes:\n",
+            "routes:\n  - name: orders\n    match: { path_prefix: /o2 }\n    upstream: api\n    policy: data.http.orders.decision\n  - name: \"orders#2\"\n    match: { path_prefix: /o3 }\n    upstream: api\n    policy: data.http.orders.decision\n",
+        );
+        let d = diff(&base(SETTINGS, ORDERS, "{}"), &base(&new_routes, ORDERS, "{}"));
+        let names: Vec<&str> = d.routes.iter().map(|r| r.name.as_str()).collect();
+        assert!(names.contains(&"orders#2") && names.contains(&"orders#3"), "both added routes are listed: {names:?}");
     }
 
     #[test]

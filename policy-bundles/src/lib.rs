@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod input;
 pub mod input_reads;
 pub mod jwt;
+pub mod printable;
 pub mod rate_limits;
 pub mod rego_text;
 pub mod replay;

@@ -106,6 +106,23 @@ mod tests {
     }
 
     #[test]
+    fn quotes_hashes_and_tabs_in_raw_strings_comments_and_other_scripts_keep_their_meaning() {
+        // A multi-line raw string holding `"`, `#` and a tab; then a plain string after it.
+        let raw = "package p\nr := `a \"q\" # not a comment\n\tb`\ns := \"x\ty\"\n";
+        assert_eq!(value_of(raw, "data.p.r").unwrap(), regorus::Value::from("a \"q\" # not a comment\n\tb"));
+        assert_eq!(value_of(raw, "data.p.s").unwrap(), regorus::Value::from("x\ty"));
+        // `#` inside a string is no comment: the tab after it is still in the string.
+        let hash = "package p\ns := \"a#b\t\"\n";
+        assert_eq!(value_of(hash, "data.p.s").unwrap(), regorus::Value::from("a#b\t"));
+        // A quote inside a comment opens no string: the next line's string is read on its own.
+        let comment = "package p\n# say \"hi\t\ns := \"c\td\"\n";
+        assert_eq!(value_of(comment, "data.p.s").unwrap(), regorus::Value::from("c\td"));
+        // Non-ASCII around a tab, and a CRLF file.
+        let wide = "package p\r\ns := \"é\t日本\"\r\n";
+        assert_eq!(value_of(wide, "data.p.s").unwrap(), regorus::Value::from("é\t日本"));
+    }
+
+    #[test]
     fn an_unterminated_string_stops_at_the_newline_and_lines_never_move() {
         let src = "s := \"a\tb\nt := \"c\td\"\n";
         let out = escape_raw_controls(src);

@@ -188,6 +188,15 @@ impl Refusal {
             _ => 400,
         }
     }
+
+    /// The `error` of the gateway's answer: what [`Refusal::status`] means in words.
+    pub fn error(self) -> &'static str {
+        match self.status() {
+            421 => "misdirected request",
+            401 => "invalid credentials",
+            _ => "bad request",
+        }
+    }
 }
 
 /// A `tchar` of RFC 9110 5.6.2: what methods, header names and auth schemes are made of.

@@ -146,12 +146,7 @@ impl Proxy {
         ctx.outcome = Some(Outcome::Refused);
         self.metrics.count_refusal(r);
         tracing::debug!(reason = r.reason(), "request refused");
-        let error = match r.status() {
-            421 => "misdirected request",
-            401 => "invalid credentials",
-            _ => "bad request",
-        };
-        respond(session, ctx, r.status(), error, Some(r.message()), &[]).await
+        respond(session, ctx, r.status(), r.error(), Some(r.message()), &[]).await
     }
 
     /// Whether this request's route has a shadow rule that is asked this time (`shadow_sample`).

@@ -97,7 +97,6 @@ fn identity_to_sign(
     Ok(signing::Identity { expires: w.expires.or(expires), ..w })
 }
 
-/// The largest answer read from control-api.
 /// `bundlectl test`: the bundle's Rego tests and decision cases.
 /// With `coverage` (`json` or `pretty`), also the lines they evaluated
 /// (`policy_bundles::coverage`); the test results then go to stderr.

@@ -160,11 +160,69 @@ fn input_shows_the_document_the_rule_saw() {
     assert_eq!(r["input"], Value::Null, "{r:#}");
 }
 
+/// The example plus a route `/echo` (bodies up to 16 bytes) whose rule tells what it saw: the
+/// `x-user-id` header and the body, as headers to the upstream; its reason is `reason`.
+fn echo_bundle(dir: &std::path::Path, reason: &str) -> std::path::PathBuf {
+    let route = "  - name: echo\n    match: { path_prefix: /echo }\n    upstream: backend\n    policy: data.http.echo.decision\n    body: { max_bytes: 16 }\n";
+    let rule = format!(
+        "package http.echo\n\nimport rego.v1\n\ndecision := {{\"allow\": false, \"status\": 403, \"reason\": {}, \"headers\": {{\"x-seen\": object.get(input.request.headers, \"x-user-id\", \"none\"), \"x-body\": object.get(input.request, \"body\", \"absent\")}}}}\n",
+        serde_json::to_string(reason).expect("a JSON string")
+    );
+    test_support::bundles::example_folder(dir, "127.0.0.1:9100", "", route, &[("http/echo.rego", &rule)])
+}
+
+fn eval_in(bundle: &std::path::Path, args: &[&str]) -> Output {
+    let mut all = vec!["eval", bundle.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    bundlectl(&all)
+}
+
 #[test]
 fn a_forged_identity_header_is_removed_before_the_rule_reads_it() {
     let (_, r) = eval_json(&["--path", "/orders/7", "-H", "x-user-id: admin", "--input"]);
     assert_eq!(r["request"]["removed_headers"][0]["name"], "x-user-id", "{r:#}");
-    assert!(r["input"]["request"]["headers"].get("x-user-id").is_none(), "{r:#}");
+    // A rule that reads the header sees none.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = echo_bundle(dir.path(), "echo");
+    let o = eval_in(&bundle, &["--path", "/echo", "-H", "x-user-id: admin", "--json"]);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(r["decision"]["headers"]["x-seen"], "none", "{r:#}");
+}
+
+#[test]
+fn a_route_that_reads_bodies_gives_its_rule_an_empty_one_and_refuses_a_declared_length_past_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = echo_bundle(dir.path(), "echo");
+    let o = eval_in(&bundle, &["--path", "/echo", "--json"]);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(r["decision"]["headers"]["x-body"], "", "as the gateway, an empty body: {r:#}");
+    let o = eval_in(&bundle, &["-X", "POST", "--path", "/echo", "-H", "content-length: 17", "--json"]);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(r["decision"]["status"], 413, "{r:#}");
+}
+
+#[test]
+fn requests_with_two_readings_are_refused_as_the_gateway_refuses_them() {
+    let (code, r) = eval_json(&["--path", "/public/x", "-H", "host: a.test", "-H", "host: b.test"]);
+    assert_eq!((code, &r["decision"]["status"]), (Some(DENIED), &json!(400)), "{r:#}");
+    let (_, r) = eval_json(&["--path", "/orders/7?access_token=abc"]);
+    assert_eq!(r["decision"]["status"], 401, "a token in the query: {r:#}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = dir.path().join("body");
+    std::fs::write(&body, "{}").expect("body");
+    let chunked = ["-X", "POST", "--path", "/orders", "-H", "transfer-encoding: chunked", "--body"];
+    let (_, r) = eval_json(&[&chunked[..], &[body.to_str().expect("utf-8")]].concat());
+    assert_ne!(r["decision"]["status"], 400, "a chunked body is no framing conflict: {r:#}");
+}
+
+#[test]
+fn a_bundle_cannot_write_escape_sequences_to_the_authors_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = echo_bundle(dir.path(), "\u{1b}]0;pwned\u{7}\u{9b}31m");
+    let o = eval_in(&bundle, &["--path", "/echo"]);
+    let out = text(&o);
+    assert!(out.contains("reason: \\u{1b}]0;pwned"), "{out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{9b}') && !out.contains('\u{7}'), "{out:?}");
 }
 
 #[test]

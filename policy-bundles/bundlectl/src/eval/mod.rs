@@ -46,11 +46,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<Ran> {
     ) {
         Ok(mut req) => decide(&bundle, &mut req, body.as_deref(), args),
         Err(refusal) => {
-            let d = report::own_answer(
-                refusal.status(),
-                report::refusal_error(refusal.status()),
-                Some(refusal.message().into()),
-            );
+            let d = report::own_answer(refusal.status(), refusal.error(), Some(refusal.message().into()));
             let host = args.headers.iter().find(|(n, _)| n == "host").map_or("localhost", |(_, v)| v.as_str());
             let request = json!({"method": args.method, "scheme": args.scheme, "host": host, "path": args.path,
                     "client_ip": args.client_ip.to_string()});
@@ -80,8 +76,10 @@ fn decide(snap: &Snapshot, req: &mut request::Canonical, body: Option<&[u8]>, ar
         "removed_headers": req.removed.iter().map(|(n, why)| json!({"name": n, "why": why})).collect::<Vec<_>>(),
     });
     let max_body = route.and_then(|r| r.body);
-    if let (Some(max), Some(b)) = (max_body, body) {
-        if b.len() as u64 > max {
+    // As the gateway: a declared length past the limit is refused before any byte is read.
+    let declared = req.header("content-length").and_then(|l| l.parse::<u64>().ok());
+    if let Some(max) = max_body {
+        if declared.is_some_and(|l| l > max) || body.is_some_and(|b| b.len() as u64 > max) {
             let why = format!("the request body is larger than {max} bytes (the route's body.max_bytes)");
             let d = report::own_answer(413, "payload too large", Some(why));
             return assemble(request, report::route(snap, route_ix), d, "body", None, args.input.then_some(Json::Null));
@@ -96,7 +94,8 @@ fn decide(snap: &Snapshot, req: &mut request::Canonical, body: Option<&[u8]>, ar
             host: &req.host,
             scheme: &args.scheme,
             client_ip: &client_ip,
-            body: body.filter(|_| max_body.is_some()),
+            // A route that reads bodies gives its rule one, empty when the request has none.
+            body: max_body.map(|_| body.unwrap_or_default()),
             content_type: req.header("content-type"),
             conn: Connection { protocol: "HTTP/1.1", ..Connection::default() },
         },

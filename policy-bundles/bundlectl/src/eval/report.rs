@@ -1,5 +1,6 @@
 //! What `bundlectl eval` prints: one JSON object (`--json`) and the same as text, read from it.
 
+use policy_bundles::printable::{printable, printable_lines};
 use std::fmt::Write;
 
 use policy_bundles::authorize::{self, Outcome, Verdict};
@@ -27,24 +28,13 @@ pub fn route(snap: &Snapshot, route_ix: Option<usize>) -> Json {
 pub fn decision(outcome: &Outcome) -> (Json, &'static str, Option<std::time::Duration>) {
     match outcome {
         Outcome::NoRoute => (own_answer(404, "no route matches this request", None), "routing", None),
-        Outcome::Refused { refusal, .. } => (
-            own_answer(refusal.status(), refusal_error(refusal.status()), Some(refusal.message().into())),
-            "canonicalization",
-            None,
-        ),
+        Outcome::Refused { refusal, .. } => {
+            (own_answer(refusal.status(), refusal.error(), Some(refusal.message().into())), "canonicalization", None)
+        }
         Outcome::Unauthenticated { error, .. } => {
             (own_answer(401, "invalid bearer token", Some(error.to_string())), "authentication", None)
         }
         Outcome::Evaluated { verdict, took, .. } => (verdict_json(verdict), "policy", Some(*took)),
-    }
-}
-
-/// The gateway's `error` text for a refusal of this status.
-pub fn refusal_error(status: u16) -> &'static str {
-    match status {
-        421 => "misdirected request",
-        401 => "invalid credentials",
-        _ => "bad request",
     }
 }
 
@@ -94,7 +84,7 @@ fn decision_json(d: &Decision) -> Json {
 pub fn to_text(r: &Json) -> String {
     let mut out = String::new();
     let q = &r["request"];
-    let query = q["query"].as_str().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = q["query"].as_str().map(|q| format!("?{}", printable(q))).unwrap_or_default();
     let _ = writeln!(
         out,
         "request:  {} {}://{}{}{query} (client {})",
@@ -132,7 +122,8 @@ pub fn to_text(r: &Json) -> String {
     match r.get("input") {
         Some(Json::Null) => out.push_str("input: none (the rule did not run)\n"),
         Some(input) => {
-            let _ = writeln!(out, "input:\n{}", serde_json::to_string_pretty(input).unwrap_or_default());
+            let _ =
+                writeln!(out, "input:\n{}", printable_lines(&serde_json::to_string_pretty(input).unwrap_or_default()));
         }
         None => {}
     }
@@ -149,20 +140,20 @@ fn decision_text(out: &mut String, d: &Json, stage: &str, route: &Json) {
     if d["allowed"] == true {
         let _ = writeln!(out, "decision: allowed: forwarded to upstream {}", text(&route["upstream"]));
     } else {
-        let error = d["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+        let error = d["error"].as_str().map(|e| format!(": {}", printable(e))).unwrap_or_default();
         let _ = writeln!(out, "decision: denied {} {who}{error}", d["status"]);
     }
     if let Some(reason) = d["reason"].as_str() {
-        let _ = writeln!(out, "  reason: {reason}");
+        let _ = writeln!(out, "  reason: {}", printable(reason));
     }
     if let Some(e) = d["rule_error"].as_str() {
-        let _ = writeln!(out, "  rule error: {e}");
+        let _ = writeln!(out, "  rule error: {}", printable(e));
     }
     for (key, title) in [("headers", "headers to the upstream"), ("response_headers", "response_headers")] {
         let Some(h) = d[key].as_object().filter(|h| !h.is_empty()) else { continue };
         let _ = writeln!(out, "  {title}:");
         for (k, v) in h {
-            let _ = writeln!(out, "    {k}: {}", text(v));
+            let _ = writeln!(out, "    {}: {}", printable(k), text(v));
         }
     }
     for key in ["rate_limit", "body", "remove_headers", "query_set", "query_remove"] {
@@ -173,13 +164,11 @@ fn decision_text(out: &mut String, d: &Json, stage: &str, route: &Json) {
 }
 
 /// A JSON value as text: strings without their quotes, control characters escaped (no bundle
-/// or argument writes escape sequences to the terminal).
+/// or argument writes escape sequences to the terminal; JSON's own escaping leaves C1 raw).
 fn text(v: &Json) -> String {
     match v {
-        Json::String(s) => {
-            s.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
-        }
+        Json::String(s) => printable(s).into_owned(),
         Json::Null => "-".into(),
-        other => other.to_string(),
+        other => printable(&other.to_string()).into_owned(),
     }
 }

@@ -73,7 +73,8 @@ pub fn canonicalize(
     if !headers.iter().any(|(n, _)| n == "host") {
         headers.insert(0, ("host".into(), "localhost".into()));
     }
-    if let Some(len) = body_len.filter(|_| !headers.iter().any(|(n, _)| n == "content-length")) {
+    let framed = headers.iter().any(|(n, _)| n == "content-length" || n == "transfer-encoding");
+    if let Some(len) = body_len.filter(|_| !framed) {
         headers.push(("content-length".into(), len.to_string()));
     }
     scan(&headers)?;
