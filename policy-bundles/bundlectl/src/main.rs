@@ -16,7 +16,8 @@ fn main() -> ExitCode {
         Ok(Ran::Failures) => ExitCode::from(1),
         Ok(Ran::Denied) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("bundlectl: {e:#}");
+            // A server's or a bundle's words: no escape sequence reaches the terminal.
+            eprintln!("bundlectl: {}", policy_bundles::printable::printable_lines(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
