@@ -15,6 +15,51 @@ pub enum Claim {
     Override,
 }
 
+/// Why a client's header is removed before the policy or the upstream reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// The bundle's `request_headers.remove` names it.
+    Bundle,
+    /// A claim header ([`claim`]): an override from anyone, a forwarding claim from a peer that
+    /// is not a trusted proxy; unless the bundle's `request_headers.allow` names it.
+    Claim,
+    /// A name with `_`, which some frameworks read as `-` (unless the gateway allows them).
+    Underscore,
+}
+
+impl Removed {
+    /// In words, for tools that list what was removed.
+    pub fn why(self) -> &'static str {
+        match self {
+            Removed::Bundle => "the bundle's request_headers.remove",
+            Removed::Claim => "a forwarding or override header from a client that is not a trusted proxy",
+            Removed::Underscore => "a name with `_` (the gateway's default `underscores: drop`)",
+        }
+    }
+}
+
+/// Whether the gateway removes the client's header `name` (lower case), and why: the one rule
+/// of the gateway's header scan and of `bundlectl eval`. `removals` and `allowed` are the
+/// bundle's `request_headers`; `underscores` whether names with `_` are allowed; `trusted`
+/// whether the peer is a trusted proxy.
+pub fn removed(
+    name: &str,
+    removals: &[String],
+    allowed: &[String],
+    underscores: bool,
+    trusted: bool,
+) -> Option<Removed> {
+    if let Some(c) = claim(name) {
+        if (c == Claim::Override || !trusted) && !allowed.iter().any(|a| a == name) {
+            return Some(Removed::Claim);
+        }
+    }
+    if !underscores && name.contains('_') {
+        return Some(Removed::Underscore);
+    }
+    removals.iter().any(|r| r == name).then_some(Removed::Bundle)
+}
+
 /// The claim headers, lower case, and their rule.
 pub const CLAIMS: [(&str, Claim); 46] = [
     // Forwarding: the gateway sets its own X-Forwarded-For / -Proto / X-Real-IP.
@@ -90,6 +135,20 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_gateway_removes_from_a_client_and_why() {
+        let (remove, allow) = (vec!["x-user-id".to_string()], vec!["x-forwarded-host".to_string()]);
+        let r = |name: &str, underscores: bool, trusted: bool| removed(name, &remove, &allow, underscores, trusted);
+        assert_eq!(r("x-user-id", false, false), Some(Removed::Bundle));
+        assert_eq!(r("x-forwarded-for", false, false), Some(Removed::Claim));
+        assert_eq!(r("x-forwarded-for", false, true), None, "a trusted proxy's forwarding claims pass");
+        assert_eq!(r("x-http-method-override", false, true), Some(Removed::Claim), "overrides from anyone");
+        assert_eq!(r("x-forwarded-host", false, false), None, "the bundle allows it");
+        assert_eq!(r("x_user", false, false), Some(Removed::Underscore));
+        assert_eq!(r("x_user", true, false), None);
+        assert_eq!(r("accept", false, false), None);
+    }
 
     #[test]
     fn claims_are_found_by_name_and_ordinary_headers_are_not() {

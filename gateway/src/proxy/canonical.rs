@@ -173,14 +173,7 @@ impl HeaderRules<'_> {
     /// trusted proxy (the gateway sets its own), or a target or method override from anyone
     /// (`policy_bundles::claims`), unless the bundle's `request_headers.allow` names it.
     fn doomed(&self, n: &str) -> bool {
-        let claimed = match http_canon::claims::claim(n) {
-            None => false,
-            Some(claim) => {
-                (claim == http_canon::claims::Claim::Override || !self.trusted) && !self.allowed.iter().any(|a| a == n)
-            }
-        };
-        claimed
-            || (self.rules.underscores != crate::config::Underscores::Allow && n.contains('_'))
-            || self.removals.iter().any(|r| r == n)
+        let underscores = self.rules.underscores == crate::config::Underscores::Allow;
+        http_canon::claims::removed(n, self.removals, self.allowed, underscores, self.trusted).is_some()
     }
 }

@@ -107,18 +107,9 @@ fn scan(headers: &[(String, String)]) -> Result<(), Refusal> {
     singles.check()
 }
 
-/// Why the gateway removes header `name` before anything reads it, if it does: the bundle's
-/// `request_headers.remove`; a claim header (`http_canon::claims`) from a client that is not a
-/// trusted proxy, unless the bundle's `request_headers.allow` names it; a name with `_`.
+/// Why the gateway removes header `name` before anything reads it, if it does, with its default
+/// request rules (`underscores: drop`) and the client not a trusted proxy
+/// ([`http_canon::claims::removed`], the gateway's own rule).
 fn removal(name: &str, snap: &Snapshot) -> Option<&'static str> {
-    if snap.header_removals.iter().any(|r| r == name) {
-        return Some("the bundle's request_headers.remove");
-    }
-    if http_canon::claims::claim(name).is_some() && !snap.header_allowed.iter().any(|a| a == name) {
-        return Some("a forwarding or override header from a client that is not a trusted proxy");
-    }
-    if name.contains('_') {
-        return Some("a name with `_` (the gateway's default `underscores: drop`)");
-    }
-    None
+    http_canon::claims::removed(name, &snap.header_removals, &snap.header_allowed, false, false).map(|r| r.why())
 }
