@@ -39,6 +39,8 @@
 //!   max_decompressed: 64MiB        #   largest batch once decompressed; default 8x max_upload
 //!   max_age: 7d                    #   events older than this (by their timestamp) go; default 7d
 //!   max_count: 1000000             #   beyond this many, the oldest go; default 1000000
+//! console:                         # the web console at /ui/
+//!   secure_cookie: false           #   true behind TLS: the session cookie is `__Host-`, `Secure`
 //! tokens:
 //!   - name: ci                     # shown as `published_by`
 //!     scope: publish               # publish | read | logs (publish tokens may also read; logs
@@ -92,6 +94,15 @@ struct RawConfig {
     rollout: Option<RawRollout>,
     #[serde(default)]
     logs: Option<RawLogs>,
+    #[serde(default)]
+    console: Option<RawConsole>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    #[serde(default)]
+    secure_cookie: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +273,16 @@ pub struct Config {
     pub rollout: Option<RolloutConfig>,
     /// Decision-log ingest bounds and retention.
     pub logs: LogsConfig,
+    /// The web console (`/ui/`).
+    pub console: ConsoleConfig,
+}
+
+/// The web console's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// The session cookie is `__Host-console_token` with `Secure` and `Path=/`: a browser sends
+    /// it over HTTPS only, and no sibling host or path can set one. For control-api behind TLS.
+    pub secure_cookie: bool,
 }
 
 /// Which gateways take a new revision first.
@@ -369,6 +390,7 @@ impl ConfigFile for Config {
             growth_guard: raw_guard,
             rollout: raw_rollout,
             logs: raw_logs,
+            console: raw_console,
         } = raw;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut problems = Problems::new(text);
@@ -404,6 +426,7 @@ impl ConfigFile for Config {
         let growth_guard = parse_growth_guard(raw_guard.unwrap_or_default(), &mut problems);
         let rollout = raw_rollout.map(|r| parse_rollout(&r, &mut problems));
         let logs = parse_logs(raw_logs.unwrap_or_default(), &mut problems);
+        let console = ConsoleConfig { secure_cookie: raw_console.unwrap_or_default().secure_cookie.unwrap_or(false) };
 
         problems.finish(path)?;
         Ok(Config {
@@ -423,6 +446,7 @@ impl ConfigFile for Config {
             growth_guard,
             rollout,
             logs,
+            console,
         })
     }
 }

@@ -348,6 +348,7 @@ pub(crate) mod tests {
             growth_guard: Some(crate::config::GrowthGuard::default()),
             rollout: None,
             logs: crate::config::LogsConfig::default(),
+            console: crate::config::ConsoleConfig::default(),
         }
     }
 

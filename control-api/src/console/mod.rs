@@ -34,8 +34,20 @@ use serde::Deserialize;
 use crate::app_state::AppState;
 use crate::auth::{AuthError, Principal, Scope};
 
-/// The session cookie: the token, hex-encoded.
+/// The session cookie: the token, hex-encoded. Behind TLS (`console.secure_cookie`) it is
+/// [`SECURE_COOKIE_NAME`], which browsers accept only with `Secure`, `Path=/` and no `Domain`:
+/// sent over HTTPS only, and no sibling host can plant one.
 const COOKIE_NAME: &str = "console_token";
+const SECURE_COOKIE_NAME: &str = "__Host-console_token";
+
+/// The cookie's name and attributes, as configured.
+fn cookie_shape(state: &AppState) -> (&'static str, &'static str) {
+    if state.0.config.console.secure_cookie {
+        (SECURE_COOKIE_NAME, "Path=/; Secure; HttpOnly; SameSite=Strict")
+    } else {
+        (COOKIE_NAME, "Path=/ui; HttpOnly; SameSite=Strict")
+    }
+}
 /// What the console's pages may load: this origin's script and style, nothing inline, no frames.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -167,21 +179,21 @@ fn identify(state: &AppState, token: &[u8]) -> Result<Principal, AuthError> {
 
 /// Every `console_token` the request's cookies carry, decoded (a browser may send several: one
 /// planted by a sibling host with a narrower path comes first).
-fn session_tokens(headers: &HeaderMap) -> impl Iterator<Item = Vec<u8>> + '_ {
+fn session_tokens<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = Vec<u8>> + 'a {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .filter(|(k, _)| *k == COOKIE_NAME)
+        .filter(move |(k, _)| *k == name)
         .filter_map(|(_, v)| hex::decode(v).ok())
         .filter(|t| !t.is_empty())
 }
 
 /// The first session token that is a valid token, and whose it is.
 fn session(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
-    session_tokens(headers).take(4).find_map(|t| identify(state, &t).ok())
+    session_tokens(headers, cookie_shape(state).0).take(4).find_map(|t| identify(state, &t).ok())
 }
 
 impl FromRequestParts<AppState> for Viewer {
@@ -245,7 +257,8 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
         }
     };
     tracing::info!(token = %who.name, "console sign-in");
-    let cookie = format!("{COOKIE_NAME}={}; Path=/ui; HttpOnly; SameSite=Strict", hex::encode(token));
+    let (name, attributes) = cookie_shape(&state);
+    let cookie = format!("{name}={}; {attributes}", hex::encode(token));
     let to = if who.scope.allows(Scope::Read) { "/ui/fleet" } else { "/ui/decisions" };
     let mut response = redirect(to);
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -255,12 +268,13 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
 }
 
 /// `POST /ui/logout`: forgets the session's token.
-async fn logout(headers: HeaderMap) -> Response {
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(e) = same_origin(&headers) {
         return e.into_response();
     }
     let mut response = redirect("/ui/login");
-    let gone = format!("{COOKIE_NAME}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
+    let (name, attributes) = cookie_shape(&state);
+    let gone = format!("{name}=; {attributes}; Max-Age=0");
     if let Ok(v) = HeaderValue::from_str(&gone) {
         response.headers_mut().insert(SET_COOKIE, v);
     }
@@ -387,6 +401,29 @@ mod tests {
         let (status, _, page) = send(&app, req).await;
         assert_eq!(status, StatusCode::OK);
         assert!(page.contains("token <code>gw</code>"), "{page}");
+    }
+
+    #[tokio::test]
+    async fn behind_tls_the_session_cookie_is_host_prefixed_and_secure() {
+        let mut c = config();
+        c.console.secure_cookie = true;
+        let store = Arc::new(crate::store::SqlStore::sqlite_memory().await.unwrap());
+        let app = router(AppState::new(c, store).unwrap());
+        let login = Request::post("/ui/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={READ}")))
+            .unwrap();
+        let (_, headers, _) = send(&app, login).await;
+        let set = headers.get(SET_COOKIE).unwrap().to_str().unwrap().to_owned();
+        assert!(
+            set.starts_with("__Host-console_token=") && set.contains("; Secure") && set.contains("Path=/;"),
+            "{set}"
+        );
+        let plain = Request::get("/ui/fleet").header("cookie", cookie(READ)).body(Body::empty()).unwrap();
+        assert_eq!(send(&app, plain).await.0, StatusCode::SEE_OTHER, "the plain cookie is no session here");
+        let secure = format!("__Host-console_token={}", hex::encode(READ));
+        let ok = Request::get("/ui/fleet").header("cookie", secure).body(Body::empty()).unwrap();
+        assert_eq!(send(&app, ok).await.0, StatusCode::OK);
     }
 
     #[tokio::test]
