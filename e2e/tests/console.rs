@@ -140,7 +140,6 @@ fn fleet_rollout_diff_and_propagation(s: &Stack, b: &Browser) {
     for n in NAMES {
         b.wait_text(&revision_cell(n), Duration::from_secs(10), |t| t.starts_with("s1")).expect("fleet on s1");
     }
-    shoot(b, "fleet");
     // Publish s2 while the page is open: the canary's row changes without a reload.
     let published = Instant::now();
     push(&s.cp.base, &bundle(&s.upstream, "s2", second_edits), s.dir.path());
@@ -159,6 +158,10 @@ fn fleet_rollout_diff_and_propagation(s: &Stack, b: &Browser) {
     );
     let text = b.text("#fleet").expect("fleet");
     assert!(text.contains("gw-b") && text.contains("gw-c"), "{text}");
+    // The canary moved, the rest are still on s1: the page counts both revisions.
+    b.wait_text("ul.counts", Duration::from_secs(5), |t| t.contains("s2: 1 gateway") && t.contains("s1: 2 gateways"))
+        .expect("the per-revision counts");
+    shoot(b, "fleet");
 
     // The bundle page during the bake: the canary, its timer and its health.
     b.goto(&s.cp.url("/ui/bundles/main")).expect("bundle page");

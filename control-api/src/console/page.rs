@@ -8,14 +8,9 @@ use maud::{html, Markup, DOCTYPE};
 use crate::auth::{Principal, Scope};
 use crate::clock;
 
-/// A whole page: the title, the navigation for this token's scope, the body.
-pub fn layout(title: &str, who: &Principal, body: Markup) -> Html<String> {
-    let nav = [
-        ("/ui/fleet", "Fleet", Scope::Read),
-        ("/ui/bundles", "Bundles", Scope::Read),
-        ("/ui/decisions", "Decisions", Scope::Logs),
-        ("/ui/propagation", "Propagation", Scope::Read),
-    ];
+/// A document: its head (the title, the console's style sheet, and its script when `script`)
+/// and its body.
+fn document(title: &str, script: bool, body: Markup) -> Html<String> {
     Html(
         html! {
             (DOCTYPE)
@@ -24,75 +19,69 @@ pub fn layout(title: &str, who: &Principal, body: Markup) -> Html<String> {
                     meta charset="utf-8";
                     title { (title) " · control-api" }
                     link rel="stylesheet" href="/ui/console.css";
-                    script src="/ui/console.js" defer {}
+                    @if script { script src="/ui/console.js" defer {} }
                 }
-                body {
-                    header {
-                        strong { "control-api" }
-                        nav {
-                            @for (href, label, scope) in nav {
-                                @if who.scope.allows(scope) { a href=(href) { (label) } }
-                            }
-                        }
-                        span.who { "token " code { (who.name) } " (" (who.scope.as_str()) ")" }
-                        form method="post" action="/ui/logout" { button type="submit" { "Sign out" } }
-                    }
-                    main {
-                        h1 { (title) }
-                        (body)
-                    }
-                }
+                body { (body) }
             }
         }
         .into_string(),
     )
+}
+
+/// A whole page: the title, the navigation for this token's scope, the body.
+pub fn layout(title: &str, who: &Principal, body: Markup) -> Html<String> {
+    let nav = [
+        ("/ui/fleet", "Fleet", Scope::Read),
+        ("/ui/bundles", "Bundles", Scope::Read),
+        ("/ui/decisions", "Decisions", Scope::Logs),
+        ("/ui/propagation", "Propagation", Scope::Read),
+    ];
+    let body = html! {
+        header {
+            strong { "control-api" }
+            nav {
+                @for (href, label, scope) in nav {
+                    @if who.scope.allows(scope) { a href=(href) { (label) } }
+                }
+            }
+            span.who { "token " code { (who.name) } " (" (who.scope.as_str()) ")" }
+            form method="post" action="/ui/logout" { button type="submit" { "Sign out" } }
+        }
+        main {
+            h1 { (title) }
+            (body)
+        }
+    };
+    document(title, true, body)
 }
 
 /// The sign-in form, with why the last attempt failed.
 pub fn login(error: Option<&str>) -> Html<String> {
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    title { "Sign in · control-api" }
-                    link rel="stylesheet" href="/ui/console.css";
-                }
-                body {
-                    main.login {
-                        h1 { "control-api console" }
-                        @if let Some(e) = error { p.error role="alert" { (e) } }
-                        form method="post" action="/ui/login" {
-                            label for="token" { "Token (read, publish or logs)" }
-                            input #token type="password" name="token" autocomplete="off" required autofocus;
-                            button type="submit" { "Sign in" }
-                        }
-                        p.hint { "The token is kept in this browser session only, in a cookie no script can read." }
-                    }
-                }
+    let body = html! {
+        main.login {
+            h1 { "control-api console" }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form method="post" action="/ui/login" {
+                label for="token" { "Token (read, publish or logs)" }
+                input #token type="password" name="token" autocomplete="off" required autofocus;
+                button type="submit" { "Sign in" }
             }
+            p.hint { "The token is kept in this browser session only, in a cookie no script can read." }
         }
-        .into_string(),
-    )
+    };
+    document("Sign in", false, body)
 }
 
 /// A page saying why what was asked is not shown.
 pub fn error(status: StatusCode, message: &str) -> Html<String> {
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                head { meta charset="utf-8"; title { (status.as_u16()) " · control-api" } link rel="stylesheet" href="/ui/console.css"; }
-                body { main {
-                    h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
-                    p.error role="alert" { (message) }
-                    p { a href="/ui/" { "Back to the console" } }
-                } }
-            }
+    let body = html! {
+        main {
+            h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+            p.error role="alert" { (message) }
+            p { a href="/ui/" { "Back to the console" } }
         }
-        .into_string(),
-    )
+    };
+    document(&status.as_u16().to_string(), false, body)
 }
 
 /// `12 s ago`, `3 min ago`, `2 h ago`, `4 d ago`.
