@@ -1,9 +1,9 @@
 //! The console in real Chromium (Debian's, over WebDriver) against the real control-api with
-//! three real gateways (`gw-a` the canary of a staged rollout, `gw-b`, `gw-c`) shipping their
-//! decision logs to it. What a person sees: the fleet moving within 2 s of a publish, a rollout's
-//! canary and the reason of its rollback, a revision diff, a deny found by its `x-decision-id`,
-//! the propagation plot; and what an attacker cannot do: script the page through a route's name,
-//! or roll back with a read token.
+//! three real gateways (`gw-a`, `gw-b`, `gw-c`) shipping their decision logs to it. What a person
+//! sees: the fleet moving within 2 s of a publish (every gateway at once; then, with staged
+//! rollouts switched on, the canary `gw-a` first), a rollout's canary and the reason of its
+//! rollback, a revision diff, a deny found by its `x-decision-id`, the propagation plot; and what
+//! an attacker cannot do: script the page through a route's name, or roll back with a read token.
 //!
 //! `CONSOLE_SCREENSHOTS=DIR` saves a screenshot of each page into DIR (the README's come from
 //! `CONSOLE_SCREENSHOTS=docs/src/images cargo nextest run -p e2e --test console`).
@@ -71,7 +71,8 @@ fn start() -> Stack {
         test_support::control_api::hash_token(LOGS_TOKEN)
     );
     let tokens = format!("{}{logs}", bound_tokens_yaml(&NAMES));
-    let cp = start_control_api_with_tokens(dir.path(), None, ROLLOUT, &tokens);
+    // Unstaged at first: a publish goes to every gateway at once ([`staging_on`] changes that).
+    let cp = start_control_api_with_tokens(dir.path(), None, "", &tokens);
     push(&cp.base, &bundle(&upstream, "s1", |_| {}), dir.path());
     let gws: Vec<Gateway> = NAMES
         .iter()
@@ -135,38 +136,64 @@ fn active_revision(cp: &ControlApi) -> String {
 
 /// The fleet follows a publish live; the rollout's canary, bake and rollback reason show on the
 /// bundle page; the diff shows the changed rule; propagation is plotted.
-fn fleet_rollout_diff_and_propagation(s: &Stack, b: &Browser) {
-    sign_in(b, &s.cp, READ_TOKEN);
+/// Waits until the fleet page shows every gateway on `revision`; how long since `since`.
+fn fleet_on(b: &Browser, revision: &str, since: Instant) -> Duration {
     for n in NAMES {
-        b.wait_text(&revision_cell(n), Duration::from_secs(10), |t| t.starts_with("s1")).expect("fleet on s1");
+        b.wait_text(&revision_cell(n), Duration::from_secs(10), |t| t.starts_with(revision))
+            .unwrap_or_else(|e| panic!("the fleet page never showed {n} on {revision}: {e}"));
     }
-    // Publish s2 while the page is open: the canary's row changes without a reload.
+    since.elapsed()
+}
+
+/// Stages rollouts from now on: `rollout` (canary gw-a) added to control-api's config, and
+/// control-api restarted on it (same store, same port; the gateways reconnect by themselves).
+fn staging_on(s: &mut Stack) {
+    let mut config = std::fs::read_to_string(&s.cp.config).expect("control-api config");
+    config.push_str(ROLLOUT);
+    std::fs::write(&s.cp.config, config).expect("write the config");
+    s.cp.restart();
+}
+
+/// The fleet page follows a publish live: every gateway's row within 2 s of it.
+fn fleet_follows_a_publish(s: &Stack, b: &Browser) {
+    sign_in(b, &s.cp, READ_TOKEN);
+    fleet_on(b, "s1", Instant::now());
     let published = Instant::now();
     push(&s.cp.base, &bundle(&s.upstream, "s2", second_edits), s.dir.path());
-    let (_, took) = b
-        .wait_text(&revision_cell("gw-a"), Duration::from_secs(10), |t| t.starts_with("s2"))
-        .expect("the canary's row shows s2");
+    let took = fleet_on(b, "s2", published);
+    eprintln!("fleet page: every gateway on s2 {} ms after the publish", took.as_millis());
+    assert!(took <= Duration::from_secs(2), "the fleet page showed the publish {took:?} after it");
+}
+
+/// With staged rollouts: the canary's row moves first, the bundle page shows the canary, its
+/// cohort, bake and health, the fleet follows the promotion; the diff; a rolled-back revision
+/// and why; the propagation plot.
+fn rollout_diff_and_propagation(s: &mut Stack, b: &Browser) {
+    staging_on(s);
+    b.goto(&s.cp.url("/ui/fleet")).expect("fleet page");
+    let published = Instant::now();
+    push(
+        &s.cp.base,
+        &bundle(&s.upstream, "s3", |f| {
+            second_edits(f);
+            replace(f, "http/orders.rego", "# The orders API", "# The orders API (s3)");
+        }),
+        s.dir.path(),
+    );
+    b.wait_text(&revision_cell("gw-a"), Duration::from_secs(10), |t| t.starts_with("s3"))
+        .expect("the canary's row shows s3");
     let since_publish = published.elapsed();
-    eprintln!(
-        "fleet page: gw-a on s2 {} ms after the publish (waited {} ms)",
-        since_publish.as_millis(),
-        took.as_millis()
-    );
-    assert!(
-        since_publish <= Duration::from_secs(2),
-        "the fleet page showed the canary's move {since_publish:?} after the publish"
-    );
-    let text = b.text("#fleet").expect("fleet");
-    assert!(text.contains("gw-b") && text.contains("gw-c"), "{text}");
-    // The canary moved, the rest are still on s1: the page counts both revisions.
-    b.wait_text("ul.counts", Duration::from_secs(5), |t| t.contains("s2: 1 gateway") && t.contains("s1: 2 gateways"))
+    eprintln!("fleet page: the canary gw-a on s3 {} ms after the publish", since_publish.as_millis());
+    assert!(since_publish <= Duration::from_secs(2), "the canary's move showed {since_publish:?} after the publish");
+    // The canary moved, the rest are still on s2: the page counts both revisions.
+    b.wait_text("ul.counts", Duration::from_secs(5), |t| t.contains("s3: 1 gateway") && t.contains("s2: 2 gateways"))
         .expect("the per-revision counts");
     shoot(b, "fleet");
 
     // The bundle page during the bake: the canary, its timer and its health.
     b.goto(&s.cp.url("/ui/bundles/main")).expect("bundle page");
     let rollout = b.text("#rollout").expect("rollout");
-    assert!(rollout.contains("canary") && rollout.contains("s2"), "the rollout shows its canary: {rollout}");
+    assert!(rollout.contains("canary") && rollout.contains("s3"), "the rollout shows its canary: {rollout}");
     assert!(rollout.contains("bake ends in"), "the bake timer shows: {rollout}");
     assert!(rollout.contains("Canary cohort: gw-a"), "the cohort shows: {rollout}");
     assert!(b.text("table.canaries").expect("canary table").contains("gw-a"), "the canary's health row shows");
@@ -176,18 +203,12 @@ fn fleet_rollout_diff_and_propagation(s: &Stack, b: &Browser) {
     let promoted = test_support::wait::until(Duration::from_secs(20), "promotion", || {
         Ok(rollout_state(&s.cp)["rollout"]["state"] == "promoted")
     });
-    assert!(promoted.is_ok(), "s2 was not promoted: {}", rollout_state(&s.cp));
+    assert!(promoted.is_ok(), "s3 was not promoted: {}", rollout_state(&s.cp));
     let promoted_at = Instant::now();
     b.goto(&s.cp.url("/ui/fleet")).expect("fleet");
-    for n in NAMES {
-        b.wait_text(&revision_cell(n), Duration::from_secs(10), |t| t.starts_with("s2")).expect("fleet on s2");
-    }
-    eprintln!("fleet page: every gateway on s2 {} ms after the promotion", promoted_at.elapsed().as_millis());
-    assert!(
-        promoted_at.elapsed() <= Duration::from_secs(2),
-        "the fleet followed the promotion in {:?}",
-        promoted_at.elapsed()
-    );
+    let took = fleet_on(b, "s3", promoted_at);
+    eprintln!("fleet page: every gateway on s3 {} ms after the promotion", took.as_millis());
+    assert!(took <= Duration::from_secs(2), "the fleet followed the promotion in {took:?}");
 
     // The diff of s1 → s2: the changed rule line, the added route as text.
     b.goto(&s.cp.url("/ui/bundles/main/diff?from=s1&to=s2")).expect("diff");
@@ -199,12 +220,12 @@ fn fleet_rollout_diff_and_propagation(s: &Stack, b: &Browser) {
     shoot(b, "diff");
 
     // A revision its canary cannot activate: rolled back, and the page says why.
-    let s3 = bundle(&s.upstream, "s3-unresolvable", |f| {
+    let s4 = bundle(&s.upstream, "s4-unresolvable", |f| {
         second_edits(f);
         let target = format!("\"{}\"", s.upstream);
         replace(f, "gateway/data.yaml", &target, &format!("\"{}.invalid:80\"", "x".repeat(64)));
     });
-    push(&s.cp.base, &s3, s.dir.path());
+    push(&s.cp.base, &s4, s.dir.path());
     b.goto(&s.cp.url("/ui/bundles/main")).expect("bundle page");
     let (why, _) = b
         .wait_text("#rollout", Duration::from_secs(20), |t| t.contains("rolled back") && t.contains("Why it ended"))
@@ -214,7 +235,7 @@ fn fleet_rollout_diff_and_propagation(s: &Stack, b: &Browser) {
 
     b.goto(&s.cp.url("/ui/propagation")).expect("propagation");
     let table = b.text("table.propagation").expect("per revision");
-    assert!(table.contains("s2"), "s2's propagation is listed: {table}");
+    assert!(table.contains("s3"), "s3's propagation is listed (this control-api started before it): {table}");
     assert_eq!(b.count("svg.histogram rect.bar").expect("bars"), 9, "the histogram is drawn");
     shoot(b, "propagation");
     sign_out(b);
@@ -294,9 +315,10 @@ fn read_token_cannot_roll_back(s: &Stack, b: &Browser) {
 
 #[test]
 fn the_console_shows_fleet_rollouts_diffs_decisions_and_propagation_and_cannot_be_scripted_or_misused() {
-    let s = start();
+    let mut s = start();
     let b = Browser::start().expect("Chromium");
-    fleet_rollout_diff_and_propagation(&s, &b);
+    fleet_follows_a_publish(&s, &b);
+    rollout_diff_and_propagation(&mut s, &b);
     decisions(&s, &b);
     read_token_cannot_roll_back(&s, &b);
 }

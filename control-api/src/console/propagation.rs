@@ -30,7 +30,8 @@ pub(super) async fn page(State(state): State<AppState>, viewer: Viewer) -> Resul
     let all: Vec<i64> = revisions.iter().flat_map(|r| r.samples.iter().copied()).collect();
     let body = html! {
         p.hint { "From a revision's publish to its activation on each gateway (the gateway's own "
-                 code { "activated_at" } "), as this control-api replica saw in status reports since it started." }
+                 code { "activated_at_ms" } "), as this control-api replica saw in status reports since it started; \
+                 with a staged rollout, the gateways outside the canary include the bake." }
         @if all.is_empty() {
             p { "No gateway has reported a newly published revision yet." }
         } @else {
