@@ -248,6 +248,27 @@ fn revision_table(viewer: &Viewer, name: &str, revisions: &[RevisionInfo]) -> Ma
     }
 }
 
+/// A publish token on a bundle it may touch, for `what` (rolling back, promoting); with
+/// `headers`, a POST, which must also come from this origin.
+fn publisher(viewer: &Viewer, name: &str, what: &str, headers: Option<&HeaderMap>) -> Result<(), ConsoleError> {
+    if let Some(h) = headers {
+        same_origin(h)?;
+    }
+    bundle_name(viewer, name)?;
+    viewer.needs(Scope::Publish, what)
+}
+
+/// A confirmation page's form: POSTs `field=value` to the bundle's `action`, or goes back.
+fn confirm_form(name: &str, action: &str, field: &str, value: &str, button: &str) -> Markup {
+    html! {
+        form method="post" action={ "/ui/bundles/" (name) "/" (action) } {
+            input type="hidden" name=(field) value=(value);
+            button.danger type="submit" { (button) }
+            " " a href={ "/ui/bundles/" (name) } { "Cancel" }
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub(super) struct RollbackForm {
     to: String,
@@ -260,8 +281,7 @@ pub(super) async fn confirm_rollback(
     Path(name): Path<String>,
     Query(f): Query<RollbackForm>,
 ) -> Result<Html<String>, ConsoleError> {
-    bundle_name(&viewer, &name)?;
-    viewer.needs(Scope::Publish, "rolling back")?;
+    publisher(&viewer, &name, "rolling back", None)?;
     let revisions = state.0.store.revisions(&name).await?;
     let active = revisions.iter().find(|r| r.active).map(|r| r.revision.clone()).unwrap_or_default();
     if !revisions.iter().any(|r| r.revision == f.to) {
@@ -270,11 +290,7 @@ pub(super) async fn confirm_rollback(
     let body = html! {
         p.confirm { "Make revision " code { (f.to) } " of " code { (name) } " active again, in place of "
                     code { (active) } "? Every gateway will be served it." }
-        form method="post" action={ "/ui/bundles/" (name) "/rollback" } {
-            input type="hidden" name="to" value=(f.to);
-            button.danger type="submit" { "Roll back" }
-            " " a href={ "/ui/bundles/" (name) } { "Cancel" }
-        }
+        (confirm_form(&name, "rollback", "to", &f.to, "Roll back"))
     };
     Ok(page::layout("Confirm the rollback", &viewer.0, body))
 }
@@ -287,9 +303,7 @@ pub(super) async fn rollback(
     headers: HeaderMap,
     Form(f): Form<RollbackForm>,
 ) -> Result<Response, ConsoleError> {
-    same_origin(&headers)?;
-    bundle_name(&viewer, &name)?;
-    viewer.needs(Scope::Publish, "rolling back")?;
+    publisher(&viewer, &name, "rolling back", Some(&headers))?;
     crate::api::rollouts::roll_back(&state, &viewer.0, &name, &f.to).await?;
     Ok(Redirect::to(&format!("/ui/bundles/{name}")).into_response())
 }
@@ -305,16 +319,11 @@ pub(super) async fn confirm_promote(
     Path(name): Path<String>,
     Query(f): Query<PromoteForm>,
 ) -> Result<Html<String>, ConsoleError> {
-    bundle_name(&viewer, &name)?;
-    viewer.needs(Scope::Publish, "promoting")?;
+    publisher(&viewer, &name, "promoting", None)?;
     let body = html! {
         p.confirm { "Promote revision " code { (f.revision) } " of " code { (name) }
                     " to every gateway now, before its canary's bake ends?" }
-        form method="post" action={ "/ui/bundles/" (name) "/promote" } {
-            input type="hidden" name="revision" value=(f.revision);
-            button.danger type="submit" { "Promote" }
-            " " a href={ "/ui/bundles/" (name) } { "Cancel" }
-        }
+        (confirm_form(&name, "promote", "revision", &f.revision, "Promote"))
     };
     Ok(page::layout("Confirm the promotion", &viewer.0, body))
 }
@@ -327,9 +336,7 @@ pub(super) async fn promote(
     headers: HeaderMap,
     Form(f): Form<PromoteForm>,
 ) -> Result<Response, ConsoleError> {
-    same_origin(&headers)?;
-    bundle_name(&viewer, &name)?;
-    viewer.needs(Scope::Publish, "promoting")?;
+    publisher(&viewer, &name, "promoting", Some(&headers))?;
     if !crate::rollout::promote_now(&state, &name, &f.revision, &viewer.0.name).await? {
         return Err(ConsoleError::Conflict(format!(
             "revision `{}` of `{name}` is not in a canary phase any more: nothing was promoted",
